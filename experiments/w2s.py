@@ -1,0 +1,32 @@
+"""Runs one W2S experiment: python experiments/w2s.py --config configs/default.py[:arg]"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from w2s_jax import configs, pipeline  # noqa: E402
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--config", default="configs/default.py",
+                      help="config file, optionally with ':arg' (e.g. configs/default.py:small)")
+  parser.add_argument("--out", default=None, help="run directory (default runs/<config name>)")
+  parser.add_argument("--cache", default="runs/cache", help="pretrained-model cache directory")
+  parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  cfg = configs.load(args.config)
+  out = Path(args.out or f"runs/{cfg.name}")
+  results = pipeline.run(cfg, out_dir=out, cache_dir=args.cache, progress=not args.no_progress)
+  print(pipeline.format_results(results))
+  print(f"\nwrote {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,36 @@
+"""Test setup: 4 simulated CPU devices, set before jax is imported anywhere."""
+
+import os
+
+_FLAG = "--xla_force_host_platform_device_count=4"
+_existing = os.environ.get("XLA_FLAGS", "")
+if _FLAG not in _existing:
+  os.environ["XLA_FLAGS"] = (_existing + " " + _FLAG).strip()
+
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from w2s_jax import sharding  # noqa: E402
+
+# Speed only: programs compiled twice in one session (e.g. the same train step in the
+# two pipeline runs) are compiled once. A fresh directory per session keeps runs hermetic.
+_COMPILE_CACHE = tempfile.mkdtemp(prefix="w2s-jax-test-xla-cache-")
+atexit.register(shutil.rmtree, _COMPILE_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(scope="session")
+def mesh4():
+  assert len(jax.devices()) >= 4, f"expected 4 simulated devices, got {jax.devices()}"
+  return sharding.make_mesh(4)
+
+
+@pytest.fixture(scope="session")
+def mesh1():
+  return sharding.make_mesh(1)

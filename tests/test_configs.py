@@ -1,0 +1,164 @@
+"""Bad inputs fail at construction, naming the field and the value, before any compute."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from w2s_jax import configs, models, pipeline, sharding, testbed
+from w2s_jax.objectives import LossConfig
+from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.testbed import WorldConfig
+from w2s_jax.train import OptimConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "configs" / "default.py"
+
+
+def _message(excinfo):
+  return str(excinfo.value)
+
+
+def test_model_config_width_not_divisible_by_heads():
+  with pytest.raises(ValueError) as e:
+    models.ModelConfig(vocab_size=10, width=30, depth=1, heads=4)
+  assert "width=30" in _message(e) and "heads=4" in _message(e)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(vocab_size=0, width=32, depth=1, heads=2), "vocab_size=0"),
+    (dict(vocab_size=10, width=32, depth=-1, heads=2), "depth=-1"),
+    (dict(vocab_size=10, width=32, depth=1, heads=2, head_input="cls"), "head_input='cls'"),
+    (dict(vocab_size=10, width=32, depth=1, heads=2, num_classes=1), "num_classes=1"),
+    (dict(vocab_size=10, width=32, depth=1, heads=2, dtype="float16"), "dtype='float16'"),
+])
+def test_model_config_other_fields(kwargs, needle):
+  with pytest.raises(ValueError, match="ModelConfig") as e:
+    models.ModelConfig(**kwargs)
+  assert needle in _message(e)
+
+
+def test_decode_size_unknown_name():
+  with pytest.raises(ValueError) as e:
+    models.decode_size("huge", vocab_size=10)
+  assert "'huge'" in _message(e)
+  assert "WIDTHxDEPTH" in _message(e)
+
+
+def test_world_config_too_few_entities():
+  with pytest.raises(ValueError) as e:
+    WorldConfig(num_entities=10, entities_per_split=200)
+  assert "num_entities=10" in _message(e)
+  assert "600" in _message(e)  # 3 splits of 200
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(num_regions=3), "num_regions=3"),
+    (dict(syllables=5), "syllables=5"),
+    (dict(zipf=-1.0), "zipf=-1.0"),
+    (dict(doc_len=4), "doc_len=4"),
+    (dict(corpus_docs=0), "corpus_docs=0"),
+])
+def test_world_config_other_fields(kwargs, needle):
+  with pytest.raises(ValueError, match="WorldConfig") as e:
+    WorldConfig(**kwargs)
+  assert needle in _message(e)
+
+
+def test_optim_config():
+  with pytest.raises(ValueError) as e:
+    OptimConfig(steps=0)
+  assert "OptimConfig.steps=0" in _message(e)
+  with pytest.raises(ValueError, match="OptimConfig.batch_size=0"):
+    OptimConfig(batch_size=0)
+  with pytest.raises(ValueError, match="OptimConfig.head_lr=-1"):
+    OptimConfig(head_lr=-1.0)
+  with pytest.raises(ValueError, match="OptimConfig.warmup_frac=1"):
+    OptimConfig(warmup_frac=1.0)
+
+
+def test_loss_config():
+  with pytest.raises(ValueError) as e:
+    LossConfig("nope")
+  assert "LossConfig.name='nope'" in _message(e)
+  with pytest.raises(ValueError, match="temperature=0"):
+    LossConfig("xent", temperature=0)
+  with pytest.raises(ValueError, match="aux_coef=1.5"):
+    LossConfig("logconf", aux_coef=1.5)
+
+
+def test_experiment_config():
+  with pytest.raises(ValueError) as e:
+    ExperimentConfig(weak_size="bogus")
+  assert "weak_size" in _message(e) and "'bogus'" in _message(e)
+  with pytest.raises(ValueError, match="strong_size"):
+    ExperimentConfig(strong_size="7")
+  with pytest.raises(ValueError, match="seeds"):
+    ExperimentConfig(seeds=(0, 0))
+  with pytest.raises(ValueError, match="seeds"):
+    ExperimentConfig(seeds=())
+  with pytest.raises(ValueError, match="losses"):
+    ExperimentConfig(losses=(LossConfig("xent"), LossConfig("xent")))
+  with pytest.raises(ValueError, match="bootstrap_resamples=10"):
+    ExperimentConfig(bootstrap_resamples=10)
+
+
+def test_parse_arg():
+  with pytest.raises(ValueError) as e:
+    configs.parse_arg("bogus", small=False)
+  assert "'bogus'" in _message(e)
+  ns = configs.parse_arg("small,seeds=3", small=False, scratch=False, seeds=5)
+  assert (ns.small, ns.scratch, ns.seeds) == (True, False, 3)
+  assert configs.parse_arg(None, small=False).small is False
+  assert configs.parse_arg("small=false", small=True).small is False
+  with pytest.raises(ValueError, match="seeds='x'"):
+    configs.parse_arg("seeds=x", seeds=5)
+  with pytest.raises(ValueError, match="small='maybe'"):
+    configs.parse_arg("small=maybe", small=False)
+  with pytest.raises(ValueError, match="'seeds' needs a value"):
+    configs.parse_arg("seeds", seeds=5)
+
+
+def test_load_config_files():
+  cfg = configs.load(f"{DEFAULT}:small,seeds=3")
+  assert cfg.name == "default-small"
+  assert cfg.seeds == (0, 1, 2)
+  assert (cfg.weak_size, cfg.strong_size) == ("pico", "nano")
+  assert [l.name for l in cfg.losses] == ["xent", "logconf"]
+  full = configs.load(str(DEFAULT))
+  assert full.seeds == (0, 1, 2, 3, 4) and full.name == "default"
+  scratch = configs.load(f"{DEFAULT}:scratch")
+  assert scratch.use_pretraining is False and scratch.name == "default-scratch"
+  with pytest.raises(FileNotFoundError, match="nope.py"):
+    configs.load("configs/nope.py")
+  with pytest.raises(ValueError, match="'bogus'"):
+    configs.load(f"{DEFAULT}:bogus")
+  # config dataclasses are frozen
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    cfg.seeds = (0,)
+
+
+def test_check_batch_size(mesh4):
+  with pytest.raises(ValueError) as e:
+    sharding.check_batch_size(6, mesh4)
+  assert "batch_size=6" in _message(e) and "4" in _message(e)
+  sharding.check_batch_size(8, mesh4)  # no error
+  with pytest.raises(ValueError, match="num_devices=5"):
+    sharding.make_mesh(5)
+
+
+@pytest.mark.parametrize("field,change", [
+    ("finetune.batch_size", dict(finetune=OptimConfig(steps=1, batch_size=6))),
+    ("pretrain.batch_size", dict(pretrain=OptimConfig(steps=1, batch_size=10))),
+    ("eval_batch_size", dict(eval_batch_size=6)),
+])
+def test_pipeline_rejects_bad_batch_size_before_compute(tmp_path, monkeypatch, field, change):
+  cfg = dataclasses.replace(configs.load(f"{DEFAULT}:small"), **change)
+
+  def no_compute(*args, **kwargs):
+    raise AssertionError("the pipeline started computing before validating its config")
+  monkeypatch.setattr(testbed, "make_world", no_compute)
+  with pytest.raises(ValueError) as e:
+    pipeline.run(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+  assert f"{field}=" in _message(e)
+  assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -1,0 +1,342 @@
+"""Every loss in w2s_jax.losses against hand computations in numpy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from _helpers import np_log_softmax, np_softmax, tiny_model_cfg
+from w2s_jax import losses, models, objectives
+
+LOGITS = np.array([[2.0, -1.0],
+                   [0.3, 0.8],
+                   [-1.5, 0.5],
+                   [0.0, 1.2]], np.float32)
+LABELS = np.array([[0.9, 0.1],
+                   [0.2, 0.8],
+                   [1.0, 0.0],    # a zero entry: 0 log 0 = 0 for kl
+                   [0.35, 0.65]], np.float32)
+
+
+def np_xent(logits, labels):
+  return float(-np.mean(np.sum(np.asarray(labels, np.float64) * np_log_softmax(logits), -1)))
+
+
+# ---------------------------------------------------------------- xent, kl
+
+
+def test_xent_matches_hand_computation():
+  # Row by row, written out: -sum_c y_c log softmax(z)_c, then the mean.
+  rows = []
+  for z, y in zip(LOGITS.astype(np.float64), LABELS.astype(np.float64)):
+    logz = np.log(np.exp(z[0]) + np.exp(z[1]))
+    rows.append(-(y[0] * (z[0] - logz) + y[1] * (z[1] - logz)))
+  expected = np.mean(rows)
+  got = float(losses.xent(logits=jnp.asarray(LOGITS), labels=jnp.asarray(LABELS)))
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_xent_with_temperature_divides_logits():
+  expected = np_xent(LOGITS / 2.0, LABELS)
+  got = float(losses.xent(logits=LOGITS, labels=LABELS, temperature=2.0))
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  # And it is really different from temperature 1 (the test can fail).
+  assert abs(got - np_xent(LOGITS, LABELS)) > 1e-3
+
+
+def test_xent_three_classes():
+  logits = np.array([[1.0, 2.0, 3.0], [0.5, -0.5, 0.0], [3.0, 0.0, -3.0]], np.float32)
+  labels = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5]], np.float32)
+  np.testing.assert_allclose(float(losses.xent(logits=logits, labels=labels)),
+                             np_xent(logits, labels), rtol=1e-6)
+
+
+def test_kl_matches_hand_computation_with_zero_label():
+  logp = np_log_softmax(LOGITS)
+  y = LABELS.astype(np.float64)
+  total = 0.0
+  for i in range(len(y)):
+    for c in range(2):
+      if y[i, c] > 0:  # 0 log 0 = 0
+        total += y[i, c] * (np.log(y[i, c]) - logp[i, c])
+  expected = total / len(y)
+  got = float(losses.kl(logits=LOGITS, labels=LABELS))
+  assert np.isfinite(got)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_kl_is_xent_minus_label_entropy_and_zero_at_match():
+  y = LABELS.astype(np.float64)
+  ent = -np.mean([sum(v * np.log(v) for v in row if v > 0) for row in y])
+  np.testing.assert_allclose(float(losses.kl(logits=LOGITS, labels=LABELS)),
+                             np_xent(LOGITS, LABELS) - ent, rtol=1e-5)
+  # KL(p || p) = 0 when the logits are the log of the labels.
+  labels = np.array([[0.25, 0.75], [0.6, 0.4]], np.float32)
+  np.testing.assert_allclose(float(losses.kl(logits=np.log(labels), labels=labels)), 0.0,
+                             atol=1e-6)
+
+
+# ---------------------------------------------------------------- product
+
+
+def np_product_target(logits, labels, alpha, beta):
+  p = np_softmax(logits)
+  t = p ** beta * np.asarray(labels, np.float64) ** alpha
+  return t / t.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, 2.0), (2.0, 0.5)])
+def test_product_matches_hand_computation(alpha, beta):
+  labels = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.35, 0.65]], np.float32)
+  target = np_product_target(LOGITS, labels, alpha, beta)
+  expected = np_xent(LOGITS, target)
+  got = float(losses.product(logits=LOGITS, labels=labels, alpha=alpha, beta=beta))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_product_alpha_beta_matter():
+  labels = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.35, 0.65]], np.float32)
+  a = float(losses.product(logits=LOGITS, labels=labels, alpha=1.0, beta=1.0))
+  b = float(losses.product(logits=LOGITS, labels=labels, alpha=0.5, beta=2.0))
+  assert abs(a - b) > 1e-3
+
+
+# ---------------------------------------------------------------- logconf
+
+
+@pytest.mark.parametrize("step_frac,expected", [
+    (0.0, 0.0),
+    (0.025, 0.5 * 0.25),   # a quarter of the warmup
+    (0.05, 0.25),          # half the warmup: aux_coef / 2
+    (0.1, 0.5),            # end of the warmup
+    (0.3, 0.5),            # past the warmup
+    (1.0, 0.5),
+])
+def test_logconf_coef_linear_ramp(step_frac, expected):
+  # c = aux_coef * min(1, step_frac / warmup_frac), warmup_frac=0.1, aux_coef=0.5
+  c = float(losses.logconf_coef(step_frac=step_frac, warmup_frac=0.1, aux_coef=0.5))
+  assert c == pytest.approx(0.5 * min(1.0, step_frac / 0.1), abs=1e-7)
+  assert c == pytest.approx(expected, abs=1e-7)
+
+
+def test_logconf_coef_differs_from_openai_buggy_ramp():
+  warmup, aux = 0.2, 0.4
+  step_frac = warmup / 2
+  ours = float(losses.logconf_coef(step_frac=step_frac, warmup_frac=warmup, aux_coef=aux))
+  openai = step_frac * aux  # openai/weak-to-strong: coef = step_frac during warmup, * aux_coef
+  assert ours == pytest.approx(aux / 2, abs=1e-7)
+  assert abs(ours - openai) > 1e-3
+
+
+def test_hardened_predictions_threshold_hand_interpolation():
+  logits = np.array([[2.0, 0.0], [0.0, 1.0], [0.5, 0.0], [-2.0, 1.0]], np.float32)
+  labels = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [1.0, 0.0]], np.float32)
+  p0 = np_softmax(logits)[:, 0]
+  q = labels[:, 1].mean()          # 0.375
+  assert q == pytest.approx(0.375)
+  s = np.sort(p0)
+  h = q * (len(s) - 1)             # 1.125
+  lo = int(np.floor(h))
+  tau = s[lo] + (h - lo) * (s[lo + 1] - s[lo])
+  np.testing.assert_allclose(tau, np.quantile(p0, q, method="linear"), rtol=1e-12)
+  # s[1] < tau < s[2]: exactly the two largest p0 are >= tau.
+  expected = np.stack([p0 >= tau, p0 < tau], -1).astype(np.float32)
+  assert expected[:, 0].sum() == 2
+  got = np.asarray(losses.hardened_predictions(logits=logits, labels=labels))
+  np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("step_frac", [0.0, 0.05, 0.1, 0.7])
+def test_logconf_matches_hand_computation(step_frac):
+  warmup_frac, aux_coef = 0.1, 0.5
+  logits = np.array([[2.0, 0.0], [0.0, 1.0], [0.5, 0.0], [-2.0, 1.0], [0.1, 0.2]], np.float32)
+  labels = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9], [0.55, 0.45]],
+                    np.float32)
+  c = aux_coef * min(1.0, step_frac / warmup_frac)
+  p0 = np_softmax(logits)[:, 0]
+  tau = np.quantile(p0, labels[:, 1].astype(np.float64).mean(), method="linear")
+  hard = np.stack([p0 >= tau, p0 < tau], -1).astype(np.float64)
+  target = (1 - c) * labels.astype(np.float64) + c * hard
+  expected = np_xent(logits, target)
+  got = float(losses.logconf(logits=logits, labels=labels, step_frac=step_frac,
+                             warmup_frac=warmup_frac, aux_coef=aux_coef))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  if step_frac == 0.0:
+    np.testing.assert_allclose(got, np_xent(logits, labels), rtol=1e-5)
+  else:
+    assert abs(got - np_xent(logits, labels)) > 1e-4
+
+
+def test_logconf_rejects_three_classes():
+  with pytest.raises(ValueError, match="3 classes"):
+    losses.logconf(logits=np.zeros((2, 3), np.float32), labels=np.full((2, 3), 1 / 3),
+                   step_frac=0.5)
+
+
+# ---------------------------------------------------------------- combined, lm_xent
+
+
+def test_combined_is_weighted_sum_of_xents():
+  weak_logits = LOGITS
+  weak_labels = LABELS
+  gt_logits = np.array([[0.1, 0.2], [1.0, -1.0], [-0.3, 0.9]], np.float32)
+  gt_labels = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
+  alpha = 0.3
+  expected = alpha * np_xent(weak_logits, weak_labels) + (1 - alpha) * np_xent(gt_logits,
+                                                                                gt_labels)
+  got = float(losses.combined(weak_logits=weak_logits, weak_labels=weak_labels,
+                              gt_logits=gt_logits, gt_labels=gt_labels, alpha=alpha))
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def np_lm_xent(logits, tokens, mask):
+  logp = np_log_softmax(logits)
+  total, count = 0.0, 0
+  b, t = tokens.shape
+  for i in range(b):
+    for j in range(t - 1):
+      if mask[i, j] and mask[i, j + 1]:
+        total -= logp[i, j, tokens[i, j + 1]]
+        count += 1
+  return total / count
+
+
+def test_lm_xent_with_mask_excludes_padding():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 5, 7)).astype(np.float32)
+  tokens = np.array([[1, 4, 2, 6, 0],     # right padded (1 pad)
+                     [0, 0, 1, 3, 5],     # left padded
+                     [1, 2, 3, 4, 5]], np.int32)
+  mask = np.array([[1, 1, 1, 1, 0],
+                   [0, 0, 1, 1, 1],
+                   [1, 1, 1, 1, 1]], np.int32)
+  expected = np_lm_xent(logits, tokens, mask)
+  # 3 + 2 + 4 target positions
+  got = float(losses.lm_xent(logits=logits, tokens=tokens, mask=mask))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+  # Garbage at padded positions (tokens and logits) changes nothing.
+  tokens2, logits2 = tokens.copy(), logits.copy()
+  pad = mask == 0
+  tokens2[pad] = 6
+  logits2[pad] = 100.0 * rng.normal(size=(pad.sum(), 7))
+  got2 = float(losses.lm_xent(logits=logits2, tokens=tokens2, mask=mask))
+  np.testing.assert_allclose(got2, got, rtol=1e-6)
+
+  # Without the mask the value is different (so the mask is really used).
+  unmasked = float(losses.lm_xent(logits=logits, tokens=tokens, mask=np.ones_like(mask)))
+  assert abs(unmasked - got) > 1e-3
+
+
+# ---------------------------------------------------------------- gradients
+
+
+def _loss_fns():
+  return {
+      "xent": lambda lg, lb: losses.xent(logits=lg, labels=lb),
+      "xent_T2": lambda lg, lb: losses.xent(logits=lg, labels=lb, temperature=2.0),
+      "kl": lambda lg, lb: losses.kl(logits=lg, labels=lb),
+      "product": lambda lg, lb: losses.product(logits=lg, labels=lb, alpha=0.7, beta=1.5),
+      "logconf_warm": lambda lg, lb: losses.logconf(logits=lg, labels=lb, step_frac=0.05),
+      "logconf_late": lambda lg, lb: losses.logconf(logits=lg, labels=lb, step_frac=0.9),
+  }
+
+
+@pytest.mark.parametrize("name", list(_loss_fns()))
+def test_no_gradient_reaches_labels(name):
+  fn = _loss_fns()[name]
+  labels = jnp.asarray(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.35, 0.65]],
+                                np.float32))
+  g_labels = jax.grad(fn, argnums=1)(jnp.asarray(LOGITS), labels)
+  np.testing.assert_array_equal(np.asarray(g_labels), 0.0)
+  g_logits = np.asarray(jax.grad(fn, argnums=0)(jnp.asarray(LOGITS), labels))
+  assert np.all(np.isfinite(g_logits))
+  assert np.abs(g_logits).max() > 1e-4
+
+
+def test_product_and_logconf_targets_held_constant_in_logit_gradient():
+  """d/dz of mean xent against a constant target t is (softmax(z) - t) / B."""
+  labels = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.35, 0.65]], np.float32)
+  b = len(labels)
+  p = np_softmax(LOGITS)
+
+  target = np_product_target(LOGITS, labels, 0.7, 1.5)
+  g = jax.grad(lambda z: losses.product(logits=z, labels=labels, alpha=0.7, beta=1.5))(LOGITS)
+  np.testing.assert_allclose(np.asarray(g), (p - target) / b, atol=1e-6)
+
+  c = 0.5 * min(1.0, 0.05 / 0.1)
+  p0 = p[:, 0]
+  tau = np.quantile(p0, labels[:, 1].astype(np.float64).mean(), method="linear")
+  hard = np.stack([p0 >= tau, p0 < tau], -1).astype(np.float64)
+  target = (1 - c) * labels + c * hard
+  g = jax.grad(lambda z: losses.logconf(logits=z, labels=labels, step_frac=0.05))(LOGITS)
+  np.testing.assert_allclose(np.asarray(g), (p - target) / b, atol=1e-6)
+
+  g = jax.grad(lambda z: losses.xent(logits=z, labels=labels, temperature=2.0))(LOGITS)
+  np.testing.assert_allclose(np.asarray(g), (np_softmax(LOGITS / 2) - labels) / (2 * b),
+                             atol=1e-6)
+
+
+def test_combined_no_gradient_to_weak_or_gt_labels():
+  weak_labels = jnp.asarray(LABELS)
+  gt_labels = jnp.asarray(np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], np.float32))
+  gt_logits = jnp.asarray(np.array([[0.1, 0.2], [1.0, -1.0], [-0.3, 0.9]], np.float32))
+
+  def fn(wl, wy, gl, gy):
+    return losses.combined(weak_logits=wl, weak_labels=wy, gt_logits=gl, gt_labels=gy,
+                           alpha=0.4)
+
+  g_wl, g_wy, g_gl, g_gy = jax.grad(fn, argnums=(0, 1, 2, 3))(jnp.asarray(LOGITS), weak_labels,
+                                                                gt_logits, gt_labels)
+  np.testing.assert_array_equal(np.asarray(g_wy), 0.0)
+  np.testing.assert_array_equal(np.asarray(g_gy), 0.0)
+  assert np.abs(np.asarray(g_wl)).max() > 1e-4
+  assert np.abs(np.asarray(g_gl)).max() > 1e-4
+
+
+# ---------------------------------------------------------------- objectives
+
+
+@pytest.mark.parametrize("cfg,direct", [
+    (objectives.LossConfig("xent", temperature=3.0),
+     lambda z, y, f: losses.xent(logits=z, labels=y, temperature=3.0)),
+    (objectives.LossConfig("kl"), lambda z, y, f: losses.kl(logits=z, labels=y)),
+    (objectives.LossConfig("product", alpha=0.5, beta=2.0),
+     lambda z, y, f: losses.product(logits=z, labels=y, alpha=0.5, beta=2.0)),
+    (objectives.LossConfig("logconf", warmup_frac=0.4, aux_coef=0.8),
+     lambda z, y, f: losses.logconf(logits=z, labels=y, step_frac=f, warmup_frac=0.4,
+                                    aux_coef=0.8)),
+])
+def test_loss_config_dispatches_with_its_hyperparameters(cfg, direct):
+  fn = cfg.target_loss()
+  for step_frac in (0.1, 0.9):
+    np.testing.assert_allclose(float(fn(LOGITS, LABELS, step_frac)),
+                               float(direct(LOGITS, LABELS, step_frac)), rtol=1e-6)
+
+
+def test_combined_objective_equals_weighted_classifier_objectives():
+  cfg = tiny_model_cfg(vocab_size=9, max_len=5)
+  params = models.init_params(cfg, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  params = {**params, "cls_head": {"kernel": jnp.asarray(rng.normal(size=(9, 2)), jnp.float32),
+                                   "bias": jnp.zeros(2)}}
+
+  def batch(n):
+    tokens = rng.integers(0, 9, size=(n, 5)).astype(np.int32)
+    p = rng.uniform(size=n).astype(np.float32)
+    return {"tokens": tokens, "mask": np.ones_like(tokens), "labels": np.stack([1 - p, p], -1)}
+
+  weak, gt = batch(4), batch(4)
+  alpha = 0.25
+  combined_loss, aux = jax.jit(objectives.combined_objective(cfg, alpha=alpha))(
+      params, {**{f"weak_{k}": v for k, v in weak.items()},
+               **{f"gt_{k}": v for k, v in gt.items()}}, 0.0)
+  xent_fn = jax.jit(objectives.classifier_objective(cfg, objectives.LossConfig("xent")))
+  weak_loss, weak_aux = xent_fn(params, weak, 0.0)
+  gt_loss, _ = xent_fn(params, gt, 0.0)
+  np.testing.assert_allclose(float(combined_loss),
+                             alpha * float(weak_loss) + (1 - alpha) * float(gt_loss), rtol=1e-5)
+  assert abs(float(weak_loss) - float(gt_loss)) > 1e-4
+  assert float(aux["label_agreement"]) == float(weak_aux["label_agreement"])
+  with pytest.raises(ValueError, match="alpha=1.5"):
+    objectives.combined_objective(cfg, alpha=1.5)

@@ -1,0 +1,130 @@
+"""The offline testbed: entity-disjoint splits, balanced labels, well-formed corpus."""
+
+import functools
+import re
+
+import numpy as np
+import pytest
+
+from w2s_jax import testbed
+from w2s_jax.testbed import WorldConfig
+
+
+@functools.lru_cache(maxsize=None)
+def _world(**kwargs):
+  return testbed.make_world(WorldConfig(**kwargs))
+
+
+def test_splits_are_entity_disjoint():
+  world = _world()
+  n = world.cfg.entities_per_split
+  sets = {name: set(ents.tolist()) for name, ents in world.split_entities.items()}
+  assert set(sets) == set(testbed.SPLITS)
+  for name, ents in sets.items():
+    assert len(ents) == n, name
+    assert all(0 <= e < world.cfg.num_entities for e in ents)
+  names = list(sets)
+  for i in range(len(names)):
+    for j in range(i + 1, len(names)):
+      assert not sets[names[i]] & sets[names[j]], (names[i], names[j])
+
+
+def test_entity_names_are_unique_two_token_names():
+  world = _world()
+  assert world.name_tokens.shape == (world.cfg.num_entities, 2)
+  assert len({tuple(r) for r in world.name_tokens.tolist()}) == world.cfg.num_entities
+  for first, last in world.name_tokens[:50]:
+    assert re.fullmatch(r"a\d+", world.vocab[first])
+    assert re.fullmatch(r"b\d+", world.vocab[last])
+
+
+def test_labels_roughly_balanced():
+  world = _world()
+  # Cities are split evenly between the two regions.
+  assert np.bincount(world.region_of, minlength=2).tolist() == [5, 5]
+  for name, split in testbed.task_splits(world).items():
+    frac = split["labels"].mean()
+    assert 0.35 <= frac <= 0.65, (name, frac)
+    assert set(np.unique(split["labels"]).tolist()) == {0, 1}
+
+
+def test_question_form_and_labels():
+  world = _world()
+  splits = testbed.task_splits(world)
+  bos, lives, works = world.token("<bos>"), world.token("lives"), world.token("works")
+  for name in testbed.SPLITS:
+    ents = world.split_entities[name]
+    q = splits[name]
+    assert q["tokens"].shape == (len(ents), 4)
+    assert (q["mask"] == 1).all()
+    np.testing.assert_array_equal(q["tokens"][:, 0], bos)
+    np.testing.assert_array_equal(q["tokens"][:, 1:3], world.name_tokens[ents])
+    np.testing.assert_array_equal(q["tokens"][:, 3], lives)
+    # label = region of the entity's home city, computed directly
+    expected = [world.region_of[world.city_of[0, e]] for e in ents]
+    np.testing.assert_array_equal(q["labels"], expected)
+  text = world.decode(splits["train_gt"]["tokens"][0])
+  assert re.fullmatch(r"<bos> a\d+ b\d+ lives", text), text
+  # heldout asks the other relation of the test entities
+  held = splits["heldout"]
+  np.testing.assert_array_equal(held["tokens"][:, 1:3],
+                                world.name_tokens[world.split_entities["test"]])
+  np.testing.assert_array_equal(held["tokens"][:, 3], works)
+  np.testing.assert_array_equal(
+      held["labels"], world.region_of[world.city_of[1, world.split_entities["test"]]])
+
+
+def test_corpus_rows_start_with_bos_and_masks_are_contiguous():
+  world = _world(num_entities=60, entities_per_split=20, corpus_docs=60, syllables=8)
+  corpus = testbed.pretraining_corpus(world)
+  tokens, mask = corpus["tokens"], corpus["mask"]
+  assert tokens.shape == (60, world.cfg.doc_len)
+  bos, pad = world.token("<bos>"), world.token("<pad>")
+  np.testing.assert_array_equal(tokens[:, 0], bos)
+  for row_t, row_m in zip(tokens, mask):
+    k = int(row_m.sum())
+    assert k > 1
+    np.testing.assert_array_equal(row_m[:k], 1)  # contiguous: ones then zeros
+    np.testing.assert_array_equal(row_m[k:], 0)
+    np.testing.assert_array_equal(row_t[k:], pad)
+    assert (row_t[1:k] != bos).all()
+
+
+def test_corpus_states_only_true_facts():
+  world = _world(num_entities=60, entities_per_split=20, corpus_docs=40, syllables=8)
+  corpus = testbed.pretraining_corpus(world)
+  by_name = {tuple(n): e for e, n in enumerate(world.name_tokens.tolist())}
+  dot, in_, is_ = world.token("."), world.token("in"), world.token("is")
+  rel_of = {world.token(r): i for i, r in enumerate(testbed.RELATIONS)}
+  counts = {"entity": 0, "city": 0}
+  for row_t, row_m in zip(corpus["tokens"], corpus["mask"]):
+    words = row_t[1:int(row_m.sum())].tolist()
+    assert len(words) % testbed.SENTENCE_LEN == 0
+    for i in range(0, len(words), testbed.SENTENCE_LEN):
+      sentence = words[i:i + testbed.SENTENCE_LEN]
+      assert sentence[-1] == dot
+      if world.vocab[sentence[0]].startswith("c"):   # "c3 is in r1 ."
+        city = int(world.vocab[sentence[0]][1:])
+        assert sentence[1:3] == [is_, in_]
+        assert world.vocab[sentence[3]] == f"r{world.region_of[city]}"
+        counts["city"] += 1
+      else:                                           # "a3 b17 lives c3 ."
+        e = by_name[(sentence[0], sentence[1])]
+        rel = rel_of[sentence[2]]
+        assert world.vocab[sentence[3]] == f"c{world.city_of[rel, e]}"
+        counts["entity"] += 1
+  assert counts["entity"] > 0 and counts["city"] > 0
+
+
+def test_fact_probe_and_frequency():
+  world = _world(num_entities=60, entities_per_split=20, syllables=8, zipf=1.5)
+  prompts, answers = testbed.fact_probe(world)
+  assert len(prompts) == len(answers) == 2 * 60
+  np.testing.assert_array_equal(answers[:60], world.city_tokens[world.city_of[0]])
+  np.testing.assert_array_equal(answers[60:], world.city_tokens[world.city_of[1]])
+  f = world.entity_frequency
+  assert f.sum() == pytest.approx(1.0)
+  order = np.argsort(world.frequency_rank)
+  assert (np.diff(f[order]) < 0).all()  # falls with rank when zipf > 0
+  flat = _world(num_entities=60, entities_per_split=20, syllables=8, zipf=0.0).entity_frequency
+  np.testing.assert_allclose(flat, 1 / 60)

@@ -1,0 +1,47 @@
+"""Python config files: `get_config(arg)` returns a config dataclass.
+
+A spec is "path/to/config.py" or "path/to/config.py:arg", where arg is a
+comma-separated list of flags and key=value pairs (as big_vision's
+`parse_arg`), e.g. "configs/default.py:small,seeds=3".
+"""
+
+import importlib.util
+import types
+from pathlib import Path
+
+
+def parse_arg(arg: str | None, **defaults) -> types.SimpleNamespace:
+  """"small,seeds=3" -> namespace(small=True, seeds=3), typed by the defaults."""
+  values = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, eq, raw = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"config arg {key!r}: expected one of {sorted(defaults)}")
+    kind = type(defaults[key])
+    if not eq:
+      if kind is not bool:
+        raise ValueError(f"config arg {key!r} needs a value: {key}=<{kind.__name__}>")
+      values[key] = True
+    elif kind is bool:
+      if raw.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config arg {key}={raw!r}: expected true or false")
+      values[key] = raw.lower() in ("true", "1")
+    else:
+      try:
+        values[key] = kind(raw)
+      except ValueError:
+        raise ValueError(f"config arg {key}={raw!r}: expected a {kind.__name__}") from None
+  return types.SimpleNamespace(**values)
+
+
+def load(spec: str):
+  path, _, arg = spec.partition(":")
+  file = Path(path)
+  if not file.is_file():
+    raise FileNotFoundError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(f"w2s_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise AttributeError(f"config file {path!r} defines no get_config(arg)")
+  return module.get_config(arg or None)
