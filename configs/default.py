@@ -7,10 +7,10 @@ Pretrains a weak (nano) and a strong (mini) model on the testbed corpus
 model on the weak model's labels (naive KD and logconf) and the ceiling, over
 5 seeds, and prints Pweak, Pweak->strong, Pceiling and PGR with 95% intervals.
 
-Expected, on a 2-core CPU: about 5 minutes with pretraining, 2 minutes cached;
-see the README for the measured table.
+Expected, on a 2-core CPU: about 2 minutes with pretraining, 30 s cached;
+naive KD's PGR about 0.58 [0.43, 0.71] (see the README for the whole table).
 
-Args (comma-separated): `small` for a seconds-long smoke run, `scratch` for the
+Args (comma-separated): `small` for a smoke run of under a minute, `scratch` for the
 no-pretraining ablation, `seeds=N`.
 """
 

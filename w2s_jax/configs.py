@@ -34,7 +34,7 @@ def parse_arg(arg: str | None, **defaults) -> types.SimpleNamespace:
   return types.SimpleNamespace(**values)
 
 
-def load(spec: str):
+def _module(spec: str, function: str):
   path, _, arg = spec.partition(":")
   file = Path(path)
   if not file.is_file():
@@ -42,6 +42,26 @@ def load(spec: str):
   module_spec = importlib.util.spec_from_file_location(f"w2s_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise AttributeError(f"config file {path!r} defines no get_config(arg)")
-  return module.get_config(arg or None)
+  if not hasattr(module, function):
+    raise AttributeError(f"config file {path!r} defines no {function}(arg)")
+  return getattr(module, function), arg or None
+
+
+def load(spec: str):
+  """get_config(arg) of "path.py[:arg]"."""
+  get_config, arg = _module(spec, "get_config")
+  return get_config(arg)
+
+
+def load_sweep(spec: str):
+  """sweep(arg) of "path.py[:arg]": a SweepConfig."""
+  sweep, arg = _module(spec, "sweep")
+  return sweep(arg)
+
+
+def use_compilation_cache(path) -> None:
+  """Keep compiled XLA programs on disk, so a rerun (or a resumed sweep) skips
+  most compilation. Programs are keyed by their HLO, flags and jax version."""
+  import jax
+  jax.config.update("jax_compilation_cache_dir", str(Path(path).absolute()))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -6,14 +6,12 @@ outside every checkpoint of the student.
 """
 
 import dataclasses
-import functools
-
 import jax.numpy as jnp
 
 from w2s_jax import losses
 from w2s_jax.models import ModelConfig, Transformer
 
-CLASSIFIER_LOSSES = ("xent", "kl", "product", "logconf")
+CLASSIFIER_LOSSES = ("xent", "kl", "product", "logconf", "combined")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +23,8 @@ class LossConfig:
   beta: float = 1.0              # product: student exponent
   warmup_frac: float = 0.1       # logconf
   aux_coef: float = 0.5          # logconf
+  kd_weight: float = 0.5         # combined: kd_weight * KD(weak) + (1 - kd_weight) * xent(gt)
+  gt_examples: int = 100         # combined: size of the ground-truth set
 
   def __post_init__(self):
     if self.name not in CLASSIFIER_LOSSES:
@@ -35,10 +35,24 @@ class LossConfig:
       raise ValueError(f"LossConfig.warmup_frac={self.warmup_frac}: expected in (0, 1]")
     if not 0 <= self.aux_coef <= 1:
       raise ValueError(f"LossConfig.aux_coef={self.aux_coef}: expected in [0, 1]")
+    if not 0 <= self.kd_weight <= 1:
+      raise ValueError(f"LossConfig.kd_weight={self.kd_weight}: expected in [0, 1]")
+    if self.gt_examples < 1:
+      raise ValueError(f"LossConfig.gt_examples={self.gt_examples}: expected >= 1")
+
+  @property
+  def tag(self) -> str:
+    """A short name for tables and directories: the loss and what differs from its defaults."""
+    default = LossConfig(self.name)
+    changed = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+               if f.name != "name" and getattr(self, f.name) != getattr(default, f.name)]
+    return ",".join([self.name, *changed])
 
   def target_loss(self):
     """(logits, labels, step_frac) -> scalar, closing over this config."""
     match self.name:
+      case "combined":
+        raise ValueError("LossConfig('combined') needs two batches: use objectives.objective")
       case "xent":
         return lambda logits, labels, _: losses.xent(
             logits=logits, labels=labels, temperature=self.temperature)
@@ -84,6 +98,13 @@ def classifier_objective(model_cfg: ModelConfig, loss_cfg: LossConfig):
     loss = target_loss(logits, batch["labels"], step_frac)
     return loss, {"label_agreement": _accuracy(logits, batch["labels"])}
   return loss_fn
+
+
+def objective(model_cfg: ModelConfig, loss_cfg: LossConfig):
+  """The loss_fn for a classifier fine-tune with this loss."""
+  if loss_cfg.name == "combined":
+    return combined_objective(model_cfg, alpha=loss_cfg.kd_weight)
+  return classifier_objective(model_cfg, loss_cfg)
 
 
 def combined_objective(model_cfg: ModelConfig, *, alpha: float):

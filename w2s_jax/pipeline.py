@@ -6,6 +6,7 @@ All seeds of a stage train together under jax.vmap, as one compiled program.
 """
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -85,7 +86,9 @@ def pretrained_model(cfg: ExperimentConfig, size: str, world, corpus, mesh, cach
     return params, model_cfg, {"pretrained": False, **fact_accuracy(params, model_cfg, world, mesh)}
   key = cache_key(model=model_cfg, world=cfg.world.corpus_fields(), optim=cfg.pretrain, seed=cfg.pretrain_seed,
                   version=1)
-  like = jax.eval_shape(init)
+  like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                     sharding=shd.replicated(mesh)),
+                      jax.eval_shape(init))
   params, info = cache.load(size, key, like)
   if params is not None:
     return params, model_cfg, {**info, "cached": True}
@@ -107,112 +110,191 @@ def pretrained_model(cfg: ExperimentConfig, size: str, world, corpus, mesh, cach
   return state.params, model_cfg, {**info, "cached": False}
 
 
-def _seed_stream(data: Dataset, labels, *, batch_size, seeds):
-  """Batches with a leading seed axis; each seed has its own labels and order."""
-  streams = [shuffled_batches(data.with_fields(labels=labels[i]), batch_size=batch_size, seed=s)
-             for i, s in enumerate(seeds)]
+def _seed_stream(data: Dataset, labels, *, batch_size, seeds, gt_data: Dataset | None = None):
+  """Batches with a leading seed axis; each seed has its own labels and order.
+
+  With gt_data, each batch also carries a ground-truth batch under gt_* keys
+  (and the weak-labelled one under weak_*), for the combined objective.
+  """
+  def stacked(streams):
+    while True:
+      parts = [next(s) for s in streams]
+      yield {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+
+  weak = stacked([shuffled_batches(data.with_fields(labels=labels[i]), batch_size=batch_size,
+                                   seed=s) for i, s in enumerate(seeds)])
+  if gt_data is None:
+    yield from weak
+    return
+  # Another seed stream than the weak one's, so the two orders are independent.
+  gt = stacked([shuffled_batches(gt_data, batch_size=batch_size, seed=s + 7919) for s in seeds])
   while True:
-    parts = [next(s) for s in streams]
-    yield {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+    yield {**{f"weak_{k}": v for k, v in next(weak).items()},
+           **{f"gt_{k}": v for k, v in next(gt).items()}}
+
+
+@functools.lru_cache(maxsize=64)
+def _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh):
+  """One compiled step per (model, loss, optimizer, mesh): sweep cells that
+  share a strong size and a loss reuse it instead of compiling again."""
+  optimizer = train.make_optimizer(optim_cfg)
+  step = train.compile_train_step(loss_fn=objectives.objective(model_cfg, loss_cfg),
+                                  optimizer=optimizer, total_steps=optim_cfg.steps, mesh=mesh,
+                                  vmap_seeds=True)
+  return optimizer, step
 
 
 def finetune(params, model_cfg, data: Dataset, labels, *, loss_cfg: LossConfig,
              optim_cfg: OptimConfig, seeds, mesh, desc, progress=True,
-             params_per_seed: bool = False):
+             params_per_seed: bool = False, gt_data: Dataset | None = None):
   """Fine-tunes one copy of `params` per seed, all seeds in one vmapped program.
 
   labels: soft labels [seeds, examples, classes]. params: one shared starting
   point, or (params_per_seed) one per seed, stacked on a leading axis.
+  gt_data (with one-hot labels) is required by, and only by, the combined loss.
   """
   num_seeds = len(seeds)
   if labels.shape[0] != num_seeds:
     raise ValueError(f"finetune labels: leading axis {labels.shape[0]} != {num_seeds} seeds")
+  if (loss_cfg.name == "combined") != (gt_data is not None):
+    raise ValueError(f"finetune: gt_data is needed by the combined loss only, got loss "
+                     f"{loss_cfg.name!r} with gt_data={'set' if gt_data is not None else None}")
   if not params_per_seed:
     params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds, *x.shape)), params)
-  optimizer = train.make_optimizer(optim_cfg)
+  optimizer, step = _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh)
   state = train.initial_state(params, optimizer, mesh=mesh, per_seed=True)
-  step = train.compile_train_step(loss_fn=objectives.classifier_objective(model_cfg, loss_cfg),
-                                  optimizer=optimizer, total_steps=optim_cfg.steps, mesh=mesh,
-                                  vmap_seeds=True)
-  batches = _seed_stream(data, labels, batch_size=optim_cfg.batch_size, seeds=seeds)
+  batches = _seed_stream(data, labels, batch_size=optim_cfg.batch_size, seeds=seeds,
+                         gt_data=gt_data)
   state, _ = train.fit(state, step, batches, num_steps=optim_cfg.steps, mesh=mesh, desc=desc,
                        progress=progress)
   return state.params
+
+
+EVAL_SPLITS = ("test", "heldout")
+
+
+class Context:
+  """What every stage of one experiment shares: the world, its splits, the
+  mesh and the pretrained models (pretrained lazily, once, through the cache)."""
+
+  def __init__(self, cfg: ExperimentConfig, *, cache_dir, progress=True):
+    self.cfg, self.progress = cfg, progress
+    self.mesh = shd.make_mesh()
+    shd.check_batch_size(cfg.finetune.batch_size, self.mesh, "finetune.batch_size")
+    shd.check_batch_size(cfg.pretrain.batch_size, self.mesh, "pretrain.batch_size")
+    shd.check_batch_size(cfg.eval_batch_size, self.mesh, "eval_batch_size")
+    self.world = testbed.make_world(cfg.world)
+    self.splits = testbed.task_splits(self.world)
+    self.cache = PretrainedCache(cache_dir)
+    self.seeds = tuple(cfg.seeds)
+    self._corpus, self._pretrained = None, {}
+
+  def pretrained(self, size):
+    """(params, model_cfg, info) for a size, pretrained once per process."""
+    if size not in self._pretrained:
+      if self._corpus is None and self.cfg.use_pretraining:
+        self._corpus = testbed.pretraining_corpus(self.world)
+      self._pretrained[size] = pretrained_model(self.cfg, size, self.world, self._corpus,
+                                                self.mesh, self.cache, self.progress)
+    return self._pretrained[size]
+
+  def ground_truth(self, split):
+    labels = one_hot(self.splits[split]["labels"], 2)
+    return np.broadcast_to(labels, (len(self.seeds), *labels.shape))
+
+  def tune(self, size, split, labels, loss_cfg, desc, finetune_cfg=None):
+    params, model_cfg, _ = self.pretrained(size)
+    gt_data = None
+    if loss_cfg.name == "combined":
+      gt = self.splits["train_gt"]
+      if loss_cfg.gt_examples > len(gt):
+        raise ValueError(f"LossConfig.gt_examples={loss_cfg.gt_examples}: train_gt has only "
+                         f"{len(gt)} examples")
+      gt = gt.take(np.arange(loss_cfg.gt_examples))
+      gt_data = Dataset(tokens=gt["tokens"], mask=gt["mask"], labels=one_hot(gt["labels"], 2))
+    return finetune(params, model_cfg, self.splits[split], labels, loss_cfg=loss_cfg,
+                    optim_cfg=finetune_cfg or self.cfg.finetune, seeds=self.seeds,
+                    mesh=self.mesh, desc=desc, progress=self.progress, gt_data=gt_data)
+
+  def predict(self, size, params, split):
+    return inference.soft_labels(params, self.pretrained(size)[1], self.splits[split],
+                                 batch_size=self.cfg.eval_batch_size, mesh=self.mesh,
+                                 seed_axis=True)
+
+  def evaluate(self, size, params) -> dict:
+    """Per-seed 0/1 correctness on every evaluation split: {split: [seeds, examples]}."""
+    return {split: metrics.correct(probs=self.predict(size, params, split),
+                                   labels=self.splits[split]["labels"])
+            for split in EVAL_SPLITS}
+
+
+def weak_stage(ctx: Context, size: str) -> dict:
+  """The weak model trained on ground truth: its soft labels on train_w2s and
+  its correctness on the evaluation splits. Its params are not kept."""
+  params = ctx.tune(size, "train_gt", ctx.ground_truth("train_gt"), LossConfig("xent"),
+                    f"weak {size} on ground truth")
+  labels = ctx.predict(size, params, "train_w2s")
+  label_acc = metrics.correct(probs=labels, labels=ctx.splits["train_w2s"]["labels"]).mean(1)
+  return {"labels": labels, "label_accuracy": label_acc, **ctx.evaluate(size, params)}
+
+
+def ceiling_stage(ctx: Context, size: str) -> dict:
+  params = ctx.tune(size, "train_gt", ctx.ground_truth("train_gt"), LossConfig("xent"),
+                    f"ceiling {size} on ground truth")
+  return ctx.evaluate(size, params)
+
+
+def w2s_stage(ctx: Context, strong: str, weak_labels, loss_cfg: LossConfig,
+              finetune_cfg: OptimConfig | None = None) -> dict:
+  params = ctx.tune(strong, "train_w2s", weak_labels, loss_cfg,
+                    f"strong {strong} on weak labels ({loss_cfg.tag})", finetune_cfg)
+  return ctx.evaluate(strong, params)
+
+
+def summarize(weak: dict, w2s: dict, ceiling: dict, *, num_resamples: int) -> dict:
+  return {split: metrics.bootstrap_w2s(weak_correct=weak[split], w2s_correct=w2s[split],
+                                       ceiling_correct=ceiling[split], num_resamples=num_resamples)
+          for split in EVAL_SPLITS}
 
 
 def run(cfg: ExperimentConfig, *, out_dir: str | Path, cache_dir: str | Path,
         progress: bool = True) -> dict:
   """Runs the whole pipeline and writes out_dir/results.json. Returns the results."""
   started = time.perf_counter()
-  mesh = shd.make_mesh()
-  shd.check_batch_size(cfg.finetune.batch_size, mesh, "finetune.batch_size")
-  shd.check_batch_size(cfg.pretrain.batch_size, mesh, "pretrain.batch_size")
-  shd.check_batch_size(cfg.eval_batch_size, mesh, "eval_batch_size")
-  world = testbed.make_world(cfg.world)
-  splits = testbed.task_splits(world)
-  corpus = testbed.pretraining_corpus(world) if cfg.use_pretraining else None
-  cache = PretrainedCache(cache_dir)
-  seeds, num_seeds = tuple(cfg.seeds), len(cfg.seeds)
+  ctx = Context(cfg, cache_dir=cache_dir, progress=progress)
   stages = tqdm(total=4 + len(cfg.losses), desc="w2s pipeline", unit="stage",
                 disable=not progress, dynamic_ncols=True)
-
-  pre = {}
-  for role, size in (("weak", cfg.weak_size), ("strong", cfg.strong_size)):
-    pre[role] = pretrained_model(cfg, size, world, corpus, mesh, cache, progress)
+  for size in (cfg.weak_size, cfg.strong_size):
+    ctx.pretrained(size)
+    stages.update(1)
+  weak = weak_stage(ctx, cfg.weak_size)
   stages.update(1)
-
-  def tune(role, split, labels, loss_cfg, desc):
-    params, model_cfg, _ = pre[role]
-    return finetune(params, model_cfg, splits[split], labels, loss_cfg=loss_cfg,
-                    optim_cfg=cfg.finetune, seeds=seeds, mesh=mesh, desc=desc, progress=progress)
-
-  def predict(role, params, split):
-    return inference.soft_labels(params, pre[role][1], splits[split],
-                                 batch_size=cfg.eval_batch_size, mesh=mesh, seed_axis=True)
-
-  gt = lambda split: np.broadcast_to(one_hot(splits[split]["labels"], 2),
-                                     (num_seeds, len(splits[split]), 2))
-  xent = LossConfig("xent")
-  weak = tune("weak", "train_gt", gt("train_gt"), xent, "weak on ground truth")
-  weak_labels = predict("weak", weak, "train_w2s")
-  stages.update(1)
-  ceiling = tune("strong", "train_gt", gt("train_gt"), xent, "ceiling on ground truth")
+  ceiling = ceiling_stage(ctx, cfg.strong_size)
   stages.update(1)
   w2s = {}
   for loss_cfg in cfg.losses:
-    w2s[loss_cfg.name] = tune("strong", "train_w2s", weak_labels, loss_cfg,
-                              f"strong on weak labels ({loss_cfg.name})")
+    w2s[loss_cfg.tag] = w2s_stage(ctx, cfg.strong_size, weak["labels"], loss_cfg)
     stages.update(1)
-
-  evals = {}
-  for split in ("test", "heldout"):
-    labels = splits[split]["labels"]
-    score = lambda role, params: metrics.correct(probs=predict(role, params, split), labels=labels)
-    evals[split] = {"weak": score("weak", weak), "ceiling": score("strong", ceiling),
-                    **{name: score("strong", p) for name, p in w2s.items()}}
-  weak_label_acc = metrics.correct(probs=weak_labels, labels=splits["train_w2s"]["labels"]).mean(1)
-  stages.update(1)
   stages.close()
 
-  summary = {}
-  for split, c in evals.items():
-    summary[split] = {
-        name: metrics.bootstrap_w2s(weak_correct=c["weak"], w2s_correct=c[name],
-                                    ceiling_correct=c["ceiling"],
-                                    num_resamples=cfg.bootstrap_resamples)
-        for name in w2s}
+  summary = {split: {} for split in EVAL_SPLITS}
+  for tag, result in w2s.items():
+    for split, stats in summarize(weak, result, ceiling,
+                                  num_resamples=cfg.bootstrap_resamples).items():
+      summary[split][tag] = stats
+  per_seed = {split: {"weak": weak[split].mean(1).tolist(),
+                      "ceiling": ceiling[split].mean(1).tolist(),
+                      **{tag: r[split].mean(1).tolist() for tag, r in w2s.items()}}
+              for split in EVAL_SPLITS}
   results = {
       "config": config_to_dict(cfg),
       "versions": package_versions(),
       "devices": [str(d) for d in jax.devices()],
-      "pretraining": {role: {k: v for k, v in info.items()} | {"size": size}
-                      for (role, (_, _, info)), size in
-                      zip(pre.items(), (cfg.weak_size, cfg.strong_size))},
-      "per_seed": {
-          "seeds": list(seeds),
-          "weak_label_accuracy_train_w2s": weak_label_acc.tolist(),
-          **{split: {name: c[name].mean(1).tolist() for name in c} for split, c in evals.items()},
-      },
+      "pretraining": {role: {**ctx.pretrained(size)[2], "size": size}
+                      for role, size in (("weak", cfg.weak_size), ("strong", cfg.strong_size))},
+      "per_seed": {"seeds": list(ctx.seeds),
+                   "weak_label_accuracy_train_w2s": weak["label_accuracy"].tolist(),
+                   **per_seed},
       "summary": summary,
       "seconds": time.perf_counter() - started,
   }

@@ -89,6 +89,7 @@ def initial_state(params, optimizer, *, mesh, per_seed: bool = False) -> TrainSt
   init = functools.partial(init_state, optimizer=optimizer)
   if per_seed:
     init = jax.vmap(init)
+  params = jax.device_put(params, shd.replicated(mesh))
   return jax.jit(init, out_shardings=shd.replicated(mesh))(params)
 
 

@@ -1,0 +1,70 @@
+"""Sweep tables and charts, from a small constructed results file."""
+
+import json
+
+import numpy as np
+import pytest
+
+from w2s_jax import report
+
+
+def _row(weak, strong, loss, wp, sp, weak_acc, w2s_acc, ceil_acc):
+  row = {"cell": f"{weak}_{strong}_{loss}", "weak": weak, "strong": strong, "loss": loss,
+         "weak_params": wp, "strong_params": sp, "weak_compute": wp * 1e5,
+         "strong_compute": sp * 1e5, "seeds": [0, 1, 2]}
+  pgr = (w2s_acc - weak_acc) / (ceil_acc - weak_acc)
+  for split in ("test", "heldout"):
+    for metric, v in (("weak", weak_acc), ("w2s", w2s_acc), ("ceiling", ceil_acc), ("pgr", pgr)):
+      row.update({f"{split}/{metric}/mean": v, f"{split}/{metric}/lo": v - 0.05,
+                  f"{split}/{metric}/hi": v + 0.05})
+  return row
+
+
+@pytest.fixture
+def rows_file(tmp_path):
+  sizes = {"a": 1e4, "b": 3e4, "c": 1e5}
+  acc = {"a": 0.6, "b": 0.8, "c": 0.95}
+  rows = []
+  for i, w in enumerate(sizes):
+    for s in list(sizes)[i + 1:]:
+      for loss, bonus in (("xent", 0.5), ("logconf", 0.7)):
+        w2s = acc[w] + bonus * (acc[s] - acc[w])
+        rows.append(_row(w, s, loss, sizes[w], sizes[s], acc[w], w2s, acc[s]))
+  path = tmp_path / "sweep.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def test_summary_table_has_every_pair_and_median_pgr(rows_file):
+  rows = report.load_rows(rows_file)
+  table = report.summary_table(rows)
+  assert table.count("\n") >= len(rows) + 2
+  assert report.median_pgr(rows) == pytest.approx({"xent": 0.5, "logconf": 0.7})
+  assert "0.50 [0.45, 0.55]" in table
+
+
+def test_every_chart_is_rendered_as_png_and_svg(rows_file, tmp_path):
+  paths = report.all_charts(report.load_rows(rows_file), tmp_path / "charts")
+  names = {p.name for p in paths}
+  for loss in ("xent", "logconf"):
+    for chart in ("accuracy_vs_compute", "pgr_vs_strong", "pgr_heatmap"):
+      assert {f"{chart}_{loss}.png", f"{chart}_{loss}.svg"} <= names
+  assert {"pgr_by_loss.png", "pgr_by_loss.svg"} <= names
+  for p in paths:
+    assert p.exists() and p.stat().st_size > 1000
+    if p.suffix == ".png":
+      assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_charts_survive_undefined_pgr(rows_file, tmp_path):
+  rows = report.load_rows(rows_file)
+  for r in rows:
+    for k in [k for k in r if "/pgr/" in k]:
+      r[k] = float("nan")
+  assert all(p.stat().st_size > 0 for p in report.all_charts(rows, tmp_path))
+  assert np.isnan(report.median_pgr(rows)["xent"])
+
+
+def test_missing_rows_file_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="sweep rows"):
+    report.load_rows(tmp_path / "nope.jsonl")

@@ -1,0 +1,29 @@
+"""Summary table and charts (PNG and SVG) of a sweep.
+
+  python tools/sweep_report.py runs/sweeps/default [--charts DIR] [--split test|heldout]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from w2s_jax import report  # noqa: E402
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument("sweep_dir", type=Path, help="a sweep directory (holding sweep.jsonl)")
+  parser.add_argument("--charts", type=Path, default=None, help="where to write charts "
+                      "(default <sweep_dir>/charts)")
+  parser.add_argument("--split", default="test", choices=("test", "heldout"))
+  args = parser.parse_args(argv)
+  rows = report.load_rows(args.sweep_dir / "sweep.jsonl")
+  print(report.summary_table(rows, args.split))
+  paths = report.all_charts(rows, args.charts or args.sweep_dir / "charts", args.split)
+  print(f"\nwrote {len(paths)} chart files to {paths[0].parent}")
+
+
+if __name__ == "__main__":
+  main()

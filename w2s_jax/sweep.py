@@ -1,0 +1,215 @@
+"""Sweeps over weak x strong sizes, losses and hyperparameters, resumable.
+
+Layout of a sweep directory:
+  shared/pretrained/...           orbax cache of pretrained models (or --cache)
+  shared/weak-<size>.npz          weak labels and weak correctness, per seed
+  shared/ceiling-<size>.npz       ceiling correctness, per seed
+  cells/<cell id>/results.json    one cell: config, per-seed numbers, summary
+  sweep.jsonl                     one row per finished cell, in grid order
+
+Every file is written to a temporary name and renamed, so a kill at any
+moment leaves each file either absent or complete. results.json is the
+record of a finished cell; sweep.jsonl is rebuilt from the finished cells
+after each one, so it always holds exactly one row per finished cell.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from w2s_jax import models, pipeline
+from w2s_jax.objectives import LossConfig
+from w2s_jax.pipeline import EVAL_SPLITS, ExperimentConfig
+from w2s_jax.results import package_versions, write_json_atomic
+from w2s_jax.train import OptimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One point of the grid: a weak and a strong size, a loss, a fine-tune config."""
+  weak: str
+  strong: str
+  loss: LossConfig = LossConfig()
+  finetune: OptimConfig | None = None  # None: the sweep's base fine-tune config
+
+  @property
+  def id(self) -> str:
+    blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
+    return f"{self.weak}_{self.strong}_{self.loss.name}_{digest}"
+
+
+def size_order(size: str) -> int:
+  """Sizes compare by parameter count (vocabulary-independent part)."""
+  cfg = models.decode_size(size, vocab_size=1)
+  return cfg.num_params
+
+
+def pairs(sizes) -> list[tuple[str, str]]:
+  """Every (weak, strong) pair with weak smaller than strong."""
+  ordered = sorted(sizes, key=size_order)
+  return [(w, s) for i, w in enumerate(ordered) for s in ordered[i + 1:]]
+
+
+def grid(sizes, losses, finetunes=(None,)) -> list[Cell]:
+  """The product of pairs(sizes), losses and fine-tune configs."""
+  return [Cell(w, s, loss, ft) for w, s in pairs(sizes) for loss in losses for ft in finetunes]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+  base: ExperimentConfig
+  cells: tuple[Cell, ...]
+
+  def __post_init__(self):
+    if not self.cells:
+      raise ValueError("SweepConfig.cells is empty: the sweep has nothing to run")
+    ids = [c.id for c in self.cells]
+    if len(set(ids)) != len(ids):
+      raise ValueError("SweepConfig.cells has duplicates")
+    for cell in self.cells:
+      for field in ("weak", "strong"):
+        try:
+          models.decode_size(getattr(cell, field), vocab_size=1)
+        except ValueError as e:
+          raise ValueError(f"Cell.{field} in {cell}: {e}") from None
+      if size_order(cell.weak) >= size_order(cell.strong):
+        raise ValueError(f"Cell weak={cell.weak!r} is not smaller than strong={cell.strong!r}")
+
+
+def _save_npz_atomic(path: Path, arrays: dict):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def _stored(path: Path, compute) -> dict:
+  """Loads a stage's arrays, or computes and stores them."""
+  if path.exists():
+    with np.load(path, allow_pickle=False) as f:
+      return dict(f)
+  arrays = compute()
+  _save_npz_atomic(path, arrays)
+  return arrays
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_jsonl_atomic(path: Path, rows: list[dict]):
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      for row in rows:
+        f.write(json.dumps(row, allow_nan=True) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def jsonl_row(cell: Cell, results: dict) -> dict:
+  """The flat row the sweep's tables and charts read."""
+  row = {"cell": cell.id, "weak": cell.weak, "strong": cell.strong, "loss": cell.loss.tag,
+         "weak_params": results["params"]["weak"], "strong_params": results["params"]["strong"],
+         "strong_compute": results["strong_compute"], "weak_compute": results["weak_compute"],
+         "seeds": results["seeds"]}
+  for split, stats in results["summary"].items():
+    for metric, s in stats.items():
+      for k in ("mean", "lo", "hi"):
+        row[f"{split}/{metric}/{k}"] = s[k]
+  return row
+
+
+def _cell_results(ctx, cell: Cell, weak: dict, ceiling: dict, cfg: ExperimentConfig) -> dict:
+  w2s = pipeline.w2s_stage(ctx, cell.strong, weak["labels"], cell.loss, cell.finetune)
+  summary = pipeline.summarize(weak, w2s, ceiling, num_resamples=cfg.bootstrap_resamples)
+  info = {role: ctx.pretrained(size)[2] for role, size in (("weak", cell.weak),
+                                                           ("strong", cell.strong))}
+  strong_params = models.count_params(ctx.pretrained(cell.strong)[0])
+  return {
+      "cell": dataclasses.asdict(cell),
+      "seeds": list(ctx.seeds),
+      "params": {"weak": models.count_params(ctx.pretrained(cell.weak)[0]),
+                 "strong": strong_params},
+      # Parameters x pretraining tokens, the x-axis of Burns et al.'s charts.
+      "strong_compute": float(strong_params) * info["strong"].get("tokens", 0),
+      "weak_compute": float(models.count_params(ctx.pretrained(cell.weak)[0]))
+                      * info["weak"].get("tokens", 0),
+      "pretraining": info,
+      "per_seed": {split: {"weak": weak[split].mean(1).tolist(),
+                           "w2s": w2s[split].mean(1).tolist(),
+                           "ceiling": ceiling[split].mean(1).tolist()} for split in EVAL_SPLITS},
+      "summary": summary,
+  }
+
+
+def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress=True) -> list[dict]:
+  """Runs every unfinished cell; returns the sweep's rows (one per cell)."""
+  out = Path(out_dir)
+  cells_dir, shared = out / "cells", out / "shared"
+  cfg = sweep.base
+  ctx = pipeline.Context(cfg, cache_dir=cache_dir or shared / "pretrained", progress=progress)
+  base = json.loads(json.dumps(dataclasses.asdict(cfg)))
+  if (out / "sweep.json").exists():
+    previous = json.loads((out / "sweep.json").read_text())["base"]
+    if previous != base:
+      changed = sorted(k for k in base if base[k] != previous.get(k))
+      raise ValueError(f"sweep directory {str(out)!r} holds a sweep with another base config "
+                       f"(fields {changed} differ): its finished work does not apply; "
+                       f"use another --out")
+  write_json_atomic(out / "sweep.json", {"base": base,
+                                         "cells": [dataclasses.asdict(c) for c in sweep.cells],
+                                         "versions": package_versions()})
+  jsonl = out / "sweep.jsonl"
+  for stale in out.rglob(".*.tmp"):  # left by a write that was killed before its rename
+    stale.unlink(missing_ok=True)
+
+  def finished():
+    done = {}
+    for cell in sweep.cells:
+      path = cells_dir / cell.id / "results.json"
+      if path.exists():
+        done[cell.id] = jsonl_row(cell, json.loads(path.read_text()))
+    return done
+
+  done = finished()
+  rows = [done[c.id] for c in sweep.cells if c.id in done]
+  if _read_jsonl(jsonl) != rows:
+    _write_jsonl_atomic(jsonl, rows)
+  todo = [c for c in sweep.cells if c.id not in done]
+  bar = tqdm(total=len(sweep.cells), initial=len(done), desc="sweep cells", unit="cell",
+             disable=not progress, dynamic_ncols=True)
+  for cell in todo:
+    started = time.perf_counter()
+    weak = _stored(shared / f"weak-{cell.weak}.npz", lambda: pipeline.weak_stage(ctx, cell.weak))
+    ceiling = _stored(shared / f"ceiling-{cell.strong}.npz",
+                      lambda: pipeline.ceiling_stage(ctx, cell.strong))
+    results = _cell_results(ctx, cell, weak, ceiling, cfg)
+    results["seconds"] = time.perf_counter() - started
+    write_json_atomic(cells_dir / cell.id / "results.json", results)
+    done[cell.id] = jsonl_row(cell, results)
+    _write_jsonl_atomic(jsonl, [done[c.id] for c in sweep.cells if c.id in done])
+    bar.update(1)
+  bar.close()
+  return [done[c.id] for c in sweep.cells]
