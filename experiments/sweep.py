@@ -16,17 +16,13 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--config", default="configs/sweep.py", help="config file[:arg] with sweep()")
   parser.add_argument("--out", default=None, help="sweep directory (default runs/sweeps/<name>)")
-  parser.add_argument("--cache", default="runs/cache", help="pretrained-model cache directory")
-  parser.add_argument("--xla-cache", default="runs/cache/xla",
-                      help="persistent compilation cache ('' to disable)")
-  parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+  configs.add_run_args(parser)
   return parser.parse_args(argv)
 
 
 def main(argv=None):
   args = parse_args(argv)
-  if args.xla_cache:
-    configs.use_compilation_cache(args.xla_cache)
+  configs.start_run(args)
   grid = configs.load_sweep(args.config)
   out = Path(args.out or f"runs/sweeps/{grid.base.name}")
   rows = sweep.run_sweep(grid, out_dir=out, cache_dir=args.cache, progress=not args.no_progress)

@@ -14,17 +14,13 @@ def parse_args(argv=None):
   parser.add_argument("--config", default="configs/default.py",
                       help="config file, optionally with ':arg' (e.g. configs/default.py:small)")
   parser.add_argument("--out", default=None, help="run directory (default runs/<config name>)")
-  parser.add_argument("--cache", default="runs/cache", help="pretrained-model cache directory")
-  parser.add_argument("--xla-cache", default="runs/cache/xla",
-                      help="persistent compilation cache ('' to disable)")
-  parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+  configs.add_run_args(parser)
   return parser.parse_args(argv)
 
 
 def main(argv=None):
   args = parse_args(argv)
-  if args.xla_cache:
-    configs.use_compilation_cache(args.xla_cache)
+  configs.start_run(args)
   cfg = configs.load(args.config)
   out = Path(args.out or f"runs/{cfg.name}")
   results = pipeline.run(cfg, out_dir=out, cache_dir=args.cache, progress=not args.no_progress)

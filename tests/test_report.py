@@ -68,3 +68,29 @@ def test_charts_survive_undefined_pgr(rows_file, tmp_path):
 def test_missing_rows_file_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="sweep rows"):
     report.load_rows(tmp_path / "nope.jsonl")
+
+
+def test_filter_and_combined_charts(tmp_path):
+  rows = []
+  base = _row("a", "b", "xent", 1e4, 1e5, 0.6, 0.8, 1.0)
+  rows.append({**base, "filter": "none", "criterion": "none", "keep_frac": 1.0,
+               "kd_weight": None, "gt_examples": None, "kept_label_accuracy": None,
+               "weak_label_accuracy": 0.6})
+  for c in ("confidence", "likelihood"):
+    for keep in (0.75, 0.5):
+      r = _row("a", "b", "xent", 1e4, 1e5, 0.6, 0.7 + keep / 10, 1.0)
+      rows.append({**r, "filter": f"{c}@{keep}", "criterion": c, "keep_frac": keep,
+                   "kd_weight": None, "gt_examples": None, "kept_label_accuracy": 0.7,
+                   "weak_label_accuracy": 0.6})
+  for n in (10, 30):
+    for w in (0.0, 0.5, 1.0):
+      r = _row("a", "b", f"combined,kd_weight={w},gt_examples={n}", 1e4, 1e5, 0.6, 0.9 - w / 5,
+               1.0)
+      rows.append({**r, "filter": "none", "criterion": "none", "keep_frac": 1.0,
+                   "kd_weight": w, "gt_examples": n, "kept_label_accuracy": None,
+                   "weak_label_accuracy": 0.6})
+  names = {p.name for p in report.all_charts(rows, tmp_path)}
+  assert {"pgr_vs_keep_frac.png", "pgr_vs_keep_frac.svg", "pgr_vs_kd_weight.png",
+          "pgr_vs_kd_weight.svg"} <= names
+  assert all((tmp_path / n).stat().st_size > 1000 for n in names)
+  assert "label acc" in report.summary_table(rows)

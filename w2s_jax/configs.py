@@ -65,3 +65,17 @@ def use_compilation_cache(path) -> None:
   import jax
   jax.config.update("jax_compilation_cache_dir", str(Path(path).absolute()))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def add_run_args(parser) -> None:
+  """The flags every experiment entry point shares."""
+  parser.add_argument("--cache", default="runs/cache", help="pretrained-model cache directory")
+  parser.add_argument("--xla-cache", default="runs/cache/xla",
+                      help="persistent compilation cache ('' to disable)")
+  parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def start_run(args) -> None:
+  """What every entry point does with those flags before any work."""
+  if args.xla_cache:
+    use_compilation_cache(args.xla_cache)

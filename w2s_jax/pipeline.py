@@ -15,11 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from w2s_jax import inference, metrics, models, objectives, testbed, train
+from w2s_jax import inference, metrics, models, objectives, scores, selection, testbed, train
 from w2s_jax import sharding as shd
 from w2s_jax.checkpoints import PretrainedCache, cache_key
 from w2s_jax.data import Dataset, one_hot, shuffled_batches
 from w2s_jax.objectives import LossConfig
+from w2s_jax.selection import FilterConfig
 from w2s_jax.results import package_versions, summary_table, write_json_atomic
 from w2s_jax.train import OptimConfig
 
@@ -77,15 +78,20 @@ def fact_accuracy(params, model_cfg, world, mesh) -> dict:
 
 
 def pretrained_model(cfg: ExperimentConfig, size: str, world, corpus, mesh, cache,
-                     progress=True):
-  """Params for `size` after LM pretraining on the corpus; cached with orbax."""
+                     progress=True, corpus_tag: str = "clean"):
+  """Params for `size` after LM pretraining on the corpus; cached with orbax.
+
+  corpus_tag names a corpus other than the world's own (e.g. a filtered
+  pool); it is part of the cache key."""
   model_cfg = cfg.model_config(size, world)
   init = lambda: models.init_params(model_cfg, jax.random.key(cfg.pretrain_seed))
   if not cfg.use_pretraining:
     params = init()
-    return params, model_cfg, {"pretrained": False, **fact_accuracy(params, model_cfg, world, mesh)}
-  key = cache_key(model=model_cfg, world=cfg.world.corpus_fields(), optim=cfg.pretrain, seed=cfg.pretrain_seed,
-                  version=1)
+    return params, model_cfg, {"pretrained": False, "corpus": None,
+                               **fact_accuracy(params, model_cfg, world, mesh)}
+  key = cache_key(model=model_cfg, world=cfg.world.corpus_fields(), optim=cfg.pretrain,
+                  seed=cfg.pretrain_seed, version=1,
+                  **({} if corpus_tag == "clean" else {"corpus": corpus_tag}))
   like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                      sharding=shd.replicated(mesh)),
                       jax.eval_shape(init))
@@ -101,7 +107,8 @@ def pretrained_model(cfg: ExperimentConfig, size: str, world, corpus, mesh, cach
                                                         seed=cfg.pretrain_seed),
                           num_steps=cfg.pretrain.steps, mesh=mesh, desc=f"pretrain {size}",
                           progress=progress)
-  info = {"pretrained": True, "size": size, "params": models.count_params(state.params),
+  info = {"pretrained": True, "size": size, "corpus": corpus_tag,
+          "params": models.count_params(state.params),
           "steps": cfg.pretrain.steps, "tokens": int(cfg.pretrain.steps * cfg.pretrain.batch_size
                                                      * cfg.world.doc_len),
           "seconds": time.perf_counter() - start, "final_lm_loss": float(last["loss"]),
@@ -110,8 +117,10 @@ def pretrained_model(cfg: ExperimentConfig, size: str, world, corpus, mesh, cach
   return state.params, model_cfg, {**info, "cached": False}
 
 
-def _seed_stream(data: Dataset, labels, *, batch_size, seeds, gt_data: Dataset | None = None):
-  """Batches with a leading seed axis; each seed has its own labels and order.
+def _seed_stream(data: Dataset, labels, *, batch_size, seeds, gt_data: Dataset | None = None,
+                 subsets=None):
+  """Batches with a leading seed axis; each seed has its own labels and order
+  (and, with subsets, its own selected examples).
 
   With gt_data, each batch also carries a ground-truth batch under gt_* keys
   (and the weak-labelled one under weak_*), for the combined objective.
@@ -121,8 +130,12 @@ def _seed_stream(data: Dataset, labels, *, batch_size, seeds, gt_data: Dataset |
       parts = [next(s) for s in streams]
       yield {k: np.stack([p[k] for p in parts]) for k in parts[0]}
 
-  weak = stacked([shuffled_batches(data.with_fields(labels=labels[i]), batch_size=batch_size,
-                                   seed=s) for i, s in enumerate(seeds)])
+  def seed_data(i):
+    labelled = data.with_fields(labels=labels[i])
+    return labelled if subsets is None else labelled.take(subsets[i])
+
+  weak = stacked([shuffled_batches(seed_data(i), batch_size=batch_size, seed=s)
+                  for i, s in enumerate(seeds)])
   if gt_data is None:
     yield from weak
     return
@@ -146,12 +159,13 @@ def _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh):
 
 def finetune(params, model_cfg, data: Dataset, labels, *, loss_cfg: LossConfig,
              optim_cfg: OptimConfig, seeds, mesh, desc, progress=True,
-             params_per_seed: bool = False, gt_data: Dataset | None = None):
+             params_per_seed: bool = False, gt_data: Dataset | None = None, subsets=None):
   """Fine-tunes one copy of `params` per seed, all seeds in one vmapped program.
 
   labels: soft labels [seeds, examples, classes]. params: one shared starting
   point, or (params_per_seed) one per seed, stacked on a leading axis.
   gt_data (with one-hot labels) is required by, and only by, the combined loss.
+  subsets: per seed, the indices of `data` to train on (a filter's selection).
   """
   num_seeds = len(seeds)
   if labels.shape[0] != num_seeds:
@@ -163,8 +177,10 @@ def finetune(params, model_cfg, data: Dataset, labels, *, loss_cfg: LossConfig,
     params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds, *x.shape)), params)
   optimizer, step = _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh)
   state = train.initial_state(params, optimizer, mesh=mesh, per_seed=True)
+  if subsets is not None and len(subsets) != num_seeds:
+    raise ValueError(f"finetune subsets: {len(subsets)} given for {num_seeds} seeds")
   batches = _seed_stream(data, labels, batch_size=optim_cfg.batch_size, seeds=seeds,
-                         gt_data=gt_data)
+                         gt_data=gt_data, subsets=subsets)
   state, _ = train.fit(state, step, batches, num_steps=optim_cfg.steps, mesh=mesh, desc=desc,
                        progress=progress)
   return state.params
@@ -187,22 +203,34 @@ class Context:
     self.splits = testbed.task_splits(self.world)
     self.cache = PretrainedCache(cache_dir)
     self.seeds = tuple(cfg.seeds)
-    self._corpus, self._pretrained = None, {}
+    self._corpus, self._pretrained, self._corpus_of = None, {}, {}
+
+  @property
+  def corpus(self) -> Dataset:
+    if self._corpus is None:
+      self._corpus = testbed.pretraining_corpus(self.world)
+    return self._corpus
+
+  def pretrain_on(self, size, corpus: Dataset, tag: str):
+    """Pretrain `size` on another corpus (a curated pool) from now on."""
+    self._corpus_of[size] = (tag, corpus)
+    self._pretrained.pop(size, None)
 
   def pretrained(self, size):
     """(params, model_cfg, info) for a size, pretrained once per process."""
     if size not in self._pretrained:
-      if self._corpus is None and self.cfg.use_pretraining:
-        self._corpus = testbed.pretraining_corpus(self.world)
-      self._pretrained[size] = pretrained_model(self.cfg, size, self.world, self._corpus,
-                                                self.mesh, self.cache, self.progress)
+      tag, corpus = self._corpus_of.get(size, ("clean", None))
+      if corpus is None and self.cfg.use_pretraining:
+        corpus = self.corpus
+      self._pretrained[size] = pretrained_model(self.cfg, size, self.world, corpus, self.mesh,
+                                                self.cache, self.progress, corpus_tag=tag)
     return self._pretrained[size]
 
   def ground_truth(self, split):
     labels = one_hot(self.splits[split]["labels"], 2)
     return np.broadcast_to(labels, (len(self.seeds), *labels.shape))
 
-  def tune(self, size, split, labels, loss_cfg, desc, finetune_cfg=None):
+  def tune(self, size, split, labels, loss_cfg, desc, finetune_cfg=None, subsets=None):
     params, model_cfg, _ = self.pretrained(size)
     gt_data = None
     if loss_cfg.name == "combined":
@@ -214,7 +242,8 @@ class Context:
       gt_data = Dataset(tokens=gt["tokens"], mask=gt["mask"], labels=one_hot(gt["labels"], 2))
     return finetune(params, model_cfg, self.splits[split], labels, loss_cfg=loss_cfg,
                     optim_cfg=finetune_cfg or self.cfg.finetune, seeds=self.seeds,
-                    mesh=self.mesh, desc=desc, progress=self.progress, gt_data=gt_data)
+                    mesh=self.mesh, desc=desc, progress=self.progress, gt_data=gt_data,
+                    subsets=subsets)
 
   def predict(self, size, params, split):
     return inference.soft_labels(params, self.pretrained(size)[1], self.splits[split],
@@ -235,7 +264,42 @@ def weak_stage(ctx: Context, size: str) -> dict:
                     f"weak {size} on ground truth")
   labels = ctx.predict(size, params, "train_w2s")
   label_acc = metrics.correct(probs=labels, labels=ctx.splits["train_w2s"]["labels"]).mean(1)
-  return {"labels": labels, "label_accuracy": label_acc, **ctx.evaluate(size, params)}
+  pretrained, model_cfg, _ = ctx.pretrained(size)
+  likelihood = scores.sequence_log_likelihood(pretrained, model_cfg, ctx.splits["train_w2s"],
+                                              batch_size=ctx.cfg.eval_batch_size, mesh=ctx.mesh)
+  return {"labels": labels, "label_accuracy": label_acc, "likelihood": likelihood,
+          **ctx.evaluate(size, params)}
+
+
+WEAK_STAGE_FIELDS = ("labels", "label_accuracy", "likelihood", *EVAL_SPLITS)
+
+
+def filter_scores(weak: dict, criterion: str) -> np.ndarray:
+  """Per-seed scores [seeds, examples] of the weak-labelled set; higher is kept."""
+  labels = np.asarray(weak["labels"])
+  per_seed = lambda fn: np.asarray(fn(probs=labels))
+  match criterion:
+    case "confidence":
+      return per_seed(scores.confidence)
+    case "margin":
+      return per_seed(scores.margin)
+    case "neg_entropy":
+      return per_seed(scores.neg_entropy)
+    case "agreement":  # the seeds' weak models vote
+      return np.broadcast_to(np.asarray(scores.agreement(probs=labels)), labels.shape[:2])
+    case "likelihood":  # the weak LM's log-likelihood of the example's text
+      return np.broadcast_to(weak["likelihood"], labels.shape[:2])
+  raise ValueError(f"filter criterion {criterion!r} does not apply to the weak-labelled set; "
+                   f"expected one of confidence, margin, neg_entropy, agreement, likelihood")
+
+
+def filter_subsets(weak: dict, filter_cfg: FilterConfig) -> list[np.ndarray]:
+  """Per seed, the indices of train_w2s the strong model trains on."""
+  seed_scores = filter_scores(weak, filter_cfg.criterion)
+  hard = np.argmax(weak["labels"], axis=-1)
+  return [selection.top_fraction(scores=seed_scores[i], keep_frac=filter_cfg.keep_frac,
+                                 labels=hard[i] if filter_cfg.stratified else None)
+          for i in range(len(seed_scores))]
 
 
 def ceiling_stage(ctx: Context, size: str) -> dict:
@@ -244,11 +308,20 @@ def ceiling_stage(ctx: Context, size: str) -> dict:
   return ctx.evaluate(size, params)
 
 
-def w2s_stage(ctx: Context, strong: str, weak_labels, loss_cfg: LossConfig,
-              finetune_cfg: OptimConfig | None = None) -> dict:
-  params = ctx.tune(strong, "train_w2s", weak_labels, loss_cfg,
-                    f"strong {strong} on weak labels ({loss_cfg.tag})", finetune_cfg)
-  return ctx.evaluate(strong, params)
+def w2s_stage(ctx: Context, strong: str, weak: dict, loss_cfg: LossConfig,
+              finetune_cfg: OptimConfig | None = None,
+              filter_cfg: FilterConfig | None = None) -> dict:
+  subsets = filter_subsets(weak, filter_cfg) if filter_cfg else None
+  tag = loss_cfg.tag + (f", {filter_cfg.tag}" if filter_cfg else "")
+  params = ctx.tune(strong, "train_w2s", weak["labels"], loss_cfg,
+                    f"strong {strong} on weak labels ({tag})", finetune_cfg, subsets)
+  out = ctx.evaluate(strong, params)
+  if subsets is not None:  # how right the kept weak labels are, per seed
+    truth = ctx.splits["train_w2s"]["labels"]
+    out["kept_label_accuracy"] = np.array([
+        np.mean(np.argmax(weak["labels"][i][idx], -1) == truth[idx])
+        for i, idx in enumerate(subsets)])
+  return out
 
 
 def summarize(weak: dict, w2s: dict, ceiling: dict, *, num_resamples: int) -> dict:
@@ -273,7 +346,7 @@ def run(cfg: ExperimentConfig, *, out_dir: str | Path, cache_dir: str | Path,
   stages.update(1)
   w2s = {}
   for loss_cfg in cfg.losses:
-    w2s[loss_cfg.tag] = w2s_stage(ctx, cfg.strong_size, weak["labels"], loss_cfg)
+    w2s[loss_cfg.tag] = w2s_stage(ctx, cfg.strong_size, weak, loss_cfg)
     stages.update(1)
   stages.close()
 

@@ -42,9 +42,13 @@ def median_pgr(rows, split="test") -> dict:
 
 def summary_table(rows, split="test") -> str:
   """Per pair and loss: mean [95% interval] of Pweak, Pw2s, Pceiling, PGR; then median PGR per loss."""
+  filtered = any(r.get("filter", "none") != "none" for r in rows)
   lines = [[r["weak"], r["strong"], r["loss"],
+            *([r["filter"], f"{r['kept_label_accuracy'] or r['weak_label_accuracy']:.3f}"]
+              if filtered else []),
             *(_stat(r, split, m, 2 if m == "pgr" else 3) for m, _ in METRICS)] for r in rows]
-  table = _table(("weak", "strong", "loss", *(name for _, name in METRICS)), lines)
+  table = _table(("weak", "strong", "loss", *(("filter", "label acc") if filtered else ()),
+                  *(name for _, name in METRICS)), lines)
   medians = _table(("loss", "median PGR"),
                    [[loss, f"{v:.2f}"] for loss, v in median_pgr(rows, split).items()])
   return f"{table}\n\n{medians}"
@@ -175,8 +179,54 @@ def pgr_by_loss(rows, out_dir, split="test"):
   return _save(fig, Path(out_dir), "pgr_by_loss")
 
 
+def pgr_vs_keep_frac(rows, out_dir, split="test"):
+  """No filter vs each criterion: PGR against the fraction of weak labels kept."""
+  base = [r for r in rows if r.get("filter", "none") == "none"]
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  criteria = [c for c in dict.fromkeys(r["criterion"] for r in rows) if c != "none"]
+  colors = plt.cm.tab10(np.arange(len(criteria)))
+  for criterion, color in zip(criteria, colors):
+    sub = sorted([r for r in rows if r["criterion"] == criterion] + base,
+                 key=lambda r: r["keep_frac"])
+    mean, err = _interval(sub, split, "pgr")
+    ax.errorbar([r["keep_frac"] for r in sub], mean, yerr=err, color=color, marker="o",
+                capsize=3, label=criterion, alpha=0.85)
+  if base:
+    ax.axhline(base[0][f"{split}/pgr/mean"], color="black", ls="--", lw=1, label="no filter")
+  ax.set_xlabel("fraction of weak-labelled examples kept")
+  ax.set_ylabel("PGR (95% interval)")
+  ax.set_title("Filtering the weak labels")
+  ax.invert_xaxis()
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return _save(fig, Path(out_dir), "pgr_vs_keep_frac")
+
+
+def pgr_vs_kd_weight(rows, out_dir, split="test"):
+  """The combined objective: PGR against kd_weight, a line per ground-truth set size."""
+  rows = [r for r in rows if r.get("kd_weight") is not None]
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  sizes = sorted({r["gt_examples"] for r in rows})
+  colors = plt.cm.viridis(np.linspace(0, 0.85, max(len(sizes), 1)))
+  for n, color in zip(sizes, colors):
+    sub = sorted((r for r in rows if r["gt_examples"] == n), key=lambda r: r["kd_weight"])
+    mean, err = _interval(sub, split, "pgr")
+    ax.errorbar([r["kd_weight"] for r in sub], mean, yerr=err, color=color, marker="o",
+                capsize=3, label=f"{n} ground-truth examples")
+  ax.set_xlabel("kd_weight (1 = weak labels only, 0 = ground truth only)")
+  ax.set_ylabel("PGR (95% interval)")
+  ax.set_title("Combined objective")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return _save(fig, Path(out_dir), "pgr_vs_kd_weight")
+
+
 def all_charts(rows, out_dir, split="test") -> list[Path]:
   paths = []
+  if any(r.get("filter", "none") != "none" for r in rows):
+    paths += pgr_vs_keep_frac(rows, out_dir, split)
+  if len({r.get("kd_weight") for r in rows} - {None}) > 1:
+    paths += pgr_vs_kd_weight(rows, out_dir, split)
   for loss in dict.fromkeys(r["loss"] for r in rows):
     paths += accuracy_vs_compute(rows, out_dir, loss, split)
     paths += pgr_vs_strong(rows, out_dir, loss, split)

@@ -28,6 +28,7 @@ from w2s_jax import models, pipeline
 from w2s_jax.objectives import LossConfig
 from w2s_jax.pipeline import EVAL_SPLITS, ExperimentConfig
 from w2s_jax.results import package_versions, write_json_atomic
+from w2s_jax.selection import FilterConfig
 from w2s_jax.train import OptimConfig
 
 
@@ -38,6 +39,7 @@ class Cell:
   strong: str
   loss: LossConfig = LossConfig()
   finetune: OptimConfig | None = None  # None: the sweep's base fine-tune config
+  filter: FilterConfig | None = None   # None: train on every weak-labelled example
 
   @property
   def id(self) -> str:
@@ -58,9 +60,10 @@ def pairs(sizes) -> list[tuple[str, str]]:
   return [(w, s) for i, w in enumerate(ordered) for s in ordered[i + 1:]]
 
 
-def grid(sizes, losses, finetunes=(None,)) -> list[Cell]:
-  """The product of pairs(sizes), losses and fine-tune configs."""
-  return [Cell(w, s, loss, ft) for w, s in pairs(sizes) for loss in losses for ft in finetunes]
+def grid(sizes, losses, finetunes=(None,), filters=(None,)) -> list[Cell]:
+  """The product of pairs(sizes), losses, fine-tune configs and filters."""
+  return [Cell(w, s, loss, ft, flt) for w, s in pairs(sizes) for loss in losses
+          for ft in finetunes for flt in filters]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +101,14 @@ def _save_npz_atomic(path: Path, arrays: dict):
     raise
 
 
-def _stored(path: Path, compute) -> dict:
-  """Loads a stage's arrays, or computes and stores them."""
+def _stored(path: Path, compute, fields=()) -> dict:
+  """Loads a stage's arrays, or computes and stores them (also when a stored
+  file predates a field the stage now records)."""
   if path.exists():
     with np.load(path, allow_pickle=False) as f:
-      return dict(f)
+      arrays = dict(f)
+    if all(k in arrays for k in fields):
+      return arrays
   arrays = compute()
   _save_npz_atomic(path, arrays)
   return arrays
@@ -131,9 +137,17 @@ def _write_jsonl_atomic(path: Path, rows: list[dict]):
 def jsonl_row(cell: Cell, results: dict) -> dict:
   """The flat row the sweep's tables and charts read."""
   row = {"cell": cell.id, "weak": cell.weak, "strong": cell.strong, "loss": cell.loss.tag,
+         "filter": cell.filter.tag if cell.filter else "none",
+         "criterion": cell.filter.criterion if cell.filter else "none",
+         "keep_frac": cell.filter.keep_frac if cell.filter else 1.0,
+         "kd_weight": cell.loss.kd_weight if cell.loss.name == "combined" else None,
+         "gt_examples": cell.loss.gt_examples if cell.loss.name == "combined" else None,
          "weak_params": results["params"]["weak"], "strong_params": results["params"]["strong"],
          "strong_compute": results["strong_compute"], "weak_compute": results["weak_compute"],
-         "seeds": results["seeds"]}
+         "seeds": results["seeds"],
+         "weak_label_accuracy": float(np.mean(results["weak_label_accuracy"])),
+         "kept_label_accuracy": (float(np.mean(results["kept_label_accuracy"]))
+                                 if results.get("kept_label_accuracy") else None)}
   for split, stats in results["summary"].items():
     for metric, s in stats.items():
       for k in ("mean", "lo", "hi"):
@@ -142,7 +156,7 @@ def jsonl_row(cell: Cell, results: dict) -> dict:
 
 
 def _cell_results(ctx, cell: Cell, weak: dict, ceiling: dict, cfg: ExperimentConfig) -> dict:
-  w2s = pipeline.w2s_stage(ctx, cell.strong, weak["labels"], cell.loss, cell.finetune)
+  w2s = pipeline.w2s_stage(ctx, cell.strong, weak, cell.loss, cell.finetune, cell.filter)
   summary = pipeline.summarize(weak, w2s, ceiling, num_resamples=cfg.bootstrap_resamples)
   info = {role: ctx.pretrained(size)[2] for role, size in (("weak", cell.weak),
                                                            ("strong", cell.strong))}
@@ -160,6 +174,9 @@ def _cell_results(ctx, cell: Cell, weak: dict, ceiling: dict, cfg: ExperimentCon
       "per_seed": {split: {"weak": weak[split].mean(1).tolist(),
                            "w2s": w2s[split].mean(1).tolist(),
                            "ceiling": ceiling[split].mean(1).tolist()} for split in EVAL_SPLITS},
+      "weak_label_accuracy": weak["label_accuracy"].tolist(),
+      "kept_label_accuracy": (w2s["kept_label_accuracy"].tolist()
+                              if "kept_label_accuracy" in w2s else None),
       "summary": summary,
   }
 
@@ -202,7 +219,8 @@ def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress=True) -> 
              disable=not progress, dynamic_ncols=True)
   for cell in todo:
     started = time.perf_counter()
-    weak = _stored(shared / f"weak-{cell.weak}.npz", lambda: pipeline.weak_stage(ctx, cell.weak))
+    weak = _stored(shared / f"weak-{cell.weak}.npz", lambda: pipeline.weak_stage(ctx, cell.weak),
+                   pipeline.WEAK_STAGE_FIELDS)
     ceiling = _stored(shared / f"ceiling-{cell.strong}.npz",
                       lambda: pipeline.ceiling_stage(ctx, cell.strong))
     results = _cell_results(ctx, cell, weak, ceiling, cfg)

@@ -185,3 +185,44 @@ def fact_probe(world: World) -> tuple[Dataset, np.ndarray]:
     prompts.append(question_dataset(world, entities, relation))
     answers.append(world.city_tokens[world.city_of[relation]])
   return Dataset.concatenate(prompts), np.concatenate(answers)
+
+
+BAD_KINDS = ("shuffled", "random", "false_facts")
+
+
+def corrupted_pool(world: World, corpus: Dataset, *, bad_frac: float = 0.2,
+                   seed: int = 0) -> tuple[Dataset, np.ndarray]:
+  """The corpus plus planted bad documents, so that bad_frac of the pool is bad.
+
+  Bad documents come in three kinds, equally often: a real document with its
+  tokens shuffled (corrupted), uniformly random tokens (off-distribution), and
+  well-formed fact sentences with the wrong city (false facts). Returns the
+  shuffled pool and, per document, -1 if clean or its index in BAD_KINDS.
+  """
+  if not 0 < bad_frac < 1:
+    raise ValueError(f"bad_frac={bad_frac}: expected in (0, 1)")
+  rng = np.random.default_rng(seed)
+  tokens, mask = corpus["tokens"], corpus["mask"]
+  n_bad = int(round(bad_frac * len(tokens) / (1 - bad_frac)))
+  kind = np.arange(n_bad) % len(BAD_KINDS)
+  source = rng.integers(len(tokens), size=n_bad)
+  bad_tokens, bad_mask = tokens[source].copy(), mask[source].copy()
+  for i in np.flatnonzero(kind == 0):
+    real = np.flatnonzero(bad_mask[i])[1:]  # keep <bos> first
+    bad_tokens[i, real] = rng.permutation(bad_tokens[i, real])
+  random_rows = np.flatnonzero(kind == 1)
+  body = rng.integers(len(world.vocab), size=(len(random_rows), tokens.shape[1] - 1))
+  bad_tokens[random_rows, 1:] = np.where(bad_mask[random_rows, 1:] > 0, body, 0)
+  false_rows = np.flatnonzero(kind == 2)
+  is_city = np.isin(bad_tokens[false_rows], world.city_tokens)
+  # Shift every stated city (entity facts and city->region lines alike) to another city.
+  city_index = np.searchsorted(world.city_tokens, bad_tokens[false_rows])
+  shift = rng.integers(1, world.cfg.num_cities, size=city_index.shape)
+  wrong = world.city_tokens[(np.clip(city_index, 0, world.cfg.num_cities - 1) + shift)
+                            % world.cfg.num_cities]
+  bad_tokens[false_rows] = np.where(is_city, wrong, bad_tokens[false_rows])
+  all_tokens = np.concatenate([tokens, bad_tokens])
+  all_mask = np.concatenate([mask, bad_mask])
+  label = np.concatenate([np.full(len(tokens), -1), kind])
+  order = rng.permutation(len(all_tokens))
+  return Dataset(tokens=all_tokens[order], mask=all_mask[order]), label[order]

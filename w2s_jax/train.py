@@ -5,6 +5,7 @@ is the one place it is jitted, sharded and donated. LM pretraining and
 classifier fine-tuning differ only in the loss function they pass in.
 """
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator
@@ -149,17 +150,28 @@ def _check_finite(state: TrainState, what: str):
 
 
 def fit(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int, mesh,
-        desc: str, check_every: int = 100, progress: bool = True) -> tuple[TrainState, dict]:
-  """Runs num_steps of step_fn. Host syncs only every check_every steps."""
+        desc: str, check_every: int = 100, progress: bool = True,
+        max_in_flight: int = 8) -> tuple[TrainState, dict]:
+  """Runs num_steps of step_fn. Host syncs only every check_every steps.
+
+  At most max_in_flight steps are dispatched ahead of the device: an unbounded
+  queue buys nothing once the device is busy, and on XLA:CPU with several
+  (simulated) devices on few cores, a deep queue of collectives was measured
+  to starve an all-reduce rendezvous into a deadlock abort.
+  """
   metrics = {}
   seed_axis = state.step.ndim > 0
   # A no-op for a state from initial_state; otherwise the first step's output
   # sharding would differ from its input's and the step would compile twice.
   state = jax.device_put(state, shd.replicated(mesh))
+  in_flight = collections.deque()
   with tqdm(total=num_steps, desc=desc, unit="step", disable=not progress,
             leave=False, dynamic_ncols=True) as bar:
     for i in range(num_steps):
       state, metrics = step_fn(state, shd.put_batch(next(batches), mesh, seed_axis=seed_axis))
+      in_flight.append(metrics["loss"])
+      if len(in_flight) > max_in_flight:
+        in_flight.popleft().block_until_ready()
       bar.update(1)
       if (i + 1) % check_every == 0 or i + 1 == num_steps:
         _check_finite(state, desc)

@@ -1,0 +1,31 @@
+"""The combined objective: kd_weight * KD(weak labels) + (1 - kd_weight) * xent(ground truth).
+
+  python experiments/sweep.py --config configs/combined.py
+  python tools/sweep_report.py runs/sweeps/combined
+
+Weak pico -> strong mini. kd_weight in {0, 0.25, 0.5, 0.75, 1} times a
+ground-truth set (the first examples of train_gt) of 10, 30 or 100 examples;
+naive KD on the weak labels alone is the baseline cell. kd_weight = 0 is
+ground truth only, kd_weight = 1 weak labels only. Expected: about 3 minutes.
+"""
+
+from w2s_jax.configs import parse_arg
+from w2s_jax.objectives import LossConfig
+from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.sweep import Cell, SweepConfig
+
+KD_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+GT_EXAMPLES = (10, 30, 100)
+
+
+def get_config(arg=None) -> ExperimentConfig:
+  arg = parse_arg(arg, seeds=5)
+  return ExperimentConfig(name="combined", seeds=tuple(range(arg.seeds)))
+
+
+def sweep(arg=None) -> SweepConfig:
+  base = get_config(arg)
+  cells = [Cell("pico", "mini", LossConfig("xent"))]
+  cells += [Cell("pico", "mini", LossConfig("combined", kd_weight=w, gt_examples=n))
+            for n in GT_EXAMPLES for w in KD_WEIGHTS]
+  return SweepConfig(base, tuple(cells))

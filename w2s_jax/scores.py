@@ -1,0 +1,88 @@
+"""Scores a weak model gives examples, for selecting what the strong model sees.
+
+Every score is oriented so that higher means "keep": confidence, margin,
+negative entropy, log-likelihood, and so on. The classifier scores are pure
+functions of soft labels; the LM scores run the model over a whole dataset in
+padded batches (`sequence_log_likelihood`).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from w2s_jax import sharding as shd
+from w2s_jax.data import Dataset, padded_batches
+from w2s_jax.models import ModelConfig, Transformer
+
+
+def confidence(*, probs):
+  """Max class probability."""
+  return jnp.max(probs, axis=-1)
+
+
+def margin(*, probs):
+  """Top-1 minus top-2 class probability."""
+  top2 = jax.lax.top_k(probs, 2)[0]
+  return top2[..., 0] - top2[..., 1]
+
+
+def neg_entropy(*, probs):
+  """-H(probs), with 0 log 0 = 0: high for confident predictions."""
+  safe = jnp.where(probs > 0, probs, 1.0)
+  return jnp.sum(probs * jnp.log(safe), axis=-1)
+
+
+def agreement(*, probs):
+  """probs [models, examples, classes] -> the fraction of models whose argmax
+  is the ensemble's (mean-probability) argmax, per example."""
+  votes = jnp.argmax(probs, axis=-1)
+  ensemble = jnp.argmax(jnp.mean(probs, axis=0), axis=-1)
+  return jnp.mean(votes == ensemble[None], axis=0)
+
+
+def log_likelihood_ratio(*, log_likelihood, reference_log_likelihood):
+  """log(ppl_reference / ppl_model) for mean per-token log-likelihoods: high
+  where the model finds the text likelier than the reference does."""
+  return log_likelihood - reference_log_likelihood
+
+
+def _token_log_likelihood(logits, tokens, mask):
+  """Per-example mean log-likelihood of the real next tokens (mask-weighted)."""
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  target = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+  weight = (mask[:, 1:] * mask[:, :-1]).astype(jnp.float32)
+  return jnp.sum(target * weight, -1) / jnp.maximum(jnp.sum(weight, -1), 1.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _likelihood_fn(model_cfg: ModelConfig, mesh):
+  model = Transformer(model_cfg)
+
+  def score(params, tokens, mask):
+    # Left padding puts pads first; the mask, not the layout, decides what counts.
+    logits = model.apply({"params": params}, tokens, mask, method=Transformer.lm_logits)
+    return _token_log_likelihood(logits, tokens, mask)
+
+  data = shd.batch_sharding(mesh)
+  return jax.jit(score, in_shardings=(shd.replicated(mesh), data, data), out_shardings=data)
+
+
+def sequence_log_likelihood(params, model_cfg: ModelConfig, data: Dataset, *,
+                            batch_size: int = 256, mesh) -> np.ndarray:
+  """Mean per-token log-likelihood of each example's text under an LM: [N]."""
+  shd.check_batch_size(batch_size, mesh, "likelihood batch_size")
+  fn = _likelihood_fn(model_cfg, mesh)
+  out, reals = [], []
+  for batch, real in padded_batches(data, batch_size=batch_size):
+    b = shd.put_batch({"tokens": batch["tokens"], "mask": batch["mask"]}, mesh)
+    out.append(fn(params, b["tokens"], b["mask"]))
+    reals.append(real)
+  return np.concatenate([o[:r] for o, r in zip(jax.device_get(out), reals)])
+
+
+def cross_entropy(params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256,
+                  mesh) -> np.ndarray:
+  """Mean per-token cross-entropy (nats): minus the log-likelihood. Lower is likelier."""
+  return -sequence_log_likelihood(params, model_cfg, data, batch_size=batch_size, mesh=mesh)
