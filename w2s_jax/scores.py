@@ -17,23 +17,27 @@ from w2s_jax.data import Dataset, padded_batches
 from w2s_jax.models import ModelConfig, Transformer
 
 
+@jax.jit
 def confidence(*, probs):
   """Max class probability."""
   return jnp.max(probs, axis=-1)
 
 
+@jax.jit
 def margin(*, probs):
   """Top-1 minus top-2 class probability."""
   top2 = jax.lax.top_k(probs, 2)[0]
   return top2[..., 0] - top2[..., 1]
 
 
+@jax.jit
 def neg_entropy(*, probs):
   """-H(probs), with 0 log 0 = 0: high for confident predictions."""
   safe = jnp.where(probs > 0, probs, 1.0)
   return jnp.sum(probs * jnp.log(safe), axis=-1)
 
 
+@jax.jit
 def agreement(*, probs):
   """probs [models, examples, classes] -> the fraction of models whose argmax
   is the ensemble's (mean-probability) argmax, per example."""
@@ -42,6 +46,7 @@ def agreement(*, probs):
   return jnp.mean(votes == ensemble[None], axis=0)
 
 
+@jax.jit
 def log_likelihood_ratio(*, log_likelihood, reference_log_likelihood):
   """log(ppl_reference / ppl_model) for mean per-token log-likelihoods: high
   where the model finds the text likelier than the reference does."""
