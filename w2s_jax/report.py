@@ -76,13 +76,18 @@ def _interval(rows, split, metric):
   return mean, np.abs(np.stack([mean - lo, hi - mean]))
 
 
+def _weak_sizes(rows):
+  """Weak sizes from smallest to largest, with a color each."""
+  weaks = sorted({r["weak"] for r in rows},
+                 key=lambda w: min(r["weak_params"] for r in rows if r["weak"] == w))
+  return weaks, plt.cm.viridis(np.linspace(0, 0.85, max(len(weaks), 1)))
+
+
 def accuracy_vs_compute(rows, out_dir, loss, split="test"):
   """Test accuracy against strong-model compute: a line per weak model, the ceiling, weak points."""
   rows = [r for r in rows if r["loss"] == loss]
   fig, ax = plt.subplots(figsize=(6, 4.2))
-  weaks = sorted({r["weak"] for r in rows}, key=lambda w: min(r["weak_params"] for r in rows
-                                                              if r["weak"] == w))
-  colors = plt.cm.viridis(np.linspace(0, 0.85, max(len(weaks), 1)))
+  weaks, colors = _weak_sizes(rows)
   ceiling = {}
   for weak, color in zip(weaks, colors):
     sub = sorted((r for r in rows if r["weak"] == weak), key=lambda r: r["strong_compute"])
@@ -109,9 +114,7 @@ def accuracy_vs_compute(rows, out_dir, loss, split="test"):
 def pgr_vs_strong(rows, out_dir, loss, split="test"):
   rows = [r for r in rows if r["loss"] == loss]
   fig, ax = plt.subplots(figsize=(6, 4.2))
-  weaks = sorted({r["weak"] for r in rows}, key=lambda w: min(r["weak_params"] for r in rows
-                                                              if r["weak"] == w))
-  colors = plt.cm.viridis(np.linspace(0, 0.85, max(len(weaks), 1)))
+  weaks, colors = _weak_sizes(rows)
   for weak, color in zip(weaks, colors):
     sub = sorted((r for r in rows if r["weak"] == weak), key=lambda r: r["strong_params"])
     mean, err = _interval(sub, split, "pgr")

@@ -1,5 +1,6 @@
 """Atomic result files, package versions, and the summary table."""
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -11,22 +12,29 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
             "tensorflow-datasets")
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-  """Write to a temporary file in the same directory, fsync, then rename:
-  a reader sees the old file or the new one, never a partial one."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w"):
+  """Yields a file that replaces `path` only once closed, fsynced and renamed:
+  a reader, or a run killed at any moment, sees the old file or the new one,
+  never a partial one."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=False, allow_nan=True)
-      f.write("\n")
+    with os.fdopen(fd, mode) as f:
+      yield f
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)
     raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+  with atomic_write(path) as f:
+    json.dump(obj, f, indent=2, allow_nan=True)
+    f.write("\n")
 
 
 def package_versions() -> dict:

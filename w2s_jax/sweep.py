@@ -16,8 +16,6 @@ after each one, so it always holds exactly one row per finished cell.
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from tqdm.auto import tqdm
 from w2s_jax import models, pipeline
 from w2s_jax.objectives import LossConfig
 from w2s_jax.pipeline import EVAL_SPLITS, ExperimentConfig
-from w2s_jax.results import package_versions, write_json_atomic
+from w2s_jax.results import atomic_write, package_versions, write_json_atomic
 from w2s_jax.selection import FilterConfig
 from w2s_jax.train import OptimConfig
 
@@ -88,17 +86,8 @@ class SweepConfig:
 
 
 def _save_npz_atomic(path: Path, arrays: dict):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
+  with atomic_write(path, "wb") as f:
+    np.savez(f, **arrays)
 
 
 def _stored(path: Path, compute, fields=()) -> dict:
@@ -121,17 +110,8 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict]):
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      for row in rows:
-        f.write(json.dumps(row, allow_nan=True) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
+  with atomic_write(path) as f:
+    f.writelines(json.dumps(row, allow_nan=True) + "\n" for row in rows)
 
 
 def jsonl_row(cell: Cell, results: dict) -> dict:
