@@ -74,7 +74,7 @@ def run(cfg, *, keep: float, out_dir: Path, cache_dir, progress=True, bad_frac=0
     result = pipeline.w2s_stage(ctx, cfg.strong_size, weak, LossConfig("xent"))
     summary = pipeline.summarize(weak, result, ceiling, num_resamples=cfg.bootstrap_resamples)
     info = ctx.pretrained(cfg.strong_size)[2]
-    w2s[name] = {"summary": summary, "strong_facts": info["lives"], "docs": len(corpus or ctx.corpus)}
+    w2s[name] = {"summary": summary, "strong_facts": info["lives"], "docs": len(ctx.corpus if corpus is None else corpus)}
   results = {"config": pipeline.config_to_dict(cfg), "versions": package_versions(),
              "keep": keep, "bad_frac": bad_frac, "removal": removal, "w2s": w2s,
              "seconds": time.perf_counter() - started}

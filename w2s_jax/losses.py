@@ -78,8 +78,8 @@ def combined(*, weak_logits, weak_labels, gt_logits, gt_labels, alpha):
           + (1.0 - alpha) * xent(logits=gt_logits, labels=gt_labels))
 
 
-def lm_xent(*, logits, tokens, mask):
-  """Next-token cross-entropy, averaged over real (mask = 1) target tokens.
+def next_token_log_probs(*, logits, tokens, mask):
+  """(log p of each real next token, its 0/1 weight), both [batch, seq - 1].
 
   logits[:, t] predicts tokens[:, t + 1]; a target counts only when both it
   and the position predicting it are real.
@@ -87,4 +87,10 @@ def lm_xent(*, logits, tokens, mask):
   logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
   target_logp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
   weight = (mask[:, 1:] * mask[:, :-1]).astype(jnp.float32)
+  return target_logp, weight
+
+
+def lm_xent(*, logits, tokens, mask):
+  """Next-token cross-entropy, averaged over real (mask = 1) target tokens."""
+  target_logp, weight = next_token_log_probs(logits=logits, tokens=tokens, mask=mask)
   return -jnp.sum(target_logp * weight) / jnp.maximum(jnp.sum(weight), 1.0)

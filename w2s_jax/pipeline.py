@@ -239,7 +239,7 @@ class Context:
         raise ValueError(f"LossConfig.gt_examples={loss_cfg.gt_examples}: train_gt has only "
                          f"{len(gt)} examples")
       gt = gt.take(np.arange(loss_cfg.gt_examples))
-      gt_data = Dataset(tokens=gt["tokens"], mask=gt["mask"], labels=one_hot(gt["labels"], 2))
+      gt_data = gt.with_fields(labels=one_hot(gt["labels"], 2))
     return finetune(params, model_cfg, self.splits[split], labels, loss_cfg=loss_cfg,
                     optim_cfg=finetune_cfg or self.cfg.finetune, seeds=self.seeds,
                     mesh=self.mesh, desc=desc, progress=self.progress, gt_data=gt_data,

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from w2s_jax import losses
 from w2s_jax import sharding as shd
 from w2s_jax.data import Dataset, padded_batches
 from w2s_jax.models import ModelConfig, Transformer
@@ -53,14 +54,6 @@ def log_likelihood_ratio(*, log_likelihood, reference_log_likelihood):
   return log_likelihood - reference_log_likelihood
 
 
-def _token_log_likelihood(logits, tokens, mask):
-  """Per-example mean log-likelihood of the real next tokens (mask-weighted)."""
-  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  target = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-  weight = (mask[:, 1:] * mask[:, :-1]).astype(jnp.float32)
-  return jnp.sum(target * weight, -1) / jnp.maximum(jnp.sum(weight, -1), 1.0)
-
-
 @functools.lru_cache(maxsize=16)
 def _likelihood_fn(model_cfg: ModelConfig, mesh):
   model = Transformer(model_cfg)
@@ -68,7 +61,8 @@ def _likelihood_fn(model_cfg: ModelConfig, mesh):
   def score(params, tokens, mask):
     # Left padding puts pads first; the mask, not the layout, decides what counts.
     logits = model.apply({"params": params}, tokens, mask, method=Transformer.lm_logits)
-    return _token_log_likelihood(logits, tokens, mask)
+    target_logp, weight = losses.next_token_log_probs(logits=logits, tokens=tokens, mask=mask)
+    return jnp.sum(target_logp * weight, -1) / jnp.maximum(jnp.sum(weight, -1), 1.0)
 
   data = shd.batch_sharding(mesh)
   return jax.jit(score, in_shardings=(shd.replicated(mesh), data, data), out_shardings=data)

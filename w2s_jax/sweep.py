@@ -140,16 +140,15 @@ def _cell_results(ctx, cell: Cell, weak: dict, ceiling: dict, cfg: ExperimentCon
   summary = pipeline.summarize(weak, w2s, ceiling, num_resamples=cfg.bootstrap_resamples)
   info = {role: ctx.pretrained(size)[2] for role, size in (("weak", cell.weak),
                                                            ("strong", cell.strong))}
-  strong_params = models.count_params(ctx.pretrained(cell.strong)[0])
+  params = {role: models.count_params(ctx.pretrained(size)[0])
+            for role, size in (("weak", cell.weak), ("strong", cell.strong))}
   return {
       "cell": dataclasses.asdict(cell),
       "seeds": list(ctx.seeds),
-      "params": {"weak": models.count_params(ctx.pretrained(cell.weak)[0]),
-                 "strong": strong_params},
+      "params": params,
       # Parameters x pretraining tokens, the x-axis of Burns et al.'s charts.
-      "strong_compute": float(strong_params) * info["strong"].get("tokens", 0),
-      "weak_compute": float(models.count_params(ctx.pretrained(cell.weak)[0]))
-                      * info["weak"].get("tokens", 0),
+      "strong_compute": float(params["strong"]) * info["strong"].get("tokens", 0),
+      "weak_compute": float(params["weak"]) * info["weak"].get("tokens", 0),
       "pretraining": info,
       "per_seed": {split: {"weak": weak[split].mean(1).tolist(),
                            "w2s": w2s[split].mean(1).tolist(),
@@ -192,7 +191,7 @@ def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress=True) -> 
 
   done = finished()
   rows = [done[c.id] for c in sweep.cells if c.id in done]
-  if _read_jsonl(jsonl) != rows:
+  if json.dumps(_read_jsonl(jsonl)) != json.dumps(rows):  # NaN-safe comparison
     _write_jsonl_atomic(jsonl, rows)
   todo = [c for c in sweep.cells if c.id not in done]
   bar = tqdm(total=len(sweep.cells), initial=len(done), desc="sweep cells", unit="cell",
