@@ -328,12 +328,13 @@ def test_combined_objective_equals_weighted_classifier_objectives():
 
   weak, gt = batch(4), batch(4)
   alpha = 0.25
+  key = jax.random.key(0)
   combined_loss, aux = jax.jit(objectives.combined_objective(cfg, alpha=alpha))(
       params, {**{f"weak_{k}": v for k, v in weak.items()},
-               **{f"gt_{k}": v for k, v in gt.items()}}, 0.0)
+               **{f"gt_{k}": v for k, v in gt.items()}}, 0.0, key)
   xent_fn = jax.jit(objectives.classifier_objective(cfg, objectives.LossConfig("xent")))
-  weak_loss, weak_aux = xent_fn(params, weak, 0.0)
-  gt_loss, _ = xent_fn(params, gt, 0.0)
+  weak_loss, weak_aux = xent_fn(params, weak, 0.0, key)
+  gt_loss, _ = xent_fn(params, gt, 0.0, key)
   np.testing.assert_allclose(float(combined_loss),
                              alpha * float(weak_loss) + (1 - alpha) * float(gt_loss), rtol=1e-5)
   assert abs(float(weak_loss) - float(gt_loss)) > 1e-4

@@ -20,8 +20,8 @@ def _quadratic_params():
           "cls_head": {"kernel": np.array([[1.0, -1.0], [0.5, 0.25]], np.float32)}}
 
 
-def _quadratic_loss(params, batch, step_frac):
-  del step_frac
+def _quadratic_loss(params, batch, step_frac, rng):
+  del step_frac, rng
   h = batch["x"] @ params["body"]["w"]
   out = h @ params["cls_head"]["kernel"]
   loss = jnp.mean((out - batch["y"]) ** 2)  # NaN as soon as x has a NaN
@@ -42,9 +42,11 @@ def _nan_stream(bad_step, batch_size=4):
 def _run_with_nan(mesh, num_steps, bad_step=7, check_every=100):
   cfg = OptimConfig(steps=20, batch_size=4, lr=1e-2)
   optimizer = train.make_optimizer(cfg)
-  state = train.init_state(jax.tree.map(jnp.asarray, _quadratic_params()), optimizer)
+  state = train.initial_state(train.from_params, _quadratic_params(), optimizer=optimizer,
+                              mesh=mesh)
   compiled = train.compile_train_step(loss_fn=_quadratic_loss, optimizer=optimizer,
-                                      total_steps=cfg.steps, mesh=mesh)
+                                      total_steps=cfg.steps, mesh=mesh,
+                                      state_sharding=train.sharding_of(state))
   history = []  # host copies of params after each step (the state is donated)
 
   def recording_step(state, batch):
@@ -117,10 +119,10 @@ def _classifier_setup(seed=0, n=32):
 def _finetune_flat(mesh, cfg, data, params, steps=5):
   optim = OptimConfig(steps=steps, batch_size=8, lr=1e-2, head_lr=1e-1, warmup_frac=0.0)
   optimizer = train.make_optimizer(optim)
-  state = train.init_state(jax.tree.map(jnp.asarray, params), optimizer)
+  state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh)
   step = train.compile_train_step(
       loss_fn=objectives.classifier_objective(cfg, LossConfig("xent")), optimizer=optimizer,
-      total_steps=optim.steps, mesh=mesh)
+      total_steps=optim.steps, mesh=mesh, state_sharding=train.sharding_of(state))
   state, metrics = train.fit(state, step, shuffled_batches(data, batch_size=8, seed=0),
                              num_steps=steps, mesh=mesh, desc="flat", progress=False)
   assert int(state.step) == steps
@@ -142,10 +144,10 @@ def test_train_step_outputs_replicated_on_mesh(mesh4):
   cfg, data, params = _classifier_setup(n=8)
   optim = OptimConfig(steps=2, batch_size=8)
   optimizer = train.make_optimizer(optim)
-  state = train.init_state(jax.tree.map(jnp.asarray, params), optimizer)
+  state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh4)
   step = train.compile_train_step(
       loss_fn=objectives.classifier_objective(cfg, LossConfig("xent")), optimizer=optimizer,
-      total_steps=2, mesh=mesh4)
+      total_steps=2, mesh=mesh4, state_sharding=train.sharding_of(state))
   batch = sharding.put_batch(dict(data), mesh4)
   assert len(batch["tokens"].sharding.device_set) == 4
   state, _ = step(state, batch)
@@ -158,19 +160,18 @@ def test_train_step_outputs_replicated_on_mesh(mesh4):
 
 @pytest.mark.parametrize("vmap_seeds", [False, True])
 def test_train_step_traces_once(mesh4, vmap_seeds):
-  """The state fit starts from (train.init_state) and the states it returns must hit
+  """The state fit starts from (train.initial_state) and the states it returns must hit
   the same trace: one trace, hence one compile, per compiled train step."""
   chex.clear_trace_counter()  # the counter is keyed by source: parametrized runs share it
   cfg, data, params = _classifier_setup(n=16)
   optim = OptimConfig(steps=4, batch_size=8)
   optimizer = train.make_optimizer(optim)
   base_loss = objectives.classifier_objective(cfg, LossConfig("logconf"))
-  loss_fn = chex.assert_max_traces(lambda p, b, f: base_loss(p, b, f), n=1)
-  step = train.compile_train_step(loss_fn=loss_fn, optimizer=optimizer, total_steps=optim.steps,
-                                  mesh=mesh4, vmap_seeds=vmap_seeds)
+  loss_fn = chex.assert_max_traces(lambda p, b, f, r: base_loss(p, b, f, r), n=1)
   if vmap_seeds:
     stacked = jax.tree.map(lambda x: jnp.stack([jnp.asarray(x)] * 2), params)
-    state = jax.vmap(lambda p: train.init_state(p, optimizer))(stacked)
+    state = train.initial_state(train.from_params, stacked, optimizer=optimizer, mesh=mesh4,
+                                rng=train.seed_keys([0, 1]), per_seed=True)
 
     def batches():
       a = shuffled_batches(data, batch_size=8, seed=0)
@@ -180,8 +181,11 @@ def test_train_step_traces_once(mesh4, vmap_seeds):
         yield {k: np.stack([x[k], y[k]]) for k in x}
     stream = batches()
   else:
-    state = train.init_state(jax.tree.map(jnp.asarray, params), optimizer)
+    state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh4)
     stream = shuffled_batches(data, batch_size=8, seed=0)
+  step = train.compile_train_step(loss_fn=loss_fn, optimizer=optimizer, total_steps=optim.steps,
+                                  mesh=mesh4, state_sharding=train.sharding_of(state),
+                                  vmap_seeds=vmap_seeds)
   state, _ = train.fit(state, step, stream, num_steps=4, mesh=mesh4, desc="trace",
                        check_every=1, progress=False)
   np.testing.assert_array_equal(np.asarray(state.step), 4)

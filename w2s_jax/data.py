@@ -42,21 +42,30 @@ def one_hot(labels, num_classes: int) -> np.ndarray:
   return np.eye(num_classes, dtype=np.float32)[labels]
 
 
-def shuffled_batches(data: Dataset, *, batch_size: int, seed: int,
-                     start_step: int = 0) -> Iterator[Dataset]:
+def batch_indices(n: int, *, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """The examples of batch `step`: epochs are seeded permutations of range(n)."""
+  first = step * batch_size
+  idx = np.empty(batch_size, np.int64)
+  for j in range(batch_size):
+    epoch, pos = divmod(first + j, n)
+    idx[j] = _epoch_order(n, seed, epoch)[pos]
+  return idx
+
+
+def shuffled_batches(data: Dataset, *, batch_size: int, seed: int, start_step: int = 0,
+                     rows: slice | None = None) -> Iterator[Dataset]:
   """An endless stream of batches, reshuffled each epoch; a deterministic
-  function of (seed, step) so a resumed run sees the same batches."""
-  n = len(data)
+  function of (seed, step) so a resumed run sees the same batches.
+
+  rows: the rows of each global batch this process holds (sharding.process_rows);
+  only those examples are read, so each host loads its own shard of the data.
+  """
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size}: expected >= 1")
   step = start_step
   while True:
-    first = step * batch_size
-    idx = np.empty(batch_size, np.int64)
-    for j in range(batch_size):
-      epoch, pos = divmod(first + j, n)
-      idx[j] = _epoch_order(n, seed, epoch)[pos]
-    yield data.take(idx)
+    idx = batch_indices(len(data), batch_size=batch_size, seed=seed, step=step)
+    yield data.take(idx if rows is None else idx[rows])
     step += 1
 
 

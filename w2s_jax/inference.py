@@ -22,24 +22,42 @@ def _compiled(model_cfg: ModelConfig, fn_name: str, mesh, seed_axis: bool):
 
   if seed_axis:
     apply = jax.vmap(apply, in_axes=(0, None, None))
+  return jit_batched(apply, mesh, seed_axis=seed_axis)
+
+
+def jit_batched(fn, mesh, *, seed_axis: bool = False):
+  """jit for fn(params, tokens, mask) -> per-example outputs: params keep their
+  own (replicated or FSDP) sharding, examples split over the mesh."""
   data = shd.batch_sharding(mesh)
-  out = shd.NamedSharding(mesh, shd.P(None, shd.DATA) if seed_axis else shd.P(shd.DATA))
-  return jax.jit(apply, in_shardings=(shd.replicated(mesh), data, data), out_shardings=out)
+  return jax.jit(fn, in_shardings=(None, data, data),
+                 out_shardings=shd.batch_sharding(mesh, seed_axis=seed_axis))
 
 
-def _batched(params, model_cfg, data: Dataset, *, batch_size, mesh, fn_name, seed_axis):
-  shd.check_batch_size(batch_size, mesh, "inference batch_size")
-  fn = _compiled(model_cfg, fn_name, mesh, seed_axis)
+def map_batches(fn, params, data: Dataset, *, batch_size: int, mesh, field: str,
+                seed_axis: bool = False) -> np.ndarray:
+  """fn (from jit_batched) over every example of data, in padded batches.
+
+  Each process feeds only its own rows of each batch; the outputs are
+  gathered once, at the end, so the loop never waits on the device.
+  """
+  shd.check_batch_size(batch_size, mesh, field)
+  rows = shd.process_rows(mesh, batch_size)
   outputs, reals = [], []
   for batch, real in padded_batches(data, batch_size=batch_size):
-    b = shd.put_batch({"tokens": batch["tokens"], "mask": batch["mask"]}, mesh)
+    local = {k: batch[k][rows] for k in ("tokens", "mask")}
+    b = shd.put_batch(local, mesh)
     outputs.append(fn(params, b["tokens"], b["mask"]))
     reals.append(real)
-  # One transfer at the end: no host sync inside the loop.
-  outputs = jax.device_get(outputs)
+  outputs = shd.to_host(outputs)
   axis = 1 if seed_axis else 0
   trimmed = [np.take(o, np.arange(r), axis=axis) for o, r in zip(outputs, reals)]
   return np.concatenate(trimmed, axis=axis)
+
+
+def _batched(params, model_cfg, data: Dataset, *, batch_size, mesh, fn_name, seed_axis):
+  return map_batches(_compiled(model_cfg, fn_name, mesh, seed_axis), params, data,
+                     batch_size=batch_size, mesh=mesh, field="inference batch_size",
+                     seed_axis=seed_axis)
 
 
 def soft_labels(params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256,

@@ -1,6 +1,9 @@
 """Decoder-only transformer family with an LM head and a classification head.
 
-Sizes come from one table, decoded by name (`decode_size`). Params are plain
+One code path covers the testbed models and the pretrained families w2s_jax
+imports: GPT-2 (learned positions, sequential residual, tied embeddings) and
+GPT-NeoX/Pythia (rotary positions, parallel residual, untied output). Sizes
+come from one table, decoded by name (`decode_size`). Params are plain
 pytrees; `init_params` and the `Transformer.apply` methods are pure.
 """
 
@@ -28,6 +31,8 @@ SIZES = {
     "xxl": (2048, 20, 16),
 }
 HEAD_INPUTS = ("hidden", "lm_probs")
+POSITIONS = ("learned", "rotary")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +43,7 @@ class ModelConfig:
   heads: int
   max_len: int = 64
   mlp_ratio: int = 4
+  mlp_dim: int | None = None      # None: mlp_ratio * width
   num_classes: int = 2
   # "lm_probs": the classifier is linear in the LM's next-token distribution at
   # the last real token, so fine-tuning reads what pretraining put in the LM
@@ -45,31 +51,57 @@ class ModelConfig:
   # testbed). "hidden": linear in the final hidden state, as in
   # GPT2ForSequenceClassification.
   head_input: str = "lm_probs"
-  dtype: str = "float32"  # compute dtype; params stay float32
+  positions: str = "learned"      # "rotary": GPT-NeoX rotary embeddings
+  rotary_frac: float = 0.25       # share of each head's dims that rotate
+  rotary_base: float = 10000.0
+  parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln2 x), as GPT-NeoX
+  tie_embeddings: bool = True
+  ln_eps: float = 1e-6            # GPT-2 and GPT-NeoX use 1e-5
+  gelu_approximate: bool = True   # tanh GELU (GPT-2's gelu_new); False: exact (NeoX)
+  dropout: float = 0.0            # embedding, attention and residual dropout
+  dtype: str = "float32"          # compute dtype; params stay float32
+  remat: bool = False             # recompute each block in the backward pass
 
   def __post_init__(self):
     for name in ("vocab_size", "width", "depth", "heads", "max_len", "mlp_ratio"):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"ModelConfig.{name}={value!r}: expected a positive int")
+    if self.mlp_dim is not None and (not isinstance(self.mlp_dim, int) or self.mlp_dim < 1):
+      raise ValueError(f"ModelConfig.mlp_dim={self.mlp_dim!r}: expected a positive int or None")
     if self.width % self.heads:
       raise ValueError(
           f"ModelConfig.width={self.width} must be divisible by heads={self.heads}")
     if self.num_classes < 2:
       raise ValueError(f"ModelConfig.num_classes={self.num_classes}: expected >= 2")
-    if self.head_input not in HEAD_INPUTS:
-      raise ValueError(
-          f"ModelConfig.head_input={self.head_input!r}: expected one of {HEAD_INPUTS}")
-    if self.dtype not in ("float32", "bfloat16"):
-      raise ValueError(
-          f"ModelConfig.dtype={self.dtype!r}: expected 'float32' or 'bfloat16'")
+    for name, allowed in (("head_input", HEAD_INPUTS), ("positions", POSITIONS),
+                          ("dtype", DTYPES)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(
+            f"ModelConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
+    if self.positions == "rotary" and int(self.head_dim * self.rotary_frac) % 2:
+      raise ValueError(f"ModelConfig.rotary_frac={self.rotary_frac}: rotary dims "
+                       f"{self.head_dim} * {self.rotary_frac} must be an even integer")
+    if not 0 <= self.dropout < 1:
+      raise ValueError(f"ModelConfig.dropout={self.dropout}: expected in [0, 1)")
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.heads
+
+  @property
+  def hidden_mlp(self) -> int:
+    return self.mlp_dim or self.mlp_ratio * self.width
 
   @property
   def num_params(self) -> int:
-    d, v, m = self.width, self.vocab_size, self.mlp_ratio * self.width
+    d, v, m = self.width, self.vocab_size, self.hidden_mlp
     block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d)
     feats = v if self.head_input == "lm_probs" else d
-    return v * d + self.max_len * d + self.depth * block + 2 * d + feats * self.num_classes + self.num_classes
+    positions = self.max_len * d if self.positions == "learned" else 0
+    unembed = 0 if self.tie_embeddings else v * d
+    return (v * d + positions + self.depth * block + 2 * d + unembed
+            + feats * self.num_classes + self.num_classes)
 
 
 def decode_size(name: str, **overrides) -> ModelConfig:
@@ -97,65 +129,116 @@ def last_real_index(mask: jax.Array) -> jax.Array:
   return length - 1 - jnp.argmax(mask[..., ::-1] > 0, axis=-1)
 
 
+def rotary(x, positions, *, frac, base):
+  """GPT-NeoX rotary embedding of the first frac of x's last axis (rotate-half
+  form). x: [batch, heads, seq, head_dim]; positions: [batch, seq]."""
+  dims = int(x.shape[-1] * frac)
+  inv_freq = 1.0 / (base ** (jnp.arange(0, dims, 2, dtype=jnp.float32) / dims))
+  angles = positions.astype(jnp.float32)[:, None, :, None] * inv_freq
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  rot, keep = x[..., :dims].astype(jnp.float32), x[..., dims:]
+  half = dims // 2
+  rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+  out = rot * jnp.cos(angles) + rotated * jnp.sin(angles)
+  return jnp.concatenate([out.astype(x.dtype), keep], axis=-1)
+
+
+def _dropout(module, rate):
+  """Active only when the caller passes a "dropout" rng (training)."""
+  return nn.Dropout(rate, deterministic=not module.has_rng("dropout"))
+
+
 class Block(nn.Module):
+  """Pre-LN transformer block over a flat [batch * seq, width] residual stream.
+
+  The stream is kept 2-D so every projection is a plain matrix product: with
+  3-D activations, XLA:CPU copied a transpose of each activation gradient
+  before every weight-gradient product (measured 1.29x slower fwd+bwd).
+  """
   cfg: ModelConfig
 
-  @nn.compact
-  def __call__(self, x, attn_bias):
+  def _attention(self, h, attn_bias, positions, batch):
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
-    b, t, d = x.shape
-    head_dim = d // cfg.heads
-    h = nn.LayerNorm(dtype=dtype, name="ln_attn")(x)
+    n, d = h.shape
+    t = n // batch
     qkv = nn.Dense(3 * d, dtype=dtype, name="qkv")(h)
-    # (batch, heads, seq, head_dim) layout: measured faster on XLA CPU.
-    qkv = qkv.reshape(b, t, 3, cfg.heads, head_dim).transpose(2, 0, 3, 1, 4)
+    # (batch, heads, seq, head_dim): measured faster on XLA:CPU than (b, s, h, d).
+    qkv = qkv.reshape(batch, t, 3, cfg.heads, cfg.head_dim).transpose(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
+    if cfg.positions == "rotary":
+      q = rotary(q, positions, frac=cfg.rotary_frac, base=cfg.rotary_base)
+      k = rotary(k, positions, frac=cfg.rotary_frac, base=cfg.rotary_base)
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
-    scores = scores / jnp.sqrt(head_dim).astype(jnp.float32) + attn_bias
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    attn = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(b, t, d)
-    x = x + nn.Dense(d, dtype=dtype, name="attn_out")(attn)
-    h = nn.LayerNorm(dtype=dtype, name="ln_mlp")(x)
-    h = nn.Dense(cfg.mlp_ratio * d, dtype=dtype, name="mlp_in")(h)
-    h = nn.Dense(d, dtype=dtype, name="mlp_out")(nn.gelu(h))
-    return x + h
+    scores = scores / jnp.sqrt(cfg.head_dim).astype(jnp.float32) + attn_bias
+    probs = _dropout(self, cfg.dropout)(jax.nn.softmax(scores, axis=-1)).astype(dtype)
+    attn = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(n, d)
+    return _dropout(self, cfg.dropout)(nn.Dense(d, dtype=dtype, name="attn_out")(attn))
+
+  def _mlp(self, h):
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    h = nn.Dense(cfg.hidden_mlp, dtype=dtype, name="mlp_in")(h)
+    h = nn.gelu(h, approximate=cfg.gelu_approximate)
+    return _dropout(self, cfg.dropout)(nn.Dense(cfg.width, dtype=dtype, name="mlp_out")(h))
+
+  @nn.compact
+  def __call__(self, x, attn_bias, positions, batch: int):
+    cfg = self.cfg
+    norm = lambda name: nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(cfg.dtype), name=name)
+    if cfg.parallel_residual:
+      return (x + self._attention(norm("ln_attn")(x), attn_bias, positions, batch)
+              + self._mlp(norm("ln_mlp")(x)))
+    x = x + self._attention(norm("ln_attn")(x), attn_bias, positions, batch)
+    return x + self._mlp(norm("ln_mlp")(x))
 
 
 class Transformer(nn.Module):
-  """GPT-2-style pre-LN decoder with tied embeddings."""
+  """Pre-LN decoder; GPT-2 or GPT-NeoX flavoured by the config."""
   cfg: ModelConfig
 
   def setup(self):
     cfg = self.cfg
     init = nn.initializers.normal(0.02)
     self.embed = nn.Embed(cfg.vocab_size, cfg.width, embedding_init=init, name="embed")
-    self.pos_embed = self.param("pos_embed", init, (cfg.max_len, cfg.width))
-    self.blocks = [Block(cfg, name=f"block_{i}") for i in range(cfg.depth)]
-    self.ln_final = nn.LayerNorm(dtype=jnp.dtype(cfg.dtype), name="ln_final")
+    if cfg.positions == "learned":
+      self.pos_embed = self.param("pos_embed", init, (cfg.max_len, cfg.width))
+    # batch is a static argument (a Python int), so remat must not trace it.
+    block = nn.remat(Block, static_argnums=(4,)) if cfg.remat else Block
+    self.blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.depth)]
+    self.ln_final = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(cfg.dtype),
+                                 name="ln_final")
+    if not cfg.tie_embeddings:
+      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=init, name="lm_head")
     self.cls_head = nn.Dense(cfg.num_classes, kernel_init=nn.initializers.zeros,
                              name="cls_head")
+    self.embed_dropout = _dropout(self, cfg.dropout)
 
   def hidden(self, tokens, mask):
+    """Final hidden states [batch, seq, width]."""
     cfg = self.cfg
     if tokens.shape[-1] > cfg.max_len:
       raise ValueError(
           f"sequence length {tokens.shape[-1]} exceeds ModelConfig.max_len={cfg.max_len}")
+    b, t = tokens.shape
     mask = mask.astype(jnp.int32)
     positions = positions_from_mask(mask)
-    x = self.embed(tokens) + self.pos_embed[positions]
-    x = x.astype(jnp.dtype(cfg.dtype))
-    t = tokens.shape[-1]
+    x = self.embed(tokens)
+    if cfg.positions == "learned":
+      x = x + self.pos_embed[positions]
+    x = self.embed_dropout(x).astype(jnp.dtype(cfg.dtype)).reshape(b * t, cfg.width)
     causal = jnp.tril(jnp.ones((t, t), dtype=bool))
     allowed = causal[None, None] & (mask[:, None, None, :] > 0)
     # Finite, so fully masked (padding) query rows stay NaN-free.
     attn_bias = jnp.where(allowed, 0.0, -1e9).astype(jnp.float32)
     for block in self.blocks:
-      x = block(x, attn_bias)
-    return self.ln_final(x)
+      x = block(x, attn_bias, positions, b)
+    return self.ln_final(x).reshape(b, t, cfg.width)
 
   def _unembed(self, h):
-    return self.embed.attend(h.astype(jnp.float32))
+    if self.cfg.tie_embeddings:
+      return self.embed.attend(h.astype(jnp.float32))
+    return self.lm_head(h.astype(jnp.float32))
 
   def lm_logits(self, tokens, mask):
     """Next-token logits at every position: [batch, seq, vocab] float32."""

@@ -1,4 +1,6 @@
-"""Loss factories: model + loss choice -> loss_fn(params, batch, step_frac) -> (loss, aux).
+"""Loss factories: model + loss choice -> loss_fn(params, batch, step_frac, rng) -> (loss, aux).
+
+rng drives dropout, when the model has any.
 
 The teacher never appears here: weak supervision arrives as soft labels in the
 batch, so the frozen weak model is outside the differentiated argument and
@@ -6,6 +8,8 @@ outside every checkpoint of the student.
 """
 
 import dataclasses
+
+import jax
 import jax.numpy as jnp
 
 from w2s_jax import losses
@@ -67,21 +71,25 @@ class LossConfig:
             warmup_frac=self.warmup_frac, aux_coef=self.aux_coef)
 
 
+def _rngs(model_cfg: ModelConfig, rng) -> dict:
+  return {"dropout": rng} if model_cfg.dropout > 0 else {}
+
+
 def lm_objective(model_cfg: ModelConfig):
   model = Transformer(model_cfg)
 
-  def loss_fn(params, batch, step_frac):
+  def loss_fn(params, batch, step_frac, rng):
     del step_frac
     logits = model.apply({"params": params}, batch["tokens"], batch["mask"],
-                         method=Transformer.lm_logits)
+                         method=Transformer.lm_logits, rngs=_rngs(model_cfg, rng))
     loss = losses.lm_xent(logits=logits, tokens=batch["tokens"], mask=batch["mask"])
     return loss, {}
   return loss_fn
 
 
-def _class_logits(model, params, batch):
+def _class_logits(model, params, batch, rng):
   return model.apply({"params": params}, batch["tokens"], batch["mask"],
-                     method=Transformer.class_logits)
+                     method=Transformer.class_logits, rngs=_rngs(model.cfg, rng))
 
 
 def _accuracy(logits, labels):
@@ -93,8 +101,8 @@ def classifier_objective(model_cfg: ModelConfig, loss_cfg: LossConfig):
   model = Transformer(model_cfg)
   target_loss = loss_cfg.target_loss()
 
-  def loss_fn(params, batch, step_frac):
-    logits = _class_logits(model, params, batch)
+  def loss_fn(params, batch, step_frac, rng):
+    logits = _class_logits(model, params, batch, rng)
     loss = target_loss(logits, batch["labels"], step_frac)
     return loss, {"label_agreement": _accuracy(logits, batch["labels"])}
   return loss_fn
@@ -115,11 +123,12 @@ def combined_objective(model_cfg: ModelConfig, *, alpha: float):
   split = lambda batch, prefix: {k[len(prefix):]: v for k, v in batch.items()
                                  if k.startswith(prefix)}
 
-  def loss_fn(params, batch, step_frac):
+  def loss_fn(params, batch, step_frac, rng):
     del step_frac
     weak, gt = split(batch, "weak_"), split(batch, "gt_")
-    weak_logits = _class_logits(model, params, weak)
-    gt_logits = _class_logits(model, params, gt)
+    weak_rng, gt_rng = jax.random.split(rng)
+    weak_logits = _class_logits(model, params, weak, weak_rng)
+    gt_logits = _class_logits(model, params, gt, gt_rng)
     loss = losses.combined(weak_logits=weak_logits, weak_labels=weak["labels"],
                            gt_logits=gt_logits, gt_labels=gt["labels"], alpha=alpha)
     return loss, {"label_agreement": _accuracy(weak_logits, weak["labels"])}

@@ -7,6 +7,7 @@ All seeds of a stage train together under jax.vmap, as one compiled program.
 
 import dataclasses
 import functools
+import shutil
 import time
 from pathlib import Path
 
@@ -15,9 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from w2s_jax import inference, metrics, models, objectives, scores, selection, testbed, train
+from w2s_jax import checkpoints, inference, metrics, models, objectives, scores, selection
+from w2s_jax import testbed, train
 from w2s_jax import sharding as shd
 from w2s_jax.checkpoints import PretrainedCache, cache_key
+from w2s_jax.sharding import MeshConfig
 from w2s_jax.data import Dataset, one_hot, shuffled_batches
 from w2s_jax.objectives import LossConfig
 from w2s_jax.selection import FilterConfig
@@ -40,6 +43,8 @@ class ExperimentConfig:
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
   eval_batch_size: int = 200
   bootstrap_resamples: int = 2000
+  mesh: MeshConfig = MeshConfig()
+  checkpoint_every: int = 1000   # pretraining steps between checkpoints
 
   def __post_init__(self):
     for field in ("weak_size", "strong_size"):
@@ -92,21 +97,31 @@ def pretrained_model(cfg: ExperimentConfig, size: str, world, corpus, mesh, cach
   key = cache_key(model=model_cfg, world=cfg.world.corpus_fields(), optim=cfg.pretrain,
                   seed=cfg.pretrain_seed, version=1,
                   **({} if corpus_tag == "clean" else {"corpus": corpus_tag}))
-  like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                     sharding=shd.replicated(mesh)),
-                      jax.eval_shape(init))
-  params, info = cache.load(size, key, like)
+  abstract = jax.eval_shape(init)
+  params, info = cache.load(size, key, checkpoints.abstract_like(
+      abstract, shd.state_sharding(abstract, mesh)))
   if params is not None:
     return params, model_cfg, {**info, "cached": True}
   optimizer = train.make_optimizer(cfg.pretrain)
-  state = train.initial_state(init(), optimizer, mesh=mesh)
+  seed_key = jax.random.key(cfg.pretrain_seed)
+  state = train.initial_state(lambda k: models.init_params(model_cfg, k), seed_key,
+                              optimizer=optimizer, mesh=mesh, rng=jax.random.key_data(seed_key))
+  # An interrupted pretraining resumes from its last checkpoint, on the same batches.
+  ckpts = checkpoints.TrainCheckpoints(
+      cache.entry(size, key) / "train", every=cfg.checkpoint_every,
+      data={"corpus": corpus_tag, "examples": len(corpus), "seed": cfg.pretrain_seed,
+            "batch_size": cfg.pretrain.batch_size})
+  state = ckpts.restore(state)
   step = train.compile_train_step(loss_fn=objectives.lm_objective(model_cfg),
-                                  optimizer=optimizer, total_steps=cfg.pretrain.steps, mesh=mesh)
+                                  optimizer=optimizer, total_steps=cfg.pretrain.steps, mesh=mesh,
+                                  state_sharding=train.sharding_of(state))
   start = time.perf_counter()
-  state, last = train.fit(state, step, shuffled_batches(corpus, batch_size=cfg.pretrain.batch_size,
-                                                        seed=cfg.pretrain_seed),
-                          num_steps=cfg.pretrain.steps, mesh=mesh, desc=f"pretrain {size}",
-                          progress=progress)
+  batches = shuffled_batches(corpus, batch_size=cfg.pretrain.batch_size, seed=cfg.pretrain_seed,
+                             start_step=train.first_step(state),
+                             rows=shd.process_rows(mesh, cfg.pretrain.batch_size))
+  state, last = train.fit(state, step, batches, num_steps=cfg.pretrain.steps, mesh=mesh,
+                          desc=f"pretrain {size}", progress=progress, checkpoints=ckpts)
+  ckpts.close()
   info = {"pretrained": True, "size": size, "corpus": corpus_tag,
           "params": models.count_params(state.params),
           "steps": cfg.pretrain.steps, "tokens": int(cfg.pretrain.steps * cfg.pretrain.batch_size
@@ -114,10 +129,12 @@ def pretrained_model(cfg: ExperimentConfig, size: str, world, corpus, mesh, cach
           "seconds": time.perf_counter() - start, "final_lm_loss": float(last["loss"]),
           **fact_accuracy(state.params, model_cfg, world, mesh)}
   cache.save(size, key, state.params, info)
+  if shd.is_main_process():
+    shutil.rmtree(ckpts.directory, ignore_errors=True)  # the cache entry is complete
   return state.params, model_cfg, {**info, "cached": False}
 
 
-def _seed_stream(data: Dataset, labels, *, batch_size, seeds, gt_data: Dataset | None = None,
+def _seed_stream(data: Dataset, labels, *, batch_size, seeds, rows, gt_data: Dataset | None = None,
                  subsets=None):
   """Batches with a leading seed axis; each seed has its own labels and order
   (and, with subsets, its own selected examples).
@@ -134,26 +151,32 @@ def _seed_stream(data: Dataset, labels, *, batch_size, seeds, gt_data: Dataset |
     labelled = data.with_fields(labels=labels[i])
     return labelled if subsets is None else labelled.take(subsets[i])
 
-  weak = stacked([shuffled_batches(seed_data(i), batch_size=batch_size, seed=s)
+  weak = stacked([shuffled_batches(seed_data(i), batch_size=batch_size, seed=s, rows=rows)
                   for i, s in enumerate(seeds)])
   if gt_data is None:
     yield from weak
     return
   # Another seed stream than the weak one's, so the two orders are independent.
-  gt = stacked([shuffled_batches(gt_data, batch_size=batch_size, seed=s + 7919) for s in seeds])
+  gt = stacked([shuffled_batches(gt_data, batch_size=batch_size, seed=s + 7919, rows=rows)
+                for s in seeds])
   while True:
     yield {**{f"weak_{k}": v for k, v in next(weak).items()},
            **{f"gt_{k}": v for k, v in next(gt).items()}}
 
 
 @functools.lru_cache(maxsize=64)
-def _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh):
-  """One compiled step per (model, loss, optimizer, mesh): sweep cells that
-  share a strong size and a loss reuse it instead of compiling again."""
+def _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh, num_seeds):
+  """One compiled step per (model, loss, optimizer, mesh, seeds): sweep cells
+  that share a strong size and a loss reuse it instead of compiling again."""
   optimizer = train.make_optimizer(optim_cfg)
+  abstract = jax.eval_shape(lambda: jax.vmap(lambda k: train.init_state(
+      models.init_params(model_cfg, k), optimizer, k))(jax.random.split(jax.random.key(0),
+                                                                        num_seeds)))
   step = train.compile_train_step(loss_fn=objectives.objective(model_cfg, loss_cfg),
                                   optimizer=optimizer, total_steps=optim_cfg.steps, mesh=mesh,
-                                  vmap_seeds=True)
+                                  state_sharding=shd.state_sharding(abstract, mesh, seed_axis=True),
+                                  vmap_seeds=True, accum_steps=optim_cfg.grad_accum_steps,
+                                  linear_probe=optim_cfg.linear_probe)
   return optimizer, step
 
 
@@ -175,12 +198,14 @@ def finetune(params, model_cfg, data: Dataset, labels, *, loss_cfg: LossConfig,
                      f"{loss_cfg.name!r} with gt_data={'set' if gt_data is not None else None}")
   if not params_per_seed:
     params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds, *x.shape)), params)
-  optimizer, step = _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh)
-  state = train.initial_state(params, optimizer, mesh=mesh, per_seed=True)
+  optimizer, step = _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh, num_seeds)
+  state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh,
+                              rng=train.seed_keys(seeds), per_seed=True)
   if subsets is not None and len(subsets) != num_seeds:
     raise ValueError(f"finetune subsets: {len(subsets)} given for {num_seeds} seeds")
   batches = _seed_stream(data, labels, batch_size=optim_cfg.batch_size, seeds=seeds,
-                         gt_data=gt_data, subsets=subsets)
+                         rows=shd.process_rows(mesh, optim_cfg.batch_size), gt_data=gt_data,
+                         subsets=subsets)
   state, _ = train.fit(state, step, batches, num_steps=optim_cfg.steps, mesh=mesh, desc=desc,
                        progress=progress)
   return state.params
@@ -195,7 +220,7 @@ class Context:
 
   def __init__(self, cfg: ExperimentConfig, *, cache_dir, progress=True):
     self.cfg, self.progress = cfg, progress
-    self.mesh = shd.make_mesh()
+    self.mesh = cfg.mesh.make()
     shd.check_batch_size(cfg.finetune.batch_size, self.mesh, "finetune.batch_size")
     shd.check_batch_size(cfg.pretrain.batch_size, self.mesh, "pretrain.batch_size")
     shd.check_batch_size(cfg.eval_batch_size, self.mesh, "eval_batch_size")
@@ -336,7 +361,7 @@ def run(cfg: ExperimentConfig, *, out_dir: str | Path, cache_dir: str | Path,
   started = time.perf_counter()
   ctx = Context(cfg, cache_dir=cache_dir, progress=progress)
   stages = tqdm(total=4 + len(cfg.losses), desc="w2s pipeline", unit="stage",
-                disable=not progress, dynamic_ncols=True)
+                disable=not progress or not shd.is_main_process(), dynamic_ncols=True)
   for size in (cfg.weak_size, cfg.strong_size):
     ctx.pretrained(size)
     stages.update(1)
@@ -371,7 +396,8 @@ def run(cfg: ExperimentConfig, *, out_dir: str | Path, cache_dir: str | Path,
       "summary": summary,
       "seconds": time.perf_counter() - started,
   }
-  write_json_atomic(Path(out_dir) / "results.json", results)
+  if shd.is_main_process():
+    write_json_atomic(Path(out_dir) / "results.json", results)
   return results
 
 

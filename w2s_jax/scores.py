@@ -12,9 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax import losses
-from w2s_jax import sharding as shd
-from w2s_jax.data import Dataset, padded_batches
+from w2s_jax import inference, losses
+from w2s_jax.data import Dataset
 from w2s_jax.models import ModelConfig, Transformer
 
 
@@ -64,21 +63,14 @@ def _likelihood_fn(model_cfg: ModelConfig, mesh):
     target_logp, weight = losses.next_token_log_probs(logits=logits, tokens=tokens, mask=mask)
     return jnp.sum(target_logp * weight, -1) / jnp.maximum(jnp.sum(weight, -1), 1.0)
 
-  data = shd.batch_sharding(mesh)
-  return jax.jit(score, in_shardings=(shd.replicated(mesh), data, data), out_shardings=data)
+  return inference.jit_batched(score, mesh)
 
 
 def sequence_log_likelihood(params, model_cfg: ModelConfig, data: Dataset, *,
                             batch_size: int = 256, mesh) -> np.ndarray:
   """Mean per-token log-likelihood of each example's text under an LM: [N]."""
-  shd.check_batch_size(batch_size, mesh, "likelihood batch_size")
-  fn = _likelihood_fn(model_cfg, mesh)
-  out, reals = [], []
-  for batch, real in padded_batches(data, batch_size=batch_size):
-    b = shd.put_batch({"tokens": batch["tokens"], "mask": batch["mask"]}, mesh)
-    out.append(fn(params, b["tokens"], b["mask"]))
-    reals.append(real)
-  return np.concatenate([o[:r] for o, r in zip(jax.device_get(out), reals)])
+  return inference.map_batches(_likelihood_fn(model_cfg, mesh), params, data,
+                               batch_size=batch_size, mesh=mesh, field="likelihood batch_size")
 
 
 def cross_entropy(params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256,

@@ -32,18 +32,23 @@ class OptimConfig:
   weight_decay: float = 0.01
   clip_norm: float = 1.0
   end_lr_frac: float = 0.1
+  grad_accum_steps: int = 1      # micro-batches per step: same update, less activation memory
+  linear_probe: bool = False     # train the classification head only; the body stays frozen
 
   def __post_init__(self):
-    if not isinstance(self.steps, int) or self.steps < 1:
-      raise ValueError(f"OptimConfig.steps={self.steps!r}: expected an int >= 1")
-    if not isinstance(self.batch_size, int) or self.batch_size < 1:
-      raise ValueError(f"OptimConfig.batch_size={self.batch_size!r}: expected an int >= 1")
+    for name in ("steps", "batch_size", "grad_accum_steps"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"OptimConfig.{name}={value!r}: expected an int >= 1")
     for name in ("lr", "head_lr"):
       value = getattr(self, name)
       if value is not None and not value > 0:
         raise ValueError(f"OptimConfig.{name}={value!r}: expected > 0")
     if not 0 <= self.warmup_frac < 1:
       raise ValueError(f"OptimConfig.warmup_frac={self.warmup_frac}: expected in [0, 1)")
+    if self.batch_size % self.grad_accum_steps:
+      raise ValueError(f"OptimConfig.grad_accum_steps={self.grad_accum_steps}: expected a "
+                       f"divisor of batch_size={self.batch_size}")
 
 
 @flax.struct.dataclass
@@ -51,6 +56,7 @@ class TrainState:
   step: jax.Array
   params: dict
   opt_state: optax.OptState
+  rng: jax.Array  # raw key data (uint32), so checkpoints hold plain arrays
   # First step whose loss was NaN/inf, or -1. Kept on device so the loop needs
   # no per-step host sync; the step it names never updated the params.
   bad_step: jax.Array
@@ -60,7 +66,8 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
   """AdamW with linear warmup then cosine decay; separate rates for the head.
 
   One rate for body and head either destroys pretrained knowledge or leaves a
-  fresh head unmoved, so the head gets its own.
+  fresh head unmoved, so the head gets its own. A linear probe never updates
+  the body (nor decays it).
   """
   def adamw(peak):
     schedule = optax.warmup_cosine_decay_schedule(
@@ -72,37 +79,100 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     return {k: jax.tree.map(lambda _: "head" if k == HEAD else "body", v)
             for k, v in params.items()}
 
+  body = optax.set_to_zero() if cfg.linear_probe else adamw(cfg.lr)
   return optax.chain(
       optax.clip_by_global_norm(cfg.clip_norm),
-      optax.multi_transform({"body": adamw(cfg.lr), "head": adamw(cfg.head_lr or cfg.lr)},
-                            labels))
+      optax.multi_transform({"body": body, "head": adamw(cfg.head_lr or cfg.lr)}, labels))
 
 
-def init_state(params, optimizer) -> TrainState:
+def init_state(params, optimizer, rng=None) -> TrainState:
+  """rng: a key, or raw key data; None means key 0."""
+  rng = jax.random.key(0) if rng is None else rng
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params), bad_step=-jnp.ones((), jnp.int32))
+                    opt_state=optimizer.init(params), rng=jnp.asarray(rng, jnp.uint32),
+                    bad_step=-jnp.ones((), jnp.int32))
 
 
-def initial_state(params, optimizer, *, mesh, per_seed: bool = False) -> TrainState:
-  """init_state, jitted with the state's shardings, so the state is born on the
-  mesh the train step uses (and the step compiles once). per_seed: params
-  carry a leading seed axis, and so does the state."""
-  init = functools.partial(init_state, optimizer=optimizer)
+def seed_keys(seeds) -> np.ndarray:
+  """Raw key data, one row per seed: the rng of a seed-stacked state."""
+  return np.stack([np.asarray(jax.random.key_data(jax.random.key(s))) for s in seeds])
+
+
+def initial_state(init_params: Callable, *args, optimizer, mesh, rng=None,
+                  per_seed: bool = False) -> TrainState:
+  """The train state built by init_params(*args), born sharded on the mesh.
+
+  Shapes come from eval_shape, shardings from the shapes, and the state is
+  then built by one jit with those out_shardings: a large model is never
+  materialised on a single device. Pass `from_params` to start from params
+  you already have (pretrained ones). per_seed: init_params(*args) has a
+  leading seed axis, and rng is one row of key data per seed.
+  """
+  build = lambda rng, *a: init_state(init_params(*a), optimizer, rng)
   if per_seed:
-    init = jax.vmap(init)
-  params = jax.device_put(params, shd.replicated(mesh))
-  return jax.jit(init, out_shardings=shd.replicated(mesh))(params)
+    build = jax.vmap(build)
+  if rng is None:
+    if per_seed:
+      raise ValueError("initial_state(per_seed=True): pass rng, one row per seed (seed_keys)")
+    rng = jax.random.key_data(jax.random.key(0))
+  abstract = jax.eval_shape(build, rng, *args)
+  sharding = shd.state_sharding(abstract, mesh, seed_axis=per_seed)
+  return jax.jit(build, out_shardings=sharding)(rng, *args)
 
 
-# loss_fn(params, batch, step_frac) -> (loss, aux dict of scalars)
-LossFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict]]
+def from_params(params):
+  return params
+
+
+def sharding_of(state):
+  return jax.tree.map(lambda x: x.sharding, state)
+
+
+# loss_fn(params, batch, step_frac, rng) -> (loss, aux dict of scalars)
+LossFn = Callable[[dict, dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
+
+
+def _loss_and_grads(loss_fn, params, batch, step_frac, rng, accum_steps):
+  """Mean loss, aux and gradients over accum_steps micro-batches.
+
+  Micro-batch i holds rows i, i + accum_steps, ...: each device's rows split
+  among the micro-batches, so no example crosses devices. For losses that
+  are means over examples, the result equals one pass over the whole batch.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum_steps == 1:
+    (loss, aux), grads = grad_fn(params, batch, step_frac, rng)
+    return loss, aux, grads
+  micro = jax.tree.map(
+      lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1),
+      batch)
+
+  def add_micro(total, xs):
+    i, mb = xs
+    (loss, aux), grads = grad_fn(params, mb, step_frac, jax.random.fold_in(rng, i))
+    return jax.tree.map(jnp.add, total, (loss, aux, grads)), None
+
+  first = jax.tree.map(lambda x: x[0], micro)
+  shapes = jax.eval_shape(lambda: (lambda o: (o[0][0], o[0][1], o[1]))(
+      grad_fn(params, first, step_frac, rng)))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  total, _ = jax.lax.scan(add_micro, zeros, (jnp.arange(accum_steps), micro))
+  return jax.tree.map(lambda x: x / accum_steps, total)
 
 
 def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
-               optimizer: optax.GradientTransformation, total_steps: int):
+               optimizer: optax.GradientTransformation, total_steps: int,
+               accum_steps: int = 1, linear_probe: bool = False):
   step_frac = state.step.astype(jnp.float32) / total_steps
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, batch, step_frac)
+  key, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+  if linear_probe:  # no gradient reaches the body, so XLA drops its backward pass
+    probe_loss = loss_fn
+    loss_fn = lambda p, *a: probe_loss(
+        {k: v if k == HEAD else jax.lax.stop_gradient(v) for k, v in p.items()}, *a)
+  loss, aux, grads = _loss_and_grads(loss_fn, state.params, batch, step_frac, step_key,
+                                     accum_steps)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss)
@@ -114,25 +184,29 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
       step=state.step + 1,
       params=keep(params, state.params),
       opt_state=keep(opt_state, state.opt_state),
+      rng=jax.random.key_data(key),
       bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step))
   metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
   return new_state, metrics
 
 
-def compile_train_step(*, loss_fn: LossFn, optimizer, total_steps: int, mesh,
-                       vmap_seeds: bool = False):
-  """The one place the train step is jitted: sharded batch, donated state.
+def compile_train_step(*, loss_fn: LossFn, optimizer, total_steps: int, mesh, state_sharding,
+                       vmap_seeds: bool = False, accum_steps: int = 1,
+                       linear_probe: bool = False):
+  """The one place the train step is jitted: sharded state and batch, donated state.
 
-  With vmap_seeds, state and batch carry a leading seed axis and all seeds
-  train as one program.
+  state_sharding: the state's shardings (`sharding_of(state)` of a state from
+  `initial_state`). With vmap_seeds, state and batch carry a leading seed
+  axis and all seeds train as one program.
   """
   step = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
-                           total_steps=total_steps)
+                           total_steps=total_steps, accum_steps=accum_steps,
+                           linear_probe=linear_probe)
   if vmap_seeds:
     step = jax.vmap(step)
   return jax.jit(step,
-                 in_shardings=(shd.replicated(mesh), shd.batch_sharding(mesh, seed_axis=vmap_seeds)),
-                 out_shardings=(shd.replicated(mesh), shd.replicated(mesh)),
+                 in_shardings=(state_sharding, shd.batch_sharding(mesh, seed_axis=vmap_seeds)),
+                 out_shardings=(state_sharding, shd.replicated(mesh)),
                  donate_argnums=0)
 
 
@@ -149,10 +223,19 @@ def _check_finite(state: TrainState, what: str):
         f"(params are those from before step {step})")
 
 
+def first_step(state: TrainState) -> int:
+  """The step a (possibly restored) state resumes from."""
+  return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+
+
 def fit(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int, mesh,
         desc: str, check_every: int = 100, progress: bool = True,
-        max_in_flight: int = 8) -> tuple[TrainState, dict]:
-  """Runs num_steps of step_fn. Host syncs only every check_every steps.
+        max_in_flight: int = 8, checkpoints=None) -> tuple[TrainState, dict]:
+  """Runs step_fn from state.step up to num_steps. Host syncs only every check_every steps.
+
+  batches must start at state.step (a resumed state continues where it
+  stopped). checkpoints: a `checkpoints.TrainCheckpoints`, saved to every
+  `checkpoints.every` steps and at the end.
 
   At most max_in_flight steps are dispatched ahead of the device: an unbounded
   queue buys nothing once the device is busy, and on XLA:CPU with several
@@ -161,20 +244,24 @@ def fit(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int, 
   """
   metrics = {}
   seed_axis = state.step.ndim > 0
-  # A no-op for a state from initial_state; otherwise the first step's output
-  # sharding would differ from its input's and the step would compile twice.
-  state = jax.device_put(state, shd.replicated(mesh))
+  start = first_step(state)
   in_flight = collections.deque()
-  with tqdm(total=num_steps, desc=desc, unit="step", disable=not progress,
-            leave=False, dynamic_ncols=True) as bar:
-    for i in range(num_steps):
+  with tqdm(total=num_steps, initial=start, desc=desc, unit="step",
+            disable=not progress or not shd.is_main_process(), leave=False,
+            dynamic_ncols=True) as bar:
+    for i in range(start, num_steps):
       state, metrics = step_fn(state, shd.put_batch(next(batches), mesh, seed_axis=seed_axis))
       in_flight.append(metrics["loss"])
       if len(in_flight) > max_in_flight:
         in_flight.popleft().block_until_ready()
       bar.update(1)
-      if (i + 1) % check_every == 0 or i + 1 == num_steps:
+      done = i + 1
+      if done % check_every == 0 or done == num_steps:
         _check_finite(state, desc)
-        bar.set_postfix(loss=f"{float(np.mean(jax.device_get(metrics['loss']))):.4f}")
-  return state, jax.device_get(metrics)
-
+        bar.set_postfix(loss=f"{float(np.mean(shd.to_host(metrics['loss']))):.4f}")
+      if checkpoints is not None and (done % checkpoints.every == 0 or done == num_steps):
+        _check_finite(state, desc)  # never checkpoint a state that stopped on a NaN
+        checkpoints.save(done, state)
+  if checkpoints is not None:
+    checkpoints.wait()
+  return state, shd.to_host(metrics)
