@@ -1,8 +1,8 @@
-"""Test setup: 4 simulated CPU devices, set before jax is imported anywhere."""
+"""Test setup: 8 simulated CPU devices, set before jax is imported anywhere."""
 
 import os
 
-_FLAG = "--xla_force_host_platform_device_count=4"
+_FLAG = "--xla_force_host_platform_device_count=8"
 _existing = os.environ.get("XLA_FLAGS", "")
 if _FLAG not in _existing:
   os.environ["XLA_FLAGS"] = (_existing + " " + _FLAG).strip()

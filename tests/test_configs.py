@@ -143,8 +143,12 @@ def test_check_batch_size(mesh4):
     sharding.check_batch_size(6, mesh4)
   assert "batch_size=6" in _message(e) and "4" in _message(e)
   sharding.check_batch_size(8, mesh4)  # no error
-  with pytest.raises(ValueError, match="num_devices=5"):
-    sharding.make_mesh(5)
+  with pytest.raises(ValueError, match="num_devices=9"):
+    sharding.make_mesh(9)
+  with pytest.raises(ValueError, match="fsdp=3"):
+    sharding.make_mesh(8, fsdp=3)
+  with pytest.raises(ValueError, match="MeshConfig.fsdp=0"):
+    sharding.MeshConfig(fsdp=0)
 
 
 @pytest.mark.parametrize("field,change", [

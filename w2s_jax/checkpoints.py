@@ -14,10 +14,12 @@ from w2s_jax.results import write_json_atomic
 
 def abstract_like(tree, sharding=None):
   """ShapeDtypeStructs of a tree; sharding: a tree of shardings to restore onto
-  (default: each leaf's own, where it has one)."""
+  (default: each leaf's own, or this process's first device for a leaf with
+  none, never the topology the checkpoint was saved on)."""
   if sharding is None:
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+        x.shape, x.dtype, sharding=getattr(x, "sharding", None) or here), tree)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       tree, sharding)
 

@@ -148,6 +148,29 @@ def _dropout(module, rate):
   return nn.Dropout(rate, deterministic=not module.has_rng("dropout"))
 
 
+class QKV(nn.Module):
+  """The fused query/key/value projection: nn.Dense(3 * width), same params.
+
+  The key bias adds q.b to every score of a query, a shift softmax ignores,
+  so its exact gradient is zero. It is held constant: in floating point that
+  gradient is rounding noise, which Adam scales up to steps near the
+  learning rate, making a run depend on the reduction order (device layout,
+  process count). Held constant, training is the same function in exact
+  arithmetic and reproducible across layouts.
+  """
+  features: int
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    q_bias, k_bias, v_bias = jnp.split(bias, 3)
+    bias = jnp.concatenate([q_bias, jax.lax.stop_gradient(k_bias), v_bias])
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return x @ kernel + bias
+
+
 class Block(nn.Module):
   """Pre-LN transformer block over a flat [batch * seq, width] residual stream.
 
@@ -162,7 +185,7 @@ class Block(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     n, d = h.shape
     t = n // batch
-    qkv = nn.Dense(3 * d, dtype=dtype, name="qkv")(h)
+    qkv = QKV(3 * d, dtype, name="qkv")(h)
     # (batch, heads, seq, head_dim): measured faster on XLA:CPU than (b, s, h, d).
     qkv = qkv.reshape(batch, t, 3, cfg.heads, cfg.head_dim).transpose(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]

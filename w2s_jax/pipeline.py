@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from w2s_jax import checkpoints, inference, metrics, models, objectives, scores, selection
-from w2s_jax import testbed, train
+from w2s_jax import pretrain, testbed, train
 from w2s_jax import sharding as shd
 from w2s_jax.checkpoints import PretrainedCache, cache_key
 from w2s_jax.sharding import MeshConfig
@@ -69,19 +69,6 @@ def config_to_dict(cfg) -> dict:
   return dataclasses.asdict(cfg)
 
 
-def fact_accuracy(params, model_cfg, world, mesh) -> dict:
-  """Fraction of (entity, relation) facts whose city the LM ranks first among cities."""
-  prompts, answers = testbed.fact_probe(world)
-  probs = inference.next_token_probs(params, model_cfg, prompts, mesh=mesh)
-  cities = world.city_tokens
-  known = cities[np.argmax(probs[:, cities], axis=-1)] == answers
-  n = world.cfg.num_entities
-  out = {rel: float(known[i * n:(i + 1) * n].mean()) for i, rel in enumerate(testbed.RELATIONS)}
-  for split, ents in world.split_entities.items():
-    out[f"lives/{split}"] = float(known[ents].mean())
-  return out
-
-
 def pretrained_model(cfg: ExperimentConfig, size: str, world, corpus, mesh, cache,
                      progress=True, corpus_tag: str = "clean"):
   """Params for `size` after LM pretraining on the corpus; cached with orbax.
@@ -93,7 +80,7 @@ def pretrained_model(cfg: ExperimentConfig, size: str, world, corpus, mesh, cach
   if not cfg.use_pretraining:
     params = init()
     return params, model_cfg, {"pretrained": False, "corpus": None,
-                               **fact_accuracy(params, model_cfg, world, mesh)}
+                               **pretrain.fact_accuracy(params, model_cfg, world, mesh)}
   key = cache_key(model=model_cfg, world=cfg.world.corpus_fields(), optim=cfg.pretrain,
                   seed=cfg.pretrain_seed, version=1,
                   **({} if corpus_tag == "clean" else {"corpus": corpus_tag}))
@@ -102,35 +89,23 @@ def pretrained_model(cfg: ExperimentConfig, size: str, world, corpus, mesh, cach
       abstract, shd.state_sharding(abstract, mesh)))
   if params is not None:
     return params, model_cfg, {**info, "cached": True}
-  optimizer = train.make_optimizer(cfg.pretrain)
-  seed_key = jax.random.key(cfg.pretrain_seed)
-  state = train.initial_state(lambda k: models.init_params(model_cfg, k), seed_key,
-                              optimizer=optimizer, mesh=mesh, rng=jax.random.key_data(seed_key))
-  # An interrupted pretraining resumes from its last checkpoint, on the same batches.
-  ckpts = checkpoints.TrainCheckpoints(
-      cache.entry(size, key) / "train", every=cfg.checkpoint_every,
-      data={"corpus": corpus_tag, "examples": len(corpus), "seed": cfg.pretrain_seed,
-            "batch_size": cfg.pretrain.batch_size})
-  state = ckpts.restore(state)
-  step = train.compile_train_step(loss_fn=objectives.lm_objective(model_cfg),
-                                  optimizer=optimizer, total_steps=cfg.pretrain.steps, mesh=mesh,
-                                  state_sharding=train.sharding_of(state))
   start = time.perf_counter()
-  batches = shuffled_batches(corpus, batch_size=cfg.pretrain.batch_size, seed=cfg.pretrain_seed,
-                             start_step=train.first_step(state),
-                             rows=shd.process_rows(mesh, cfg.pretrain.batch_size))
-  state, last = train.fit(state, step, batches, num_steps=cfg.pretrain.steps, mesh=mesh,
-                          desc=f"pretrain {size}", progress=progress, checkpoints=ckpts)
-  ckpts.close()
+  # An interrupted pretraining resumes from its last checkpoint, on the same batches.
+  train_dir = cache.entry(size, key) / "train"
+  state, last, _ = pretrain.train_lm(model_cfg, corpus, cfg.pretrain, seed=cfg.pretrain_seed,
+                                     mesh=mesh, checkpoint_dir=train_dir,
+                                     checkpoint_every=cfg.checkpoint_every, corpus_tag=corpus_tag,
+                                     progress=progress, desc=f"pretrain {size}")
   info = {"pretrained": True, "size": size, "corpus": corpus_tag,
           "params": models.count_params(state.params),
           "steps": cfg.pretrain.steps, "tokens": int(cfg.pretrain.steps * cfg.pretrain.batch_size
                                                      * cfg.world.doc_len),
-          "seconds": time.perf_counter() - start, "final_lm_loss": float(last["loss"]),
-          **fact_accuracy(state.params, model_cfg, world, mesh)}
+          "seconds": time.perf_counter() - start,
+          "final_lm_loss": float(np.mean(last.get("loss", np.nan))),
+          **pretrain.fact_accuracy(state.params, model_cfg, world, mesh)}
   cache.save(size, key, state.params, info)
   if shd.is_main_process():
-    shutil.rmtree(ckpts.directory, ignore_errors=True)  # the cache entry is complete
+    shutil.rmtree(train_dir, ignore_errors=True)  # the cache entry is complete
   return state.params, model_cfg, {**info, "cached": False}
 
 

@@ -1,0 +1,38 @@
+"""Pretrains one model at any scale: python experiments/train.py --config configs/scale.py[:arg]
+
+The same command runs on one process or on N (see configs/scale.py and the
+README's "Running on many devices"); rerun it to resume after an interruption.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from w2s_jax import configs, distributed, pretrain, sharding  # noqa: E402
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--config", default="configs/scale.py",
+                      help="config file, optionally with ':arg' (e.g. configs/scale.py:tiny)")
+  parser.add_argument("--out", default=None, help="run directory (default runs/<config name>)")
+  configs.add_run_args(parser)
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  cfg = configs.load(args.config)
+  distributed.initialize(cfg.distributed)  # before anything asks JAX for devices
+  configs.start_run(args)
+  out = Path(args.out or f"runs/{cfg.name}")
+  results = pretrain.run(cfg, out_dir=out, progress=not args.no_progress)
+  if sharding.is_main_process():
+    print(pretrain.format_results(results))
+    print(f"wrote {out / 'results.json'} and {out / 'params'}")
+
+
+if __name__ == "__main__":
+  main()

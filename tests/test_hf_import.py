@@ -1,0 +1,253 @@
+"""Imported GPT-2 / GPT-NeoX checkpoints reproduce transformers' logits under
+padding; broken layouts and malformed checkpoints are caught."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tiny models are built here, never fetched
+
+import functools  # noqa: E402
+import json  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import torch  # noqa: E402  (the test extra installs it; a missing torch is a failure, not a skip)
+import transformers  # noqa: E402
+
+from w2s_jax import checkpoints, hf_import, models  # noqa: E402
+
+VOCAB, PAD, SEQ = 50, 49, 8
+LENGTHS = (8, 5, 3, 1)
+TOL = 1e-4
+# A broken layout must miss by far more than TOL, or the parity tests prove nothing.
+BROKEN = 1e-2
+
+GPT2 = dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=16,
+            pad_token_id=PAD, bos_token_id=0, eos_token_id=0)
+NEOX = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=16, tie_word_embeddings=False,
+            pad_token_id=PAD, bos_token_id=0, eos_token_id=0)
+# name: (transformers class, config class, config kwargs, compared output)
+CASES = {
+    "gpt2_lm": ("GPT2LMHeadModel", "GPT2Config", GPT2, "lm"),
+    "gpt2_lm_untied": ("GPT2LMHeadModel", "GPT2Config", {**GPT2, "tie_word_embeddings": False},
+                       "lm"),
+    "gpt2_cls": ("GPT2ForSequenceClassification", "GPT2Config", {**GPT2, "num_labels": 2},
+                 "cls"),
+    "neox_lm_parallel": ("GPTNeoXForCausalLM", "GPTNeoXConfig",
+                         {**NEOX, "rotary_pct": 0.25, "use_parallel_residual": True}, "lm"),
+    "neox_lm_sequential": ("GPTNeoXForCausalLM", "GPTNeoXConfig",
+                           {**NEOX, "rotary_pct": 0.5, "use_parallel_residual": False}, "lm"),
+    "neox_cls": ("GPTNeoXForSequenceClassification", "GPTNeoXConfig",
+                 {**NEOX, "rotary_pct": 0.5, "num_labels": 2}, "cls"),
+}
+
+
+def _randomise(model, seed):
+  """HF initialises biases to 0 and LayerNorm scales to 1, which would hide a
+  misplaced bias or norm; every parameter gets noise instead."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      noise = torch.randn(p.shape, generator=gen) * 0.1
+      p.copy_(1.0 + noise if "norm" in name or ".ln_" in name else noise)
+
+
+def _build(case, folder, seed=0):
+  model_cls, config_cls, kwargs, _ = CASES[case]
+  torch.manual_seed(seed)
+  config = getattr(transformers, config_cls)(**kwargs)
+  model = getattr(transformers, model_cls)(config).eval()
+  _randomise(model, seed)
+  model.save_pretrained(folder, safe_serialization=True)
+  return model
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  """case -> (HF model, folder), each built once for the module."""
+  cache = {}
+
+  def get(case):
+    if case not in cache:
+      folder = tmp_path_factory.mktemp(case)
+      cache[case] = (_build(case, folder), folder)
+    return cache[case]
+
+  return get
+
+
+def padded_batch(side, seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = np.full((len(LENGTHS), SEQ), PAD, np.int32)
+  mask = np.zeros((len(LENGTHS), SEQ), np.int32)
+  for row, n in enumerate(LENGTHS):
+    real = slice(SEQ - n, SEQ) if side == "left" else slice(0, n)
+    # Never PAD, so HF's classifier finds the last real token from the ids.
+    tokens[row, real] = rng.integers(0, PAD, n)
+    mask[row, real] = 1
+  return tokens, mask
+
+
+def hf_logits(model, tokens, mask):
+  ids, attention = torch.tensor(tokens, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+  positions = (attention.cumsum(-1) - 1).clamp(min=0)  # as models.positions_from_mask
+  with torch.no_grad():
+    return model(input_ids=ids, attention_mask=attention, position_ids=positions).logits.numpy()
+
+
+# Jitted: one compile per case ran the file in 6 s, op-by-op dispatch in 9 s.
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _our_logits(cfg, params, tokens, mask, output):
+  model = models.Transformer(cfg)
+  method = model.lm_logits if output == "lm" else model.class_logits
+  return model.apply({"params": params}, tokens, mask, method=method)
+
+
+def our_logits(cfg, params, tokens, mask, output):
+  return np.asarray(_our_logits(cfg, params, tokens, mask, output))
+
+
+def max_diff(case, hf_model, cfg, params, side):
+  """Largest |ours - transformers'| over real positions (LM) or rows (classifier)."""
+  output = CASES[case][3]
+  tokens, mask = padded_batch(side)
+  diff = np.abs(our_logits(cfg, params, tokens, mask, output) - hf_logits(hf_model, tokens, mask))
+  return float(diff[mask > 0].max() if output == "lm" else diff.max())
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_logits_match_transformers_under_padding(built, case, side):
+  hf_model, folder = built(case)
+  cfg, params = hf_import.load_hf_folder(folder)
+  assert max_diff(case, hf_model, cfg, params, side) < TOL
+
+
+def test_neox_qkv_left_interleaved_is_detected(built):
+  hf_model, folder = built("neox_lm_parallel")
+  cfg, params = hf_import.load_hf_folder(folder)
+  tensors = hf_import.read_hf_tensors(folder)
+  for i in range(cfg.depth):
+    name = f"gpt_neox.layers.{i}.attention.query_key_value"
+    # As if the fused output were three contiguous blocks, like GPT-2's.
+    params[f"block_{i}"]["qkv"] = {"kernel": tensors[name + ".weight"].T,
+                                   "bias": tensors[name + ".bias"]}
+  assert max_diff("neox_lm_parallel", hf_model, cfg, params, "left") > BROKEN
+
+
+def test_gpt2_score_head_not_transposed_is_detected(built):
+  hf_model, folder = built("gpt2_cls")
+  cfg, params = hf_import.load_hf_folder(folder)
+  score = hf_import.read_hf_tensors(folder)["score.weight"]
+  # Same shape as the right kernel, wrong layout: read as if stored (in, out).
+  params["cls_head"]["kernel"] = score.reshape(cfg.width, cfg.num_classes)
+  assert max_diff("gpt2_cls", hf_model, cfg, params, "right") > BROKEN
+
+
+def test_prefix_free_and_sharded_checkpoints_give_the_same_params(built, tmp_path):
+  hf_model, folder = built("gpt2_lm")
+  cfg, params = hf_import.load_hf_folder(folder)
+  tensors = hf_import.read_hf_tensors(folder)
+  base_model = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+  # Small shards force model.safetensors.index.json plus several files.
+  hf_model.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="40KB")
+  assert (tmp_path / "model.safetensors.index.json").exists()
+  _, sharded = hf_import.load_hf_folder(tmp_path)
+  for other in (hf_import.params_from_hf(base_model, cfg), sharded):
+    assert all(np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(params), jax.tree.leaves(other)))
+
+
+def test_bfloat16_checkpoint_reads_without_torch(built, tmp_path):
+  hf_model, _ = built("neox_lm_parallel")
+  hf_model.to(torch.bfloat16).save_pretrained(tmp_path, safe_serialization=True)
+  hf_model.to(torch.float32)
+  tensors = hf_import.read_hf_tensors(tmp_path)
+  name = "gpt_neox.layers.0.attention.query_key_value.weight"
+  expected = hf_model.state_dict()[name].to(torch.bfloat16).float().numpy()
+  np.testing.assert_array_equal(tensors[name].astype(np.float32), expected)
+
+
+def test_orbax_round_trip_keeps_logits_identical(built, tmp_path):
+  _, folder = built("neox_cls")
+  cfg, params = hf_import.load_hf_folder(folder)
+  hf_import.save_as_orbax(tmp_path / "params", params)
+  restored = checkpoints.load_params(tmp_path / "params", params)
+  tokens, mask = padded_batch("left")
+  for output in ("lm", "cls"):
+    np.testing.assert_array_equal(our_logits(cfg, params, tokens, mask, output),
+                                  our_logits(cfg, restored, tokens, mask, output))
+
+
+def test_missing_tensor_is_named(built):
+  _, folder = built("gpt2_lm")
+  cfg, _ = hf_import.load_hf_folder(folder)
+  tensors = hf_import.read_hf_tensors(folder)
+  del tensors["transformer.h.1.mlp.c_fc.bias"]
+  with pytest.raises(ValueError, match=r"missing tensor 'h\.1\.mlp\.c_fc\.bias'.*\(128,\)"):
+    hf_import.params_from_hf(tensors, cfg)
+
+
+def test_bad_shape_is_named(built):
+  _, folder = built("neox_lm_sequential")
+  cfg, _ = hf_import.load_hf_folder(folder)
+  tensors = hf_import.read_hf_tensors(folder)
+  tensors["gpt_neox.layers.0.attention.dense.weight"] = np.zeros((32, 31), np.float32)
+  with pytest.raises(ValueError, match=r"'layers\.0\.attention\.dense\.weight' has shape "
+                                       r"\(32, 31\): expected \(32, 32\)"):
+    hf_import.params_from_hf(tensors, cfg)
+
+
+def test_unexpected_tensor_is_named(built):
+  _, folder = built("neox_cls")
+  cfg, _ = hf_import.load_hf_folder(folder)
+  tensors = hf_import.read_hf_tensors(folder)
+  tensors["score.bias"] = np.zeros((2,), np.float32)
+  with pytest.raises(ValueError, match=r"unexpected tensors \['score\.bias'\]"):
+    hf_import.params_from_hf(tensors, cfg)
+
+
+def test_score_head_needs_hidden_head_input(built):
+  _, folder = built("gpt2_cls")
+  with pytest.raises(ValueError, match="head_input='lm_probs': expected 'hidden'"):
+    hf_import.load_hf_folder(folder, head_input="lm_probs")
+
+
+def test_missing_files_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    hf_import.load_hf_folder(tmp_path)
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", **GPT2}))
+  with pytest.raises(FileNotFoundError, match="expected model.safetensors"):
+    hf_import.load_hf_folder(tmp_path)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("scale_attn_by_inverse_layer_idx", True,
+     "scale_attn_by_inverse_layer_idx=True: expected False"),
+    ("reorder_and_upcast_attn", True, "reorder_and_upcast_attn=True: expected False"),
+    ("activation_function", "relu", "activation_function='relu': expected one of"),
+    ("model_type", "llama", "model_type='llama': expected 'gpt2' or 'gpt_neox'"),
+])
+def test_unrepresentable_gpt2_configs_are_rejected(field, value, match):
+  with pytest.raises(ValueError, match=match):
+    hf_import.config_from_hf({"model_type": "gpt2", **GPT2, field: value})
+
+
+def test_neox_rotary_settings_are_read_in_every_spelling():
+  # As transformers 4.x wrote Pythia's config.json.
+  old = {"model_type": "gpt_neox", **NEOX, "rotary_pct": 0.5, "rotary_emb_base": 500.0,
+         "use_parallel_residual": False, "rope_scaling": None}
+  mid = {**old, "partial_rotary_factor": 0.5, "rope_theta": 500.0}
+  new = {key: value for key, value in old.items() if key not in ("rotary_pct", "rotary_emb_base")}
+  new["rope_parameters"] = {"rope_type": "default", "partial_rotary_factor": 0.5,
+                            "rope_theta": 500.0}
+  for hf_config in (old, mid, new):
+    cfg = hf_import.config_from_hf(hf_config)
+    assert (cfg.rotary_frac, cfg.rotary_base, cfg.parallel_residual, cfg.mlp_dim,
+            cfg.gelu_approximate, cfg.tie_embeddings) == (0.5, 500.0, False, 64, False, False)
+  with pytest.raises(ValueError, match="conflicting"):
+    hf_import.config_from_hf({**old, "partial_rotary_factor": 0.25})
+  with pytest.raises(ValueError, match=r"rope_parameters\.rope_type='linear'"):
+    hf_import.config_from_hf({**new, "rope_parameters": {"rope_type": "linear", "factor": 2.0}})

@@ -1,0 +1,359 @@
+"""Speed of w2s_jax against the PyTorch reference stack, on the same GPT-2-shaped model.
+
+  python tools/bench_torch.py [--layers 6 --width 384 --heads 6 --seq 128 --batch 32]
+                              [--rounds 7] [--steps 3] [--json PATH] [--quick]
+
+PyTorch side, as openai/weak-to-strong runs it: transformers'
+GPT2ForSequenceClassification (dropout off, eval mode) and a plain
+torch.optim.AdamW loop (forward, 2-class cross-entropy, backward, step,
+zero_grad), eagerly and under torch.compile. w2s_jax side: its one jitted,
+donated train step (AdamW from make_optimizer, including its clip-by-global-norm
+and NaN guard) and its jitted weak-inference forward (class probabilities), on
+a 1-device mesh. (torch.compile of the whole step compiles the forward with
+its loss, and the AdamW step; loss.backward() is a graph break that runs the
+AOT-compiled backward.) fp32 throughout; inputs are random tokens already on the
+device, identical shapes on both sides.
+
+Every contender is warmed up first (its first step, which includes any
+compile, is reported separately); then, in each of --rounds rounds, each
+contender runs --steps steps in turn (the order rotates from round to round).
+Reported: median time per step, achieved GFLOP/s against this machine's
+measured fp32 matmul peak, and speed-ups of w2s_jax (torch time / w2s_jax
+time, so > 1 means w2s_jax is faster), from the medians and as the median of
+the per-round ratios. Runs unchanged on a GPU (torch uses cuda when present,
+JAX its default backend).
+
+torch and transformers are not dependencies of w2s_jax:
+  pip install torch==2.13.0 transformers
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# On a GPU, JAX would otherwise grab most of its memory up front, starving torch.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from w2s_jax import inference, models, objectives, results, train  # noqa: E402
+from w2s_jax import sharding as shd  # noqa: E402
+
+QUICK = dict(layers=2, width=64, heads=4, seq=32, batch=8, infer_batch=32, vocab=1000,
+             rounds=2, peak_n=1024)
+TRAIN, INFER = ("train", "infer")
+SIDES = ("w2s_jax", "torch_eager", "torch_compile")
+FLOP_FORMULA = ("forward = 2*T*12*L*d^2 + 4*L*T*seq*d  (T = batch*seq tokens; "
+                "embeddings, norms and the 2-class head not counted); train step = 3 * forward")
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument("--layers", type=int, default=6)
+  parser.add_argument("--width", type=int, default=384)
+  parser.add_argument("--heads", type=int, default=6)
+  parser.add_argument("--seq", type=int, default=128)
+  parser.add_argument("--batch", type=int, default=32, help="train batch")
+  parser.add_argument("--infer-batch", type=int, default=128)
+  parser.add_argument("--vocab", type=int, default=50257, help="GPT-2's vocabulary by default")
+  parser.add_argument("--lr", type=float, default=5e-5)
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--steps", type=int, default=3, help="steps per contender per round")
+  parser.add_argument("--peak-n", type=int, default=4096, help="matmul size of the peak test")
+  parser.add_argument("--peak-reps", type=int, default=3)
+  parser.add_argument("--tf32", action="store_true",
+                      help="let both sides use TF32 matmuls on GPU (default: strict fp32)")
+  parser.add_argument("--json", help="write the numbers here")
+  parser.add_argument("--quick", action="store_true", help=f"tiny smoke configuration: {QUICK}")
+  args = parser.parse_args(argv)
+  if args.quick:  # explicit flags still win over the quick defaults
+    parser.set_defaults(**QUICK)
+    args = parser.parse_args(argv)
+  return args
+
+
+def import_torch(cache_dir: str):
+  """torch.compile caches its kernels on disk; a fresh cache makes its first step a
+  cold compile, like w2s_jax's (no persistent XLA cache here). Env settings win."""
+  os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_dir, "inductor"))
+  os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache_dir, "triton"))
+  try:
+    import torch
+    import transformers
+  except ImportError as e:
+    sys.exit(f"bench_torch needs torch and transformers ({e}); they are not dependencies "
+             f"of w2s_jax. Install them with: pip install torch==2.13.0 transformers")
+  return torch, transformers
+
+
+def set_precision(torch, tf32: bool):
+  jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
+  torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
+def forward_flops(args, batch: int) -> float:
+  tokens = batch * args.seq
+  return (2 * tokens * 12 * args.layers * args.width ** 2
+          + 4 * args.layers * tokens * args.seq * args.width)
+
+
+def make_inputs(args, batch: int, seed: int) -> dict:
+  rng = np.random.default_rng(seed)
+  return {"tokens": rng.integers(1, args.vocab, (batch, args.seq), dtype=np.int32),
+          "mask": np.ones((batch, args.seq), np.int32),
+          "labels": rng.integers(0, 2, batch)}
+
+
+# Each contender is run(n): n steps, returning only once the device is done.
+
+def jax_contenders(args, train_data, infer_data) -> dict:
+  mesh = shd.make_mesh(1)
+  cfg = models.ModelConfig(vocab_size=args.vocab, width=args.width, depth=args.layers,
+                           heads=args.heads, max_len=args.seq, head_input="hidden",
+                           ln_eps=1e-5, gelu_approximate=True)
+  optim_cfg = train.OptimConfig(steps=10 ** 6, batch_size=args.batch, lr=args.lr,
+                                weight_decay=0.01)
+  optimizer = train.make_optimizer(optim_cfg)
+  params = models.init_params(cfg, jax.random.key(0), args.seq)
+  infer_params = jax.tree.map(jnp.copy, params)  # the train state's buffers get donated
+  state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh)
+  step = train.compile_train_step(
+      loss_fn=objectives.classifier_objective(cfg, objectives.LossConfig("xent")),
+      optimizer=optimizer, total_steps=optim_cfg.steps, mesh=mesh,
+      state_sharding=train.sharding_of(state))
+  batch = shd.put_batch({"tokens": train_data["tokens"], "mask": train_data["mask"],
+                         "labels": np.eye(2, dtype=np.float32)[train_data["labels"]]}, mesh)
+  box = {"state": state}
+
+  def train_run(n):
+    for _ in range(n):
+      box["state"], metrics = step(box["state"], batch)
+    jax.block_until_ready((box["state"], metrics))
+
+  forward = inference._compiled(cfg, "class_logits", mesh, False)
+  ib = shd.put_batch({k: infer_data[k] for k in ("tokens", "mask")}, mesh)
+
+  def infer_run(n):
+    for _ in range(n):
+      probs = forward(infer_params, ib["tokens"], ib["mask"])
+    probs.block_until_ready()
+  return {(TRAIN, "w2s_jax"): train_run, (INFER, "w2s_jax"): infer_run}
+
+
+def torch_contenders(args, torch, transformers, device, train_data, infer_data) -> dict:
+  conf = transformers.GPT2Config(
+      vocab_size=args.vocab, n_positions=args.seq, n_embd=args.width, n_layer=args.layers,
+      n_head=args.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0,
+      bos_token_id=args.vocab - 1, eos_token_id=args.vocab - 1, num_labels=2)
+  new_model = lambda: transformers.GPT2ForSequenceClassification(conf).to(device).eval()
+  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+  put = lambda data: {k: torch.as_tensor(v, dtype=torch.long, device=device)
+                      for k, v in data.items()}
+  tb, ib = put(train_data), put(infer_data)
+
+  def train_step_fn():
+    model = new_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+
+    def step(tokens, mask, labels):
+      logits = model(input_ids=tokens, attention_mask=mask).logits
+      loss = torch.nn.functional.cross_entropy(logits, labels)
+      loss.backward()
+      opt.step()
+      opt.zero_grad()
+      return loss
+    return step
+
+  infer_model = new_model()
+
+  def infer(tokens, mask):
+    with torch.no_grad():
+      return torch.softmax(infer_model(input_ids=tokens, attention_mask=mask).logits, -1)
+
+  def runner(fn, data):
+    def run(n):
+      for _ in range(n):
+        fn(**data)
+      sync()
+    return run
+  tb_args = {"tokens": tb["tokens"], "mask": tb["mask"], "labels": tb["labels"]}
+  ib_args = {"tokens": ib["tokens"], "mask": ib["mask"]}
+  return {(TRAIN, "torch_eager"): runner(train_step_fn(), tb_args),
+          (TRAIN, "torch_compile"): runner(torch.compile(train_step_fn()), tb_args),
+          (INFER, "torch_eager"): runner(infer, ib_args),
+          (INFER, "torch_compile"): runner(torch.compile(infer), ib_args)}
+
+
+def warm_up(contenders: dict, steps: int) -> tuple[dict, dict]:
+  """First step of each (compile included) timed; then one untimed round of steps.
+  A contender that fails is dropped, with its error."""
+  first, errors = {}, {}
+  for key, run in list(contenders.items()):
+    try:
+      start = time.perf_counter()
+      run(1)
+      first[key] = time.perf_counter() - start
+      run(steps)
+    except Exception as e:  # noqa: BLE001 -- report and go on without it
+      errors[key] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+      del contenders[key]
+  return first, errors
+
+
+def interleaved(contenders: dict, rounds: int, steps: int) -> dict:
+  """Seconds per step, one entry per round; the order rotates each round."""
+  keys = list(contenders)
+  times = {k: [] for k in keys}
+  for r in range(rounds):
+    for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+      start = time.perf_counter()
+      contenders[key](steps)
+      times[key].append((time.perf_counter() - start) / steps)
+  return times
+
+
+def measure_peak(torch, device, n: int, reps: int) -> dict:
+  """fp32 n x n matmul GFLOP/s, jnp.dot and torch.mm interleaved; median of reps."""
+  rng = np.random.default_rng(0)
+  a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  ta, tb = torch.as_tensor(a, device=device), torch.as_tensor(b, device=device)
+  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+  fns = {"jnp.dot": lambda: jnp.dot(ja, jb).block_until_ready(),
+         "torch.mm": lambda: (torch.mm(ta, tb), sync())}
+  for fn in fns.values():
+    fn()
+  times = {k: [] for k in fns}
+  for _ in range(reps):
+    for k, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - start)
+  return {k: 2 * n ** 3 / float(np.median(v)) / 1e9 for k, v in times.items()}
+
+
+def summarize(args, times, first, errors, peak) -> dict:
+  peak_best = max(peak.values())
+  flops = {TRAIN: 3 * forward_flops(args, args.batch), INFER: forward_flops(args, args.infer_batch)}
+  out = {"contenders": {}, "speedups": {}}
+  for (kind, side), t in times.items():
+    med = float(np.median(t))
+    out["contenders"][f"{kind}/{side}"] = {
+        "median_ms_per_step": 1e3 * med, "ms_per_step_rounds": [1e3 * x for x in t],
+        "first_step_s": first[(kind, side)], "gflops": flops[kind] / med / 1e9,
+        "fraction_of_peak": flops[kind] / med / 1e9 / peak_best}
+  for (kind, side), err in errors.items():
+    out["contenders"][f"{kind}/{side}"] = {"error": err}
+  for kind in (TRAIN, INFER):
+    for side in SIDES[1:]:
+      jx, tt = times.get((kind, "w2s_jax")), times.get((kind, side))
+      if jx and tt:
+        out["speedups"][f"{kind}/vs_{side}"] = {
+            "of_medians": float(np.median(tt) / np.median(jx)),
+            "median_of_round_ratios": float(np.median(np.array(tt) / np.array(jx)))}
+  out.update(flops_per_step=flops, flop_formula=FLOP_FORMULA, peak_gflops=peak,
+             peak_gflops_used=peak_best)
+  return out
+
+
+def print_report(args, summary):
+  print(f"\nFLOPs: {summary['flop_formula']}")
+  print(f"  train step {summary['flops_per_step'][TRAIN] / 1e9:.2f} GFLOP (batch {args.batch}), "
+        f"inference {summary['flops_per_step'][INFER] / 1e9:.2f} GFLOP (batch {args.infer_batch})")
+  peak = summary["peak_gflops"]
+  print(f"fp32 matmul peak at n={args.peak_n}: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items())
+        + f" GFLOP/s; this machine's measured peak: {summary['peak_gflops_used']:.1f} GFLOP/s")
+  print(f"\n{'contender':22s} {'median ms/step':>14s} {'GFLOP/s':>9s} {'of peak':>8s} "
+        f"{'first step s':>13s}")
+  for name, c in summary["contenders"].items():
+    if "error" in c:
+      print(f"{name:22s} unavailable: {c['error']}")
+      continue
+    print(f"{name:22s} {c['median_ms_per_step']:14.1f} {c['gflops']:9.1f} "
+          f"{c['fraction_of_peak']:8.1%} {c['first_step_s']:13.2f}")
+  print("\nspeed-up of w2s_jax = torch time / w2s_jax time (> 1: w2s_jax faster)")
+  for name, s in summary["speedups"].items():
+    print(f"  {name:26s} {s['of_medians']:.2f}x from medians, "
+          f"{s['median_of_round_ratios']:.2f}x median of per-round ratios")
+
+
+def environment(torch, transformers, device, args) -> dict:
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return {
+      "versions": {"jax": jax.__version__, "torch": torch.__version__,
+                   "transformers": transformers.__version__},
+      "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
+      "torch_device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),
+      "torch_threads": torch.get_num_threads(),
+      "torch_interop_threads": torch.get_num_interop_threads(),
+      "cores_available": cores,
+      "torch_compile_cache": os.environ["TORCHINDUCTOR_CACHE_DIR"],
+      "env": {k: os.environ[k] for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+              if k in os.environ},
+      "fp32_matmuls": "tf32 allowed" if args.tf32 else "strict fp32 (highest precision)"}
+
+
+def print_header(args, env, load_before, device):
+  print(f"load average before: {' '.join(f'{x:.2f}' for x in load_before)}")
+  if device.type == "cpu" and load_before[0] > 0.25 * env["cores_available"]:
+    print(f"WARNING: the machine is busy (1-min load {load_before[0]:.2f} on "
+          f"{env['cores_available']} cores): timings are unreliable, torch's OpenMP "
+          f"thread pool especially (every parallel op waits for its slowest thread)")
+  print(f"jax {env['versions']['jax']} on {env['jax_backend']}: {', '.join(env['jax_devices'])} "
+        f"(1-device mesh; XLA:CPU threads = the {env['cores_available']} cores available)")
+  print(f"torch {env['versions']['torch']}, transformers {env['versions']['transformers']} "
+        f"on {env['torch_device']}: {env['torch_threads']} intra-op / "
+        f"{env['torch_interop_threads']} inter-op threads; env {env['env'] or '{}'}; "
+        f"torch.compile cache {env['torch_compile_cache']}")
+  print(f"model: GPT-2 shape, {args.layers} layers, width {args.width}, {args.heads} heads, "
+        f"seq {args.seq}, vocab {args.vocab}; train batch {args.batch}, inference batch "
+        f"{args.infer_batch}; fp32 ({env['fp32_matmuls']}); lr {args.lr}, weight decay 0.01")
+  print("w2s_jax train step includes its clip-by-global-norm (1.0), warmup-cosine schedule and "
+        "NaN guard; torch: plain AdamW, constant lr, no clipping")
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  load_before = os.getloadavg()
+  wall = time.perf_counter()
+  tmp = tempfile.TemporaryDirectory(prefix="bench_torch_")
+  torch, transformers = import_torch(tmp.name)
+  set_precision(torch, args.tf32)
+  torch.manual_seed(0)
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  env = environment(torch, transformers, device, args)
+  print_header(args, env, load_before, device)
+  train_data, infer_data = make_inputs(args, args.batch, 0), make_inputs(args, args.infer_batch, 1)
+  contenders = {**jax_contenders(args, train_data, infer_data),
+                **torch_contenders(args, torch, transformers, device, train_data, infer_data)}
+  contenders = dict(sorted(contenders.items(), key=lambda kv: (kv[0][0] != TRAIN,
+                                                                SIDES.index(kv[0][1]))))
+  print(f"warming up {len(contenders)} contenders ...", flush=True)
+  first, errors = warm_up(contenders, args.steps)
+  peak = measure_peak(torch, device, args.peak_n, args.peak_reps)
+  print(f"{args.rounds} interleaved rounds of {args.steps} steps each ...", flush=True)
+  times = interleaved(contenders, args.rounds, args.steps)
+  summary = summarize(args, times, first, errors, peak)
+  print_report(args, summary)
+  load_after = os.getloadavg()
+  print(f"\nload average after: {' '.join(f'{x:.2f}' for x in load_after)}; "
+        f"wall time {time.perf_counter() - wall:.0f}s")
+  if args.json:
+    record = {"config": vars(args), **env, "load_before": load_before, "load_after": load_after,
+              **summary}
+    record["flops_per_step"] = {k: float(v) for k, v in record["flops_per_step"].items()}
+    with results.atomic_write(args.json) as f:
+      json.dump(record, f, indent=2)
+    print(f"wrote {args.json}")
+  tmp.cleanup()
+
+
+if __name__ == "__main__":
+  main()

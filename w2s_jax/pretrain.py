@@ -1,0 +1,162 @@
+"""LM pretraining at any scale: sharded, checkpointed, resumable, multi-host.
+
+`train_lm` is the one pretraining loop: the W2S pipeline uses it for the
+models it caches, and `run` wraps it as a standalone job
+(experiments/train.py) for meshes, pods and scaling studies.
+"""
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from w2s_jax import checkpoints, inference, models, objectives, testbed, train
+from w2s_jax import sharding as shd
+from w2s_jax.data import Dataset, shuffled_batches
+from w2s_jax.distributed import DistributedConfig
+from w2s_jax.results import package_versions, write_json_atomic
+from w2s_jax.sharding import MeshConfig
+from w2s_jax.train import OptimConfig
+
+
+def train_lm(model_cfg: models.ModelConfig, corpus: Dataset, optim: OptimConfig, *, seed: int,
+             mesh, checkpoint_dir, checkpoint_every: int, checkpoint_keep: int = 2,
+             corpus_tag: str = "corpus", progress: bool = True, desc: str = "pretrain"):
+  """Next-token training from a fresh init; resumes from checkpoint_dir if it
+  holds a checkpoint of this run. Returns (state, last metrics, resumed step)."""
+  # Each micro-batch is split over every device.
+  shd.check_batch_size(optim.batch_size // optim.grad_accum_steps, mesh,
+                       "batch_size / grad_accum_steps")
+  optimizer = train.make_optimizer(optim)
+  key = jax.random.key(seed)
+  state = train.initial_state(lambda k: models.init_params(model_cfg, k), key,
+                              optimizer=optimizer, mesh=mesh, rng=jax.random.key_data(key))
+  ckpts = checkpoints.TrainCheckpoints(
+      checkpoint_dir, every=checkpoint_every, keep=checkpoint_keep,
+      data={"corpus": corpus_tag, "examples": len(corpus), "seed": seed,
+            "batch_size": optim.batch_size})
+  state = ckpts.restore(state)
+  resumed_from = train.first_step(state)
+  step = train.compile_train_step(loss_fn=objectives.lm_objective(model_cfg), optimizer=optimizer,
+                                  total_steps=optim.steps, mesh=mesh,
+                                  state_sharding=train.sharding_of(state),
+                                  accum_steps=optim.grad_accum_steps)
+  batches = shuffled_batches(corpus, batch_size=optim.batch_size, seed=seed,
+                             start_step=resumed_from, rows=shd.process_rows(mesh, optim.batch_size))
+  try:
+    state, last = train.fit(state, step, batches, num_steps=optim.steps, mesh=mesh, desc=desc,
+                            progress=progress, checkpoints=ckpts)
+  finally:
+    ckpts.close()
+  return state, last, resumed_from
+
+
+def fact_accuracy(params, model_cfg, world, mesh) -> dict:
+  """Fraction of (entity, relation) facts whose city the LM ranks first among cities."""
+  prompts, answers = testbed.fact_probe(world)
+  probs = inference.next_token_probs(params, model_cfg, prompts, mesh=mesh)
+  cities = world.city_tokens
+  known = cities[np.argmax(probs[:, cities], axis=-1)] == answers
+  n = world.cfg.num_entities
+  out = {rel: float(known[i * n:(i + 1) * n].mean()) for i, rel in enumerate(testbed.RELATIONS)}
+  for split, ents in world.split_entities.items():
+    out[f"lives/{split}"] = float(known[ents].mean())
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+  """A standalone pretraining run on the testbed corpus."""
+  name: str = "pretrain"
+  size: str = "tiny"
+  world: testbed.WorldConfig = testbed.WorldConfig()
+  optim: OptimConfig = OptimConfig(steps=2000, batch_size=32, lr=3e-3, warmup_frac=0.02,
+                                   weight_decay=0.0)
+  dtype: str = "float32"  # "bfloat16": bf16 compute, float32 master params
+  remat: bool = False
+  seed: int = 0
+  mesh: MeshConfig = MeshConfig()
+  distributed: DistributedConfig = DistributedConfig()
+  checkpoint_every: int = 200
+  checkpoint_keep: int = 2
+
+  def __post_init__(self):
+    try:
+      self.model_config(vocab_size=1)
+    except ValueError as e:
+      raise ValueError(f"PretrainConfig: {e}") from None
+
+  def model_config(self, vocab_size: int) -> models.ModelConfig:
+    return models.decode_size(self.size, vocab_size=vocab_size, max_len=self.world.doc_len,
+                              dtype=self.dtype, remat=self.remat)
+
+
+def run(cfg: PretrainConfig, *, out_dir: str | Path, progress: bool = True) -> dict:
+  """Pretrains, saves the final params (orbax) and results.json under out_dir.
+
+  Every process runs this; only process 0 writes results.json. Rerunning
+  with the same out_dir resumes from the last checkpoint.
+  """
+  out_dir = Path(out_dir).absolute()
+  finished = _finished_results(cfg, out_dir)
+  if finished is not None:
+    return finished
+  started = time.perf_counter()
+  mesh = cfg.mesh.make()
+  shd.check_batch_size(cfg.optim.batch_size, mesh, "optim.batch_size")
+  world = testbed.make_world(cfg.world)
+  corpus = testbed.pretraining_corpus(world)
+  model_cfg = cfg.model_config(len(world.vocab))
+  state, last, resumed_from = train_lm(
+      model_cfg, corpus, cfg.optim, seed=cfg.seed, mesh=mesh,
+      checkpoint_dir=out_dir / "checkpoints", checkpoint_every=cfg.checkpoint_every,
+      checkpoint_keep=cfg.checkpoint_keep, progress=progress, desc=f"pretrain {cfg.size}")
+  seconds = time.perf_counter() - started
+  checkpoints.save_params(out_dir / "params", state.params)
+  steps_run = cfg.optim.steps - resumed_from
+  results = {
+      "config": dataclasses.asdict(cfg),
+      "versions": package_versions(),
+      "processes": jax.process_count(),
+      "devices": len(jax.devices()),
+      "mesh": dict(mesh.shape),
+      "params": models.count_params(state.params),
+      "resumed_from_step": resumed_from,
+      "final_lm_loss": float(np.mean(last.get("loss", np.nan))),
+      "seconds": seconds,
+      "tokens_per_second": steps_run * cfg.optim.batch_size * cfg.world.doc_len / seconds,
+      "steps_run": steps_run,
+      "facts_known": fact_accuracy(state.params, model_cfg, world, mesh),
+  }
+  if shd.is_main_process():
+    write_json_atomic(out_dir / "results.json", results)
+  return results
+
+
+def _finished_results(cfg: PretrainConfig, out_dir: Path) -> dict | None:
+  """The results of a finished run in out_dir, which a rerun returns untouched.
+  A run directory of another config is refused rather than overwritten."""
+  path = out_dir / "results.json"
+  if not path.exists():
+    return None
+  results = json.loads(path.read_text())
+  wanted = json.loads(json.dumps(dataclasses.asdict(cfg)))
+  if results["config"] != wanted:
+    changed = sorted(k for k in wanted if results["config"].get(k) != wanted[k])
+    raise ValueError(f"{out_dir} holds a finished run of another config (differs in {changed}); "
+                     f"choose another --out")
+  return results
+
+
+def format_results(results: dict) -> str:
+  facts = results["facts_known"]
+  return (f"{results['config']['size']}: {results['params']:,} params on {results['devices']} "
+          f"devices ({results['processes']} processes, mesh {results['mesh']})\n"
+          f"final LM loss {results['final_lm_loss']:.4f}; facts known: lives {facts['lives']:.0%}, "
+          f"works {facts['works']:.0%}\n"
+          f"{results['seconds']:.0f}s, {results['tokens_per_second']:,.0f} tokens/s"
+          + (f" (resumed at step {results['resumed_from_step']})"
+             if results["resumed_from_step"] else ""))

@@ -1,0 +1,206 @@
+"""Tokenizers, and TextExamples turned into a training Dataset(tokens, mask, labels).
+
+ByteTokenizer serves models trained from scratch; HFTokenizer reads a
+pretrained checkpoint's tokenizer.json (GPT-2 / Pythia BPE) with the
+`tokenizers` package alone, without transformers.
+
+A tokenizer here has: vocab_size, pad_id, bos_id (None if it has none),
+eos_id (likewise), encode(text) -> list[int] and encode_batch(texts).
+Neither adds special tokens by itself: encode_examples adds <bos> when asked,
+so every tokenizer is treated alike and truncation sees every token.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from w2s_jax.data import Dataset
+from w2s_jax.text_tasks import TextExamples
+
+OVERFLOW = ("truncate", "drop")
+SIDES = ("left", "right")
+
+
+class ByteTokenizer:
+  """UTF-8 bytes are ids 0-255 as they are; then <pad>, <bos>, <eos>."""
+  pad_id, bos_id, eos_id = 256, 257, 258
+
+  @property
+  def vocab_size(self) -> int:
+    return 259
+
+  def encode(self, text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [self.encode(t) for t in texts]
+
+  def decode(self, ids) -> str:
+    # Special ids are dropped; a truncation that cut a character in two shows as U+FFFD.
+    return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+
+# Conventional names, for a tokenizer.json that comes without its config files:
+# GPT-2 and Pythia use <|endoftext|> both to begin and to end a document.
+_CONVENTIONAL = {
+    "bos_token": ("<|endoftext|>", "<s>", "<bos>", "[CLS]"),
+    "eos_token": ("<|endoftext|>", "</s>", "<eos>", "[SEP]"),
+    "pad_token": ("<|padding|>", "<pad>", "[PAD]"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class HFTokenizer:
+  # A tokenizers.Tokenizer, left out of repr: its repr prints the whole vocabulary.
+  tokenizer: object = dataclasses.field(repr=False)
+  bos_id: int | None
+  eos_id: int | None
+  pad_id: int  # what padding positions hold; always masked out, so any valid id
+
+  @classmethod
+  def from_file(cls, path, *, bos_token: str | None = None, eos_token: str | None = None,
+                pad_token: str | None = None) -> "HFTokenizer":
+    """Load tokenizer.json. Special tokens come from the arguments, else from the
+    special_tokens_map.json / tokenizer_config.json beside it (as a Hugging Face
+    checkpoint ships them), else from conventional names found in the vocab."""
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: no such tokenizer file (expected a tokenizer.json)")
+    try:
+      from tokenizers import Tokenizer
+    except ImportError as err:
+      raise ImportError("HFTokenizer needs the tokenizers package: pip install tokenizers") from err
+    try:
+      tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:  # noqa: BLE001 -- the Rust error text is kept in the chain
+      raise ValueError(f"{path}: not a readable tokenizer.json ({err})") from err
+    # A tokenizer.json may be saved with truncation or padding switched on; either
+    # would cut or pad behind encode_examples' back and falsify its counts and mask.
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    configured = _configured_special_tokens(os.path.dirname(os.path.abspath(path)))
+    explicit = {"bos_token": bos_token, "eos_token": eos_token, "pad_token": pad_token}
+    ids = {}
+    for role, token in explicit.items():
+      if token is not None:
+        if tokenizer.token_to_id(token) is None:
+          raise ValueError(f"{role}={token!r}: not in the vocabulary of {path}")
+        ids[role] = tokenizer.token_to_id(token)
+        continue
+      candidates = ((configured[role],) if role in configured else ()) + _CONVENTIONAL[role]
+      ids[role] = next((tokenizer.token_to_id(t) for t in candidates
+                        if tokenizer.token_to_id(t) is not None), None)
+    pad_id = next(i for i in (ids["pad_token"], ids["eos_token"], 0) if i is not None)
+    return cls(tokenizer, ids["bos_token"], ids["eos_token"], pad_id)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+  def encode(self, text: str) -> list[int]:
+    # add_special_tokens=False: a template post-processor (e.g. BERT's [CLS] ...
+    # [SEP]) would add tokens behind the back of truncation and of add_bos.
+    return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids) -> str:
+    return self.tokenizer.decode([int(i) for i in ids])
+
+
+def _configured_special_tokens(directory: str) -> dict[str, str]:
+  found = {}
+  # special_tokens_map.json is read last, so it wins, as in transformers.
+  for name in ("tokenizer_config.json", "special_tokens_map.json"):
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+      continue
+    with open(path, encoding="utf-8") as f:
+      config = json.load(f)
+    for role in _CONVENTIONAL:
+      value = config.get(role)
+      value = value.get("content") if isinstance(value, dict) else value
+      if isinstance(value, str):
+        found[role] = value
+  return found
+
+
+def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow: str,
+                    truncate_side: str = "left", add_bos: bool = False,
+                    pad_side: str = "right") -> tuple[Dataset, dict]:
+  """Tokenize, fit to max_len and pad: Dataset(tokens, mask, labels) and a report.
+
+  overflow: what to do with a text longer than max_len: "truncate" it or
+    "drop" the example (dropping all of them is an error).
+  truncate_side: "left" (default) cuts the beginning and keeps the end, because
+    prompts such as cosmos_qa's put the answer being judged last, and the
+    models classify at the last real token; "right" keeps the beginning.
+    <bos> is never cut.
+  pad_side: where padding goes; mask marks the real tokens either way.
+  The report counts examples kept whole, truncated and dropped (print it, or
+  describe_encoding(report)).
+  """
+  if not isinstance(examples, TextExamples):
+    raise TypeError(f"examples: expected TextExamples, got {type(examples).__name__}")
+  if not (isinstance(max_len, int) and max_len >= 1):
+    raise ValueError(f"max_len={max_len!r}: expected a positive int")
+  for name, value, allowed in (("overflow", overflow, OVERFLOW),
+                               ("truncate_side", truncate_side, SIDES),
+                               ("pad_side", pad_side, SIDES)):
+    if value not in allowed:
+      raise ValueError(f"{name}={value!r}: expected one of {allowed}")
+  if add_bos and tokenizer.bos_id is None:
+    raise ValueError(f"add_bos=True but {type(tokenizer).__name__} has no bos token")
+  prefix = [tokenizer.bos_id] if add_bos else []
+  room = max_len - len(prefix)
+  if room < 1:
+    raise ValueError(f"max_len={max_len}: no room for text after <bos>, expected >= 2")
+  if len(examples) == 0:
+    raise ValueError("examples: empty, nothing to encode")
+
+  encoded = tokenizer.encode_batch(examples.text)
+  lengths = np.array([len(ids) for ids in encoded])
+  if (lengths == 0).any():
+    i = int(np.argmin(lengths))
+    raise ValueError(f"example {i} ({examples.text[i]!r}) encodes to no tokens")
+  top = max(max(ids) for ids in encoded)
+  if top >= tokenizer.vocab_size:
+    raise ValueError(
+        f"token id {top} >= vocab_size={tokenizer.vocab_size}: the tokenizer is inconsistent")
+  too_long = lengths > room
+  keep = np.flatnonzero(~too_long) if overflow == "drop" else np.arange(len(encoded))
+  if len(keep) == 0:
+    raise ValueError(f"overflow='drop' drops all {len(encoded)} examples: the shortest has "
+                     f"{lengths.min() + len(prefix)} tokens, max_len={max_len}")
+
+  tokens = np.full((len(keep), max_len), tokenizer.pad_id, np.int32)
+  mask = np.zeros((len(keep), max_len), np.int32)
+  for row, i in enumerate(keep):
+    body = encoded[i]
+    if len(body) > room:
+      body = body[len(body) - room:] if truncate_side == "left" else body[:room]
+    ids = prefix + list(body)
+    start = 0 if pad_side == "right" else max_len - len(ids)
+    tokens[row, start:start + len(ids)] = ids
+    mask[row, start:start + len(ids)] = 1
+  data = Dataset(tokens=tokens, mask=mask, labels=examples.label[keep].astype(np.int32))
+  report = {
+      "examples": len(encoded),
+      "kept_whole": int((~too_long).sum()),
+      "truncated": int(too_long.sum()) if overflow == "truncate" else 0,
+      "dropped": int(too_long.sum()) if overflow == "drop" else 0,
+      "max_len": max_len,
+      "longest": int(lengths.max()) + len(prefix),
+      "mean_len": round(float(lengths.mean()) + len(prefix), 1),
+  }
+  return data, report
+
+
+def describe_encoding(report: dict) -> str:
+  return (f"{report['examples']} examples at max_len={report['max_len']}: "
+          f"{report['kept_whole']} kept whole, {report['truncated']} truncated, "
+          f"{report['dropped']} dropped (longest {report['longest']} tokens, "
+          f"mean {report['mean_len']})")
