@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax import configs, report, sweep  # noqa: E402
+from w2s_jax import configs, distributed, report, sharding, sweep  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -22,12 +22,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
-  configs.start_run(args)
   grid = configs.load_sweep(args.config)
+  distributed.initialize(grid.base.distributed)  # before anything asks JAX for devices
+  configs.start_run(args)
   out = Path(args.out or f"runs/sweeps/{grid.base.name}")
   rows = sweep.run_sweep(grid, out_dir=out, cache_dir=args.cache, progress=not args.no_progress)
-  print(report.summary_table(rows))
-  print(f"\n{len(rows)} cells in {out / 'sweep.jsonl'}; charts: python tools/sweep_report.py {out}")
+  if sharding.is_main_process():
+    print(report.summary_table(rows))
+    print(f"\n{len(rows)} cells in {out / 'sweep.jsonl'}; charts: python tools/sweep_report.py {out}")
 
 
 if __name__ == "__main__":

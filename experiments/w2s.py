@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax import configs, pipeline  # noqa: E402
+from w2s_jax import configs, distributed, pipeline, sharding  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -20,12 +20,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
-  configs.start_run(args)
   cfg = configs.load(args.config)
+  distributed.initialize(cfg.distributed)  # before anything asks JAX for devices
+  configs.start_run(args)
   out = Path(args.out or f"runs/{cfg.name}")
   results = pipeline.run(cfg, out_dir=out, cache_dir=args.cache, progress=not args.no_progress)
-  print(pipeline.format_results(results))
-  print(f"\nwrote {out / 'results.json'}")
+  if sharding.is_main_process():
+    print(pipeline.format_results(results))
+    print(f"\nwrote {out / 'results.json'}")
 
 
 if __name__ == "__main__":

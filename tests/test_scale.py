@@ -180,3 +180,42 @@ def test_largest_model_fsdp_memory_per_device_is_an_eighth():
   assert 1 / 8 <= memory.argument_size_in_bytes / state_bytes < 1 / 8 * 1.01
   # The donated state is updated in place: outputs alias the arguments.
   assert memory.alias_size_in_bytes >= 0.99 * memory.argument_size_in_bytes - 4 * 8 * 128 * 2
+
+
+@pytest.mark.parametrize("devices,fsdp", [(1, 1), (8, 2)], ids=["onto-1-device", "onto-4x2"])
+def test_resume_onto_another_mesh(single_device, tmp_path, devices, fsdp):
+  """3 steps under FSDP over 8 devices, checkpointed; restored onto another
+  mesh for the last 2: the same end as 5 uninterrupted steps."""
+  from w2s_jax import checkpoints
+
+  optim = OptimConfig(steps=5, batch_size=16, lr=1e-3, head_lr=1e-2, warmup_frac=0.0)
+  optimizer = train.make_optimizer(optim)
+  loss_fn = objectives.classifier_objective(MODEL, LossConfig("xent"))
+
+  def start(mesh):
+    key = jax.random.key(0)
+    state = train.initial_state(lambda k: models.init_params(MODEL, k), key, optimizer=optimizer,
+                                mesh=mesh, rng=jax.random.key_data(key))
+    ckpts = checkpoints.TrainCheckpoints(tmp_path / "ckpt", every=3, data={"seed": 0})
+    state = ckpts.restore(state)
+    step = train.compile_train_step(loss_fn=loss_fn, optimizer=optimizer, total_steps=5,
+                                    mesh=mesh, state_sharding=train.sharding_of(state))
+    batches = shuffled_batches(_data(), batch_size=16, seed=0, start_step=train.first_step(state))
+    return state, step, batches, ckpts
+
+  first = sharding.make_mesh(8, fsdp=8)
+  state, step, batches, ckpts = start(first)
+  state, _ = train.fit(state, step, batches, num_steps=3, mesh=first, desc="part 1",
+                       progress=False, checkpoints=ckpts)
+  ckpts.close()
+
+  second = sharding.make_mesh(devices, fsdp=fsdp)
+  state, step, batches, ckpts = start(second)
+  assert train.first_step(state) == 3
+  assert {leaf.sharding.mesh for leaf in jax.tree.leaves(state.params)} == {second}
+  state, _ = train.fit(state, step, batches, num_steps=5, mesh=second, desc="part 2",
+                       progress=False, checkpoints=ckpts)
+  ckpts.close()
+  assert _max_diff(jax.device_get(state.params), single_device[0].params) <= 1e-5
+  with pytest.raises(ValueError, match="refusing to resume on other data"):
+    checkpoints.TrainCheckpoints(tmp_path / "ckpt", every=3, data={"seed": 1}).restore(state)

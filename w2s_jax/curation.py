@@ -58,7 +58,7 @@ def run(cfg, *, keep: float, out_dir: Path, cache_dir, progress=True, bad_frac=0
   pool, kind = testbed.corrupted_pool(ctx.world, ctx.corpus, bad_frac=bad_frac)
   pool_tag = f"pool-bad{bad_frac:g}"
   ref_params, ref_cfg, _ = pipeline.pretrained_model(
-      cfg, cfg.weak_size, ctx.world, pool, ctx.mesh, ctx.cache, progress, corpus_tag=pool_tag)
+      cfg, cfg.weak_size, ctx.task, pool, ctx.mesh, ctx.cache, progress, corpus_tag=pool_tag)
   criteria = pool_scores(ctx, pool, weak_size=cfg.weak_size, reference=(ref_params, ref_cfg))
   removal = removal_table(kind, criteria, sorted({*KEEP_FRACS, keep}, reverse=True))
 
@@ -72,7 +72,8 @@ def run(cfg, *, keep: float, out_dir: Path, cache_dir, progress=True, bad_frac=0
       ctx.pretrain_on(cfg.strong_size, corpus, f"{pool_tag}/{name}")
     ceiling = pipeline.ceiling_stage(ctx, cfg.strong_size)
     result = pipeline.w2s_stage(ctx, cfg.strong_size, weak, LossConfig("xent"))
-    summary = pipeline.summarize(weak, result, ceiling, num_resamples=cfg.bootstrap_resamples)
+    summary = pipeline.summarize(weak, result, ceiling, splits=ctx.eval_splits,
+                                 num_resamples=cfg.bootstrap_resamples)
     info = ctx.pretrained(cfg.strong_size)[2]
     w2s[name] = {"summary": summary, "strong_facts": info["lives"], "docs": len(ctx.corpus if corpus is None else corpus)}
   results = {"config": pipeline.config_to_dict(cfg), "versions": package_versions(),

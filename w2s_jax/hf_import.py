@@ -336,14 +336,19 @@ def read_hf_tensors(path) -> dict[str, np.ndarray]:
                           "(pickled pytorch_model.bin files are not read)")
 
 
-def load_hf_folder(path, *, num_classes: int = 2, head_input: str = "hidden",
-                   max_len: int | None = None):
-  """A local Hugging Face model folder -> (ModelConfig, params)."""
+def read_config(path) -> dict:
+  """A local Hugging Face model folder's config.json, as a plain dict."""
   config_file = Path(path) / "config.json"
   if not config_file.exists():
     raise FileNotFoundError(f"{config_file}: expected a transformers config.json")
-  cfg = config_from_hf(json.loads(config_file.read_text()), num_classes=num_classes,
-                       head_input=head_input, max_len=max_len)
+  return json.loads(config_file.read_text())
+
+
+def load_hf_folder(path, *, num_classes: int = 2, head_input: str = "hidden",
+                   max_len: int | None = None):
+  """A local Hugging Face model folder -> (ModelConfig, params)."""
+  cfg = config_from_hf(read_config(path), num_classes=num_classes, head_input=head_input,
+                       max_len=max_len)
   return cfg, params_from_hf(read_hf_tensors(path), cfg)
 
 

@@ -17,10 +17,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from w2s_jax import checkpoints, inference, metrics, models, objectives, scores, selection
-from w2s_jax import pretrain, testbed, train
+from w2s_jax import hf_import, pretrain, tasks, testbed, train
 from w2s_jax import sharding as shd
 from w2s_jax.checkpoints import PretrainedCache, cache_key
+from w2s_jax.distributed import DistributedConfig
 from w2s_jax.sharding import MeshConfig
+from w2s_jax.tasks import Task, TextTaskConfig
 from w2s_jax.data import Dataset, one_hot, shuffled_batches
 from w2s_jax.objectives import LossConfig
 from w2s_jax.selection import FilterConfig
@@ -44,14 +46,22 @@ class ExperimentConfig:
   eval_batch_size: int = 200
   bootstrap_resamples: int = 2000
   mesh: MeshConfig = MeshConfig()
+  distributed: DistributedConfig = DistributedConfig()  # or JAX_COORDINATOR_ADDRESS etc.
   checkpoint_every: int = 1000   # pretraining steps between checkpoints
+  text_task: TextTaskConfig | None = None  # a real text task instead of the testbed world
+  head_input: str = "lm_probs"   # ModelConfig.head_input; "hidden" as GPT2ForSequenceClassification
+  # (name, local Hugging Face folder): models imported pretrained, named by
+  # weak_size/strong_size, instead of pretrained here.
+  pretrained_dirs: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self):
     for field in ("weak_size", "strong_size"):
+      if getattr(self, field) in dict(self.pretrained_dirs):
+        continue
       try:
         models.decode_size(getattr(self, field), vocab_size=1)
       except ValueError as e:
-        raise ValueError(f"ExperimentConfig.{field}: {e}") from None
+        raise ValueError(f"ExperimentConfig.{field}: {e} (or a name in pretrained_dirs)") from None
     if not self.seeds or len(set(self.seeds)) != len(self.seeds):
       raise ValueError(f"ExperimentConfig.seeds={self.seeds!r}: expected distinct ints, at least one")
     names = [l.name for l in self.losses]
@@ -61,27 +71,39 @@ class ExperimentConfig:
       raise ValueError(
           f"ExperimentConfig.bootstrap_resamples={self.bootstrap_resamples}: expected >= 100")
 
-  def model_config(self, size: str, world: testbed.World) -> models.ModelConfig:
-    return models.decode_size(size, vocab_size=len(world.vocab), max_len=self.world.doc_len)
+  def model_config(self, size: str, task: Task) -> models.ModelConfig:
+    if size in dict(self.pretrained_dirs):
+      return hf_import.config_from_hf(
+          hf_import.read_config(dict(self.pretrained_dirs)[size]), head_input=self.head_input,
+          max_len=task.max_len)
+    return models.decode_size(size, vocab_size=task.vocab_size, max_len=task.max_len,
+                              head_input=self.head_input)
 
 
 def config_to_dict(cfg) -> dict:
   return dataclasses.asdict(cfg)
 
 
-def pretrained_model(cfg: ExperimentConfig, size: str, world, corpus, mesh, cache,
+def pretrained_model(cfg: ExperimentConfig, size: str, task: Task, corpus, mesh, cache,
                      progress=True, corpus_tag: str = "clean"):
   """Params for `size` after LM pretraining on the corpus; cached with orbax.
+  A size named in cfg.pretrained_dirs is imported from its folder instead.
 
-  corpus_tag names a corpus other than the world's own (e.g. a filtered
+  corpus_tag names a corpus other than the task's own (e.g. a filtered
   pool); it is part of the cache key."""
-  model_cfg = cfg.model_config(size, world)
+  model_cfg = cfg.model_config(size, task)
   init = lambda: models.init_params(model_cfg, jax.random.key(cfg.pretrain_seed))
+  if size in dict(cfg.pretrained_dirs):
+    folder = dict(cfg.pretrained_dirs)[size]
+    _, params = hf_import.load_hf_folder(folder, head_input=cfg.head_input, max_len=task.max_len)
+    params = jax.device_put(params, shd.state_sharding(params, mesh))
+    return params, model_cfg, {"pretrained": f"imported from {folder}", "size": size,
+                               "corpus": None, **task.probe(params, model_cfg, mesh)}
   if not cfg.use_pretraining:
     params = init()
     return params, model_cfg, {"pretrained": False, "corpus": None,
-                               **pretrain.fact_accuracy(params, model_cfg, world, mesh)}
-  key = cache_key(model=model_cfg, world=cfg.world.corpus_fields(), optim=cfg.pretrain,
+                               **task.probe(params, model_cfg, mesh)}
+  key = cache_key(model=model_cfg, world=task.fingerprint, optim=cfg.pretrain,
                   seed=cfg.pretrain_seed, version=1,
                   **({} if corpus_tag == "clean" else {"corpus": corpus_tag}))
   abstract = jax.eval_shape(init)
@@ -99,10 +121,10 @@ def pretrained_model(cfg: ExperimentConfig, size: str, world, corpus, mesh, cach
   info = {"pretrained": True, "size": size, "corpus": corpus_tag,
           "params": models.count_params(state.params),
           "steps": cfg.pretrain.steps, "tokens": int(cfg.pretrain.steps * cfg.pretrain.batch_size
-                                                     * cfg.world.doc_len),
+                                                     * task.max_len),
           "seconds": time.perf_counter() - start,
           "final_lm_loss": float(np.mean(last.get("loss", np.nan))),
-          **pretrain.fact_accuracy(state.params, model_cfg, world, mesh)}
+          **task.probe(state.params, model_cfg, mesh)}
   cache.save(size, key, state.params, info)
   if shd.is_main_process():
     shutil.rmtree(train_dir, ignore_errors=True)  # the cache entry is complete
@@ -186,11 +208,8 @@ def finetune(params, model_cfg, data: Dataset, labels, *, loss_cfg: LossConfig,
   return state.params
 
 
-EVAL_SPLITS = ("test", "heldout")
-
-
 class Context:
-  """What every stage of one experiment shares: the world, its splits, the
+  """What every stage of one experiment shares: the task and its splits, the
   mesh and the pretrained models (pretrained lazily, once, through the cache)."""
 
   def __init__(self, cfg: ExperimentConfig, *, cache_dir, progress=True):
@@ -199,17 +218,23 @@ class Context:
     shd.check_batch_size(cfg.finetune.batch_size, self.mesh, "finetune.batch_size")
     shd.check_batch_size(cfg.pretrain.batch_size, self.mesh, "pretrain.batch_size")
     shd.check_batch_size(cfg.eval_batch_size, self.mesh, "eval_batch_size")
-    self.world = testbed.make_world(cfg.world)
-    self.splits = testbed.task_splits(self.world)
+    self.task = (tasks.text_task(cfg.text_task) if cfg.text_task is not None
+                 else tasks.testbed_task(cfg.world))
+    self.splits = self.task.splits
+    self.eval_splits = self.task.eval_splits
     self.cache = PretrainedCache(cache_dir)
     self.seeds = tuple(cfg.seeds)
-    self._corpus, self._pretrained, self._corpus_of = None, {}, {}
+    self._pretrained, self._corpus_of = {}, {}
+
+  @property
+  def world(self) -> testbed.World:
+    if self.task.world is None:
+      raise ValueError(f"the {self.task.name} task has no testbed world")
+    return self.task.world
 
   @property
   def corpus(self) -> Dataset:
-    if self._corpus is None:
-      self._corpus = testbed.pretraining_corpus(self.world)
-    return self._corpus
+    return self.task.corpus
 
   def pretrain_on(self, size, corpus: Dataset, tag: str):
     """Pretrain `size` on another corpus (a curated pool) from now on."""
@@ -220,9 +245,10 @@ class Context:
     """(params, model_cfg, info) for a size, pretrained once per process."""
     if size not in self._pretrained:
       tag, corpus = self._corpus_of.get(size, ("clean", None))
-      if corpus is None and self.cfg.use_pretraining:
+      if (corpus is None and self.cfg.use_pretraining
+          and size not in dict(self.cfg.pretrained_dirs)):
         corpus = self.corpus
-      self._pretrained[size] = pretrained_model(self.cfg, size, self.world, corpus, self.mesh,
+      self._pretrained[size] = pretrained_model(self.cfg, size, self.task, corpus, self.mesh,
                                                 self.cache, self.progress, corpus_tag=tag)
     return self._pretrained[size]
 
@@ -254,7 +280,7 @@ class Context:
     """Per-seed 0/1 correctness on every evaluation split: {split: [seeds, examples]}."""
     return {split: metrics.correct(probs=self.predict(size, params, split),
                                    labels=self.splits[split]["labels"])
-            for split in EVAL_SPLITS}
+            for split in self.eval_splits}
 
 
 def weak_stage(ctx: Context, size: str) -> dict:
@@ -271,7 +297,8 @@ def weak_stage(ctx: Context, size: str) -> dict:
           **ctx.evaluate(size, params)}
 
 
-WEAK_STAGE_FIELDS = ("labels", "label_accuracy", "likelihood", *EVAL_SPLITS)
+def weak_stage_fields(ctx: Context) -> tuple[str, ...]:
+  return ("labels", "label_accuracy", "likelihood", *ctx.eval_splits)
 
 
 def filter_scores(weak: dict, criterion: str) -> np.ndarray:
@@ -324,10 +351,10 @@ def w2s_stage(ctx: Context, strong: str, weak: dict, loss_cfg: LossConfig,
   return out
 
 
-def summarize(weak: dict, w2s: dict, ceiling: dict, *, num_resamples: int) -> dict:
+def summarize(weak: dict, w2s: dict, ceiling: dict, *, splits, num_resamples: int) -> dict:
   return {split: metrics.bootstrap_w2s(weak_correct=weak[split], w2s_correct=w2s[split],
                                        ceiling_correct=ceiling[split], num_resamples=num_resamples)
-          for split in EVAL_SPLITS}
+          for split in splits}
 
 
 def run(cfg: ExperimentConfig, *, out_dir: str | Path, cache_dir: str | Path,
@@ -350,15 +377,15 @@ def run(cfg: ExperimentConfig, *, out_dir: str | Path, cache_dir: str | Path,
     stages.update(1)
   stages.close()
 
-  summary = {split: {} for split in EVAL_SPLITS}
+  summary = {split: {} for split in ctx.eval_splits}
   for tag, result in w2s.items():
-    for split, stats in summarize(weak, result, ceiling,
+    for split, stats in summarize(weak, result, ceiling, splits=ctx.eval_splits,
                                   num_resamples=cfg.bootstrap_resamples).items():
       summary[split][tag] = stats
   per_seed = {split: {"weak": weak[split].mean(1).tolist(),
                       "ceiling": ceiling[split].mean(1).tolist(),
                       **{tag: r[split].mean(1).tolist() for tag, r in w2s.items()}}
-              for split in EVAL_SPLITS}
+              for split in ctx.eval_splits}
   results = {
       "config": config_to_dict(cfg),
       "versions": package_versions(),
@@ -369,6 +396,7 @@ def run(cfg: ExperimentConfig, *, out_dir: str | Path, cache_dir: str | Path,
                    "weak_label_accuracy_train_w2s": weak["label_accuracy"].tolist(),
                    **per_seed},
       "summary": summary,
+      "encoding": ctx.task.encoding,
       "seconds": time.perf_counter() - started,
   }
   if shd.is_main_process():
@@ -379,14 +407,21 @@ def run(cfg: ExperimentConfig, *, out_dir: str | Path, cache_dir: str | Path,
 def format_results(results: dict) -> str:
   lines = []
   for role, info in results["pretraining"].items():
-    facts = f"facts known: lives {info['lives']:.0%}, works {info['works']:.0%}"
+    if "lives" in info:
+      facts = f"facts known: lives {info['lives']:.0%}, works {info['works']:.0%}"
+    else:
+      facts = ", ".join(f"{k} {v:.3f}" for k, v in info.items() if k.startswith("test_lm"))
     if not info.get("pretrained"):
       origin = "not pretrained"
+    elif isinstance(info["pretrained"], str):
+      origin = "imported"
     elif info.get("cached"):
       origin = "pretrained (cached)"
     else:
       origin = f"pretrained in {info['seconds']:.0f}s"
     lines.append(f"{role:6s} {info['size']:8s} {origin:22s} {facts}")
+  for split, counts in results.get("encoding", {}).items():
+    lines.append(f"{split:9s} {counts}")
   seeds = results["per_seed"]["seeds"]
   for split, per_loss in results["summary"].items():
     lines.append(f"\n{split} ({len(seeds)} seeds; mean [95% bootstrap interval over seeds and examples])")

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from w2s_jax import models, pipeline
+from w2s_jax import hf_import, models, pipeline
 from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import EVAL_SPLITS, ExperimentConfig
+from w2s_jax.pipeline import ExperimentConfig
 from w2s_jax.results import atomic_write, package_versions, write_json_atomic
 from w2s_jax.selection import FilterConfig
 from w2s_jax.train import OptimConfig
@@ -46,21 +46,24 @@ class Cell:
     return f"{self.weak}_{self.strong}_{self.loss.name}_{digest}"
 
 
-def size_order(size: str) -> int:
-  """Sizes compare by parameter count (vocabulary-independent part)."""
-  cfg = models.decode_size(size, vocab_size=1)
-  return cfg.num_params
+def size_order(size: str, pretrained_dirs=()) -> int:
+  """Sizes compare by parameter count: of the table's rows without their
+  vocabulary, of imported checkpoints (pretrained_dirs) as their config says."""
+  if size in dict(pretrained_dirs):
+    folder = dict(pretrained_dirs)[size]
+    return hf_import.config_from_hf(hf_import.read_config(folder)).num_params
+  return models.decode_size(size, vocab_size=1).num_params
 
 
-def pairs(sizes) -> list[tuple[str, str]]:
+def pairs(sizes, pretrained_dirs=()) -> list[tuple[str, str]]:
   """Every (weak, strong) pair with weak smaller than strong."""
-  ordered = sorted(sizes, key=size_order)
+  ordered = sorted(sizes, key=lambda s: size_order(s, pretrained_dirs))
   return [(w, s) for i, w in enumerate(ordered) for s in ordered[i + 1:]]
 
 
-def grid(sizes, losses, finetunes=(None,), filters=(None,)) -> list[Cell]:
+def grid(sizes, losses, finetunes=(None,), filters=(None,), pretrained_dirs=()) -> list[Cell]:
   """The product of pairs(sizes), losses, fine-tune configs and filters."""
-  return [Cell(w, s, loss, ft, flt) for w, s in pairs(sizes) for loss in losses
+  return [Cell(w, s, loss, ft, flt) for w, s in pairs(sizes, pretrained_dirs) for loss in losses
           for ft in finetunes for flt in filters]
 
 
@@ -75,13 +78,16 @@ class SweepConfig:
     ids = [c.id for c in self.cells]
     if len(set(ids)) != len(ids):
       raise ValueError("SweepConfig.cells has duplicates")
+    imported = self.base.pretrained_dirs
     for cell in self.cells:
       for field in ("weak", "strong"):
+        if getattr(cell, field) in dict(imported):
+          continue
         try:
           models.decode_size(getattr(cell, field), vocab_size=1)
         except ValueError as e:
           raise ValueError(f"Cell.{field} in {cell}: {e}") from None
-      if size_order(cell.weak) >= size_order(cell.strong):
+      if size_order(cell.weak, imported) >= size_order(cell.strong, imported):
         raise ValueError(f"Cell weak={cell.weak!r} is not smaller than strong={cell.strong!r}")
 
 
@@ -137,7 +143,8 @@ def jsonl_row(cell: Cell, results: dict) -> dict:
 
 def _cell_results(ctx, cell: Cell, weak: dict, ceiling: dict, cfg: ExperimentConfig) -> dict:
   w2s = pipeline.w2s_stage(ctx, cell.strong, weak, cell.loss, cell.finetune, cell.filter)
-  summary = pipeline.summarize(weak, w2s, ceiling, num_resamples=cfg.bootstrap_resamples)
+  summary = pipeline.summarize(weak, w2s, ceiling, splits=ctx.eval_splits,
+                              num_resamples=cfg.bootstrap_resamples)
   info = {role: ctx.pretrained(size)[2] for role, size in (("weak", cell.weak),
                                                            ("strong", cell.strong))}
   params = {role: models.count_params(ctx.pretrained(size)[0])
@@ -152,7 +159,8 @@ def _cell_results(ctx, cell: Cell, weak: dict, ceiling: dict, cfg: ExperimentCon
       "pretraining": info,
       "per_seed": {split: {"weak": weak[split].mean(1).tolist(),
                            "w2s": w2s[split].mean(1).tolist(),
-                           "ceiling": ceiling[split].mean(1).tolist()} for split in EVAL_SPLITS},
+                           "ceiling": ceiling[split].mean(1).tolist()}
+                   for split in ctx.eval_splits},
       "weak_label_accuracy": weak["label_accuracy"].tolist(),
       "kept_label_accuracy": (w2s["kept_label_accuracy"].tolist()
                               if "kept_label_accuracy" in w2s else None),
@@ -199,7 +207,7 @@ def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress=True) -> 
   for cell in todo:
     started = time.perf_counter()
     weak = _stored(shared / f"weak-{cell.weak}.npz", lambda: pipeline.weak_stage(ctx, cell.weak),
-                   pipeline.WEAK_STAGE_FIELDS)
+                   pipeline.weak_stage_fields(ctx))
     ceiling = _stored(shared / f"ceiling-{cell.strong}.npz",
                       lambda: pipeline.ceiling_stage(ctx, cell.strong))
     results = _cell_results(ctx, cell, weak, ceiling, cfg)

@@ -1,0 +1,66 @@
+"""Burns et al. (2023) style: the GPT-2 family on SST-2, from pretrained checkpoints.
+
+Fetch weights and data once, on a machine with internet (nothing is fetched at run time):
+  export W2S_MODELS=/data/models TFDS_DATA_DIR=/data/tfds
+  for m in gpt2 gpt2-medium gpt2-large gpt2-xl; do
+    huggingface-cli download openai-community/$m config.json model.safetensors tokenizer.json \
+        --local-dir $W2S_MODELS/$m
+  done
+  python -c "from w2s_jax import text_tasks as t; t.load_task('glue/sst2', split='train', download=True)"
+
+Then, on a GPU or TPU host:
+  python experiments/w2s.py --config configs/gpt2_sst2.py:models=$W2S_MODELS,weak=gpt2,strong=gpt2-xl
+  python experiments/sweep.py --config configs/gpt2_sst2.py:models=$W2S_MODELS   # every weak < strong pair
+  python tools/sweep_report.py runs/sweeps/gpt2-sst2
+
+On a multi-GPU host or a TPU pod, add `fsdp=N` (params and optimizer state
+split N ways; gpt2-xl's 1.5B params and Adam moments need about 19 GB) and
+run the same command on every host (README: "Running on many devices").
+The weak model trains on train_gt, labels train_w2s; the strong model trains
+on those labels (naive KD and logconf) and, for the ceiling, on train_gt.
+Burns et al. report PGR around 0.4-0.6 for naive KD on their NLP tasks
+(their Figure 3); the testbed and SST-2 rows in the README are ours.
+
+Args: models=DIR (required), weak=NAME, strong=NAME, fsdp=N, seeds=N, max_len=N, bf16.
+"""
+
+import dataclasses
+
+from w2s_jax.configs import parse_arg
+from w2s_jax.objectives import LossConfig
+from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.sharding import MeshConfig
+from w2s_jax.sweep import SweepConfig, grid
+from w2s_jax.tasks import TextTaskConfig
+from w2s_jax.train import OptimConfig
+
+FAMILY = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def get_config(arg=None) -> ExperimentConfig:
+  arg = parse_arg(arg, models="", weak="gpt2", strong="gpt2-large", fsdp=1, seeds=3, max_len=128,
+                  bf16=False)
+  if not arg.models:
+    raise ValueError("configs/gpt2_sst2.py needs models=DIR, the folder holding "
+                     f"{', '.join(FAMILY)} (see this file's docstring)")
+  return ExperimentConfig(
+      name="gpt2-sst2",
+      text_task=TextTaskConfig(tfds_name="glue/sst2", tokenizer=f"{arg.models}/gpt2/tokenizer.json",
+                               max_len=arg.max_len, add_bos=False, gt_examples=10000,
+                               w2s_examples=10000),
+      pretrained_dirs=tuple((name, f"{arg.models}/{name}") for name in FAMILY),
+      head_input="hidden",
+      weak_size=arg.weak,
+      strong_size=arg.strong,
+      # Two epochs of 10,000 examples, as in Burns et al.'s NLP runs.
+      finetune=OptimConfig(steps=625, batch_size=32, lr=1e-5, head_lr=1e-3, warmup_frac=0.05),
+      losses=(LossConfig("xent"), LossConfig("logconf")),
+      seeds=tuple(range(arg.seeds)),
+      eval_batch_size=64,
+      mesh=MeshConfig(fsdp=arg.fsdp),
+  )
+
+
+def sweep(arg=None) -> SweepConfig:
+  base = get_config(arg)
+  return SweepConfig(base, tuple(grid(FAMILY, base.losses, pretrained_dirs=base.pretrained_dirs)))

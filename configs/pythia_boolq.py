@@ -1,0 +1,66 @@
+"""The Pythia family (GPT-NeoX) on BoolQ, from pretrained checkpoints, optionally at a pretraining step.
+
+Fetch weights and data once, on a machine with internet (nothing is fetched at run time):
+  export W2S_MODELS=/data/models TFDS_DATA_DIR=/data/tfds
+  for m in pythia-70m pythia-160m pythia-410m pythia-1b pythia-1.4b pythia-2.8b; do
+    huggingface-cli download EleutherAI/$m config.json model.safetensors tokenizer.json \
+        --local-dir $W2S_MODELS/$m            # add --revision step71000 for a pretraining checkpoint
+  done
+  python -c "from w2s_jax import text_tasks as t; t.load_task('bool_q', split='train', download=True)"
+
+Then, on a GPU or TPU host:
+  python experiments/w2s.py --config configs/pythia_boolq.py:models=$W2S_MODELS,weak=pythia-160m,strong=pythia-1.4b
+  python experiments/sweep.py --config configs/pythia_boolq.py:models=$W2S_MODELS
+  python tools/sweep_report.py runs/sweeps/pythia-boolq
+
+W2S across pretraining: download the same model at several `--revision stepN`
+into folders named e.g. pythia-1b@step36000 and list them with names=...
+On a multi-GPU host or a TPU pod add `fsdp=N` and run the same command on
+every host (README: "Running on many devices"). Passages are long: the
+default 512 tokens keeps the end of each prompt (the question).
+
+Args: models=DIR (required), weak=NAME, strong=NAME, names=A+B+C (the family
+to sweep), fsdp=N, seeds=N, max_len=N.
+"""
+
+from w2s_jax.configs import parse_arg
+from w2s_jax.objectives import LossConfig
+from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.sharding import MeshConfig
+from w2s_jax.sweep import SweepConfig, grid
+from w2s_jax.tasks import TextTaskConfig
+from w2s_jax.train import OptimConfig
+
+FAMILY = "pythia-70m+pythia-160m+pythia-410m+pythia-1b+pythia-1.4b+pythia-2.8b"
+
+
+def get_config(arg=None) -> ExperimentConfig:
+  arg = parse_arg(arg, models="", weak="pythia-160m", strong="pythia-1.4b", names=FAMILY, fsdp=1,
+                  seeds=3, max_len=512)
+  if not arg.models:
+    raise ValueError("configs/pythia_boolq.py needs models=DIR, the folder holding the "
+                     "checkpoints (see this file's docstring)")
+  names = tuple(arg.names.split("+"))
+  return ExperimentConfig(
+      name="pythia-boolq",
+      text_task=TextTaskConfig(tfds_name="bool_q",
+                               tokenizer=f"{arg.models}/{names[0]}/tokenizer.json",
+                               max_len=arg.max_len, add_bos=False, gt_examples=4000,
+                               w2s_examples=5000),
+      pretrained_dirs=tuple((name, f"{arg.models}/{name}") for name in names),
+      head_input="hidden",
+      weak_size=arg.weak,
+      strong_size=arg.strong,
+      finetune=OptimConfig(steps=600, batch_size=32, lr=1e-5, head_lr=1e-3, warmup_frac=0.05,
+                           grad_accum_steps=4),
+      losses=(LossConfig("xent"), LossConfig("logconf")),
+      seeds=tuple(range(arg.seeds)),
+      eval_batch_size=32,
+      mesh=MeshConfig(fsdp=arg.fsdp),
+  )
+
+
+def sweep(arg=None) -> SweepConfig:
+  base = get_config(arg)
+  names = [name for name, _ in base.pretrained_dirs]
+  return SweepConfig(base, tuple(grid(names, base.losses, pretrained_dirs=base.pretrained_dirs)))

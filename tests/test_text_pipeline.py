@@ -1,0 +1,137 @@
+"""The W2S pipeline on a real-text task: local files, byte tokens, and imported
+Hugging Face checkpoints with their own tokenizer.json."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from w2s_jax import pipeline, sweep, tasks
+from w2s_jax.objectives import LossConfig
+from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.tasks import TextTaskConfig
+from w2s_jax.train import OptimConfig
+
+WORDS = {1: ["good", "great", "fine", "lovely"], 0: ["bad", "awful", "dull", "poor"]}
+FILLER = ["the", "film", "was", "a", "plot", "and", "cast", "very"]
+
+
+def _write_tsv(path, n, seed):
+  rng = np.random.default_rng(seed)
+  rows = ["text\tlabel"]
+  for _ in range(n):
+    label = int(rng.integers(2))
+    words = list(rng.choice(FILLER, size=int(rng.integers(2, 6)))) + [rng.choice(WORDS[label])]
+    rng.shuffle(words)
+    rows.append(f"{' '.join(words)}\t{label}")
+  path.write_text("\n".join(rows) + "\n")
+  return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sst")
+  return (str(_write_tsv(root / "train.tsv", 400, 0)), str(_write_tsv(root / "test.tsv", 64, 1)))
+
+
+def _task_cfg(files, **changes):
+  return TextTaskConfig(**{"train_file": files[0], "test_file": files[1], "max_len": 24,
+                           "gt_examples": 96, "w2s_examples": 128, **changes})
+
+
+def test_text_task_splits_encoding_and_corpus(files):
+  task = tasks.text_task(_task_cfg(files))
+  assert {k: len(v) for k, v in task.splits.items()} == {"train_gt": 96, "train_w2s": 128,
+                                                          "test": 64}
+  assert task.eval_splits == ("test",)
+  assert task.vocab_size == tasks.make_tokenizer("bytes").vocab_size
+  assert len(task.corpus) == 400 and set(task.corpus) == {"tokens", "mask"}
+  assert task.encoding["test"]["examples"] == 64
+  # train_gt and train_w2s are disjoint rows of the train file
+  gt, w2s = (set(map(bytes, task.splits[s]["tokens"])) for s in ("train_gt", "train_w2s"))
+  assert len(gt | w2s) > 0.9 * (96 + 128)
+
+
+def test_text_task_config_errors(files):
+  with pytest.raises(ValueError, match="set tfds_name or both"):
+    TextTaskConfig()
+  with pytest.raises(ValueError, match="test_file=None"):
+    TextTaskConfig(train_file=files[0])
+  with pytest.raises(ValueError, match="train split has 400"):
+    tasks.text_task(_task_cfg(files, gt_examples=300, w2s_examples=200))
+
+
+def _experiment(files, **changes):
+  return ExperimentConfig(**{
+      "name": "text-test", "text_task": _task_cfg(files) if files else None,
+      "head_input": "hidden",
+      "weak_size": "pico", "strong_size": "nano",
+      "pretrain": OptimConfig(steps=30, batch_size=16, lr=3e-3, warmup_frac=0.1),
+      "finetune": OptimConfig(steps=10, batch_size=16, lr=1e-3, head_lr=1e-2),
+      "losses": (LossConfig("xent"),), "seeds": (0, 1), "eval_batch_size": 16,
+      "bootstrap_resamples": 200, **changes})
+
+
+def test_pipeline_on_text_files(files, tmp_path):
+  results = pipeline.run(_experiment(files), out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
+                         progress=False)
+  assert set(results["summary"]) == {"test"}
+  stats = results["summary"]["test"]["xent"]
+  for key in ("weak", "w2s", "ceiling"):
+    assert 0 <= stats[key]["lo"] <= stats[key]["mean"] <= stats[key]["hi"] <= 1
+  assert results["encoding"]["train_gt"]["examples"] == 96
+  assert "test_lm_xent" in results["pretraining"]["strong"]
+  text = pipeline.format_results(results)
+  assert "test_lm_xent" in text and "Pweak" in text
+
+
+def _tiny_gpt2(folder, n_layer, words):
+  """A random GPT-2 of transformers, saved as safetensors, with a WordLevel tokenizer.json."""
+  import tokenizers
+  import torch
+  import transformers
+  vocab = {w: i for i, w in enumerate(["<unk>", "<|endoftext|>", *words])}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  folder.mkdir(parents=True)
+  tok.save(str(folder / "tokenizer.json"))
+  torch.manual_seed(n_layer)
+  eos = vocab["<|endoftext|>"]
+  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=len(vocab), n_embd=32, n_layer=n_layer, n_head=4, n_positions=32,
+      bos_token_id=eos, eos_token_id=eos))
+  model.save_pretrained(folder, safe_serialization=True)
+  return str(folder)
+
+
+def test_pipeline_with_imported_checkpoints(files, tmp_path):
+  words = sorted({w for ws in WORDS.values() for w in ws} | set(FILLER))
+  dirs = (("gpt2-a", _tiny_gpt2(tmp_path / "a", 1, words)),
+          ("gpt2-b", _tiny_gpt2(tmp_path / "b", 3, words)))
+  cfg = _experiment(files, pretrained_dirs=dirs, weak_size="gpt2-a", strong_size="gpt2-b")
+  cfg = dataclasses.replace(cfg, text_task=_task_cfg(files, tokenizer=f"{dirs[0][1]}/tokenizer.json",
+                                                     add_bos=False))
+  results = pipeline.run(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
+                         progress=False)
+  assert results["pretraining"]["strong"]["pretrained"].startswith("imported from")
+  assert 0 <= results["summary"]["test"]["xent"]["w2s"]["mean"] <= 1
+  assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+  # Sweeps order imported models by their real size.
+  assert sweep.pairs(["gpt2-b", "gpt2-a"], dirs) == [("gpt2-a", "gpt2-b")]
+
+
+# The TFDS path of a real run (tasks.text_task -> text_tasks.load_task ->
+# tfds.data_source), offline under tfds.testing.mock_data.
+from test_text_tasks import _fix_tfds_mock_batched_reads, fake_tfds  # noqa: E402,F401
+
+
+def test_pipeline_on_tfds_sst2_under_mock_data(tmp_path):
+  cfg = TextTaskConfig(tfds_name="glue/sst2", max_len=24, gt_examples=20, w2s_examples=32)
+  with fake_tfds():
+    task = tasks.text_task(cfg)
+    assert {k: len(v) for k, v in task.splits.items()} == {"train_gt": 20, "train_w2s": 32,
+                                                            "test": 60}
+    results = pipeline.run(dataclasses.replace(_experiment(None), text_task=cfg),
+                           out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+  assert set(results["summary"]) == {"test"}
+  assert results["encoding"]["test"]["examples"] == 60

@@ -1,0 +1,158 @@
+"""What the W2S pipeline trains and evaluates on: the offline testbed or a real text task.
+
+A `Task` holds the classification splits (train_gt, train_w2s, test, ...),
+the unlabelled text models are pretrained on, the vocabulary and context
+sizes, a fingerprint of what determines pretraining (part of cache keys), and
+a probe of what pretraining taught a model. `make_task` builds one from an
+ExperimentConfig's `world` (testbed) or `text_task` (a TFDS task or local
+TSV/CSV/JSONL files, tokenized by bytes or by a checkpoint's tokenizer.json).
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import numpy as np
+
+from w2s_jax import scores, testbed, text_files, text_tasks, tokenize
+from w2s_jax.data import Dataset
+
+BYTES = "bytes"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextTaskConfig:
+  """A binary text task. Its train split is divided, after a seeded shuffle,
+  into train_gt (the weak model's and the ceiling's ground truth) and
+  train_w2s (what the weak model labels); all train texts, without labels,
+  are the pretraining corpus of from-scratch models."""
+  tfds_name: str | None = None   # a text_tasks TFDS task ("glue/sst2", "bool_q", ...)
+  train_file: str | None = None  # or local TSV/CSV/JSONL files with text and label fields
+  test_file: str | None = None
+  tfds_train_split: str = "train"
+  tfds_test_split: str = "validation"
+  data_dir: str | None = None    # TFDS data directory; data is never downloaded at run time
+  text_field: str = "text"
+  label_field: str = "label"
+  tokenizer: str = BYTES         # or the path of a checkpoint's tokenizer.json
+  max_len: int = 64
+  overflow: str = "truncate"     # or "drop" (text_tasks counts either)
+  add_bos: bool = True
+  gt_examples: int = 2000
+  w2s_examples: int = 4000
+  test_examples: int | None = None  # None: the whole test split
+  balanced: bool = False
+  seed: int = 0
+
+  def __post_init__(self):
+    files = (self.train_file, self.test_file)
+    if (self.tfds_name is None) == (files == (None, None)):
+      raise ValueError("TextTaskConfig: set tfds_name or both train_file and test_file, "
+                       f"not {'both' if self.tfds_name else 'neither'}")
+    if self.tfds_name is None and None in files:
+      raise ValueError(f"TextTaskConfig: train_file={self.train_file!r}, "
+                       f"test_file={self.test_file!r}: expected both")
+    for name in ("max_len", "gt_examples", "w2s_examples"):
+      if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+        raise ValueError(f"TextTaskConfig.{name}={getattr(self, name)!r}: expected an int >= 1")
+    if self.overflow not in tokenize.OVERFLOW:
+      raise ValueError(f"TextTaskConfig.overflow={self.overflow!r}: expected one of "
+                       f"{tokenize.OVERFLOW}")
+
+  def corpus_fields(self) -> dict:
+    """What determines the pretraining corpus."""
+    return {k: v for k, v in dataclasses.asdict(self).items()
+            if k not in ("gt_examples", "w2s_examples", "test_examples", "balanced")}
+
+
+@dataclasses.dataclass
+class Task:
+  name: str
+  splits: dict[str, Dataset]
+  eval_splits: tuple[str, ...]
+  vocab_size: int
+  max_len: int
+  fingerprint: dict  # what determines pretraining; part of cache keys
+  make_corpus: Callable[[], Dataset]
+  # probe(params, model_cfg, mesh) -> {name: value}: what pretraining taught a model
+  probe: Callable[..., dict]
+  world: testbed.World | None = None
+  encoding: dict = dataclasses.field(default_factory=dict)  # truncated/dropped counts per split
+
+  @functools.cached_property
+  def corpus(self) -> Dataset:
+    return self.make_corpus()
+
+
+def testbed_task(world_cfg: testbed.WorldConfig) -> Task:
+  from w2s_jax.pretrain import fact_accuracy  # pretrain trains models; this module only data
+  world = testbed.make_world(world_cfg)
+  return Task(name="testbed", splits=testbed.task_splits(world), eval_splits=("test", "heldout"),
+              vocab_size=len(world.vocab), max_len=world_cfg.doc_len,
+              fingerprint=world_cfg.corpus_fields(),
+              make_corpus=lambda: testbed.pretraining_corpus(world),
+              probe=lambda params, model_cfg, mesh: fact_accuracy(params, model_cfg, world, mesh),
+              world=world)
+
+
+def make_tokenizer(spec: str):
+  return tokenize.ByteTokenizer() if spec == BYTES else tokenize.HFTokenizer.from_file(spec)
+
+
+def _read_examples(cfg: TextTaskConfig) -> tuple[text_tasks.TextExamples, text_tasks.TextExamples]:
+  if cfg.tfds_name is not None:
+    read = lambda split, take: text_tasks.load_task(cfg.tfds_name, split=split, take=take,
+                                                    seed=cfg.seed, data_dir=cfg.data_dir)
+    return read(cfg.tfds_train_split, None), read(cfg.tfds_test_split, cfg.test_examples)
+  read = lambda path: text_files.read_text_file(path, text_field=cfg.text_field,
+                                                label_field=cfg.label_field)
+  test = read(cfg.test_file)
+  if cfg.test_examples is not None and cfg.test_examples < len(test):
+    rng = np.random.default_rng([cfg.seed, 1])
+    test = test.take(np.sort(rng.choice(len(test), cfg.test_examples, replace=False)))
+  return read(cfg.train_file), test
+
+
+def _balanced(examples: text_tasks.TextExamples, seed: int) -> text_tasks.TextExamples:
+  texts, labels = text_tasks.balance(examples.text, examples.label, seed=seed)
+  return text_tasks.TextExamples(text=list(texts), label=np.asarray(labels))
+
+
+def text_task(cfg: TextTaskConfig) -> Task:
+  """Reads, splits and tokenizes a text task; the corpus is tokenized on first use."""
+  train, test = _read_examples(cfg)
+  needed = cfg.gt_examples + cfg.w2s_examples
+  if needed > len(train):
+    raise ValueError(f"TextTaskConfig: gt_examples + w2s_examples = {needed}, but the train "
+                     f"split has {len(train)} examples")
+  order = np.random.default_rng([cfg.seed, 0]).permutation(len(train))
+  parts = {"train_gt": train.take(order[:cfg.gt_examples]),
+           "train_w2s": train.take(order[cfg.gt_examples:needed]), "test": test}
+  if cfg.balanced:
+    parts = {name: _balanced(ex, cfg.seed) for name, ex in parts.items()}
+  tokenizer = make_tokenizer(cfg.tokenizer)
+  encode = functools.partial(tokenize.encode_examples, tokenizer=tokenizer, max_len=cfg.max_len,
+                             overflow=cfg.overflow, add_bos=cfg.add_bos)
+  splits, encoding = {}, {}
+  for name, examples in parts.items():
+    splits[name], encoding[name] = encode(examples)
+
+  def corpus() -> Dataset:
+    # Next-token training reads the start of each text: truncate on the right.
+    data, _ = tokenize.encode_examples(train, tokenizer, max_len=cfg.max_len, overflow="truncate",
+                                       truncate_side="right", add_bos=cfg.add_bos)
+    return Dataset(tokens=data["tokens"], mask=data["mask"])
+
+  def probe(params, model_cfg, mesh) -> dict:
+    test_xent = scores.cross_entropy(params, model_cfg, splits["test"],
+                                     batch_size=_probe_batch(mesh), mesh=mesh)
+    return {"test_lm_xent": float(np.mean(test_xent))}
+
+  return Task(name=cfg.tfds_name or str(cfg.train_file), splits=splits, eval_splits=("test",),
+              vocab_size=tokenizer.vocab_size, max_len=cfg.max_len,
+              fingerprint=cfg.corpus_fields(), make_corpus=corpus, probe=probe,
+              encoding=encoding)
+
+
+def _probe_batch(mesh) -> int:
+  return max(mesh.size, 64 // mesh.size * mesh.size)
