@@ -11,7 +11,6 @@ entities, which the weak model is likelier to know, read as likelier). The
 selection keeps the weak labels' class balance. Expected: about 3 minutes.
 """
 
-import dataclasses
 
 from w2s_jax.configs import parse_arg
 from w2s_jax.objectives import LossConfig

@@ -24,7 +24,6 @@ Burns et al. report PGR around 0.4-0.6 for naive KD on their NLP tasks
 Args: models=DIR (required), weak=NAME, strong=NAME, fsdp=N, seeds=N, max_len=N, bf16.
 """
 
-import dataclasses
 
 from w2s_jax.configs import parse_arg
 from w2s_jax.objectives import LossConfig

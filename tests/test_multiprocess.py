@@ -12,7 +12,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 
 from w2s_jax import checkpoints, configs, models, testbed
 

@@ -6,7 +6,6 @@ import pytest
 
 from w2s_jax import models, pipeline, scores, selection, testbed
 from w2s_jax.data import Dataset
-from w2s_jax.objectives import LossConfig
 from w2s_jax.selection import EmptySelectionError, FilterConfig
 
 
