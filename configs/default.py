@@ -2,13 +2,13 @@
 
   python experiments/w2s.py --config configs/default.py
 
-Pretrains a weak (nano) and a strong (mini) model on the testbed corpus
+Pretrains a weak (pico) and a strong (mini) model on the testbed corpus
 (cached in runs/cache), then trains the weak model on ground truth, the strong
 model on the weak model's labels (naive KD and logconf) and the ceiling, over
 5 seeds, and prints Pweak, Pweak->strong, Pceiling and PGR with 95% intervals.
 
-Expected, on a 2-core CPU: about 2 minutes with pretraining, 30 s cached;
-naive KD's PGR about 0.58 [0.43, 0.71] (see the README for the whole table).
+Expected, on a 2-core CPU: about 1 minute with pretraining, 15 s cached;
+naive KD's PGR about 0.63 [0.49, 0.75] (see the README for the whole table).
 
 Args (comma-separated): `small` for a smoke run of under a minute, `scratch` for the
 no-pretraining ablation, `seeds=N`.

@@ -135,3 +135,16 @@ def test_pipeline_on_tfds_sst2_under_mock_data(tmp_path):
                            out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
   assert set(results["summary"]) == {"test"}
   assert results["encoding"]["test"]["examples"] == 60
+
+
+def test_bpe_learnt_from_the_task_text_is_deterministic(files):
+  task_a = tasks.text_task(_task_cfg(files, tokenizer="bpe:300"))
+  task_b = tasks.text_task(_task_cfg(files, tokenizer="bpe:300"))
+  assert task_a.vocab_size == task_b.vocab_size <= 300
+  for split in task_a.splits:
+    np.testing.assert_array_equal(task_a.splits[split]["tokens"], task_b.splits[split]["tokens"])
+  # Whole words became single tokens: far fewer tokens than bytes.
+  by_bytes = tasks.text_task(_task_cfg(files))
+  assert task_a.splits["test"]["mask"].sum() < 0.5 * by_bytes.splits["test"]["mask"].sum()
+  with pytest.raises(ValueError, match="expected 'bpe:<vocab size>'"):
+    tasks.make_tokenizer("bpe:many", ["a b"])

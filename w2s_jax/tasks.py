@@ -34,7 +34,9 @@ class TextTaskConfig:
   data_dir: str | None = None    # TFDS data directory; data is never downloaded at run time
   text_field: str = "text"
   label_field: str = "label"
-  tokenizer: str = BYTES         # or the path of a checkpoint's tokenizer.json
+  # "bytes"; "bpe:N", a byte-level BPE of N tokens learnt from the train texts;
+  # or the path of a checkpoint's tokenizer.json
+  tokenizer: str = BYTES
   max_len: int = 64
   overflow: str = "truncate"     # or "drop" (text_tasks counts either)
   add_bos: bool = True
@@ -95,8 +97,17 @@ def testbed_task(world_cfg: testbed.WorldConfig) -> Task:
               world=world)
 
 
-def make_tokenizer(spec: str):
-  return tokenize.ByteTokenizer() if spec == BYTES else tokenize.HFTokenizer.from_file(spec)
+def make_tokenizer(spec: str, texts=()):
+  """spec: "bytes", "bpe:N" (learnt from texts) or a tokenizer.json path."""
+  if spec == BYTES:
+    return tokenize.ByteTokenizer()
+  if spec.startswith("bpe:"):
+    try:
+      vocab_size = int(spec[4:])
+    except ValueError:
+      raise ValueError(f"TextTaskConfig.tokenizer={spec!r}: expected 'bpe:<vocab size>'") from None
+    return tokenize.train_bpe(texts, vocab_size=vocab_size)
+  return tokenize.HFTokenizer.from_file(spec)
 
 
 def _read_examples(cfg: TextTaskConfig) -> tuple[text_tasks.TextExamples, text_tasks.TextExamples]:
@@ -130,7 +141,7 @@ def text_task(cfg: TextTaskConfig) -> Task:
            "train_w2s": train.take(order[cfg.gt_examples:needed]), "test": test}
   if cfg.balanced:
     parts = {name: _balanced(ex, cfg.seed) for name, ex in parts.items()}
-  tokenizer = make_tokenizer(cfg.tokenizer)
+  tokenizer = make_tokenizer(cfg.tokenizer, train.text)
   encode = functools.partial(tokenize.encode_examples, tokenizer=tokenizer, max_len=cfg.max_len,
                              overflow=cfg.overflow, add_bos=cfg.add_bos)
   splits, encoding = {}, {}

@@ -111,6 +111,22 @@ class HFTokenizer:
     return self.tokenizer.decode([int(i) for i in ids])
 
 
+def train_bpe(texts: Sequence[str], *, vocab_size: int) -> HFTokenizer:
+  """A byte-level BPE (GPT-2's scheme) learnt from texts, for from-scratch
+  models on a task's own unlabelled text. Deterministic for the same texts."""
+  if vocab_size < 260:
+    raise ValueError(f"train_bpe vocab_size={vocab_size}: expected >= 260 (256 bytes + specials)")
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  tokenizer = Tokenizer(models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  tokenizer.train_from_iterator(list(texts), trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<pad>"], show_progress=False,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  eos = tokenizer.token_to_id("<|endoftext|>")
+  return HFTokenizer(tokenizer, bos_id=eos, eos_id=eos, pad_id=tokenizer.token_to_id("<pad>"))
+
+
 def _configured_special_tokens(directory: str) -> dict[str, str]:
   found = {}
   # special_tokens_map.json is read last, so it wins, as in transformers.
