@@ -20,7 +20,7 @@ Expected on a 2-core CPU: about 30 minutes from scratch (pretraining most of
 it, cached afterwards); see the README for the measured table.
 
 Args (comma-separated): `files=DIR`, `seeds=N`, `weak=SIZE`, `strong=SIZE`,
-`pretrain_steps=N`, `finetune_steps=N`, `tokenizer=bytes|bpe:N|PATH`, `small`
+`pretrain_steps=N`, `finetune_steps=N`, `gt=N` (train_gt size), `tokenizer=bytes|bpe:N|PATH`, `small`
 (a minutes-long smoke run).
 """
 
@@ -35,12 +35,12 @@ from w2s_jax.train import OptimConfig
 
 def get_config(arg=None):
   arg = parse_arg(arg, files="", seeds=3, weak="nano", strong="small", pretrain_steps=4000,
-                  tokenizer="bpe:4096", finetune_steps=400, small=False)
+                  tokenizer="bpe:4096", finetune_steps=400, gt=2000, small=False)
   source = (dict(train_file=f"{arg.files}/sst2_train.tsv", test_file=f"{arg.files}/sst2_dev.tsv")
             if arg.files else dict(tfds_name="glue/sst2"))
   cfg = ExperimentConfig(
       name="sst2",
-      text_task=TextTaskConfig(**source, tokenizer=arg.tokenizer, max_len=64, gt_examples=2000,
+      text_task=TextTaskConfig(**source, tokenizer=arg.tokenizer, max_len=64, gt_examples=arg.gt,
                                w2s_examples=8000),
       head_input="hidden",
       weak_size=arg.weak,
