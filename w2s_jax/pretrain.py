@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from w2s_jax import checkpoints, inference, models, objectives, testbed, train
+from w2s_jax import checkpoints, models, objectives, tasks, testbed, train
 from w2s_jax import sharding as shd
 from w2s_jax.data import Dataset, shuffled_batches
 from w2s_jax.distributed import DistributedConfig
@@ -52,19 +52,6 @@ def train_lm(model_cfg: models.ModelConfig, corpus: Dataset, optim: OptimConfig,
   finally:
     ckpts.close()
   return state, last, resumed_from
-
-
-def fact_accuracy(params, model_cfg, world, mesh) -> dict:
-  """Fraction of (entity, relation) facts whose city the LM ranks first among cities."""
-  prompts, answers = testbed.fact_probe(world)
-  probs = inference.next_token_probs(params, model_cfg, prompts, mesh=mesh)
-  cities = world.city_tokens
-  known = cities[np.argmax(probs[:, cities], axis=-1)] == answers
-  n = world.cfg.num_entities
-  out = {rel: float(known[i * n:(i + 1) * n].mean()) for i, rel in enumerate(testbed.RELATIONS)}
-  for split, ents in world.split_entities.items():
-    out[f"lives/{split}"] = float(known[ents].mean())
-  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,11 +94,10 @@ def run(cfg: PretrainConfig, *, out_dir: str | Path, progress: bool = True) -> d
   started = time.perf_counter()
   mesh = cfg.mesh.make()
   shd.check_batch_size(cfg.optim.batch_size, mesh, "optim.batch_size")
-  world = testbed.make_world(cfg.world)
-  corpus = testbed.pretraining_corpus(world)
-  model_cfg = cfg.model_config(len(world.vocab))
+  task = tasks.testbed_task(cfg.world)
+  model_cfg = cfg.model_config(task.vocab_size)
   state, last, resumed_from = train_lm(
-      model_cfg, corpus, cfg.optim, seed=cfg.seed, mesh=mesh,
+      model_cfg, task.corpus, cfg.optim, seed=cfg.seed, mesh=mesh,
       checkpoint_dir=out_dir / "checkpoints", checkpoint_every=cfg.checkpoint_every,
       checkpoint_keep=cfg.checkpoint_keep, progress=progress, desc=f"pretrain {cfg.size}")
   seconds = time.perf_counter() - started
@@ -129,7 +115,7 @@ def run(cfg: PretrainConfig, *, out_dir: str | Path, progress: bool = True) -> d
       "seconds": seconds,
       "tokens_per_second": steps_run * cfg.optim.batch_size * cfg.world.doc_len / seconds,
       "steps_run": steps_run,
-      "facts_known": fact_accuracy(state.params, model_cfg, world, mesh),
+      "facts_known": task.probe(state.params, model_cfg, mesh),
   }
   if shd.is_main_process():
     write_json_atomic(out_dir / "results.json", results)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from w2s_jax import scores, testbed, text_files, text_tasks, tokenize
+from w2s_jax import inference, scores, testbed, text_files, text_tasks, tokenize
 from w2s_jax.data import Dataset
 
 BYTES = "bytes"
@@ -86,8 +86,20 @@ class Task:
     return self.make_corpus()
 
 
+def fact_accuracy(params, model_cfg, world, mesh) -> dict:
+  """Fraction of (entity, relation) facts whose city the LM ranks first among cities."""
+  prompts, answers = testbed.fact_probe(world)
+  probs = inference.next_token_probs(params, model_cfg, prompts, mesh=mesh)
+  cities = world.city_tokens
+  known = cities[np.argmax(probs[:, cities], axis=-1)] == answers
+  n = world.cfg.num_entities
+  out = {rel: float(known[i * n:(i + 1) * n].mean()) for i, rel in enumerate(testbed.RELATIONS)}
+  for split, ents in world.split_entities.items():
+    out[f"lives/{split}"] = float(known[ents].mean())
+  return out
+
+
 def testbed_task(world_cfg: testbed.WorldConfig) -> Task:
-  from w2s_jax.pretrain import fact_accuracy  # pretrain trains models; this module only data
   world = testbed.make_world(world_cfg)
   return Task(name="testbed", splits=testbed.task_splits(world), eval_splits=("test", "heldout"),
               vocab_size=len(world.vocab), max_len=world_cfg.doc_len,
