@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402  (the test extra installs it; a missing torch is a failure, not a skip)
 import transformers  # noqa: E402
 
-from w2s_jax import checkpoints, hf_import, models  # noqa: E402
+from w2s_jax import checkpoints, hf_import, models, sampling, sharding  # noqa: E402
+from w2s_jax.data import Dataset  # noqa: E402
 
 VOCAB, PAD, SEQ = 50, 49, 8
 LENGTHS = (8, 5, 3, 1)
@@ -44,22 +45,22 @@ CASES = {
 }
 
 
-def _randomise(model, seed):
+def _randomise(model, seed, scale=0.1):
   """HF initialises biases to 0 and LayerNorm scales to 1, which would hide a
   misplaced bias or norm; every parameter gets noise instead."""
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=gen) * 0.1
+      noise = torch.randn(p.shape, generator=gen) * scale
       p.copy_(1.0 + noise if "norm" in name or ".ln_" in name else noise)
 
 
-def _build(case, folder, seed=0):
+def _build(case, folder, seed=0, scale=0.1):
   model_cls, config_cls, kwargs, _ = CASES[case]
   torch.manual_seed(seed)
   config = getattr(transformers, config_cls)(**kwargs)
   model = getattr(transformers, model_cls)(config).eval()
-  _randomise(model, seed)
+  _randomise(model, seed, scale)
   model.save_pretrained(folder, safe_serialization=True)
   return model
 
@@ -123,6 +124,55 @@ def test_logits_match_transformers_under_padding(built, case, side):
   hf_model, folder = built(case)
   cfg, params = hf_import.load_hf_folder(folder)
   assert max_diff(case, hf_model, cfg, params, side) < TOL
+
+
+GENERATE_LENGTHS, NEW_TOKENS = (7, 4, 2, 5), 8
+
+
+def _hf_greedy(model, prompt, mask, eos):
+  with torch.no_grad():
+    out = model.generate(torch.tensor(prompt, dtype=torch.long),
+                         attention_mask=torch.tensor(mask, dtype=torch.long), do_sample=False,
+                         max_new_tokens=NEW_TOKENS, eos_token_id=eos, pad_token_id=PAD,
+                         output_scores=True, return_dict_in_generate=True)
+  tokens = out.sequences[:, prompt.shape[1]:].numpy()
+  logp = torch.log_softmax(torch.stack(out.scores, 1), -1).numpy()
+  return tokens, logp
+
+
+# Seeds and weight scale whose greedy paths vary: with the logit tests' small
+# weights (and with GPT-2's tied embeddings) a tiny random model repeats one token.
+@pytest.mark.parametrize("case, seed", [("gpt2_lm_untied", 3), ("neox_lm_parallel", 1),
+                                        ("neox_lm_sequential", 1)])
+def test_greedy_generation_matches_transformers_generate(case, seed, tmp_path):
+  """Token for token, left-padded prompts of different lengths, with EOS."""
+  hf_model, folder = _build(case, tmp_path, seed=seed, scale=0.5), tmp_path
+  cfg, params = hf_import.load_hf_folder(folder)
+  width = max(GENERATE_LENGTHS)
+  prompt = np.full((len(GENERATE_LENGTHS), width), PAD, np.int32)
+  prompt_mask = np.zeros_like(prompt)
+  rng = np.random.default_rng(3)
+  for row, n in enumerate(GENERATE_LENGTHS):
+    prompt[row, width - n:] = rng.integers(0, PAD, n)
+    prompt_mask[row, width - n:] = 1
+  # An EOS these random models do emit, but never first: rows then stop mid-way.
+  free = _hf_greedy(hf_model, prompt, prompt_mask, eos=None)[0]
+  later = [t for t in free[:, 1:].ravel() if t not in free[:, 0]]
+  eos = int(np.bincount(later).argmax())
+  hf_tokens, hf_logp = _hf_greedy(hf_model, prompt, prompt_mask, eos)
+  ours, ours_mask, ours_logp = sampling.generate(
+      params, cfg, Dataset(prompt=prompt, prompt_mask=prompt_mask),
+      cfg=sampling.SamplingConfig(max_new_tokens=NEW_TOKENS, eos_id=eos, pad_id=PAD),
+      mesh=sharding.make_mesh(1), batch_size=len(prompt))
+  steps = hf_tokens.shape[1]  # transformers stops once every row is done
+  np.testing.assert_array_equal(ours[:, :steps], hf_tokens)
+  assert (ours[:, steps:] == PAD).all()
+  lengths = ours_mask.sum(1)  # not vacuous: some rows stop on EOS, the rows differ
+  assert (lengths < NEW_TOKENS).any() and lengths.min() > 1 and len({tuple(r) for r in ours}) > 1
+  for row in range(len(prompt)):
+    real = ours_mask[row, :steps] > 0
+    expected = hf_logp[row, np.arange(steps), hf_tokens[row]][real]
+    np.testing.assert_allclose(ours_logp[row, :steps][real], expected, atol=1e-4)
 
 
 def test_neox_qkv_left_interleaved_is_detected(built):

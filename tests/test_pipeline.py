@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from _helpers import tiny_model_cfg
-from w2s_jax import configs, models, pipeline
+from w2s_jax import configs, models, pipeline, stages
 from w2s_jax.data import Dataset
 from w2s_jax.objectives import LossConfig
 from w2s_jax.train import OptimConfig
@@ -101,7 +101,8 @@ def _finetune_setup():
 
 
 def _finetune(params, cfg, data, labels, seeds, optim, mesh, params_per_seed=False):
-  return jax.device_get(pipeline.finetune(params, cfg, data, labels, seeds=seeds,
+  per_seed = [data.with_fields(labels=l) for l in labels]
+  return jax.device_get(stages.finetune(params, cfg, per_seed, seeds=seeds,
                                           loss_cfg=LossConfig("xent"), optim_cfg=optim,
                                           mesh=mesh, desc="t", progress=False,
                                           params_per_seed=params_per_seed))

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax import models, pipeline, scores, selection, testbed
+from w2s_jax import models, pipeline, scores, selection, stages, testbed
 from w2s_jax.data import Dataset
 from w2s_jax.selection import EmptySelectionError, FilterConfig
 
@@ -130,14 +130,14 @@ def test_filter_subsets_per_seed_are_stratified_and_sized():
   p1 = rng.random((2, 40, 1))
   weak = {"labels": np.concatenate([1 - p1, p1], -1), "likelihood": rng.random(40)}
   for criterion in ("confidence", "margin", "neg_entropy", "agreement", "likelihood"):
-    subsets = pipeline.filter_subsets(weak, FilterConfig(criterion, 0.5))
+    subsets = stages.filter_subsets(weak, FilterConfig(criterion, 0.5))
     assert len(subsets) == 2
     for i, idx in enumerate(subsets):
       hard = weak["labels"][i].argmax(-1)
       for c in (0, 1):
         assert abs(np.sum(hard[idx] == c) - 0.5 * np.sum(hard == c)) <= 0.5
   with pytest.raises(ValueError, match="does not apply"):
-    pipeline.filter_scores(weak, "likelihood_ratio")
+    stages.filter_scores(weak, "likelihood_ratio")
 
 
 def test_likelihood_filtering_removes_planted_bad_documents(tmp_path):
@@ -148,10 +148,10 @@ def test_likelihood_filtering_removes_planted_bad_documents(tmp_path):
       world=world.cfg, weak_size="pico", strong_size="nano", eval_batch_size=200,
       pretrain=pipeline.OptimConfig(steps=600, batch_size=32, lr=3e-3, warmup_frac=0.02,
                                     weight_decay=0.0))
-  ctx = pipeline.Context(cfg, cache_dir=tmp_path, progress=False)
+  ctx = stages.Context(cfg, cache_dir=tmp_path, progress=False)
   pool, kind = testbed.corrupted_pool(ctx.world, ctx.corpus, bad_frac=0.2)
   assert np.isclose(np.mean(kind >= 0), 0.2, atol=0.001)
-  ll = pipeline.scores.sequence_log_likelihood(*ctx.pretrained("pico")[:2], pool,
+  ll = scores.sequence_log_likelihood(*ctx.pretrained("pico")[:2], pool,
                                                batch_size=200, mesh=ctx.mesh)
   kept = selection.top_fraction(scores=ll, keep_frac=0.8)
   removed = 1 - np.isin(np.flatnonzero(kind >= 0), kept).mean()

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax import configs, pipeline, sweep
+from w2s_jax import configs, stages, sweep
 from w2s_jax.data import Dataset, one_hot
 from w2s_jax.objectives import LossConfig
 
@@ -126,7 +126,7 @@ def test_seeds_under_vmap_equal_seeds_one_at_a_time_on_tiny_config(tmp_path, los
   hardened target; measured, 1 seed of 3 then differs by 6e-4 in the head.
   """
   cfg = configs.load(TINY)
-  ctx = pipeline.Context(cfg, cache_dir=tmp_path / "c", progress=False)
+  ctx = stages.Context(cfg, cache_dir=tmp_path / "c", progress=False)
   params, model_cfg, _ = ctx.pretrained("nano")
   data = ctx.splits["train_w2s"]
   rng = np.random.default_rng(0)
@@ -138,10 +138,11 @@ def test_seeds_under_vmap_equal_seeds_one_at_a_time_on_tiny_config(tmp_path, los
     gt_data = Dataset(tokens=gt["tokens"], mask=gt["mask"], labels=one_hot(gt["labels"], 2))
   kwargs = dict(loss_cfg=LossConfig(loss, gt_examples=10), optim_cfg=cfg.finetune,
                 mesh=ctx.mesh, desc="t", progress=False, gt_data=gt_data)
-  together = jax.device_get(pipeline.finetune(params, model_cfg, data, labels,
-                                              seeds=(0, 1, 2), **kwargs))
+  per_seed = [data.with_fields(labels=l) for l in labels]
+  together = jax.device_get(stages.finetune(params, model_cfg, per_seed, seeds=(0, 1, 2),
+                                            **kwargs))
   for i, seed in enumerate((0, 1, 2)):
-    alone = jax.device_get(pipeline.finetune(params, model_cfg, data, labels[i:i + 1],
-                                             seeds=(seed,), **kwargs))
+    alone = jax.device_get(stages.finetune(params, model_cfg, per_seed[i:i + 1], seeds=(seed,),
+                                           **kwargs))
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a[i] - b[0])), together, alone))
     assert max(diffs) <= 1e-5

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from w2s_jax import configs, pipeline  # noqa: E402
+from w2s_jax import configs, stages  # noqa: E402
 from w2s_jax.objectives import LossConfig  # noqa: E402
 
 
@@ -29,12 +29,12 @@ def main(argv=None):
   parser.add_argument("--cache", default="runs/cache")
   args = parser.parse_args(argv)
   cfg = configs.load(args.config)
-  ctx = pipeline.Context(cfg, cache_dir=args.cache, progress=False)
+  ctx = stages.Context(cfg, cache_dir=args.cache, progress=False)
   params, model_cfg, _ = ctx.pretrained(args.size)
   data, seeds = ctx.splits["train_w2s"], ctx.seeds
   labels = ctx.ground_truth("train_w2s")
-  run = lambda s, lab: jax.block_until_ready(pipeline.finetune(
-      params, model_cfg, data, lab, seeds=s, loss_cfg=LossConfig("xent"), optim_cfg=cfg.finetune,
+  run = lambda s, lab: jax.block_until_ready(stages.finetune(
+      params, model_cfg, [data.with_fields(labels=l) for l in lab], seeds=s, loss_cfg=LossConfig("xent"), optim_cfg=cfg.finetune,
       mesh=ctx.mesh, desc="bench", progress=False))
   together = lambda: run(seeds, labels)
   one_at_a_time = lambda: [run((s,), labels[i:i + 1]) for i, s in enumerate(seeds)]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from w2s_jax import pipeline, scores, selection, testbed
+from w2s_jax import pipeline, pretrain, scores, selection, stages, testbed
 from w2s_jax.data import Dataset
 from w2s_jax.objectives import LossConfig
 from w2s_jax.results import package_versions, summary_table, write_json_atomic
@@ -54,10 +54,10 @@ def removal_table(pool_kind: np.ndarray, criteria: dict, keep_fracs) -> list[dic
 
 def run(cfg, *, keep: float, out_dir: Path, cache_dir, progress=True, bad_frac=0.2) -> dict:
   started = time.perf_counter()
-  ctx = pipeline.Context(cfg, cache_dir=cache_dir, progress=progress)
+  ctx = stages.Context(cfg, cache_dir=cache_dir, progress=progress)
   pool, kind = testbed.corrupted_pool(ctx.world, ctx.corpus, bad_frac=bad_frac)
   pool_tag = f"pool-bad{bad_frac:g}"
-  ref_params, ref_cfg, _ = pipeline.pretrained_model(
+  ref_params, ref_cfg, _ = pretrain.pretrained_model(
       cfg, cfg.weak_size, ctx.task, pool, ctx.mesh, ctx.cache, progress, corpus_tag=pool_tag)
   criteria = pool_scores(ctx, pool, weak_size=cfg.weak_size, reference=(ref_params, ref_cfg))
   removal = removal_table(kind, criteria, sorted({*KEEP_FRACS, keep}, reverse=True))
@@ -65,14 +65,14 @@ def run(cfg, *, keep: float, out_dir: Path, cache_dir, progress=True, bad_frac=0
   kept = selection.top_fraction(scores=criteria["likelihood"], keep_frac=keep)
   corpora = {"clean": None, "pool": pool,
              f"pool, likelihood@{keep:g}": pool.take(kept)}
-  weak = pipeline.weak_stage(ctx, cfg.weak_size)
+  weak = stages.weak_stage(ctx, cfg.weak_size)
   w2s = {}
   for name, corpus in corpora.items():
     if corpus is not None:
       ctx.pretrain_on(cfg.strong_size, corpus, f"{pool_tag}/{name}")
-    ceiling = pipeline.ceiling_stage(ctx, cfg.strong_size)
-    result = pipeline.w2s_stage(ctx, cfg.strong_size, weak, LossConfig("xent"))
-    summary = pipeline.summarize(weak, result, ceiling, splits=ctx.eval_splits,
+    ceiling = stages.ceiling_stage(ctx, cfg.strong_size)
+    result = stages.w2s_stage(ctx, cfg.strong_size, weak, LossConfig("xent"))
+    summary = stages.summarize(weak, result, ceiling, splits=ctx.eval_splits,
                                  num_resamples=cfg.bootstrap_resamples)
     info = ctx.pretrained(cfg.strong_size)[2]
     w2s[name] = {"summary": summary, "strong_facts": info["lives"], "docs": len(ctx.corpus if corpus is None else corpus)}

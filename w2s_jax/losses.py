@@ -94,3 +94,70 @@ def lm_xent(*, logits, tokens, mask):
   """Next-token cross-entropy, averaged over real (mask = 1) target tokens."""
   target_logp, weight = next_token_log_probs(logits=logits, tokens=tokens, mask=mask)
   return -jnp.sum(target_logp * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+# --- Token-level losses for generation ---------------------------------------
+# A sequence is prompt + response: tokens, logits [batch, seq, (vocab)], and a
+# loss_mask [batch, seq] that is 1 on the response tokens a loss trains on.
+# logits[:, t] predicts tokens[:, t + 1], so position t counts when
+# loss_mask[:, t + 1] is 1: prompt and padding positions contribute nothing.
+# Each loss is the mean over the counted positions of the whole batch.
+
+def _response_mean(values, loss_mask):
+  weight = loss_mask[:, 1:].astype(jnp.float32)
+  return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def _log_probs(logits, temperature):
+  return jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32) / temperature, axis=-1)
+
+
+def response_xent(*, logits, tokens, loss_mask):
+  """Next-token cross-entropy on the response tokens: SFT, or sequence-level KD
+  when the response was written by the teacher."""
+  logp = _log_probs(logits, 1.0)
+  target = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+  return -_response_mean(target, loss_mask)
+
+
+def _kl(log_p, log_q):
+  """KL(p || q) over the last axis, from log-probabilities; 0 log 0 = 0."""
+  p = jnp.exp(log_p)
+  return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+
+
+def forward_kl(*, logits, teacher_logits, loss_mask, temperature=1.0):
+  """KL(teacher || student) per response position, both softened by temperature
+  (no T^2 rescaling): mean-seeking, the student covers all the teacher's mass."""
+  teacher = jax.lax.stop_gradient(_log_probs(teacher_logits, temperature))
+  return _response_mean(_kl(teacher, _log_probs(logits, temperature)), loss_mask)
+
+
+def reverse_kl(*, logits, teacher_logits, loss_mask, temperature=1.0):
+  """KL(student || teacher) per response position: mode-seeking, the student
+  puts its mass where the teacher is confident."""
+  teacher = jax.lax.stop_gradient(_log_probs(teacher_logits, temperature))
+  return _response_mean(_kl(_log_probs(logits, temperature), teacher), loss_mask)
+
+
+def generalized_jsd(*, logits, teacher_logits, loss_mask, beta, temperature=1.0):
+  """Generalized Jensen-Shannon divergence of GKD (Agarwal et al. 2023), per
+  response position:
+
+    M = beta * p_teacher + (1 - beta) * p_student
+    JSD(beta) = beta * KL(p_teacher || M) + (1 - beta) * KL(p_student || M)
+
+  (TRL's GKDTrainer uses the same convention.) It vanishes at beta = 0 and at
+  beta = 1; near them it is a scaled plain KL: JSD(beta) / beta -> forward
+  KL(teacher || student) as beta -> 0, and JSD(beta) / (1 - beta) -> reverse
+  KL(student || teacher) as beta -> 1. So beta must lie in (0, 1): use
+  forward_kl / reverse_kl for the end points.
+  """
+  if not 0 < beta < 1:
+    raise ValueError(f"generalized_jsd beta={beta}: expected in (0, 1) (the end points are "
+                     "forward_kl and reverse_kl)")
+  teacher = jax.lax.stop_gradient(_log_probs(teacher_logits, temperature))
+  student = _log_probs(logits, temperature)
+  mixture = jnp.logaddexp(jnp.log(beta) + teacher, jnp.log1p(-beta) + student)
+  jsd = beta * _kl(teacher, mixture) + (1 - beta) * _kl(student, mixture)
+  return _response_mean(jsd, loss_mask)

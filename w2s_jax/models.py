@@ -180,7 +180,7 @@ class Block(nn.Module):
   """
   cfg: ModelConfig
 
-  def _attention(self, h, attn_bias, positions, batch):
+  def _attention(self, h, attn_bias, positions, batch, cache=None, cache_index=None):
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     n, d = h.shape
@@ -192,11 +192,18 @@ class Block(nn.Module):
     if cfg.positions == "rotary":
       q = rotary(q, positions, frac=cfg.rotary_frac, base=cfg.rotary_base)
       k = rotary(k, positions, frac=cfg.rotary_frac, base=cfg.rotary_base)
+    if cache is not None:
+      # Decoding: this call's keys and values go into their cache slots, and
+      # the queries attend to every slot (attn_bias masks the empty ones).
+      at = (0, 0, cache_index, 0)
+      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at)
+      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
+      cache = {"k": k, "v": v}
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
     scores = scores / jnp.sqrt(cfg.head_dim).astype(jnp.float32) + attn_bias
     probs = _dropout(self, cfg.dropout)(jax.nn.softmax(scores, axis=-1)).astype(dtype)
     attn = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(n, d)
-    return _dropout(self, cfg.dropout)(nn.Dense(d, dtype=dtype, name="attn_out")(attn))
+    return _dropout(self, cfg.dropout)(nn.Dense(d, dtype=dtype, name="attn_out")(attn)), cache
 
   def _mlp(self, h):
     cfg = self.cfg
@@ -206,14 +213,18 @@ class Block(nn.Module):
     return _dropout(self, cfg.dropout)(nn.Dense(cfg.width, dtype=dtype, name="mlp_out")(h))
 
   @nn.compact
-  def __call__(self, x, attn_bias, positions, batch: int):
+  def __call__(self, x, attn_bias, positions, batch: int, cache=None, cache_index=None):
+    """x -> x, or (x, updated cache) when decoding with a KV cache."""
     cfg = self.cfg
     norm = lambda name: nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(cfg.dtype), name=name)
+    attn, new_cache = self._attention(norm("ln_attn")(x), attn_bias, positions, batch, cache,
+                                      cache_index)
     if cfg.parallel_residual:
-      return (x + self._attention(norm("ln_attn")(x), attn_bias, positions, batch)
-              + self._mlp(norm("ln_mlp")(x)))
-    x = x + self._attention(norm("ln_attn")(x), attn_bias, positions, batch)
-    return x + self._mlp(norm("ln_mlp")(x))
+      x = x + attn + self._mlp(norm("ln_mlp")(x))
+    else:
+      x = x + attn
+      x = x + self._mlp(norm("ln_mlp")(x))
+    return x if cache is None else (x, new_cache)
 
 
 class Transformer(nn.Module):
@@ -237,6 +248,15 @@ class Transformer(nn.Module):
                              name="cls_head")
     self.embed_dropout = _dropout(self, cfg.dropout)
 
+  def _embed(self, tokens, positions):
+    """Token (+ learned position) embeddings as a flat [batch * seq, width] stream."""
+    cfg = self.cfg
+    b, t = tokens.shape
+    x = self.embed(tokens)
+    if cfg.positions == "learned":
+      x = x + self.pos_embed[positions]
+    return self.embed_dropout(x).astype(jnp.dtype(cfg.dtype)).reshape(b * t, cfg.width)
+
   def hidden(self, tokens, mask):
     """Final hidden states [batch, seq, width]."""
     cfg = self.cfg
@@ -246,10 +266,7 @@ class Transformer(nn.Module):
     b, t = tokens.shape
     mask = mask.astype(jnp.int32)
     positions = positions_from_mask(mask)
-    x = self.embed(tokens)
-    if cfg.positions == "learned":
-      x = x + self.pos_embed[positions]
-    x = self.embed_dropout(x).astype(jnp.dtype(cfg.dtype)).reshape(b * t, cfg.width)
+    x = self._embed(tokens, positions)
     causal = jnp.tril(jnp.ones((t, t), dtype=bool))
     allowed = causal[None, None] & (mask[:, None, None, :] > 0)
     # Finite, so fully masked (padding) query rows stay NaN-free.
@@ -257,6 +274,33 @@ class Transformer(nn.Module):
     for block in self.blocks:
       x = block(x, attn_bias, positions, b)
     return self.ln_final(x).reshape(b, t, cfg.width)
+
+  def decode(self, tokens, positions, key_mask, cache, cache_index):
+    """One decoding call with an explicit KV cache (see `init_cache`).
+
+    tokens, positions: [batch, t], the tokens written to cache slots
+    cache_index .. cache_index + t - 1 (t = the prompt's width for a batched
+    prefill, 1 for each later step). key_mask: [batch, cache length], 1 where
+    a slot holds a real token once this call has written. Returns the
+    next-token logits after the last of the t tokens, [batch, vocab] float32,
+    and the updated cache.
+    """
+    cfg = self.cfg
+    b, t = tokens.shape
+    length = cache[0]["k"].shape[2]
+    if length > cfg.max_len:
+      raise ValueError(f"KV cache length {length} exceeds ModelConfig.max_len={cfg.max_len}")
+    x = self._embed(tokens, positions)
+    slot = jnp.arange(length)
+    causal = slot[None, :] <= cache_index + jnp.arange(t)[:, None]            # [t, length]
+    allowed = causal[None, None] & (key_mask[:, None, None, :] > 0)
+    attn_bias = jnp.where(allowed, 0.0, -1e9).astype(jnp.float32)
+    new_cache = []
+    for block, layer_cache in zip(self.blocks, cache):
+      x, layer_cache = block(x, attn_bias, positions, b, layer_cache, cache_index)
+      new_cache.append(layer_cache)
+    last = self.ln_final(x.reshape(b, t, cfg.width)[:, -1])
+    return self._unembed(last), tuple(new_cache)
 
   def _unembed(self, h):
     if self.cfg.tie_embeddings:
@@ -294,6 +338,14 @@ def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int | None = None):
   seq_len = seq_len or cfg.max_len
   tokens = jnp.zeros((1, seq_len), jnp.int32)
   return Transformer(cfg).init(rng, tokens, jnp.ones_like(tokens))["params"]
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int):
+  """An empty KV cache for `Transformer.decode`: per block, keys and values
+  [batch, heads, length, head_dim] in the compute dtype."""
+  shape = (batch, cfg.heads, length, cfg.head_dim)
+  zeros = lambda: jnp.zeros(shape, jnp.dtype(cfg.dtype))
+  return tuple({"k": zeros(), "v": zeros()} for _ in range(cfg.depth))
 
 
 def count_params(params) -> int:

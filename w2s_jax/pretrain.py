@@ -1,20 +1,22 @@
 """LM pretraining at any scale: sharded, checkpointed, resumable, multi-host.
 
 `train_lm` is the one pretraining loop: the W2S pipeline uses it for the
-models it caches, and `run` wraps it as a standalone job
+models it caches (`pretrained_model`), and `run` wraps it as a standalone job
 (experiments/train.py) for meshes, pods and scaling studies.
 """
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from w2s_jax import checkpoints, models, objectives, tasks, testbed, train
+from w2s_jax import checkpoints, hf_import, models, objectives, tasks, testbed, train
 from w2s_jax import sharding as shd
+from w2s_jax.checkpoints import cache_key
 from w2s_jax.data import Dataset, shuffled_batches
 from w2s_jax.distributed import DistributedConfig
 from w2s_jax.results import package_versions, write_json_atomic
@@ -52,6 +54,53 @@ def train_lm(model_cfg: models.ModelConfig, corpus: Dataset, optim: OptimConfig,
   finally:
     ckpts.close()
   return state, last, resumed_from
+
+
+def pretrained_model(cfg, size: str, task, corpus, mesh, cache,
+                     progress=True, corpus_tag: str = "clean"):
+  """Params for `size` of an ExperimentConfig after LM pretraining on the
+  task's corpus; cached with orbax (a PretrainedCache).
+  A size named in cfg.pretrained_dirs is imported from its folder instead.
+
+  corpus_tag names a corpus other than the task's own (e.g. a filtered
+  pool); it is part of the cache key."""
+  model_cfg = cfg.model_config(size, task)
+  init = lambda: models.init_params(model_cfg, jax.random.key(cfg.pretrain_seed))
+  if size in dict(cfg.pretrained_dirs):
+    folder = dict(cfg.pretrained_dirs)[size]
+    _, params = hf_import.load_hf_folder(folder, head_input=cfg.head_input, max_len=task.max_len)
+    params = jax.device_put(params, shd.state_sharding(params, mesh))
+    return params, model_cfg, {"pretrained": f"imported from {folder}", "size": size,
+                               "corpus": None, **task.probe(params, model_cfg, mesh)}
+  if not cfg.use_pretraining:
+    params = init()
+    return params, model_cfg, {"pretrained": False, "corpus": None,
+                               **task.probe(params, model_cfg, mesh)}
+  key = cache_key(model=model_cfg, world=task.fingerprint, optim=cfg.pretrain,
+                  seed=cfg.pretrain_seed, version=1,
+                  **({} if corpus_tag == "clean" else {"corpus": corpus_tag}))
+  abstract = jax.eval_shape(init)
+  params, info = cache.load(size, key, checkpoints.abstract_like(
+      abstract, shd.state_sharding(abstract, mesh)))
+  if params is not None:
+    return params, model_cfg, {**info, "cached": True}
+  start = time.perf_counter()
+  # An interrupted pretraining resumes from its last checkpoint, on the same batches.
+  train_dir = cache.entry(size, key) / "train"
+  state, last, _ = train_lm(model_cfg, corpus, cfg.pretrain, seed=cfg.pretrain_seed, mesh=mesh,
+                            checkpoint_dir=train_dir, checkpoint_every=cfg.checkpoint_every,
+                            corpus_tag=corpus_tag, progress=progress, desc=f"pretrain {size}")
+  info = {"pretrained": True, "size": size, "corpus": corpus_tag,
+          "params": models.count_params(state.params),
+          "steps": cfg.pretrain.steps, "tokens": int(cfg.pretrain.steps * cfg.pretrain.batch_size
+                                                     * task.max_len),
+          "seconds": time.perf_counter() - start,
+          "final_lm_loss": float(np.mean(last.get("loss", np.nan))),
+          **task.probe(state.params, model_cfg, mesh)}
+  cache.save(size, key, state.params, info)
+  if shd.is_main_process():
+    shutil.rmtree(train_dir, ignore_errors=True)  # the cache entry is complete
+  return state.params, model_cfg, {**info, "cached": False}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Layout of a sweep directory:
   shared/pretrained/...           orbax cache of pretrained models (or --cache)
-  shared/weak-<size>.npz          weak labels and weak correctness, per seed
+  shared/weak-<size>.npz          weak labels (or responses) and weak scores, per seed
+  shared/weak-<size>-params/      a generative weak model's params (token-level KD's teacher)
   shared/ceiling-<size>.npz       ceiling correctness, per seed
   cells/<cell id>/results.json    one cell: config, per-seed numbers, summary
   sweep.jsonl                     one row per finished cell, in grid order
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from w2s_jax import hf_import, models, pipeline
+from w2s_jax import checkpoints, hf_import, models, stages
+from w2s_jax import sharding as shd
 from w2s_jax.objectives import LossConfig
 from w2s_jax.pipeline import ExperimentConfig
 from w2s_jax.results import atomic_write, package_versions, write_json_atomic
@@ -141,10 +143,36 @@ def jsonl_row(cell: Cell, results: dict) -> dict:
   return row
 
 
+def _weak_stage(ctx, shared: Path, size: str, *, with_params: bool) -> dict:
+  """The stored weak stage of `size`, computed once per sweep. A generative
+  weak stage also keeps the weak model's fine-tuned params (orbax, written
+  before the .npz that marks the stage complete), which token-level KD
+  reads as its teacher; they are loaded only when a cell needs them."""
+  params_dir = shared / f"weak-{size}-params"
+  npz = shared / f"weak-{size}.npz"
+  if ctx.generative and not params_dir.exists():
+    npz.unlink(missing_ok=True)  # a stage stored without its params is incomplete
+
+  def compute():
+    out = stages.weak_stage(ctx, size)
+    params = out.pop("params", None)
+    if params is not None:
+      checkpoints.save_params(params_dir, params)
+    return out
+
+  weak = _stored(npz, compute, stages.weak_stage_fields(ctx))
+  if with_params:
+    abstract = stages.seed_stacked_abstract(ctx.pretrained(size)[1], len(ctx.seeds))
+    weak["params"] = checkpoints.load_params(params_dir, checkpoints.abstract_like(
+        abstract, shd.state_sharding(abstract, ctx.mesh, seed_axis=True)))
+  return weak
+
+
 def _cell_results(ctx, cell: Cell, weak: dict, ceiling: dict, cfg: ExperimentConfig) -> dict:
-  w2s = pipeline.w2s_stage(ctx, cell.strong, weak, cell.loss, cell.finetune, cell.filter)
-  summary = pipeline.summarize(weak, w2s, ceiling, splits=ctx.eval_splits,
-                              num_resamples=cfg.bootstrap_resamples)
+  w2s = stages.w2s_stage(ctx, cell.strong, weak, cell.loss, cell.finetune, cell.filter,
+                         weak_size=cell.weak)
+  summary = stages.summarize(weak, w2s, ceiling, splits=ctx.eval_keys,
+                             num_resamples=cfg.bootstrap_resamples)
   info = {role: ctx.pretrained(size)[2] for role, size in (("weak", cell.weak),
                                                            ("strong", cell.strong))}
   params = {role: models.count_params(ctx.pretrained(size)[0])
@@ -160,7 +188,7 @@ def _cell_results(ctx, cell: Cell, weak: dict, ceiling: dict, cfg: ExperimentCon
       "per_seed": {split: {"weak": weak[split].mean(1).tolist(),
                            "w2s": w2s[split].mean(1).tolist(),
                            "ceiling": ceiling[split].mean(1).tolist()}
-                   for split in ctx.eval_splits},
+                   for split in ctx.eval_keys},
       "weak_label_accuracy": weak["label_accuracy"].tolist(),
       "kept_label_accuracy": (w2s["kept_label_accuracy"].tolist()
                               if "kept_label_accuracy" in w2s else None),
@@ -173,7 +201,8 @@ def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress=True) -> 
   out = Path(out_dir)
   cells_dir, shared = out / "cells", out / "shared"
   cfg = sweep.base
-  ctx = pipeline.Context(cfg, cache_dir=cache_dir or shared / "pretrained", progress=progress)
+  ctx = stages.Context(cfg, cache_dir=cache_dir or shared / "pretrained", progress=progress)
+  ctx.check_generation(sorted({size for cell in sweep.cells for size in (cell.weak, cell.strong)}))
   base = json.loads(json.dumps(dataclasses.asdict(cfg)))
   if (out / "sweep.json").exists():
     previous = json.loads((out / "sweep.json").read_text())["base"]
@@ -206,10 +235,9 @@ def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress=True) -> 
              disable=not progress, dynamic_ncols=True)
   for cell in todo:
     started = time.perf_counter()
-    weak = _stored(shared / f"weak-{cell.weak}.npz", lambda: pipeline.weak_stage(ctx, cell.weak),
-                   pipeline.weak_stage_fields(ctx))
+    weak = _weak_stage(ctx, shared, cell.weak, with_params=cell.loss.needs_teacher)
     ceiling = _stored(shared / f"ceiling-{cell.strong}.npz",
-                      lambda: pipeline.ceiling_stage(ctx, cell.strong))
+                      lambda: stages.ceiling_stage(ctx, cell.strong))
     results = _cell_results(ctx, cell, weak, ceiling, cfg)
     results["seconds"] = time.perf_counter() - started
     write_json_atomic(cells_dir / cell.id / "results.json", results)

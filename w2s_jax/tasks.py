@@ -80,10 +80,36 @@ class Task:
   probe: Callable[..., dict]
   world: testbed.World | None = None
   encoding: dict = dataclasses.field(default_factory=dict)  # truncated/dropped counts per split
+  # Generative tasks (gen_tasks.py): splits of prompts and responses, graded by
+  # score(split, tokens, mask) -> {metric: [N]} for each metric (the first is the headline).
+  kind: str = "classification"
+  metrics: tuple[str, ...] = ("accuracy",)
+  score: Callable | None = None
+  eos_id: int | None = None
+  pad_id: int = 0
+  decode: Callable | None = None  # token ids -> text, where the task has a tokenizer
+
+  @property
+  def generative(self) -> bool:
+    return self.kind == "generative"
 
   @functools.cached_property
   def corpus(self) -> Dataset:
     return self.make_corpus()
+
+
+def make_task(*, world: testbed.WorldConfig, text=None, generation=None) -> Task:
+  """The task an experiment runs on: the testbed or a text task, classifying
+  or (with a gen_tasks.GenerationConfig) generating."""
+  # gen_tasks builds on this module's Task, so it is imported here, not above.
+  from w2s_jax import gen_tasks
+  if isinstance(text, gen_tasks.GenTextTaskConfig):
+    return gen_tasks.text_generative_task(text)
+  if text is not None:
+    return text_task(text)
+  if generation is not None:
+    return gen_tasks.testbed_generative_task(world, generation)
+  return testbed_task(world)
 
 
 def fact_accuracy(params, model_cfg, world, mesh) -> dict:

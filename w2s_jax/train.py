@@ -130,18 +130,19 @@ def sharding_of(state):
   return jax.tree.map(lambda x: x.sharding, state)
 
 
-# loss_fn(params, batch, step_frac, rng) -> (loss, aux dict of scalars)
-LossFn = Callable[[dict, dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
+# loss_fn(params, batch, step_frac, rng[, teacher]) -> (loss, aux dict of scalars)
+LossFn = Callable[..., tuple[jax.Array, dict]]
 
 
-def _loss_and_grads(loss_fn, params, batch, step_frac, rng, accum_steps):
+def _loss_and_grads(loss_fn, params, batch, step_frac, rng, accum_steps, frozen=()):
   """Mean loss, aux and gradients over accum_steps micro-batches.
 
   Micro-batch i holds rows i, i + accum_steps, ...: each device's rows split
   among the micro-batches, so no example crosses devices. For losses that
   are means over examples, the result equals one pass over the whole batch.
+  frozen: further arguments of loss_fn (a teacher's params), not differentiated.
   """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  grad_fn = jax.value_and_grad(lambda p, *a: loss_fn(p, *a, *frozen), has_aux=True)
   if accum_steps == 1:
     (loss, aux), grads = grad_fn(params, batch, step_frac, rng)
     return loss, aux, grads
@@ -162,17 +163,20 @@ def _loss_and_grads(loss_fn, params, batch, step_frac, rng, accum_steps):
   return jax.tree.map(lambda x: x / accum_steps, total)
 
 
-def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
+def train_step(state: TrainState, batch: dict, teacher=None, *, loss_fn: LossFn,
                optimizer: optax.GradientTransformation, total_steps: int,
                accum_steps: int = 1, linear_probe: bool = False):
+  """One update. teacher: a frozen model's params, passed to loss_fn as its
+  fifth argument; never differentiated, never part of the state."""
   step_frac = state.step.astype(jnp.float32) / total_steps
   key, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
   if linear_probe:  # no gradient reaches the body, so XLA drops its backward pass
     probe_loss = loss_fn
     loss_fn = lambda p, *a: probe_loss(
         {k: v if k == HEAD else jax.lax.stop_gradient(v) for k, v in p.items()}, *a)
+  frozen = () if teacher is None else (jax.lax.stop_gradient(teacher),)
   loss, aux, grads = _loss_and_grads(loss_fn, state.params, batch, step_frac, step_key,
-                                     accum_steps)
+                                     accum_steps, frozen)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss)
@@ -192,20 +196,25 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
 
 def compile_train_step(*, loss_fn: LossFn, optimizer, total_steps: int, mesh, state_sharding,
                        vmap_seeds: bool = False, accum_steps: int = 1,
-                       linear_probe: bool = False):
+                       linear_probe: bool = False, teacher_sharding=None):
   """The one place the train step is jitted: sharded state and batch, donated state.
 
   state_sharding: the state's shardings (`sharding_of(state)` of a state from
   `initial_state`). With vmap_seeds, state and batch carry a leading seed
-  axis and all seeds train as one program.
+  axis and all seeds train as one program. teacher_sharding: the shardings
+  of a frozen teacher's params (e.g. FSDP, `sharding.state_sharding`); the
+  step is then step(state, batch, teacher), with the teacher neither
+  differentiated nor donated (with vmap_seeds, one teacher per seed).
   """
   step = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
                            total_steps=total_steps, accum_steps=accum_steps,
                            linear_probe=linear_probe)
   if vmap_seeds:
     step = jax.vmap(step)
-  return jax.jit(step,
-                 in_shardings=(state_sharding, shd.batch_sharding(mesh, seed_axis=vmap_seeds)),
+  in_shardings = (state_sharding, shd.batch_sharding(mesh, seed_axis=vmap_seeds))
+  if teacher_sharding is not None:
+    in_shardings += (teacher_sharding,)
+  return jax.jit(step, in_shardings=in_shardings,
                  out_shardings=(state_sharding, shd.replicated(mesh)),
                  donate_argnums=0)
 

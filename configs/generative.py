@@ -1,0 +1,77 @@
+"""Generative W2S on the offline testbed: the weak model writes the answers.
+
+  python experiments/w2s.py --config configs/generative.py
+  python experiments/sweep.py --config configs/generative.py && \
+      python tools/sweep_report.py runs/sweeps/generative      # the combined-objective grid
+
+The weak (pico) and strong (mini) models are the classification default's
+pretrained ones (the same world and corpus, so the same cache entries).
+Prompt `<bos> a3 b17 lives`, response `c4 is in r1 .`: the home city (a fact
+from pretraining) and its region. The weak model is fine-tuned on train_gt's
+responses, writes a greedy response for every train_w2s prompt, and the
+strong model learns from those: `sft` (sequence-level KD), token-level
+forward KL, reverse KL and JSD(0.5) against the frozen weak model, and
+`combined` (0.5 * sft on weak responses + 0.5 * LM on 30 ground-truth
+responses). Scored by per-field accuracy (city, region) of greedy
+generations, and exact match, over 5 seeds.
+
+Expected on a 2-core CPU with pretraining cached: about 4 minutes; the README
+has the measured table (sft's PGR about 0.5, its interval well above 0).
+
+Args (comma-separated): `small` for a seconds-long smoke run, `scratch` for
+the no-pretraining ablation, `seeds=N`, `format=NAME` (gen_tasks.FORMATS:
+city_region, city, two_facts, new_token), `losses=sft` (only sft, for the
+format ablation). sweep(): kd_weight in {0, .25, .5, .75, 1} x gt_examples in
+{10, 30}, plus sft.
+"""
+
+import dataclasses
+
+from w2s_jax import testbed
+from w2s_jax.configs import parse_arg
+from w2s_jax.gen_tasks import GenerationConfig
+from w2s_jax.objectives import LossConfig
+from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.sweep import SweepConfig, grid
+from w2s_jax.train import OptimConfig
+
+LOSSES = (LossConfig("sft"), LossConfig("forward_kl"), LossConfig("reverse_kl"),
+          LossConfig("jsd"), LossConfig("combined", kd_weight=0.5, gt_examples=30))
+
+
+def get_config(arg=None) -> ExperimentConfig:
+  arg = parse_arg(arg, small=False, scratch=False, seeds=5, format="city_region", losses="all")
+  cfg = ExperimentConfig(
+      name="generative" + ("" if arg.format == "city_region" else f"-{arg.format}"),
+      generation=GenerationConfig(format=arg.format),
+      seeds=tuple(range(arg.seeds)),
+      finetune=OptimConfig(steps=200, batch_size=32, lr=3e-4, warmup_frac=0.05),
+      losses=LOSSES if arg.losses == "all" else (LossConfig(arg.losses),),
+      use_pretraining=not arg.scratch,
+  )
+  if arg.scratch:
+    # A fair from-scratch run: a rate that trains a fresh model, and 4x the steps.
+    cfg = dataclasses.replace(cfg, name=cfg.name + "-scratch", finetune=dataclasses.replace(
+        cfg.finetune, steps=800, lr=1e-3))
+  if arg.small:
+    cfg = dataclasses.replace(
+        cfg, name=cfg.name + "-small",
+        world=testbed.WorldConfig(num_entities=60, entities_per_split=20, corpus_docs=400,
+                                  syllables=8),
+        weak_size="pico", strong_size="micro",
+        pretrain=OptimConfig(steps=400, batch_size=64, lr=1e-2, warmup_frac=0.02),
+        finetune=OptimConfig(steps=30, batch_size=8, lr=3e-3),
+        losses=(LossConfig("sft"), LossConfig("forward_kl"),
+                LossConfig("combined", kd_weight=0.5, gt_examples=8)),
+        eval_batch_size=8, bootstrap_resamples=200)
+  return cfg
+
+
+def sweep(arg=None) -> SweepConfig:
+  """The combined objective's grid: kd_weight x ground-truth set size, and sft."""
+  base = get_config(arg)
+  losses = [LossConfig("sft")] + [LossConfig("combined", kd_weight=w, gt_examples=n)
+                                  for n in (10, 30) for w in (0.0, 0.25, 0.5, 0.75, 1.0)]
+  if base.name.endswith("-small"):
+    losses = [LossConfig("combined", kd_weight=w, gt_examples=8) for w in (0.0, 1.0)]
+  return SweepConfig(base, tuple(grid((base.weak_size, base.strong_size), losses)))

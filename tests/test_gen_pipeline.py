@@ -1,0 +1,184 @@
+"""Generative W2S end to end: the testbed's generative task and its scoring,
+the pipeline on it (seconds-long), text tasks from JSONL and TFDS mock data,
+and the bad input refused before any compute."""
+
+import dataclasses
+import json
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from w2s_jax import configs, gen_tasks, pipeline, stages, testbed
+from w2s_jax.gen_tasks import GenerationConfig, GenTextTaskConfig
+from w2s_jax.objectives import LossConfig
+from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.train import OptimConfig
+
+SMALL = "configs/generative.py:small,seeds=3"
+
+
+def test_testbed_split_states_the_facts_in_the_format():
+  world = testbed.make_world(testbed.WorldConfig())
+  entities = world.split_entities["test"][:5]
+  for relation in (0, 1):
+    data, fields = gen_tasks.testbed_split(world, gen_tasks.FORMATS["city_region"], entities,
+                                           relation)
+    assert fields == {"{city}": 0, "{region}": 3}
+    for e, prompt, response in zip(entities, data["prompt"], data["response"]):
+      city = world.city_of[relation, e]
+      name = world.decode(world.name_tokens[e])
+      assert world.decode(prompt) == f"<bos> {name} {testbed.RELATIONS[relation]}"
+      assert world.decode(response) == f"c{city} is in r{world.region_of[city]} ."
+  data, fields = gen_tasks.testbed_split(world, gen_tasks.FORMATS["two_facts"], entities[:1])
+  e = entities[0]
+  assert world.decode(data["response"][0]) == (
+      f"c{world.city_of[0, e]} . {world.decode(world.name_tokens[e])} works "
+      f"c{world.city_of[1, e]} .")
+  assert fields == {"{city}": 0, "{other_city}": 5}
+
+
+def test_score_fields_hand_made():
+  truth = np.array([[5, 1, 2, 7, 9], [6, 1, 2, 8, 9], [5, 1, 2, 7, 9], [5, 1, 2, 7, 9]])
+  fields = {"{city}": 0, "{region}": 3}
+  tokens = np.array([[5, 1, 2, 7, 9, 0],   # all right
+                     [6, 1, 2, 7, 9, 0],   # city right, region wrong
+                     [5, 1, 2, 7, 4, 4],   # both fields, but no EOS where it belongs
+                     [4, 1, 2, 7, 9, 0]])  # region only
+  mask = np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1],
+                   [1, 1, 1, 1, 1, 0]])
+  scores = gen_tasks.score_fields(tokens=tokens, mask=mask, truth=truth, fields=fields)
+  np.testing.assert_array_equal(scores["fields"], [1.0, 0.5, 1.0, 0.5])
+  np.testing.assert_array_equal(scores["exact"], [1.0, 0.0, 0.0, 0.0])
+  # A masked-out token never counts, even if it equals the truth.
+  short = gen_tasks.score_fields(tokens=tokens[:1], mask=np.array([[1, 1, 1, 0, 0, 0]]),
+                                 truth=truth[:1], fields=fields)
+  assert short["fields"][0] == 0.5 and short["exact"][0] == 0.0
+
+
+def test_sequences_lay_prompt_and_response_end_to_end():
+  data = {"prompt": np.array([[0, 0, 3, 4], [2, 3, 4, 5]]),
+          "prompt_mask": np.array([[0, 0, 1, 1], [1, 1, 1, 1]]),
+          "response": np.array([[7, 8, 0], [9, 0, 0]]),
+          "response_mask": np.array([[1, 1, 0], [1, 0, 0]])}
+  seq = gen_tasks.sequences(data)
+  np.testing.assert_array_equal(seq["tokens"], [[0, 0, 3, 4, 7, 8, 0], [2, 3, 4, 5, 9, 0, 0]])
+  np.testing.assert_array_equal(seq["mask"], [[0, 0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]])
+  np.testing.assert_array_equal(seq["loss_mask"], [[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 0, 0]])
+  other = gen_tasks.sequences(data, np.array([[1, 1, 1], [2, 2, 2]]), np.ones((2, 3)))
+  np.testing.assert_array_equal(other["loss_mask"][:, 4:], np.ones((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("generative")
+  cfg = configs.load(SMALL)
+  results = pipeline.run(cfg, out_dir=root / "out", cache_dir=root / "cache", progress=False)
+  return cfg, results, root
+
+
+def test_generative_pipeline_end_to_end(small_run):
+  cfg, results, root = small_run
+  on_disk = json.loads((root / "out" / "results.json").read_text())
+  assert set(on_disk["summary"]) == {"test", "heldout", "test:exact", "heldout:exact"}
+  assert set(on_disk["summary"]["test"]) == {loss.tag for loss in cfg.losses}
+  per_seed = results["per_seed"]["test"]
+  # The run measures something: weak and ceiling differ, seeds differ.
+  assert np.mean(per_seed["ceiling"]) > np.mean(per_seed["weak"]) + 0.1
+  assert len(set(per_seed["weak"])) > 1
+  acc = results["per_seed"]["weak_label_accuracy_train_w2s"]
+  assert len(acc) == 3 and all(0 < a < 1 for a in acc)
+  assert "facts known" in pipeline.format_results(results)
+
+
+def test_combined_at_alpha_one_reproduces_sft_exactly(small_run):
+  cfg, _, root = small_run
+  ctx = stages.Context(cfg, cache_dir=root / "cache", progress=False)
+  weak = stages.weak_stage(ctx, cfg.weak_size)
+  # The weak model writes responses: decode one and check its form.
+  row = weak["responses"][0][0][weak["response_mask"][0][0] > 0]
+  assert len(row) <= ctx.sampling.max_new_tokens
+  sft = stages.w2s_stage(ctx, cfg.strong_size, weak, LossConfig("sft"))
+  alpha1 = stages.w2s_stage(ctx, cfg.strong_size, weak,
+                            LossConfig("combined", kd_weight=1.0, gt_examples=8))
+  alpha0 = stages.w2s_stage(ctx, cfg.strong_size, weak,
+                            LossConfig("combined", kd_weight=0.0, gt_examples=8))
+  for key in ctx.eval_keys:
+    np.testing.assert_array_equal(alpha1[key], sft[key])
+  assert any((alpha0[k] != sft[k]).any() for k in ctx.eval_keys)
+
+
+def test_generation_too_long_for_the_context_fails_before_compute(tmp_path):
+  cfg = configs.load(SMALL)
+  cfg = dataclasses.replace(cfg, generation=GenerationConfig(max_new_tokens=30))
+  start = time.perf_counter()
+  with pytest.raises(ValueError, match="model 'pico': SamplingConfig.max_new_tokens=30"):
+    pipeline.run(cfg, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+  assert time.perf_counter() - start < 5
+  assert not (tmp_path / "cache").exists()  # nothing was pretrained
+
+
+def test_experiment_config_refuses_mismatched_kinds():
+  with pytest.raises(ValueError, match=r"losses\[0\].name='logconf' does not apply to a "
+                                       "generative task"):
+    ExperimentConfig(generation=GenerationConfig(), losses=(LossConfig("logconf"),))
+  with pytest.raises(ValueError, match=r"losses\[1\].name='sft' does not apply to a "
+                                       "classification task"):
+    ExperimentConfig(losses=(LossConfig("xent"), LossConfig("sft")))
+  with pytest.raises(ValueError, match="generation=None"):
+    ExperimentConfig(text_task=GenTextTaskConfig(tfds_name="squad"))
+  with pytest.raises(ValueError, match="GenerationConfig.format='prose'"):
+    GenerationConfig(format="prose")
+  with pytest.raises(ValueError, match="tfds_name='gsm9k'|generative task 'gsm9k'"):
+    GenTextTaskConfig(tfds_name="gsm9k")
+
+
+# --- Real-text tasks: JSONL files and TFDS (mock data) -------------------------
+
+def _text_experiment(task_cfg, losses=("sft",)):
+  return ExperimentConfig(
+      name="gen-text", text_task=task_cfg, generation=GenerationConfig(),
+      weak_size="pico", strong_size="nano", use_pretraining=False, seeds=(0, 1),
+      finetune=OptimConfig(steps=4, batch_size=8, lr=1e-3),
+      losses=tuple(LossConfig(name) for name in losses), eval_batch_size=8,
+      bootstrap_resamples=100)
+
+
+def _write_arithmetic(path, n, seed):
+  rng = np.random.default_rng(seed)
+  with open(path, "w") as f:
+    for _ in range(n):
+      a, b = rng.integers(1, 9, 2)
+      f.write(json.dumps({"question": f"{a}+{b}?", "answer": f"#### {a + b}"}) + "\n")
+  return str(path)
+
+
+def test_jsonl_generative_task_through_the_pipeline(tmp_path):
+  task_cfg = GenTextTaskConfig(
+      train_file=_write_arithmetic(tmp_path / "train.jsonl", 80, 0),
+      test_file=_write_arithmetic(tmp_path / "test.jsonl", 16, 1), metric="gsm8k",
+      prompt_field="question", response_field="answer", max_prompt_len=12,
+      max_response_len=8, gt_examples=32, w2s_examples=40, test_examples=None)
+  results = pipeline.run(_text_experiment(task_cfg), out_dir=tmp_path / "out",
+                         cache_dir=tmp_path / "cache", progress=False)
+  assert set(results["summary"]) == {"test", "test:exact_match"}
+  for key in ("test", "test:exact_match"):
+    stats = results["summary"][key]["sft"]
+    assert 0 <= stats["w2s"]["mean"] <= 1 and 0 <= stats["weak"]["mean"] <= 1
+  assert results["encoding"]["test"]["examples"] == 16
+
+
+def test_squad_under_mock_data_through_the_pipeline(tmp_path, monkeypatch):
+  from tensorflow_datasets.testing import mocking
+  # tfds 4.9.10's mock binds __getitems__ without self (see test_text_tasks.py).
+  monkeypatch.setattr(mocking, "_getitems", lambda record_keys, generator, serialized=False:
+                      [generator[k] for k in record_keys], raising=False)
+  task_cfg = GenTextTaskConfig(tfds_name="squad", max_prompt_len=24, max_response_len=8,
+                               gt_examples=16, w2s_examples=16, test_examples=8)
+  with tfds.testing.mock_data(num_examples=40):
+    results = pipeline.run(_text_experiment(task_cfg, ("sft", "forward_kl")),
+                           out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+  assert set(results["summary"]) == {"test", "test:exact_match"}  # token F1, then EM
+  assert set(results["summary"]["test"]) == {"sft", "forward_kl"}
+  assert results["encoding"]["train_gt"]["prompt_truncated"] > 0  # mock contexts are long

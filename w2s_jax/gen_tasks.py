@@ -1,0 +1,276 @@
+"""Generative tasks: prompt -> response splits, how generations are scored,
+and the sequences the LM objectives train on.
+
+A generative `tasks.Task` has splits of Dataset(prompt, prompt_mask,
+response, response_mask): prompts LEFT-padded, responses RIGHT-padded, so
+prompt + response is laid out exactly as the sampler writes its tokens after
+a left-padded prompt, and a weak model's generations drop into the response
+fields unchanged. `task.score(split, tokens, mask)` grades generations
+against the split's references, one value per example and metric, the first
+metric being the headline one.
+
+On the testbed (`testbed_generative_task`) the facts of the hidden world must
+come from pretraining: the prompt `<bos> a3 b17 lives` asks for the entity's
+home, the response `c4 is in r1 .` states the city (a fact pretraining
+taught) and its region (pretraining's city sentences). The format is a
+choice (`FORMATS`): one that continues pretraining's own patterns keeps the
+weak model's knowledge reachable; one far from them hides it.
+"""
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from w2s_jax import gen_text, scores, tasks, testbed, text_metrics
+from w2s_jax.data import Dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+  """What makes an experiment generative, and how its models generate."""
+  format: str = "city_region"     # testbed response format (FORMATS); text tasks ignore it
+  max_new_tokens: int | None = None  # None: the longest ground-truth response
+  weak_samples: int = 1           # weak responses per train_w2s prompt (> 1 needs a temperature)
+  weak_temperature: float = 0.0   # 0: the weak model writes its greedy response
+  weak_top_p: float | None = None
+
+  def __post_init__(self):
+    if self.format not in FORMATS:
+      raise ValueError(f"GenerationConfig.format={self.format!r}: expected one of {sorted(FORMATS)}")
+    if self.max_new_tokens is not None and self.max_new_tokens < 1:
+      raise ValueError(f"GenerationConfig.max_new_tokens={self.max_new_tokens}: expected >= 1")
+    if self.weak_samples < 1:
+      raise ValueError(f"GenerationConfig.weak_samples={self.weak_samples}: expected >= 1")
+    if self.weak_samples > 1 and self.weak_temperature == 0:
+      raise ValueError(f"GenerationConfig.weak_samples={self.weak_samples} with "
+                       "weak_temperature=0: greedy decoding gives one response per prompt; "
+                       "expected a temperature > 0")
+
+
+# --- Sequences for the LM objectives ------------------------------------------
+
+def sequences(data: Dataset, response=None, response_mask=None) -> Dataset:
+  """prompt + response as one row: tokens, mask (real tokens) and loss_mask
+  (the response tokens, which the objectives train on). response /
+  response_mask replace the data's own (a weak model's generations)."""
+  response = data["response"] if response is None else np.asarray(response)
+  response_mask = data["response_mask"] if response_mask is None else np.asarray(response_mask)
+  prompt_mask = data["prompt_mask"]
+  return Dataset(tokens=np.concatenate([data["prompt"], response], axis=1).astype(np.int32),
+                 mask=np.concatenate([prompt_mask, response_mask], axis=1).astype(np.int32),
+                 loss_mask=np.concatenate([np.zeros_like(prompt_mask), response_mask],
+                                          axis=1).astype(np.int32))
+
+
+# --- The testbed --------------------------------------------------------------
+# Templates are words of the world's vocabulary or slots: {name} (two tokens),
+# {relation} (the relation asked about), {other_relation}, and the scored
+# fields {city} (the asked relation's city), {region} (that city's region),
+# {other_city} (the other relation's city).
+
+@dataclasses.dataclass(frozen=True)
+class ResponseFormat:
+  prompt: tuple[str, ...]
+  response: tuple[str, ...]
+  stop_at_dot: bool     # the response is one sentence: "." is the EOS
+  heldout: bool = True  # the prompt names its relation, so "works" can be asked instead
+
+
+FIELDS = ("{city}", "{region}", "{other_city}")
+FORMATS = {
+    # Continues pretraining's patterns: "A B lives c4 ." then "c4 is in r1 .".
+    "city_region": ResponseFormat(("<bos>", "{name}", "{relation}"),
+                                  ("{city}", "is", "in", "{region}", "."), True),
+    "city": ResponseFormat(("<bos>", "{name}", "{relation}"), ("{city}", "."), True),
+    # Two facts; the second needs the name copied from the prompt.
+    "two_facts": ResponseFormat(("<bos>", "{name}", "{relation}"),
+                                ("{city}", ".", "{name}", "{other_relation}", "{other_city}", "."),
+                                False),
+    # A prompt pretraining never saw: "A B is" -> "lives c4 works c7 .".
+    "new_token": ResponseFormat(("<bos>", "{name}", "is"),
+                                ("lives", "{city}", "works", "{other_city}", "."), True,
+                                heldout=False),
+}
+
+
+def _expand(template, world: testbed.World, entities, relation: int):
+  """Token ids [N, len] of a template, and each scored field's column."""
+  other = 1 - relation
+  city = world.city_of[relation, entities]
+  slots = {"{city}": world.city_tokens[city],
+           "{region}": world.region_tokens[world.region_of[city]],
+           "{other_city}": world.city_tokens[world.city_of[other, entities]],
+           "{relation}": np.full(len(entities), world.token(testbed.RELATIONS[relation])),
+           "{other_relation}": np.full(len(entities), world.token(testbed.RELATIONS[other]))}
+  columns, fields = [], {}
+  for word in template:
+    if word == "{name}":
+      columns += [world.name_tokens[entities, 0], world.name_tokens[entities, 1]]
+      continue
+    if word in FIELDS:
+      fields[word] = len(columns)
+    columns.append(slots[word] if word in slots else np.full(len(entities), world.token(word)))
+  return np.stack(columns, axis=1).astype(np.int32), fields
+
+
+def testbed_split(world: testbed.World, fmt: ResponseFormat, entities, relation: int = 0):
+  """(Dataset of prompts and responses, the response's field columns)."""
+  prompt, _ = _expand(fmt.prompt, world, np.asarray(entities), relation)
+  response, fields = _expand(fmt.response, world, np.asarray(entities), relation)
+  return Dataset(prompt=prompt, prompt_mask=np.ones_like(prompt), response=response,
+                 response_mask=np.ones_like(response)), fields
+
+
+def score_fields(*, tokens, mask, truth, fields: dict) -> dict:
+  """Per example: the share of fields generated right ("fields") and whether the
+  whole response, and its end, match ("exact"). tokens, mask: [N, T]
+  generations; truth: [N, R] the ground-truth response."""
+  tokens, mask, truth = np.asarray(tokens), np.asarray(mask), np.asarray(truth)
+  n, width = truth.shape
+  if tokens.shape[1] < width:
+    tokens = np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])), constant_values=-1)
+    mask = np.pad(mask, ((0, 0), (0, width - mask.shape[1])))
+  generated = np.where(mask[:, :width] > 0, tokens[:, :width], -1)
+  per_field = np.stack([generated[:, col] == truth[:, col] for col in fields.values()], axis=1)
+  exact = (generated == truth).all(1) & (mask.sum(1) == width)
+  return {"fields": per_field.mean(1), "exact": exact.astype(np.float64)}
+
+
+def testbed_generative_task(world_cfg: testbed.WorldConfig, gen_cfg: GenerationConfig):
+  world = testbed.make_world(world_cfg)
+  fmt = FORMATS[gen_cfg.format]
+  splits, fields = {}, {}
+  for name in testbed.SPLITS:
+    splits[name], fields[name] = testbed_split(world, fmt, world.split_entities[name])
+  eval_splits = ("test",)
+  if fmt.heldout:
+    splits["heldout"], fields["heldout"] = testbed_split(world, fmt, world.split_entities["test"],
+                                                         relation=1)
+    eval_splits = ("test", "heldout")
+
+  def score(split, tokens, mask):
+    return score_fields(tokens=tokens, mask=mask, truth=splits[split]["response"],
+                        fields=fields[split])
+
+  base = tasks.testbed_task(world_cfg)
+  return dataclasses.replace(
+      base, name=f"testbed-generative-{gen_cfg.format}", splits=splits, eval_splits=eval_splits,
+      kind="generative", metrics=("fields", "exact"), score=score,
+      eos_id=world.token(testbed.DOT) if fmt.stop_at_dot else None, pad_id=world.token(testbed.PAD),
+      encoding={"format": " ".join(fmt.prompt) + " -> " + " ".join(fmt.response)})
+
+
+# --- Real text ----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class GenTextTaskConfig:
+  """A prompt -> response text task: TFDS (gen_text.GEN_TASKS) or JSONL files.
+  Its train split is divided, after a seeded shuffle, into train_gt and
+  train_w2s; all train prompts and responses are the pretraining corpus of
+  from-scratch models."""
+  tfds_name: str | None = None
+  train_file: str | None = None
+  test_file: str | None = None
+  metric: str = "exact_match"     # files only (a TFDS task has its own); text_metrics.METRICS
+  prompt_field: str = "prompt"
+  response_field: str = "response"
+  references_field: str | None = None
+  tfds_train_split: str = "train"
+  tfds_test_split: str | None = None  # None: "test" or "validation", whichever the task has
+  data_dir: str | None = None
+  tokenizer: str = "bytes"        # as TextTaskConfig.tokenizer
+  max_prompt_len: int = 96
+  max_response_len: int = 32
+  overflow: str = "truncate"
+  gt_examples: int = 500
+  w2s_examples: int = 1000
+  test_examples: int | None = 200
+  seed: int = 0
+
+  def __post_init__(self):
+    files = (self.train_file, self.test_file)
+    if (self.tfds_name is None) == (files == (None, None)) or (
+        self.tfds_name is None and None in files):
+      raise ValueError("GenTextTaskConfig: set tfds_name, or both train_file and test_file "
+                       f"(got tfds_name={self.tfds_name!r}, train_file={self.train_file!r}, "
+                       f"test_file={self.test_file!r})")
+    if self.tfds_name is not None:
+      gen_text.metric_of(self.tfds_name)  # an unknown task is an error now, not after loading
+    if self.metric not in text_metrics.METRICS:
+      raise ValueError(f"GenTextTaskConfig.metric={self.metric!r}: expected one of "
+                       f"{sorted(text_metrics.METRICS)}")
+    for name in ("max_prompt_len", "max_response_len", "gt_examples", "w2s_examples"):
+      if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+        raise ValueError(f"GenTextTaskConfig.{name}={getattr(self, name)!r}: expected an int >= 1")
+
+  @property
+  def headline_metric(self) -> str:
+    return gen_text.metric_of(self.tfds_name) if self.tfds_name else self.metric
+
+  def corpus_fields(self) -> dict:
+    return {k: v for k, v in dataclasses.asdict(self).items()
+            if k not in ("gt_examples", "w2s_examples", "test_examples", "metric")}
+
+
+def _read_pairs(cfg: GenTextTaskConfig):
+  if cfg.tfds_name is not None:
+    splits = gen_text.GEN_TASKS[cfg.tfds_name].labeled_splits
+    test_split = cfg.tfds_test_split or ("test" if "test" in splits else "validation")
+    read = lambda split, take: gen_text.load_gen_task(cfg.tfds_name, split=split, take=take,
+                                                      seed=cfg.seed, data_dir=cfg.data_dir)
+    return read(cfg.tfds_train_split, None), read(test_split, cfg.test_examples)
+  read = functools.partial(gen_text.read_jsonl_pairs, prompt_field=cfg.prompt_field,
+                           response_field=cfg.response_field,
+                           references_field=cfg.references_field)
+  test = read(cfg.test_file)
+  if cfg.test_examples is not None and cfg.test_examples < len(test):
+    rng = np.random.default_rng([cfg.seed, 1])
+    test = test.take(np.sort(rng.choice(len(test), cfg.test_examples, replace=False)))
+  return read(cfg.train_file), test
+
+
+def text_generative_task(cfg: GenTextTaskConfig):
+  """Reads, splits and tokenizes a prompt -> response text task; the corpus
+  (every train prompt and response) is tokenized on first use."""
+  train, test = _read_pairs(cfg)
+  needed = cfg.gt_examples + cfg.w2s_examples
+  if needed > len(train):
+    raise ValueError(f"GenTextTaskConfig: gt_examples + w2s_examples = {needed}, but the train "
+                     f"split has {len(train)} examples")
+  order = np.random.default_rng([cfg.seed, 0]).permutation(len(train))
+  parts = {"train_gt": train.take(order[:cfg.gt_examples]),
+           "train_w2s": train.take(order[cfg.gt_examples:needed]), "test": test}
+  tokenizer = tasks.make_tokenizer(cfg.tokenizer, train.prompts + train.responses)
+  splits, references, encoding = {}, {}, {}
+  for name, pairs in parts.items():
+    data, encoding[name] = gen_text.encode_pairs(
+        pairs, tokenizer=tokenizer, max_prompt_len=cfg.max_prompt_len,
+        max_response_len=cfg.max_response_len, overflow=cfg.overflow)
+    splits[name] = data
+    references[name] = [pairs.references[i] for i in data["index"]]
+  metrics = (cfg.headline_metric,) + (("exact_match",) if cfg.headline_metric != "exact_match"
+                                      else ())
+
+  def score(split, tokens, mask):
+    texts = [tokenizer.decode(row[m > 0]) for row, m in zip(np.asarray(tokens), np.asarray(mask))]
+    return {m: text_metrics.score_all(metric=m, predictions=texts, references=references[split])
+            for m in metrics}
+
+  def corpus() -> Dataset:
+    data, _ = gen_text.encode_pairs(train, tokenizer=tokenizer, max_prompt_len=cfg.max_prompt_len,
+                                    max_response_len=cfg.max_response_len, overflow="truncate")
+    data = sequences(data)
+    return Dataset(tokens=data["tokens"], mask=data["mask"])
+
+  def probe(params, model_cfg, mesh) -> dict:
+    test_xent = scores.cross_entropy(params, model_cfg, sequences(splits["test"]),
+                                     batch_size=tasks._probe_batch(mesh), mesh=mesh)
+    return {"test_lm_xent": float(np.mean(test_xent))}
+
+  max_len = cfg.max_prompt_len + cfg.max_response_len
+  return tasks.Task(name=cfg.tfds_name or str(cfg.train_file), splits=splits,
+                    eval_splits=("test",), vocab_size=tokenizer.vocab_size, max_len=max_len,
+                    fingerprint=cfg.corpus_fields(), make_corpus=corpus, probe=probe,
+                    encoding=encoding, kind="generative", metrics=metrics, score=score,
+                    eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, decode=tokenizer.decode)

@@ -1,0 +1,373 @@
+"""The W2S stages, shared by single runs, sweeps and curation: weak model on
+ground truth, strong model on the weak model's supervision, ceiling.
+
+Two task kinds run through the same stages. Classification: the weak model's
+supervision is soft labels; models are scored by accuracy. Generation: the
+weak model writes a response to each train_w2s prompt (with its per-token
+log-probs), and the strong model learns from the responses (`sft`) or, for
+token-level KD, from the frozen weak model itself inside its train step;
+models are scored on their greedy generations (gen_tasks). All seeds of a
+stage train together under jax.vmap, as one compiled program.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from w2s_jax import gen_tasks, inference, metrics, models, objectives, sampling, scores
+from w2s_jax import pretrain, selection, tasks, train
+from w2s_jax import sharding as shd
+from w2s_jax.checkpoints import PretrainedCache
+from w2s_jax.data import Dataset, one_hot, shuffled_batches
+from w2s_jax.objectives import LossConfig
+from w2s_jax.selection import FilterConfig
+from w2s_jax.train import OptimConfig
+
+
+def _seed_stream(per_seed: list[Dataset], *, batch_size, seeds, rows,
+                 gt_data: Dataset | None = None):
+  """Batches with a leading seed axis; each seed has its own data and order.
+
+  With gt_data, each batch also carries a ground-truth batch under gt_* keys
+  (and the weak-supervised one under weak_*), for the combined objective.
+  """
+  def stacked(streams):
+    while True:
+      parts = [next(s) for s in streams]
+      yield {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+
+  weak = stacked([shuffled_batches(data, batch_size=batch_size, seed=s, rows=rows)
+                  for data, s in zip(per_seed, seeds)])
+  if gt_data is None:
+    yield from weak
+    return
+  # Another seed stream than the weak one's, so the two orders are independent.
+  gt = stacked([shuffled_batches(gt_data, batch_size=batch_size, seed=s + 7919, rows=rows)
+                for s in seeds])
+  while True:
+    yield {**{f"weak_{k}": v for k, v in next(weak).items()},
+           **{f"gt_{k}": v for k, v in next(gt).items()}}
+
+
+def seed_stacked_abstract(cfg, num_seeds):
+  """Shapes of one params copy per seed."""
+  return jax.eval_shape(lambda: jax.vmap(lambda k: models.init_params(cfg, k))(
+      jax.random.split(jax.random.key(0), num_seeds)))
+
+
+@functools.lru_cache(maxsize=64)
+def _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh, num_seeds, generative=False,
+                   teacher_cfg=None):
+  """One compiled step per (model, loss, optimizer, mesh, seeds, teacher):
+  sweep cells that share a strong size and a loss reuse it."""
+  optimizer = train.make_optimizer(optim_cfg)
+  abstract = jax.eval_shape(lambda: jax.vmap(lambda k: train.init_state(
+      models.init_params(model_cfg, k), optimizer, k))(jax.random.split(jax.random.key(0),
+                                                                        num_seeds)))
+  teacher_sharding = None
+  if teacher_cfg is not None:
+    teacher_sharding = shd.state_sharding(seed_stacked_abstract(teacher_cfg, num_seeds), mesh,
+                                          seed_axis=True)
+  loss_fn = objectives.objective(model_cfg, loss_cfg, generative=generative,
+                                 teacher_cfg=teacher_cfg)
+  step = train.compile_train_step(loss_fn=loss_fn, optimizer=optimizer,
+                                  total_steps=optim_cfg.steps, mesh=mesh,
+                                  state_sharding=shd.state_sharding(abstract, mesh, seed_axis=True),
+                                  vmap_seeds=True, accum_steps=optim_cfg.grad_accum_steps,
+                                  linear_probe=optim_cfg.linear_probe,
+                                  teacher_sharding=teacher_sharding)
+  return optimizer, step, teacher_sharding
+
+
+def finetune(params, model_cfg, per_seed: list[Dataset], *, loss_cfg: LossConfig,
+             optim_cfg: OptimConfig, seeds, mesh, desc, progress=True,
+             params_per_seed: bool = False, gt_data: Dataset | None = None,
+             generative: bool = False, teacher=None):
+  """Fine-tunes one copy of `params` per seed, all seeds in one vmapped program.
+
+  per_seed: each seed's training examples (classification: tokens, mask and
+  soft labels; generation: gen_tasks.sequences). params: one shared starting
+  point, or (params_per_seed) one per seed, stacked on a leading axis.
+  gt_data is required by, and only by, the combined loss. teacher:
+  (model_cfg, params stacked per seed), required by, and only by, token-level KD.
+  """
+  num_seeds = len(seeds)
+  if len(per_seed) != num_seeds:
+    raise ValueError(f"finetune: data for {len(per_seed)} seeds, expected {num_seeds}")
+  if (loss_cfg.name == "combined") != (gt_data is not None):
+    raise ValueError(f"finetune: gt_data is needed by the combined loss only, got loss "
+                     f"{loss_cfg.name!r} with gt_data={'set' if gt_data is not None else None}")
+  if loss_cfg.needs_teacher != (teacher is not None):
+    raise ValueError(f"finetune: a teacher is needed by token-level KD only, got loss "
+                     f"{loss_cfg.name!r} with teacher={'set' if teacher is not None else None}")
+  if not params_per_seed:
+    params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds, *x.shape)), params)
+  teacher_cfg, teacher_params = teacher if teacher is not None else (None, None)
+  optimizer, step, teacher_sharding = _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh,
+                                                     num_seeds, generative, teacher_cfg)
+  state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh,
+                              rng=train.seed_keys(seeds), per_seed=True)
+  if teacher is not None:
+    teacher_params = jax.device_put(teacher_params, teacher_sharding)
+    step = (lambda compiled: lambda state, batch: compiled(state, batch, teacher_params))(step)
+  batches = _seed_stream(per_seed, batch_size=optim_cfg.batch_size, seeds=seeds,
+                         rows=shd.process_rows(mesh, optim_cfg.batch_size), gt_data=gt_data)
+  state, _ = train.fit(state, step, batches, num_steps=optim_cfg.steps, mesh=mesh, desc=desc,
+                       progress=progress)
+  return state.params
+
+
+class Context:
+  """What every stage of one experiment shares: the task and its splits, the
+  mesh and the pretrained models (pretrained lazily, once, through the cache)."""
+
+  def __init__(self, cfg, *, cache_dir, progress=True):
+    self.cfg, self.progress = cfg, progress
+    self.mesh = cfg.mesh.make()
+    shd.check_batch_size(cfg.finetune.batch_size, self.mesh, "finetune.batch_size")
+    shd.check_batch_size(cfg.pretrain.batch_size, self.mesh, "pretrain.batch_size")
+    shd.check_batch_size(cfg.eval_batch_size, self.mesh, "eval_batch_size")
+    self.task = tasks.make_task(world=cfg.world, text=cfg.text_task, generation=cfg.generation)
+    self.generative = self.task.generative
+    self.splits = self.task.splits
+    self.eval_splits = self.task.eval_splits
+    self.cache = PretrainedCache(cache_dir)
+    self.seeds = tuple(cfg.seeds)
+    self._pretrained, self._corpus_of = {}, {}
+    if self.generative:
+      self.sampling = self._sampling_config()
+
+  def check_generation(self, sizes) -> None:
+    """Before any compute: every model's context holds the prompts plus
+    max_new_tokens, and the task's EOS / pad ids are in its vocabulary."""
+    if not self.generative:
+      return
+    width = max(d["prompt"].shape[1] for d in self.splits.values())
+    for size in sizes:
+      try:
+        self.sampling.check(self.cfg.model_config(size, self.task), width)
+      except ValueError as e:
+        raise ValueError(f"model {size!r}: {e}") from None
+
+  @property
+  def eval_keys(self) -> tuple[str, ...]:
+    """What evaluate() returns: each evaluation split scored by the task's
+    headline metric, then "split:metric" for each further metric."""
+    extra = self.task.metrics[1:] if self.generative else ()
+    return (*self.eval_splits, *(f"{s}:{m}" for s in self.eval_splits for m in extra))
+
+  @property
+  def world(self):
+    if self.task.world is None:
+      raise ValueError(f"the {self.task.name} task has no testbed world")
+    return self.task.world
+
+  @property
+  def corpus(self) -> Dataset:
+    return self.task.corpus
+
+  def pretrain_on(self, size, corpus: Dataset, tag: str):
+    """Pretrain `size` on another corpus (a curated pool) from now on."""
+    self._corpus_of[size] = (tag, corpus)
+    self._pretrained.pop(size, None)
+
+  def pretrained(self, size):
+    """(params, model_cfg, info) for a size, pretrained once per process."""
+    if size not in self._pretrained:
+      tag, corpus = self._corpus_of.get(size, ("clean", None))
+      if (corpus is None and self.cfg.use_pretraining
+          and size not in dict(self.cfg.pretrained_dirs)):
+        corpus = self.corpus
+      self._pretrained[size] = pretrain.pretrained_model(self.cfg, size, self.task, corpus,
+                                                         self.mesh, self.cache, self.progress,
+                                                         corpus_tag=tag)
+    return self._pretrained[size]
+
+  # --- Training data ----------------------------------------------------------
+
+  def _sampling_config(self, **overrides) -> sampling.SamplingConfig:
+    gen = self.cfg.generation
+    longest = max(int(d["response_mask"].sum(1).max()) for d in self.splits.values())
+    return sampling.SamplingConfig(
+        max_new_tokens=gen.max_new_tokens or longest, eos_id=self.task.eos_id,
+        pad_id=self.task.pad_id, **overrides)
+
+  def supervised(self, split, targets=None, subsets=None) -> list[Dataset]:
+    """Per seed, what a model trains on for `split`: its ground truth, or
+    targets from the weak stage (soft labels, or generated responses with
+    their masks), restricted per seed to subsets (a filter's selection)."""
+    data = self.splits[split]
+    if self.generative:
+      if targets is None:
+        per_seed = [gen_tasks.sequences(data)] * len(self.seeds)
+      else:
+        prompts = data.take(np.repeat(np.arange(len(data)), self.cfg.generation.weak_samples))
+        per_seed = [gen_tasks.sequences(prompts, r, m) for r, m in zip(*targets)]
+    else:
+      labels = (one_hot(data["labels"], 2)[None].repeat(len(self.seeds), 0)
+                if targets is None else targets)
+      per_seed = [data.with_fields(labels=labels[i]) for i in range(len(self.seeds))]
+    if subsets is not None:
+      if len(subsets) != len(self.seeds):
+        raise ValueError(f"subsets: {len(subsets)} given for {len(self.seeds)} seeds")
+      per_seed = [d.take(idx) for d, idx in zip(per_seed, subsets)]
+    return per_seed
+
+  def tune(self, size, per_seed, loss_cfg, desc, finetune_cfg=None, teacher=None):
+    params, model_cfg, _ = self.pretrained(size)
+    gt_data = None
+    if loss_cfg.name == "combined":
+      if loss_cfg.gt_examples > len(self.splits["train_gt"]):
+        raise ValueError(f"LossConfig.gt_examples={loss_cfg.gt_examples}: train_gt has only "
+                         f"{len(self.splits['train_gt'])} examples")
+      gt_data = self.supervised("train_gt")[0].take(np.arange(loss_cfg.gt_examples))
+    return finetune(params, model_cfg, per_seed, loss_cfg=loss_cfg,
+                    optim_cfg=finetune_cfg or self.cfg.finetune, seeds=self.seeds,
+                    mesh=self.mesh, desc=desc, progress=self.progress, gt_data=gt_data,
+                    generative=self.generative, teacher=teacher)
+
+  def ground_truth_loss(self) -> LossConfig:
+    return LossConfig("sft" if self.generative else "xent")
+
+  # --- Inference and evaluation ----------------------------------------------
+
+  def predict(self, size, params, split):
+    return inference.soft_labels(params, self.pretrained(size)[1], self.splits[split],
+                                 batch_size=self.cfg.eval_batch_size, mesh=self.mesh,
+                                 seed_axis=True)
+
+  def generate(self, size, params, split, sampling_cfg=None, samples=1, rng_offset=0):
+    """Every seed's generations for the split's prompts: (tokens, mask,
+    logprobs), each [seeds, N * samples, max_new_tokens]."""
+    keys = train.seed_keys([s + rng_offset for s in self.seeds])
+    return sampling.generate(params, self.pretrained(size)[1], self.splits[split],
+                             cfg=sampling_cfg or self.sampling, mesh=self.mesh,
+                             batch_size=self.cfg.eval_batch_size, rng=keys, seed_axis=True,
+                             samples=samples)
+
+  def score(self, split, tokens, mask) -> dict:
+    """{metric: [seeds, N]} for generations with a seed axis."""
+    per_seed = [self.task.score(split, t, m) for t, m in zip(tokens, mask)]
+    return {m: np.stack([s[m] for s in per_seed]) for m in self.task.metrics}
+
+  def evaluate(self, size, params) -> dict:
+    """Per seed and example, the score on every evaluation key: {key: [seeds, examples]}."""
+    if not self.generative:
+      return {split: metrics.correct(probs=self.predict(size, params, split),
+                                     labels=self.splits[split]["labels"])
+              for split in self.eval_splits}
+    out = {}
+    for split in self.eval_splits:
+      tokens, mask, _ = self.generate(size, params, split)
+      for i, (metric, values) in enumerate(self.score(split, tokens, mask).items()):
+        out[split if i == 0 else f"{split}:{metric}"] = values
+    return out
+
+
+# --- The stages -----------------------------------------------------------------
+
+def weak_stage(ctx: Context, size: str) -> dict:
+  """The weak model trained on ground truth, and what it hands the strong
+  model: soft labels (classification), or responses with their masks and
+  log-probs and, for token-level KD, its params (generation). Also the
+  supervision's own accuracy on train_w2s and the weak model's scores on
+  the evaluation splits."""
+  params = ctx.tune(size, ctx.supervised("train_gt"), ctx.ground_truth_loss(),
+                    f"weak {size} on ground truth")
+  if ctx.generative:
+    gen = ctx.cfg.generation
+    weak_sampling = ctx._sampling_config(temperature=gen.weak_temperature, top_p=gen.weak_top_p)
+    tokens, mask, logprobs = ctx.generate(size, params, "train_w2s", weak_sampling,
+                                          samples=gen.weak_samples, rng_offset=104729)
+    per_prompt = [np.arange(i, len(tokens[0]), gen.weak_samples)
+                  for i in range(gen.weak_samples)]
+    label_acc = np.mean([ctx.score("train_w2s", tokens[:, idx], mask[:, idx])[
+        ctx.task.metrics[0]].mean(1) for idx in per_prompt], axis=0)
+    return {"responses": tokens, "response_mask": mask, "logprobs": logprobs,
+            "label_accuracy": label_acc, "params": params, **ctx.evaluate(size, params)}
+  labels = ctx.predict(size, params, "train_w2s")
+  label_acc = metrics.correct(probs=labels, labels=ctx.splits["train_w2s"]["labels"]).mean(1)
+  pretrained, model_cfg, _ = ctx.pretrained(size)
+  likelihood = scores.sequence_log_likelihood(pretrained, model_cfg, ctx.splits["train_w2s"],
+                                              batch_size=ctx.cfg.eval_batch_size, mesh=ctx.mesh)
+  return {"labels": labels, "label_accuracy": label_acc, "likelihood": likelihood,
+          **ctx.evaluate(size, params)}
+
+
+def weak_stage_fields(ctx: Context) -> tuple[str, ...]:
+  """The arrays a stored weak stage must hold (its params are stored apart)."""
+  if ctx.generative:
+    return ("responses", "response_mask", "logprobs", "label_accuracy", *ctx.eval_keys)
+  return ("labels", "label_accuracy", "likelihood", *ctx.eval_keys)
+
+
+def filter_scores(weak: dict, criterion: str) -> np.ndarray:
+  """Per-seed scores [seeds, examples] of the weak-labelled set; higher is kept."""
+  labels = np.asarray(weak["labels"])
+  per_seed = lambda fn: np.asarray(fn(probs=labels))
+  match criterion:
+    case "confidence":
+      return per_seed(scores.confidence)
+    case "margin":
+      return per_seed(scores.margin)
+    case "neg_entropy":
+      return per_seed(scores.neg_entropy)
+    case "agreement":  # the seeds' weak models vote
+      return np.broadcast_to(np.asarray(scores.agreement(probs=labels)), labels.shape[:2])
+    case "likelihood":  # the weak LM's log-likelihood of the example's text
+      return np.broadcast_to(weak["likelihood"], labels.shape[:2])
+  raise ValueError(f"filter criterion {criterion!r} does not apply to the weak-labelled set; "
+                   f"expected one of confidence, margin, neg_entropy, agreement, likelihood")
+
+
+def filter_subsets(weak: dict, filter_cfg: FilterConfig) -> list[np.ndarray]:
+  """Per seed, the indices of train_w2s the strong model trains on."""
+  seed_scores = filter_scores(weak, filter_cfg.criterion)
+  hard = np.argmax(weak["labels"], axis=-1)
+  return [selection.top_fraction(scores=seed_scores[i], keep_frac=filter_cfg.keep_frac,
+                                 labels=hard[i] if filter_cfg.stratified else None)
+          for i in range(len(seed_scores))]
+
+
+def ceiling_stage(ctx: Context, size: str) -> dict:
+  params = ctx.tune(size, ctx.supervised("train_gt"), ctx.ground_truth_loss(),
+                    f"ceiling {size} on ground truth")
+  return ctx.evaluate(size, params)
+
+
+def w2s_stage(ctx: Context, strong: str, weak: dict, loss_cfg: LossConfig,
+              finetune_cfg: OptimConfig | None = None,
+              filter_cfg: FilterConfig | None = None, weak_size: str | None = None) -> dict:
+  """The strong model trained on the weak stage's supervision, evaluated.
+  weak_size names the weak model, for token-level KD (its params are in weak)."""
+  loss_cfg.check_kind(ctx.generative)
+  if filter_cfg is not None and ctx.generative:
+    raise ValueError(f"FilterConfig {filter_cfg.tag!r}: filtering applies to weak labels of a "
+                     "classification task; expected filter=None for a generative task")
+  subsets = filter_subsets(weak, filter_cfg) if filter_cfg else None
+  tag = loss_cfg.tag + (f", {filter_cfg.tag}" if filter_cfg else "")
+  targets = ((weak["responses"], weak["response_mask"]) if ctx.generative else weak["labels"])
+  teacher = None
+  if loss_cfg.needs_teacher:
+    if weak_size is None or "params" not in weak:
+      raise ValueError(f"LossConfig.name={loss_cfg.name!r} trains against the weak model itself: "
+                       "expected weak_size and the weak stage's params")
+    teacher = (ctx.pretrained(weak_size)[1], weak["params"])
+  what = "responses" if ctx.generative else "labels"
+  params = ctx.tune(strong, ctx.supervised("train_w2s", targets, subsets), loss_cfg,
+                    f"strong {strong} on weak {what} ({tag})", finetune_cfg, teacher=teacher)
+  out = ctx.evaluate(strong, params)
+  if subsets is not None:  # how right the kept weak labels are, per seed
+    truth = ctx.splits["train_w2s"]["labels"]
+    out["kept_label_accuracy"] = np.array([
+        np.mean(np.argmax(weak["labels"][i][idx], -1) == truth[idx])
+        for i, idx in enumerate(subsets)])
+  return out
+
+
+def summarize(weak: dict, w2s: dict, ceiling: dict, *, splits, num_resamples: int) -> dict:
+  return {split: metrics.bootstrap_w2s(weak_correct=weak[split], w2s_correct=w2s[split],
+                                       ceiling_correct=ceiling[split], num_resamples=num_resamples)
+          for split in splits}
