@@ -71,7 +71,7 @@ def test_padding_and_batch_mates_do_not_change_a_row(flavour, mesh1):
   cfg, params = model(flavour)
   data = left_padded([6, 3, 1, 5], 6)
   batched = run(params, cfg, data, mesh1)
-  for i, n in enumerate([6, 3, 1, 5]):
+  for i, n in ((1, 3), (2, 1)):  # a padded row and a one-token prompt, each alone
     alone = run(params, cfg, Dataset(prompt=data["prompt"][i:i + 1, 6 - n:],
                                      prompt_mask=data["prompt_mask"][i:i + 1, 6 - n:]), mesh1)
     np.testing.assert_array_equal(alone[0][0], batched[0][i])
@@ -151,6 +151,12 @@ def test_sharded_and_seed_vmapped_equal_single(mesh1, mesh4):
   sharded = run(params, cfg, data, mesh4)
   np.testing.assert_array_equal(single[0], sharded[0])
   np.testing.assert_allclose(single[2], sharded[2], atol=1e-5)
+  # FSDP: the MLP kernels (64 x 256) are split over the fsdp axis.
+  fsdp_mesh = sharding.make_mesh(4, fsdp=2)
+  fsdp_params = jax.device_put(params, sharding.state_sharding(params, fsdp_mesh))
+  assert fsdp_params["block_0"]["mlp_in"]["kernel"].sharding.spec != jax.sharding.PartitionSpec()
+  fsdp = run(fsdp_params, cfg, data, fsdp_mesh)
+  np.testing.assert_array_equal(single[0], fsdp[0])
   other = noisy_params(cfg, seed=2)
   stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), params, other)
   keys = np.stack([jax.random.key_data(jax.random.key(0))] * 2)
@@ -196,3 +202,10 @@ def test_bad_configs_and_right_padding_refused(mesh1):
   with pytest.raises(ValueError, match="greedy decoding gives one response"):
     sampling.generate(params, cfg, left_padded([2], 2), cfg=SamplingConfig(max_new_tokens=2),
                       mesh=mesh1, batch_size=1, samples=2)
+
+
+def test_greedy_token_is_argmax_including_ties():
+  logits = jnp.array([[0.1, 0.5, 0.5, 0.2], [3.0, -1.0, 3.0, 3.0], [-2.0, -1.0, -3.0, -1.5]])
+  np.testing.assert_array_equal(sampling.greedy_token(logits), [1, 0, 1])
+  many = jax.random.normal(jax.random.key(0), (64, 1000))
+  np.testing.assert_array_equal(sampling.greedy_token(many), jnp.argmax(many, -1))

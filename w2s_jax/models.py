@@ -311,6 +311,12 @@ class Transformer(nn.Module):
     """Next-token logits at every position: [batch, seq, vocab] float32."""
     return self._unembed(self.hidden(tokens, mask))
 
+  def lm_logits_at(self, tokens, mask, index):
+    """Next-token logits at one position, the same for every row: [batch, vocab].
+    Unembeds that position only (the vocabulary projection dominates at 50K)."""
+    h = jax.lax.dynamic_index_in_dim(self.hidden(tokens, mask), index, axis=1, keepdims=False)
+    return self._unembed(h)
+
   def _last_hidden(self, tokens, mask):
     h = self.hidden(tokens, mask)
     idx = last_real_index(mask)

@@ -216,7 +216,7 @@ def pgr_vs_kd_weight(rows, out_dir, split="test"):
     mean, err = _interval(sub, split, "pgr")
     ax.errorbar([r["kd_weight"] for r in sub], mean, yerr=err, color=color, marker="o",
                 capsize=3, label=f"{n} ground-truth examples")
-  ax.set_xlabel("kd_weight (1 = weak labels only, 0 = ground truth only)")
+  ax.set_xlabel("kd_weight (1 = weak supervision only, 0 = ground truth only)")
   ax.set_ylabel("PGR (95% interval)")
   ax.set_title("Combined objective")
   ax.legend(fontsize=8)

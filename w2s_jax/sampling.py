@@ -103,9 +103,18 @@ def filter_logits(logits, *, temperature, top_k=None, top_p=None):
   return logits
 
 
+def greedy_token(logits):
+  """argmax over the last axis (the first index of the max): the same result
+  as jnp.argmax, which XLA:CPU computes about 3x slower at a 50K vocabulary."""
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  index = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+  first = jnp.min(jnp.where(logits == top, index, logits.shape[-1]), axis=-1)
+  return jnp.minimum(first, logits.shape[-1] - 1)  # NaN logits match nothing: stay in range
+
+
 def _next_token(logits, row_keys, step, cfg: SamplingConfig):
   if cfg.greedy:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return greedy_token(logits)
   filtered = filter_logits(logits, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
   draw = lambda key, row: jax.random.categorical(jax.random.fold_in(key, step), row)
   return jax.vmap(draw)(row_keys, filtered).astype(jnp.int32)
@@ -138,8 +147,8 @@ def sample(params, prompt, prompt_mask, example_ids, rng, *, model_cfg: ModelCon
   def uncached_logits(key_mask, tokens, step):
     """The reference path: the whole sequence so far through the model again."""
     seq = jax.lax.dynamic_update_slice(buffer, tokens, (0, prompt_len))
-    logits = model.apply({"params": params}, seq, key_mask, method=Transformer.lm_logits)
-    return jax.lax.dynamic_index_in_dim(logits, prompt_len + step - 1, axis=1, keepdims=False)
+    return model.apply({"params": params}, seq, key_mask, prompt_len + step - 1,
+                       method=Transformer.lm_logits_at)
 
   if cfg.use_cache:
     cache = models.init_cache(model_cfg, batch, length)
@@ -151,8 +160,9 @@ def sample(params, prompt, prompt_mask, example_ids, rng, *, model_cfg: ModelCon
 
   def emit(state: SamplingState) -> SamplingState:
     token = _next_token(state.logits, row_keys, state.step, cfg)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(state.logits.astype(jnp.float32)),
-                               token[:, None], axis=-1)[:, 0]
+    logits = state.logits.astype(jnp.float32)
+    logp = (jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0]
+            - jax.nn.logsumexp(logits, axis=-1))
     token = jnp.where(state.done, cfg.pad_id, token)
     logp = jnp.where(state.done, 0.0, logp)
     done = state.done | (token == cfg.eos_id) if cfg.eos_id is not None else state.done
