@@ -138,6 +138,22 @@ def test_load_config_files():
     cfg.seeds = (0,)
 
 
+def test_generative_config_files():
+  gen = configs.load(str(ROOT / "configs" / "generative.py"))
+  assert gen.generative and gen.generation.format == "city_region"
+  assert [l.name for l in gen.losses] == ["sft", "forward_kl", "reverse_kl", "jsd", "combined"]
+  ablation = configs.load(f"{ROOT / 'configs' / 'generative.py'}:format=new_token,losses=sft")
+  assert ablation.name == "generative-new_token" and [l.name for l in ablation.losses] == ["sft"]
+  grid = configs.load_sweep(str(ROOT / "configs" / "generative.py"))
+  weights = sorted({c.loss.kd_weight for c in grid.cells if c.loss.name == "combined"})
+  assert weights == [0.0, 0.25, 0.5, 0.75, 1.0] and len(grid.cells) == 11
+  gsm8k = configs.load(f"{ROOT / 'configs' / 'gpt2_gsm8k.py'}:models=/m,files=/d")
+  assert gsm8k.text_task.train_file == "/d/train.jsonl" and gsm8k.text_task.metric == "gsm8k"
+  assert configs.load(f"{ROOT / 'configs' / 'gpt2_gsm8k.py'}:models=/m").text_task.tfds_name == "gsm8k"
+  with pytest.raises(ValueError, match="needs models=DIR"):
+    configs.load(str(ROOT / "configs" / "gpt2_gsm8k.py"))
+
+
 def test_check_batch_size(mesh4):
   with pytest.raises(ValueError) as e:
     sharding.check_batch_size(6, mesh4)

@@ -94,3 +94,5 @@ def test_filter_and_combined_charts(tmp_path):
           "pgr_vs_kd_weight.svg"} <= names
   assert all((tmp_path / n).stat().st_size > 1000 for n in names)
   assert "label acc" in report.summary_table(rows)
+  # One (weak, strong) pair: no charts over scale, one per loss would say nothing.
+  assert not any(n.startswith(("pgr_heatmap", "pgr_vs_strong", "accuracy_vs")) for n in names)

@@ -176,6 +176,10 @@ class GenTextTaskConfig:
   prompt_field: str = "prompt"
   response_field: str = "response"
   references_field: str | None = None
+  # Files only: how a row's prompt and response are shown to the model (a TFDS
+  # task has its own template), e.g. "Question: {prompt}\nAnswer:" and " ".
+  prompt_template: str = "{prompt}"
+  response_prefix: str = ""
   tfds_train_split: str = "train"
   tfds_test_split: str | None = None  # None: "test" or "validation", whichever the task has
   data_dir: str | None = None
@@ -197,6 +201,9 @@ class GenTextTaskConfig:
                        f"test_file={self.test_file!r})")
     if self.tfds_name is not None:
       gen_text.metric_of(self.tfds_name)  # an unknown task is an error now, not after loading
+    if "{prompt}" not in self.prompt_template:
+      raise ValueError(f"GenTextTaskConfig.prompt_template={self.prompt_template!r}: expected "
+                       "a '{prompt}' placeholder")
     if self.metric not in text_metrics.METRICS:
       raise ValueError(f"GenTextTaskConfig.metric={self.metric!r}: expected one of "
                        f"{sorted(text_metrics.METRICS)}")
@@ -223,11 +230,17 @@ def _read_pairs(cfg: GenTextTaskConfig):
   read = functools.partial(gen_text.read_jsonl_pairs, prompt_field=cfg.prompt_field,
                            response_field=cfg.response_field,
                            references_field=cfg.references_field)
-  test = read(cfg.test_file)
+  def read_templated(path):
+    pairs = read(path)
+    return gen_text.PromptResponses(
+        [cfg.prompt_template.replace("{prompt}", p) for p in pairs.prompts],
+        [cfg.response_prefix + r for r in pairs.responses], pairs.references)
+
+  test = read_templated(cfg.test_file)
   if cfg.test_examples is not None and cfg.test_examples < len(test):
     rng = np.random.default_rng([cfg.seed, 1])
     test = test.take(np.sort(rng.choice(len(test), cfg.test_examples, replace=False)))
-  return read(cfg.train_file), test
+  return read_templated(cfg.train_file), test
 
 
 def text_generative_task(cfg: GenTextTaskConfig):

@@ -230,9 +230,10 @@ def all_charts(rows, out_dir, split="test") -> list[Path]:
     paths += pgr_vs_keep_frac(rows, out_dir, split)
   if len({r.get("kd_weight") for r in rows} - {None}) > 1:
     paths += pgr_vs_kd_weight(rows, out_dir, split)
-  for loss in dict.fromkeys(r["loss"] for r in rows):
-    paths += accuracy_vs_compute(rows, out_dir, loss, split)
-    paths += pgr_vs_strong(rows, out_dir, loss, split)
-    paths += pgr_heatmap(rows, out_dir, loss, split)
+  if len({(r["weak"], r["strong"]) for r in rows}) > 1:  # charts over scale need 2+ pairs
+    for loss in dict.fromkeys(r["loss"] for r in rows):
+      paths += accuracy_vs_compute(rows, out_dir, loss, split)
+      paths += pgr_vs_strong(rows, out_dir, loss, split)
+      paths += pgr_heatmap(rows, out_dir, loss, split)
   paths += pgr_by_loss(rows, out_dir, split)
   return paths

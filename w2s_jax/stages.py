@@ -137,7 +137,7 @@ class Context:
     self.seeds = tuple(cfg.seeds)
     self._pretrained, self._corpus_of = {}, {}
     if self.generative:
-      self.sampling = self._sampling_config()
+      self.sampling = self.sampling_config()
 
   def check_generation(self, sizes) -> None:
     """Before any compute: every model's context holds the prompts plus
@@ -187,7 +187,7 @@ class Context:
 
   # --- Training data ----------------------------------------------------------
 
-  def _sampling_config(self, **overrides) -> sampling.SamplingConfig:
+  def sampling_config(self, **overrides) -> sampling.SamplingConfig:
     gen = self.cfg.generation
     longest = max(int(d["response_mask"].sum(1).max()) for d in self.splits.values())
     return sampling.SamplingConfig(
@@ -278,7 +278,7 @@ def weak_stage(ctx: Context, size: str) -> dict:
                     f"weak {size} on ground truth")
   if ctx.generative:
     gen = ctx.cfg.generation
-    weak_sampling = ctx._sampling_config(temperature=gen.weak_temperature, top_p=gen.weak_top_p)
+    weak_sampling = ctx.sampling_config(temperature=gen.weak_temperature, top_p=gen.weak_top_p)
     tokens, mask, logprobs = ctx.generate(size, params, "train_w2s", weak_sampling,
                                           samples=gen.weak_samples, rng_offset=104729)
     per_prompt = [np.arange(i, len(tokens[0]), gen.weak_samples)
