@@ -247,13 +247,7 @@ def text_generative_task(cfg: GenTextTaskConfig):
   """Reads, splits and tokenizes a prompt -> response text task; the corpus
   (every train prompt and response) is tokenized on first use."""
   train, test = _read_pairs(cfg)
-  needed = cfg.gt_examples + cfg.w2s_examples
-  if needed > len(train):
-    raise ValueError(f"GenTextTaskConfig: gt_examples + w2s_examples = {needed}, but the train "
-                     f"split has {len(train)} examples")
-  order = np.random.default_rng([cfg.seed, 0]).permutation(len(train))
-  parts = {"train_gt": train.take(order[:cfg.gt_examples]),
-           "train_w2s": train.take(order[cfg.gt_examples:needed]), "test": test}
+  parts = tasks.split_train(train, test, cfg)
   tokenizer = tasks.make_tokenizer(cfg.tokenizer, train.prompts + train.responses)
   splits, references, encoding = {}, {}, {}
   for name, pairs in parts.items():

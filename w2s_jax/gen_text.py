@@ -22,7 +22,8 @@ import numpy as np
 from w2s_jax import text_files
 from w2s_jax.data import Dataset
 from w2s_jax.text_files import TextFileError
-from w2s_jax.text_tasks import _check_take, _read, _split_seed, _text, _texts, open_tfds_split
+from w2s_jax.text_tasks import (_check_take, _read, _split_seed, _text, _texts, check_source,
+                                open_tfds_split)
 from w2s_jax.tokenize import OVERFLOW
 
 
@@ -185,12 +186,7 @@ def pairs_from_source(source: Sequence, format_example: Callable, *, take: int |
   warning, and the next ones in the shuffled order read in their place (a
   full read, take=None, returns the others).
   """
-  _check_take(take)
-  size = len(source)
-  if size == 0:
-    raise ValueError(f"{where} has no examples")
-  if take is not None and take > size:
-    raise ValueError(f"take={take}: {where} has only {size} examples")
+  size = check_source(source, take, where)
   want = size if take is None else take
   order = np.random.default_rng([*np.atleast_1d(seed).tolist(), 0]).permutation(size).tolist()
   prompts, responses, references, skipped, pos = [], [], [], [], 0

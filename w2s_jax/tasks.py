@@ -167,16 +167,23 @@ def _balanced(examples: text_tasks.TextExamples, seed: int) -> text_tasks.TextEx
   return text_tasks.TextExamples(text=list(texts), label=np.asarray(labels))
 
 
+def split_train(train, test, cfg) -> dict:
+  """train_gt and train_w2s, disjoint, from a seeded shuffle of the train
+  examples (TextExamples or PromptResponses), and test as it is. cfg: a text
+  task config with gt_examples, w2s_examples and seed."""
+  needed = cfg.gt_examples + cfg.w2s_examples
+  if needed > len(train):
+    raise ValueError(f"{type(cfg).__name__}: gt_examples + w2s_examples = {needed}, but the "
+                     f"train split has {len(train)} examples")
+  order = np.random.default_rng([cfg.seed, 0]).permutation(len(train))
+  return {"train_gt": train.take(order[:cfg.gt_examples]),
+          "train_w2s": train.take(order[cfg.gt_examples:needed]), "test": test}
+
+
 def text_task(cfg: TextTaskConfig) -> Task:
   """Reads, splits and tokenizes a text task; the corpus is tokenized on first use."""
   train, test = _read_examples(cfg)
-  needed = cfg.gt_examples + cfg.w2s_examples
-  if needed > len(train):
-    raise ValueError(f"TextTaskConfig: gt_examples + w2s_examples = {needed}, but the train "
-                     f"split has {len(train)} examples")
-  order = np.random.default_rng([cfg.seed, 0]).permutation(len(train))
-  parts = {"train_gt": train.take(order[:cfg.gt_examples]),
-           "train_w2s": train.take(order[cfg.gt_examples:needed]), "test": test}
+  parts = split_train(train, test, cfg)
   if cfg.balanced:
     parts = {name: _balanced(ex, cfg.seed) for name, ex in parts.items()}
   tokenizer = make_tokenizer(cfg.tokenizer, train.text)

@@ -199,12 +199,7 @@ def examples_from_source(source: Sequence, format_example: Callable, *, take: in
   The same seed gives the same examples, and a smaller take gives a prefix of
   a larger one. Balancing comes after `take`, so it can only shrink the result.
   """
-  _check_take(take)
-  size = len(source)
-  if size == 0:
-    raise ValueError(f"{where} has no examples")
-  if take is not None and take > size:
-    raise ValueError(f"take={take}: {where} has only {size} examples")
+  size = check_source(source, take, where)
   order_rng, format_rng, balance_rng = (
       np.random.default_rng([*np.atleast_1d(seed).tolist(), k]) for k in range(3))
   index = order_rng.permutation(size)[:take].tolist()
@@ -219,6 +214,17 @@ def examples_from_source(source: Sequence, format_example: Callable, *, take: in
   if balanced:
     texts, labels = balance(texts, labels, seed=int(balance_rng.integers(2**31)))
   return TextExamples(texts, np.asarray(labels, np.int64))
+
+
+def check_source(source: Sequence, take: int | None, where: str) -> int:
+  """The size of a source that can give `take` examples (None: all)."""
+  _check_take(take)
+  size = len(source)
+  if size == 0:
+    raise ValueError(f"{where} has no examples")
+  if take is not None and take > size:
+    raise ValueError(f"take={take}: {where} has only {size} examples")
+  return size
 
 
 def _read(source, index: list[int], chunk: int = 4096):
