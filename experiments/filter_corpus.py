@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax import configs, curation  # noqa: E402
+from w2s_jax import configs, curation, interrupts  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -36,4 +36,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  with interrupts.handle_interrupts():  # Ctrl-C stops the run even if a callback swallows it
+    main()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax import configs, distributed, report, sharding, sweep  # noqa: E402
+from w2s_jax import configs, distributed, interrupts, report, sharding, sweep  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -33,4 +33,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  with interrupts.handle_interrupts():  # Ctrl-C stops the run even if a callback swallows it
+    main()

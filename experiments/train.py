@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax import configs, distributed, pretrain, sharding  # noqa: E402
+from w2s_jax import configs, distributed, interrupts, pretrain, sharding  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -35,4 +35,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  with interrupts.handle_interrupts():  # Ctrl-C stops the run even if a callback swallows it
+    main()

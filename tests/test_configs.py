@@ -123,7 +123,7 @@ def test_load_config_files():
   cfg = configs.load(f"{DEFAULT}:small,seeds=3")
   assert cfg.name == "default-small"
   assert cfg.seeds == (0, 1, 2)
-  assert (cfg.weak_size, cfg.strong_size) == ("pico", "nano")
+  assert (cfg.weak_size, cfg.strong_size) == ("pico", "micro")
   assert [l.name for l in cfg.losses] == ["xent", "logconf"]
   full = configs.load(str(DEFAULT))
   assert full.seeds == (0, 1, 2, 3, 4) and full.name == "default"

@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tiny models are built here, neve
 
 import functools  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -301,3 +302,88 @@ def test_neox_rotary_settings_are_read_in_every_spelling():
     hf_import.config_from_hf({**old, "partial_rotary_factor": 0.25})
   with pytest.raises(ValueError, match=r"rope_parameters\.rope_type='linear'"):
     hf_import.config_from_hf({**new, "rope_parameters": {"rope_type": "linear", "factor": 2.0}})
+
+
+def _tiny_safetensors(path):
+  from safetensors.numpy import save_file
+  save_file({"a": np.arange(12, dtype=np.float32).reshape(3, 4),
+             "b": np.ones(5, np.float16)}, str(path))
+  return path.read_bytes()
+
+
+def test_a_whole_tiny_safetensors_file_reads(tmp_path):
+  _tiny_safetensors(tmp_path / "model.safetensors")
+  tensors = hf_import.read_hf_tensors(tmp_path)
+  np.testing.assert_array_equal(tensors["a"], np.arange(12).reshape(3, 4))
+  assert tensors["b"].dtype == np.float16 and tensors["b"].shape == (5,)
+
+
+@pytest.mark.parametrize("damage, detail", [
+    # The header reads, the data is short: the sizes are named.
+    (lambda raw: raw[:-3], "file has 175 bytes, its header expects 178"),
+    (lambda raw: raw + b"\0\0", "file has 180 bytes, its header expects 178"),
+    # Cut inside the header, or a header byte flipped: safetensors' own reason.
+    (lambda raw: raw[:40], "invalid header length"),
+    (lambda raw: raw[:5], "header too small"),
+    (lambda raw: raw[:8] + b"X" + raw[9:], "invalid JSON in header"),
+    (lambda raw: raw[:9] + bytes([raw[9] ^ 0xFF]) + raw[10:], "invalid UTF-8 in header"),
+])
+def test_a_truncated_or_corrupt_safetensors_file_is_named(tmp_path, damage, detail):
+  file = tmp_path / "model.safetensors"
+  raw = _tiny_safetensors(file)
+  assert len(raw) == 178  # the sizes above are this file's
+  file.write_bytes(damage(raw))
+  with pytest.raises(ValueError) as caught:
+    hf_import.read_hf_tensors(tmp_path)
+  message = str(caught.value)
+  assert message.startswith(f"{file}: not a readable safetensors file, truncated or corrupt ("), \
+      message
+  assert detail in message and "re-download it" in message, message
+
+
+def test_a_corrupt_shard_of_a_sharded_checkpoint_is_named(tmp_path):
+  shard = tmp_path / "model-00002-of-00002.safetensors"
+  raw = _tiny_safetensors(shard)
+  _tiny_safetensors(tmp_path / "model-00001-of-00002.safetensors")
+  shard.write_bytes(raw[:150])
+  (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+      {"weight_map": {"a": "model-00001-of-00002.safetensors",
+                      "b": "model-00002-of-00002.safetensors"}}))
+  expected = r"not a readable safetensors file.*file has 150 bytes, its header expects 178"
+  with pytest.raises(ValueError, match=f"^{re.escape(str(shard))}: {expected}"):
+    hf_import.read_hf_tensors(tmp_path)
+
+
+def test_short_tensor_data_is_named_even_if_safetensors_lets_it_through(tmp_path, monkeypatch):
+  file = tmp_path / "model.safetensors"
+  _tiny_safetensors(file)
+  real = hf_import.safetensors.deserialize
+  monkeypatch.setattr(hf_import.safetensors, "deserialize", lambda raw: [
+      (name, {**view, "data": view["data"][:-2]} if name == "a" else view)
+      for name, view in real(raw)])
+  expected = (r"tensor 'a' has 46 bytes of data: expected 48 for shape \[3, 4\] F32 "
+              r"\(truncated or corrupt\): re-download it")
+  with pytest.raises(ValueError, match=f"^{re.escape(str(file))}: {expected}"):
+    hf_import.read_hf_tensors(tmp_path)
+
+
+@pytest.mark.parametrize("content, match", [
+    ('{"weight_map": {"a": "model-00001', r"not valid JSON \(.*\): expected a safetensors index; "
+                                          r"the file is truncated or corrupt: re-download it"),
+    ("[1, 2]", r"a JSON list: expected a safetensors index \(a JSON object\)"),
+    ('{"metadata": {}}', r"weight_map=None: expected an object mapping each tensor name"),
+    ('{"weight_map": {"a": 3}}', r"weight_map=\{'a': 3\}: expected an object mapping"),
+])
+def test_a_bad_safetensors_index_is_named(tmp_path, content, match):
+  index = tmp_path / "model.safetensors.index.json"
+  index.write_text(content)
+  with pytest.raises(ValueError, match=rf"^{re.escape(str(index))}: {match}"):
+    hf_import.read_hf_tensors(tmp_path)
+
+
+def test_a_config_json_that_is_not_json_is_named(tmp_path):
+  config = tmp_path / "config.json"
+  config.write_text('{"model_type": "gpt2", "n_embd"')
+  expected = r"not valid JSON .*: expected a transformers config\.json; the file is truncated"
+  with pytest.raises(ValueError, match=f"^{re.escape(str(config))}: {expected}"):
+    hf_import.read_config(tmp_path)

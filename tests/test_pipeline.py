@@ -76,6 +76,10 @@ def test_second_run_reuses_cache_and_reproduces(two_runs):
   assert second["pretraining"]["strong"]["cached"] is True
   assert len(list((tmp / "cache").glob("*/info.json"))) == 2
   assert second["per_seed"] == first["per_seed"]
+  # Not vacuous: the small config's models differ from one another and across seeds.
+  test = first["per_seed"]["test"]
+  assert len({*test["weak"], *test["ceiling"]}) > 2
+  assert all(c > w for c, w in zip(test["ceiling"], test["weak"]))  # PGR defined on every seed
   for role in ("weak", "strong"):
     for key in ("lives", "works", "final_lm_loss"):
       assert second["pretraining"][role][key] == first["pretraining"][role][key]
@@ -144,4 +148,4 @@ def test_format_results_handles_nan_pgr():
                                                    "hi": math.nan}}}},
              "seconds": 1.0}
   text = pipeline.format_results(results)
-  assert "not pretrained" in text and "nan" in text
+  assert "not pretrained" in text and "undefined (ceiling ≤ weak)" in text

@@ -96,3 +96,36 @@ def test_filter_and_combined_charts(tmp_path):
   assert "label acc" in report.summary_table(rows)
   # One (weak, strong) pair: no charts over scale, one per loss would say nothing.
   assert not any(n.startswith(("pgr_heatmap", "pgr_vs_strong", "accuracy_vs")) for n in names)
+
+
+def test_summary_table_pgr_cases_with_and_without_undefined_frac(rows_file):
+  rows = report.load_rows(rows_file)[:4]
+  fine, shaky, chance, old = rows
+  fine["test/pgr/undefined_frac"] = 0.0
+  shaky.update({"test/pgr/mean": 0.31, "test/pgr/undefined_frac": 0.12})
+  chance.update({"test/pgr/mean": float("nan"), "test/pgr/lo": -17.39, "test/pgr/hi": 3.48,
+                 "test/pgr/undefined_frac": 0.41})
+  # a row written before the sweep recorded undefined_frac
+  old.update({"test/pgr/mean": float("nan"), "test/pgr/lo": -17.39, "test/pgr/hi": 3.48})
+  assert "test/pgr/undefined_frac" not in old
+  lines = report.summary_table(rows).split("\n\n")[0].splitlines()[2:]
+  assert lines[0].rstrip().endswith("0.50 [0.45, 0.55]")
+  assert lines[1].rstrip().endswith("0.31 (undefined in 12% of resamples)")
+  assert lines[2].rstrip().endswith("undefined (ceiling ≤ weak; 41% of resamples)")
+  assert lines[3].rstrip().endswith("undefined (ceiling ≤ weak)")
+  assert "nan" not in report.summary_table(rows) and "-17.39" not in report.summary_table(rows)
+  # The rows keep the raw numbers, and the other metrics print as before.
+  assert chance["test/pgr/lo"] == -17.39
+  assert "0.600 [0.550, 0.650]" in lines[0]
+
+
+def test_median_pgr_line_for_a_loss_undefined_everywhere(rows_file):
+  rows = report.load_rows(rows_file)
+  for r in rows:
+    if r["loss"] == "xent":
+      r["test/pgr/mean"] = float("nan")
+  medians = report.summary_table(rows).split("\n\n")[1]
+  assert any(l.split()[0] == "xent" and l.rstrip().endswith("undefined (ceiling ≤ weak)")
+             for l in medians.splitlines())
+  assert any(l.split()[0] == "logconf" and l.rstrip().endswith("0.70")
+             for l in medians.splitlines())

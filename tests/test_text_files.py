@@ -110,3 +110,51 @@ def test_whole_file_problems(tmp_path):
 def test_file_format_overrides_the_suffix(tmp_path):
   path = _write(tmp_path, "data.txt", "text\tlabel\nfine\t0\n")
   assert read_text_file(path, file_format="tsv").text == ["fine"]
+
+
+@pytest.mark.parametrize("name,content,kwargs,line,problem", [
+    ("test.tsv", "text\tlabel\na\t0\nb\t1\nc\t2\nd\t0\n", {"num_labels": 2}, 4,
+     "label 2: expected an int in [0, 2) (a binary task)"),
+    ("test.csv", 'text,label\n"x\ny",1\n"z",7\n', {"num_labels": 3}, 4,
+     "label 7: expected an int in [0, 3) (a 3-class task)"),
+    ("test.jsonl", '{"text": "a", "y": 1}\n\n{"text": "b", "y": 2}\n',
+     {"num_labels": 2, "label_field": "y"}, 3,
+     "y 2: expected an int in [0, 2) (a binary task)"),
+    ("test.tsv", "text\tlabel\na\tpos\nb\tmaybe\n",
+     {"num_labels": 2, "label_names": ["neg", "pos"]}, 3,
+     "unknown label 'maybe': expected one of ['neg', 'pos']"),
+])
+def test_a_label_outside_the_tasks_classes_names_the_file_and_line(
+    tmp_path, name, content, kwargs, line, problem):
+  path = _write(tmp_path, name, content)
+  with pytest.raises(TextFileError) as caught:
+    read_text_file(path, **kwargs)
+  assert str(caught.value) == f"{path}:{line}: {problem}"
+  assert caught.value.line == line
+  # Without num_labels the same file still reads (backward compatible), except
+  # for an unknown name, which was always an error.
+  if "label_names" not in kwargs:
+    del kwargs["num_labels"]
+    assert len(read_text_file(path, **kwargs)) >= 2
+
+
+def test_labels_inside_num_labels_read_as_before(tmp_path):
+  path = _write(tmp_path, "a.tsv", "text\tlabel\nup\t1\ndown\t0\n")
+  assert read_text_file(path, num_labels=2).label.tolist() == [1, 0]
+  assert read_text_file(path, num_labels=3).label.tolist() == [1, 0]
+  named = _write(tmp_path, "n.jsonl", '{"text": "x", "label": "pos"}\n')
+  assert read_text_file(named, label_names=["neg", "pos"], num_labels=2).label.tolist() == [1]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"num_labels": 1}, r"num_labels=1: expected an int >= 2"),
+    ({"num_labels": 0}, r"num_labels=0: expected an int >= 2"),
+    ({"num_labels": 2.0}, r"num_labels=2\.0: expected an int >= 2"),
+    ({"num_labels": True}, r"num_labels=True: expected an int >= 2"),
+    ({"num_labels": 3, "label_names": ["neg", "pos"]},
+     r"label_names=\['neg', 'pos'\] has 2 names but num_labels=3: expected one name per class"),
+])
+def test_bad_num_labels_fails_before_reading(tmp_path, kwargs, match):
+  # The file does not exist: the argument is checked before the file is opened.
+  with pytest.raises(ValueError, match=match):
+    read_text_file(tmp_path / "missing.tsv", **kwargs)

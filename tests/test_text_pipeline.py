@@ -2,6 +2,7 @@
 Hugging Face checkpoints with their own tokenizer.json."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from w2s_jax import pipeline, sweep, tasks
 from w2s_jax.objectives import LossConfig
 from w2s_jax.pipeline import ExperimentConfig
 from w2s_jax.tasks import TextTaskConfig
+from w2s_jax.text_files import TextFileError
 from w2s_jax.train import OptimConfig
 
 WORDS = {1: ["good", "great", "fine", "lovely"], 0: ["bad", "awful", "dull", "poor"]}
@@ -148,3 +150,26 @@ def test_bpe_learnt_from_the_task_text_is_deterministic(files):
   assert task_a.splits["test"]["mask"].sum() < 0.5 * by_bytes.splits["test"]["mask"].sum()
   with pytest.raises(ValueError, match="expected 'bpe:<vocab size>'"):
     tasks.make_tokenizer("bpe:many", ["a b"])
+
+
+def test_label_outside_the_binary_task_in_the_test_file_names_file_and_line(files, tmp_path):
+  rows = Path(files[1]).read_text().splitlines()
+  text, _ = rows[3].split("\t")
+  rows[3] = f"{text}\t2"  # line 4 of the file
+  bad = tmp_path / "test.tsv"
+  bad.write_text("\n".join(rows) + "\n")
+  with pytest.raises(TextFileError, match=rf"{bad}:4: label 2: expected an int in \[0, 2\)"):
+    tasks.text_task(_task_cfg((files[0], str(bad))))
+
+
+def test_tokenizer_larger_than_the_models_vocabulary_fails_before_compute(files, tmp_path):
+  words = sorted({w for ws in WORDS.values() for w in ws} | set(FILLER))
+  model_dir = _tiny_gpt2(tmp_path / "m", 1, words[:4])  # a vocabulary of 6 ids
+  big_tokenizer = _tiny_gpt2(tmp_path / "t", 1, words) + "/tokenizer.json"
+  cfg = _experiment(files, pretrained_dirs=(("gpt2-a", model_dir), ("gpt2-b", model_dir)),
+                    weak_size="gpt2-a", strong_size="gpt2-b")
+  cfg = dataclasses.replace(cfg, text_task=_task_cfg(files, tokenizer=big_tokenizer,
+                                                     add_bos=False))
+  with pytest.raises(ValueError, match=rf"tokenizer {big_tokenizer} has {len(words) + 2} ids but "
+                                       "model gpt2-a's vocabulary has 6"):
+    pipeline.run(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)

@@ -209,6 +209,55 @@ def test_unlabelled_examples_are_an_error_naming_the_example():
       text_tasks.load_task("glue/sst2", split="train")
 
 
+# A raw label one past each task's range (bool_q's is a bool, so 2 is out too).
+_OUT_OF_RANGE = {"glue/sst2": ("label", 2, 2), "imdb_reviews": ("label", 2, 2),
+                 "bool_q": ("answer", 2, 2), "cosmos_qa": ("label", 4, 4),
+                 "hellaswag": ("label", 4, 4), "piqa": ("label", 2, 2),
+                 "anli/r1": ("label", 3, 3), "anli/r2": ("label", 3, 3),
+                 "anli/r3": ("label", 3, 3)}
+
+
+def test_every_registered_task_has_an_out_of_range_case():
+  assert set(_OUT_OF_RANGE) == set(text_tasks.TASKS)
+
+
+@pytest.mark.parametrize("name", sorted(text_tasks.TASKS))
+def test_an_out_of_range_raw_label_names_the_task_split_and_example(name):
+  field, value, num = _OUT_OF_RANGE[name]
+  split = text_tasks.TASKS[name].labeled_splits[-1]
+  bad = 37
+
+  def source(builder, split, **kwargs):
+    rows = _fake_rows(builder.name)
+    rows[bad] = {**rows[bad], field: value}
+    return rows
+
+  with tfds.testing.mock_data(as_data_source_fn=source):
+    with pytest.raises(ValueError) as caught:
+      text_tasks.load_task(name, split=split)
+    # The same examples less the bad one read fine, so the error is about it alone.
+    assert len(text_tasks.load_task(name, split=split, take=5, seed=1)) == 5
+  assert str(caught.value) == (f"{name}[{split}] example {bad}: ValueError: {field}={value}: "
+                               f"expected an int in [0, {num}) (-1 marks a split without labels)")
+
+
+def test_a_non_integer_raw_label_is_not_truncated():
+  rows = [{"sentence": b"fine", "label": 1}, {"sentence": b"odd", "label": 1.5}]
+  with tfds.testing.mock_data(as_data_source_fn=lambda *a, **k: rows):
+    with pytest.raises(ValueError, match=r"glue/sst2\[validation\] example 1: ValueError: "
+                                         r"label=1\.5: expected an int in \[0, 2\)"):
+      text_tasks.load_task("glue/sst2", split="validation")
+
+
+def test_a_formatter_giving_a_non_binary_label_is_an_error_naming_the_example():
+  source = [{"x": 0}, {"x": 1}, {"x": 2}]
+  fmt = lambda ex, rng: (f"text {ex['x']}", ex["x"])
+  with pytest.raises(ValueError, match=r"^mine example 2: formatted label 2: expected 0 or 1"):
+    text_tasks.examples_from_source(source, fmt, take=None, seed=0, where="mine")
+  ok = text_tasks.examples_from_source(source[:2], fmt, take=None, seed=0, where="mine")
+  assert sorted(ok.label.tolist()) == [0, 1]
+
+
 def test_missing_data_is_not_downloaded_and_says_how_to_fetch(tmp_path):
   with pytest.raises(text_tasks.MissingTfdsData, match="download=False"):
     text_tasks.load_task("glue/sst2", split="train", data_dir=str(tmp_path))

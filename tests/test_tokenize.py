@@ -175,3 +175,70 @@ def test_hf_tokenizer_file_errors(tmp_path):
   bad.write_text("{not json")
   with pytest.raises(ValueError, match="not a readable tokenizer.json"):
     HFTokenizer.from_file(bad)
+
+
+def test_check_vocabulary_rejects_a_tokenizer_larger_than_the_model():
+  with pytest.raises(ValueError) as caught:
+    tokenize.check_vocabulary(tokenizer_vocab_size=58, model_vocab_size=18, model="gpt2-small",
+                              tokenizer="tok.json")
+  assert str(caught.value) == (
+      "tokenizer tok.json has 58 ids but model gpt2-small's vocabulary has 18: expected a "
+      "tokenizer whose ids fit the model (the model's own tokenizer.json)")
+  with pytest.raises(ValueError, match="has 19 ids but model m's vocabulary has 18"):
+    tokenize.check_vocabulary(tokenizer_vocab_size=19, model_vocab_size=18, model="m",
+                              tokenizer="t")
+
+
+def test_check_vocabulary_accepts_a_model_vocabulary_padded_beyond_the_tokenizer():
+  # GPT-2: 50257 tokenizer ids, embedding matrices often padded to 50304; Pythia alike.
+  for tok_size, model_size in ((50257, 50257), (50257, 50304), (50277, 50304), (259, 260)):
+    assert tokenize.check_vocabulary(tokenizer_vocab_size=tok_size, model_vocab_size=model_size,
+                                     model="m", tokenizer="t") is None
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"tokenizer_vocab_size": 0, "model_vocab_size": 18}, "tokenizer_vocab_size=0"),
+    ({"tokenizer_vocab_size": 5, "model_vocab_size": 18.0}, r"model_vocab_size=18\.0"),
+    ({"tokenizer_vocab_size": True, "model_vocab_size": 18}, "tokenizer_vocab_size=True"),
+])
+def test_check_vocabulary_rejects_sizes_that_are_not_positive_ints(kwargs, match):
+  with pytest.raises(ValueError, match=f"{match}: expected a positive int"):
+    tokenize.check_vocabulary(**kwargs, model="m", tokenizer="t")
+
+
+class _CorruptTokenizer(ByteTokenizer):
+  """Gives an id past its vocabulary for texts containing 'z' (as a tokenizer.json
+  whose model lists more ids than its vocab would)."""
+
+  def __init__(self, *, bad_id=300, pad_id=None, bos_id=None):
+    self.bad_id = bad_id
+    if pad_id is not None:
+      self.pad_id = pad_id
+    if bos_id is not None:
+      self.bos_id = bos_id
+
+  def encode(self, text):
+    return [self.bad_id if ch == "z" else ord(ch) for ch in text]
+
+
+@pytest.mark.parametrize("bad_id", [259, 300, -1])
+def test_an_id_outside_the_tokenizers_vocabulary_names_the_example(bad_id):
+  tok = _CorruptTokenizer(bad_id=bad_id)
+  with pytest.raises(ValueError) as caught:
+    encode_examples(_examples(["fine", "ok", "lazy"]), tok, max_len=8, overflow="truncate")
+  assert str(caught.value) == (
+      f"example 2 ('lazy') encodes to token id {bad_id}: expected ids in [0, 259) "
+      "(_CorruptTokenizer.vocab_size): the tokenizer is corrupt or inconsistent")
+  data, _ = encode_examples(_examples(["fine", "ok"]), tok, max_len=8, overflow="truncate")
+  assert data["tokens"].max() < tok.vocab_size
+
+
+def test_a_special_id_outside_the_vocabulary_is_an_error():
+  with pytest.raises(ValueError, match=r"^_CorruptTokenizer\.pad_id=259: expected an id in "
+                                       r"\[0, 259\) \(its vocab_size\)"):
+    encode_examples(_examples(["ok"]), _CorruptTokenizer(pad_id=259), max_len=4,
+                    overflow="truncate")
+  bad_bos = _CorruptTokenizer(bos_id=400)
+  with pytest.raises(ValueError, match=r"_CorruptTokenizer\.bos_id=400: expected an id in"):
+    encode_examples(_examples(["ok"]), bad_bos, max_len=4, overflow="truncate", add_bos=True)
+  encode_examples(_examples(["ok"]), bad_bos, max_len=4, overflow="truncate")  # bos unused

@@ -8,7 +8,7 @@ import numpy as np
 from w2s_jax import pipeline, pretrain, scores, selection, stages, testbed
 from w2s_jax.data import Dataset
 from w2s_jax.objectives import LossConfig
-from w2s_jax.results import package_versions, summary_table, write_json_atomic
+from w2s_jax.results import package_versions, prepare_out_dir, summary_table, write_json_atomic
 
 KEEP_FRACS = (0.9, 0.8, 0.7, 0.5)
 
@@ -54,6 +54,7 @@ def removal_table(pool_kind: np.ndarray, criteria: dict, keep_fracs) -> list[dic
 
 def run(cfg, *, keep: float, out_dir: Path, cache_dir, progress=True, bad_frac=0.2) -> dict:
   started = time.perf_counter()
+  out_dir = prepare_out_dir(out_dir)
   ctx = stages.Context(cfg, cache_dir=cache_dir, progress=progress)
   pool, kind = testbed.corrupted_pool(ctx.world, ctx.corpus, bad_frac=bad_frac)
   pool_tag = f"pool-bad{bad_frac:g}"

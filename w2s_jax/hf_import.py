@@ -307,15 +307,60 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig):
   return params
 
 
+_REDOWNLOAD = ("re-download it (e.g. `huggingface-cli download <repo> --local-dir <folder>`, "
+               "or delete it and fetch the checkpoint again)")
+
+
 def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+  raw = file.read_bytes()
+  try:
+    views = safetensors.deserialize(raw)
+  except Exception as err:  # noqa: BLE001 -- SafetensorError; its text is kept below
+    raise ValueError(f"{file}: not a readable safetensors file, truncated or corrupt "
+                     f"({_safetensors_size_problem(raw) or err}): {_REDOWNLOAD}") from err
   tensors = {}
-  for name, view in safetensors.deserialize(file.read_bytes()):
+  for name, view in views:
     if view["dtype"] not in _SAFETENSORS_DTYPES:
       raise ValueError(f"{file}: tensor {name!r} has dtype {view['dtype']}: expected one of "
                        f"{sorted(_SAFETENSORS_DTYPES)}")
-    tensors[name] = np.frombuffer(
-        view["data"], dtype=_SAFETENSORS_DTYPES[view["dtype"]]).reshape(view["shape"])
+    dtype = np.dtype(_SAFETENSORS_DTYPES[view["dtype"]])
+    expected = int(np.prod(view["shape"], dtype=np.int64)) * dtype.itemsize
+    if len(view["data"]) != expected:
+      # safetensors checks this itself; kept so that no version's gap ends as a bare reshape error.
+      raise ValueError(f"{file}: tensor {name!r} has {len(view['data'])} bytes of data: expected "
+                       f"{expected} for shape {list(view['shape'])} {view['dtype']} "
+                       f"(truncated or corrupt): {_REDOWNLOAD}")
+    tensors[name] = np.frombuffer(view["data"], dtype=dtype).reshape(view["shape"])
   return tensors
+
+
+def _safetensors_size_problem(raw: bytes) -> str | None:
+  """A message like 'file has N bytes, its header expects M' when the header
+  reads but the data is short or long; None when the header is unreadable."""
+  if len(raw) < 8:
+    return None
+  header_len = int.from_bytes(raw[:8], "little")
+  try:
+    header = json.loads(raw[8:8 + header_len])
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+              default=0)
+  except Exception:  # noqa: BLE001 -- only a diagnosis: fall back to safetensors' message
+    return None
+  expected = 8 + header_len + int(end)
+  if expected == len(raw):
+    return None
+  return f"file has {len(raw)} bytes, its header expects {expected}"
+
+
+def _read_json(file: Path, what: str) -> dict:
+  try:
+    value = json.loads(file.read_text(encoding="utf-8"))
+  except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    raise ValueError(f"{file}: not valid JSON ({err}): expected {what}; the file is truncated or "
+                     f"corrupt: {_REDOWNLOAD}") from err
+  if not isinstance(value, dict):
+    raise ValueError(f"{file}: a JSON {type(value).__name__}: expected {what} (a JSON object)")
+  return value
 
 
 def read_hf_tensors(path) -> dict[str, np.ndarray]:
@@ -325,9 +370,13 @@ def read_hf_tensors(path) -> dict[str, np.ndarray]:
   if single.exists():
     return _read_safetensors(single)
   if index.exists():
-    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    weight_map = _read_json(index, "a safetensors index").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+        isinstance(shard, str) for shard in weight_map.values()):
+      raise ValueError(f"{index}: weight_map={weight_map!r}: expected an object mapping each "
+                       f"tensor name to its shard file; {_REDOWNLOAD}")
     tensors = {}
-    for shard in shards:
+    for shard in sorted(set(weight_map.values())):
       if not (folder / shard).exists():
         raise FileNotFoundError(f"{folder / shard}: listed in {index}, expected to exist")
       tensors.update(_read_safetensors(folder / shard))
@@ -341,7 +390,7 @@ def read_config(path) -> dict:
   config_file = Path(path) / "config.json"
   if not config_file.exists():
     raise FileNotFoundError(f"{config_file}: expected a transformers config.json")
-  return json.loads(config_file.read_text())
+  return _read_json(config_file, "a transformers config.json")
 
 
 def load_hf_folder(path, *, num_classes: int = 2, head_input: str = "hidden",

@@ -20,7 +20,8 @@ from w2s_jax.gen_tasks import GenerationConfig, GenTextTaskConfig
 from w2s_jax.sharding import MeshConfig
 from w2s_jax.tasks import Task, TextTaskConfig
 from w2s_jax.objectives import LossConfig
-from w2s_jax.results import package_versions, summary_table, write_json_atomic
+from w2s_jax.results import (package_versions, prepare_out_dir, remove_stale_temp_files,
+                             summary_table, write_json_atomic)
 from w2s_jax.train import OptimConfig
 
 
@@ -95,10 +96,15 @@ def config_to_dict(cfg) -> dict:
 
 def run(cfg: ExperimentConfig, *, out_dir: str | Path, cache_dir: str | Path,
         progress: bool = True) -> dict:
-  """Runs the whole pipeline and writes out_dir/results.json. Returns the results."""
+  """Runs the whole pipeline and writes out_dir/results.json. Returns the results.
+  The output folder, the task's data and the models' fit to it are checked
+  before any training."""
   started = time.perf_counter()
+  stages.check_mesh(cfg)  # a config error leaves no folder behind
+  out_dir = prepare_out_dir(out_dir)
+  remove_stale_temp_files(out_dir)  # left by a run killed inside a write
   ctx = stages.Context(cfg, cache_dir=cache_dir, progress=progress)
-  ctx.check_generation((cfg.weak_size, cfg.strong_size))
+  ctx.check_models((cfg.weak_size, cfg.strong_size))
   bar = tqdm(total=4 + len(cfg.losses), desc="w2s pipeline", unit="stage",
              disable=not progress or not shd.is_main_process(), dynamic_ncols=True)
   for size in (cfg.weak_size, cfg.strong_size):
@@ -138,7 +144,7 @@ def run(cfg: ExperimentConfig, *, out_dir: str | Path, cache_dir: str | Path,
       "seconds": time.perf_counter() - started,
   }
   if shd.is_main_process():
-    write_json_atomic(Path(out_dir) / "results.json", results)
+    write_json_atomic(out_dir / "results.json", results)
   return results
 
 

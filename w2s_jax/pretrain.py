@@ -14,12 +14,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from w2s_jax import checkpoints, hf_import, models, objectives, tasks, testbed, train
+from w2s_jax import checkpoints, hf_import, integrity, models, objectives, tasks, testbed, train
 from w2s_jax import sharding as shd
 from w2s_jax.checkpoints import cache_key
 from w2s_jax.data import Dataset, shuffled_batches
 from w2s_jax.distributed import DistributedConfig
-from w2s_jax.results import package_versions, write_json_atomic
+from w2s_jax.results import package_versions, prepare_out_dir, write_json_atomic
 from w2s_jax.sharding import MeshConfig
 from w2s_jax.train import OptimConfig
 
@@ -28,7 +28,9 @@ def train_lm(model_cfg: models.ModelConfig, corpus: Dataset, optim: OptimConfig,
              mesh, checkpoint_dir, checkpoint_every: int, checkpoint_keep: int = 2,
              corpus_tag: str = "corpus", progress: bool = True, desc: str = "pretrain"):
   """Next-token training from a fresh init; resumes from checkpoint_dir if it
-  holds a checkpoint of this run. Returns (state, last metrics, resumed step)."""
+  holds a checkpoint of this run. Returns (state, record, resumed step): the
+  record holds the final loss and the training seconds of every run that
+  reached the final checkpoint, killed ones included."""
   # Each micro-batch is split over every device.
   shd.check_batch_size(optim.batch_size // optim.grad_accum_steps, mesh,
                        "batch_size / grad_accum_steps")
@@ -49,11 +51,11 @@ def train_lm(model_cfg: models.ModelConfig, corpus: Dataset, optim: OptimConfig,
   batches = shuffled_batches(corpus, batch_size=optim.batch_size, seed=seed,
                              start_step=resumed_from, rows=shd.process_rows(mesh, optim.batch_size))
   try:
-    state, last = train.fit(state, step, batches, num_steps=optim.steps, mesh=mesh, desc=desc,
-                            progress=progress, checkpoints=ckpts)
+    state, _ = train.fit(state, step, batches, num_steps=optim.steps, mesh=mesh, desc=desc,
+                         progress=progress, checkpoints=ckpts)
   finally:
     ckpts.close()
-  return state, last, resumed_from
+  return state, ckpts.record, resumed_from
 
 
 def pretrained_model(cfg, size: str, task, corpus, mesh, cache,
@@ -80,26 +82,26 @@ def pretrained_model(cfg, size: str, task, corpus, mesh, cache,
                   seed=cfg.pretrain_seed, version=1,
                   **({} if corpus_tag == "clean" else {"corpus": corpus_tag}))
   abstract = jax.eval_shape(init)
-  params, info = cache.load(size, key, checkpoints.abstract_like(
-      abstract, shd.state_sharding(abstract, mesh)))
-  if params is not None:
-    return params, model_cfg, {**info, "cached": True}
-  start = time.perf_counter()
-  # An interrupted pretraining resumes from its last checkpoint, on the same batches.
-  train_dir = cache.entry(size, key) / "train"
-  state, last, _ = train_lm(model_cfg, corpus, cfg.pretrain, seed=cfg.pretrain_seed, mesh=mesh,
-                            checkpoint_dir=train_dir, checkpoint_every=cfg.checkpoint_every,
-                            corpus_tag=corpus_tag, progress=progress, desc=f"pretrain {size}")
-  info = {"pretrained": True, "size": size, "corpus": corpus_tag,
-          "params": models.count_params(state.params),
-          "steps": cfg.pretrain.steps, "tokens": int(cfg.pretrain.steps * cfg.pretrain.batch_size
-                                                     * task.max_len),
-          "seconds": time.perf_counter() - start,
-          "final_lm_loss": float(np.mean(last.get("loss", np.nan))),
-          **task.probe(state.params, model_cfg, mesh)}
-  cache.save(size, key, state.params, info)
-  if shd.is_main_process():
-    shutil.rmtree(train_dir, ignore_errors=True)  # the cache entry is complete
+  like = checkpoints.abstract_like(abstract, shd.state_sharding(abstract, mesh))
+  # One process builds an entry; another run that wants it waits, then reads it.
+  with cache.lock(size, key):
+    params, info = cache.load(size, key, like)
+    if params is not None:
+      return params, model_cfg, {**info, "cached": True}
+    # An interrupted pretraining resumes from its last checkpoint, on the same batches.
+    train_dir = cache.entry(size, key) / "train"
+    state, record, _ = train_lm(model_cfg, corpus, cfg.pretrain, seed=cfg.pretrain_seed,
+                                mesh=mesh, checkpoint_dir=train_dir,
+                                checkpoint_every=cfg.checkpoint_every, corpus_tag=corpus_tag,
+                                progress=progress, desc=f"pretrain {size}")
+    info = {"pretrained": True, "size": size, "corpus": corpus_tag,
+            "params": models.count_params(state.params), "steps": cfg.pretrain.steps,
+            "tokens": int(cfg.pretrain.steps * cfg.pretrain.batch_size * task.max_len),
+            "seconds": record["seconds"], "final_lm_loss": record["loss"],
+            **task.probe(state.params, model_cfg, mesh)}
+    cache.save(size, key, state.params, info)
+    if shd.is_main_process():
+      shutil.rmtree(train_dir, ignore_errors=True)  # the cache entry is complete
   return state.params, model_cfg, {**info, "cached": False}
 
 
@@ -136,7 +138,7 @@ def run(cfg: PretrainConfig, *, out_dir: str | Path, progress: bool = True) -> d
   Every process runs this; only process 0 writes results.json. Rerunning
   with the same out_dir resumes from the last checkpoint.
   """
-  out_dir = Path(out_dir).absolute()
+  out_dir = prepare_out_dir(out_dir)
   finished = _finished_results(cfg, out_dir)
   if finished is not None:
     return finished
@@ -145,7 +147,7 @@ def run(cfg: PretrainConfig, *, out_dir: str | Path, progress: bool = True) -> d
   shd.check_batch_size(cfg.optim.batch_size, mesh, "optim.batch_size")
   task = tasks.testbed_task(cfg.world)
   model_cfg = cfg.model_config(task.vocab_size)
-  state, last, resumed_from = train_lm(
+  state, record, resumed_from = train_lm(
       model_cfg, task.corpus, cfg.optim, seed=cfg.seed, mesh=mesh,
       checkpoint_dir=out_dir / "checkpoints", checkpoint_every=cfg.checkpoint_every,
       checkpoint_keep=cfg.checkpoint_keep, progress=progress, desc=f"pretrain {cfg.size}")
@@ -160,7 +162,7 @@ def run(cfg: PretrainConfig, *, out_dir: str | Path, progress: bool = True) -> d
       "mesh": dict(mesh.shape),
       "params": models.count_params(state.params),
       "resumed_from_step": resumed_from,
-      "final_lm_loss": float(np.mean(last.get("loss", np.nan))),
+      "final_lm_loss": record["loss"],
       "seconds": seconds,
       "tokens_per_second": steps_run * cfg.optim.batch_size * cfg.world.doc_len / seconds,
       "steps_run": steps_run,
@@ -177,7 +179,7 @@ def _finished_results(cfg: PretrainConfig, out_dir: Path) -> dict | None:
   path = out_dir / "results.json"
   if not path.exists():
     return None
-  results = json.loads(path.read_text())
+  results = integrity.read_json(path, "results")
   wanted = json.loads(json.dumps(dataclasses.asdict(cfg)))
   if results["config"] != wanted:
     changed = sorted(k for k in wanted if results["config"].get(k) != wanted[k])

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from w2s_jax.results import PGR_UNDEFINED, format_pgr  # noqa: E402
+
 METRICS = (("weak", "Pweak"), ("w2s", "Pw2s"), ("ceiling", "Pceiling"), ("pgr", "PGR"))
 
 
@@ -22,7 +24,12 @@ def load_rows(path) -> list[dict]:
 
 
 def _stat(row, split, metric, digits=3):
+  """mean [lo, hi]; PGR through results.format_pgr, with `{split}/pgr/undefined_frac`
+  when the row has it (rows written before it was recorded do not)."""
   m, lo, hi = (row[f"{split}/{metric}/{k}"] for k in ("mean", "lo", "hi"))
+  if metric == "pgr":
+    return format_pgr(mean=m, lo=lo, hi=hi, digits=digits,
+                      undefined_frac=row.get(f"{split}/pgr/undefined_frac"))
   return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
@@ -41,7 +48,11 @@ def median_pgr(rows, split="test") -> dict:
 
 
 def summary_table(rows, split="test") -> str:
-  """Per pair and loss: mean [95% interval] of Pweak, Pw2s, Pceiling, PGR; then median PGR per loss."""
+  """Per pair and loss: mean [95% interval] of Pweak, Pw2s, Pceiling, PGR; then median PGR per loss.
+
+  PGR is printed by results.format_pgr: "undefined (ceiling ≤ weak ...)" where the
+  point is undefined, the undefined share instead of the interval past 5%.
+  """
   filtered = any(r.get("filter", "none") != "none" for r in rows)
   lines = [[r["weak"], r["strong"], r["loss"],
             *([r["filter"], f"{r['kept_label_accuracy'] or r['weak_label_accuracy']:.3f}"]
@@ -50,7 +61,8 @@ def summary_table(rows, split="test") -> str:
   table = _table(("weak", "strong", "loss", *(("filter", "label acc") if filtered else ()),
                   *(name for _, name in METRICS)), lines)
   medians = _table(("loss", "median PGR"),
-                   [[loss, f"{v:.2f}"] for loss, v in median_pgr(rows, split).items()])
+                   [[loss, PGR_UNDEFINED if math.isnan(v) else f"{v:.2f}"]
+                    for loss, v in median_pgr(rows, split).items()])
   return f"{table}\n\n{medians}"
 
 

@@ -1,26 +1,100 @@
-"""Atomic result files, package versions, and the summary table."""
+"""Atomic result files, the output folder, package versions, and the summary table.
+
+Result files are written by `atomic_write`: to a temp file next to the target,
+then renamed over it, so a reader or a killed run never sees half a file. The
+final file gets the mode a plain `open(path, "w")` would give (0o666 & ~umask),
+so a shared results folder stays readable by the lab.
+
+Temp files are named `.<name>.<host>.pid<pid>.<random>.tmp`, so that
+`remove_stale_temp_files` can tell the leftovers of a killed writer (same host,
+PID gone) from the file of a writer still at work.
+"""
 
 import contextlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
+import re
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
             "tensorflow-datasets")
+
+# PGR's interval is a percentile interval over the bootstrap resamples where PGR is
+# defined (ceiling > weak); the others are left out of it. A 95% interval already
+# leaves out 5% of the resamples (2.5% in each tail). Once more than that share is
+# undefined, the resamples left out outweigh the tails, the bounds no longer describe
+# 95% of the bootstrap distribution, and the table shows the undefined share instead.
+PGR_UNDEFINED_FRAC_MAX = 0.05
+
+PGR_UNDEFINED = "undefined (ceiling ≤ weak)"
+
+# Temp files in the naming used before the writer's host and PID were recorded
+# (`.<name>.<8 random>.tmp`) are removed by remove_stale_temp_files once they are
+# this old. Their writer cannot be checked; atomic_write keeps a temp file only for
+# the seconds a write takes, and a file still being written has a fresh mtime, so an
+# hour-old one is a leftover of a killed run.
+OLD_TEMP_MAX_AGE_S = 3600.0
+
+_TEMP_SUFFIX = ".tmp"
+# tempfile's random names: 8 characters of [a-z0-9_].
+_NEW_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)\.pid(?P<pid>\d+)"
+                       r"\.[a-z0-9_]+\.tmp$")
+_OLD_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+_PROC_STATUS = "/proc/self/status"
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+  """The process umask, read without changing it where the OS allows.
+
+  Linux (4.7+) reports it in /proc/self/status, which has no side effect.
+  Elsewhere the only way is os.umask(0) and putting the old value back at once:
+  for those few microseconds a file another thread creates gets mode 0o666.
+  Read on every call rather than once per process: a write is far costlier than
+  this read, and a program that sets its umask after import (say 0o002 for a
+  group folder) is honoured.
+  """
+  try:
+    with open(_PROC_STATUS) as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  with _umask_lock:  # keeps our own threads from reading each other's 0
+    mask = os.umask(0)
+    os.umask(mask)
+  return mask
+
+
+def _host_token() -> str:
+  """This host's name as one file-name field: no dots, at most 64 characters."""
+  return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname())[:64] or "unknown-host"
+
+
+def _temp_prefix(name: str) -> str:
+  # The name is cut so the whole temp name stays well under the usual 255-byte limit.
+  return f".{name[:120]}.{_host_token()}.pid{os.getpid()}."
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w"):
   """Yields a file that replaces `path` only once closed, fsynced and renamed:
   a reader, or a run killed at any moment, sees the old file or the new one,
-  never a partial one."""
+  never a partial one. The new file's mode is 0o666 & ~umask, as with open()."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name),
+                             suffix=_TEMP_SUFFIX)
   try:
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0o600: unreadable to the lab
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()
@@ -37,6 +111,112 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     f.write("\n")
 
 
+def _oserror(e: OSError, message: str) -> OSError:
+  """An error of e's class (PermissionError stays one) carrying message."""
+  try:
+    return type(e)(message)
+  except Exception:  # an OSError subclass with another constructor
+    return OSError(message)
+
+
+def prepare_out_dir(path: str | os.PathLike, *, what: str = "--out") -> Path:
+  """Creates the output folder (and its parents) and proves it writable; returns it absolute.
+
+  Call it before any compute, so that an unwritable folder (permissions, read-only
+  file system, full disk) or a path naming an existing file fails at once rather
+  than when the first result is written. A small probe file is written and
+  removed; it is named like atomic_write's temp files, so a run killed in between
+  leaves nothing that remove_stale_temp_files would not clean up. `what` names the
+  folder in errors, e.g. "--out runs/x: is an existing file, expected a directory".
+  """
+  label = f"{what} {os.fspath(path)}" if what else os.fspath(path)
+  p = Path(path)
+  try:
+    is_file = p.exists() and not p.is_dir()
+  except OSError as e:  # e.g. a parent folder that may not be searched
+    raise _oserror(e, f"{label}: cannot be checked ({type(e).__name__}: {e})") from e
+  if is_file:
+    raise NotADirectoryError(f"{label}: is an existing file, expected a directory")
+  try:
+    p.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise _oserror(e, f"{label}: cannot create the directory "
+                      f"({type(e).__name__}: {e})") from e
+  try:
+    fd, probe = tempfile.mkstemp(dir=p, prefix=_temp_prefix("w2s-write-probe"),
+                                 suffix=_TEMP_SUFFIX)
+    try:
+      with os.fdopen(fd, "wb") as f:
+        f.write(b"w2s-jax write probe\n")
+        f.flush()
+        os.fsync(f.fileno())
+    finally:
+      Path(probe).unlink(missing_ok=True)
+  except OSError as e:
+    raise _oserror(e, f"{label}: not writable ({type(e).__name__}: {e})") from e
+  return Path(os.path.abspath(p))
+
+
+def _pid_alive(pid: int) -> bool:
+  """False only when this host has no process `pid` (os.kill(pid, 0) finds none)."""
+  if pid <= 0:
+    return True  # 0 and negatives address process groups: never "dead"
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, OverflowError, OSError):
+    return True  # another user's process, or an answer we cannot read: keep the file
+  return True
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+  """Deletes atomic_write temp files, anywhere under `directory`, whose writer is gone.
+
+  A temp file `.<name>.<host>.pid<pid>.<random>.tmp` is removed when <host> is
+  this host and no process <pid> is alive here. Files of another host (its PIDs
+  cannot be checked from here) or of a live PID are kept; a PID reused by an
+  unrelated process only keeps a leftover longer. Files in the older naming
+  `.<name>.<random>.tmp`, whose writer is unknown, are removed once older than
+  OLD_TEMP_MAX_AGE_S (one hour). Other files are never touched. Symlinked folders
+  are not followed. Returns the removed paths; a folder that does not exist has none.
+
+  Limitation: two containers sharing a host name and a results folder but not a
+  PID namespace see each other's writers as dead. Call this at the start of a
+  run, never while another run on this host may be writing with the same host name
+  from another PID namespace.
+  """
+  directory = Path(directory)
+  if not directory.exists():
+    return []
+  if not directory.is_dir():
+    raise NotADirectoryError(f"remove_stale_temp_files: {str(directory)!r} is not a "
+                             "directory")
+  host, now, removed = _host_token(), time.time(), []
+  for root, _, files in os.walk(directory):
+    for name in files:
+      if not (name.startswith(".") and name.endswith(_TEMP_SUFFIX)):
+        continue
+      path = Path(root) / name
+      new = _NEW_TEMP.match(name)
+      if new:
+        stale = new["host"] == host and not _pid_alive(int(new["pid"]))
+      elif _OLD_TEMP.match(name):
+        try:
+          stale = now - path.lstat().st_mtime > OLD_TEMP_MAX_AGE_S
+        except FileNotFoundError:
+          continue
+      else:
+        continue
+      if stale and path.is_file() and not path.is_symlink():
+        try:
+          path.unlink()
+        except FileNotFoundError:  # another cleaner was first
+          continue
+        removed.append(path)
+  return removed
+
+
 def package_versions() -> dict:
   versions = {"python": platform.python_version()}
   for name in PACKAGES:
@@ -47,14 +227,53 @@ def package_versions() -> dict:
   return versions
 
 
+def _is_nan(x) -> bool:
+  return x is None or math.isnan(float(x))
+
+
+def _percent(frac: float) -> str:
+  """A share as a whole percent that never rounds a partial share to 0% or 100%."""
+  if 0 < frac < 0.005:
+    return "<1%"
+  if 0.995 <= frac < 1:
+    return ">99%"
+  return f"{frac:.0%}"
+
+
+def format_pgr(*, mean, lo, hi, undefined_frac=None, digits: int = 2) -> str:
+  """PGR as a table prints it; the stored numbers are not changed.
+
+  - point undefined (ceiling <= weak; NaN mean): "undefined (ceiling ≤ weak)", with
+    "; 41% of resamples" when undefined_frac is known;
+  - point defined, PGR undefined in more than PGR_UNDEFINED_FRAC_MAX of the
+    resamples: "0.31 (undefined in 12% of resamples)", no interval;
+  - otherwise "0.54 [0.47, 0.60]".
+  undefined_frac None or NaN means unknown (rows written before it was recorded).
+  """
+  frac = None if _is_nan(undefined_frac) else float(undefined_frac)
+  if _is_nan(mean):
+    if frac is None:
+      return PGR_UNDEFINED
+    return f"undefined (ceiling ≤ weak; {_percent(frac)} of resamples)"
+  if frac is not None and frac > PGR_UNDEFINED_FRAC_MAX:
+    return f"{mean:.{digits}f} (undefined in {_percent(frac)} of resamples)"
+  return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
 def _fmt(stat: dict, digits: int = 3) -> str:
   return f"{stat['mean']:.{digits}f} [{stat['lo']:.{digits}f}, {stat['hi']:.{digits}f}]"
 
 
+def _fmt_pgr(stat: dict) -> str:
+  return format_pgr(mean=stat["mean"], lo=stat["lo"], hi=stat["hi"],
+                    undefined_frac=stat.get("undefined_frac"))
+
+
 def summary_table(rows: list[dict]) -> str:
-  """rows: {"name", "weak", "w2s", "ceiling", "pgr"} with mean/lo/hi stats."""
+  """rows: {"name", "weak", "w2s", "ceiling", "pgr"} with mean/lo/hi stats (pgr may
+  also hold undefined_frac); PGR is printed by format_pgr."""
   header = ("method", "Pweak", "Pweak->strong", "Pceiling", "PGR")
-  lines = [[r["name"], _fmt(r["weak"]), _fmt(r["w2s"]), _fmt(r["ceiling"]), _fmt(r["pgr"], 2)]
+  lines = [[r["name"], _fmt(r["weak"]), _fmt(r["w2s"]), _fmt(r["ceiling"]), _fmt_pgr(r["pgr"])]
            for r in rows]
   widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
   fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))

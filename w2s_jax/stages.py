@@ -17,11 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from w2s_jax import gen_tasks, inference, metrics, models, objectives, sampling, scores
-from w2s_jax import pretrain, selection, tasks, train
+from w2s_jax import pretrain, selection, tasks, tokenize, train
 from w2s_jax import sharding as shd
 from w2s_jax.checkpoints import PretrainedCache
 from w2s_jax.data import Dataset, one_hot, shuffled_batches
 from w2s_jax.objectives import LossConfig
+from w2s_jax.results import remove_stale_temp_files
 from w2s_jax.selection import FilterConfig
 from w2s_jax.train import OptimConfig
 
@@ -119,37 +120,51 @@ def finetune(params, model_cfg, per_seed: list[Dataset], *, loss_cfg: LossConfig
   return state.params
 
 
+def check_mesh(cfg):
+  """The experiment's mesh, once every batch size is checked against it."""
+  mesh = cfg.mesh.make()
+  shd.check_batch_size(cfg.finetune.batch_size, mesh, "finetune.batch_size")
+  shd.check_batch_size(cfg.pretrain.batch_size, mesh, "pretrain.batch_size")
+  shd.check_batch_size(cfg.eval_batch_size, mesh, "eval_batch_size")
+  return mesh
+
+
 class Context:
   """What every stage of one experiment shares: the task and its splits, the
   mesh and the pretrained models (pretrained lazily, once, through the cache)."""
 
   def __init__(self, cfg, *, cache_dir, progress=True):
     self.cfg, self.progress = cfg, progress
-    self.mesh = cfg.mesh.make()
-    shd.check_batch_size(cfg.finetune.batch_size, self.mesh, "finetune.batch_size")
-    shd.check_batch_size(cfg.pretrain.batch_size, self.mesh, "pretrain.batch_size")
-    shd.check_batch_size(cfg.eval_batch_size, self.mesh, "eval_batch_size")
+    self.mesh = check_mesh(cfg)
     self.task = tasks.make_task(world=cfg.world, text=cfg.text_task, generation=cfg.generation)
     self.generative = self.task.generative
     self.splits = self.task.splits
     self.eval_splits = self.task.eval_splits
     self.cache = PretrainedCache(cache_dir)
+    if shd.is_main_process():
+      remove_stale_temp_files(cache_dir)  # a cache record whose writer was killed
     self.seeds = tuple(cfg.seeds)
     self._pretrained, self._corpus_of = {}, {}
     if self.generative:
       self.sampling = self.sampling_config()
 
-  def check_generation(self, sizes) -> None:
-    """Before any compute: every model's context holds the prompts plus
-    max_new_tokens, and the task's EOS / pad ids are in its vocabulary."""
-    if not self.generative:
-      return
-    width = max(d["prompt"].shape[1] for d in self.splits.values())
+  def check_models(self, sizes) -> None:
+    """Before any compute: an imported model's vocabulary holds every id of
+    the task's tokenizer, and (generation) each model's context holds the
+    prompts plus max_new_tokens, with the EOS and pad ids in its vocabulary."""
+    width = max(d["prompt"].shape[1] for d in self.splits.values()) if self.generative else 0
     for size in sizes:
-      try:
-        self.sampling.check(self.cfg.model_config(size, self.task), width)
-      except ValueError as e:
-        raise ValueError(f"model {size!r}: {e}") from None
+      model_cfg = self.cfg.model_config(size, self.task)
+      if size in dict(self.cfg.pretrained_dirs):
+        tokenizer = getattr(self.cfg.text_task, "tokenizer", "the task's tokenizer")
+        tokenize.check_vocabulary(tokenizer_vocab_size=self.task.vocab_size,
+                                  model_vocab_size=model_cfg.vocab_size, model=size,
+                                  tokenizer=tokenizer)
+      if self.generative:
+        try:
+          self.sampling.check(model_cfg, width)
+        except ValueError as e:
+          raise ValueError(f"model {size!r}: {e}") from None
 
   @property
   def eval_keys(self) -> tuple[str, ...]:

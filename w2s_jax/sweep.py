@@ -12,6 +12,12 @@ Every file is written to a temporary name and renamed, so a kill at any
 moment leaves each file either absent or complete. results.json is the
 record of a finished cell; sweep.jsonl is rebuilt from the finished cells
 after each one, so it always holds exactly one row per finished cell.
+
+Every stored file carries a checksum (integrity.py). A stage or a cell whose
+file is unreadable or fails it is recomputed, and sweep.jsonl rebuilt, with
+a warning naming the file. Two processes may run one sweep: each cell and
+each shared stage is locked while it is computed (locks.py); a process skips
+a cell another holds, and at the end waits for it and reads its result.
 """
 
 import dataclasses
@@ -23,11 +29,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from w2s_jax import checkpoints, hf_import, models, stages
+from w2s_jax import checkpoints, hf_import, integrity, interrupts, locks, models, stages
 from w2s_jax import sharding as shd
 from w2s_jax.objectives import LossConfig
 from w2s_jax.pipeline import ExperimentConfig
-from w2s_jax.results import atomic_write, package_versions, write_json_atomic
+from w2s_jax.results import (atomic_write, package_versions, prepare_out_dir,
+                             remove_stale_temp_files, write_json_atomic)
 from w2s_jax.selection import FilterConfig
 from w2s_jax.train import OptimConfig
 
@@ -93,28 +100,40 @@ class SweepConfig:
         raise ValueError(f"Cell weak={cell.weak!r} is not smaller than strong={cell.strong!r}")
 
 
-def _save_npz_atomic(path: Path, arrays: dict):
-  with atomic_write(path, "wb") as f:
-    np.savez(f, **arrays)
+def _load_stage(path: Path, fields) -> dict | None:
+  """A stored stage's arrays, or None when it must be (re)computed: absent,
+  unreadable, failing its checksum, or predating a field the stage now records."""
+  if not path.exists():
+    return None
+  try:
+    arrays = integrity.load_npz_checked(path)
+  except integrity.CorruptFileError as err:
+    integrity.warn_rebuild(path, err.problem, "recomputing the stage")
+    return None
+  return arrays if all(k in arrays for k in fields) else None
 
 
 def _stored(path: Path, compute, fields=()) -> dict:
-  """Loads a stage's arrays, or computes and stores them (also when a stored
-  file predates a field the stage now records)."""
-  if path.exists():
-    with np.load(path, allow_pickle=False) as f:
-      arrays = dict(f)
-    if all(k in arrays for k in fields):
-      return arrays
-  arrays = compute()
-  _save_npz_atomic(path, arrays)
+  """Loads a stage's arrays, or computes and stores them; one process at a time."""
+  arrays = _load_stage(path, fields)
+  if arrays is not None:
+    return arrays
+  with locks.exclusive(path):
+    arrays = _load_stage(path, fields)  # another process may have stored it meanwhile
+    if arrays is None:
+      arrays = compute()
+      integrity.save_npz_checked(path, arrays)
   return arrays
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path) -> list[dict] | None:
+  """The rows, or None if the file is unreadable (it is derived: rebuilt)."""
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  try:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    return None
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict]):
@@ -138,8 +157,9 @@ def jsonl_row(cell: Cell, results: dict) -> dict:
                                  if results.get("kept_label_accuracy") else None)}
   for split, stats in results["summary"].items():
     for metric, s in stats.items():
-      for k in ("mean", "lo", "hi"):
-        row[f"{split}/{metric}/{k}"] = s[k]
+      for k in ("mean", "lo", "hi", "undefined_frac"):
+        if k in s:
+          row[f"{split}/{metric}/{k}"] = s[k]
   return row
 
 
@@ -157,14 +177,21 @@ def _weak_stage(ctx, shared: Path, size: str, *, with_params: bool) -> dict:
     out = stages.weak_stage(ctx, size)
     params = out.pop("params", None)
     if params is not None:
-      checkpoints.save_params(params_dir, params)
+      out["params_checksum"] = np.array(checkpoints.save_params(params_dir, params), np.int64)
     return out
 
-  weak = _stored(npz, compute, stages.weak_stage_fields(ctx))
+  fields = stages.weak_stage_fields(ctx) + (("params_checksum",) if ctx.generative else ())
+  weak = _stored(npz, compute, fields)
   if with_params:
     abstract = stages.seed_stacked_abstract(ctx.pretrained(size)[1], len(ctx.seeds))
-    weak["params"] = checkpoints.load_params(params_dir, checkpoints.abstract_like(
-        abstract, shd.state_sharding(abstract, ctx.mesh, seed_axis=True)))
+    like = checkpoints.abstract_like(abstract,
+                                     shd.state_sharding(abstract, ctx.mesh, seed_axis=True))
+    try:
+      weak["params"] = checkpoints.load_params(params_dir, like, weak["params_checksum"])
+    except (integrity.CorruptFileError, FileNotFoundError) as err:
+      integrity.warn_rebuild(params_dir, str(err), "recomputing the weak stage")
+      npz.unlink(missing_ok=True)
+      return _weak_stage(ctx, shared, size, with_params=with_params)
   return weak
 
 
@@ -196,53 +223,93 @@ def _cell_results(ctx, cell: Cell, weak: dict, ceiling: dict, cfg: ExperimentCon
   }
 
 
+def _finished(path: Path, cell: Cell) -> dict | None:
+  """A cell's results, or None if it must be (re)computed."""
+  if not path.exists():
+    return None
+  try:
+    return integrity.read_json_checked(path, "cell results")
+  except integrity.CorruptFileError as err:
+    integrity.warn_rebuild(path, err.problem, f"recomputing cell {cell.id}")
+    path.unlink(missing_ok=True)
+    return None
+
+
 def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress=True) -> list[dict]:
   """Runs every unfinished cell; returns the sweep's rows (one per cell)."""
-  out = Path(out_dir)
+  stages.check_mesh(sweep.base)  # a config error leaves no folder behind
+  out = prepare_out_dir(out_dir)
   cells_dir, shared = out / "cells", out / "shared"
   cfg = sweep.base
   ctx = stages.Context(cfg, cache_dir=cache_dir or shared / "pretrained", progress=progress)
-  ctx.check_generation(sorted({size for cell in sweep.cells for size in (cell.weak, cell.strong)}))
+  ctx.check_models(sorted({size for cell in sweep.cells for size in (cell.weak, cell.strong)}))
   base = json.loads(json.dumps(dataclasses.asdict(cfg)))
-  if (out / "sweep.json").exists():
-    previous = json.loads((out / "sweep.json").read_text())["base"]
-    if previous != base:
-      changed = sorted(k for k in base if base[k] != previous.get(k))
-      raise ValueError(f"sweep directory {str(out)!r} holds a sweep with another base config "
-                       f"(fields {changed} differ): its finished work does not apply; "
-                       f"use another --out")
-  write_json_atomic(out / "sweep.json", {"base": base,
-                                         "cells": [dataclasses.asdict(c) for c in sweep.cells],
-                                         "versions": package_versions()})
+  with locks.exclusive(out / "sweep.json"):
+    if (out / "sweep.json").exists():
+      previous = integrity.read_json(out / "sweep.json", "sweep config").get("base")
+      if previous != base:
+        changed = sorted(k for k in base if base[k] != (previous or {}).get(k))
+        raise ValueError(f"sweep directory {str(out)!r} holds a sweep with another base config "
+                         f"(fields {changed} differ): its finished work does not apply; "
+                         f"use another --out")
+    write_json_atomic(out / "sweep.json", {"base": base,
+                                           "cells": [dataclasses.asdict(c) for c in sweep.cells],
+                                           "versions": package_versions()})
   jsonl = out / "sweep.jsonl"
-  for stale in out.rglob(".*.tmp"):  # left by a write that was killed before its rename
-    stale.unlink(missing_ok=True)
+  remove_stale_temp_files(out)  # left by writers killed before their rename
 
-  def finished():
-    done = {}
-    for cell in sweep.cells:
-      path = cells_dir / cell.id / "results.json"
-      if path.exists():
-        done[cell.id] = jsonl_row(cell, json.loads(path.read_text()))
-    return done
+  def write_rows(done):
+    rows = [done[c.id] for c in sweep.cells if c.id in done]
+    with locks.exclusive(jsonl):
+      _write_jsonl_atomic(jsonl, rows)
 
-  done = finished()
+  done = {}
+  for cell in sweep.cells:
+    results = _finished(cells_dir / cell.id / "results.json", cell)
+    if results is not None:
+      done[cell.id] = jsonl_row(cell, results)
   rows = [done[c.id] for c in sweep.cells if c.id in done]
-  if json.dumps(_read_jsonl(jsonl)) != json.dumps(rows):  # NaN-safe comparison
-    _write_jsonl_atomic(jsonl, rows)
-  todo = [c for c in sweep.cells if c.id not in done]
+  stored = _read_jsonl(jsonl)
+  if stored is None:
+    integrity.warn_rebuild(jsonl, "unreadable rows", "rebuilding it from the finished cells")
+  if stored is None or json.dumps(stored) != json.dumps(rows):  # NaN-safe comparison
+    write_rows(done)
   bar = tqdm(total=len(sweep.cells), initial=len(done), desc="sweep cells", unit="cell",
              disable=not progress, dynamic_ncols=True)
-  for cell in todo:
-    started = time.perf_counter()
-    weak = _weak_stage(ctx, shared, cell.weak, with_params=cell.loss.needs_teacher)
-    ceiling = _stored(shared / f"ceiling-{cell.strong}.npz",
-                      lambda: stages.ceiling_stage(ctx, cell.strong))
-    results = _cell_results(ctx, cell, weak, ceiling, cfg)
-    results["seconds"] = time.perf_counter() - started
-    write_json_atomic(cells_dir / cell.id / "results.json", results)
+  held_elsewhere = []
+  for cell in [c for c in sweep.cells if c.id not in done]:
+    interrupts.raise_if_interrupted()
+    path = cells_dir / cell.id / "results.json"
+    with locks.exclusive(path, wait=False) as mine:
+      if not mine:
+        print(f"cell {cell.id}: another process is computing it; skipping it for now")
+        held_elsewhere.append(cell)
+        continue
+      results = _finished(path, cell)  # finished by another process since we looked
+      if results is None:
+        results = _run_cell(ctx, cell, shared, cfg)
+        integrity.write_json_checked(path, results)
     done[cell.id] = jsonl_row(cell, results)
-    _write_jsonl_atomic(jsonl, [done[c.id] for c in sweep.cells if c.id in done])
+    write_rows(done)
+    bar.update(1)
+  for cell in held_elsewhere:  # wait for the other process, then read its result
+    path = cells_dir / cell.id / "results.json"
+    with locks.exclusive(path):
+      results = _finished(path, cell) or _run_cell(ctx, cell, shared, cfg)
+      if not path.exists():
+        integrity.write_json_checked(path, results)
+    done[cell.id] = jsonl_row(cell, results)
+    write_rows(done)
     bar.update(1)
   bar.close()
   return [done[c.id] for c in sweep.cells]
+
+
+def _run_cell(ctx, cell: Cell, shared: Path, cfg: ExperimentConfig) -> dict:
+  started = time.perf_counter()
+  weak = _weak_stage(ctx, shared, cell.weak, with_params=cell.loss.needs_teacher)
+  ceiling = _stored(shared / f"ceiling-{cell.strong}.npz",
+                    lambda: stages.ceiling_stage(ctx, cell.strong))
+  results = _cell_results(ctx, cell, weak, ceiling, cfg)
+  results["seconds"] = time.perf_counter() - started
+  return results

@@ -153,8 +153,9 @@ def _read_examples(cfg: TextTaskConfig) -> tuple[text_tasks.TextExamples, text_t
     read = lambda split, take: text_tasks.load_task(cfg.tfds_name, split=split, take=take,
                                                     seed=cfg.seed, data_dir=cfg.data_dir)
     return read(cfg.tfds_train_split, None), read(cfg.tfds_test_split, cfg.test_examples)
+  # Every split's labels are checked against the task's two classes, with file and line.
   read = lambda path: text_files.read_text_file(path, text_field=cfg.text_field,
-                                                label_field=cfg.label_field)
+                                                label_field=cfg.label_field, num_labels=2)
   test = read(cfg.test_file)
   if cfg.test_examples is not None and cfg.test_examples < len(test):
     rng = np.random.default_rng([cfg.seed, 1])

@@ -15,7 +15,9 @@ space, and so does the TFDS copy); a text that is empty or only whitespace is
 an error.
 
 Labels are ints >= 0, or, when label_names is given, one of those names
-(mapped to its position in label_names).
+(mapped to its position in label_names). With num_labels, every label must be
+an int in [0, num_labels): a label outside the task's classes is an error at
+its line, not a silently wrong accuracy.
 """
 
 import csv
@@ -43,14 +45,26 @@ class TextFileError(ValueError):
 
 def read_text_file(path, *, text_field: str = "text", label_field: str = "label",
                    label_names: Sequence[str] | None = None,
-                   file_format: str | None = None) -> TextExamples:
-  """All rows of a TSV/CSV/JSONL file as TextExamples."""
+                   file_format: str | None = None,
+                   num_labels: int | None = None) -> TextExamples:
+  """All rows of a TSV/CSV/JSONL file as TextExamples.
+
+  num_labels: the task's number of classes; every label must then be an int in
+    [0, num_labels) (with label_names, len(label_names) must equal it). None:
+    any int >= 0.
+  """
   file_format = _file_format(path, file_format)
   if label_names is not None:
     label_names = list(label_names)
     if not label_names or len(set(label_names)) != len(label_names) or not all(
         isinstance(n, str) for n in label_names):
       raise ValueError(f"label_names={label_names!r}: expected distinct strings")
+  if num_labels is not None:
+    if not (isinstance(num_labels, int) and not isinstance(num_labels, bool) and num_labels >= 2):
+      raise ValueError(f"num_labels={num_labels!r}: expected an int >= 2 (the number of classes)")
+    if label_names is not None and len(label_names) != num_labels:
+      raise ValueError(f"label_names={label_names!r} has {len(label_names)} names but "
+                       f"num_labels={num_labels}: expected one name per class")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such file")
   content = _decode(path)
@@ -68,11 +82,19 @@ def read_text_file(path, *, text_field: str = "text", label_field: str = "label"
     if not text.strip():
       raise TextFileError(path, line, f"empty {text_field}")
     texts.append(text)
-    labels.append(_label(path, line, row[label_field], label_field, label_names))
+    label = _label(path, line, row[label_field], label_field, label_names)
+    if num_labels is not None and label >= num_labels:
+      raise TextFileError(path, line, f"{label_field} {label}: expected an int in "
+                          f"[0, {num_labels}) ({_task_kind(num_labels)})")
+    labels.append(label)
   if not texts:
     raise TextFileError(path, None, "no examples (expected a header and at least one row)"
                         if file_format != "jsonl" else "no examples")
   return TextExamples(texts, np.asarray(labels, np.int64))
+
+
+def _task_kind(num_labels: int) -> str:
+  return "a binary task" if num_labels == 2 else f"a {num_labels}-class task"
 
 
 def _file_format(path, file_format: str | None) -> str:

@@ -72,7 +72,11 @@ def _texts(values) -> list[str]:
 
 
 def _label_in(value, num: int, *, field: str = "label") -> int:
-  label = int(np.asarray(value))
+  array = np.asarray(value)
+  # A float label (2.5, or 1.0 from a CSV-built dataset) is not truncated to an int.
+  if array.ndim != 0 or array.dtype.kind not in "iub":
+    raise ValueError(f"{field}={value!r}: expected an int in [0, {num})")
+  label = int(array)
   if not 0 <= label < num:
     raise ValueError(f"{field}={label}: expected an int in [0, {num}) "
                      "(-1 marks a split without labels)")
@@ -209,6 +213,9 @@ def examples_from_source(source: Sequence, format_example: Callable, *, take: in
       text, label = format_example(example, format_rng)
     except (KeyError, ValueError, TypeError) as err:
       raise ValueError(f"{where} example {i}: {type(err).__name__}: {err}") from err
+    if isinstance(label, bool) or label not in (0, 1):
+      raise ValueError(f"{where} example {i}: formatted label {label!r}: expected 0 or 1 "
+                       "(every task is binary)")
     texts.append(text)
     labels.append(label)
   if balanced:

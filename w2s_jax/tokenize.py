@@ -144,6 +144,43 @@ def _configured_special_tokens(directory: str) -> dict[str, str]:
   return found
 
 
+def check_vocabulary(*, tokenizer_vocab_size: int, model_vocab_size: int, model: str,
+                     tokenizer: str) -> None:
+  """Every id the tokenizer gives must index the model's embedding matrix.
+
+  A tokenizer with fewer ids than the model's vocabulary is fine (GPT-2's and
+  Pythia's embedding matrices are padded beyond their tokenizers); one with
+  more, e.g. another model's tokenizer.json, would read past the embeddings.
+  model / tokenizer: names for the message (a size or path, a spec or path).
+  """
+  for name, value in (("tokenizer_vocab_size", tokenizer_vocab_size),
+                      ("model_vocab_size", model_vocab_size)):
+    if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1):
+      raise ValueError(f"check_vocabulary {name}={value!r}: expected a positive int")
+  if tokenizer_vocab_size > model_vocab_size:
+    raise ValueError(
+        f"tokenizer {tokenizer} has {tokenizer_vocab_size} ids but model {model}'s vocabulary has "
+        f"{model_vocab_size}: expected a tokenizer whose ids fit the model "
+        "(the model's own tokenizer.json)")
+
+
+def _check_ids(tokenizer, encoded: list[list[int]], texts: Sequence[str], add_bos: bool) -> None:
+  """Every id written, the special ones included, within [0, tokenizer.vocab_size)."""
+  vocab_size = tokenizer.vocab_size
+  name = type(tokenizer).__name__
+  for role in ("pad_id", "bos_id") if add_bos else ("pad_id",):
+    value = getattr(tokenizer, role)
+    if value is not None and not 0 <= value < vocab_size:
+      raise ValueError(f"{name}.{role}={value}: expected an id in [0, {vocab_size}) "
+                       "(its vocab_size): the tokenizer is corrupt or inconsistent")
+  for i, ids in enumerate(encoded):
+    if ids and (max(ids) >= vocab_size or min(ids) < 0):  # builtins: fast on long corpora
+      bad = next(t for t in ids if not 0 <= t < vocab_size)
+      raise ValueError(f"example {i} ({texts[i]!r}) encodes to token id {bad}: expected ids in "
+                       f"[0, {vocab_size}) ({name}.vocab_size): the tokenizer is corrupt or "
+                       "inconsistent")
+
+
 def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow: str,
                     truncate_side: str = "left", add_bos: bool = False,
                     pad_side: str = "right") -> tuple[Dataset, dict]:
@@ -182,10 +219,7 @@ def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow
   if (lengths == 0).any():
     i = int(np.argmin(lengths))
     raise ValueError(f"example {i} ({examples.text[i]!r}) encodes to no tokens")
-  top = max(max(ids) for ids in encoded)
-  if top >= tokenizer.vocab_size:
-    raise ValueError(
-        f"token id {top} >= vocab_size={tokenizer.vocab_size}: the tokenizer is inconsistent")
+  _check_ids(tokenizer, encoded, examples.text, add_bos)
   too_long = lengths > room
   keep = np.flatnonzero(~too_long) if overflow == "drop" else np.arange(len(encoded))
   if len(keep) == 0:

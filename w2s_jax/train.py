@@ -8,6 +8,7 @@ classifier fine-tuning differ only in the loss function they pass in.
 import collections
 import dataclasses
 import functools
+import time
 from collections.abc import Callable, Iterator
 
 import flax
@@ -17,6 +18,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from w2s_jax import interrupts
 from w2s_jax import sharding as shd
 
 HEAD = "cls_head"
@@ -250,15 +252,22 @@ def fit(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int, 
   queue buys nothing once the device is busy, and on XLA:CPU with several
   (simulated) devices on few cores, a deep queue of collectives was measured
   to starve an all-reduce rendezvous into a deadlock abort.
+
+  Each checkpoint records the loss and the training seconds so far (those of
+  earlier, interrupted runs included), so a resumed run reports the same.
   """
   metrics = {}
   seed_axis = state.step.ndim > 0
   start = first_step(state)
+  started = time.perf_counter()
+  seconds_before = float(getattr(checkpoints, "record", {}).get("seconds", 0.0))
   in_flight = collections.deque()
   with tqdm(total=num_steps, initial=start, desc=desc, unit="step",
             disable=not progress or not shd.is_main_process(), leave=False,
             dynamic_ncols=True) as bar:
     for i in range(start, num_steps):
+      # A Ctrl-C swallowed somewhere (a JAX callback) still stops the run here.
+      interrupts.raise_if_interrupted()
       state, metrics = step_fn(state, shd.put_batch(next(batches), mesh, seed_axis=seed_axis))
       in_flight.append(metrics["loss"])
       if len(in_flight) > max_in_flight:
@@ -270,7 +279,9 @@ def fit(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int, 
         bar.set_postfix(loss=f"{float(np.mean(shd.to_host(metrics['loss']))):.4f}")
       if checkpoints is not None and (done % checkpoints.every == 0 or done == num_steps):
         _check_finite(state, desc)  # never checkpoint a state that stopped on a NaN
-        checkpoints.save(done, state)
+        checkpoints.save(done, state, record={
+            "loss": float(np.mean(shd.to_host(metrics["loss"]))),
+            "seconds": seconds_before + time.perf_counter() - started})
   if checkpoints is not None:
     checkpoints.wait()
   return state, shd.to_host(metrics)
