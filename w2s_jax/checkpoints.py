@@ -195,8 +195,9 @@ class PretrainedCache:
       return None, None
     try:
       info = integrity.read_json(info_path, "cache info")
-      if "params_checksum" not in info:
-        raise CorruptFileError(info_path, "no params checksum")
+      if "params_checksum" not in info:  # written before checksums: cannot be verified
+        raise CorruptFileError(info_path, "no params checksum (an entry written by an older "
+                                          "w2s_jax cannot be verified)")
       params = load_params(entry / "params", like, info.pop("params_checksum"))
       return params, info
     except (CorruptFileError, FileNotFoundError) as err:
