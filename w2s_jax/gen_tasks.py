@@ -138,7 +138,10 @@ def score_fields(*, tokens, mask, truth, fields: dict) -> dict:
 
 
 def testbed_generative_task(world_cfg: testbed.WorldConfig, gen_cfg: GenerationConfig):
-  world = testbed.make_world(world_cfg)
+  """The classification testbed's world, corpus and probe (so its cache
+  entries), with prompt -> response splits in place of the binary ones."""
+  base = tasks.testbed_task(world_cfg)
+  world = base.world
   fmt = FORMATS[gen_cfg.format]
   splits, fields = {}, {}
   for name in testbed.SPLITS:
@@ -153,7 +156,6 @@ def testbed_generative_task(world_cfg: testbed.WorldConfig, gen_cfg: GenerationC
     return score_fields(tokens=tokens, mask=mask, truth=splits[split]["response"],
                         fields=fields[split])
 
-  base = tasks.testbed_task(world_cfg)
   return dataclasses.replace(
       base, name=f"testbed-generative-{gen_cfg.format}", splits=splits, eval_splits=eval_splits,
       kind="generative", metrics=("fields", "exact"), score=score,

@@ -24,7 +24,7 @@ from w2s_jax.data import Dataset
 from w2s_jax.text_files import TextFileError
 from w2s_jax.text_tasks import (_check_take, _read, _split_seed, _text, _texts, check_source,
                                 open_tfds_split)
-from w2s_jax.tokenize import OVERFLOW
+from w2s_jax.tokenize import OVERFLOW, check_ids
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -270,10 +270,7 @@ def encode_pairs(pairs: PromptResponses, *, tokenizer, max_prompt_len: int,
     empty = next((i for i, ids in enumerate(encoded) if not ids), None)
     if empty is not None:
       raise ValueError(f"example {empty}: {what} {texts[empty]!r} encodes to no tokens")
-    top = max(max(ids) for ids in encoded)
-    if top >= tokenizer.vocab_size:
-      raise ValueError(f"{what} token id {top} >= vocab_size={tokenizer.vocab_size}: "
-                       "the tokenizer is inconsistent")
+    check_ids(tokenizer, encoded, texts, add_bos)
   long_prompt = np.array([len(ids) > room for ids in prompts])
   long_response = np.array([len(ids) > max_response_len for ids in responses])
   too_long = long_prompt | long_response

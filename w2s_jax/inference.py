@@ -33,8 +33,10 @@ def jit_batched(fn, mesh, *, seed_axis: bool = False):
 
 
 def map_batches(fn, params, data: Dataset, *, batch_size: int, mesh, field: str,
-                seed_axis: bool = False) -> np.ndarray:
-  """fn (from jit_batched) over every example of data, in padded batches.
+                seed_axis: bool = False, inputs=("tokens", "mask")):
+  """fn (from jit_batched) over every example of data, in padded batches:
+  fn(params, *the batch's `inputs` fields) -> per-example outputs (an array
+  or a tuple of them, split like the batch).
 
   Each process feeds only its own rows of each batch; the outputs are
   gathered once, at the end, so the loop never waits on the device.
@@ -43,14 +45,14 @@ def map_batches(fn, params, data: Dataset, *, batch_size: int, mesh, field: str,
   rows = shd.process_rows(mesh, batch_size)
   outputs, reals = [], []
   for batch, real in padded_batches(data, batch_size=batch_size):
-    local = {k: batch[k][rows] for k in ("tokens", "mask")}
-    b = shd.put_batch(local, mesh)
-    outputs.append(fn(params, b["tokens"], b["mask"]))
+    b = shd.put_batch({k: batch[k][rows] for k in inputs}, mesh)
+    outputs.append(fn(params, *(b[k] for k in inputs)))
     reals.append(real)
   outputs = shd.to_host(outputs)
   axis = 1 if seed_axis else 0
-  trimmed = [np.take(o, np.arange(r), axis=axis) for o, r in zip(outputs, reals)]
-  return np.concatenate(trimmed, axis=axis)
+  trim = lambda o, r: np.take(o, np.arange(r), axis=axis)
+  return jax.tree.map(lambda *parts: np.concatenate(parts, axis=axis),
+                      *[jax.tree.map(lambda o: trim(o, r), out) for out, r in zip(outputs, reals)])
 
 
 def _batched(params, model_cfg, data: Dataset, *, batch_size, mesh, fn_name, seed_axis):

@@ -115,9 +115,8 @@ def _log_probs(logits, temperature):
 def response_xent(*, logits, tokens, loss_mask):
   """Next-token cross-entropy on the response tokens: SFT, or sequence-level KD
   when the response was written by the teacher."""
-  logp = _log_probs(logits, 1.0)
-  target = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-  return -_response_mean(target, loss_mask)
+  target_logp, _ = next_token_log_probs(logits=logits, tokens=tokens, mask=loss_mask)
+  return -_response_mean(target_logp, loss_mask)
 
 
 def _kl(log_p, log_q):

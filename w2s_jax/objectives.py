@@ -16,7 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from w2s_jax import losses
+from w2s_jax import losses, sampling
 from w2s_jax.models import ModelConfig, Transformer
 
 CLASSIFIER_LOSSES = ("xent", "kl", "product", "logconf", "combined")
@@ -179,8 +179,10 @@ def _lm_logits(model, params, batch, rng):
 
 
 def _token_accuracy(logits, batch):
-  """How often the student's argmax is the response's next token."""
-  hit = (jnp.argmax(logits[:, :-1], -1) == batch["tokens"][:, 1:]).astype(jnp.float32)
+  """How often the student's greedy token is the response's next token (the
+  sampler's greedy_token: XLA:CPU's argmax is slow over a large vocabulary)."""
+  greedy = sampling.greedy_token(logits[:, :-1])
+  hit = (greedy == batch["tokens"][:, 1:]).astype(jnp.float32)
   weight = batch["loss_mask"][:, 1:].astype(jnp.float32)
   return jnp.sum(hit * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
@@ -220,9 +222,8 @@ def token_kd_objective(model_cfg: ModelConfig, teacher_cfg: ModelConfig, loss_cf
   def loss_fn(params, batch, step_frac, rng, teacher_params):
     del step_frac
     logits = _lm_logits(model, params, batch, rng)
-    teacher_logits = jax.lax.stop_gradient(teacher_model.apply(
-        {"params": teacher_params}, batch["tokens"], batch["mask"],
-        method=Transformer.lm_logits))
+    teacher_logits = teacher_model.apply({"params": teacher_params}, batch["tokens"],
+                                         batch["mask"], method=Transformer.lm_logits)
     loss = divergence(logits=logits, teacher_logits=teacher_logits, loss_mask=batch["loss_mask"])
     return loss, {"token_agreement": _token_accuracy(logits, batch)}
   return loss_fn

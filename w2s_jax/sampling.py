@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax import models
+from w2s_jax import inference, models
 from w2s_jax import sharding as shd
-from w2s_jax.data import Dataset, padded_batches
+from w2s_jax.data import Dataset
 from w2s_jax.models import ModelConfig, Transformer
 
 
@@ -233,7 +233,6 @@ def generate(params, model_cfg: ModelConfig, data: Dataset, *, cfg: SamplingConf
   """
   check_prompts(data)
   cfg.check(model_cfg, data["prompt"].shape[1])
-  shd.check_batch_size(batch_size, mesh, "generation batch_size")
   if samples > 1 and cfg.greedy:
     raise ValueError(f"generate samples={samples}: greedy decoding gives one response per "
                      "prompt; expected samples=1 or SamplingConfig.temperature > 0")
@@ -242,18 +241,11 @@ def generate(params, model_cfg: ModelConfig, data: Dataset, *, cfg: SamplingConf
   elif jax.dtypes.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
     rng = jax.random.key_data(rng)
   fn = compiled_sampler(model_cfg, cfg, mesh, seed_axis)
-  rows = shd.process_rows(mesh, batch_size)
   ids = np.repeat(np.arange(len(data)), samples)
   repeated = Dataset(prompt=data["prompt"][ids], prompt_mask=data["prompt_mask"][ids],
                      example_ids=ids * samples + np.tile(np.arange(samples), len(data)))
-  outputs, reals = [], []
-  for batch, real in padded_batches(repeated, batch_size=batch_size):
-    local = shd.put_batch({k: batch[k][rows] for k in ("prompt", "prompt_mask", "example_ids")},
-                          mesh)
-    outputs.append(fn(params, local["prompt"], local["prompt_mask"], local["example_ids"],
-                      jnp.asarray(rng)))
-    reals.append(real)
-  outputs = shd.to_host(outputs)
-  axis = 1 if seed_axis else 0
-  return tuple(np.concatenate([np.take(o[k], np.arange(r), axis=axis)
-                               for o, r in zip(outputs, reals)], axis=axis) for k in range(3))
+  rng = jnp.asarray(rng)
+  return inference.map_batches(
+      lambda p, prompt, mask, example_ids: fn(p, prompt, mask, example_ids, rng), params,
+      repeated, batch_size=batch_size, mesh=mesh, field="generation batch_size",
+      seed_axis=seed_axis, inputs=("prompt", "prompt_mask", "example_ids"))

@@ -112,7 +112,8 @@ def finetune(params, model_cfg, per_seed: list[Dataset], *, loss_cfg: LossConfig
                               rng=train.seed_keys(seeds), per_seed=True)
   if teacher is not None:
     teacher_params = jax.device_put(teacher_params, teacher_sharding)
-    step = (lambda compiled: lambda state, batch: compiled(state, batch, teacher_params))(step)
+    compiled = step
+    step = lambda state, batch: compiled(state, batch, teacher_params)
   batches = _seed_stream(per_seed, batch_size=optim_cfg.batch_size, seeds=seeds,
                          rows=shd.process_rows(mesh, optim_cfg.batch_size), gt_data=gt_data)
   state, _ = train.fit(state, step, batches, num_steps=optim_cfg.steps, mesh=mesh, desc=desc,
@@ -166,12 +167,17 @@ class Context:
         except ValueError as e:
           raise ValueError(f"model {size!r}: {e}") from None
 
+  def eval_key(self, split, metric) -> str:
+    """A split scored by the task's headline metric is keyed by the split alone,
+    by a further metric as "split:metric"."""
+    return split if metric == self.task.metrics[0] else f"{split}:{metric}"
+
   @property
   def eval_keys(self) -> tuple[str, ...]:
-    """What evaluate() returns: each evaluation split scored by the task's
-    headline metric, then "split:metric" for each further metric."""
-    extra = self.task.metrics[1:] if self.generative else ()
-    return (*self.eval_splits, *(f"{s}:{m}" for s in self.eval_splits for m in extra))
+    """What evaluate() returns: every evaluation split under its headline
+    metric, then under each further metric (generation)."""
+    metrics_ = self.task.metrics if self.generative else self.task.metrics[:1]
+    return tuple(self.eval_key(s, m) for m in metrics_ for s in self.eval_splits)
 
   @property
   def world(self):
@@ -276,8 +282,8 @@ class Context:
     out = {}
     for split in self.eval_splits:
       tokens, mask, _ = self.generate(size, params, split)
-      for i, (metric, values) in enumerate(self.score(split, tokens, mask).items()):
-        out[split if i == 0 else f"{split}:{metric}"] = values
+      for metric, values in self.score(split, tokens, mask).items():
+        out[self.eval_key(split, metric)] = values
     return out
 
 

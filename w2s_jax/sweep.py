@@ -276,31 +276,30 @@ def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress=True) -> 
     write_rows(done)
   bar = tqdm(total=len(sweep.cells), initial=len(done), desc="sweep cells", unit="cell",
              disable=not progress, dynamic_ncols=True)
-  held_elsewhere = []
-  for cell in [c for c in sweep.cells if c.id not in done]:
-    interrupts.raise_if_interrupted()
+
+  def finish(cell, *, wait: bool) -> bool:
+    """Reads or computes the cell under its lock; False if another process holds it."""
     path = cells_dir / cell.id / "results.json"
-    with locks.exclusive(path, wait=False) as mine:
+    with locks.exclusive(path, wait=wait) as mine:
       if not mine:
-        print(f"cell {cell.id}: another process is computing it; skipping it for now")
-        held_elsewhere.append(cell)
-        continue
-      results = _finished(path, cell)  # finished by another process since we looked
+        return False
+      results = _finished(path, cell)  # perhaps finished by another process meanwhile
       if results is None:
         results = _run_cell(ctx, cell, shared, cfg)
         integrity.write_json_checked(path, results)
     done[cell.id] = jsonl_row(cell, results)
     write_rows(done)
     bar.update(1)
+    return True
+
+  held_elsewhere = []
+  for cell in [c for c in sweep.cells if c.id not in done]:
+    interrupts.raise_if_interrupted()
+    if not finish(cell, wait=False):
+      print(f"cell {cell.id}: another process is computing it; skipping it for now")
+      held_elsewhere.append(cell)
   for cell in held_elsewhere:  # wait for the other process, then read its result
-    path = cells_dir / cell.id / "results.json"
-    with locks.exclusive(path):
-      results = _finished(path, cell) or _run_cell(ctx, cell, shared, cfg)
-      if not path.exists():
-        integrity.write_json_checked(path, results)
-    done[cell.id] = jsonl_row(cell, results)
-    write_rows(done)
-    bar.update(1)
+    finish(cell, wait=True)
   bar.close()
   return [done[c.id] for c in sweep.cells]
 

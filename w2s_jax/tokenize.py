@@ -164,7 +164,7 @@ def check_vocabulary(*, tokenizer_vocab_size: int, model_vocab_size: int, model:
         "(the model's own tokenizer.json)")
 
 
-def _check_ids(tokenizer, encoded: list[list[int]], texts: Sequence[str], add_bos: bool) -> None:
+def check_ids(tokenizer, encoded: list[list[int]], texts: Sequence[str], add_bos: bool) -> None:
   """Every id written, the special ones included, within [0, tokenizer.vocab_size)."""
   vocab_size = tokenizer.vocab_size
   name = type(tokenizer).__name__
@@ -219,7 +219,7 @@ def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow
   if (lengths == 0).any():
     i = int(np.argmin(lengths))
     raise ValueError(f"example {i} ({examples.text[i]!r}) encodes to no tokens")
-  _check_ids(tokenizer, encoded, examples.text, add_bos)
+  check_ids(tokenizer, encoded, examples.text, add_bos)
   too_long = lengths > room
   keep = np.flatnonzero(~too_long) if overflow == "drop" else np.arange(len(encoded))
   if len(keep) == 0:
