@@ -10,9 +10,11 @@ Prompt `<bos> a3 b17 lives`, response `c4 is in r1 .`: the home city (a fact
 from pretraining) and its region. The weak model is fine-tuned on train_gt's
 responses, writes a greedy response for every train_w2s prompt, and the
 strong model learns from those: `sft` (sequence-level KD), token-level
-forward KL, reverse KL and JSD(0.5) against the frozen weak model, and
+forward KL, reverse KL and JSD(0.5) against the frozen weak model,
 `combined` (0.5 * sft on weak responses + 0.5 * LM on 30 ground-truth
-responses). Scored by per-field accuracy (city, region) of greedy
+responses), and `live` (the weak model as a live supervisor: half of each
+batch is sampled by the student in the train step and scored by the weak
+model, reverse KL; the other half is reverse KL on the weak responses). Scored by per-field accuracy (city, region) of greedy
 generations, and exact match, over 5 seeds.
 
 Expected on a 2-core CPU: under 2 minutes with pretraining (about 1 minute
@@ -37,7 +39,8 @@ from w2s_jax.sweep import SweepConfig, grid
 from w2s_jax.train import OptimConfig
 
 LOSSES = (LossConfig("sft"), LossConfig("forward_kl"), LossConfig("reverse_kl"),
-          LossConfig("jsd"), LossConfig("combined", kd_weight=0.5, gt_examples=30))
+          LossConfig("jsd"), LossConfig("combined", kd_weight=0.5, gt_examples=30),
+          LossConfig("live", live_fraction=0.5))
 
 
 def get_config(arg=None) -> ExperimentConfig:

@@ -4,8 +4,9 @@
 
 The pool is the testbed corpus plus 20% planted bad documents (shuffled,
 random, false facts). Prints how much bad data each criterion removes, then
-pretrains the strong model on the unfiltered pool and on the likelihood-
-filtered pool and runs the W2S pipeline (naive KD) with each.
+pretrains the strong model on the unfiltered pool and on the pool filtered by
+--criterion (the weak LM's likelihood by default; min_prob, likelihood_ratio,
+random) and runs the W2S pipeline (naive KD) with each.
 """
 
 import argparse
@@ -21,6 +22,9 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--config", default="configs/default.py")
   parser.add_argument("--keep", type=float, default=0.8, help="keep fraction for the strong corpus")
+  parser.add_argument("--criterion", default="likelihood",
+                      choices=(*curation.POOL_CRITERIA, *curation.ALIASES),
+                      help="what filters the strong corpus (mean_logprob = likelihood)")
   parser.add_argument("--out", default="runs/filter_corpus")
   configs.add_run_args(parser)
   return parser.parse_args(argv)
@@ -31,7 +35,7 @@ def main(argv=None):
   configs.start_run(args)
   cfg = configs.load(args.config)
   results = curation.run(cfg, keep=args.keep, out_dir=Path(args.out), cache_dir=args.cache,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, criterion=args.criterion)
   print(curation.format_report(results))
 
 

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax import models, pipeline, scores, selection, stages, testbed
+from w2s_jax import curation, models, pipeline, scores, selection, stages, testbed, weak_curation
 from w2s_jax.data import Dataset
 from w2s_jax.selection import EmptySelectionError, FilterConfig
 
@@ -130,14 +130,14 @@ def test_filter_subsets_per_seed_are_stratified_and_sized():
   p1 = rng.random((2, 40, 1))
   weak = {"labels": np.concatenate([1 - p1, p1], -1), "likelihood": rng.random(40)}
   for criterion in ("confidence", "margin", "neg_entropy", "agreement", "likelihood"):
-    subsets = stages.filter_subsets(weak, FilterConfig(criterion, 0.5))
+    subsets = weak_curation.filter_subsets(weak, FilterConfig(criterion, 0.5), generative=False)
     assert len(subsets) == 2
     for i, idx in enumerate(subsets):
       hard = weak["labels"][i].argmax(-1)
       for c in (0, 1):
         assert abs(np.sum(hard[idx] == c) - 0.5 * np.sum(hard == c)) <= 0.5
   with pytest.raises(ValueError, match="does not apply"):
-    stages.filter_scores(weak, "likelihood_ratio")
+    weak_curation.filter_scores(weak, "likelihood_ratio", generative=False)
 
 
 def test_likelihood_filtering_removes_planted_bad_documents(tmp_path):
@@ -156,3 +156,10 @@ def test_likelihood_filtering_removes_planted_bad_documents(tmp_path):
   kept = selection.top_fraction(scores=ll, keep_frac=0.8)
   removed = 1 - np.isin(np.flatnonzero(kind >= 0), kept).mean()
   assert removed >= 0.8, f"removed only {removed:.1%} of the bad documents"
+  # The pool filter's scores come from the same token scores as the weak responses'.
+  criteria = curation.pool_scores(ctx, pool, weak_size="pico")
+  np.testing.assert_allclose(criteria["likelihood"], ll, atol=1e-6)
+  rows = {r["criterion"]: r for r in curation.removal_table(kind, criteria, (0.8,))}
+  # min_prob too (measured: 95% removed; likelihood 99%, random 21%).
+  assert rows["min_prob"]["bad_removed"] >= 0.8, rows["min_prob"]
+  assert rows["random"]["bad_removed"] < 0.3

@@ -19,6 +19,7 @@ from w2s_jax.train import OptimConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/sweep.py") + ":tiny"
+GENERATIVE_TINY = str(ROOT / "configs/generative_sweep.py") + ":tiny"
 
 
 def test_pairs_are_every_weak_smaller_than_strong():
@@ -42,8 +43,8 @@ def test_sweep_config_rejects_bad_grids():
     sweep.SweepConfig(base, (sweep.Cell("pico", "nano"),) * 2)
 
 
-def _run(out, cache, xla_cache, **popen):
-  cmd = [sys.executable, str(ROOT / "experiments/sweep.py"), "--config", TINY, "--out", str(out),
+def _run(out, cache, xla_cache, config=TINY, **popen):
+  cmd = [sys.executable, str(ROOT / "experiments/sweep.py"), "--config", config, "--out", str(out),
          "--cache", str(cache), "--xla-cache", str(xla_cache), "--no-progress"]
   env = {**os.environ, "XLA_FLAGS": ""}  # one device, as a user runs it
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -54,31 +55,33 @@ def _rows(out):
   return [json.loads(l) for l in (out / "sweep.jsonl").read_text().splitlines()]
 
 
-def _timed_run(out, cache, xla):
+def _timed_run(out, cache, xla, config=TINY):
   started = time.perf_counter()
-  proc = _run(out, cache, xla)
+  proc = _run(out, cache, xla, config)
   assert proc.wait() == 0, proc.stderr.read().decode()[-3000:]
   return time.perf_counter() - started
 
 
-def test_sigkill_at_random_moments_loses_and_corrupts_nothing(tmp_path):
+@pytest.mark.parametrize("config", [TINY, GENERATIVE_TINY], ids=["classification", "generative"])
+def test_sigkill_at_random_moments_loses_and_corrupts_nothing(tmp_path, config):
   """Kill the sweep 5 times at random moments, rerunning after each: the final
   store holds exactly one row per cell, with the uninterrupted sweep's numbers.
-  Also two processes on one folder and one cache."""
+  Also two processes on one folder and one cache. The generative grid holds
+  the live supervisor, whose teacher is the weak stage's stored params."""
   cache, xla = tmp_path / "cache", tmp_path / "xla"
-  _timed_run(tmp_path / "cold", cache, xla)  # fills the pretrained and compilation caches
-  full = _timed_run(tmp_path / "whole", cache, xla)
-  startup = _timed_run(tmp_path / "whole", cache, xla)  # every cell done: start-up cost only
+  _timed_run(tmp_path / "cold", cache, xla, config)  # fills the pretrained and compilation caches
+  full = _timed_run(tmp_path / "whole", cache, xla, config)
+  startup = _timed_run(tmp_path / "whole", cache, xla, config)  # every cell done: start-up cost only
   expected = _rows(tmp_path / "whole")
   assert json.dumps(_rows(tmp_path / "cold")) == json.dumps(expected)
-  num_cells = len(configs.load_sweep(TINY).cells)
+  num_cells = len(configs.load_sweep(config).cells)
   assert len(expected) == num_cells
   # Not vacuous: the tiny sweep's cells differ, so equal rows below mean equal work.
   assert len({r["test/w2s/mean"] for r in expected}) > 2
 
   # Two processes started together on one folder and one empty cache: no
   # crash, and the rows of a run alone.
-  pair = [_run(tmp_path / "pair", tmp_path / "cache2", xla) for _ in range(2)]
+  pair = [_run(tmp_path / "pair", tmp_path / "cache2", xla, config) for _ in range(2)]
   assert [p.wait() for p in pair] == [0, 0], [p.stderr.read().decode()[-2000:] for p in pair]
   assert json.dumps(_rows(tmp_path / "pair")) == json.dumps(expected)
 
@@ -88,7 +91,7 @@ def test_sigkill_at_random_moments_loses_and_corrupts_nothing(tmp_path):
   for _ in range(5):
     done = len(_rows(out)) if (out / "sweep.jsonl").exists() else 0
     remaining = startup + (full - startup) * (num_cells - done) / num_cells
-    proc = _run(out, cache, xla)
+    proc = _run(out, cache, xla, config)
     time.sleep(rng.uniform(0.2, 0.95) * remaining)
     if proc.poll() is None:
       proc.send_signal(signal.SIGKILL)
@@ -98,7 +101,7 @@ def test_sigkill_at_random_moments_loses_and_corrupts_nothing(tmp_path):
       ids = [r["cell"] for r in _rows(out)]
       assert len(ids) == len(set(ids))
   assert kills >= 3, f"only {kills} of 5 runs were still going when killed"
-  proc = _run(out, cache, xla)
+  proc = _run(out, cache, xla, config)
   assert proc.wait() == 0, proc.stderr.read().decode()[-3000:]
   assert json.dumps(_rows(out)) == json.dumps(expected)  # NaN-safe equality
   assert not list(out.rglob(".*.tmp"))

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax import metrics
 from w2s_jax.scores import confidence as max_prob, margin, neg_entropy  # noqa: F401
 
 BASES = ("cascade", "strong_only")
@@ -290,74 +289,3 @@ def ibc_lift_interval(*, scores, weak_correct, strong_correct, weak_cost, strong
   lo, hi = np.percentile(finite, [tail, 100 - tail]) if len(finite) else (math.nan, math.nan)
   return {"mean": point, "lo": float(lo), "hi": float(hi),
           "undefined_frac": float(1 - len(finite) / len(lifts))}
-
-
-@jax.jit
-def _inverse_temperature(logits, labels):
-  target = jnp.take_along_axis(logits, labels[:, None], 1)[:, 0]
-
-  def step(_, bounds):  # bisect log(beta) on the sign of dNLL/dbeta = E_p[z] - z_label
-    lo, hi = bounds
-    mid = (lo + hi) / 2
-    p = jax.nn.softmax(jnp.exp(mid) * logits, -1)
-    rising = jnp.mean(jnp.sum(p * logits, -1) - target) > 0
-    return jnp.where(rising, lo, mid), jnp.where(rising, mid, hi)
-
-  lo, hi = jax.lax.fori_loop(0, 50, step, (jnp.log(1e-2), jnp.log(1e2)))
-  return jnp.exp((lo + hi) / 2)
-
-
-def fit_temperature(*, logits, labels) -> float:
-  """T minimising the NLL of softmax(logits / T) on held-out labels. The NLL is
-  convex in beta = 1/T, so its slope changes sign once: 50 deterministic
-  bisection steps on log(beta), with T in [1e-2, 1e2] (a bound comes back when
-  the optimum lies beyond it, e.g. separable data wants T -> 0)."""
-  logits, labels = np.asarray(logits, np.float32), np.asarray(labels)
-  if logits.ndim != 2 or len(logits) == 0 or logits.shape[1] < 2 or \
-      not np.isfinite(logits).all() or labels.shape != logits.shape[:1] or \
-      not np.issubdtype(labels.dtype, np.integer) or not 0 <= labels.min() <= \
-      labels.max() < logits.shape[1]:
-    raise ValueError(f"fit_temperature: logits {logits.shape}, labels {labels.shape} "
-                     f"{labels.dtype}: expected finite logits [N >= 1, classes >= 2] and "
-                     f"int labels [N] in [0, classes)")
-  return float(1 / _inverse_temperature(jnp.asarray(logits), jnp.asarray(labels)))
-
-
-def expected_calibration_error(*, probs, labels, num_bins: int = 15) -> float:
-  """Equal-width bins (i/B, (i+1)/B] of max prob; sum_b n_b/N |acc_b - conf_b|,
-  computed as sum_b |correct_b - confidence_b| / N."""
-  probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
-  if probs.ndim != 2 or len(probs) == 0 or labels.shape not in (probs.shape, probs.shape[:1]) \
-      or num_bins < 1:
-    raise ValueError(f"expected_calibration_error: probs {probs.shape}, labels {labels.shape}, "
-                     f"num_bins={num_bins}: expected [N >= 1, classes], [N] or [N, classes], >= 1")
-  conf = probs.max(-1)
-  bins = np.clip(np.ceil(conf * num_bins).astype(int) - 1, 0, num_bins - 1)
-  gap = (np.bincount(bins, metrics.correct(probs=probs, labels=labels), num_bins)
-         - np.bincount(bins, conf, num_bins))
-  return float(np.abs(gap).sum() / len(conf))
-
-
-def forward_flops(*, num_params, tokens):
-  """2 * params * tokens per query (Kaplan et al. 2020): a multiply-add per
-  parameter per token, leaving out attention's context term (small here)."""
-  tokens = np.asarray(tokens, np.float64)
-  if not num_params > 0 or not np.isfinite(tokens).all() or (tokens < 0).any():
-    raise ValueError(f"forward_flops num_params={num_params}, tokens={tokens}: expected "
-                     "num_params > 0 and finite token counts >= 0")
-  return 2.0 * num_params * tokens
-
-
-def model_flops(*, config, tokens, include_embeddings: bool = False):
-  """Per-query forward FLOPs of a ModelConfig for its real input tokens
-  (classification) or prompt + generated tokens (generation). As in Kaplan et
-  al., the embedding parameters that ModelConfig.num_params counts (token,
-  learned position and untied unembedding matrices) are left out by default:
-  lookups cost nothing, though this also drops the unembedding matmul, which
-  matters for small models with large vocabularies; include_embeddings=True
-  counts every parameter."""
-  d, v = config.width, config.vocab_size
-  embedding = (v * d + (config.max_len * d if config.positions == "learned" else 0)
-               + (0 if config.tie_embeddings else v * d))
-  return forward_flops(num_params=config.num_params - (0 if include_embeddings else embedding),
-                       tokens=tokens)

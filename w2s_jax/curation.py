@@ -11,20 +11,25 @@ from w2s_jax.objectives import LossConfig
 from w2s_jax.results import package_versions, prepare_out_dir, summary_table, write_json_atomic
 
 KEEP_FRACS = (0.9, 0.8, 0.7, 0.5)
+POOL_CRITERIA = ("likelihood", "min_prob", "likelihood_ratio", "random")
+ALIASES = {"mean_logprob": "likelihood"}  # the weak-response score of the same function
 
 
 def pool_scores(ctx, pool: Dataset, *, weak_size: str, reference=None) -> dict:
   """Per-document scores of the pool (higher is kept).
 
-  likelihood: the weak LM's mean per-token log-likelihood. likelihood_ratio:
-  that minus a reference LM's (Moore and Lewis 2010), with the reference
-  pretrained on the unfiltered pool itself, so the ratio asks "more typical
-  of clean text than of the pool?". random: a baseline.
+  likelihood: the weak LM's mean per-token log-likelihood (scores.mean_logprob,
+  the `mean_logprob` that ranks weak responses). min_prob: its lowest token
+  probability in the document (scores.min_prob, also a weak-response score).
+  likelihood_ratio: likelihood minus a reference LM's (Moore and Lewis 2010),
+  with the reference pretrained on the unfiltered pool itself, so the ratio
+  asks "more typical of clean text than of the pool?". random: a baseline.
   """
   batch = ctx.cfg.eval_batch_size
   params, model_cfg, _ = ctx.pretrained(weak_size)
-  ll = scores.sequence_log_likelihood(params, model_cfg, pool, batch_size=batch, mesh=ctx.mesh)
-  out = {"likelihood": ll,
+  tokens = scores.token_scores(params, model_cfg, pool, batch_size=batch, mesh=ctx.mesh)
+  ll = tokens["mean_logprob"]
+  out = {"likelihood": ll, "min_prob": tokens["min_prob"],
          "random": np.random.default_rng(0).permutation(len(pool)).astype(np.float64)}
   if reference is not None:
     ref, ref_cfg = reference
@@ -52,7 +57,20 @@ def removal_table(pool_kind: np.ndarray, criteria: dict, keep_fracs) -> list[dic
   return rows
 
 
-def run(cfg, *, keep: float, out_dir: Path, cache_dir, progress=True, bad_frac=0.2) -> dict:
+def pool_criterion(name: str) -> str:
+  """A pool criterion's name (POOL_CRITERIA, or an alias); a clear error otherwise."""
+  name = ALIASES.get(name, name)
+  if name not in POOL_CRITERIA:
+    raise ValueError(f"pool criterion {name!r}: expected one of {POOL_CRITERIA} "
+                     f"(or {sorted(ALIASES)})")
+  return name
+
+
+def run(cfg, *, keep: float, out_dir: Path, cache_dir, progress=True, bad_frac=0.2,
+        criterion: str = "likelihood") -> dict:
+  """Removal by every criterion; the strong model pretrained on the clean
+  corpus, the pool and the pool filtered by `criterion` at `keep`."""
+  criterion = pool_criterion(criterion)
   started = time.perf_counter()
   out_dir = prepare_out_dir(out_dir)
   ctx = stages.Context(cfg, cache_dir=cache_dir, progress=progress)
@@ -63,9 +81,9 @@ def run(cfg, *, keep: float, out_dir: Path, cache_dir, progress=True, bad_frac=0
   criteria = pool_scores(ctx, pool, weak_size=cfg.weak_size, reference=(ref_params, ref_cfg))
   removal = removal_table(kind, criteria, sorted({*KEEP_FRACS, keep}, reverse=True))
 
-  kept = selection.top_fraction(scores=criteria["likelihood"], keep_frac=keep)
+  kept = selection.top_fraction(scores=criteria[criterion], keep_frac=keep)
   corpora = {"clean": None, "pool": pool,
-             f"pool, likelihood@{keep:g}": pool.take(kept)}
+             f"pool, {criterion}@{keep:g}": pool.take(kept)}
   weak = stages.weak_stage(ctx, cfg.weak_size)
   w2s = {}
   for name, corpus in corpora.items():
@@ -78,7 +96,8 @@ def run(cfg, *, keep: float, out_dir: Path, cache_dir, progress=True, bad_frac=0
     info = ctx.pretrained(cfg.strong_size)[2]
     w2s[name] = {"summary": summary, "strong_facts": info["lives"], "docs": len(ctx.corpus if corpus is None else corpus)}
   results = {"config": pipeline.config_to_dict(cfg), "versions": package_versions(),
-             "keep": keep, "bad_frac": bad_frac, "removal": removal, "w2s": w2s,
+             "keep": keep, "criterion": criterion, "bad_frac": bad_frac, "removal": removal,
+             "w2s": w2s,
              "seconds": time.perf_counter() - started}
   write_json_atomic(Path(out_dir) / "results.json", results)
   return results

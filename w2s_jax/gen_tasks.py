@@ -53,14 +53,22 @@ class GenerationConfig:
 def sequences(data: Dataset, response=None, response_mask=None) -> Dataset:
   """prompt + response as one row: tokens, mask (real tokens) and loss_mask
   (the response tokens, which the objectives train on). response /
-  response_mask replace the data's own (a weak model's generations)."""
+  response_mask replace the data's own (a weak model's generations).
+
+  The row also keeps its left-padded prompt (prompt, prompt_mask) and an
+  example_id (the data's own, else the row index), so an objective can
+  sample a fresh response to it inside the train step (live.py)."""
   response = data["response"] if response is None else np.asarray(response)
   response_mask = data["response_mask"] if response_mask is None else np.asarray(response_mask)
   prompt_mask = data["prompt_mask"]
+  example_id = data["example_id"] if "example_id" in data else np.arange(len(prompt_mask))
   return Dataset(tokens=np.concatenate([data["prompt"], response], axis=1).astype(np.int32),
                  mask=np.concatenate([prompt_mask, response_mask], axis=1).astype(np.int32),
                  loss_mask=np.concatenate([np.zeros_like(prompt_mask), response_mask],
-                                          axis=1).astype(np.int32))
+                                          axis=1).astype(np.int32),
+                 prompt=np.asarray(data["prompt"], np.int32),
+                 prompt_mask=np.asarray(prompt_mask, np.int32),
+                 example_id=np.asarray(example_id, np.int32))
 
 
 # --- The testbed --------------------------------------------------------------
@@ -137,6 +145,14 @@ def score_fields(*, tokens, mask, truth, fields: dict) -> dict:
   return {"fields": per_field.mean(1), "exact": exact.astype(np.float64)}
 
 
+def answer_fields(tokens, mask, *, fields: dict) -> np.ndarray:
+  """Each generation's token in each field's column, -1 where none was
+  generated there: [N, fields], comparable across generations (no truth)."""
+  tokens, mask = np.asarray(tokens), np.asarray(mask)
+  return np.stack([np.where(mask[:, col] > 0, tokens[:, col], -1) if col < tokens.shape[1]
+                   else np.full(len(tokens), -1) for col in fields.values()], axis=1)
+
+
 def testbed_generative_task(world_cfg: testbed.WorldConfig, gen_cfg: GenerationConfig):
   """The classification testbed's world, corpus and probe (so its cache
   entries), with prompt -> response splits in place of the binary ones."""
@@ -159,6 +175,10 @@ def testbed_generative_task(world_cfg: testbed.WorldConfig, gen_cfg: GenerationC
   return dataclasses.replace(
       base, name=f"testbed-generative-{gen_cfg.format}", splits=splits, eval_splits=eval_splits,
       kind="generative", metrics=("fields", "exact"), score=score,
+      # Every split's response has the same columns; the region is the class-like field.
+      answers=functools.partial(answer_fields, fields=fields["train_w2s"]),
+      answer_class=list(fields["train_w2s"]).index("{region}")
+      if "{region}" in fields["train_w2s"] else None,
       eos_id=world.token(testbed.DOT) if fmt.stop_at_dot else None, pad_id=world.token(testbed.PAD),
       encoding={"format": " ".join(fmt.prompt) + " -> " + " ".join(fmt.response)})
 
@@ -261,10 +281,21 @@ def text_generative_task(cfg: GenTextTaskConfig):
   metrics = (cfg.headline_metric,) + (("exact_match",) if cfg.headline_metric != "exact_match"
                                       else ())
 
+  def decode_all(tokens, mask):
+    return [tokenizer.decode(row[m > 0]) for row, m in zip(np.asarray(tokens), np.asarray(mask))]
+
   def score(split, tokens, mask):
-    texts = [tokenizer.decode(row[m > 0]) for row, m in zip(np.asarray(tokens), np.asarray(mask))]
+    texts = decode_all(tokens, mask)
     return {m: text_metrics.score_all(metric=m, predictions=texts, references=references[split])
             for m in metrics}
+
+  def answers(tokens, mask):
+    """One field: GSM8K's final number, else the SQuAD-normalized text; -1 if empty."""
+    parse = (text_metrics.gsm8k_final_answer if cfg.headline_metric == "gsm8k"
+             else text_metrics.normalize_answer)
+    keys = [parse(t) or None for t in decode_all(tokens, mask)]
+    ids = {k: i for i, k in enumerate(dict.fromkeys(k for k in keys if k is not None))}
+    return np.array([ids.get(k, -1) for k in keys], np.int64).reshape(-1, 1)
 
   def corpus() -> Dataset:
     data, _ = gen_text.encode_pairs(train, tokenizer=tokenizer, max_prompt_len=cfg.max_prompt_len,
@@ -282,4 +313,5 @@ def text_generative_task(cfg: GenTextTaskConfig):
                     eval_splits=("test",), vocab_size=tokenizer.vocab_size, max_len=max_len,
                     fingerprint=cfg.corpus_fields(), make_corpus=corpus, probe=probe,
                     encoding=encoding, kind="generative", metrics=metrics, score=score,
+                    answers=answers,
                     eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, decode=tokenizer.decode)

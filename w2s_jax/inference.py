@@ -24,11 +24,12 @@ def _compiled(model_cfg: ModelConfig, fn_name: str, mesh, seed_axis: bool):
   return jit_batched(apply, mesh, seed_axis=seed_axis)
 
 
-def jit_batched(fn, mesh, *, seed_axis: bool = False):
-  """jit for fn(params, tokens, mask) -> per-example outputs: params keep their
-  own (replicated or FSDP) sharding, examples split over the mesh."""
+def jit_batched(fn, mesh, *, seed_axis: bool = False, num_inputs: int = 2):
+  """jit for fn(params, tokens, mask) (or num_inputs per-example arrays) ->
+  per-example outputs: params keep their own (replicated or FSDP) sharding,
+  examples split over the mesh."""
   data = shd.batch_sharding(mesh)
-  return jax.jit(fn, in_shardings=(None, data, data),
+  return jax.jit(fn, in_shardings=(None, *[data] * num_inputs),
                  out_shardings=shd.batch_sharding(mesh, seed_axis=seed_axis))
 
 

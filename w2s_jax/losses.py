@@ -101,7 +101,9 @@ def lm_xent(*, logits, tokens, mask):
 # loss_mask [batch, seq] that is 1 on the response tokens a loss trains on.
 # logits[:, t] predicts tokens[:, t + 1], so position t counts when
 # loss_mask[:, t + 1] is 1: prompt and padding positions contribute nothing.
-# Each loss is the mean over the counted positions of the whole batch.
+# Each loss is the mean over the counted positions of the whole batch. loss_mask
+# may also hold float weights w: the loss is then sum(w * d) / max(sum(w), 1)
+# (live.py weights two groups of rows so).
 
 def _response_mean(values, loss_mask):
   weight = loss_mask[:, 1:].astype(jnp.float32)

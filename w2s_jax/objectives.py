@@ -7,7 +7,9 @@ Generation: as the weak model's responses in the batch (sequence-level KD,
 `sft`), or, for token-level KD, as the frozen weak model itself: those
 loss_fns take a fifth argument, the teacher's params, which the train step
 passes in undifferentiated and undonated (train.compile_train_step), so the
-teacher is never part of the student's state or checkpoints.
+teacher is never part of the student's state or checkpoints. `live` (live.py)
+also reads the frozen weak model, on responses the student samples itself
+inside the train step (on-policy distillation).
 """
 
 import dataclasses
@@ -21,7 +23,8 @@ from w2s_jax.models import ModelConfig, Transformer
 
 CLASSIFIER_LOSSES = ("xent", "kl", "product", "logconf", "combined")
 TOKEN_KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
-GENERATIVE_LOSSES = ("sft", *TOKEN_KD_LOSSES, "combined")
+GENERATIVE_LOSSES = ("sft", *TOKEN_KD_LOSSES, "combined", "live")
+LIVE_FIELDS = ("live_fraction", "live_divergence", "live_temperature", "live_gt_weight")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +34,8 @@ class LossConfig:
   Classification: xent (naive KD), kl, product, logconf, combined.
   Generation: sft (LM loss on the weak responses: sequence-level KD),
   forward_kl / reverse_kl / jsd (token-level KD against the weak model's
-  next-token distributions on those responses), combined.
+  next-token distributions on those responses), combined, live (the weak
+  model as a live supervisor of responses the student samples: live.py).
   """
   name: str = "xent"
   temperature: float = 1.0       # xent; token-level KD (both distributions)
@@ -42,6 +46,12 @@ class LossConfig:
   kd_weight: float = 0.5         # combined: kd_weight * KD(weak) + (1 - kd_weight) * xent(gt)
   gt_examples: int = 100         # combined: size of the ground-truth set
   jsd_beta: float = 0.5          # jsd: the teacher's weight in the mixture (losses.generalized_jsd)
+  # live: this share of each batch's rows is sampled by the student and scored by
+  # the weak model with live_divergence; the rest uses the weak responses (live.py).
+  live_fraction: float = 0.5
+  live_divergence: str = "reverse_kl"  # reverse_kl, jsd (with jsd_beta) or forward_kl
+  live_temperature: float = 1.0  # the student's sampling temperature (1: on-policy; 0: greedy)
+  live_gt_weight: float = 0.0    # live: (1 - w) * live + w * LM on gt_examples ground truths
 
   def __post_init__(self):
     names = tuple(dict.fromkeys(CLASSIFIER_LOSSES + GENERATIVE_LOSSES))
@@ -59,11 +69,32 @@ class LossConfig:
       raise ValueError(f"LossConfig.kd_weight={self.kd_weight}: expected in [0, 1]")
     if self.gt_examples < 1:
       raise ValueError(f"LossConfig.gt_examples={self.gt_examples}: expected >= 1")
+    if not 0 <= self.live_fraction <= 1:
+      raise ValueError(f"LossConfig.live_fraction={self.live_fraction}: expected in [0, 1]")
+    if self.live_divergence not in TOKEN_KD_LOSSES:
+      raise ValueError(f"LossConfig.live_divergence={self.live_divergence!r}: expected one of "
+                       f"{TOKEN_KD_LOSSES}")
+    if not self.live_temperature >= 0:
+      raise ValueError(f"LossConfig.live_temperature={self.live_temperature}: expected >= 0 "
+                       "(0: greedy)")
+    if not 0 <= self.live_gt_weight <= 1:
+      raise ValueError(f"LossConfig.live_gt_weight={self.live_gt_weight}: expected in [0, 1]")
+    if self.name != "live":
+      default = LossConfig.__dataclass_fields__
+      changed = [f for f in LIVE_FIELDS if getattr(self, f) != default[f].default]
+      if changed:
+        raise ValueError(f"LossConfig.{changed[0]}={getattr(self, changed[0])!r} applies to the "
+                         f"live loss only: expected its default with name={self.name!r}")
 
   @property
   def needs_teacher(self) -> bool:
-    """Token-level KD reads the frozen weak model inside the train step."""
-    return self.name in TOKEN_KD_LOSSES
+    """Token-level KD and live read the frozen weak model inside the train step."""
+    return self.name in (*TOKEN_KD_LOSSES, "live")
+
+  @property
+  def needs_gt_data(self) -> bool:
+    """combined, and live with live_gt_weight > 0, also train on ground truth (gt_* fields)."""
+    return self.name == "combined" or (self.name == "live" and self.live_gt_weight > 0)
 
   def check_kind(self, generative: bool, field: str = "LossConfig.name") -> None:
     allowed = GENERATIVE_LOSSES if generative else CLASSIFIER_LOSSES
@@ -137,12 +168,15 @@ def classifier_objective(model_cfg: ModelConfig, loss_cfg: LossConfig):
 
 
 def objective(model_cfg: ModelConfig, loss_cfg: LossConfig, *, generative: bool = False,
-              teacher_cfg: ModelConfig | None = None):
+              teacher_cfg: ModelConfig | None = None,
+              sampling_cfg: sampling.SamplingConfig | None = None):
   """The loss_fn for a fine-tune with this loss (a classifier's, or a
-  generator's when generative). Token-level KD needs teacher_cfg."""
+  generator's when generative). Token-level KD and live need teacher_cfg;
+  live also the task's sampling_cfg (its max_new_tokens, EOS and pad ids)."""
   loss_cfg.check_kind(generative)
   if generative:
-    return generative_objective(model_cfg, loss_cfg, teacher_cfg=teacher_cfg)
+    return generative_objective(model_cfg, loss_cfg, teacher_cfg=teacher_cfg,
+                                sampling_cfg=sampling_cfg)
   if loss_cfg.name == "combined":
     return combined_objective(model_cfg, alpha=loss_cfg.kd_weight)
   return classifier_objective(model_cfg, loss_cfg)
@@ -201,6 +235,16 @@ def sft_objective(model_cfg: ModelConfig):
   return loss_fn
 
 
+def token_divergence(name: str, loss_cfg: LossConfig):
+  """(logits, teacher_logits, loss_mask) -> scalar: the token-level divergence `name`."""
+  return {
+      "forward_kl": functools.partial(losses.forward_kl, temperature=loss_cfg.temperature),
+      "reverse_kl": functools.partial(losses.reverse_kl, temperature=loss_cfg.temperature),
+      "jsd": functools.partial(losses.generalized_jsd, beta=loss_cfg.jsd_beta,
+                               temperature=loss_cfg.temperature),
+  }[name]
+
+
 def token_kd_objective(model_cfg: ModelConfig, teacher_cfg: ModelConfig, loss_cfg: LossConfig):
   """Token-level KD: a divergence between the student's and the frozen
   teacher's next-token distributions at every response position. The fifth
@@ -212,12 +256,7 @@ def token_kd_objective(model_cfg: ModelConfig, teacher_cfg: ModelConfig, loss_cf
                      f"{teacher_cfg.vocab_size} != student vocab_size={model_cfg.vocab_size}; "
                      "expected one shared vocabulary")
   model, teacher_model = Transformer(model_cfg), Transformer(teacher_cfg)
-  divergence = {
-      "forward_kl": functools.partial(losses.forward_kl, temperature=loss_cfg.temperature),
-      "reverse_kl": functools.partial(losses.reverse_kl, temperature=loss_cfg.temperature),
-      "jsd": functools.partial(losses.generalized_jsd, beta=loss_cfg.jsd_beta,
-                               temperature=loss_cfg.temperature),
-  }[loss_cfg.name]
+  divergence = token_divergence(loss_cfg.name, loss_cfg)
 
   def loss_fn(params, batch, step_frac, rng, teacher_params):
     del step_frac
@@ -230,9 +269,13 @@ def token_kd_objective(model_cfg: ModelConfig, teacher_cfg: ModelConfig, loss_cf
 
 
 def generative_objective(model_cfg: ModelConfig, loss_cfg: LossConfig, *,
-                         teacher_cfg: ModelConfig | None = None):
+                         teacher_cfg: ModelConfig | None = None,
+                         sampling_cfg: sampling.SamplingConfig | None = None):
   if loss_cfg.name == "sft":
     return sft_objective(model_cfg)
+  if loss_cfg.name == "live":
+    from w2s_jax import live  # live builds on this module's token-level KD
+    return live.live_objective(model_cfg, teacher_cfg, loss_cfg, sampling_cfg)
   if loss_cfg.needs_teacher:
     return token_kd_objective(model_cfg, teacher_cfg, loss_cfg)
   # combined: alpha * sft on the weak responses + (1 - alpha) * LM on ground truth.

@@ -1,9 +1,12 @@
 """Scores a weak model gives examples, for selecting what the strong model sees.
 
 Every score is oriented so that higher means "keep": confidence, margin,
-negative entropy, log-likelihood, and so on. The classifier scores are pure
-functions of soft labels; the LM scores run the model over a whole dataset in
-padded batches (`sequence_log_likelihood`).
+negative entropy, log-likelihood, and so on (the raw IFD is the exception:
+`ifd_selection` orients it). The classifier scores are pure functions of
+soft labels; the token scores (`mean_logprob`, `min_prob`) are pure
+functions of token log-probs and a mask, which `token_scores` computes over
+a whole dataset in padded batches, for a weak model's own responses
+(weak_curation.py) and for pretraining documents (curation.py) alike.
 """
 
 import functools
@@ -53,24 +56,89 @@ def log_likelihood_ratio(*, log_likelihood, reference_log_likelihood):
   return log_likelihood - reference_log_likelihood
 
 
+# --- Token scores: how likely an LM finds each scored token of a sequence -------
+
+@jax.jit
+def mean_logprob(*, logprobs, mask):
+  """Mean token log-probability where mask is 1, over the last axis (0 for an
+  empty mask): the per-token log-likelihood."""
+  weight = mask.astype(jnp.float32)
+  return jnp.sum(logprobs * weight, -1) / jnp.maximum(jnp.sum(weight, -1), 1.0)
+
+
+@jax.jit
+def min_prob(*, logprobs, mask):
+  """The lowest token probability where mask is 1, over the last axis (1 for an
+  empty mask): high only when every token is likely."""
+  return jnp.exp(jnp.min(jnp.where(mask > 0, logprobs, 0.0), -1))
+
+
+@jax.jit
+def ifd(*, conditional_logprob, unconditional_logprob):
+  """Instruction-following difficulty (Superfiltering, Li et al. 2024) from mean
+  token log-probs of a response with and without its prompt:
+  PPL(response | prompt) / PPL(response) = exp(NLL(r | p) - NLL(r)).
+  Below 1 the prompt makes the response likelier; above 1, less likely."""
+  return jnp.exp(unconditional_logprob - conditional_logprob)
+
+
+@jax.jit
+def ifd_selection(*, ifd):
+  """Superfiltering's selection as a keep score: the highest IFD is kept, but an
+  IFD > 1 (a response the prompt makes less likely: unrelated to it) is
+  discarded, i.e. ranked below every IFD <= 1 (among them, nearest 1 first)."""
+  return jnp.where(ifd <= 1, ifd, -ifd)
+
+
+@jax.jit
+def self_consistency(*, answers):
+  """answers [..., samples, fields]: ints, -1 where a response gives no answer.
+  Per sample: the fraction of the OTHER samples of its prompt that give the
+  same answer, averaged over fields -> [..., samples]. A missing answer agrees
+  with nothing."""
+  n = answers.shape[-2]
+  if n < 2:
+    raise ValueError(f"self_consistency: {n} sample per prompt; expected >= 2 to compare")
+  given = answers >= 0
+  same = (answers[..., :, None, :] == answers[..., None, :, :]) & given[..., :, None, :]
+  others = jnp.sum(same, axis=-2) - given  # a given answer always equals itself
+  return jnp.mean(others / (n - 1), axis=-1)
+
+
 @functools.lru_cache(maxsize=16)
-def _likelihood_fn(model_cfg: ModelConfig, mesh):
+def _token_scores_fn(model_cfg: ModelConfig, mesh):
   model = Transformer(model_cfg)
 
-  def score(params, tokens, mask):
+  def score(params, tokens, mask, loss_mask):
     # Left padding puts pads first; the mask, not the layout, decides what counts.
     logits = model.apply({"params": params}, tokens, mask, method=Transformer.lm_logits)
     target_logp, weight = losses.next_token_log_probs(logits=logits, tokens=tokens, mask=mask)
-    return jnp.sum(target_logp * weight, -1) / jnp.maximum(jnp.sum(weight, -1), 1.0)
+    scored = weight * loss_mask[:, 1:]
+    return (mean_logprob(logprobs=target_logp, mask=scored),
+            min_prob(logprobs=target_logp, mask=scored))
 
-  return inference.jit_batched(score, mesh)
+  return inference.jit_batched(score, mesh, num_inputs=3)
+
+
+def token_scores(params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256,
+                 mesh) -> dict:
+  """{"mean_logprob", "min_prob"}: [N] each, over the tokens each example
+  scores: its loss_mask (a response after its prompt), or without one every
+  real token after the first (a whole document). A token counts when it and
+  the position predicting it are real."""
+  if "loss_mask" not in data:
+    data = data.with_fields(loss_mask=data["mask"])
+  mean, low = inference.map_batches(
+      _token_scores_fn(model_cfg, mesh), params, data, batch_size=batch_size, mesh=mesh,
+      field="likelihood batch_size", inputs=("tokens", "mask", "loss_mask"))
+  return {"mean_logprob": mean, "min_prob": low}
 
 
 def sequence_log_likelihood(params, model_cfg: ModelConfig, data: Dataset, *,
                             batch_size: int = 256, mesh) -> np.ndarray:
   """Mean per-token log-likelihood of each example's text under an LM: [N]."""
-  return inference.map_batches(_likelihood_fn(model_cfg, mesh), params, data,
-                               batch_size=batch_size, mesh=mesh, field="likelihood batch_size")
+  return token_scores(params, model_cfg, Dataset(tokens=data["tokens"], mask=data["mask"]),
+                      batch_size=batch_size, mesh=mesh)["mean_logprob"]
 
 
 def cross_entropy(params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256,

@@ -9,7 +9,12 @@ import dataclasses
 
 import numpy as np
 
-CRITERIA = ("confidence", "margin", "neg_entropy", "agreement", "likelihood", "likelihood_ratio")
+# What a filter may rank by: a classification task's weak soft labels (and the
+# weak LM's likelihood of the example's text), a generative task's weak
+# responses (weak_curation.py), a pretraining pool's documents (curation.py).
+CLASSIFICATION_CRITERIA = ("confidence", "margin", "neg_entropy", "agreement", "likelihood")
+GENERATIVE_CRITERIA = ("mean_logprob", "min_prob", "ifd", "self_consistency")
+CRITERIA = (*CLASSIFICATION_CRITERIA, *GENERATIVE_CRITERIA, "likelihood_ratio")
 
 
 class EmptySelectionError(ValueError):
@@ -76,10 +81,13 @@ def by_threshold(*, scores, threshold: float, labels=None) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class FilterConfig:
-  """Which examples of the weak-labelled set the strong model trains on."""
+  """Which examples of the weak-labelled set (or of the weak responses, for a
+  generative task) the strong model trains on."""
   criterion: str = "confidence"
   keep_frac: float = 1.0
-  stratified: bool = True   # keep the weak labels' class balance
+  # Keep the weak labels' class balance; for a generative task, the balance of a
+  # class-like answer field where the task has one (the testbed's region), else off.
+  stratified: bool = True
 
   def __post_init__(self):
     if self.criterion not in CRITERIA:

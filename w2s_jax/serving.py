@@ -29,19 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from w2s_jax import sampling, scores
+from w2s_jax.cascade import mean_logprob
+from w2s_jax.flops import model_flops
 from w2s_jax import sharding as shd
 from w2s_jax.data import Dataset
 from w2s_jax.models import ModelConfig, Transformer
 from w2s_jax.sampling import SamplingConfig
 
 INPUTS = {"classification": ("tokens", "mask"), "generation": ("prompt", "prompt_mask")}
-
-
-def mean_logprob(*, logprobs, mask):
-  """Default generation router: mean log-prob of the weak response's tokens,
-  length-normalised so a long answer is not deferred for its length alone."""
-  mask = mask.astype(jnp.float32)
-  return jnp.sum(logprobs * mask, -1) / jnp.maximum(jnp.sum(mask, -1), 1.0)
 
 
 def default_buckets(batch_size: int, mesh) -> tuple[int, ...]:
@@ -98,6 +93,12 @@ def _strong_step(bucket, params, batch, order, count, weak, rng, *, answer_fn, d
     k = keep.reshape((bucket,) + (1,) * (s.ndim - 1))
     return w.at[rows].set(jnp.where(k, s, w[rows]), unique_indices=True)
   return jax.tree.map(merge, weak, strong)
+
+
+def _all_flops(cfg, tokens):
+  """flops.model_flops counting every parameter, embeddings included (as the
+  benchmark's FLOPs-run column does)."""
+  return model_flops(config=cfg, tokens=tokens, include_embeddings=True)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -161,8 +162,8 @@ class Cascade:
     if self.kind == "generation":
       weak_t = prompt_tokens + host["weak_new_tokens"]
       strong_t = prompt_tokens + host["response_mask"].sum(-1)
-    return (2.0 * self.weak_cfg.num_params * weak_t
-            + deferred * 2.0 * self.strong_cfg.num_params * strong_t)
+    return (_all_flops(self.weak_cfg, weak_t)
+            + deferred * _all_flops(self.strong_cfg, strong_t))
 
 
 def _buckets(batch_size, buckets, mesh):
@@ -320,5 +321,5 @@ def serve_strong_only(cascade: Cascade, strong_params, data: Dataset, *, rng=Non
     return {**out, "deferred": dev["valid"]}, n, cascade.batch_size
   host, prompt_tokens, _ = _stream(cascade, data, run)
   t = prompt_tokens + (host["response_mask"].sum(-1) if cascade.kind == "generation" else 0)
-  host["flops"] = 2.0 * cascade.strong_cfg.num_params * t
+  host["flops"] = _all_flops(cascade.strong_cfg, t)
   return host

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from w2s_jax import gen_tasks, inference, metrics, models, objectives, sampling, scores
-from w2s_jax import pretrain, selection, tasks, tokenize, train
+from w2s_jax import pretrain, tasks, tokenize, train, weak_curation
 from w2s_jax import sharding as shd
 from w2s_jax.checkpoints import PretrainedCache
 from w2s_jax.data import Dataset, one_hot, shuffled_batches
@@ -60,9 +60,10 @@ def seed_stacked_abstract(cfg, num_seeds):
 
 @functools.lru_cache(maxsize=64)
 def _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh, num_seeds, generative=False,
-                   teacher_cfg=None):
-  """One compiled step per (model, loss, optimizer, mesh, seeds, teacher):
-  sweep cells that share a strong size and a loss reuse it."""
+                   teacher_cfg=None, sampling_cfg=None):
+  """One compiled step per (model, loss, optimizer, mesh, seeds, teacher,
+  sampling config of the live loss): sweep cells that share a strong size
+  and a loss reuse it."""
   optimizer = train.make_optimizer(optim_cfg)
   abstract = jax.eval_shape(lambda: jax.vmap(lambda k: train.init_state(
       models.init_params(model_cfg, k), optimizer, k))(jax.random.split(jax.random.key(0),
@@ -72,7 +73,7 @@ def _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh, num_seeds, generative=F
     teacher_sharding = shd.state_sharding(seed_stacked_abstract(teacher_cfg, num_seeds), mesh,
                                           seed_axis=True)
   loss_fn = objectives.objective(model_cfg, loss_cfg, generative=generative,
-                                 teacher_cfg=teacher_cfg)
+                                 teacher_cfg=teacher_cfg, sampling_cfg=sampling_cfg)
   step = train.compile_train_step(loss_fn=loss_fn, optimizer=optimizer,
                                   total_steps=optim_cfg.steps, mesh=mesh,
                                   state_sharding=shd.state_sharding(abstract, mesh, seed_axis=True),
@@ -85,29 +86,35 @@ def _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh, num_seeds, generative=F
 def finetune(params, model_cfg, per_seed: list[Dataset], *, loss_cfg: LossConfig,
              optim_cfg: OptimConfig, seeds, mesh, desc, progress=True,
              params_per_seed: bool = False, gt_data: Dataset | None = None,
-             generative: bool = False, teacher=None):
+             generative: bool = False, teacher=None, sampling_cfg=None):
   """Fine-tunes one copy of `params` per seed, all seeds in one vmapped program.
 
   per_seed: each seed's training examples (classification: tokens, mask and
   soft labels; generation: gen_tasks.sequences). params: one shared starting
   point, or (params_per_seed) one per seed, stacked on a leading axis.
-  gt_data is required by, and only by, the combined loss. teacher:
-  (model_cfg, params stacked per seed), required by, and only by, token-level KD.
+  gt_data is required by, and only by, the combined loss and live with
+  live_gt_weight > 0. teacher: (model_cfg, params stacked per seed),
+  required by, and only by, token-level KD and live. sampling_cfg: the
+  task's, for the live loss's samples (ignored by the other losses).
   """
   num_seeds = len(seeds)
   if len(per_seed) != num_seeds:
     raise ValueError(f"finetune: data for {len(per_seed)} seeds, expected {num_seeds}")
-  if (loss_cfg.name == "combined") != (gt_data is not None):
-    raise ValueError(f"finetune: gt_data is needed by the combined loss only, got loss "
-                     f"{loss_cfg.name!r} with gt_data={'set' if gt_data is not None else None}")
+  if loss_cfg.needs_gt_data != (gt_data is not None):
+    raise ValueError(f"finetune: gt_data is needed by the combined loss and live with "
+                     f"live_gt_weight > 0 only, got loss {loss_cfg.tag!r} with "
+                     f"gt_data={'set' if gt_data is not None else None}")
   if loss_cfg.needs_teacher != (teacher is not None):
-    raise ValueError(f"finetune: a teacher is needed by token-level KD only, got loss "
+    raise ValueError(f"finetune: a teacher is needed by token-level KD and live only, got loss "
                      f"{loss_cfg.name!r} with teacher={'set' if teacher is not None else None}")
+  if loss_cfg.name != "live":
+    sampling_cfg = None  # one compiled step per loss, whatever the caller passed
   if not params_per_seed:
     params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds, *x.shape)), params)
   teacher_cfg, teacher_params = teacher if teacher is not None else (None, None)
   optimizer, step, teacher_sharding = _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh,
-                                                     num_seeds, generative, teacher_cfg)
+                                                     num_seeds, generative, teacher_cfg,
+                                                     sampling_cfg)
   state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh,
                               rng=train.seed_keys(seeds), per_seed=True)
   if teacher is not None:
@@ -239,7 +246,7 @@ class Context:
   def tune(self, size, per_seed, loss_cfg, desc, finetune_cfg=None, teacher=None):
     params, model_cfg, _ = self.pretrained(size)
     gt_data = None
-    if loss_cfg.name == "combined":
+    if loss_cfg.needs_gt_data:
       if loss_cfg.gt_examples > len(self.splits["train_gt"]):
         raise ValueError(f"LossConfig.gt_examples={loss_cfg.gt_examples}: train_gt has only "
                          f"{len(self.splits['train_gt'])} examples")
@@ -247,7 +254,8 @@ class Context:
     return finetune(params, model_cfg, per_seed, loss_cfg=loss_cfg,
                     optim_cfg=finetune_cfg or self.cfg.finetune, seeds=self.seeds,
                     mesh=self.mesh, desc=desc, progress=self.progress, gt_data=gt_data,
-                    generative=self.generative, teacher=teacher)
+                    generative=self.generative, teacher=teacher,
+                    sampling_cfg=self.sampling if self.generative else None)
 
   def ground_truth_loss(self) -> LossConfig:
     return LossConfig("sft" if self.generative else "xent")
@@ -293,8 +301,9 @@ def weak_stage(ctx: Context, size: str) -> dict:
   """The weak model trained on ground truth, and what it hands the strong
   model: soft labels (classification), or responses with their masks and
   log-probs and, for token-level KD, its params (generation). Also the
-  supervision's own accuracy on train_w2s and the weak model's scores on
-  the evaluation splits."""
+  supervision's own accuracy on train_w2s, (generation) each response's
+  correctness and curation scores (weak_curation.score_responses), and the
+  weak model's scores on the evaluation splits."""
   params = ctx.tune(size, ctx.supervised("train_gt"), ctx.ground_truth_loss(),
                     f"weak {size} on ground truth")
   if ctx.generative:
@@ -302,12 +311,10 @@ def weak_stage(ctx: Context, size: str) -> dict:
     weak_sampling = ctx.sampling_config(temperature=gen.weak_temperature, top_p=gen.weak_top_p)
     tokens, mask, logprobs = ctx.generate(size, params, "train_w2s", weak_sampling,
                                           samples=gen.weak_samples, rng_offset=104729)
-    per_prompt = [np.arange(i, len(tokens[0]), gen.weak_samples)
-                  for i in range(gen.weak_samples)]
-    label_acc = np.mean([ctx.score("train_w2s", tokens[:, idx], mask[:, idx])[
-        ctx.task.metrics[0]].mean(1) for idx in per_prompt], axis=0)
+    curation = weak_curation.score_responses(ctx, size, params, tokens, mask)
     return {"responses": tokens, "response_mask": mask, "logprobs": logprobs,
-            "label_accuracy": label_acc, "params": params, **ctx.evaluate(size, params)}
+            "label_accuracy": curation["response_correct"].mean(1), **curation,
+            "params": params, **ctx.evaluate(size, params)}
   labels = ctx.predict(size, params, "train_w2s")
   label_acc = metrics.correct(probs=labels, labels=ctx.splits["train_w2s"]["labels"]).mean(1)
   pretrained, model_cfg, _ = ctx.pretrained(size)
@@ -320,36 +327,9 @@ def weak_stage(ctx: Context, size: str) -> dict:
 def weak_stage_fields(ctx: Context) -> tuple[str, ...]:
   """The arrays a stored weak stage must hold (its params are stored apart)."""
   if ctx.generative:
-    return ("responses", "response_mask", "logprobs", "label_accuracy", *ctx.eval_keys)
+    return ("responses", "response_mask", "logprobs", "label_accuracy",
+            *weak_curation.response_fields(ctx.task, ctx.cfg.generation), *ctx.eval_keys)
   return ("labels", "label_accuracy", "likelihood", *ctx.eval_keys)
-
-
-def filter_scores(weak: dict, criterion: str) -> np.ndarray:
-  """Per-seed scores [seeds, examples] of the weak-labelled set; higher is kept."""
-  labels = np.asarray(weak["labels"])
-  per_seed = lambda fn: np.asarray(fn(probs=labels))
-  match criterion:
-    case "confidence":
-      return per_seed(scores.confidence)
-    case "margin":
-      return per_seed(scores.margin)
-    case "neg_entropy":
-      return per_seed(scores.neg_entropy)
-    case "agreement":  # the seeds' weak models vote
-      return np.broadcast_to(np.asarray(scores.agreement(probs=labels)), labels.shape[:2])
-    case "likelihood":  # the weak LM's log-likelihood of the example's text
-      return np.broadcast_to(weak["likelihood"], labels.shape[:2])
-  raise ValueError(f"filter criterion {criterion!r} does not apply to the weak-labelled set; "
-                   f"expected one of confidence, margin, neg_entropy, agreement, likelihood")
-
-
-def filter_subsets(weak: dict, filter_cfg: FilterConfig) -> list[np.ndarray]:
-  """Per seed, the indices of train_w2s the strong model trains on."""
-  seed_scores = filter_scores(weak, filter_cfg.criterion)
-  hard = np.argmax(weak["labels"], axis=-1)
-  return [selection.top_fraction(scores=seed_scores[i], keep_frac=filter_cfg.keep_frac,
-                                 labels=hard[i] if filter_cfg.stratified else None)
-          for i in range(len(seed_scores))]
 
 
 def ceiling_stage(ctx: Context, size: str) -> dict:
@@ -364,10 +344,11 @@ def w2s_stage(ctx: Context, strong: str, weak: dict, loss_cfg: LossConfig,
   """The strong model trained on the weak stage's supervision, evaluated.
   weak_size names the weak model, for token-level KD (its params are in weak)."""
   loss_cfg.check_kind(ctx.generative)
-  if filter_cfg is not None and ctx.generative:
-    raise ValueError(f"FilterConfig {filter_cfg.tag!r}: filtering applies to weak labels of a "
-                     "classification task; expected filter=None for a generative task")
-  subsets = filter_subsets(weak, filter_cfg) if filter_cfg else None
+  subsets = None
+  if filter_cfg is not None:  # per seed, the rows kept (weak_curation.py)
+    weak_curation.check_filter(filter_cfg, generative=ctx.generative, weak_samples=(
+        ctx.cfg.generation.weak_samples if ctx.generative else 1))
+    subsets = weak_curation.filter_subsets(weak, filter_cfg, ctx.generative)
   tag = loss_cfg.tag + (f", {filter_cfg.tag}" if filter_cfg else "")
   targets = ((weak["responses"], weak["response_mask"]) if ctx.generative else weak["labels"])
   teacher = None
@@ -380,11 +361,10 @@ def w2s_stage(ctx: Context, strong: str, weak: dict, loss_cfg: LossConfig,
   params = ctx.tune(strong, ctx.supervised("train_w2s", targets, subsets), loss_cfg,
                     f"strong {strong} on weak {what} ({tag})", finetune_cfg, teacher=teacher)
   out = ctx.evaluate(strong, params)
-  if subsets is not None:  # how right the kept weak labels are, per seed
-    truth = ctx.splits["train_w2s"]["labels"]
-    out["kept_label_accuracy"] = np.array([
-        np.mean(np.argmax(weak["labels"][i][idx], -1) == truth[idx])
-        for i, idx in enumerate(subsets)])
+  if subsets is not None:  # how right the kept weak labels (or responses) are, per seed
+    out["kept_label_accuracy"] = weak_curation.kept_label_accuracy(
+        weak, subsets, generative=ctx.generative,
+        truth=None if ctx.generative else ctx.splits["train_w2s"]["labels"])
   return out
 
 

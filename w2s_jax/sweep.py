@@ -30,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from w2s_jax import checkpoints, hf_import, integrity, interrupts, locks, models, stages
+from w2s_jax import weak_curation
 from w2s_jax import sharding as shd
 from w2s_jax.objectives import LossConfig
 from w2s_jax.pipeline import ExperimentConfig
@@ -98,6 +99,12 @@ class SweepConfig:
           raise ValueError(f"Cell.{field} in {cell}: {e}") from None
       if size_order(cell.weak, imported) >= size_order(cell.strong, imported):
         raise ValueError(f"Cell weak={cell.weak!r} is not smaller than strong={cell.strong!r}")
+      if cell.filter is not None:
+        try:
+          weak_curation.check_filter(cell.filter, generative=self.base.generative, weak_samples=(
+              self.base.generation.weak_samples if self.base.generative else 1))
+        except ValueError as e:
+          raise ValueError(f"Cell.filter in {cell}: {e}") from None
 
 
 def _load_stage(path: Path, fields) -> dict | None:

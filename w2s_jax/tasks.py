@@ -88,6 +88,11 @@ class Task:
   eos_id: int | None = None
   pad_id: int = 0
   decode: Callable | None = None  # token ids -> text, where the task has a tokenizer
+  # answers(tokens, mask) -> int [N, fields]: each generation's parsed answer per
+  # field (ids comparable within one call; -1: none), without the references;
+  # answer_class: the column of a class-like field (a few values), or None.
+  answers: Callable | None = None
+  answer_class: int | None = None
 
   @property
   def generative(self) -> bool:

@@ -1,0 +1,35 @@
+"""Runs the cascade experiment: python experiments/cascade.py --config configs/cascade.py[:arg]"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from w2s_jax import cascade_report, cascade_run, configs, interrupts, sharding  # noqa: E402
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--config", default="configs/cascade.py",
+                      help="config file, optionally with ':arg' (e.g. configs/cascade.py:small)")
+  parser.add_argument("--out", default=None, help="run directory (default runs/<config name>)")
+  configs.add_run_args(parser)
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  cfg = configs.load(args.config)
+  configs.start_run(args)
+  out = Path(args.out or f"runs/{cfg.name}")
+  results = cascade_run.run(cfg, out_dir=out, cache_dir=args.cache, progress=not args.no_progress)
+  if sharding.is_main_process():
+    print(cascade_report.format_results(results))
+    print(f"\nwrote {out / 'results.json'}, {out / 'per_query.csv'}, "
+          f"{out / 'accuracy_vs_cost.png'}")
+
+
+if __name__ == "__main__":
+  with interrupts.handle_interrupts():  # Ctrl-C stops the run even if a callback swallows it
+    main()

@@ -1,0 +1,128 @@
+"""The live supervisor's cost: train-step time of `live` (lambda = 0.5 and 1)
+against `sft` and `reverse_kl`, and how much of it is the student's sampling.
+
+  python tools/bench_live.py [--config configs/generative.py] [--rounds 7] [--steps 10]
+
+The default generative experiment's shapes: its task (tasks.make_task), weak
+and strong sizes, seeds (vmapped), batch and sampling config (max_new_tokens,
+EOS). Random-init params: step time does not depend on the weights, except
+that sampling stops early once every row has emitted EOS, so it is timed at
+its longest (random weights rarely emit EOS). Each variant's compiled stage
+step (stages._finetune_step) is warmed up, then the variants run in
+interleaved rounds of --steps steps each; per-step medians are printed. The
+sampling alone is live.sample_rows (row selection, sampling, layout) jitted
+over the seeds, on the same batches.
+"""
+
+import argparse
+import dataclasses
+import functools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from w2s_jax import configs, live, models, stages, train  # noqa: E402
+from w2s_jax import sharding as shd  # noqa: E402
+from w2s_jax.objectives import LossConfig  # noqa: E402
+
+VARIANTS = {"sft": LossConfig("sft"), "reverse_kl": LossConfig("reverse_kl"),
+            "live 0.5": LossConfig("live", live_fraction=0.5),
+            "live 1.0": LossConfig("live", live_fraction=1.0)}
+
+
+def _stacked_init(cfg, seeds):
+  init = jax.jit(jax.vmap(lambda k: models.init_params(cfg, k)))
+  return init(jax.random.split(jax.random.key(1), len(seeds)))
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument("--config", default="configs/generative.py")
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
+  args = parser.parse_args(argv)
+  cfg = configs.load(args.config)
+  ctx = stages.Context(cfg, cache_dir=tempfile.mkdtemp(prefix="bench-live-"), progress=False)
+  mesh, seeds, optim = ctx.mesh, ctx.seeds, cfg.finetune
+  strong_cfg = cfg.model_config(cfg.strong_size, ctx.task)
+  weak_cfg = cfg.model_config(cfg.weak_size, ctx.task)
+  batches = stages._seed_stream(ctx.supervised("train_w2s"), batch_size=optim.batch_size,
+                                seeds=seeds, rows=shd.process_rows(mesh, optim.batch_size))
+  batches = [shd.put_batch(next(batches), mesh, seed_axis=True) for _ in range(args.steps)]
+  student = _stacked_init(strong_cfg, seeds)
+  print(f"{cfg.name}: strong {cfg.strong_size} (student), weak {cfg.weak_size} (teacher), "
+        f"{len(seeds)} seeds vmapped, batch {optim.batch_size}, sequences "
+        f"{batches[0]['tokens'].shape[-1]} tokens (prompt {batches[0]['prompt'].shape[-1]}), "
+        f"max_new_tokens {ctx.sampling.max_new_tokens}, {len(jax.devices())} device(s)")
+
+  runs = {}
+  for name, loss_cfg in VARIANTS.items():
+    teacher_cfg = weak_cfg if loss_cfg.needs_teacher else None
+    sampling_cfg = ctx.sampling if loss_cfg.name == "live" else None
+    optimizer, step, teacher_sharding = stages._finetune_step(
+        strong_cfg, loss_cfg, optim, mesh, len(seeds), True, teacher_cfg, sampling_cfg)
+    state = train.initial_state(train.from_params, student, optimizer=optimizer, mesh=mesh,
+                                rng=train.seed_keys(seeds), per_seed=True)
+    if teacher_cfg is not None:
+      teacher = jax.device_put(_stacked_init(weak_cfg, seeds), teacher_sharding)
+      step = functools.partial(lambda s, b, c, t: c(s, b, t), c=step, t=teacher)
+    runs[name] = [step, state]
+
+  sample_fns = {}
+  for name, loss_cfg in VARIANTS.items():
+    if loss_cfg.name == "live":
+      sampling_cfg = dataclasses.replace(ctx.sampling, temperature=loss_cfg.live_temperature)
+      fn = functools.partial(live.sample_rows, model_cfg=strong_cfg, sampling_cfg=sampling_cfg,
+                             fraction=loss_cfg.live_fraction)
+      sample_fns[f"sampling ({name})"] = jax.jit(jax.vmap(lambda p, b, k, fn=fn: fn(p, b, k)))
+  keys = jax.random.split(jax.random.key(0), len(seeds))
+  params = student  # never donated (the states are)
+
+  def run_steps(name):
+    step, state = runs[name]
+    for batch in batches:
+      state, metrics = step(state, batch)
+    jax.block_until_ready(state)
+    runs[name][1] = state
+    return metrics
+
+  def run_sampling(name):
+    for batch in batches:
+      out = sample_fns[name](params, batch, keys)
+    jax.block_until_ready(out)
+    return out
+
+  timed = {**{n: functools.partial(run_steps, n) for n in runs},
+           **{n: functools.partial(run_sampling, n) for n in sample_fns}}
+  for name, fn in timed.items():  # compile and warm up
+    start = time.perf_counter()
+    out = fn()
+    print(f"  warm-up {name:22s} {time.perf_counter() - start:6.1f}s")
+    if name.startswith("live"):
+      print(f"    mean sampled length {float(np.mean(out['live_response_len'])):.2f}")
+  times = {name: [] for name in timed}
+  for _ in range(args.rounds):
+    for name, fn in timed.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append((time.perf_counter() - start) / len(batches))
+  med = {name: float(np.median(v)) for name, v in times.items()}
+  print(f"per-step medians over {args.rounds} interleaved rounds of {len(batches)} steps:")
+  for name, v in times.items():
+    print(f"  {name:22s} {1e3 * med[name]:8.2f} ms  (min {1e3 * min(v):.2f}, "
+          f"max {1e3 * max(v):.2f})")
+  for name in ("live 0.5", "live 1.0"):
+    share = med[f"sampling ({name})"] / med[name]
+    print(f"  {name}: {med[name] / med['sft']:.2f}x sft, {med[name] / med['reverse_kl']:.2f}x "
+          f"reverse_kl; sampling alone is {share:.0%} of its step")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,28 @@
+"""Forward-pass FLOP accounting, the cost axis of cascades (cascade.py, serving.py)."""
+
+import numpy as np
+
+
+def forward_flops(*, num_params, tokens):
+  """2 * params * tokens per query (Kaplan et al. 2020): a multiply-add per
+  parameter per token, leaving out attention's context term (small here)."""
+  tokens = np.asarray(tokens, np.float64)
+  if not num_params > 0 or not np.isfinite(tokens).all() or (tokens < 0).any():
+    raise ValueError(f"forward_flops num_params={num_params}, tokens={tokens}: expected "
+                     "num_params > 0 and finite token counts >= 0")
+  return 2.0 * num_params * tokens
+
+
+def model_flops(*, config, tokens, include_embeddings: bool = False):
+  """Per-query forward FLOPs of a ModelConfig for its real input tokens
+  (classification) or prompt + generated tokens (generation). As in Kaplan et
+  al., the embedding parameters that ModelConfig.num_params counts (token,
+  learned position and untied unembedding matrices) are left out by default:
+  lookups cost nothing, though this also drops the unembedding matmul, which
+  matters for small models with large vocabularies; include_embeddings=True
+  counts every parameter."""
+  d, v = config.width, config.vocab_size
+  embedding = (v * d + (config.max_len * d if config.positions == "learned" else 0)
+               + (0 if config.tie_embeddings else v * d))
+  return forward_flops(num_params=config.num_params - (0 if include_embeddings else embedding),
+                       tokens=tokens)
