@@ -9,8 +9,9 @@ classification sweep, pico < nano < micro < mini. Objectives: `sft`
 (sequence-level KD on the weak responses), token-level forward KL and
 reverse KL against the frozen weak model, the live supervisor (`live`:
 half of each batch sampled by the student and judged by the weak model,
-reverse KL), and `combined` (0.5 * sft + 0.5 * LM on 30 ground-truth
-responses). Every cell is scored by the per-field accuracy of greedy
+forward KL: with reverse KL or JSD it never learns the response format,
+as off-policy reverse KL does not; docs/generative.md), and `combined`
+(0.5 * sft + 0.5 * LM on 30 ground-truth responses). Every cell is scored by the per-field accuracy of greedy
 generations; weak and ceiling stages are shared between cells.
 
 Expected on a 2-core CPU with pretraining cached: the README's "Generative
@@ -32,7 +33,7 @@ from w2s_jax.train import OptimConfig
 
 SIZES = ("pico", "nano", "micro", "mini")
 LOSSES = (LossConfig("sft"), LossConfig("forward_kl"), LossConfig("reverse_kl"),
-          LossConfig("live", live_fraction=0.5),
+          LossConfig("live", live_fraction=0.5, live_divergence="forward_kl"),
           LossConfig("combined", kd_weight=0.5, gt_examples=30))
 
 
@@ -61,5 +62,5 @@ def sweep(arg=None) -> SweepConfig:
   base = get_config(arg)
   if base.name.endswith("-tiny"):
     return SweepConfig(base, tuple(grid(("pico", "micro", "mini"),
-                                        (LossConfig("sft"), LossConfig("live")))))
+                                        (LossConfig("sft"), LOSSES[3]))))
   return SweepConfig(base, tuple(grid(SIZES, LOSSES)))

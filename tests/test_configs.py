@@ -141,7 +141,8 @@ def test_load_config_files():
 def test_generative_config_files():
   gen = configs.load(str(ROOT / "configs" / "generative.py"))
   assert gen.generative and gen.generation.format == "city_region"
-  assert [l.name for l in gen.losses] == ["sft", "forward_kl", "reverse_kl", "jsd", "combined"]
+  assert [l.name for l in gen.losses] == ["sft", "forward_kl", "reverse_kl", "jsd", "combined",
+                                        "live"]
   ablation = configs.load(f"{ROOT / 'configs' / 'generative.py'}:format=new_token,losses=sft")
   assert ablation.name == "generative-new_token" and [l.name for l in ablation.losses] == ["sft"]
   grid = configs.load_sweep(str(ROOT / "configs" / "generative.py"))
