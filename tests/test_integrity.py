@@ -166,6 +166,7 @@ def test_checkpoint_of_another_model_is_refused_not_deleted(tmp_path):
   ckpts.close()
 
 
+@pytest.mark.slow  # a sweep run three times
 def test_stage_cell_and_rows_corruption_is_recomputed_with_warnings(tmp_path):
   grid = configs.load_sweep(f"{ROOT / 'configs/sweep.py'}:tiny,seeds=2")
   small_grid = sweep.SweepConfig(dataclasses.replace(grid.base, mesh=MeshConfig(devices=1)),

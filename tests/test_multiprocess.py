@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from w2s_jax import checkpoints, configs, models, testbed
 
@@ -51,6 +52,7 @@ def _max_diff(a, b):
   return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
 
 
+@pytest.mark.slow  # three training runs in subprocesses
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   arg = "tiny,size=mini,steps=150"
   whole = tmp_path / "whole"
@@ -89,6 +91,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow  # three training runs in subprocesses
 def test_two_processes_match_one_process(tmp_path):
   """2 processes x 2 devices under jax.distributed, with FSDP across each
   process's devices, against 1 process x 4 devices: same final params."""

@@ -60,7 +60,8 @@ def single_device():
   return jax.device_get(state), metrics
 
 
-@pytest.mark.parametrize("devices,fsdp", [(8, 1), (8, 8), (8, 2)],
+@pytest.mark.parametrize("devices,fsdp", [(8, 1), (8, 8),
+                                          pytest.param(8, 2, marks=pytest.mark.slow)],
                          ids=["data-parallel-8", "fsdp-8", "data4-fsdp2"])
 def test_sharded_training_equals_single_device(single_device, devices, fsdp):
   mesh = sharding.make_mesh(devices, fsdp=fsdp)
@@ -142,6 +143,7 @@ def test_dropout_follows_the_state_rng():
   assert _max_diff(jax.device_get(a.params), jax.device_get(plain.params)) > 1e-6  # and active
 
 
+@pytest.mark.slow  # ahead-of-time compiles of the largest size
 def test_largest_model_fsdp_memory_per_device_is_an_eighth():
   """The largest table size, compiled ahead of time (nothing allocated) with
   FSDP over 8 devices: each device holds about 1/8 of params and optimizer state."""
@@ -182,7 +184,8 @@ def test_largest_model_fsdp_memory_per_device_is_an_eighth():
   assert memory.alias_size_in_bytes >= 0.99 * memory.argument_size_in_bytes - 4 * 8 * 128 * 2
 
 
-@pytest.mark.parametrize("devices,fsdp", [(1, 1), (8, 2)], ids=["onto-1-device", "onto-4x2"])
+@pytest.mark.parametrize("devices,fsdp", [(1, 1), pytest.param(8, 2, marks=pytest.mark.slow)],
+                         ids=["onto-1-device", "onto-4x2"])
 def test_resume_onto_another_mesh(single_device, tmp_path, devices, fsdp):
   """3 steps under FSDP over 8 devices, checkpointed; restored onto another
   mesh for the last 2: the same end as 5 uninterrupted steps."""

@@ -62,6 +62,7 @@ def _timed_run(out, cache, xla, config=TINY):
   return time.perf_counter() - started
 
 
+@pytest.mark.slow  # minutes: about 10 runs of the sweep in subprocesses per config
 @pytest.mark.parametrize("config", [TINY, GENERATIVE_TINY], ids=["classification", "generative"])
 def test_sigkill_at_random_moments_loses_and_corrupts_nothing(tmp_path, config):
   """Kill the sweep 5 times at random moments, rerunning after each: the final
@@ -128,7 +129,8 @@ def test_sweep_directory_refuses_another_base_config(tmp_path):
                     cache_dir=tmp_path / "c", progress=False)
 
 
-@pytest.mark.parametrize("loss", ["xent", "product", "combined"])
+@pytest.mark.parametrize("loss", ["xent", pytest.param("product", marks=pytest.mark.slow),
+                                  pytest.param("combined", marks=pytest.mark.slow)])
 def test_seeds_under_vmap_equal_seeds_one_at_a_time_on_tiny_config(tmp_path, loss):
   """Final params of 3 seeds trained as one vmapped program equal 3 separate runs.
 
