@@ -20,9 +20,10 @@ Every query of test and heldout, 5 seeds; costs are 2 * non-embedding params
 * tokens (flops.model_flops). runs/cascade holds results.json,
 per_query.csv and accuracy_vs_cost.png; docs/cascade.md has the tables.
 
-Expected on a 2-core CPU, pretraining cached: about 3 minutes. Test,
-ceiling strong: pico's max_prob beats random only a little (area +0.03) and
-needs ~85% deferral to reach 95% of the strong model's gain; the oracle ~30%.
+Expected on a 2-core CPU, pretraining cached: about 4.5 minutes. Test,
+ceiling strong: pico's max_prob beats random only a little (area +0.03, IBC
+lift 0.16) and needs 84% deferral to reach 95% of the strong model's gain,
+the oracle 37%; nano's max_prob: IBC lift 0.86, 64% (docs/cascade.md).
 
 Args (comma-separated): `small` (a 60-entity world, weak pico and nano, strong
 micro, 2 seeds: seconds), `seeds=N`, `task=classification|generative|both`.

@@ -15,6 +15,11 @@ from the weak model, none from ground truth: mean_logprob, min_prob, ifd
 selection among all 1,600 responses, stratified by the response's region.
 The report's "label acc" column is the kept responses' field accuracy.
 
+Expected on a 2-core CPU, pretraining cached: under 2 minutes. At keep 0.25
+the kept responses are 0.60 (mean_logprob, min_prob) and 0.55
+(self_consistency) accurate against 0.40 for all, and PGR rises from 0.34 to
+0.74-0.78; ifd keeps less accurate responses (0.30) and loses.
+
 Args: `tiny` (or `small`) for a seconds-long run on configs/generative.py's
 small world; `seeds=N`; `samples=N`, `temperature=X` (the weak sampling).
 """
@@ -24,7 +29,6 @@ from pathlib import Path
 
 from w2s_jax import configs
 from w2s_jax.configs import parse_arg
-from w2s_jax.gen_tasks import GenerationConfig
 from w2s_jax.objectives import LossConfig
 from w2s_jax.pipeline import ExperimentConfig
 from w2s_jax.selection import GENERATIVE_CRITERIA, FilterConfig

@@ -14,8 +14,9 @@ as off-policy reverse KL does not; docs/generative.md), and `combined`
 (0.5 * sft + 0.5 * LM on 30 ground-truth responses). Every cell is scored by the per-field accuracy of greedy
 generations; weak and ceiling stages are shared between cells.
 
-Expected on a 2-core CPU with pretraining cached: the README's "Generative
-sweeps" section gives the wall time, the table and the charts.
+Expected on a 2-core CPU with pretraining cached: about 7 minutes; median
+PGR over the 6 pairs combined 0.62, sft 0.57, forward_kl and live 0.42,
+reverse_kl -0.49 (README, "Generative sweeps"; the table in docs/generative.md).
 
 Args (comma-separated): `tiny` for a seconds-long grid (the kill test),
 `seeds=N`.

@@ -17,7 +17,6 @@ import pytest
 from w2s_jax import checkpoints, configs, integrity, models, objectives, pipeline, sharding
 from w2s_jax import stages, sweep, train
 from w2s_jax.data import Dataset, shuffled_batches
-from w2s_jax.objectives import LossConfig
 from w2s_jax.sharding import MeshConfig
 from w2s_jax.train import OptimConfig
 

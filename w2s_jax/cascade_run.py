@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from w2s_jax import cascade_report, cascade_table, integrity, locks, models, stages
-from w2s_jax.cascade_table import STRONG, TASKS, calibration_split
+from w2s_jax.cascade_table import TASKS, calibration_split
 from w2s_jax import sharding as shd
 from w2s_jax.flops import model_flops
 from w2s_jax.pipeline import ExperimentConfig
