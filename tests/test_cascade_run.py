@@ -147,6 +147,19 @@ def test_results_match_a_threshold_loop_over_the_table(run):
   per_seed = [s["routers"]["max_prob"]["area_vs_random"] for s in means["per_seed"]]
   assert means["mean"]["routers"]["max_prob"]["area_vs_random"]["mean"] == pytest.approx(
       np.mean(per_seed))
+  # Pooled: every seed's queries as one population, the same loop over all of them.
+  rows = ((table["task"] == "classification") & (table["weak"] == "pico")
+          & (table["strong"] == "ceiling") & (table["split"] == "test"))
+  weak, strong = table["weak_correct"][rows], table["strong_correct"][rows]
+  acc, _ = _loop_curve(table["max_prob"][rows], weak, strong, table["weak_flops"][rows],
+                       table["strong_flops"][rows])
+  rate = np.arange(len(weak) + 1) / len(weak)
+  gap = acc - (weak.mean() + rate * (strong.mean() - weak.mean()))
+  pooled = means["pooled"]["routers"]["max_prob"]
+  assert len(weak) == len(per_seed) * np.sum(rows & (table["seed"] == 0))
+  assert pooled["area_vs_random"] == pytest.approx(
+      np.sum((gap[1:] + gap[:-1]) / 2 * np.diff(rate)), abs=1e-9)
+  assert np.isfinite(pooled["ibc_lift"]) and pooled["ibc_lift_lo"] < pooled["ibc_lift_hi"]
 
 
 def test_calibration(run):

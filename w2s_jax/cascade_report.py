@@ -86,7 +86,11 @@ def _aggregate(per_seed: list[dict]) -> dict:
 
 
 def summarize(table: dict, cfg) -> dict:
-  """{task: {weak: {strong: {split: {"per_seed": [...], "mean": {...}}}}}}."""
+  """{task: {weak: {strong: {split: {"per_seed": [...], "mean": {...}, "pooled": {...}}}}}}.
+
+  "pooled" treats every seed's queries of the group as one population (each
+  answered by its own seed's models), so the IBC lift's bootstrap interval
+  covers all of them at once."""
   out = {}
   for kind in dict.fromkeys(table["task"]):
     for w in cfg.weak_sizes:
@@ -97,8 +101,12 @@ def summarize(table: dict, cfg) -> dict:
                                     ROUTERS[kind], fraction=cfg.target_fraction,
                                     resamples=cfg.ibc_resamples)
                       for s in sorted(set(table["seed"].tolist()))]
+          pooled = group_summary(table, group(table, task=kind, weak=w, strong=variant,
+                                              split=split),
+                                 ROUTERS[kind], fraction=cfg.target_fraction,
+                                 resamples=cfg.ibc_resamples)
           out.setdefault(kind, {}).setdefault(w, {}).setdefault(variant, {})[split] = {
-              "per_seed": per_seed, "mean": _aggregate(per_seed)}
+              "per_seed": per_seed, "mean": _aggregate(per_seed), "pooled": pooled}
   return out
 
 
@@ -177,20 +185,23 @@ def format_results(results: dict, *, split: str = "test") -> str:
                      f"{_cell(m['weak_accuracy'])}, strong {_cell(m['strong_accuracy'])}; "
                      f"weak cost {_cell(m['weak_cost'])} of strong-only")
         lines.append(f"  {'router':20s} {'area vs rnd':>11s} {'defer@gain':>10s} "
-                     f"{'cost@gain':>9s} {'cost@acc':>8s} {'IBC lift [seed intervals]':>26s}")
+                     f"{'cost@gain':>9s} {'cost@acc':>8s} {'IBC lift [pooled 95%] seeds lo>0':>34s}")
         rows = [("oracle", m["oracle"]), ("random", m["random"]), *m["routers"].items()]
         for name, r in rows:
           lift = ""
           if "ibc_lift" in r:
             seeds = per_split[split]["per_seed"]
             above = sum(s["routers"][name]["ibc_lift_lo"] > 0 for s in seeds)
-            lift = f"{_cell(r['ibc_lift'], 2)} ({above}/{len(seeds)} seeds' lo > 0)"
+            pool = per_split[split]["pooled"]["routers"][name]
+            lift = (f"{_cell(r['ibc_lift'], 2)} [{pool['ibc_lift_lo']:.2f}, "
+                    f"{pool['ibc_lift_hi']:.2f}] {above}/{len(seeds)}")
           area = _cell(r["area_vs_random"]) if "area_vs_random" in r else "0"
           lines.append(f"  {name:20s} {area:>11s} {_cell(r['defer_to_gain'], 2):>10s} "
                        f"{_cell(r['cost_to_gain'], 2):>9s} {_cell(r['cost_to_accuracy'], 2):>8s} "
-                       f"{lift:>26s}")
+                       f"{lift:>34s}")
   lines.append(f"\n@gain: reaching weak + {frac:g} x (strong - weak) accuracy; @acc: {frac:g} x "
-               "strong accuracy. defer = share of queries deferred; cost per query relative "
+               "strong accuracy. IBC lift: mean over seeds [bootstrap interval over all seeds' "
+               "queries pooled], and how many seeds' own intervals lie above 0. defer = share of queries deferred; cost per query relative "
                "to strong-only (deferring all = weak + 1). n/a: strong no better than weak.")
   for w, c in results.get("calibration", {}).items():
     lines.append(f"calibration {w}: T {np.mean(c['temperature']):.2f}, ECE {split} "
