@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from w2s_jax.scores import confidence as max_prob, margin, neg_entropy  # noqa: F401
+from w2s_jax.scores import mean_logprob as _mean_token_logprob
 
 BASES = ("cascade", "strong_only")
 
@@ -27,11 +28,11 @@ def _token_args(logprobs, mask):
 
 
 def mean_logprob(*, logprobs, mask):
-  """Mean log-prob of the masked-in response tokens, [..., T] -> [...]. An empty
-  response gives NaN, which `defer_mask` defers: no evidence is no confidence."""
+  """Mean log-prob of the masked-in response tokens, [..., T] -> [...]
+  (scores.mean_logprob, the curation score), except that an empty response
+  gives NaN, which `defer_mask` defers: no evidence is no confidence."""
   logprobs, mask = _token_args(logprobs, mask)
-  n = mask.sum(-1)
-  return jnp.where(n > 0, jnp.where(mask, logprobs, 0.0).sum(-1) / jnp.maximum(n, 1), jnp.nan)
+  return jnp.where(mask.any(-1), _mean_token_logprob(logprobs=logprobs, mask=mask), jnp.nan)
 
 
 def quantile_prob(*, logprobs, mask, q):

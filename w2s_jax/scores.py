@@ -63,7 +63,9 @@ def mean_logprob(*, logprobs, mask):
   """Mean token log-probability where mask is 1, over the last axis (0 for an
   empty mask): the per-token log-likelihood."""
   weight = mask.astype(jnp.float32)
-  return jnp.sum(logprobs * weight, -1) / jnp.maximum(jnp.sum(weight, -1), 1.0)
+  # where, not a product: a padding position's log-prob may be -inf.
+  return (jnp.sum(jnp.where(mask > 0, logprobs, 0.0), -1)
+          / jnp.maximum(jnp.sum(weight, -1), 1.0))
 
 
 @jax.jit
