@@ -31,18 +31,12 @@ micro, 2 seeds: seconds), `seeds=N`, `task=classification|generative|both`.
 
 import dataclasses
 
-from w2s_jax import testbed
 from w2s_jax.cascade_run import CascadeConfig
 from w2s_jax.configs import parse_arg
 from w2s_jax.gen_tasks import GenerationConfig
 from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.pipeline import SMALL_PRETRAIN, SMALL_WORLD, ExperimentConfig
 from w2s_jax.train import OptimConfig
-
-SMALL_WORLD = testbed.WorldConfig(num_entities=60, entities_per_split=20, corpus_docs=400,
-                                  syllables=8)
-SMALL_PRETRAIN = OptimConfig(steps=400, batch_size=64, lr=1e-2, warmup_frac=0.02)
-
 
 def get_config(arg=None) -> CascadeConfig:
   arg = parse_arg(arg, small=False, seeds=0, task="both")

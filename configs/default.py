@@ -19,13 +19,8 @@ import dataclasses
 from w2s_jax import testbed
 from w2s_jax.configs import parse_arg
 from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.pipeline import SMALL_PRETRAIN, SMALL_WORLD, ExperimentConfig
 from w2s_jax.train import OptimConfig
-
-
-SMALL_WORLD = testbed.WorldConfig(num_entities=60, entities_per_split=20, corpus_docs=400,
-                                  syllables=8)
-SMALL_PRETRAIN = OptimConfig(steps=400, batch_size=64, lr=1e-2, warmup_frac=0.02)
 
 
 def get_config(arg=None):

@@ -31,11 +31,10 @@ kd_weight in {0, .25, .5, .75, 1} x gt_examples in {10, 30}, plus sft.
 
 import dataclasses
 
-from w2s_jax import testbed
 from w2s_jax.configs import parse_arg
 from w2s_jax.gen_tasks import GenerationConfig
 from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.pipeline import SMALL_PRETRAIN, SMALL_WORLD, ExperimentConfig
 from w2s_jax.sweep import SweepConfig, grid
 from w2s_jax.train import OptimConfig
 
@@ -63,10 +62,9 @@ def get_config(arg=None) -> ExperimentConfig:
   if arg.small:
     cfg = dataclasses.replace(
         cfg, name=cfg.name + "-small",
-        world=testbed.WorldConfig(num_entities=60, entities_per_split=20, corpus_docs=400,
-                                  syllables=8),
+        world=SMALL_WORLD,
         weak_size="pico", strong_size="micro",
-        pretrain=OptimConfig(steps=400, batch_size=64, lr=1e-2, warmup_frac=0.02),
+        pretrain=SMALL_PRETRAIN,
         finetune=OptimConfig(steps=30, batch_size=8, lr=3e-3),
         losses=(LossConfig("sft"), LossConfig("forward_kl"),
                 LossConfig("combined", kd_weight=0.5, gt_examples=8)),

@@ -13,10 +13,9 @@ Args (comma-separated): `tiny` for a seconds-long grid (tests), `seeds=N`.
 
 import dataclasses
 
-from w2s_jax import testbed
 from w2s_jax.configs import parse_arg
 from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.pipeline import SMALL_PRETRAIN, SMALL_WORLD, ExperimentConfig
 from w2s_jax.sweep import SweepConfig, grid
 from w2s_jax.train import OptimConfig
 
@@ -35,9 +34,8 @@ def get_config(arg=None) -> ExperimentConfig:
     # broken resume shows in them.
     cfg = dataclasses.replace(
         cfg, name="sweep-tiny",
-        world=testbed.WorldConfig(num_entities=60, entities_per_split=20, corpus_docs=400,
-                                  syllables=8),
-        pretrain=OptimConfig(steps=400, batch_size=64, lr=1e-2, warmup_frac=0.02),
+        world=SMALL_WORLD,
+        pretrain=SMALL_PRETRAIN,
         finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
         eval_batch_size=8, bootstrap_resamples=200)
   return cfg

@@ -25,6 +25,14 @@ from w2s_jax.results import (package_versions, prepare_out_dir, remove_stale_tem
 from w2s_jax.train import OptimConfig
 
 
+# The 60-entity world and its short pretraining that the smoke-run configs
+# (`:small`, `:tiny`) share: seconds to run, yet weak and strong models that
+# differ, and one pretrained cache entry per size for all of them.
+SMALL_WORLD = testbed.WorldConfig(num_entities=60, entities_per_split=20, corpus_docs=400,
+                                  syllables=8)
+SMALL_PRETRAIN = OptimConfig(steps=400, batch_size=64, lr=1e-2, warmup_frac=0.02)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   name: str = "default"
