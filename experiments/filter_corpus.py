@@ -1,6 +1,6 @@
 """Curate a pretraining pool with the weak LM, then pretrain the strong model on it.
 
-  python experiments/filter_corpus.py [--config configs/default.py] [--keep 0.8]
+  python experiments/filter_corpus.py [--config configs/default.py:facts] [--keep 0.8]
 
 The pool is the testbed corpus plus 20% planted bad documents (shuffled,
 random, false facts). Prints how much bad data each criterion removes, then
@@ -20,7 +20,7 @@ from w2s_jax import configs, curation, interrupts  # noqa: E402
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--config", default="configs/default.py")
+  parser.add_argument("--config", default="configs/default.py:facts")  # docs/selection.md's world
   parser.add_argument("--keep", type=float, default=0.8, help="keep fraction for the strong corpus")
   parser.add_argument("--criterion", default="likelihood",
                       choices=(*curation.POOL_CRITERIA, *curation.ALIASES),

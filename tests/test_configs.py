@@ -127,6 +127,11 @@ def test_load_config_files():
   assert [l.name for l in cfg.losses] == ["xent", "logconf"]
   full = configs.load(str(DEFAULT))
   assert full.seeds == (0, 1, 2, 3, 4) and full.name == "default"
+  assert full.world == testbed.CUE_WORLD and full.finetune == pipeline.CUE_FINETUNE
+  # The world from before the cue, with the fine-tuning its tables were measured with.
+  facts = configs.load(f"{DEFAULT}:facts")
+  assert facts.world == testbed.WorldConfig() and facts.name == "default-facts"
+  assert facts.finetune == pipeline.ExperimentConfig().finetune
   scratch = configs.load(f"{DEFAULT}:scratch")
   assert scratch.use_pretraining is False and scratch.name == "default-scratch"
   with pytest.raises(FileNotFoundError, match="nope.py"):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax import configs, stages, sweep
+from w2s_jax import configs, stages, sweep, testbed
 from w2s_jax.data import Dataset, one_hot
 from w2s_jax.objectives import LossConfig
 from w2s_jax.train import OptimConfig
@@ -29,6 +29,25 @@ def test_pairs_are_every_weak_smaller_than_strong():
   assert len(cells) == 6 * 2
   assert all(sweep.size_order(c.weak) < sweep.size_order(c.strong) for c in cells)
   assert len({c.id for c in cells}) == len(cells)
+
+
+def test_weak_sizes_keep_only_those_weak_models():
+  got = sweep.pairs(["pico", "nano", "micro", "mini"], weak_sizes=("pico", "micro"))
+  assert got == [("pico", "nano"), ("pico", "micro"), ("pico", "mini"), ("micro", "mini")]
+  with pytest.raises(ValueError, match=r"weak_sizes \['tiny'\]"):
+    sweep.pairs(["pico", "nano"], weak_sizes=("tiny",))
+
+
+def test_default_sweep_grid_and_the_facts_sweep():
+  grid = configs.load_sweep(str(ROOT / "configs/sweep.py"))
+  pairs = sorted({(c.weak, c.strong) for c in grid.cells}, key=lambda p: (
+      sweep.size_order(p[0]), sweep.size_order(p[1])))
+  assert {w for w, _ in pairs} == {"pico", "micro"}
+  assert len(pairs) == 7 and len(grid.cells) == 7 * 4 and len(grid.base.seeds) == 10
+  assert grid.base.world.cue > 0
+  facts = configs.load_sweep(str(ROOT / "configs/sweep.py") + ":facts")
+  assert facts.base.world == testbed.WorldConfig() and facts.base.seeds == (0, 1, 2)
+  assert len(facts.cells) == 6 * 4
 
 
 def test_sweep_config_rejects_bad_grids():

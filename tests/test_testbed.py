@@ -128,3 +128,43 @@ def test_fact_probe_and_frequency():
   assert (np.diff(f[order]) < 0).all()  # falls with rank when zipf > 0
   flat = _world(num_entities=60, entities_per_split=20, syllables=8, zipf=0.0).entity_frequency
   np.testing.assert_allclose(flat, 1 / 60)
+
+
+def test_no_cue_is_the_world_from_before_the_cue():
+  # cue=0 draws nothing extra: the same facts, and the same cache fingerprint
+  # (corpus_fields without "cue") as before the field existed.
+  old, new = _world(), _world(cue=0.0)
+  np.testing.assert_array_equal(old.city_of, new.city_of)
+  assert "cue" not in WorldConfig().corpus_fields()
+  assert WorldConfig(cue=0.4).corpus_fields()["cue"] == 0.4
+
+
+@pytest.mark.parametrize("cue", [0.0, 0.4, 1.0])
+def test_cue_share_of_entities_follow_their_first_syllable(cue):
+  world = _world(num_entities=1600, cue=cue)
+  first = world.name_tokens[:, 0] - world.token("a0")
+  suggested = testbed.cue_region(world.cfg, first)
+  for relation in range(len(testbed.RELATIONS)):
+    follows = world.region_of[world.city_of[relation]] == suggested
+    # cue of them are moved into the cue region; the rest land there by chance, half the time.
+    expected = cue + (1 - cue) / world.cfg.num_regions
+    assert abs(follows.mean() - expected) < 0.04, (relation, follows.mean(), expected)
+  # The cue regions are balanced over syllables, so the labels stay balanced.
+  labels = world.region_of[world.city_of[0]]
+  assert abs(labels.mean() - 0.5) < 0.05
+
+
+def test_cue_world_corpus_states_the_moved_facts():
+  world = _world(num_entities=400, entities_per_split=100, corpus_docs=300, cue=0.5)
+  corpus = testbed.pretraining_corpus(world)
+  lives = world.token("lives")
+  tokens = corpus["tokens"]
+  for row in tokens[:50]:
+    for i in np.flatnonzero(row == lives):
+      entity = np.flatnonzero((world.name_tokens == row[i - 2:i]).all(axis=1))
+      assert row[i + 1] == world.city_tokens[world.city_of[0, entity[0]]]
+
+
+def test_cue_out_of_range_is_rejected():
+  with pytest.raises(ValueError, match=r"WorldConfig.cue=1.5: expected in \[0, 1\]"):
+    WorldConfig(cue=1.5)

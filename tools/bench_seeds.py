@@ -1,6 +1,6 @@
 """Seeds trained together (one vmapped program) vs one at a time: speed ratio.
 
-  python tools/bench_seeds.py [--config configs/sweep.py] [--size mini] [--reps 5]
+  python tools/bench_seeds.py [--config configs/sweep.py:facts] [--size mini] [--reps 5]
 
 Times the fine-tune of one sweep cell (the config's seeds, steps and batch),
 after a compile warm-up of each variant, alternating the two over several
@@ -23,7 +23,7 @@ from w2s_jax.objectives import LossConfig  # noqa: E402
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--config", default="configs/sweep.py")
+  parser.add_argument("--config", default="configs/sweep.py:facts")
   parser.add_argument("--size", default="mini", help="model size to fine-tune")
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--cache", default="runs/cache")

@@ -65,16 +65,22 @@ def size_order(size: str, pretrained_dirs=()) -> int:
   return models.decode_size(size, vocab_size=1).num_params
 
 
-def pairs(sizes, pretrained_dirs=()) -> list[tuple[str, str]]:
-  """Every (weak, strong) pair with weak smaller than strong."""
+def pairs(sizes, pretrained_dirs=(), weak_sizes=None) -> list[tuple[str, str]]:
+  """Every (weak, strong) pair with weak smaller than strong; with weak_sizes,
+  only the pairs whose weak model is one of them."""
+  unknown = sorted(set(weak_sizes or ()) - set(sizes))
+  if unknown:
+    raise ValueError(f"weak_sizes {unknown}: expected a subset of sizes {list(sizes)}")
   ordered = sorted(sizes, key=lambda s: size_order(s, pretrained_dirs))
-  return [(w, s) for i, w in enumerate(ordered) for s in ordered[i + 1:]]
+  return [(w, s) for i, w in enumerate(ordered) for s in ordered[i + 1:]
+          if weak_sizes is None or w in weak_sizes]
 
 
-def grid(sizes, losses, finetunes=(None,), filters=(None,), pretrained_dirs=()) -> list[Cell]:
-  """The product of pairs(sizes), losses, fine-tune configs and filters."""
-  return [Cell(w, s, loss, ft, flt) for w, s in pairs(sizes, pretrained_dirs) for loss in losses
-          for ft in finetunes for flt in filters]
+def grid(sizes, losses, finetunes=(None,), filters=(None,), pretrained_dirs=(),
+         weak_sizes=None) -> list[Cell]:
+  """The product of pairs(sizes, weak_sizes=...), losses, fine-tune configs and filters."""
+  return [Cell(w, s, loss, ft, flt) for w, s in pairs(sizes, pretrained_dirs, weak_sizes)
+          for loss in losses for ft in finetunes for flt in filters]
 
 
 @dataclasses.dataclass(frozen=True)

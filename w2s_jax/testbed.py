@@ -38,6 +38,12 @@ class WorldConfig:
   # ones reach further into the tail, so knowledge grows smoothly with size.
   zipf: float = 1.0
   doc_len: int = 21
+  # Share of entities whose cities follow a surface cue: each first syllable
+  # has a cue region, and this share of the entities starting with it live
+  # and work in a city of that region (the rest anywhere). A model that does
+  # not know an entity can still guess from its name, so weak errors are
+  # systematic (the cue's exceptions) and imitable, not random. 0: no cue.
+  cue: float = 0.0
   seed: int = 0
 
   def __post_init__(self):
@@ -47,6 +53,8 @@ class WorldConfig:
         raise ValueError(f"WorldConfig.{name}={getattr(self, name)}: expected >= 1")
     if self.zipf < 0:
       raise ValueError(f"WorldConfig.zipf={self.zipf}: expected >= 0")
+    if not 0 <= self.cue <= 1:
+      raise ValueError(f"WorldConfig.cue={self.cue}: expected in [0, 1]")
     if self.num_regions != 2:
       raise ValueError(f"WorldConfig.num_regions={self.num_regions}: the task is binary, expected 2")
     if self.syllables ** 2 < self.num_entities:
@@ -70,6 +78,8 @@ class WorldConfig:
     """The fields that determine the world and its corpus (not the task splits)."""
     fields = dataclasses.asdict(self)
     del fields["entities_per_split"]
+    if not self.cue:
+      del fields["cue"]  # the worlds from before the cue keep their cache entries
     return fields
 
 
@@ -104,6 +114,17 @@ class World:
     return np.array([self.token(f"r{r}") for r in range(self.cfg.num_regions)])
 
 
+# The default testbed since the cue (configs/default.py, configs/sweep.py): twice
+# the entities over twice the corpus, so knowledge keeps growing up to the 5th
+# size, and a cue that 70% of names follow (0.4 + 0.6 / 2), so a model that
+# does not know an entity guesses systematically rather than at random. Every
+# entity is in a split (800 each), so the test intervals are tight enough to
+# tell losses apart.
+# WorldConfig() itself is the world from before (the `facts` configs).
+CUE_WORLD = WorldConfig(num_entities=2400, syllables=50, corpus_docs=40_000, cue=0.4,
+                        entities_per_split=800)
+
+
 def make_world(cfg: WorldConfig) -> World:
   rng = np.random.default_rng(cfg.seed)
   vocab = ((PAD, BOS, DOT, IN, IS) + RELATIONS
@@ -121,8 +142,26 @@ def make_world(cfg: WorldConfig) -> World:
   name_tokens = np.stack([[vocab.index(f"a{n // cfg.syllables}") for n in names],
                           [vocab.index(f"b{n % cfg.syllables}") for n in names]], axis=1)
   frequency_rank = rng.permutation(cfg.num_entities)
+  if cfg.cue:  # drawn after everything else, so cue=0 is the world from before the cue
+    city_of = _follow_cue(rng, cfg, names, region_of, city_of)
   return World(cfg, vocab, name_tokens.astype(np.int32), frequency_rank, city_of, region_of,
                split_entities)
+
+
+def cue_region(cfg: WorldConfig, first_syllable) -> np.ndarray:
+  """The region an entity's first syllable suggests (balanced over syllables)."""
+  return np.asarray(first_syllable) % cfg.num_regions
+
+
+def _follow_cue(rng, cfg, names, region_of, city_of):
+  """city_of with a cfg.cue share of each relation's entities moved to a city of their cue region."""
+  cue = cue_region(cfg, names // cfg.syllables)
+  follows = rng.random(city_of.shape) < cfg.cue
+  cities_in = [np.flatnonzero(region_of == r) for r in range(cfg.num_regions)]
+  pick = rng.integers(0, cfg.num_cities, size=city_of.shape)
+  cue_city = np.stack([np.array([cities_in[r][k % len(cities_in[r])] for r, k in zip(cue, row)])
+                       for row in pick])
+  return np.where(follows, cue_city, city_of)
 
 
 def pretraining_corpus(world: World, *, seed: int | None = None) -> Dataset:
