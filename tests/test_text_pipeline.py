@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from w2s_jax import pipeline, sweep, tasks
+from w2s_jax import configs, pipeline, sweep, tasks
 from w2s_jax.objectives import LossConfig
 from w2s_jax.pipeline import ExperimentConfig
 from w2s_jax.tasks import TextTaskConfig
 from w2s_jax.text_files import TextFileError
 from w2s_jax.train import OptimConfig
 
+ROOT = Path(__file__).resolve().parents[1]
 WORDS = {1: ["good", "great", "fine", "lovely"], 0: ["bad", "awful", "dull", "poor"]}
 FILLER = ["the", "film", "was", "a", "plot", "and", "cast", "very"]
 
@@ -61,6 +62,40 @@ def test_text_task_config_errors(files):
     TextTaskConfig(train_file=files[0])
   with pytest.raises(ValueError, match="train split has 400"):
     tasks.text_task(_task_cfg(files, gt_examples=300, w2s_examples=200))
+
+
+@pytest.mark.parametrize("gt,w2s,expected", [(None, None, (200, 200)), (100, None, (100, 300)),
+                                              (None, 150, (250, 150)), (96, 128, (96, 128))])
+def test_split_sizes_default_to_a_split_of_the_train_file(files, gt, w2s, expected):
+  task = tasks.text_task(_task_cfg(files, gt_examples=gt, w2s_examples=w2s))
+  assert (len(task.splits["train_gt"]), len(task.splits["train_w2s"])) == expected
+  with pytest.raises(ValueError, match="gt_examples=400, w2s_examples=None .* has 400"):
+    tasks.text_task(_task_cfg(files, gt_examples=400, w2s_examples=None))
+  with pytest.raises(ValueError, match=r"TextTaskConfig.gt_examples=0: expected an int >= 1 or None"):
+    _task_cfg(files, gt_examples=0)
+
+
+def test_generic_text_config_reads_a_users_file(files, tmp_path):
+  # A JSONL file with its own field names, as a new user brings it.
+  rows = [l.split("\t") for l in Path(files[0]).read_text().splitlines()[1:]]
+  train = tmp_path / "mine.jsonl"
+  train.write_text("".join(f'{{"sentence": "{t}", "y": {y}}}\n' for t, y in rows))
+  test = tmp_path / "mine_test.jsonl"
+  test.write_text("".join(f'{{"sentence": "{t}", "y": {y}}}\n' for t, y in rows[:40]))
+  spec = f"{ROOT / 'configs/text.py'}:train={train},test={test},text=sentence,label=y,small,seeds=1"
+  cfg = configs.load(spec)
+  assert cfg.name == "text-mine-small" and cfg.text_task.gt_examples is None
+  # The pipeline itself on text files is test_pipeline_on_text_files; here, what
+  # the config makes of the file: its fields, and half of its rows per split.
+  task = tasks.make_task(world=cfg.world, text=cfg.text_task)
+  assert {k: len(v) for k, v in task.splits.items()} == {"train_gt": 200, "train_w2s": 200,
+                                                          "test": 40}
+  assert task.splits["test"]["labels"].tolist() == [int(y) for _, y in rows[:40]]
+  with pytest.raises(ValueError, match="test=PATH is required"):
+    configs.load(f"{ROOT / 'configs/text.py'}:train={train}")
+  wrong_fields = configs.load(f"{ROOT / 'configs/text.py'}:train={train},test={test},small")
+  with pytest.raises(TextFileError, match="mine_test.jsonl:1: missing field 'text'"):
+    tasks.make_task(world=wrong_fields.world, text=wrong_fields.text_task)
 
 
 def _experiment(files, **changes):

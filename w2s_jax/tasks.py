@@ -40,8 +40,10 @@ class TextTaskConfig:
   max_len: int = 64
   overflow: str = "truncate"     # or "drop" (text_tasks counts either)
   add_bos: bool = True
-  gt_examples: int = 2000
-  w2s_examples: int = 4000
+  # None: half the train split each (train_gt the first half of the shuffle,
+  # train_w2s the rest), or what the other leaves when only one is set.
+  gt_examples: int | None = 2000
+  w2s_examples: int | None = 4000
   test_examples: int | None = None  # None: the whole test split
   balanced: bool = False
   seed: int = 0
@@ -54,9 +56,13 @@ class TextTaskConfig:
     if self.tfds_name is None and None in files:
       raise ValueError(f"TextTaskConfig: train_file={self.train_file!r}, "
                        f"test_file={self.test_file!r}: expected both")
-    for name in ("max_len", "gt_examples", "w2s_examples"):
-      if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-        raise ValueError(f"TextTaskConfig.{name}={getattr(self, name)!r}: expected an int >= 1")
+    if not isinstance(self.max_len, int) or self.max_len < 1:
+      raise ValueError(f"TextTaskConfig.max_len={self.max_len!r}: expected an int >= 1")
+    for name in ("gt_examples", "w2s_examples"):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"TextTaskConfig.{name}={value!r}: expected an int >= 1 or None "
+                         "(a split of the train examples)")
     if self.overflow not in tokenize.OVERFLOW:
       raise ValueError(f"TextTaskConfig.overflow={self.overflow!r}: expected one of "
                        f"{tokenize.OVERFLOW}")
@@ -176,14 +182,27 @@ def _balanced(examples: text_tasks.TextExamples, seed: int) -> text_tasks.TextEx
 def split_train(train, test, cfg) -> dict:
   """train_gt and train_w2s, disjoint, from a seeded shuffle of the train
   examples (TextExamples or PromptResponses), and test as it is. cfg: a text
-  task config with gt_examples, w2s_examples and seed."""
-  needed = cfg.gt_examples + cfg.w2s_examples
-  if needed > len(train):
-    raise ValueError(f"{type(cfg).__name__}: gt_examples + w2s_examples = {needed}, but the "
-                     f"train split has {len(train)} examples")
+  task config with gt_examples, w2s_examples (None: see split_sizes) and seed."""
+  gt, w2s = split_sizes(cfg, len(train))
   order = np.random.default_rng([cfg.seed, 0]).permutation(len(train))
-  return {"train_gt": train.take(order[:cfg.gt_examples]),
-          "train_w2s": train.take(order[cfg.gt_examples:needed]), "test": test}
+  return {"train_gt": train.take(order[:gt]), "train_w2s": train.take(order[gt:gt + w2s]),
+          "test": test}
+
+
+def split_sizes(cfg, num_train: int) -> tuple[int, int]:
+  """(train_gt, train_w2s) sizes: as set, or, where None, half of the train
+  examples each, or what the other one leaves."""
+  gt, w2s = cfg.gt_examples, cfg.w2s_examples
+  if gt is None:
+    gt = num_train // 2 if w2s is None else num_train - w2s
+  if w2s is None:
+    w2s = num_train - gt
+  name = type(cfg).__name__
+  if gt < 1 or w2s < 1 or gt + w2s > num_train:
+    raise ValueError(f"{name}: gt_examples={cfg.gt_examples}, w2s_examples={cfg.w2s_examples} "
+                     f"need {max(gt, 1) + max(w2s, 1)} examples (at least one each), but the "
+                     f"train split has {num_train}")
+  return gt, w2s
 
 
 def text_task(cfg: TextTaskConfig) -> Task:
