@@ -8,10 +8,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tiny models are built here, neve
 import functools  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import safetensors.numpy  # noqa: E402
 
 import torch  # noqa: E402  (the test extra installs it; a missing torch is a failure, not a skip)
 import transformers  # noqa: E402
@@ -239,6 +241,27 @@ def test_missing_tensor_is_named(built):
   del tensors["transformer.h.1.mlp.c_fc.bias"]
   with pytest.raises(ValueError, match=r"missing tensor 'h\.1\.mlp\.c_fc\.bias'.*\(128,\)"):
     hf_import.params_from_hf(tensors, cfg)
+
+
+def test_folder_errors_name_the_file(built, tmp_path):
+  # Through load_hf_folder, as a config's pretrained_dirs reaches it: the
+  # error says which file of which folder, and what is wrong with it.
+  _, folder = built("gpt2_lm")
+  bert = tmp_path / "bert"
+  bert.mkdir()
+  (bert / "config.json").write_text(json.dumps({"model_type": "bert", **GPT2}))
+  with pytest.raises(ValueError, match=rf"{bert}/config.json: HF config model_type='bert': "
+                                       r"expected 'gpt2' or 'gpt_neox'"):
+    hf_import.load_hf_folder(bert)
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  (broken / "config.json").write_text((Path(folder) / "config.json").read_text())
+  tensors = hf_import.read_hf_tensors(folder)
+  del tensors["transformer.h.1.mlp.c_fc.bias"]
+  safetensors.numpy.save_file(tensors, broken / "model.safetensors")
+  with pytest.raises(ValueError, match=rf"{broken} \(safetensors\): checkpoint is missing tensor "
+                                       r"'h\.1\.mlp\.c_fc\.bias'"):
+    hf_import.load_hf_folder(broken)
 
 
 def test_bad_shape_is_named(built):

@@ -393,12 +393,27 @@ def read_config(path) -> dict:
   return _read_json(config_file, "a transformers config.json")
 
 
+def folder_config(path, **kwargs) -> ModelConfig:
+  """config_from_hf of a local folder's config.json; its errors name the file."""
+  config_file = Path(path) / "config.json"
+  hf_config = read_config(path)
+  try:
+    return config_from_hf(hf_config, **kwargs)
+  except ValueError as e:
+    raise ValueError(f"{config_file}: {e}") from None
+
+
 def load_hf_folder(path, *, num_classes: int = 2, head_input: str = "hidden",
                    max_len: int | None = None):
-  """A local Hugging Face model folder -> (ModelConfig, params)."""
-  cfg = config_from_hf(read_config(path), num_classes=num_classes, head_input=head_input,
-                       max_len=max_len)
-  return cfg, params_from_hf(read_hf_tensors(path), cfg)
+  """A local Hugging Face model folder -> (ModelConfig, params). Errors name
+  the file: config.json for the architecture, the folder's safetensors for a
+  missing, extra or misshapen tensor."""
+  cfg = folder_config(path, num_classes=num_classes, head_input=head_input, max_len=max_len)
+  tensors = read_hf_tensors(path)
+  try:
+    return cfg, params_from_hf(tensors, cfg)
+  except ValueError as e:
+    raise ValueError(f"{Path(path)} (safetensors): {e}") from None
 
 
 def save_as_orbax(path, params) -> None:

@@ -95,9 +95,8 @@ class ExperimentConfig:
 
   def model_config(self, size: str, task: Task) -> models.ModelConfig:
     if size in dict(self.pretrained_dirs):
-      return hf_import.config_from_hf(
-          hf_import.read_config(dict(self.pretrained_dirs)[size]), head_input=self.head_input,
-          max_len=task.max_len)
+      return hf_import.folder_config(dict(self.pretrained_dirs)[size], head_input=self.head_input,
+                                     max_len=task.max_len)
     return models.decode_size(size, vocab_size=task.vocab_size, max_len=task.max_len,
                               head_input=self.head_input)
 

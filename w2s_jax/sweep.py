@@ -61,7 +61,7 @@ def size_order(size: str, pretrained_dirs=()) -> int:
   vocabulary, of imported checkpoints (pretrained_dirs) as their config says."""
   if size in dict(pretrained_dirs):
     folder = dict(pretrained_dirs)[size]
-    return hf_import.config_from_hf(hf_import.read_config(folder)).num_params
+    return hf_import.folder_config(folder).num_params
   return models.decode_size(size, vocab_size=1).num_params
 
 
