@@ -49,7 +49,9 @@ from w2s_jax import sharding as shd  # noqa: E402
 QUICK = dict(layers=2, width=64, heads=4, seq=32, batch=8, infer_batch=32, vocab=1000,
              rounds=2, peak_n=1024)
 TRAIN, INFER = ("train", "infer")
-SIDES = ("w2s_jax", "torch_eager", "torch_compile")
+# w2s_jax_fused: the same model with ModelConfig.attention="fused"
+# (jax.nn.dot_product_attention), compared with the default explicit path.
+SIDES = ("w2s_jax", "w2s_jax_fused", "torch_eager", "torch_compile")
 FLOP_FORMULA = ("forward = 2*T*12*L*d^2 + 4*L*T*seq*d  (T = batch*seq tokens; "
                 "embeddings, norms and the 2-class head not counted); train step = 3 * forward")
 
@@ -113,11 +115,11 @@ def make_inputs(args, batch: int, seed: int) -> dict:
 
 # Each contender is run(n): n steps, returning only once the device is done.
 
-def jax_contenders(args, train_data, infer_data) -> dict:
+def jax_contenders(args, train_data, infer_data, attention="explicit", side="w2s_jax") -> dict:
   mesh = shd.make_mesh(1)
   cfg = models.ModelConfig(vocab_size=args.vocab, width=args.width, depth=args.layers,
                            heads=args.heads, max_len=args.seq, head_input="hidden",
-                           ln_eps=1e-5, gelu_approximate=True)
+                           ln_eps=1e-5, gelu_approximate=True, attention=attention)
   optim_cfg = train.OptimConfig(steps=10 ** 6, batch_size=args.batch, lr=args.lr,
                                 weight_decay=0.01)
   optimizer = train.make_optimizer(optim_cfg)
@@ -144,7 +146,7 @@ def jax_contenders(args, train_data, infer_data) -> dict:
     for _ in range(n):
       probs = forward(infer_params, ib["tokens"], ib["mask"])
     probs.block_until_ready()
-  return {(TRAIN, "w2s_jax"): train_run, (INFER, "w2s_jax"): infer_run}
+  return {(TRAIN, side): train_run, (INFER, side): infer_run}
 
 
 def torch_contenders(args, torch, transformers, device, train_data, infer_data) -> dict:
@@ -332,6 +334,7 @@ def main(argv=None):
   print_header(args, env, load_before, device)
   train_data, infer_data = make_inputs(args, args.batch, 0), make_inputs(args, args.infer_batch, 1)
   contenders = {**jax_contenders(args, train_data, infer_data),
+                **jax_contenders(args, train_data, infer_data, "fused", "w2s_jax_fused"),
                 **torch_contenders(args, torch, transformers, device, train_data, infer_data)}
   contenders = dict(sorted(contenders.items(), key=lambda kv: (kv[0][0] != TRAIN,
                                                                 SIDES.index(kv[0][1]))))

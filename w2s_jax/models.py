@@ -31,6 +31,7 @@ SIZES = {
     "xxl": (2048, 20, 16),
 }
 HEAD_INPUTS = ("hidden", "lm_probs")
+ATTENTIONS = ("explicit", "fused")
 POSITIONS = ("learned", "rotary")
 DTYPES = ("float32", "bfloat16")
 
@@ -61,6 +62,11 @@ class ModelConfig:
   dropout: float = 0.0            # embedding, attention and residual dropout
   dtype: str = "float32"          # compute dtype; params stay float32
   remat: bool = False             # recompute each block in the backward pass
+  # "fused": jax.nn.dot_product_attention (cuDNN flash attention on GPU where
+  # it applies); "explicit": einsums and a softmax, which attention dropout
+  # needs (a dropout-training call takes it either way). How attention is
+  # computed, not what: left out of repr, hence of the pretrained-cache key.
+  attention: str = dataclasses.field(default="explicit", repr=False)
 
   def __post_init__(self):
     for name in ("vocab_size", "width", "depth", "heads", "max_len", "mlp_ratio"):
@@ -75,7 +81,7 @@ class ModelConfig:
     if self.num_classes < 2:
       raise ValueError(f"ModelConfig.num_classes={self.num_classes}: expected >= 2")
     for name, allowed in (("head_input", HEAD_INPUTS), ("positions", POSITIONS),
-                          ("dtype", DTYPES)):
+                          ("dtype", DTYPES), ("attention", ATTENTIONS)):
       if getattr(self, name) not in allowed:
         raise ValueError(
             f"ModelConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
@@ -199,10 +205,18 @@ class Block(nn.Module):
       k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at)
       v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
       cache = {"k": k, "v": v}
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
-    scores = scores / jnp.sqrt(cfg.head_dim).astype(jnp.float32) + attn_bias
-    probs = _dropout(self, cfg.dropout)(jax.nn.softmax(scores, axis=-1)).astype(dtype)
-    attn = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(n, d)
+    dropping = cfg.dropout > 0 and self.has_rng("dropout")
+    if cfg.attention == "fused" and not dropping:
+      # [batch, seq, heads, head_dim] in and out; the same additive bias, so
+      # padding and fully masked rows behave as on the explicit path.
+      q, k, v = (x.transpose(0, 2, 1, 3).astype(dtype) for x in (q, k, v))
+      attn = jax.nn.dot_product_attention(q, k, v, bias=attn_bias.astype(dtype),
+                                          scale=1.0 / cfg.head_dim ** 0.5).reshape(n, d)
+    else:
+      scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
+      scores = scores / jnp.sqrt(cfg.head_dim).astype(jnp.float32) + attn_bias
+      probs = _dropout(self, cfg.dropout)(jax.nn.softmax(scores, axis=-1)).astype(dtype)
+      attn = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(n, d)
     return _dropout(self, cfg.dropout)(nn.Dense(d, dtype=dtype, name="attn_out")(attn)), cache
 
   def _mlp(self, h):
