@@ -28,10 +28,8 @@ Args (comma-separated): `files=DIR`, `seeds=N`, `weak=SIZE`, `strong=SIZE`,
 import dataclasses
 
 from w2s_jax.configs import parse_arg
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.pipeline import scratch_text_experiment
 from w2s_jax.tasks import TextTaskConfig
-from w2s_jax.train import OptimConfig
 
 
 def get_config(arg=None):
@@ -39,22 +37,11 @@ def get_config(arg=None):
                   tokenizer="bpe:4096", finetune_steps=400, gt=4000, small=False)
   source = (dict(train_file=f"{arg.files}/sst2_train.tsv", test_file=f"{arg.files}/sst2_dev.tsv")
             if arg.files else dict(tfds_name="glue/sst2"))
-  cfg = ExperimentConfig(
-      name="sst2",
-      text_task=TextTaskConfig(**source, tokenizer=arg.tokenizer, max_len=64, gt_examples=arg.gt,
-                               w2s_examples=8000),
-      head_input="hidden",
-      weak_size=arg.weak,
-      strong_size=arg.strong,
-      pretrain=OptimConfig(steps=arg.pretrain_steps, batch_size=32, lr=1e-3, warmup_frac=0.02,
-                           weight_decay=0.01),
-      finetune=OptimConfig(steps=arg.finetune_steps, batch_size=32, lr=3e-4, head_lr=3e-3,
-                           warmup_frac=0.05),
-      losses=(LossConfig("xent"), LossConfig("logconf")),
-      seeds=tuple(range(arg.seeds)),
-      eval_batch_size=64,
-      checkpoint_every=500,
-  )
+  cfg = scratch_text_experiment(
+      "sst2", TextTaskConfig(**source, tokenizer=arg.tokenizer, max_len=64, gt_examples=arg.gt,
+                             w2s_examples=8000),
+      weak=arg.weak, strong=arg.strong, pretrain_steps=arg.pretrain_steps,
+      finetune_steps=arg.finetune_steps, seeds=arg.seeds)
   if arg.small:
     cfg = dataclasses.replace(
         cfg, name="sst2-small", weak_size="pico", strong_size="nano",

@@ -26,10 +26,8 @@ import dataclasses
 from pathlib import Path
 
 from w2s_jax.configs import parse_arg
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.pipeline import scratch_text_experiment
 from w2s_jax.tasks import TextTaskConfig
-from w2s_jax.train import OptimConfig
 
 
 def get_config(arg=None):
@@ -40,24 +38,13 @@ def get_config(arg=None):
     if not getattr(arg, field):
       raise ValueError(f"configs/text.py: {field}=PATH is required, e.g. "
                        "configs/text.py:train=data/train.tsv,test=data/dev.tsv")
-  cfg = ExperimentConfig(
-      name=arg.name or f"text-{Path(arg.train).stem}",
-      text_task=TextTaskConfig(train_file=arg.train, test_file=arg.test, text_field=arg.text,
-                               label_field=arg.label, tokenizer=arg.tokenizer,
-                               max_len=arg.max_len, gt_examples=arg.gt or None,
-                               w2s_examples=arg.w2s or None),
-      head_input="hidden",
-      weak_size=arg.weak,
-      strong_size=arg.strong,
-      pretrain=OptimConfig(steps=arg.pretrain_steps, batch_size=32, lr=1e-3, warmup_frac=0.02,
-                           weight_decay=0.01),
-      finetune=OptimConfig(steps=arg.finetune_steps, batch_size=32, lr=3e-4, head_lr=3e-3,
-                           warmup_frac=0.05),
-      losses=(LossConfig("xent"), LossConfig("logconf")),
-      seeds=tuple(range(arg.seeds)),
-      eval_batch_size=64,
-      checkpoint_every=500,
-  )
+  cfg = scratch_text_experiment(
+      arg.name or f"text-{Path(arg.train).stem}",
+      TextTaskConfig(train_file=arg.train, test_file=arg.test, text_field=arg.text,
+                     label_field=arg.label, tokenizer=arg.tokenizer, max_len=arg.max_len,
+                     gt_examples=arg.gt or None, w2s_examples=arg.w2s or None),
+      weak=arg.weak, strong=arg.strong, pretrain_steps=arg.pretrain_steps,
+      finetune_steps=arg.finetune_steps, seeds=arg.seeds)
   if arg.small:
     cfg = dataclasses.replace(
         cfg, name=cfg.name + "-small", weak_size="pico", strong_size="nano",

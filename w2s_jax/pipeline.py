@@ -101,6 +101,22 @@ class ExperimentConfig:
                               head_input=self.head_input)
 
 
+def scratch_text_experiment(name: str, text_task: TextTaskConfig, *, weak: str, strong: str,
+                            pretrain_steps: int, finetune_steps: int, seeds: int
+                            ) -> "ExperimentConfig":
+  """A text classification experiment with weak and strong models pretrained
+  from scratch on the task's own train text: the schedule measured on SST-2
+  (configs/sst2.py), which configs/text.py offers for any file."""
+  return ExperimentConfig(
+      name=name, text_task=text_task, head_input="hidden", weak_size=weak, strong_size=strong,
+      pretrain=OptimConfig(steps=pretrain_steps, batch_size=32, lr=1e-3, warmup_frac=0.02,
+                           weight_decay=0.01),
+      finetune=OptimConfig(steps=finetune_steps, batch_size=32, lr=3e-4, head_lr=3e-3,
+                           warmup_frac=0.05),
+      losses=(LossConfig("xent"), LossConfig("logconf")), seeds=tuple(range(seeds)),
+      eval_batch_size=64, checkpoint_every=500)
+
+
 def config_to_dict(cfg) -> dict:
   return dataclasses.asdict(cfg)
 
