@@ -9,8 +9,8 @@ logconf) and the ceiling, over 5 seeds, and prints Pweak, Pweak->strong,
 Pceiling and PGR with 95% intervals. The weak model's errors are
 systematic: on entities it does not know it answers by the name's cue.
 
-Expected, on a 2-core CPU: about 2 minutes with pretraining, 45 s cached;
-see the README for the table.
+Expected, on a 2-core CPU: 71 s with pretraining, 18 s cached; naive KD's
+PGR 0.54 [0.47, 0.62], logconf 0.44 [0.34, 0.53] (the README has the table).
 
 Args (comma-separated): `facts` for the world from before the cue (the
 README's earlier table), `small` for a smoke run of seconds (a 60-entity

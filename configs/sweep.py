@@ -7,12 +7,13 @@ The testbed is testbed.CUE_WORLD: 70% of entities live where their name's
 first syllable suggests, so a model that does not know a fact guesses by the
 cue, and its errors (the cue's exceptions) are systematic and imitable.
 Sizes pico < micro < 48x2 < mini < 96x2 know more and more of the facts
-(accuracy on ground truth 0.65, 0.81, 0.91, 0.97, 0.98); the weak models are
-the two smallest, the strong models every larger size: 7 pairs, each with a
-gap of at least 10 points.
+(accuracy on ground truth 0.675, 0.816, 0.941, 0.962, 0.988); the weak
+models are the two smallest, the strong models every larger size: 7 pairs,
+each with a gap of at least 12.5 points.
 The student's body is fine-tuned (lr 3e-4, 300 steps), so it can imitate
-the weak model's errors. Results (about 10 minutes on a 2-core CPU,
-pretraining included) are in docs/sweeps.md.
+the weak model's errors. Measured: 8 min 3 s on a 2-core CPU, pretraining
+included; naive KD's PGR 0.36 to 0.75, median PGR xent 0.62, logconf 0.54,
+product 0.57, combined 0.68 (the table and charts: docs/sweeps.md).
 
 Args (comma-separated): `facts` for the sweep of the world from before the
 cue (4 sizes, every pair, 3 seeds, as docs/sweeps.md's second table), `tiny`
@@ -29,7 +30,8 @@ from w2s_jax.sweep import SweepConfig, grid
 from w2s_jax.train import OptimConfig
 
 SIZES = ("pico", "micro", "48x2", "mini", "96x2")
-# nano is left out: on the cue world it is no better than pico (0.65 both).
+# nano is left out: on the cue world it is no better than pico (0.649 and
+# 0.650 on ground truth, 5 seeds, splits of 400).
 WEAK_SIZES = ("pico", "micro")
 FACTS_SIZES = ("pico", "nano", "micro", "mini")
 LOSSES = (LossConfig("xent"), LossConfig("logconf"), LossConfig("product"),

@@ -33,7 +33,8 @@ SMALL_WORLD = testbed.WorldConfig(num_entities=60, entities_per_split=20, corpus
 SMALL_PRETRAIN = OptimConfig(steps=400, batch_size=64, lr=1e-2, warmup_frac=0.02)
 # Fine-tuning on testbed.CUE_WORLD: body and head both learn. At the shared
 # default's body lr 3e-5 the student reads its knowledge through the head
-# and never imitates the weak model (PGR 1.00 for every pair and loss).
+# and barely imitates the weak model (naive KD's PGR 0.96-1.00 on the pairs
+# tried; docs/sweeps.md).
 CUE_FINETUNE = OptimConfig(steps=300, batch_size=32, lr=3e-4, head_lr=5e-2)
 
 
