@@ -157,10 +157,13 @@ def _follow_cue(rng, cfg, names, region_of, city_of):
   """city_of with a cfg.cue share of each relation's entities moved to a city of their cue region."""
   cue = cue_region(cfg, names // cfg.syllables)
   follows = rng.random(city_of.shape) < cfg.cue
-  cities_in = [np.flatnonzero(region_of == r) for r in range(cfg.num_regions)]
   pick = rng.integers(0, cfg.num_cities, size=city_of.shape)
-  cue_city = np.stack([np.array([cities_in[r][k % len(cities_in[r])] for r, k in zip(cue, row)])
-                       for row in pick])
+  # Row r lists region r's cities (repeated to a common length); an entity
+  # takes the (pick mod count)-th city of its cue region.
+  counts = np.bincount(region_of, minlength=cfg.num_regions)
+  cities_in = np.stack([np.resize(np.flatnonzero(region_of == r), counts.max())
+                        for r in range(cfg.num_regions)])
+  cue_city = cities_in[cue, pick % counts[cue]]
   return np.where(follows, cue_city, city_of)
 
 
