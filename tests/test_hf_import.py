@@ -18,7 +18,7 @@ import safetensors.numpy  # noqa: E402
 import torch  # noqa: E402  (the test extra installs it; a missing torch is a failure, not a skip)
 import transformers  # noqa: E402
 
-from w2s_jax import checkpoints, hf_import, models, sampling, sharding  # noqa: E402
+from w2s_jax import checkpoints, hf_files, hf_import, models, sampling, sharding  # noqa: E402
 from w2s_jax.data import Dataset  # noqa: E402
 
 VOCAB, PAD, SEQ = 50, 49, 8
@@ -247,12 +247,17 @@ def test_folder_errors_name_the_file(built, tmp_path):
   # Through load_hf_folder, as a config's pretrained_dirs reaches it: the
   # error says which file of which folder, and what is wrong with it.
   _, folder = built("gpt2_lm")
-  bert = tmp_path / "bert"
-  bert.mkdir()
-  (bert / "config.json").write_text(json.dumps({"model_type": "bert", **GPT2}))
-  with pytest.raises(ValueError, match=rf"{bert}/config.json: HF config model_type='bert': "
-                                       r"expected 'gpt2' or 'gpt_neox'"):
-    hf_import.load_hf_folder(bert)
+  llama = tmp_path / "llama"
+  llama.mkdir()
+  (llama / "config.json").write_text(json.dumps({"model_type": "llama", **GPT2}))
+  with pytest.raises(ValueError, match=rf"{llama}/config.json: HF config model_type='llama': "
+                                       r"expected one of \['gpt2', 'gpt_neox', 'bert'\]"):
+    hf_import.load_hf_folder(llama)
+  # A supported family with a field missing: named, not a KeyError.
+  (llama / "config.json").write_text(json.dumps({"model_type": "bert", **GPT2}))
+  with pytest.raises(ValueError, match=rf"{llama}/config.json: HF config has no 'hidden_size': "
+                                       "expected it for model_type='bert'"):
+    hf_import.load_hf_folder(llama)
   broken = tmp_path / "broken"
   broken.mkdir()
   (broken / "config.json").write_text((Path(folder) / "config.json").read_text())
@@ -302,7 +307,7 @@ def test_missing_files_are_named(tmp_path):
      "scale_attn_by_inverse_layer_idx=True: expected False"),
     ("reorder_and_upcast_attn", True, "reorder_and_upcast_attn=True: expected False"),
     ("activation_function", "relu", "activation_function='relu': expected one of"),
-    ("model_type", "llama", "model_type='llama': expected 'gpt2' or 'gpt_neox'"),
+    ("model_type", "llama", "model_type='llama': expected one of"),
 ])
 def test_unrepresentable_gpt2_configs_are_rejected(field, value, match):
   with pytest.raises(ValueError, match=match):
@@ -380,8 +385,8 @@ def test_a_corrupt_shard_of_a_sharded_checkpoint_is_named(tmp_path):
 def test_short_tensor_data_is_named_even_if_safetensors_lets_it_through(tmp_path, monkeypatch):
   file = tmp_path / "model.safetensors"
   _tiny_safetensors(file)
-  real = hf_import.safetensors.deserialize
-  monkeypatch.setattr(hf_import.safetensors, "deserialize", lambda raw: [
+  real = hf_files.safetensors.deserialize
+  monkeypatch.setattr(hf_files.safetensors, "deserialize", lambda raw: [
       (name, {**view, "data": view["data"][:-2]} if name == "a" else view)
       for name, view in real(raw)])
   expected = (r"tensor 'a' has 46 bytes of data: expected 48 for shape \[3, 4\] F32 "

@@ -203,8 +203,17 @@ def test_tokenizer_larger_than_the_models_vocabulary_fails_before_compute(files,
   big_tokenizer = _tiny_gpt2(tmp_path / "t", 1, words) + "/tokenizer.json"
   cfg = _experiment(files, pretrained_dirs=(("gpt2-a", model_dir), ("gpt2-b", model_dir)),
                     weak_size="gpt2-a", strong_size="gpt2-b")
+  # The folder's own tokenizer.json, which the model reads the task through,
+  # does not match its config.json's vocabulary: both files are named.
+  (Path(model_dir) / "tokenizer.json").write_bytes(Path(big_tokenizer).read_bytes())
+  with pytest.raises(ValueError, match=rf"tokenizer {model_dir}/tokenizer.json has "
+                                       rf"{len(words) + 2} ids but model gpt2-a "
+                                       rf"\({model_dir}/config.json\)'s vocabulary has 6"):
+    pipeline.run(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+  # A folder without a tokenizer.json reads the task's tokenizer, checked alike.
+  (Path(model_dir) / "tokenizer.json").unlink()
   cfg = dataclasses.replace(cfg, text_task=_task_cfg(files, tokenizer=big_tokenizer,
                                                      add_bos=False))
   with pytest.raises(ValueError, match=rf"tokenizer {big_tokenizer} has {len(words) + 2} ids but "
-                                       "model gpt2-a's vocabulary has 6"):
+                                       "model gpt2-a"):
     pipeline.run(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)

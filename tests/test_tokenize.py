@@ -95,7 +95,7 @@ def test_padding_side_gives_the_right_mask():
     ({"max_len": 4, "overflow": "cut"}, "overflow='cut': expected one of"),
     ({"max_len": 4, "overflow": "drop", "truncate_side": "middle"}, "truncate_side='middle'"),
     ({"max_len": 4, "overflow": "drop", "pad_side": "top"}, "pad_side='top'"),
-    ({"max_len": 1, "overflow": "truncate", "add_bos": True}, "no room for text after <bos>"),
+    ({"max_len": 1, "overflow": "truncate", "add_bos": True}, "no room for text between the special tokens"),
 ])
 def test_bad_arguments_fail_before_encoding(kwargs, match):
   with pytest.raises(ValueError, match=match):

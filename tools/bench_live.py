@@ -54,7 +54,7 @@ def main(argv=None):
   mesh, seeds, optim = ctx.mesh, ctx.seeds, cfg.finetune
   strong_cfg = cfg.model_config(cfg.strong_size, ctx.task)
   weak_cfg = cfg.model_config(cfg.weak_size, ctx.task)
-  batches = stages._seed_stream(ctx.supervised("train_w2s"), batch_size=optim.batch_size,
+  batches = stages._seed_stream(ctx.supervised("train_w2s", size=cfg.strong_size), batch_size=optim.batch_size,
                                 seeds=seeds, rows=shd.process_rows(mesh, optim.batch_size))
   batches = [shd.put_batch(next(batches), mesh, seed_axis=True) for _ in range(args.steps)]
   student = _stacked_init(strong_cfg, seeds)

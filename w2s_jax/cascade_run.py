@@ -137,7 +137,8 @@ def weak_stage(ctx, cfg: CascadeConfig, size: str) -> dict:
   (generation) agreement_samples samples per evaluation query."""
   n = len(ctx.splits["train_gt"])
   fit = calibration_split(n, cfg.calibration_examples)[0] if not ctx.generative else np.arange(n)
-  params = ctx.tune(size, ctx.supervised("train_gt", subsets=[fit] * len(ctx.seeds)),
+  params = ctx.tune(size, ctx.supervised("train_gt", subsets=[fit] * len(ctx.seeds),
+                                          size=size),
                     ctx.ground_truth_loss(), f"weak {size} on ground truth")
   out = answers(ctx, size, params, (*ctx.eval_splits, "train_gt", "train_w2s"))
   if ctx.generative:
@@ -153,12 +154,14 @@ def strong_stage(ctx, cfg: CascadeConfig, weak: dict | None, weak_size: str | No
   """The strong model on ground truth (weak=None) or, as W2S student, on the
   weak stage's train_w2s answers; its answers on the evaluation splits."""
   if weak is None:
-    per_seed, loss, desc = (ctx.supervised("train_gt"), ctx.ground_truth_loss(),
+    per_seed, loss, desc = (ctx.supervised("train_gt", size=cfg.strong_size),
+                            ctx.ground_truth_loss(),
                             f"ceiling {cfg.strong_size} on ground truth")
   else:
     targets = ((weak["tokens:train_w2s"], weak["mask:train_w2s"]) if ctx.generative
                else weak["probs:train_w2s"])
-    per_seed, loss = ctx.supervised("train_w2s", targets), ctx.cfg.losses[0]
+    per_seed, loss = (ctx.supervised("train_w2s", targets, size=cfg.strong_size),
+                      ctx.cfg.losses[0])
     desc = f"strong {cfg.strong_size} on weak {weak_size}'s labels ({loss.tag})"
   params = ctx.tune(cfg.strong_size, per_seed, loss, desc)
   return answers(ctx, cfg.strong_size, params, ctx.eval_splits)

@@ -79,7 +79,7 @@ def _answer_ids(tokens, mask, samples):
 def _weak_columns(ctx, cfg, size, weak, split, temps) -> dict:
   """The weak side of a split's rows: router scores, correctness, FLOPs, [seeds, N]."""
   model_cfg = ctx.cfg.model_config(size, ctx.task)
-  data = ctx.splits[split]
+  data = ctx.data(size, split)
   if not ctx.generative:
     probs = weak[f"probs:{split}"]
     return {"max_prob": cascade.max_prob(probs=probs), "margin": cascade.margin(probs=probs),
@@ -105,7 +105,7 @@ def _weak_columns(ctx, cfg, size, weak, split, temps) -> dict:
 
 def _strong_columns(ctx, cfg, strong, split) -> dict:
   model_cfg = ctx.cfg.model_config(cfg.strong_size, ctx.task)
-  data = ctx.splits[split]
+  data = ctx.data(cfg.strong_size, split)
   if not ctx.generative:
     probs = strong[f"probs:{split}"]
     return {"strong_correct": metrics.correct(probs=probs, labels=data["labels"]),

@@ -1,8 +1,9 @@
-"""Import pretrained GPT-2 and GPT-NeoX (Pythia) checkpoints from a local
+"""Import pretrained GPT-2, GPT-NeoX (Pythia) and BERT checkpoints from a local
 Hugging Face folder (config.json + safetensors) into w2s_jax params.
 
-Reading needs neither torch nor transformers: config.json is a plain dict and
-the weights come through `safetensors`. Layout facts the conversion rests on:
+Reading (hf_files.py) needs neither torch nor transformers: config.json is a
+plain dict and the weights come through `safetensors`. Layout facts the
+conversion rests on:
 
 * GPT-2's projections are `Conv1D` modules whose weights are already stored
   (in, out), as flax's Dense kernel is, so they are copied as they are. The
@@ -14,6 +15,13 @@ the weights come through `safetensors`. Layout facts the conversion rests on:
 * Every GPT-NeoX projection is an `nn.Linear`, stored (out, in), so each is
   transposed. Its fused `query_key_value` output is interleaved per head,
   (heads, 3, head_dim), so its rows are permuted into [q | k | v].
+* BERT's projections are `nn.Linear` too; its separate query, key and value
+  outputs are each (heads, head_dim), so their transposes are concatenated
+  into [q | k | v]. Its blocks are post-LN: `attention.output.LayerNorm`
+  follows the attention residual (w2s_jax's `ln_attn`), `output.LayerNorm`
+  the MLP residual (`ln_mlp`), and `embeddings.LayerNorm` the embeddings.
+  Pretraining heads (`cls.*`) are dropped; `classifier` (Linear, with bias)
+  becomes the classification head, which reads BERT's pooler.
 * LM-head, base and sequence-classification models differ only in a key prefix
   (`transformer.` / `gpt_neox.`) and in which head they carry (GPT-2
   `lm_head`, NeoX `embed_out` or `lm_head`, both families `score`). A missing
@@ -26,17 +34,16 @@ GPT-NeoX checkpoints written by transformers 4.x name the rotary settings
 Dropout rates are not imported: w2s_jax sets dropout per run.
 """
 
-import json
 import re
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
-import safetensors
 
 from w2s_jax import checkpoints
+from w2s_jax.hf_files import (  # noqa: F401 -- read_* re-exported
+    read_config, read_hf_tensors, sentence_pooling)
 from w2s_jax.models import ModelConfig, init_params
 
 # HF activation name -> ModelConfig.gelu_approximate. gelu_new, gelu_fast and
@@ -58,23 +65,21 @@ _NEOX_DEFAULTS = {
 _NEOX_ROTARY_FRAC_DEFAULT = 0.25
 _NEOX_ROTARY_BASE_DEFAULT = 10000.0
 
-_PREFIX = {"gpt2": "transformer.", "gpt_neox": "gpt_neox."}
+_BERT_DEFAULTS = {
+    "hidden_act": "gelu", "layer_norm_eps": 1e-12, "type_vocab_size": 2,
+    "position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False,
+}
+
+_PREFIX = {"gpt2": "transformer.", "gpt_neox": "gpt_neox.", "bert": "bert."}
+MODEL_TYPES = tuple(_PREFIX)
 
 # Non-persistent buffers (causal masks, rotary frequencies) that older
 # transformers versions wrote into checkpoints; they carry no learned weights.
 _BUFFERS = re.compile(
     r"(h\.\d+\.attn\.(bias|masked_bias)"
     r"|layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)"
-    r"|rotary_emb\.inv_freq)")
-
-# safetensors dtype names -> numpy. safetensors.numpy has no BF16 (numpy lacks
-# the type), so the header is decoded here with ml_dtypes' bfloat16.
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
-}
-
+    r"|rotary_emb\.inv_freq"
+    r"|embeddings\.position_ids)")
 
 def _expect(hf_config: dict, field: str, expected, why: str) -> None:
   value = hf_config.get(field, expected)
@@ -113,11 +118,48 @@ def _neox_rotary(hf_config: dict) -> tuple[float, float]:
   return float(frac), float(base)
 
 
+def _learned_positions(max_len, positions, field):
+  max_len = positions if max_len is None else max_len
+  if max_len > positions:
+    raise ValueError(f"max_len={max_len}: expected <= HF config {field}={positions} "
+                     "(the model has one learned embedding per position)")
+  return max_len
+
+
 def config_from_hf(hf_config: dict, *, num_classes: int = 2, head_input: str = "hidden",
-                   max_len: int | None = None) -> ModelConfig:
+                   max_len: int | None = None, pooling: str | None = None) -> ModelConfig:
   """A transformers config.json (as a dict) -> ModelConfig. max_len defaults to
-  the checkpoint's context length."""
+  the checkpoint's context length; pooling (encoders only) to BERT's pooler,
+  "cls"."""
+  try:
+    return _config_from_hf(hf_config, num_classes=num_classes, head_input=head_input,
+                           max_len=max_len, pooling=pooling)
+  except KeyError as e:
+    raise ValueError(f"HF config has no {e.args[0]!r}: expected it for "
+                     f"model_type={hf_config.get('model_type')!r}") from None
+
+
+def _config_from_hf(hf_config, *, num_classes, head_input, max_len, pooling):
   model_type = hf_config.get("model_type")
+  if pooling is not None and model_type != "bert":
+    raise ValueError(f"pooling={pooling!r} for model_type={model_type!r}: expected None "
+                     "(decoders read their last real token)")
+  if model_type == "bert":
+    hf_config = {**_BERT_DEFAULTS, **hf_config}
+    _expect(hf_config, "position_embedding_type", "absolute",
+            "w2s_jax's encoders have learned absolute positions")
+    _expect(hf_config, "is_decoder", False, "a BERT decoder is not supported")
+    _expect(hf_config, "add_cross_attention", False, "w2s_jax has no cross-attention")
+    return ModelConfig(
+        vocab_size=hf_config["vocab_size"], width=hf_config["hidden_size"],
+        depth=hf_config["num_hidden_layers"], heads=hf_config["num_attention_heads"],
+        max_len=_learned_positions(max_len, hf_config["max_position_embeddings"],
+                                   "max_position_embeddings"),
+        mlp_dim=hf_config["intermediate_size"], num_classes=num_classes,
+        head_input=head_input, positions="learned", tie_embeddings=True,
+        ln_eps=float(hf_config["layer_norm_eps"]),
+        gelu_approximate=_activation(hf_config, "hidden_act"), causal=False, post_ln=True,
+        type_vocab_size=int(hf_config["type_vocab_size"]), pooling=pooling or "cls")
   if model_type == "gpt2":
     hf_config = {**_GPT2_DEFAULTS, **hf_config}
     _expect(hf_config, "scale_attn_weights", True, "w2s_jax scales scores by 1/sqrt(head_dim)")
@@ -126,11 +168,7 @@ def config_from_hf(hf_config: dict, *, num_classes: int = 2, head_input: str = "
     _expect(hf_config, "reorder_and_upcast_attn", False,
             "w2s_jax has no reordered/upcast attention path")
     _expect(hf_config, "add_cross_attention", False, "w2s_jax is decoder-only")
-    positions = hf_config["n_positions"]
-    max_len = positions if max_len is None else max_len
-    if max_len > positions:
-      raise ValueError(f"max_len={max_len}: expected <= HF config n_positions={positions} "
-                       "(GPT-2 has one learned embedding per position)")
+    max_len = _learned_positions(max_len, hf_config["n_positions"], "n_positions")
     return ModelConfig(
         vocab_size=hf_config["vocab_size"], width=hf_config["n_embd"],
         depth=hf_config["n_layer"], heads=hf_config["n_head"], max_len=max_len,
@@ -154,7 +192,7 @@ def config_from_hf(hf_config: dict, *, num_classes: int = 2, head_input: str = "
         tie_embeddings=bool(hf_config["tie_word_embeddings"]),
         ln_eps=float(hf_config["layer_norm_eps"]),
         gelu_approximate=_activation(hf_config, "hidden_act"))
-  raise ValueError(f"HF config model_type={model_type!r}: expected 'gpt2' or 'gpt_neox'")
+  raise ValueError(f"HF config model_type={model_type!r}: expected one of {list(MODEL_TYPES)}")
 
 
 def _strip_prefix(tensors: dict, prefix: str) -> dict:
@@ -249,6 +287,44 @@ def _neox_body(take, tensors, cfg):
   return params, ("embed_out.weight", "lm_head.weight"), "embed_in.weight"
 
 
+def _bert_body(take, tensors, cfg):
+  d, m = cfg.width, cfg.hidden_mlp
+  rows = getattr(tensors.get("embeddings.position_embeddings.weight"), "shape", (cfg.max_len,))[0]
+  e = "embeddings."
+  params = {"embed": {"embedding": take(e + "word_embeddings.weight", (cfg.vocab_size, d))},
+            "pos_embed": take(e + "position_embeddings.weight", (max(rows, cfg.max_len), d))[
+                :cfg.max_len],
+            "type_embed": take(e + "token_type_embeddings.weight", (cfg.type_vocab_size, d)),
+            "ln_embed": _layer_norm(take, e + "LayerNorm", d)}
+  for i in range(cfg.depth):
+    p = f"encoder.layer.{i}."
+    q, k, v = (_linear(take, f"{p}attention.self.{name}", d, d) for name in ("query", "key", "value"))
+    params[f"block_{i}"] = {
+        "qkv": {"kernel": np.concatenate([q["kernel"], k["kernel"], v["kernel"]], axis=1),
+                "bias": np.concatenate([q["bias"], k["bias"], v["bias"]])},
+        "attn_out": _linear(take, p + "attention.output.dense", d, d),
+        "ln_attn": _layer_norm(take, p + "attention.output.LayerNorm", d),
+        "mlp_in": _linear(take, p + "intermediate.dense", d, m),
+        "mlp_out": _linear(take, p + "output.dense", m, d),
+        "ln_mlp": _layer_norm(take, p + "output.LayerNorm", d),
+    }
+  if cfg.pooling == "cls":
+    params["pooler"] = _linear(take, "pooler.dense", d, d)
+  elif "classifier.weight" in tensors:
+    raise ValueError(f"checkpoint has a 'classifier' head, which reads BERT's pooler, but "
+                     f"ModelConfig.pooling={cfg.pooling!r}: expected 'cls'")
+  if "classifier.weight" in tensors:
+    params["cls_head"] = _linear(take, "classifier", d, cfg.num_classes)
+  else:
+    params["cls_head"] = {"kernel": np.zeros((d, cfg.num_classes), np.float32),
+                          "bias": np.zeros((cfg.num_classes,), np.float32)}
+  # Unused by a classifier: BERT's pretraining heads, and the pooler when
+  # the model pools by mean.
+  ignored = [name for name in tensors if name.startswith("cls.")
+             or (cfg.pooling != "cls" and name.startswith("pooler."))]
+  return params, ignored
+
+
 def _lm_head(take, tensors, cfg, head_names, embed_name):
   present = [name for name in head_names if name in tensors]
   if len(present) > 1:
@@ -284,15 +360,23 @@ def _cls_head(take, tensors, cfg):
 
 
 def params_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig):
-  """A GPT-2 (cfg.positions="learned") or GPT-NeoX (cfg.positions="rotary")
-  state dict -> a params pytree for `Transformer(cfg)`, float32."""
-  family = "gpt2" if cfg.positions == "learned" else "gpt_neox"
+  """A GPT-2 (cfg.positions="learned"), GPT-NeoX (cfg.positions="rotary") or
+  BERT (cfg.causal=False) state dict -> a params pytree for `Transformer(cfg)`,
+  float32."""
+  if not cfg.causal:
+    family = "bert"
+  else:
+    family = "gpt2" if cfg.positions == "learned" else "gpt_neox"
   tensors = _strip_prefix(tensors, _PREFIX[family])
   take, used = _reader(tensors)
-  body = _gpt2_body if family == "gpt2" else _neox_body
-  params, head_names, embed_name = body(take, tensors, cfg)
-  params.update(_lm_head(take, tensors, cfg, head_names, embed_name))
-  params["cls_head"] = _cls_head(take, tensors, cfg)
+  if family == "bert":
+    params, ignored = _bert_body(take, tensors, cfg)
+    used.update(ignored)
+  else:
+    body = _gpt2_body if family == "gpt2" else _neox_body
+    params, head_names, embed_name = body(take, tensors, cfg)
+    params.update(_lm_head(take, tensors, cfg, head_names, embed_name))
+    params["cls_head"] = _cls_head(take, tensors, cfg)
   unexpected = sorted(name for name in set(tensors) - used if not _BUFFERS.fullmatch(name))
   if unexpected:
     raise ValueError(f"checkpoint has unexpected tensors {unexpected[:5]} "
@@ -307,111 +391,35 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig):
   return params
 
 
-_REDOWNLOAD = ("re-download it (e.g. `huggingface-cli download <repo> --local-dir <folder>`, "
-               "or delete it and fetch the checkpoint again)")
-
-
-def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
-  raw = file.read_bytes()
-  try:
-    views = safetensors.deserialize(raw)
-  except Exception as err:  # noqa: BLE001 -- SafetensorError; its text is kept below
-    raise ValueError(f"{file}: not a readable safetensors file, truncated or corrupt "
-                     f"({_safetensors_size_problem(raw) or err}): {_REDOWNLOAD}") from err
-  tensors = {}
-  for name, view in views:
-    if view["dtype"] not in _SAFETENSORS_DTYPES:
-      raise ValueError(f"{file}: tensor {name!r} has dtype {view['dtype']}: expected one of "
-                       f"{sorted(_SAFETENSORS_DTYPES)}")
-    dtype = np.dtype(_SAFETENSORS_DTYPES[view["dtype"]])
-    expected = int(np.prod(view["shape"], dtype=np.int64)) * dtype.itemsize
-    if len(view["data"]) != expected:
-      # safetensors checks this itself; kept so that no version's gap ends as a bare reshape error.
-      raise ValueError(f"{file}: tensor {name!r} has {len(view['data'])} bytes of data: expected "
-                       f"{expected} for shape {list(view['shape'])} {view['dtype']} "
-                       f"(truncated or corrupt): {_REDOWNLOAD}")
-    tensors[name] = np.frombuffer(view["data"], dtype=dtype).reshape(view["shape"])
-  return tensors
-
-
-def _safetensors_size_problem(raw: bytes) -> str | None:
-  """A message like 'file has N bytes, its header expects M' when the header
-  reads but the data is short or long; None when the header is unreadable."""
-  if len(raw) < 8:
-    return None
-  header_len = int.from_bytes(raw[:8], "little")
-  try:
-    header = json.loads(raw[8:8 + header_len])
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
-              default=0)
-  except Exception:  # noqa: BLE001 -- only a diagnosis: fall back to safetensors' message
-    return None
-  expected = 8 + header_len + int(end)
-  if expected == len(raw):
-    return None
-  return f"file has {len(raw)} bytes, its header expects {expected}"
-
-
-def _read_json(file: Path, what: str) -> dict:
-  try:
-    value = json.loads(file.read_text(encoding="utf-8"))
-  except (json.JSONDecodeError, UnicodeDecodeError) as err:
-    raise ValueError(f"{file}: not valid JSON ({err}): expected {what}; the file is truncated or "
-                     f"corrupt: {_REDOWNLOAD}") from err
-  if not isinstance(value, dict):
-    raise ValueError(f"{file}: a JSON {type(value).__name__}: expected {what} (a JSON object)")
-  return value
-
-
-def read_hf_tensors(path) -> dict[str, np.ndarray]:
-  """All tensors of model.safetensors, or of the shards model.safetensors.index.json lists."""
-  folder = Path(path)
-  single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
-  if single.exists():
-    return _read_safetensors(single)
-  if index.exists():
-    weight_map = _read_json(index, "a safetensors index").get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map or not all(
-        isinstance(shard, str) for shard in weight_map.values()):
-      raise ValueError(f"{index}: weight_map={weight_map!r}: expected an object mapping each "
-                       f"tensor name to its shard file; {_REDOWNLOAD}")
-    tensors = {}
-    for shard in sorted(set(weight_map.values())):
-      if not (folder / shard).exists():
-        raise FileNotFoundError(f"{folder / shard}: listed in {index}, expected to exist")
-      tensors.update(_read_safetensors(folder / shard))
-    return tensors
-  raise FileNotFoundError(f"{folder}: expected model.safetensors or model.safetensors.index.json "
-                          "(pickled pytorch_model.bin files are not read)")
-
-
-def read_config(path) -> dict:
-  """A local Hugging Face model folder's config.json, as a plain dict."""
-  config_file = Path(path) / "config.json"
-  if not config_file.exists():
-    raise FileNotFoundError(f"{config_file}: expected a transformers config.json")
-  return _read_json(config_file, "a transformers config.json")
-
-
-def folder_config(path, **kwargs) -> ModelConfig:
-  """config_from_hf of a local folder's config.json; its errors name the file."""
+def folder_config(path, *, pooling: str | None = None, **kwargs) -> ModelConfig:
+  """config_from_hf of a local folder's config.json; its errors name the file.
+  An encoder's pooling defaults to the one a sentence-transformers folder
+  declares (1_Pooling/config.json), else BERT's pooler."""
   config_file = Path(path) / "config.json"
   hf_config = read_config(path)
+  if pooling is None and hf_config.get("model_type") == "bert":
+    pooling = sentence_pooling(path)
   try:
-    return config_from_hf(hf_config, **kwargs)
+    return config_from_hf(hf_config, pooling=pooling, **kwargs)
   except ValueError as e:
     raise ValueError(f"{config_file}: {e}") from None
 
 
 def load_hf_folder(path, *, num_classes: int = 2, head_input: str = "hidden",
-                   max_len: int | None = None):
+                   max_len: int | None = None, pooling: str | None = None):
   """A local Hugging Face model folder -> (ModelConfig, params). Errors name
   the file: config.json for the architecture, the folder's safetensors for a
   missing, extra or misshapen tensor."""
-  cfg = folder_config(path, num_classes=num_classes, head_input=head_input, max_len=max_len)
+  cfg = folder_config(path, num_classes=num_classes, head_input=head_input, max_len=max_len,
+                      pooling=pooling)
+  return cfg, load_params(path, cfg)
+
+
+def load_params(path, cfg: ModelConfig):
+  """A local folder's safetensors as params for `Transformer(cfg)`; errors name the folder."""
   tensors = read_hf_tensors(path)
   try:
-    return cfg, params_from_hf(tensors, cfg)
+    return params_from_hf(tensors, cfg)
   except ValueError as e:
     raise ValueError(f"{Path(path)} (safetensors): {e}") from None
 

@@ -1,127 +1,20 @@
-"""Decoder-only transformer family with an LM head and a classification head.
+"""The transformer family: decoders with an LM head, encoders without, both
+with a classification head.
 
 One code path covers the testbed models and the pretrained families w2s_jax
-imports: GPT-2 (learned positions, sequential residual, tied embeddings) and
-GPT-NeoX/Pythia (rotary positions, parallel residual, untied output). Sizes
-come from one table, decoded by name (`decode_size`). Params are plain
-pytrees; `init_params` and the `Transformer.apply` methods are pure.
+imports: GPT-2 (learned positions, sequential residual, tied embeddings),
+GPT-NeoX/Pythia (rotary positions, parallel residual, untied output) and BERT
+encoders (bidirectional, post-LN, token types, pooled). The config is data
+(model_config.py). Params are plain pytrees; `init_params` and the
+`Transformer.apply` methods are pure.
 """
-
-import dataclasses
-import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# width, depth, heads. Chosen so that, with a small vocabulary, the table spans
-# about 1e4 to 1e9 parameters: the large rows exist for scaling studies on
-# accelerators and are not trained on a laptop.
-SIZES = {
-    "pico": (24, 1, 2),
-    "nano": (32, 1, 2),
-    "micro": (48, 1, 4),
-    "mini": (64, 2, 4),
-    "tiny": (128, 4, 4),
-    "small": (256, 4, 4),
-    "medium": (384, 6, 6),
-    "base": (768, 12, 12),
-    "large": (1024, 24, 16),
-    "xl": (1536, 24, 16),
-    "xxl": (2048, 20, 16),
-}
-HEAD_INPUTS = ("hidden", "lm_probs")
-ATTENTIONS = ("explicit", "fused")
-POSITIONS = ("learned", "rotary")
-DTYPES = ("float32", "bfloat16")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  vocab_size: int
-  width: int
-  depth: int
-  heads: int
-  max_len: int = 64
-  mlp_ratio: int = 4
-  mlp_dim: int | None = None      # None: mlp_ratio * width
-  num_classes: int = 2
-  # "lm_probs": the classifier is linear in the LM's next-token distribution at
-  # the last real token, so fine-tuning reads what pretraining put in the LM
-  # head (a linear head on the hidden state read it poorly: ceiling ~0.85 on the
-  # testbed). "hidden": linear in the final hidden state, as in
-  # GPT2ForSequenceClassification.
-  head_input: str = "lm_probs"
-  positions: str = "learned"      # "rotary": GPT-NeoX rotary embeddings
-  rotary_frac: float = 0.25       # share of each head's dims that rotate
-  rotary_base: float = 10000.0
-  parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln2 x), as GPT-NeoX
-  tie_embeddings: bool = True
-  ln_eps: float = 1e-6            # GPT-2 and GPT-NeoX use 1e-5
-  gelu_approximate: bool = True   # tanh GELU (GPT-2's gelu_new); False: exact (NeoX)
-  dropout: float = 0.0            # embedding, attention and residual dropout
-  dtype: str = "float32"          # compute dtype; params stay float32
-  remat: bool = False             # recompute each block in the backward pass
-  # "fused": jax.nn.dot_product_attention (cuDNN flash attention on GPU where
-  # it applies); "explicit": einsums and a softmax, which attention dropout
-  # needs (a dropout-training call takes it either way). How attention is
-  # computed, not what: left out of repr, hence of the pretrained-cache key.
-  attention: str = dataclasses.field(default="explicit", repr=False)
-
-  def __post_init__(self):
-    for name in ("vocab_size", "width", "depth", "heads", "max_len", "mlp_ratio"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f"ModelConfig.{name}={value!r}: expected a positive int")
-    if self.mlp_dim is not None and (not isinstance(self.mlp_dim, int) or self.mlp_dim < 1):
-      raise ValueError(f"ModelConfig.mlp_dim={self.mlp_dim!r}: expected a positive int or None")
-    if self.width % self.heads:
-      raise ValueError(
-          f"ModelConfig.width={self.width} must be divisible by heads={self.heads}")
-    if self.num_classes < 2:
-      raise ValueError(f"ModelConfig.num_classes={self.num_classes}: expected >= 2")
-    for name, allowed in (("head_input", HEAD_INPUTS), ("positions", POSITIONS),
-                          ("dtype", DTYPES), ("attention", ATTENTIONS)):
-      if getattr(self, name) not in allowed:
-        raise ValueError(
-            f"ModelConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
-    if self.positions == "rotary" and int(self.head_dim * self.rotary_frac) % 2:
-      raise ValueError(f"ModelConfig.rotary_frac={self.rotary_frac}: rotary dims "
-                       f"{self.head_dim} * {self.rotary_frac} must be an even integer")
-    if not 0 <= self.dropout < 1:
-      raise ValueError(f"ModelConfig.dropout={self.dropout}: expected in [0, 1)")
-
-  @property
-  def head_dim(self) -> int:
-    return self.width // self.heads
-
-  @property
-  def hidden_mlp(self) -> int:
-    return self.mlp_dim or self.mlp_ratio * self.width
-
-  @property
-  def num_params(self) -> int:
-    d, v, m = self.width, self.vocab_size, self.hidden_mlp
-    block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d)
-    feats = v if self.head_input == "lm_probs" else d
-    positions = self.max_len * d if self.positions == "learned" else 0
-    unembed = 0 if self.tie_embeddings else v * d
-    return (v * d + positions + self.depth * block + 2 * d + unembed
-            + feats * self.num_classes + self.num_classes)
-
-
-def decode_size(name: str, **overrides) -> ModelConfig:
-  """A table name ("mini") or an explicit "WIDTHxDEPTH" ("64x2") -> ModelConfig."""
-  if name in SIZES:
-    width, depth, heads = SIZES[name]
-  elif match := re.fullmatch(r"(\d+)x(\d+)", name):
-    width, depth = int(match[1]), int(match[2])
-    # Heads of about 16 dims that divide the width exactly.
-    heads = max(h for h in range(1, max(1, width // 16) + 1) if width % h == 0)
-  else:
-    raise ValueError(
-        f"model size {name!r}: expected one of {sorted(SIZES)} or 'WIDTHxDEPTH' like '64x2'")
-  return ModelConfig(width=width, depth=depth, heads=heads, **overrides)
+from w2s_jax.model_config import (  # noqa: F401 -- re-exported
+    ATTENTIONS, DTYPES, HEAD_INPUTS, POOLINGS, POSITIONS, SIZES, ModelConfig, decode_size)
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
@@ -178,7 +71,7 @@ class QKV(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-LN transformer block over a flat [batch * seq, width] residual stream.
+  """Pre-LN (or, for BERT, post-LN) transformer block over a flat [batch * seq, width] residual stream.
 
   The stream is kept 2-D so every projection is a plain matrix product: with
   3-D activations, XLA:CPU copied a transpose of each activation gradient
@@ -231,6 +124,11 @@ class Block(nn.Module):
     """x -> x, or (x, updated cache) when decoding with a KV cache."""
     cfg = self.cfg
     norm = lambda name: nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(cfg.dtype), name=name)
+    if cfg.post_ln:
+      # BERT: normalize after each residual add (same param names as pre-LN).
+      attn, _ = self._attention(x, attn_bias, positions, batch)
+      x = norm("ln_attn")(x + attn)
+      return norm("ln_mlp")(x + self._mlp(x))
     attn, new_cache = self._attention(norm("ln_attn")(x), attn_bias, positions, batch, cache,
                                       cache_index)
     if cfg.parallel_residual:
@@ -242,7 +140,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Pre-LN decoder; GPT-2 or GPT-NeoX flavoured by the config."""
+  """Pre-LN decoder (GPT-2 or GPT-NeoX flavoured) or post-LN encoder (BERT),
+  by the config."""
   cfg: ModelConfig
 
   def setup(self):
@@ -253,10 +152,17 @@ class Transformer(nn.Module):
       self.pos_embed = self.param("pos_embed", init, (cfg.max_len, cfg.width))
     # batch is a static argument (a Python int), so remat must not trace it.
     block = nn.remat(Block, static_argnums=(4,)) if cfg.remat else Block
+    if cfg.type_vocab_size:
+      self.type_embed = self.param("type_embed", init, (cfg.type_vocab_size, cfg.width))
     self.blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.depth)]
-    self.ln_final = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(cfg.dtype),
-                                 name="ln_final")
-    if not cfg.tie_embeddings:
+    norm = lambda name: nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(cfg.dtype), name=name)
+    if cfg.post_ln:
+      self.ln_embed = norm("ln_embed")
+    else:
+      self.ln_final = norm("ln_final")
+    if cfg.pooling == "cls":
+      self.pooler = nn.Dense(cfg.width, kernel_init=init, name="pooler")
+    if cfg.causal and not cfg.tie_embeddings:
       self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=init, name="lm_head")
     self.cls_head = nn.Dense(cfg.num_classes, kernel_init=nn.initializers.zeros,
                              name="cls_head")
@@ -269,6 +175,10 @@ class Transformer(nn.Module):
     x = self.embed(tokens)
     if cfg.positions == "learned":
       x = x + self.pos_embed[positions]
+    if cfg.type_vocab_size:
+      x = x + self.type_embed[0]   # single-sentence input: token type 0 throughout
+    if cfg.post_ln:
+      x = self.ln_embed(x)
     return self.embed_dropout(x).astype(jnp.dtype(cfg.dtype)).reshape(b * t, cfg.width)
 
   def hidden(self, tokens, mask):
@@ -281,13 +191,23 @@ class Transformer(nn.Module):
     mask = mask.astype(jnp.int32)
     positions = positions_from_mask(mask)
     x = self._embed(tokens, positions)
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    allowed = causal[None, None] & (mask[:, None, None, :] > 0)
+    allowed = mask[:, None, None, :] > 0
+    if cfg.causal:
+      allowed = allowed & jnp.tril(jnp.ones((t, t), dtype=bool))[None, None]
+    else:
+      allowed = jnp.broadcast_to(allowed, (b, 1, t, t))
     # Finite, so fully masked (padding) query rows stay NaN-free.
     attn_bias = jnp.where(allowed, 0.0, -1e9).astype(jnp.float32)
     for block in self.blocks:
       x = block(x, attn_bias, positions, b)
-    return self.ln_final(x).reshape(b, t, cfg.width)
+    if not cfg.post_ln:
+      x = self.ln_final(x)
+    return x.reshape(b, t, cfg.width)
+
+  def _require_lm_head(self):
+    if not self.cfg.causal:
+      raise ValueError("this model is an encoder (ModelConfig.causal=False): it has no LM head, "
+                       "so it is not used for generation, likelihood scores or LM logits")
 
   def decode(self, tokens, positions, key_mask, cache, cache_index):
     """One decoding call with an explicit KV cache (see `init_cache`).
@@ -300,6 +220,7 @@ class Transformer(nn.Module):
     and the updated cache.
     """
     cfg = self.cfg
+    self._require_lm_head()
     b, t = tokens.shape
     length = cache[0]["k"].shape[2]
     if length > cfg.max_len:
@@ -317,6 +238,7 @@ class Transformer(nn.Module):
     return self._unembed(last), tuple(new_cache)
 
   def _unembed(self, h):
+    self._require_lm_head()
     if self.cfg.tie_embeddings:
       return self.embed.attend(h.astype(jnp.float32))
     return self.lm_head(h.astype(jnp.float32))
@@ -340,16 +262,33 @@ class Transformer(nn.Module):
     """Next-token logits at the last real token only: [batch, vocab]."""
     return self._unembed(self._last_hidden(tokens, mask))
 
+  def pooled(self, tokens, mask):
+    """One float32 vector per sequence, [batch, width]: the last real token's
+    hidden state (decoders), the mean over real tokens, or BERT's pooler on
+    the first real token ("cls"), any padding side."""
+    cfg = self.cfg
+    if cfg.pooling == "last":
+      return self._last_hidden(tokens, mask).astype(jnp.float32)
+    h = self.hidden(tokens, mask).astype(jnp.float32)
+    weights = mask.astype(jnp.float32)
+    if cfg.pooling == "mean":
+      total = jnp.einsum("bt,btd->bd", weights, h)
+      return total / jnp.maximum(weights.sum(-1, keepdims=True), 1.0)
+    first = jnp.argmax(weights > 0, axis=-1)
+    h_first = jnp.take_along_axis(h, first[:, None, None], axis=1)[:, 0]
+    return jnp.tanh(self.pooler(h_first))
+
   def class_logits(self, tokens, mask):
-    """Class logits read at the last real token (found from the mask)."""
-    h_last = self._last_hidden(tokens, mask)
+    """Class logits from the pooled state (decoders: at the last real token)."""
     if self.cfg.head_input == "lm_probs":
-      features = jax.nn.softmax(self._unembed(h_last), axis=-1)
+      features = jax.nn.softmax(self._unembed(self._last_hidden(tokens, mask)), axis=-1)
     else:
-      features = h_last.astype(jnp.float32)
+      features = self.pooled(tokens, mask)
     return self.cls_head(features)
 
   def __call__(self, tokens, mask):
+    if not self.cfg.causal:   # no LM head: init touches the encoder's params here
+      return self.class_logits(tokens, mask)
     return self.lm_logits(tokens, mask), self.class_logits(tokens, mask)
 
 

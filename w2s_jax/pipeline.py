@@ -49,6 +49,9 @@ class ExperimentConfig:
                                       weight_decay=0.0)
   pretrain_seed: int = 0
   finetune: OptimConfig = OptimConfig(steps=50, batch_size=32, lr=3e-5, head_lr=5e-2)
+  # The weak model's own schedule on ground truth (None: `finetune`), for a
+  # weak model trained from scratch beside a pretrained strong one.
+  weak_finetune: OptimConfig | None = None
   losses: tuple[LossConfig, ...] = (LossConfig("xent"), LossConfig("logconf"))
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
   eval_batch_size: int = 200
@@ -64,6 +67,9 @@ class ExperimentConfig:
   # (name, local Hugging Face folder): models imported pretrained, named by
   # weak_size/strong_size, instead of pretrained here.
   pretrained_dirs: tuple[tuple[str, str], ...] = ()
+  # How imported encoders pool ("mean", "cls"); None: as the folder declares
+  # (1_Pooling/config.json), else BERT's pooler ("cls").
+  pooling: str | None = None
 
   def __post_init__(self):
     for field in ("weak_size", "strong_size"):
@@ -96,8 +102,11 @@ class ExperimentConfig:
 
   def model_config(self, size: str, task: Task) -> models.ModelConfig:
     if size in dict(self.pretrained_dirs):
-      return hf_import.folder_config(dict(self.pretrained_dirs)[size], head_input=self.head_input,
-                                     max_len=task.max_len)
+      folder = dict(self.pretrained_dirs)[size]
+      encoder = hf_import.read_config(folder).get("model_type") == "bert"
+      return hf_import.folder_config(folder, head_input="hidden" if encoder else self.head_input,
+                                     max_len=task.max_len,
+                                     pooling=self.pooling if encoder else None)
     return models.decode_size(size, vocab_size=task.vocab_size, max_len=task.max_len,
                               head_input=self.head_input)
 
@@ -169,6 +178,8 @@ def run(cfg: ExperimentConfig, *, out_dir: str | Path, cache_dir: str | Path,
                    **per_seed},
       "summary": summary,
       "encoding": ctx.task.encoding,
+      # Models that read the task through their own tokenizer, and its counts.
+      "model_encoding": ctx.encodings((cfg.weak_size, cfg.strong_size)),
       "seconds": time.perf_counter() - started,
   }
   if shd.is_main_process():
@@ -194,6 +205,9 @@ def format_results(results: dict) -> str:
     lines.append(f"{role:6s} {info['size']:8s} {origin:22s} {facts}")
   for split, counts in results.get("encoding", {}).items():
     lines.append(f"{split:9s} {counts}")
+  for size, info in results.get("model_encoding", {}).items():
+    lines.append(f"{size} reads the task through {info['tokenizer']}")
+    lines.extend(f"  {split:9s} {counts}" for split, counts in info.items() if split != "tokenizer")
   seeds = results["per_seed"]["seeds"]
   for split, per_loss in results["summary"].items():
     lines.append(f"\n{split} ({len(seeds)} seeds; mean [95% bootstrap interval over seeds and examples])")

@@ -59,21 +59,28 @@ def train_lm(model_cfg: models.ModelConfig, corpus: Dataset, optim: OptimConfig,
 
 
 def pretrained_model(cfg, size: str, task, corpus, mesh, cache,
-                     progress=True, corpus_tag: str = "clean"):
+                     progress=True, corpus_tag: str = "clean", splits=None):
   """Params for `size` of an ExperimentConfig after LM pretraining on the
   task's corpus; cached with orbax (a PretrainedCache).
   A size named in cfg.pretrained_dirs is imported from its folder instead.
 
   corpus_tag names a corpus other than the task's own (e.g. a filtered
-  pool); it is part of the cache key."""
+  pool); it is part of the cache key. splits: the task as an imported model
+  reads it through its own tokenizer (its LM probe runs on those tokens)."""
   model_cfg = cfg.model_config(size, task)
   init = lambda: models.init_params(model_cfg, jax.random.key(cfg.pretrain_seed))
   if size in dict(cfg.pretrained_dirs):
     folder = dict(cfg.pretrained_dirs)[size]
-    _, params = hf_import.load_hf_folder(folder, head_input=cfg.head_input, max_len=task.max_len)
+    params = hf_import.load_params(folder, model_cfg)
     params = jax.device_put(params, shd.state_sharding(params, mesh))
+    if not model_cfg.causal:
+      probe = {}   # an encoder has no LM head to probe
+    elif splits is not None and splits is not task.splits:
+      probe = task.probe(params, model_cfg, mesh, test=splits["test"])
+    else:
+      probe = task.probe(params, model_cfg, mesh)
     return params, model_cfg, {"pretrained": f"imported from {folder}", "size": size,
-                               "corpus": None, **task.probe(params, model_cfg, mesh)}
+                               "corpus": None, **probe}
   if not cfg.use_pretraining:
     params = init()
     return params, model_cfg, {"pretrained": False, "corpus": None,

@@ -11,6 +11,8 @@ stage train together under jax.vmap, as one compiled program.
 """
 
 import functools
+import hashlib
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -152,27 +154,83 @@ class Context:
     if shd.is_main_process():
       remove_stale_temp_files(cache_dir)  # a cache record whose writer was killed
     self.seeds = tuple(cfg.seeds)
-    self._pretrained, self._corpus_of = {}, {}
+    self._pretrained, self._corpus_of, self._encoded = {}, {}, {}
     if self.generative:
       self.sampling = self.sampling_config()
 
   def check_models(self, sizes) -> None:
     """Before any compute: an imported model's vocabulary holds every id of
-    the task's tokenizer, and (generation) each model's context holds the
-    prompts plus max_new_tokens, with the EOS and pad ids in its vocabulary."""
+    its tokenizer (its own tokenizer.json, else the task's), each model's
+    splits encode, and (generation) each model's context holds the prompts
+    plus max_new_tokens, with the EOS and pad ids in its vocabulary."""
     width = max(d["prompt"].shape[1] for d in self.splits.values()) if self.generative else 0
     for size in sizes:
       model_cfg = self.cfg.model_config(size, self.task)
       if size in dict(self.cfg.pretrained_dirs):
-        tokenizer = getattr(self.cfg.text_task, "tokenizer", "the task's tokenizer")
-        tokenize.check_vocabulary(tokenizer_vocab_size=self.task.vocab_size,
-                                  model_vocab_size=model_cfg.vocab_size, model=size,
-                                  tokenizer=tokenizer)
+        own = self.tokenizer_file(size)
+        folder = dict(self.cfg.pretrained_dirs)[size]
+        tokenize.check_vocabulary(
+            tokenizer_vocab_size=self.task.vocab_size if own is None else
+            tokenize.HFTokenizer.from_file(own).vocab_size,
+            model_vocab_size=model_cfg.vocab_size,
+            model=f"{size} ({Path(folder) / 'config.json'})",
+            tokenizer=own or getattr(self.cfg.text_task, "tokenizer", "the task's tokenizer"))
+        self.splits_of(size)
       if self.generative:
         try:
           self.sampling.check(model_cfg, width)
         except ValueError as e:
           raise ValueError(f"model {size!r}: {e}") from None
+
+  # --- Each model's view of the task ----------------------------------------------
+
+  def tokenizer_file(self, size) -> str | None:
+    """The tokenizer.json an imported model brings, or None: it reads the
+    task's tokenizer, as every from-scratch size does."""
+    folder = dict(self.cfg.pretrained_dirs).get(size)
+    if folder is None or not (Path(folder) / "tokenizer.json").exists():
+      return None
+    return str(Path(folder) / "tokenizer.json")
+
+  def splits_of(self, size) -> dict[str, Dataset]:
+    """The task's splits as `size` reads them: through its own tokenizer
+    (encoded once per tokenizer), else the task's. The same examples in the
+    same order either way, so labels and selections pass by index."""
+    own = self.tokenizer_file(size)
+    encoder = not self.cfg.model_config(size, self.task).causal
+    if own is None:
+      if encoder:
+        raise ValueError(f"model {size!r} is an encoder without a tokenizer.json in "
+                         f"{dict(self.cfg.pretrained_dirs).get(size)}: expected its own tokenizer "
+                         "(an encoder reads [CLS] text [SEP] in its own vocabulary)")
+      return self.splits
+    key = (_file_digest(own), encoder)
+    task_file = self.task.tokenizer
+    if (not encoder and task_file and Path(task_file).is_file()
+        and _file_digest(task_file) == key[0]):
+      return self.splits   # the task's tokenizer is this model's own
+    if key not in self._encoded:
+      if self.task.encode_with is None:
+        raise ValueError(
+            f"model {size!r} brings its own tokenizer {own}, but the {self.task.name} task "
+            f"({self.task.kind}) encodes every model with one tokenizer "
+            f"({self.task.tokenizer or 'its own vocabulary'}): expected models that share it "
+            "(per-model tokenizers are supported for text classification tasks)")
+      self._encoded[key] = (own, *self.task.encode_with(own, encoder=encoder))
+    return self._encoded[key][1]
+
+  def data(self, size, split) -> Dataset:
+    return self.splits_of(size)[split]
+
+  def encodings(self, sizes) -> dict:
+    """{size: {tokenizer, per-split counts}} for the models that read the task
+    through their own tokenizer."""
+    out = {}
+    for size in sizes:
+      if self.splits_of(size) is not self.splits:
+        own, _, report = next(v for v in self._encoded.values() if v[0] == self.tokenizer_file(size))
+        out[size] = {"tokenizer": own, **report}
+    return out
 
   def eval_key(self, split, metric) -> str:
     """A split scored by the task's headline metric is keyed by the split alone,
@@ -210,7 +268,8 @@ class Context:
         corpus = self.corpus
       self._pretrained[size] = pretrain.pretrained_model(self.cfg, size, self.task, corpus,
                                                          self.mesh, self.cache, self.progress,
-                                                         corpus_tag=tag)
+                                                         corpus_tag=tag,
+                                                         splits=self.splits_of(size))
     return self._pretrained[size]
 
   # --- Training data ----------------------------------------------------------
@@ -222,11 +281,11 @@ class Context:
         max_new_tokens=gen.max_new_tokens or longest, eos_id=self.task.eos_id,
         pad_id=self.task.pad_id, **overrides)
 
-  def supervised(self, split, targets=None, subsets=None) -> list[Dataset]:
-    """Per seed, what a model trains on for `split`: its ground truth, or
+  def supervised(self, split, targets=None, subsets=None, *, size) -> list[Dataset]:
+    """Per seed, what model `size` trains on for `split`: its ground truth, or
     targets from the weak stage (soft labels, or generated responses with
     their masks), restricted per seed to subsets (a filter's selection)."""
-    data = self.splits[split]
+    data = self.data(size, split)
     if self.generative:
       if targets is None:
         per_seed = [gen_tasks.sequences(data)] * len(self.seeds)
@@ -250,7 +309,7 @@ class Context:
       if loss_cfg.gt_examples > len(self.splits["train_gt"]):
         raise ValueError(f"LossConfig.gt_examples={loss_cfg.gt_examples}: train_gt has only "
                          f"{len(self.splits['train_gt'])} examples")
-      gt_data = self.supervised("train_gt")[0].take(np.arange(loss_cfg.gt_examples))
+      gt_data = self.supervised("train_gt", size=size)[0].take(np.arange(loss_cfg.gt_examples))
     return finetune(params, model_cfg, per_seed, loss_cfg=loss_cfg,
                     optim_cfg=finetune_cfg or self.cfg.finetune, seeds=self.seeds,
                     mesh=self.mesh, desc=desc, progress=self.progress, gt_data=gt_data,
@@ -263,7 +322,7 @@ class Context:
   # --- Inference and evaluation ----------------------------------------------
 
   def predict(self, size, params, split):
-    return inference.soft_labels(params, self.pretrained(size)[1], self.splits[split],
+    return inference.soft_labels(params, self.pretrained(size)[1], self.data(size, split),
                                  batch_size=self.cfg.eval_batch_size, mesh=self.mesh,
                                  seed_axis=True)
 
@@ -271,7 +330,7 @@ class Context:
     """Every seed's generations for the split's prompts: (tokens, mask,
     logprobs), each [seeds, N * samples, max_new_tokens]."""
     keys = train.seed_keys([s + rng_offset for s in self.seeds])
-    return sampling.generate(params, self.pretrained(size)[1], self.splits[split],
+    return sampling.generate(params, self.pretrained(size)[1], self.data(size, split),
                              cfg=sampling_cfg or self.sampling, mesh=self.mesh,
                              batch_size=self.cfg.eval_batch_size, rng=keys, seed_axis=True,
                              samples=samples)
@@ -295,6 +354,10 @@ class Context:
     return out
 
 
+def _file_digest(path) -> str:
+  return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 # --- The stages -----------------------------------------------------------------
 
 def weak_stage(ctx: Context, size: str) -> dict:
@@ -304,8 +367,8 @@ def weak_stage(ctx: Context, size: str) -> dict:
   supervision's own accuracy on train_w2s, (generation) each response's
   correctness and curation scores (weak_curation.score_responses), and the
   weak model's scores on the evaluation splits."""
-  params = ctx.tune(size, ctx.supervised("train_gt"), ctx.ground_truth_loss(),
-                    f"weak {size} on ground truth")
+  params = ctx.tune(size, ctx.supervised("train_gt", size=size), ctx.ground_truth_loss(),
+                    f"weak {size} on ground truth", ctx.cfg.weak_finetune)
   if ctx.generative:
     gen = ctx.cfg.generation
     weak_sampling = ctx.sampling_config(temperature=gen.weak_temperature, top_p=gen.weak_top_p)
@@ -318,8 +381,11 @@ def weak_stage(ctx: Context, size: str) -> dict:
   labels = ctx.predict(size, params, "train_w2s")
   label_acc = metrics.correct(probs=labels, labels=ctx.splits["train_w2s"]["labels"]).mean(1)
   pretrained, model_cfg, _ = ctx.pretrained(size)
-  likelihood = scores.sequence_log_likelihood(pretrained, model_cfg, ctx.splits["train_w2s"],
-                                              batch_size=ctx.cfg.eval_batch_size, mesh=ctx.mesh)
+  if model_cfg.causal:
+    likelihood = scores.sequence_log_likelihood(pretrained, model_cfg, ctx.data(size, "train_w2s"),
+                                                batch_size=ctx.cfg.eval_batch_size, mesh=ctx.mesh)
+  else:   # an encoder has no LM head: a likelihood filter then says so (selection.py)
+    likelihood = np.full(len(labels[0]), np.nan, np.float32)
   return {"labels": labels, "label_accuracy": label_acc, "likelihood": likelihood,
           **ctx.evaluate(size, params)}
 
@@ -333,7 +399,7 @@ def weak_stage_fields(ctx: Context) -> tuple[str, ...]:
 
 
 def ceiling_stage(ctx: Context, size: str) -> dict:
-  params = ctx.tune(size, ctx.supervised("train_gt"), ctx.ground_truth_loss(),
+  params = ctx.tune(size, ctx.supervised("train_gt", size=size), ctx.ground_truth_loss(),
                     f"ceiling {size} on ground truth")
   return ctx.evaluate(size, params)
 
@@ -356,9 +422,13 @@ def w2s_stage(ctx: Context, strong: str, weak: dict, loss_cfg: LossConfig,
     if weak_size is None or "params" not in weak:
       raise ValueError(f"LossConfig.name={loss_cfg.name!r} trains against the weak model itself: "
                        "expected weak_size and the weak stage's params")
+    if ctx.splits_of(weak_size) is not ctx.splits_of(strong):
+      raise ValueError(f"LossConfig.name={loss_cfg.name!r} feeds the strong model's tokens to the "
+                       f"weak model, but {weak_size!r} and {strong!r} read the task through "
+                       "different tokenizers: expected models that share one")
     teacher = (ctx.pretrained(weak_size)[1], weak["params"])
   what = "responses" if ctx.generative else "labels"
-  params = ctx.tune(strong, ctx.supervised("train_w2s", targets, subsets), loss_cfg,
+  params = ctx.tune(strong, ctx.supervised("train_w2s", targets, subsets, size=strong), loss_cfg,
                     f"strong {strong} on weak {what} ({tag})", finetune_cfg, teacher=teacher)
   out = ctx.evaluate(strong, params)
   if subsets is not None:  # how right the kept weak labels (or responses) are, per seed

@@ -99,6 +99,11 @@ class Task:
   # answer_class: the column of a class-like field (a few values), or None.
   answers: Callable | None = None
   answer_class: int | None = None
+  # Per-model encoding (text classification): encode_with(tokenizer_file, *,
+  # encoder) -> (splits, encoding), the same examples in the same order through
+  # another model's tokenizer.json; None where every model shares `splits`.
+  encode_with: Callable | None = None
+  tokenizer: str | None = None   # the spec `splits` were encoded with
 
   @property
   def generative(self) -> bool:
@@ -224,15 +229,31 @@ def text_task(cfg: TextTaskConfig) -> Task:
                                        truncate_side="right", add_bos=cfg.add_bos)
     return Dataset(tokens=data["tokens"], mask=data["mask"])
 
-  def probe(params, model_cfg, mesh) -> dict:
-    test_xent = scores.cross_entropy(params, model_cfg, splits["test"],
+  def probe(params, model_cfg, mesh, test=None) -> dict:
+    test_xent = scores.cross_entropy(params, model_cfg, splits["test"] if test is None else test,
                                      batch_size=_probe_batch(mesh), mesh=mesh)
     return {"test_lm_xent": float(np.mean(test_xent))}
+
+  def encode_with(tokenizer_file, *, encoder: bool):
+    """The splits through a model's own tokenizer.json. Encoders read
+    [CLS] text [SEP], as BERT was trained."""
+    if cfg.overflow == "drop":
+      raise ValueError("TextTaskConfig.overflow='drop' with a model that brings its own "
+                       f"tokenizer ({tokenizer_file}): expected 'truncate', so that every "
+                       "tokenizer keeps the same examples and labels pass between models by index")
+    own = tokenize.HFTokenizer.from_file(tokenizer_file)
+    encode_own = functools.partial(tokenize.encode_examples, tokenizer=own, max_len=cfg.max_len,
+                                   overflow=cfg.overflow, add_bos=encoder or cfg.add_bos,
+                                   add_eos=encoder)
+    out, report = {}, {}
+    for name, examples in parts.items():
+      out[name], report[name] = encode_own(examples)
+    return out, report
 
   return Task(name=cfg.tfds_name or str(cfg.train_file), splits=splits, eval_splits=("test",),
               vocab_size=tokenizer.vocab_size, max_len=cfg.max_len,
               fingerprint=cfg.corpus_fields(), make_corpus=corpus, probe=probe,
-              encoding=encoding)
+              encoding=encoding, encode_with=encode_with, tokenizer=cfg.tokenizer)
 
 
 def _probe_batch(mesh) -> int:

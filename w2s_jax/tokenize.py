@@ -164,11 +164,13 @@ def check_vocabulary(*, tokenizer_vocab_size: int, model_vocab_size: int, model:
         "(the model's own tokenizer.json)")
 
 
-def check_ids(tokenizer, encoded: list[list[int]], texts: Sequence[str], add_bos: bool) -> None:
+def check_ids(tokenizer, encoded: list[list[int]], texts: Sequence[str], add_bos: bool,
+              add_eos: bool = False) -> None:
   """Every id written, the special ones included, within [0, tokenizer.vocab_size)."""
   vocab_size = tokenizer.vocab_size
   name = type(tokenizer).__name__
-  for role in ("pad_id", "bos_id") if add_bos else ("pad_id",):
+  roles = ("pad_id",) + (("bos_id",) if add_bos else ()) + (("eos_id",) if add_eos else ())
+  for role in roles:
     value = getattr(tokenizer, role)
     if value is not None and not 0 <= value < vocab_size:
       raise ValueError(f"{name}.{role}={value}: expected an id in [0, {vocab_size}) "
@@ -183,7 +185,7 @@ def check_ids(tokenizer, encoded: list[list[int]], texts: Sequence[str], add_bos
 
 def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow: str,
                     truncate_side: str = "left", add_bos: bool = False,
-                    pad_side: str = "right") -> tuple[Dataset, dict]:
+                    add_eos: bool = False, pad_side: str = "right") -> tuple[Dataset, dict]:
   """Tokenize, fit to max_len and pad: Dataset(tokens, mask, labels) and a report.
 
   overflow: what to do with a text longer than max_len: "truncate" it or
@@ -192,6 +194,7 @@ def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow
     prompts such as cosmos_qa's put the answer being judged last, and the
     models classify at the last real token; "right" keeps the beginning.
     <bos> is never cut.
+  add_eos: end every example with <eos> (BERT's [SEP]), which is never cut either.
   pad_side: where padding goes; mask marks the real tokens either way.
   The report counts examples kept whole, truncated and dropped (print it, or
   describe_encoding(report)).
@@ -207,10 +210,14 @@ def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow
       raise ValueError(f"{name}={value!r}: expected one of {allowed}")
   if add_bos and tokenizer.bos_id is None:
     raise ValueError(f"add_bos=True but {type(tokenizer).__name__} has no bos token")
+  if add_eos and tokenizer.eos_id is None:
+    raise ValueError(f"add_eos=True but {type(tokenizer).__name__} has no eos token")
   prefix = [tokenizer.bos_id] if add_bos else []
-  room = max_len - len(prefix)
+  suffix = [tokenizer.eos_id] if add_eos else []
+  room = max_len - len(prefix) - len(suffix)
   if room < 1:
-    raise ValueError(f"max_len={max_len}: no room for text after <bos>, expected >= 2")
+    raise ValueError(f"max_len={max_len}: no room for text between the special tokens, "
+                     f"expected >= {len(prefix) + len(suffix) + 1}")
   if len(examples) == 0:
     raise ValueError("examples: empty, nothing to encode")
 
@@ -219,12 +226,12 @@ def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow
   if (lengths == 0).any():
     i = int(np.argmin(lengths))
     raise ValueError(f"example {i} ({examples.text[i]!r}) encodes to no tokens")
-  check_ids(tokenizer, encoded, examples.text, add_bos)
+  check_ids(tokenizer, encoded, examples.text, add_bos, add_eos)
   too_long = lengths > room
   keep = np.flatnonzero(~too_long) if overflow == "drop" else np.arange(len(encoded))
   if len(keep) == 0:
     raise ValueError(f"overflow='drop' drops all {len(encoded)} examples: the shortest has "
-                     f"{lengths.min() + len(prefix)} tokens, max_len={max_len}")
+                     f"{lengths.min() + len(prefix) + len(suffix)} tokens, max_len={max_len}")
 
   tokens = np.full((len(keep), max_len), tokenizer.pad_id, np.int32)
   mask = np.zeros((len(keep), max_len), np.int32)
@@ -232,7 +239,7 @@ def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow
     body = encoded[i]
     if len(body) > room:
       body = body[len(body) - room:] if truncate_side == "left" else body[:room]
-    ids = prefix + list(body)
+    ids = prefix + list(body) + suffix
     start = 0 if pad_side == "right" else max_len - len(ids)
     tokens[row, start:start + len(ids)] = ids
     mask[row, start:start + len(ids)] = 1
@@ -243,8 +250,8 @@ def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow
       "truncated": int(too_long.sum()) if overflow == "truncate" else 0,
       "dropped": int(too_long.sum()) if overflow == "drop" else 0,
       "max_len": max_len,
-      "longest": int(lengths.max()) + len(prefix),
-      "mean_len": round(float(lengths.mean()) + len(prefix), 1),
+      "longest": int(lengths.max()) + len(prefix) + len(suffix),
+      "mean_len": round(float(lengths.mean()) + len(prefix) + len(suffix), 1),
   }
   return data, report
 

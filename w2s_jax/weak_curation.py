@@ -158,6 +158,10 @@ def filter_scores(weak: dict, criterion: str, generative: bool) -> np.ndarray:
     case "agreement":  # the seeds' weak models vote
       return np.broadcast_to(np.asarray(scores.agreement(probs=labels)), labels.shape[:2])
     case "likelihood":  # the weak LM's log-likelihood of the example's text
+      if np.isnan(weak["likelihood"]).all():
+        raise ValueError("filter criterion 'likelihood': the weak model is an encoder, which has "
+                         "no LM head and so no likelihood scores; expected a decoder weak model "
+                         "or another criterion")
       return np.broadcast_to(weak["likelihood"], labels.shape[:2])
 
 
