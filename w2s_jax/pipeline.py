@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 from tqdm.auto import tqdm
 
-from w2s_jax import hf_import, models, stages, testbed
+from w2s_jax import hf_files, hf_import, models, stages, testbed
 from w2s_jax import sharding as shd
 from w2s_jax.distributed import DistributedConfig
 from w2s_jax.gen_tasks import GenerationConfig, GenTextTaskConfig
@@ -125,6 +125,27 @@ def scratch_text_experiment(name: str, text_task: TextTaskConfig, *, weak: str, 
                            warmup_frac=0.05),
       losses=(LossConfig("xent"), LossConfig("logconf")), seeds=tuple(range(seeds)),
       eval_batch_size=64, checkpoint_every=500)
+
+
+def minilm_text_experiment(name: str, text_task: TextTaskConfig, *, weak: str, models_dir: str,
+                           steps: int, seeds: int, probe: bool = False,
+                           pooling: str | None = None) -> "ExperimentConfig":
+  """A from-scratch weak model (the schedule of scratch_text_experiment)
+  supervising all-MiniLM-L6-v2, unpacked from its PyPI package into
+  models_dir: the schedule measured on SST-2 (configs/sst2_minilm.py), which
+  configs/text.py offers for any file with `strong=minilm`. probe: train the
+  head only, on the frozen encoder."""
+  strong = hf_files.MINILM_NAME
+  finetune = OptimConfig(steps=steps, batch_size=32, lr=3e-5, head_lr=1e-3, warmup_frac=0.1,
+                         weight_decay=0.01)
+  if probe:
+    finetune = dataclasses.replace(finetune, linear_probe=True, head_lr=1e-2, weight_decay=0.0)
+  scratch = scratch_text_experiment(name, text_task, weak=weak, strong=weak, pretrain_steps=4000,
+                                    finetune_steps=400, seeds=seeds)
+  return dataclasses.replace(
+      scratch, strong_size=strong, pooling=pooling,
+      pretrained_dirs=((strong, str(hf_files.packaged_minilm(models_dir))),),
+      weak_finetune=scratch.finetune, finetune=finetune)
 
 
 def config_to_dict(cfg) -> dict:

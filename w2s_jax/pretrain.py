@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from w2s_jax import checkpoints, hf_import, integrity, models, objectives, tasks, testbed, train
 from w2s_jax import sharding as shd
