@@ -272,3 +272,14 @@ def test_pretrained_configs_take_weak_and_strong_from_different_families():
   assert dict(cfg.pretrained_dirs)["pythia-160m"] == "/m/pythia-160m"
   cfg = configs.load(f"{root}/configs/pythia_boolq.py:models=/m,weak=gpt2,strong=pythia-1b")
   assert dict(cfg.pretrained_dirs)["gpt2"] == "/m/gpt2"
+
+
+def test_train_splits_can_be_shorter_than_the_scored_ones(files):  # noqa: F811
+  from w2s_jax import tasks
+  task = tasks.text_task(_task_cfg(files, max_len=24, train_max_len=8))
+  widths = {name: data["tokens"].shape[1] for name, data in task.splits.items()}
+  assert widths == {"train_gt": 8, "train_w2s": 8, "test": 24}
+  assert task.encoding["train_gt"]["truncated"] > 0 and task.encoding["test"]["max_len"] == 24
+  with pytest.raises(ValueError, match=r"TextTaskConfig.train_max_len=25: expected None or an int "
+                                       r"in \[1, max_len=24\]"):
+    _task_cfg(files, max_len=24, train_max_len=25)

