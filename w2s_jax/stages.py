@@ -56,7 +56,7 @@ class Context:
     if shd.is_main_process():
       remove_stale_temp_files(cache_dir)  # a cache record whose writer was killed
     self.seeds = tuple(cfg.seeds)
-    self._pretrained, self._corpus_of, self._encoded = {}, {}, {}
+    self._pretrained, self._corpus_of, self._encoded, self._encoder = {}, {}, {}, {}
     if self.generative:
       self.sampling = self.sampling_config()
 
@@ -99,7 +99,9 @@ class Context:
     (encoded once per tokenizer), else the task's. The same examples in the
     same order either way, so labels and selections pass by index."""
     own = self.tokenizer_file(size)
-    encoder = not self.cfg.model_config(size, self.task).causal
+    if size not in self._encoder:   # model_config reads an imported folder's config.json
+      self._encoder[size] = not self.cfg.model_config(size, self.task).causal
+    encoder = self._encoder[size]
     if own is None:
       if encoder:
         raise ValueError(f"model {size!r} is an encoder without a tokenizer.json in "
