@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax import models, objectives, train
+from w2s_jax import lora, models, objectives, train
 from w2s_jax import sharding as shd
 from w2s_jax.data import Dataset, shuffled_batches
 from w2s_jax.objectives import LossConfig
@@ -55,21 +55,31 @@ def _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh, num_seeds, generative=F
   sampling config of the live loss): sweep cells that share a strong size
   and a loss reuse it."""
   optimizer = train.make_optimizer(optim_cfg)
+  base_sharding = None
+  trainable = lambda k: models.init_params(model_cfg, k)
+  if optim_cfg.lora_rank:   # the state holds the adapters and the head; the base is frozen
+    base = jax.eval_shape(lambda: models.init_params(model_cfg, jax.random.key(0)))
+    base_sharding = shd.state_sharding(base, mesh)
+    trainable = lambda k: lora.trainable_params(models.init_params(model_cfg, k), model_cfg,
+                                                rank=optim_cfg.lora_rank,
+                                                targets=optim_cfg.lora_targets, rng=k)
   abstract = jax.eval_shape(lambda: jax.vmap(lambda k: train.init_state(
-      models.init_params(model_cfg, k), optimizer, k))(jax.random.split(jax.random.key(0),
-                                                                        num_seeds)))
+      trainable(k), optimizer, k))(jax.random.split(jax.random.key(0), num_seeds)))
   teacher_sharding = None
   if teacher_cfg is not None:
     teacher_sharding = shd.state_sharding(seed_stacked_abstract(teacher_cfg, num_seeds), mesh,
                                           seed_axis=True)
   loss_fn = objectives.objective(model_cfg, loss_cfg, generative=generative,
                                  teacher_cfg=teacher_cfg, sampling_cfg=sampling_cfg)
+  if optim_cfg.lora_rank:
+    loss_fn = lora.lora_loss(loss_fn, model_cfg, optim_cfg.lora_alpha)
   step = train.compile_train_step(loss_fn=loss_fn, optimizer=optimizer,
                                   total_steps=optim_cfg.steps, mesh=mesh,
                                   state_sharding=shd.state_sharding(abstract, mesh, seed_axis=True),
                                   vmap_seeds=True, accum_steps=optim_cfg.grad_accum_steps,
                                   linear_probe=optim_cfg.linear_probe,
-                                  teacher_sharding=teacher_sharding)
+                                  teacher_sharding=teacher_sharding,
+                                  base_sharding=base_sharding)
   return optimizer, step, teacher_sharding
 
 
@@ -99,7 +109,14 @@ def finetune(params, model_cfg, per_seed: list[Dataset], *, loss_cfg: LossConfig
                      f"{loss_cfg.name!r} with teacher={'set' if teacher is not None else None}")
   if loss_cfg.name != "live":
     sampling_cfg = None  # one compiled step per loss, whatever the caller passed
-  if not params_per_seed:
+  base = None
+  if optim_cfg.lora_rank:
+    if params_per_seed:
+      raise ValueError("finetune: OptimConfig.lora_rank > 0 adapts one shared base, got "
+                       "params_per_seed=True")
+    base = jax.device_put(params, shd.state_sharding(params, mesh))
+    params = _lora_trainable(params, model_cfg, optim_cfg, seeds)
+  elif not params_per_seed:
     params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds, *x.shape)), params)
   teacher_cfg, teacher_params = teacher if teacher is not None else (None, None)
   optimizer, step, teacher_sharding = _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh,
@@ -107,12 +124,27 @@ def finetune(params, model_cfg, per_seed: list[Dataset], *, loss_cfg: LossConfig
                                                      sampling_cfg)
   state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh,
                               rng=train.seed_keys(seeds), per_seed=True)
-  if teacher is not None:
-    teacher_params = jax.device_put(teacher_params, teacher_sharding)
+  frozen = ((base,) if base is not None else ()) + (
+      (jax.device_put(teacher_params, teacher_sharding),) if teacher is not None else ())
+  if frozen:
     compiled = step
-    step = lambda state, batch: compiled(state, batch, teacher_params)
+    step = lambda state, batch: compiled(state, batch, *frozen)
   batches = _seed_stream(per_seed, batch_size=optim_cfg.batch_size, seeds=seeds,
                          rows=shd.process_rows(mesh, optim_cfg.batch_size), gt_data=gt_data)
   state, _ = train.fit(state, step, batches, num_steps=optim_cfg.steps, mesh=mesh, desc=desc,
                        progress=progress)
+  if base is not None:   # each seed's adapters merged into the shared base, for evaluation
+    merge = jax.vmap(lambda t, b: lora.merge(b, t, model_cfg=model_cfg,
+                                             alpha=optim_cfg.lora_alpha), in_axes=(0, None))
+    out = shd.state_sharding(seed_stacked_abstract(model_cfg, num_seeds), mesh, seed_axis=True)
+    return jax.jit(merge, out_shardings=out)(state.params, base)
   return state.params
+
+
+def _lora_trainable(base, model_cfg, optim_cfg, seeds):
+  """Per seed (stacked), fresh adapters from the seed's own key and the base's head."""
+  keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 0x10A) for s in seeds])
+  adapters = jax.vmap(lambda k: lora.init_adapters(model_cfg, rank=optim_cfg.lora_rank,
+                                                   targets=optim_cfg.lora_targets, rng=k))(keys)
+  head = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(seeds), *x.shape)), base[train.HEAD])
+  return {"lora": adapters, train.HEAD: head}

@@ -45,7 +45,12 @@ _BERT_DEFAULTS = {
     "position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False,
 }
 
-MODEL_TYPES = ("gpt2", "gpt_neox", "bert")
+_LLAMA_DEFAULTS = {  # Qwen2 shares them; its q/k/v always carry biases
+    "hidden_act": "silu", "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+    "attention_bias": False, "mlp_bias": False, "use_sliding_window": False,
+}
+
+MODEL_TYPES = ("gpt2", "gpt_neox", "bert", "llama", "qwen2")
 
 
 def _expect(hf_config: dict, field: str, expected, why: str) -> None:
@@ -70,19 +75,50 @@ def _one_spelling(places: list[tuple[str, dict]], default):
   return next(iter(found.values()), default)
 
 
-def _neox_rotary(hf_config: dict) -> tuple[float, float]:
+def _rotary(hf_config: dict, *, frac_default: float, base_default: float) -> tuple[float, float]:
   rope = hf_config.get("rope_parameters") or {}
   scaling = hf_config.get("rope_scaling") or {}
   for name, params in (("rope_parameters", rope), ("rope_scaling", scaling)):
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type != "default":
       raise ValueError(f"HF config {name}.rope_type={rope_type!r}: expected 'default' "
-                       "(w2s_jax implements unscaled rotary embeddings only)")
+                       "(w2s_jax implements unscaled rotary embeddings only; Llama-3.1's "
+                       "'llama3' scaling is not built yet)")
   frac = _one_spelling([("partial_rotary_factor", rope), ("partial_rotary_factor", hf_config),
-                        ("rotary_pct", hf_config)], _NEOX_ROTARY_FRAC_DEFAULT)
+                        ("rotary_pct", hf_config)], frac_default)
   base = _one_spelling([("rope_theta", rope), ("rope_theta", hf_config),
-                        ("rotary_emb_base", hf_config)], _NEOX_ROTARY_BASE_DEFAULT)
+                        ("rotary_emb_base", hf_config)], base_default)
   return float(frac), float(base)
+
+
+def _llama_config(hf_config, model_type, *, num_classes, head_input, max_len):
+  hf_config = {**_LLAMA_DEFAULTS, **hf_config}
+  _expect(hf_config, "hidden_act", "silu", "w2s_jax's SwiGLU MLP uses silu")
+  _expect(hf_config, "use_sliding_window", False, "w2s_jax attends over the whole context")
+  heads = hf_config["num_attention_heads"]
+  kv_heads = hf_config.get("num_key_value_heads") or heads
+  if not isinstance(kv_heads, int) or kv_heads < 1 or heads % kv_heads:
+    raise ValueError(f"HF config num_attention_heads={heads} is not divisible by "
+                     f"num_key_value_heads={kv_heads!r}: expected a divisor (grouped-query "
+                     "attention shares each key/value head among a whole group)")
+  width = hf_config["hidden_size"]
+  head_dim = hf_config.get("head_dim") or width // heads
+  if head_dim * heads != width:
+    raise ValueError(f"HF config head_dim={head_dim}: expected hidden_size / num_attention_heads "
+                     f"= {width / heads:g} (w2s_jax's heads split the width)")
+  _, base = _rotary(hf_config, frac_default=1.0, base_default=10000.0)
+  attention_bias = bool(hf_config["attention_bias"])
+  return ModelConfig(
+      vocab_size=hf_config["vocab_size"], width=width, depth=hf_config["num_hidden_layers"],
+      heads=heads, kv_heads=kv_heads if kv_heads != heads else None,
+      max_len=hf_config["max_position_embeddings"] if max_len is None else max_len,
+      mlp_dim=hf_config["intermediate_size"], num_classes=num_classes, head_input=head_input,
+      positions="rotary", rotary_frac=1.0, rotary_base=base,
+      tie_embeddings=bool(hf_config["tie_word_embeddings"]),
+      ln_eps=float(hf_config["rms_norm_eps"]), norm="rmsnorm", mlp="swiglu",
+      qkv_bias=model_type == "qwen2" or attention_bias,
+      attn_out_bias=model_type != "qwen2" and attention_bias,
+      mlp_bias=bool(hf_config["mlp_bias"]))
 
 
 def _learned_positions(max_len, positions, field):
@@ -111,6 +147,9 @@ def _config_from_hf(hf_config, *, num_classes, head_input, max_len, pooling):
   if pooling is not None and model_type != "bert":
     raise ValueError(f"pooling={pooling!r} for model_type={model_type!r}: expected None "
                      "(decoders read their last real token)")
+  if model_type in ("llama", "qwen2"):
+    return _llama_config(hf_config, model_type, num_classes=num_classes, head_input=head_input,
+                         max_len=max_len)
   if model_type == "bert":
     hf_config = {**_BERT_DEFAULTS, **hf_config}
     _expect(hf_config, "position_embedding_type", "absolute",
@@ -147,7 +186,8 @@ def _config_from_hf(hf_config, *, num_classes, head_input, max_len, pooling):
   if model_type == "gpt_neox":
     hf_config = {**_NEOX_DEFAULTS, **hf_config}
     _expect(hf_config, "attention_bias", True, "w2s_jax's attention projections have biases")
-    rotary_frac, rotary_base = _neox_rotary(hf_config)
+    rotary_frac, rotary_base = _rotary(hf_config, frac_default=_NEOX_ROTARY_FRAC_DEFAULT,
+                                       base_default=_NEOX_ROTARY_BASE_DEFAULT)
     return ModelConfig(
         vocab_size=hf_config["vocab_size"], width=hf_config["hidden_size"],
         depth=hf_config["num_hidden_layers"], heads=hf_config["num_attention_heads"],

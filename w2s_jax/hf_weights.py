@@ -33,7 +33,7 @@ import numpy as np
 
 from w2s_jax.models import ModelConfig, init_params
 
-_PREFIX = {"gpt2": "transformer.", "gpt_neox": "gpt_neox.", "bert": "bert."}
+_PREFIX = {"gpt2": "transformer.", "gpt_neox": "gpt_neox.", "bert": "bert.", "llama": "model."}
 
 # Non-persistent buffers (causal masks, rotary frequencies) that older
 # transformers versions wrote into checkpoints; they carry no learned weights.
@@ -41,6 +41,7 @@ _BUFFERS = re.compile(
     r"(h\.\d+\.attn\.(bias|masked_bias)"
     r"|layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)"
     r"|rotary_emb\.inv_freq"
+    r"|layers\.\d+\.self_attn\.rotary_emb\.inv_freq"
     r"|embeddings\.position_ids)")
 
 
@@ -174,6 +175,41 @@ def _bert_body(take, tensors, cfg):
   return params, ignored
 
 
+def _llama_body(take, tensors, cfg):
+  """Llama and Qwen2. transformers stores q and k already permuted for its
+  rotate-half rotary form, which is w2s_jax's, so they are copied as they are."""
+  d, m = cfg.width, cfg.hidden_mlp
+  q_dim, kv_dim = cfg.heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+  rms = lambda name: {"scale": take(f"{name}.weight", (d,))}
+  params = {"embed": {"embedding": take("embed_tokens.weight", (cfg.vocab_size, d))},
+            "ln_final": rms("norm")}
+
+  def dense(name, d_in, d_out, bias):
+    out = {"kernel": take(f"{name}.weight", (d_out, d_in)).T}
+    if bias:
+      out["bias"] = take(f"{name}.bias", (d_out,))
+    return out
+
+  for i in range(cfg.depth):
+    p = f"layers.{i}."
+    q, k, v = (dense(f"{p}self_attn.{n}_proj", d, size, cfg.qkv_bias)
+               for n, size in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)))
+    qkv = {"kernel": np.concatenate([q["kernel"], k["kernel"], v["kernel"]], axis=1)}
+    if cfg.qkv_bias:
+      qkv["bias"] = np.concatenate([q["bias"], k["bias"], v["bias"]])
+    gate, up = (dense(f"{p}mlp.{n}_proj", d, m, cfg.mlp_bias) for n in ("gate", "up"))
+    mlp_in = {"kernel": np.concatenate([gate["kernel"], up["kernel"]], axis=1)}
+    if cfg.mlp_bias:
+      mlp_in["bias"] = np.concatenate([gate["bias"], up["bias"]])
+    params[f"block_{i}"] = {
+        "ln_attn": rms(p + "input_layernorm"), "qkv": qkv,
+        "attn_out": dense(p + "self_attn.o_proj", q_dim, d, cfg.attn_out_bias),
+        "ln_mlp": rms(p + "post_attention_layernorm"), "mlp_in": mlp_in,
+        "mlp_out": dense(p + "mlp.down_proj", m, d, cfg.mlp_bias),
+    }
+  return params, ("lm_head.weight",), "embed_tokens.weight"
+
+
 def _lm_head(take, tensors, cfg, head_names, embed_name):
   present = [name for name in head_names if name in tensors]
   if len(present) > 1:
@@ -209,11 +245,13 @@ def _cls_head(take, tensors, cfg):
 
 
 def params_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig):
-  """A GPT-2 (cfg.positions="learned"), GPT-NeoX (cfg.positions="rotary") or
-  BERT (cfg.causal=False) state dict -> a params pytree for `Transformer(cfg)`,
-  float32."""
+  """A GPT-2 (cfg.positions="learned"), GPT-NeoX (cfg.positions="rotary"),
+  Llama/Qwen2 (cfg.norm="rmsnorm") or BERT (cfg.causal=False) state dict ->
+  a params pytree for `Transformer(cfg)`, float32."""
   if not cfg.causal:
     family = "bert"
+  elif cfg.norm == "rmsnorm":
+    family = "llama"
   else:
     family = "gpt2" if cfg.positions == "learned" else "gpt_neox"
   tensors = _strip_prefix(tensors, _PREFIX[family])
@@ -222,7 +260,7 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig):
     params, ignored = _bert_body(take, tensors, cfg)
     used.update(ignored)
   else:
-    body = _gpt2_body if family == "gpt2" else _neox_body
+    body = {"gpt2": _gpt2_body, "gpt_neox": _neox_body, "llama": _llama_body}[family]
     params, head_names, embed_name = body(take, tensors, cfg)
     params.update(_lm_head(take, tensors, cfg, head_names, embed_name))
     params["cls_head"] = _cls_head(take, tensors, cfg)

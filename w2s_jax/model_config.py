@@ -32,9 +32,13 @@ DTYPES = ("float32", "bfloat16")
 # the real tokens (sentence-transformers), "cls" (BERT's pooler: tanh(dense)
 # of the first token). Decoders read the last real token ("last").
 POOLINGS = ("last", "mean", "cls")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
 # Fields added after pretrained caches existed: shown in repr, hence in cache
 # keys, only when set away from their default, so older entries stay valid.
-_KEYED_WHEN_SET = {"causal": True, "post_ln": False, "type_vocab_size": 0, "pooling": "last"}
+_KEYED_WHEN_SET = {"causal": True, "post_ln": False, "type_vocab_size": 0, "pooling": "last",
+                   "kv_heads": None, "norm": "layernorm", "mlp": "gelu", "qkv_bias": True,
+                   "attn_out_bias": True, "mlp_bias": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +80,16 @@ class ModelConfig:
   post_ln: bool = False
   type_vocab_size: int = 0
   pooling: str = "last"
+  # The Llama/Qwen2 family: kv_heads < heads shares each key/value head among
+  # heads // kv_heads query heads (grouped-query attention; None: heads);
+  # RMSNorm; a SwiGLU MLP (down(silu(gate x) * up x), hidden_mlp wide); and
+  # which projections carry biases (Llama: none; Qwen2: q, k, v only).
+  kv_heads: int | None = None
+  norm: str = "layernorm"
+  mlp: str = "gelu"
+  qkv_bias: bool = True
+  attn_out_bias: bool = True
+  mlp_bias: bool = True
 
   def __repr__(self):
     shown = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
@@ -114,6 +128,14 @@ class ModelConfig:
     if not self.causal and self.pooling == "last":
       raise ValueError("ModelConfig.pooling='last' with causal=False: expected 'mean' or 'cls' "
                        "(an encoder pools its tokens)")
+    for name, allowed in (("norm", NORMS), ("mlp", MLPS)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(
+            f"ModelConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
+    if self.kv_heads is not None and (not isinstance(self.kv_heads, int) or self.kv_heads < 1
+                                      or self.heads % self.kv_heads):
+      raise ValueError(f"ModelConfig.kv_heads={self.kv_heads!r}: expected a positive int that "
+                       f"divides heads={self.heads} (or None)")
     if not self.causal and self.head_input != "hidden":
       raise ValueError(f"ModelConfig.head_input={self.head_input!r} with causal=False: expected "
                        "'hidden' (an encoder has no LM head)")
@@ -123,18 +145,34 @@ class ModelConfig:
     return self.width // self.heads
 
   @property
+  def num_kv_heads(self) -> int:
+    return self.kv_heads or self.heads
+
+  @property
+  def qkv_features(self) -> int:
+    """The fused projection's width: queries, then keys, then values."""
+    return (self.heads + 2 * self.num_kv_heads) * self.head_dim
+
+  @property
   def hidden_mlp(self) -> int:
     return self.mlp_dim or self.mlp_ratio * self.width
 
   @property
   def num_params(self) -> int:
     d, v, m = self.width, self.vocab_size, self.hidden_mlp
-    block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d)
+    norm = 2 * d if self.norm == "layernorm" else d
+    qkv = d * self.qkv_features + self.qkv_features * self.qkv_bias
+    attn_out = d * d + d * self.attn_out_bias
+    if self.mlp == "swiglu":
+      mlp = d * 2 * m + m * d + (2 * m + d) * self.mlp_bias
+    else:
+      mlp = d * m + m * d + (m + d) * self.mlp_bias
+    block = 2 * norm + qkv + attn_out + mlp
     feats = v if self.head_input == "lm_probs" else d
     positions = self.max_len * d if self.positions == "learned" else 0
     unembed = 0 if self.tie_embeddings or not self.causal else v * d
     pooler = d * d + d if self.pooling == "cls" else 0
-    return (v * d + positions + self.type_vocab_size * d + self.depth * block + 2 * d + unembed
+    return (v * d + positions + self.type_vocab_size * d + self.depth * block + norm + unembed
             + pooler + feats * self.num_classes + self.num_classes)
 
 

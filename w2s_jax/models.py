@@ -42,13 +42,22 @@ def rotary(x, positions, *, frac, base):
   return jnp.concatenate([out.astype(x.dtype), keep], axis=-1)
 
 
+def make_norm(cfg, name):
+  """LayerNorm, or RMSNorm (Llama, Qwen2), of the config's epsilon."""
+  if cfg.norm == "rmsnorm":
+    return nn.RMSNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(cfg.dtype), name=name)
+  return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(cfg.dtype), name=name)
+
+
 def _dropout(module, rate):
   """Active only when the caller passes a "dropout" rng (training)."""
   return nn.Dropout(rate, deterministic=not module.has_rng("dropout"))
 
 
 class QKV(nn.Module):
-  """The fused query/key/value projection: nn.Dense(3 * width), same params.
+  """The fused query/key/value projection: nn.Dense(q + 2 * kv features), same
+  params ([q | k | v] blocks; kv_features < q_features under grouped-query
+  attention; no bias where the family has none).
 
   The key bias adds q.b to every score of a query, a shift softmax ignores,
   so its exact gradient is zero. It is held constant: in floating point that
@@ -57,14 +66,20 @@ class QKV(nn.Module):
   process count). Held constant, training is the same function in exact
   arithmetic and reproducible across layouts.
   """
-  features: int
+  q_features: int
+  kv_features: int
   dtype: jnp.dtype
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-    q_bias, k_bias, v_bias = jnp.split(bias, 3)
+    features = self.q_features + 2 * self.kv_features
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], features))
+    if not self.use_bias:
+      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+      return x @ kernel
+    bias = self.param("bias", nn.initializers.zeros_init(), (features,))
+    q_bias, k_bias, v_bias = jnp.split(bias, [self.q_features, self.q_features + self.kv_features])
     bias = jnp.concatenate([q_bias, jax.lax.stop_gradient(k_bias), v_bias])
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     return x @ kernel + bias
@@ -84,10 +99,17 @@ class Block(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     n, d = h.shape
     t = n // batch
-    qkv = QKV(3 * d, dtype, name="qkv")(h)
-    # (batch, heads, seq, head_dim): measured faster on XLA:CPU than (b, s, h, d).
-    qkv = qkv.reshape(batch, t, 3, cfg.heads, cfg.head_dim).transpose(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    kv_heads, hd = cfg.num_kv_heads, cfg.head_dim
+    qkv = QKV(cfg.heads * hd, kv_heads * hd, dtype, cfg.qkv_bias, name="qkv")(h)
+    if kv_heads == cfg.heads:
+      # (batch, heads, seq, head_dim): measured faster on XLA:CPU than (b, s, h, d).
+      qkv = qkv.reshape(batch, t, 3, cfg.heads, hd).transpose(2, 0, 3, 1, 4)
+      q, k, v = qkv[0], qkv[1], qkv[2]
+    else:
+      heads_of = lambda x, n_heads: x.reshape(batch, t, n_heads, hd).transpose(0, 2, 1, 3)
+      q_end, k_end = cfg.heads * hd, (cfg.heads + kv_heads) * hd
+      q = heads_of(qkv[:, :q_end], cfg.heads)
+      k, v = heads_of(qkv[:, q_end:k_end], kv_heads), heads_of(qkv[:, k_end:], kv_heads)
     if cfg.positions == "rotary":
       q = rotary(q, positions, frac=cfg.rotary_frac, base=cfg.rotary_base)
       k = rotary(k, positions, frac=cfg.rotary_frac, base=cfg.rotary_base)
@@ -99,9 +121,13 @@ class Block(nn.Module):
       v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
       cache = {"k": k, "v": v}
     dropping = cfg.dropout > 0 and self.has_rng("dropout")
+    if kv_heads != cfg.heads and not (cfg.attention == "fused" and not dropping):
+      # Query head i reads key/value head i // group, as transformers' repeat_kv.
+      k, v = (jnp.repeat(x, cfg.heads // kv_heads, axis=1) for x in (k, v))
     if cfg.attention == "fused" and not dropping:
-      # [batch, seq, heads, head_dim] in and out; the same additive bias, so
-      # padding and fully masked rows behave as on the explicit path.
+      # [batch, seq, heads, head_dim] in and out (fewer key/value heads under
+      # grouped-query attention); the same additive bias, so padding and fully
+      # masked rows behave as on the explicit path.
       q, k, v = (x.transpose(0, 2, 1, 3).astype(dtype) for x in (q, k, v))
       attn = jax.nn.dot_product_attention(q, k, v, bias=attn_bias.astype(dtype),
                                           scale=1.0 / cfg.head_dim ** 0.5).reshape(n, d)
@@ -110,20 +136,27 @@ class Block(nn.Module):
       scores = scores / jnp.sqrt(cfg.head_dim).astype(jnp.float32) + attn_bias
       probs = _dropout(self, cfg.dropout)(jax.nn.softmax(scores, axis=-1)).astype(dtype)
       attn = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(n, d)
-    return _dropout(self, cfg.dropout)(nn.Dense(d, dtype=dtype, name="attn_out")(attn)), cache
+    out = nn.Dense(d, dtype=dtype, use_bias=cfg.attn_out_bias, name="attn_out")(attn)
+    return _dropout(self, cfg.dropout)(out), cache
 
   def _mlp(self, h):
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
-    h = nn.Dense(cfg.hidden_mlp, dtype=dtype, name="mlp_in")(h)
-    h = nn.gelu(h, approximate=cfg.gelu_approximate)
-    return _dropout(self, cfg.dropout)(nn.Dense(cfg.width, dtype=dtype, name="mlp_out")(h))
+    if cfg.mlp == "swiglu":   # one [gate | up] projection
+      gate, up = jnp.split(nn.Dense(2 * cfg.hidden_mlp, dtype=dtype, use_bias=cfg.mlp_bias,
+                                    name="mlp_in")(h), 2, axis=-1)
+      h = nn.silu(gate) * up
+    else:
+      h = nn.Dense(cfg.hidden_mlp, dtype=dtype, use_bias=cfg.mlp_bias, name="mlp_in")(h)
+      h = nn.gelu(h, approximate=cfg.gelu_approximate)
+    out = nn.Dense(cfg.width, dtype=dtype, use_bias=cfg.mlp_bias, name="mlp_out")(h)
+    return _dropout(self, cfg.dropout)(out)
 
   @nn.compact
   def __call__(self, x, attn_bias, positions, batch: int, cache=None, cache_index=None):
     """x -> x, or (x, updated cache) when decoding with a KV cache."""
     cfg = self.cfg
-    norm = lambda name: nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(cfg.dtype), name=name)
+    norm = lambda name: make_norm(cfg, name)
     if cfg.post_ln:
       # BERT: normalize after each residual add (same param names as pre-LN).
       attn, _ = self._attention(x, attn_bias, positions, batch)
@@ -155,7 +188,7 @@ class Transformer(nn.Module):
     if cfg.type_vocab_size:
       self.type_embed = self.param("type_embed", init, (cfg.type_vocab_size, cfg.width))
     self.blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.depth)]
-    norm = lambda name: nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(cfg.dtype), name=name)
+    norm = lambda name: make_norm(cfg, name)
     if cfg.post_ln:
       self.ln_embed = norm("ln_embed")
     else:
@@ -301,8 +334,8 @@ def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int | None = None):
 
 def init_cache(cfg: ModelConfig, batch: int, length: int):
   """An empty KV cache for `Transformer.decode`: per block, keys and values
-  [batch, heads, length, head_dim] in the compute dtype."""
-  shape = (batch, cfg.heads, length, cfg.head_dim)
+  [batch, kv heads, length, head_dim] in the compute dtype."""
+  shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
   zeros = lambda: jnp.zeros(shape, jnp.dtype(cfg.dtype))
   return tuple({"k": zeros(), "v": zeros()} for _ in range(cfg.depth))
 

@@ -36,6 +36,16 @@ class OptimConfig:
   end_lr_frac: float = 0.1
   grad_accum_steps: int = 1      # micro-batches per step: same update, less activation memory
   linear_probe: bool = False     # train the classification head only; the body stays frozen
+  # LoRA (lora.py): rank > 0 trains low-rank adapters on lora_targets and the
+  # head; the base stays frozen. The update of an adapter is scaled by alpha / rank.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ("q", "v")
+
+  def __repr__(self):   # the LoRA fields only when set: pretrained-cache keys stay as they were
+    shown = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+             if not (f.name.startswith("lora_") and getattr(self, f.name) == f.default)]
+    return f"OptimConfig({', '.join(shown)})"
 
   def __post_init__(self):
     for name in ("steps", "batch_size", "grad_accum_steps"):
@@ -48,6 +58,14 @@ class OptimConfig:
         raise ValueError(f"OptimConfig.{name}={value!r}: expected > 0")
     if not 0 <= self.warmup_frac < 1:
       raise ValueError(f"OptimConfig.warmup_frac={self.warmup_frac}: expected in [0, 1)")
+    if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+      raise ValueError(f"OptimConfig.lora_rank={self.lora_rank!r}: expected an int >= 0 "
+                       "(0: full fine-tuning)")
+    if self.lora_rank:
+      from w2s_jax.lora import check_targets   # lora.py builds on this module
+      check_targets(self.lora_targets)
+      if self.linear_probe:
+        raise ValueError("OptimConfig.lora_rank > 0 with linear_probe=True: expected one of them")
     if self.batch_size % self.grad_accum_steps:
       raise ValueError(f"OptimConfig.grad_accum_steps={self.grad_accum_steps}: expected a "
                        f"divisor of batch_size={self.batch_size}")
@@ -165,18 +183,19 @@ def _loss_and_grads(loss_fn, params, batch, step_frac, rng, accum_steps, frozen=
   return jax.tree.map(lambda x: x / accum_steps, total)
 
 
-def train_step(state: TrainState, batch: dict, teacher=None, *, loss_fn: LossFn,
+def train_step(state: TrainState, batch: dict, *frozen, loss_fn: LossFn,
                optimizer: optax.GradientTransformation, total_steps: int,
                accum_steps: int = 1, linear_probe: bool = False):
-  """One update. teacher: a frozen model's params, passed to loss_fn as its
-  fifth argument; never differentiated, never part of the state."""
+  """One update. frozen: further arguments of loss_fn after (params, batch,
+  step_frac, rng): a LoRA base's params, a frozen teacher's; never
+  differentiated, never part of the state."""
   step_frac = state.step.astype(jnp.float32) / total_steps
   key, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
   if linear_probe:  # no gradient reaches the body, so XLA drops its backward pass
     probe_loss = loss_fn
     loss_fn = lambda p, *a: probe_loss(
         {k: v if k == HEAD else jax.lax.stop_gradient(v) for k, v in p.items()}, *a)
-  frozen = () if teacher is None else (jax.lax.stop_gradient(teacher),)
+  frozen = tuple(jax.lax.stop_gradient(f) for f in frozen)
   loss, aux, grads = _loss_and_grads(loss_fn, state.params, batch, step_frac, step_key,
                                      accum_steps, frozen)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -198,7 +217,7 @@ def train_step(state: TrainState, batch: dict, teacher=None, *, loss_fn: LossFn,
 
 def compile_train_step(*, loss_fn: LossFn, optimizer, total_steps: int, mesh, state_sharding,
                        vmap_seeds: bool = False, accum_steps: int = 1,
-                       linear_probe: bool = False, teacher_sharding=None):
+                       linear_probe: bool = False, teacher_sharding=None, base_sharding=None):
   """The one place the train step is jitted: sharded state and batch, donated state.
 
   state_sharding: the state's shardings (`sharding_of(state)` of a state from
@@ -207,15 +226,18 @@ def compile_train_step(*, loss_fn: LossFn, optimizer, total_steps: int, mesh, st
   of a frozen teacher's params (e.g. FSDP, `sharding.state_sharding`); the
   step is then step(state, batch, teacher), with the teacher neither
   differentiated nor donated (with vmap_seeds, one teacher per seed).
+  base_sharding: a LoRA run's frozen base params, shared by every seed; the
+  step is then step(state, batch, base[, teacher]).
   """
   step = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
                            total_steps=total_steps, accum_steps=accum_steps,
                            linear_probe=linear_probe)
+  frozen = [(base_sharding, None), (teacher_sharding, 0)]   # (sharding, seed axis)
+  frozen = [(sharding, axis) for sharding, axis in frozen if sharding is not None]
   if vmap_seeds:
-    step = jax.vmap(step)
-  in_shardings = (state_sharding, shd.batch_sharding(mesh, seed_axis=vmap_seeds))
-  if teacher_sharding is not None:
-    in_shardings += (teacher_sharding,)
+    step = jax.vmap(step, in_axes=(0, 0, *(axis for _, axis in frozen)))
+  in_shardings = (state_sharding, shd.batch_sharding(mesh, seed_axis=vmap_seeds),
+                  *(sharding for sharding, _ in frozen))
   return jax.jit(step, in_shardings=in_shardings,
                  out_shardings=(state_sharding, shd.replicated(mesh)),
                  donate_argnums=0)
