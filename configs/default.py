@@ -15,7 +15,9 @@ PGR 0.54 [0.47, 0.62], logconf 0.44 [0.34, 0.53] (the README has the table).
 Args (comma-separated): `facts` for the world from before the cue (the
 README's earlier table), `small` for a smoke run of seconds (a 60-entity
 world; weak pico, strong micro), `scratch` for the no-pretraining ablation,
-`seeds=N`.
+`seeds=N`, `lora=R` to fine-tune the strong model (W2S and ceiling) with
+rank-R adapters on q and v (`lora_lr=X`, default 3e-3; the weak model keeps
+full fine-tuning).
 """
 
 import dataclasses
@@ -28,7 +30,7 @@ from w2s_jax.train import OptimConfig
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, facts=False, small=False, scratch=False, seeds=5)
+  arg = parse_arg(arg, facts=False, small=False, scratch=False, seeds=5, lora=0, lora_lr=3e-3)
   cfg = ExperimentConfig(
       name="default",
       seeds=tuple(range(arg.seeds)),
@@ -51,4 +53,8 @@ def get_config(arg=None):
         cfg, name=cfg.name + "-small", world=SMALL_WORLD, weak_size="pico", strong_size="micro",
         pretrain=SMALL_PRETRAIN, finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
         eval_batch_size=8, bootstrap_resamples=200)
+  if arg.lora:
+    cfg = dataclasses.replace(cfg, name=cfg.name + f"-lora{arg.lora}", weak_finetune=cfg.finetune,
+                              finetune=dataclasses.replace(cfg.finetune, lora_rank=arg.lora,
+                                                           lr=arg.lora_lr))
   return cfg
