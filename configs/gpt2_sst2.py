@@ -63,6 +63,7 @@ def get_config(arg=None) -> ExperimentConfig:
       seeds=tuple(range(arg.seeds)),
       eval_batch_size=64,
       mesh=MeshConfig(fsdp=arg.fsdp),
+      dtype="bfloat16" if arg.bf16 else "float32",
   )
 
 

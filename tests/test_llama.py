@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 
-from w2s_jax import hf_import, models, sampling, sharding
+from w2s_jax import hf_import, lora, models, sampling, sharding
 from w2s_jax.data import Dataset
 
 VOCAB, PAD = 64, 0
@@ -157,3 +157,28 @@ def test_unsupported_llama_configs_are_named(built, tmp_path, change, message):
   (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
   with pytest.raises(ValueError, match=rf"{tmp_path}/config.json: HF config {message}"):
     hf_import.folder_config(tmp_path)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_fused_attention_equals_explicit_under_grouped_queries(built, side):
+  _, folder = built("qwen2_untied")
+  cfg, params = hf_import.load_hf_folder(folder)
+  tokens, mask = _padded(side)
+  explicit = _ours(dataclasses.replace(cfg, attention="explicit"), params, tokens, mask)
+  fused = _ours(dataclasses.replace(cfg, attention="fused"), params, tokens, mask)
+  assert np.abs(explicit - fused)[mask > 0].max() < 1e-5
+
+
+def test_qwen_config_trains_the_strong_model_with_lora():
+  from pathlib import Path
+
+  from w2s_jax import configs
+  root = Path(__file__).resolve().parents[1]
+  cfg = configs.load(f"{root}/configs/qwen_w2s.py:models=/m,weak=Qwen2.5-0.5B,lora=8,"
+                     "lora_targets=all")
+  assert (cfg.finetune.lora_rank, cfg.finetune.lora_targets) == (8, lora.TARGETS)
+  assert cfg.weak_finetune.lora_rank == 0 and (cfg.dtype, cfg.remat) == ("bfloat16", True)
+  assert dict(cfg.pretrained_dirs) == {"Qwen2.5-0.5B": "/m/Qwen2.5-0.5B",
+                                       "Qwen2.5-7B": "/m/Qwen2.5-7B"}
+  with pytest.raises(ValueError, match="lora_targets='qk': expected one of"):
+    configs.load(f"{root}/configs/qwen_w2s.py:models=/m,lora_targets=qk")

@@ -13,6 +13,7 @@ rematerialisation as a GPU or TPU run would use.
 """
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -39,10 +40,10 @@ SHAPES = {
 }
 
 
-def model_config(shape: str, seq: int, dtype: str) -> models.ModelConfig:
+def model_config(shape: str, seq: int, dtype: str, remat: bool) -> models.ModelConfig:
   return models.ModelConfig(**SHAPES[shape], max_len=seq, positions="rotary", rotary_frac=1.0,
                             rotary_base=1e6, norm="rmsnorm", mlp="swiglu", attn_out_bias=False,
-                            mlp_bias=False, head_input="hidden", dtype=dtype, remat=True)
+                            mlp_bias=False, head_input="hidden", dtype=dtype, remat=remat)
 
 
 def _per_device(abstract, shardings) -> int:
@@ -100,11 +101,15 @@ def main(argv=None):
   parser.add_argument("--seq", type=int, default=512)
   parser.add_argument("--rank", type=int, default=16)
   parser.add_argument("--dtype", default="bfloat16", choices=models.DTYPES)
+  parser.add_argument("--no-remat", dest="remat", action="store_false")
+  parser.add_argument("--attention", default="explicit", choices=models.ATTENTIONS)
   args = parser.parse_args(argv)
-  cfg = model_config(args.shape, args.seq, args.dtype)
+  cfg = dataclasses.replace(model_config(args.shape, args.seq, args.dtype, args.remat),
+                            attention=args.attention)
   mesh = sharding.make_mesh(args.fsdp, fsdp=args.fsdp)
   print(f"{args.shape}: {cfg.num_params:,} params, FSDP over {args.fsdp} devices, batch "
-        f"{args.batch} x {args.seq}, {args.dtype} compute, remat; bytes per device")
+        f"{args.batch} x {args.seq}, {args.dtype} compute, remat {args.remat}, {args.attention} "
+        "attention; bytes per device")
   variants = {"full fine-tuning": OptimConfig(steps=10, batch_size=args.batch),
               f"LoRA r{args.rank} (q, v)": OptimConfig(steps=10, batch_size=args.batch,
                                                      lora_rank=args.rank)}

@@ -121,9 +121,6 @@ class Block(nn.Module):
       v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
       cache = {"k": k, "v": v}
     dropping = cfg.dropout > 0 and self.has_rng("dropout")
-    if kv_heads != cfg.heads and not (cfg.attention == "fused" and not dropping):
-      # Query head i reads key/value head i // group, as transformers' repeat_kv.
-      k, v = (jnp.repeat(x, cfg.heads // kv_heads, axis=1) for x in (k, v))
     if cfg.attention == "fused" and not dropping:
       # [batch, seq, heads, head_dim] in and out (fewer key/value heads under
       # grouped-query attention); the same additive bias, so padding and fully
@@ -132,10 +129,23 @@ class Block(nn.Module):
       attn = jax.nn.dot_product_attention(q, k, v, bias=attn_bias.astype(dtype),
                                           scale=1.0 / cfg.head_dim ** 0.5).reshape(n, d)
     else:
-      scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
+      if kv_heads == cfg.heads:
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
+      else:
+        # Grouped-query attention without copying keys and values: query head
+        # i = kv * group + r reads key/value head kv (transformers' repeat_kv).
+        # A repeat measured worse: XLA's partitioner replicated the copies.
+        q = q.reshape(q.shape[0], kv_heads, cfg.heads // kv_heads, t, hd)
+        scores = jnp.einsum("bkgqd,bksd->bkgqs", q, k).astype(jnp.float32)
+        scores = scores.reshape(q.shape[0], cfg.heads, t, k.shape[2])
       scores = scores / jnp.sqrt(cfg.head_dim).astype(jnp.float32) + attn_bias
       probs = _dropout(self, cfg.dropout)(jax.nn.softmax(scores, axis=-1)).astype(dtype)
-      attn = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(n, d)
+      if kv_heads == cfg.heads:
+        attn = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+      else:
+        grouped = probs.reshape(q.shape[0], kv_heads, cfg.heads // kv_heads, t, k.shape[2])
+        attn = jnp.einsum("bkgqs,bksd->bkgqd", grouped, v).reshape(q.shape[0], cfg.heads, t, hd)
+      attn = attn.transpose(0, 2, 1, 3).reshape(n, d)
     out = nn.Dense(d, dtype=dtype, use_bias=cfg.attn_out_bias, name="attn_out")(attn)
     return _dropout(self, cfg.dropout)(out), cache
 

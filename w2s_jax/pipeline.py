@@ -70,6 +70,10 @@ class ExperimentConfig:
   # How imported encoders pool ("mean", "cls"); None: as the folder declares
   # (1_Pooling/config.json), else BERT's pooler ("cls").
   pooling: str | None = None
+  # Every model's compute dtype (params stay float32) and per-block
+  # rematerialisation: ModelConfig.dtype and .remat, for large models on accelerators.
+  dtype: str = "float32"
+  remat: bool = False
 
   def __post_init__(self):
     for field in ("weak_size", "strong_size"):
@@ -92,6 +96,8 @@ class ExperimentConfig:
                        "TextTaskConfig: expected a GenTextTaskConfig")
     for i, loss in enumerate(self.losses):
       loss.check_kind(self.generative, f"ExperimentConfig.losses[{i}].name")
+    if self.dtype not in models.DTYPES:
+      raise ValueError(f"ExperimentConfig.dtype={self.dtype!r}: expected one of {models.DTYPES}")
     if self.bootstrap_resamples < 100:
       raise ValueError(
           f"ExperimentConfig.bootstrap_resamples={self.bootstrap_resamples}: expected >= 100")
@@ -101,6 +107,12 @@ class ExperimentConfig:
     return self.generation is not None
 
   def model_config(self, size: str, task: Task) -> models.ModelConfig:
+    cfg = self._model_config(size, task)
+    if (self.dtype, self.remat) == (cfg.dtype, cfg.remat):
+      return cfg
+    return dataclasses.replace(cfg, dtype=self.dtype, remat=self.remat)
+
+  def _model_config(self, size: str, task: Task) -> models.ModelConfig:
     if size in dict(self.pretrained_dirs):
       folder = dict(self.pretrained_dirs)[size]
       encoder = hf_import.read_config(folder).get("model_type") == "bert"
