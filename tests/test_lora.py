@@ -106,3 +106,23 @@ def test_alpha_over_rank_scales_the_update():
   np.testing.assert_allclose(delta(8.0), 2 * delta(4.0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(delta(4.0), 2.0 * np.asarray(
       t["lora"]["block_0"]["mlp_in"]["a"] @ t["lora"]["block_0"]["mlp_in"]["b"]), rtol=1e-5)
+
+
+def test_a_lora_checkpoint_holds_adapters_and_head_and_names_its_base(tmp_path):
+  cfg = _gqa_cfg()
+  base = models.init_params(cfg, jax.random.key(0))
+  trainable = lora.trainable_params(base, cfg, rank=4, targets=("q", "v"), rng=jax.random.key(1))
+  trainable = jax.tree.map(lambda x: x + 0.5, trainable)   # as if trained
+  lora.save(tmp_path / "run", trainable, base=base, base_name="Qwen2.5-7B", rank=4, alpha=8.0,
+            targets=("q", "v"))
+  restored, record = lora.load(tmp_path / "run", base=base, model_cfg=cfg)
+  jax.tree.map(np.testing.assert_array_equal, restored, trainable)
+  assert (record["base"], record["rank"], record["alpha"]) == ("Qwen2.5-7B", 4, 8.0)
+  stored = sum(f.stat().st_size for f in (tmp_path / "run").rglob("*") if f.is_file())
+  base_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(base))
+  adapter_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trainable))
+  assert adapter_bytes < base_bytes / 4 and stored < base_bytes / 2   # no base inside
+  other = models.init_params(cfg, jax.random.key(7))
+  with pytest.raises(ValueError, match="adapters trained on base 'Qwen2.5-7B'.*expected the base "
+                                       "they were trained on"):
+    lora.load(tmp_path / "run", base=other, model_cfg=cfg)

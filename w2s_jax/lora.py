@@ -9,12 +9,17 @@ run's trainable state is `{"lora": adapters, "cls_head": head}`.
 
 Targets name projections of the one model path: "q", "k", "v" (column
 blocks of the fused `qkv` kernel; under grouped-query attention k and v are
-narrower), "attn_out", "mlp_in", "mlp_out". All functions are pure.
+narrower), "attn_out", "mlp_in", "mlp_out". All functions but `save` and
+`load` (a run's checkpoint: the adapters and the head, and the identity of
+the base) are pure.
 """
+
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from w2s_jax import checkpoints, integrity
 from w2s_jax.train import HEAD
 
 TARGETS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_out")
@@ -93,3 +98,33 @@ def lora_loss(loss_fn, model_cfg, alpha: float):
     return loss_fn(merge(base, trainable, model_cfg=model_cfg, alpha=alpha), batch, step_frac,
                    rng, *teacher)
   return wrapped
+
+
+def save(path, trainable: dict, *, base: dict, base_name: str, rank: int, alpha: float,
+         targets) -> None:
+  """A LoRA run's checkpoint: <path>/adapters, an orbax checkpoint of the
+  adapters and the head only, and <path>/lora.json: rank, alpha, targets, and
+  the identity of the base (its name and checksum), written last."""
+  path = Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  adapters_sum = checkpoints.save_params(path / "adapters", trainable)
+  integrity.write_json_checked(path / "lora.json", {
+      "rank": rank, "alpha": alpha, "targets": list(targets), "base": base_name,
+      "base_checksum": integrity.tree_checksum(base), "adapters_checksum": adapters_sum})
+
+
+def load(path, *, base: dict, model_cfg) -> tuple[dict, dict]:
+  """(trainable, record) of a checkpoint written by `save`, restored onto the
+  shapes of fresh adapters for base. A base other than the one the adapters
+  were trained on is an error naming both."""
+  path = Path(path)
+  record = integrity.read_json_checked(path / "lora.json", "LoRA record")
+  if integrity.tree_checksum(base) != record["base_checksum"]:
+    raise ValueError(f"{path}: adapters trained on base {record['base']!r} (checksum "
+                     f"{record['base_checksum']}), but the base given has checksum "
+                     f"{integrity.tree_checksum(base)}: expected the base they were trained on")
+  like = jax.eval_shape(lambda: trainable_params(base, model_cfg, rank=record["rank"],
+                                                 targets=tuple(record["targets"]),
+                                                 rng=jax.random.key(0)))
+  trainable = checkpoints.load_params(path / "adapters", like, record["adapters_checksum"])
+  return trainable, record
