@@ -18,3 +18,17 @@ def np_log_softmax(x):
 
 def np_softmax(x):
   return np.exp(np_log_softmax(x))
+
+
+def built_once(tmp_path_factory, build):
+  """case -> (model, folder): build(case, folder) saves a reference model
+  into a fresh folder, once per case for the module's tests."""
+  cache = {}
+
+  def get(case):
+    if case not in cache:
+      folder = tmp_path_factory.mktemp(case)
+      cache[case] = (build(case, folder), folder)
+    return cache[case]
+
+  return get

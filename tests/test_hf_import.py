@@ -18,6 +18,7 @@ import safetensors.numpy  # noqa: E402
 import torch  # noqa: E402  (the test extra installs it; a missing torch is a failure, not a skip)
 import transformers  # noqa: E402
 
+from _helpers import built_once
 from w2s_jax import checkpoints, hf_files, hf_import, models, sampling, sharding  # noqa: E402
 from w2s_jax.data import Dataset  # noqa: E402
 
@@ -71,15 +72,7 @@ def _build(case, folder, seed=0, scale=0.1):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
   """case -> (HF model, folder), each built once for the module."""
-  cache = {}
-
-  def get(case):
-    if case not in cache:
-      folder = tmp_path_factory.mktemp(case)
-      cache[case] = (_build(case, folder), folder)
-    return cache[case]
-
-  return get
+  return built_once(tmp_path_factory, _build)
 
 
 def padded_batch(side, seed=0):
@@ -247,17 +240,17 @@ def test_folder_errors_name_the_file(built, tmp_path):
   # Through load_hf_folder, as a config's pretrained_dirs reaches it: the
   # error says which file of which folder, and what is wrong with it.
   _, folder = built("gpt2_lm")
-  llama = tmp_path / "llama"
-  llama.mkdir()
-  (llama / "config.json").write_text(json.dumps({"model_type": "llama", **GPT2}))
-  with pytest.raises(ValueError, match=rf"{llama}/config.json: HF config model_type='llama': "
-                                       r"expected one of \['gpt2', 'gpt_neox', 'bert'\]"):
-    hf_import.load_hf_folder(llama)
+  mistral = tmp_path / "mistral"
+  mistral.mkdir()
+  (mistral / "config.json").write_text(json.dumps({"model_type": "mistral", **GPT2}))
+  with pytest.raises(ValueError, match=rf"{mistral}/config.json: HF config model_type='mistral': "
+                                       r"expected one of \['gpt2', 'gpt_neox', 'bert', 'llama', 'qwen2'\]"):
+    hf_import.load_hf_folder(mistral)
   # A supported family with a field missing: named, not a KeyError.
-  (llama / "config.json").write_text(json.dumps({"model_type": "bert", **GPT2}))
-  with pytest.raises(ValueError, match=rf"{llama}/config.json: HF config has no 'hidden_size': "
+  (mistral / "config.json").write_text(json.dumps({"model_type": "bert", **GPT2}))
+  with pytest.raises(ValueError, match=rf"{mistral}/config.json: HF config has no 'hidden_size': "
                                        "expected it for model_type='bert'"):
-    hf_import.load_hf_folder(llama)
+    hf_import.load_hf_folder(mistral)
   broken = tmp_path / "broken"
   broken.mkdir()
   (broken / "config.json").write_text((Path(folder) / "config.json").read_text())
@@ -307,7 +300,7 @@ def test_missing_files_are_named(tmp_path):
      "scale_attn_by_inverse_layer_idx=True: expected False"),
     ("reorder_and_upcast_attn", True, "reorder_and_upcast_attn=True: expected False"),
     ("activation_function", "relu", "activation_function='relu': expected one of"),
-    ("model_type", "llama", "model_type='llama': expected one of"),
+    ("model_type", "mistral", "model_type='mistral': expected one of"),
 ])
 def test_unrepresentable_gpt2_configs_are_rejected(field, value, match):
   with pytest.raises(ValueError, match=match):

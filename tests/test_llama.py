@@ -12,6 +12,7 @@ import pytest
 import torch
 import transformers
 
+from _helpers import built_once
 from w2s_jax import hf_import, lora, models, sampling, sharding
 from w2s_jax.data import Dataset
 
@@ -48,14 +49,7 @@ def _build(case, folder, *, seed=0, scale=None):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-  cache = {}
-
-  def get(case):
-    if case not in cache:
-      folder = tmp_path_factory.mktemp(case)
-      cache[case] = (_build(case, folder), folder)
-    return cache[case]
-  return get
+  return built_once(tmp_path_factory, _build)
 
 
 def _padded(side, lengths=(10, 6, 3, 1), width=10, seed=0):
