@@ -136,10 +136,12 @@ def test_greedy_generation_with_a_grouped_kv_cache_matches_transformers(tmp_path
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
-     "rope_parameters.rope_type='llama3': expected 'default'"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5, "factor": 8.0}},
+     r"rope_parameters.rope_type='yarn': expected one of \['default', 'llama3'\]"),
     ({"rope_scaling": {"type": "linear", "factor": 2.0}},
-     "rope_scaling.rope_type='linear': expected 'default'"),
+     r"rope_scaling.rope_type='linear': expected one of \['default', 'llama3'\]"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
+     r"rope_parameters \(rope_type 'llama3'\) has no \['low_freq_factor'"),
     ({"num_key_value_heads": 3}, "num_attention_heads=4 is not divisible by num_key_value_heads=3"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu': expected 'silu'"),
     ({"use_sliding_window": True}, "use_sliding_window=True: expected False"),
@@ -151,6 +153,27 @@ def test_unsupported_llama_configs_are_named(built, tmp_path, change, message):
   (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
   with pytest.raises(ValueError, match=rf"{tmp_path}/config.json: HF config {message}"):
     hf_import.folder_config(tmp_path)
+
+
+def test_llama3_rope_scaling_matches_transformers(tmp_path):
+  torch.manual_seed(2)
+  # An original context of 16 puts the head's 4 wavelengths (6, 30, 142, 664
+  # positions at theta 500) in every band: kept, interpolated, slowed.
+  config = transformers.LlamaConfig(
+      vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+      num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64, pad_token_id=PAD,
+      rope_parameters={"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0,
+                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 16})
+  hf_model = transformers.LlamaForCausalLM(config).eval()
+  hf_model.save_pretrained(tmp_path, safe_serialization=True)
+  cfg, params = hf_import.load_hf_folder(tmp_path)
+  assert cfg.rope_scaling == ("llama3", 8.0, 1.0, 4.0, 16.0)
+  tokens, mask = _padded("left")
+  ref = _hf_logits(hf_model, tokens, mask)
+  assert np.abs(_ours(cfg, params, tokens, mask) - ref)[mask > 0].max() < 1e-4
+  unscaled = _ours(dataclasses.replace(cfg, rope_scaling=None), params, tokens, mask)
+  assert np.abs(unscaled - ref)[mask > 0].max() > 1e-3   # the scaling is not vacuous
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -75,15 +75,33 @@ def _one_spelling(places: list[tuple[str, dict]], default):
   return next(iter(found.values()), default)
 
 
+_LLAMA3_FIELDS = ("factor", "low_freq_factor", "high_freq_factor",
+                  "original_max_position_embeddings")
+
+
+def _rope_scaling(hf_config: dict, allowed: tuple[str, ...]):
+  """ModelConfig.rope_scaling from rope_parameters / rope_scaling: None, or
+  ("llama3", factor, low_freq_factor, high_freq_factor, original context)."""
+  found = None
+  for name in ("rope_parameters", "rope_scaling"):
+    params = hf_config.get(name) or {}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+      continue
+    if rope_type not in allowed:
+      raise ValueError(f"HF config {name}.rope_type={rope_type!r}: expected one of "
+                       f"{['default', *allowed]} (other scalings are not implemented)")
+    missing = [f for f in _LLAMA3_FIELDS if f not in params]
+    if missing:
+      raise ValueError(f"HF config {name} (rope_type 'llama3') has no {missing}: expected "
+                       f"{list(_LLAMA3_FIELDS)}")
+    found = ("llama3", *(float(params[f]) for f in _LLAMA3_FIELDS))
+  return found
+
+
 def _rotary(hf_config: dict, *, frac_default: float, base_default: float) -> tuple[float, float]:
   rope = hf_config.get("rope_parameters") or {}
-  scaling = hf_config.get("rope_scaling") or {}
-  for name, params in (("rope_parameters", rope), ("rope_scaling", scaling)):
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
-      raise ValueError(f"HF config {name}.rope_type={rope_type!r}: expected 'default' "
-                       "(w2s_jax implements unscaled rotary embeddings only; Llama-3.1's "
-                       "'llama3' scaling is not built yet)")
+  _rope_scaling(hf_config, allowed=())   # NeoX: unscaled only
   frac = _one_spelling([("partial_rotary_factor", rope), ("partial_rotary_factor", hf_config),
                         ("rotary_pct", hf_config)], frac_default)
   base = _one_spelling([("rope_theta", rope), ("rope_theta", hf_config),
@@ -106,14 +124,16 @@ def _llama_config(hf_config, model_type, *, num_classes, head_input, max_len):
   if head_dim * heads != width:
     raise ValueError(f"HF config head_dim={head_dim}: expected hidden_size / num_attention_heads "
                      f"= {width / heads:g} (w2s_jax's heads split the width)")
-  _, base = _rotary(hf_config, frac_default=1.0, base_default=10000.0)
+  base = _one_spelling([("rope_theta", hf_config.get("rope_parameters") or {}),
+                        ("rope_theta", hf_config)], 10000.0)
+  rope_scaling = _rope_scaling(hf_config, allowed=("llama3",) if model_type == "llama" else ())
   attention_bias = bool(hf_config["attention_bias"])
   return ModelConfig(
       vocab_size=hf_config["vocab_size"], width=width, depth=hf_config["num_hidden_layers"],
       heads=heads, kv_heads=kv_heads if kv_heads != heads else None,
       max_len=hf_config["max_position_embeddings"] if max_len is None else max_len,
       mlp_dim=hf_config["intermediate_size"], num_classes=num_classes, head_input=head_input,
-      positions="rotary", rotary_frac=1.0, rotary_base=base,
+      positions="rotary", rotary_frac=1.0, rotary_base=float(base), rope_scaling=rope_scaling,
       tie_embeddings=bool(hf_config["tie_word_embeddings"]),
       ln_eps=float(hf_config["rms_norm_eps"]), norm="rmsnorm", mlp="swiglu",
       qkv_bias=model_type == "qwen2" or attention_bias,

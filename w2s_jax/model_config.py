@@ -38,7 +38,7 @@ MLPS = ("gelu", "swiglu")
 # keys, only when set away from their default, so older entries stay valid.
 _KEYED_WHEN_SET = {"causal": True, "post_ln": False, "type_vocab_size": 0, "pooling": "last",
                    "kv_heads": None, "norm": "layernorm", "mlp": "gelu", "qkv_bias": True,
-                   "attn_out_bias": True, "mlp_bias": True}
+                   "attn_out_bias": True, "mlp_bias": True, "rope_scaling": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +90,9 @@ class ModelConfig:
   qkv_bias: bool = True
   attn_out_bias: bool = True
   mlp_bias: bool = True
+  # Llama-3.1's long-context rotary frequencies: ("llama3", factor,
+  # low_freq_factor, high_freq_factor, original context length); None: unscaled.
+  rope_scaling: tuple | None = None
 
   def __repr__(self):
     shown = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
@@ -128,6 +131,10 @@ class ModelConfig:
     if not self.causal and self.pooling == "last":
       raise ValueError("ModelConfig.pooling='last' with causal=False: expected 'mean' or 'cls' "
                        "(an encoder pools its tokens)")
+    if self.rope_scaling is not None and (
+        len(self.rope_scaling) != 5 or self.rope_scaling[0] != "llama3"):
+      raise ValueError(f"ModelConfig.rope_scaling={self.rope_scaling!r}: expected None or "
+                       "('llama3', factor, low_freq_factor, high_freq_factor, original length)")
     for name, allowed in (("norm", NORMS), ("mlp", MLPS)):
       if getattr(self, name) not in allowed:
         raise ValueError(

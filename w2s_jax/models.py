@@ -28,11 +28,27 @@ def last_real_index(mask: jax.Array) -> jax.Array:
   return length - 1 - jnp.argmax(mask[..., ::-1] > 0, axis=-1)
 
 
-def rotary(x, positions, *, frac, base):
+def llama3_frequencies(inv_freq, *, factor, low_freq_factor, high_freq_factor, original):
+  """Llama-3.1's rescaled rotary frequencies: long wavelengths slowed by
+  factor, short ones kept, the band between interpolated."""
+  wavelen = 2 * jnp.pi / inv_freq
+  scaled = jnp.where(wavelen > original / low_freq_factor, inv_freq / factor, inv_freq)
+  smooth = (original / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= original / high_freq_factor) & (wavelen <= original / low_freq_factor)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def rotary(x, positions, *, frac, base, scaling=None):
   """GPT-NeoX rotary embedding of the first frac of x's last axis (rotate-half
-  form). x: [batch, heads, seq, head_dim]; positions: [batch, seq]."""
+  form). x: [batch, heads, seq, head_dim]; positions: [batch, seq]; scaling:
+  ModelConfig.rope_scaling."""
   dims = int(x.shape[-1] * frac)
   inv_freq = 1.0 / (base ** (jnp.arange(0, dims, 2, dtype=jnp.float32) / dims))
+  if scaling is not None:
+    _, factor, low, high, original = scaling
+    inv_freq = llama3_frequencies(inv_freq, factor=factor, low_freq_factor=low,
+                                  high_freq_factor=high, original=original)
   angles = positions.astype(jnp.float32)[:, None, :, None] * inv_freq
   angles = jnp.concatenate([angles, angles], axis=-1)
   rot, keep = x[..., :dims].astype(jnp.float32), x[..., dims:]
@@ -111,8 +127,10 @@ class Block(nn.Module):
       q = heads_of(qkv[:, :q_end], cfg.heads)
       k, v = heads_of(qkv[:, q_end:k_end], kv_heads), heads_of(qkv[:, k_end:], kv_heads)
     if cfg.positions == "rotary":
-      q = rotary(q, positions, frac=cfg.rotary_frac, base=cfg.rotary_base)
-      k = rotary(k, positions, frac=cfg.rotary_frac, base=cfg.rotary_base)
+      q = rotary(q, positions, frac=cfg.rotary_frac, base=cfg.rotary_base,
+                 scaling=cfg.rope_scaling)
+      k = rotary(k, positions, frac=cfg.rotary_frac, base=cfg.rotary_base,
+                 scaling=cfg.rope_scaling)
     if cache is not None:
       # Decoding: this call's keys and values go into their cache slots, and
       # the queries attend to every slot (attn_bias masks the empty ones).
