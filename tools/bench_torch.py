@@ -1,7 +1,7 @@
 """Speed of w2s_jax against the PyTorch reference stack, on the same GPT-2-shaped model.
 
   python tools/bench_torch.py [--layers 6 --width 384 --heads 6 --seq 128 --batch 32]
-                              [--rounds 7] [--steps 3] [--json PATH] [--quick]
+                              [--shape gpt2-small] [--rounds 7] [--steps 3] [--json PATH] [--quick]
 
 PyTorch side, as openai/weak-to-strong runs it: transformers'
 GPT2ForSequenceClassification (dropout off, eval mode) and a plain
@@ -22,6 +22,12 @@ measured fp32 matmul peak, and speed-ups of w2s_jax (torch time / w2s_jax
 time, so > 1 means w2s_jax is faster), from the medians and as the median of
 the per-round ratios. Runs unchanged on a GPU (torch uses cuda when present,
 JAX its default backend).
+
+To explain a ratio across machines it also prints the CPU model and its
+vector extensions, both libraries' thread counts and matmul peaks, and the
+train step split into forward (the loss), forward + backward (no update)
+and the whole step, for w2s_jax and torch eager: the backward's GFLOP/s
+(2x the forward's FLOPs over the time fwd+bwd adds) beside the forward's.
 
 torch and transformers are not dependencies of w2s_jax:
   pip install torch==2.13.0 transformers
@@ -49,6 +55,8 @@ from w2s_jax import sharding as shd  # noqa: E402
 QUICK = dict(layers=2, width=64, heads=4, seq=32, batch=8, infer_batch=32, vocab=1000,
              rounds=2, peak_n=1024)
 TRAIN, INFER = ("train", "infer")
+FORWARD, FWD_BWD = ("forward", "fwd+bwd")   # the train step's parts, batch --batch
+SHAPES = {"gpt2-small": dict(layers=12, width=768, heads=12)}
 # w2s_jax_fused: the same model with ModelConfig.attention="fused"
 # (jax.nn.dot_product_attention), compared with the default explicit path.
 SIDES = ("w2s_jax", "w2s_jax_fused", "torch_eager", "torch_compile")
@@ -74,9 +82,11 @@ def parse_args(argv):
                       help="let both sides use TF32 matmuls on GPU (default: strict fp32)")
   parser.add_argument("--json", help="write the numbers here")
   parser.add_argument("--quick", action="store_true", help=f"tiny smoke configuration: {QUICK}")
+  parser.add_argument("--shape", choices=sorted(SHAPES),
+                      help=f"a second model shape: {SHAPES} (explicit flags still win)")
   args = parser.parse_args(argv)
-  if args.quick:  # explicit flags still win over the quick defaults
-    parser.set_defaults(**QUICK)
+  if args.quick or args.shape:  # explicit flags still win over these defaults
+    parser.set_defaults(**(QUICK if args.quick else {}), **SHAPES.get(args.shape, {}))
     args = parser.parse_args(argv)
   return args
 
@@ -139,6 +149,19 @@ def jax_contenders(args, train_data, infer_data, attention="explicit", side="w2s
       box["state"], metrics = step(box["state"], batch)
     jax.block_until_ready((box["state"], metrics))
 
+  loss_fn = objectives.classifier_objective(cfg, objectives.LossConfig("xent"))
+  loss_only = jax.jit(lambda p, b: loss_fn(p, b, 0.0, jax.random.key(0))[0])
+  loss_and_grad = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(p, b, 0.0,
+                                                                 jax.random.key(0))[0]))
+  split_params = jax.tree.map(jnp.copy, params)
+
+  def split_run(fn):
+    def run(n):
+      for _ in range(n):
+        out = fn(split_params, batch)
+      jax.block_until_ready(out)
+    return run
+
   forward = inference._compiled(cfg, "class_logits", mesh, False)
   ib = shd.put_batch({k: infer_data[k] for k in ("tokens", "mask")}, mesh)
 
@@ -146,7 +169,10 @@ def jax_contenders(args, train_data, infer_data, attention="explicit", side="w2s
     for _ in range(n):
       probs = forward(infer_params, ib["tokens"], ib["mask"])
     probs.block_until_ready()
-  return {(TRAIN, side): train_run, (INFER, side): infer_run}
+  out = {(TRAIN, side): train_run, (INFER, side): infer_run}
+  if attention == "explicit":
+    out.update({(FORWARD, side): split_run(loss_only), (FWD_BWD, side): split_run(loss_and_grad)})
+  return out
 
 
 def torch_contenders(args, torch, transformers, device, train_data, infer_data) -> dict:
@@ -173,6 +199,16 @@ def torch_contenders(args, torch, transformers, device, train_data, infer_data) 
       return loss
     return step
 
+  split_model = new_model()
+
+  def forward_loss(tokens, mask, labels):
+    logits = split_model(input_ids=tokens, attention_mask=mask).logits
+    return torch.nn.functional.cross_entropy(logits, labels)
+
+  def forward_backward(tokens, mask, labels):
+    forward_loss(tokens, mask, labels).backward()
+    split_model.zero_grad()
+
   infer_model = new_model()
 
   def infer(tokens, mask):
@@ -187,7 +223,9 @@ def torch_contenders(args, torch, transformers, device, train_data, infer_data) 
     return run
   tb_args = {"tokens": tb["tokens"], "mask": tb["mask"], "labels": tb["labels"]}
   ib_args = {"tokens": ib["tokens"], "mask": ib["mask"]}
-  return {(TRAIN, "torch_eager"): runner(train_step_fn(), tb_args),
+  return {(FORWARD, "torch_eager"): runner(forward_loss, tb_args),
+          (FWD_BWD, "torch_eager"): runner(forward_backward, tb_args),
+          (TRAIN, "torch_eager"): runner(train_step_fn(), tb_args),
           (TRAIN, "torch_compile"): runner(torch.compile(train_step_fn()), tb_args),
           (INFER, "torch_eager"): runner(infer, ib_args),
           (INFER, "torch_compile"): runner(torch.compile(infer), ib_args)}
@@ -243,7 +281,8 @@ def measure_peak(torch, device, n: int, reps: int) -> dict:
 
 def summarize(args, times, first, errors, peak) -> dict:
   peak_best = max(peak.values())
-  flops = {TRAIN: 3 * forward_flops(args, args.batch), INFER: forward_flops(args, args.infer_batch)}
+  flops = {TRAIN: 3 * forward_flops(args, args.batch), INFER: forward_flops(args, args.infer_batch),
+           FORWARD: forward_flops(args, args.batch), FWD_BWD: 3 * forward_flops(args, args.batch)}
   out = {"contenders": {}, "speedups": {}}
   for (kind, side), t in times.items():
     med = float(np.median(t))
@@ -260,6 +299,17 @@ def summarize(args, times, first, errors, peak) -> dict:
         out["speedups"][f"{kind}/vs_{side}"] = {
             "of_medians": float(np.median(tt) / np.median(jx)),
             "median_of_round_ratios": float(np.median(np.array(tt) / np.array(jx)))}
+  out["split"] = {}
+  for side in ("w2s_jax", "torch_eager"):
+    parts = [times.get((k, side)) for k in (FORWARD, FWD_BWD, TRAIN)]
+    if all(parts):
+      fwd, fb, step = (float(np.median(t)) for t in parts)
+      forward_rate = flops[FORWARD] / fwd / 1e9
+      backward_rate = 2 * flops[FORWARD] / max(fb - fwd, 1e-9) / 1e9
+      out["split"][side] = {"forward_ms": 1e3 * fwd, "backward_ms": 1e3 * (fb - fwd),
+                            "update_ms": 1e3 * (step - fb), "forward_gflops": forward_rate,
+                            "backward_gflops": backward_rate,
+                            "backward_over_forward": backward_rate / forward_rate}
   out.update(flops_per_step=flops, flop_formula=FLOP_FORMULA, peak_gflops=peak,
              peak_gflops_used=peak_best)
   return out
@@ -280,15 +330,39 @@ def print_report(args, summary):
       continue
     print(f"{name:22s} {c['median_ms_per_step']:14.1f} {c['gflops']:9.1f} "
           f"{c['fraction_of_peak']:8.1%} {c['first_step_s']:13.2f}")
+  print("\ntrain step split (medians; backward = fwd+bwd - forward, update = step - fwd+bwd)")
+  for side, p in summary["split"].items():
+    print(f"  {side:12s} forward {p['forward_ms']:7.1f} ms {p['forward_gflops']:6.1f} GFLOP/s, "
+          f"backward {p['backward_ms']:7.1f} ms {p['backward_gflops']:6.1f} GFLOP/s "
+          f"({p['backward_over_forward']:.0%} of the forward's rate), update "
+          f"{p['update_ms']:6.1f} ms")
   print("\nspeed-up of w2s_jax = torch time / w2s_jax time (> 1: w2s_jax faster)")
   for name, s in summary["speedups"].items():
     print(f"  {name:26s} {s['of_medians']:.2f}x from medians, "
           f"{s['median_of_round_ratios']:.2f}x median of per-round ratios")
 
 
+_VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
+                 "amx_bf16", "asimd", "sve")
+
+
+def cpu_description() -> dict:
+  """The CPU's model name and the vector extensions matmul speed depends on."""
+  try:
+    text = Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return {"model": "unknown (no /proc/cpuinfo)", "vector_extensions": []}
+  fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+  fields = {k.strip(): v.strip() for k, v in fields.items()}
+  flags = set((fields.get("flags") or fields.get("Features") or "").split())
+  return {"model": fields.get("model name", fields.get("CPU part", "unknown")),
+          "vector_extensions": [f for f in _VECTOR_FLAGS if f in flags]}
+
+
 def environment(torch, transformers, device, args) -> dict:
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   return {
+      "cpu": cpu_description(),
       "versions": {"jax": jax.__version__, "torch": torch.__version__,
                    "transformers": transformers.__version__},
       "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
@@ -308,13 +382,15 @@ def print_header(args, env, load_before, device):
     print(f"WARNING: the machine is busy (1-min load {load_before[0]:.2f} on "
           f"{env['cores_available']} cores): timings are unreliable, torch's OpenMP "
           f"thread pool especially (every parallel op waits for its slowest thread)")
+  print(f"CPU: {env['cpu']['model']}; vector extensions: "
+        f"{' '.join(env['cpu']['vector_extensions']) or 'none of ' + ' '.join(_VECTOR_FLAGS)}")
   print(f"jax {env['versions']['jax']} on {env['jax_backend']}: {', '.join(env['jax_devices'])} "
         f"(1-device mesh; XLA:CPU threads = the {env['cores_available']} cores available)")
   print(f"torch {env['versions']['torch']}, transformers {env['versions']['transformers']} "
         f"on {env['torch_device']}: {env['torch_threads']} intra-op / "
         f"{env['torch_interop_threads']} inter-op threads; env {env['env'] or '{}'}; "
         f"torch.compile cache {env['torch_compile_cache']}")
-  print(f"model: GPT-2 shape, {args.layers} layers, width {args.width}, {args.heads} heads, "
+  print(f"model: GPT-2 shape{' (' + args.shape + ')' if args.shape else ''}, {args.layers} layers, width {args.width}, {args.heads} heads, "
         f"seq {args.seq}, vocab {args.vocab}; train batch {args.batch}, inference batch "
         f"{args.infer_batch}; fp32 ({env['fp32_matmuls']}); lr {args.lr}, weight decay 0.01")
   print("w2s_jax train step includes its clip-by-global-norm (1.0), warmup-cosine schedule and "
@@ -336,7 +412,8 @@ def main(argv=None):
   contenders = {**jax_contenders(args, train_data, infer_data),
                 **jax_contenders(args, train_data, infer_data, "fused", "w2s_jax_fused"),
                 **torch_contenders(args, torch, transformers, device, train_data, infer_data)}
-  contenders = dict(sorted(contenders.items(), key=lambda kv: (kv[0][0] != TRAIN,
+  kinds = (FORWARD, FWD_BWD, TRAIN, INFER)
+  contenders = dict(sorted(contenders.items(), key=lambda kv: (kinds.index(kv[0][0]),
                                                                 SIDES.index(kv[0][1]))))
   print(f"warming up {len(contenders)} contenders ...", flush=True)
   first, errors = warm_up(contenders, args.steps)
