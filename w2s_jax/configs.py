@@ -5,9 +5,19 @@ comma-separated list of flags and key=value pairs (as big_vision's
 `parse_arg`), e.g. "configs/default.py:small,seeds=3".
 """
 
+import dataclasses
 import importlib.util
 import types
 from pathlib import Path
+
+
+def repr_keyed_when_set(config, names) -> str:
+  """repr of a config dataclass without the fields in `names` while they hold
+  their defaults. Pretrained caches are keyed by config reprs, so a field
+  added later stays out of the keys, and old entries stay valid, until set."""
+  shown = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+           if f.repr and not (f.name in names and getattr(config, f.name) == f.default)]
+  return f"{type(config).__name__}({', '.join(shown)})"
 
 
 def parse_arg(arg: str | None, **defaults) -> types.SimpleNamespace:

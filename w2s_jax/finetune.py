@@ -144,7 +144,5 @@ def finetune(params, model_cfg, per_seed: list[Dataset], *, loss_cfg: LossConfig
 def _lora_trainable(base, model_cfg, optim_cfg, seeds):
   """Per seed (stacked), fresh adapters from the seed's own key and the base's head."""
   keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 0x10A) for s in seeds])
-  adapters = jax.vmap(lambda k: lora.init_adapters(model_cfg, rank=optim_cfg.lora_rank,
-                                                   targets=optim_cfg.lora_targets, rng=k))(keys)
-  head = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(seeds), *x.shape)), base[train.HEAD])
-  return {"lora": adapters, train.HEAD: head}
+  return jax.vmap(lambda k: lora.trainable_params(base, model_cfg, rank=optim_cfg.lora_rank,
+                                                  targets=optim_cfg.lora_targets, rng=k))(keys)

@@ -8,6 +8,8 @@ come from one table, decoded by name (`decode_size`).
 import dataclasses
 import re
 
+from w2s_jax.configs import repr_keyed_when_set
+
 # width, depth, heads. Chosen so that, with a small vocabulary, the table spans
 # about 1e4 to 1e9 parameters: the large rows exist for scaling studies on
 # accelerators and are not trained on a laptop.
@@ -36,9 +38,8 @@ NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 # Fields added after pretrained caches existed: shown in repr, hence in cache
 # keys, only when set away from their default, so older entries stay valid.
-_KEYED_WHEN_SET = {"causal": True, "post_ln": False, "type_vocab_size": 0, "pooling": "last",
-                   "kv_heads": None, "norm": "layernorm", "mlp": "gelu", "qkv_bias": True,
-                   "attn_out_bias": True, "mlp_bias": True, "rope_scaling": None}
+_KEYED_WHEN_SET = ("causal", "post_ln", "type_vocab_size", "pooling", "kv_heads", "norm", "mlp",
+                   "qkv_bias", "attn_out_bias", "mlp_bias", "rope_scaling")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +96,7 @@ class ModelConfig:
   rope_scaling: tuple | None = None
 
   def __repr__(self):
-    shown = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
-             if f.repr and _KEYED_WHEN_SET.get(f.name, object()) != getattr(self, f.name)]
-    return f"ModelConfig({', '.join(shown)})"
+    return repr_keyed_when_set(self, _KEYED_WHEN_SET)
 
   def __post_init__(self):
     for name in ("vocab_size", "width", "depth", "heads", "max_len", "mlp_ratio"):

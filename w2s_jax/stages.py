@@ -20,14 +20,12 @@ from w2s_jax import pretrain, tasks, tokenize, train, weak_curation
 from w2s_jax import sharding as shd
 from w2s_jax.checkpoints import PretrainedCache
 from w2s_jax.data import Dataset, one_hot
+from w2s_jax.finetune import (  # noqa: F401 -- re-exported: callers know stages.finetune
+    _finetune_step, _seed_stream, finetune, seed_stacked_abstract)
 from w2s_jax.objectives import LossConfig
 from w2s_jax.results import remove_stale_temp_files
 from w2s_jax.selection import FilterConfig
 from w2s_jax.train import OptimConfig
-
-# The seed-vmapped fine-tune (re-exported: stages.finetune is what callers know).
-from w2s_jax.finetune import (  # noqa: F401,E402
-    _finetune_step, _seed_stream, finetune, seed_stacked_abstract)
 
 
 def check_mesh(cfg):
@@ -56,7 +54,7 @@ class Context:
     if shd.is_main_process():
       remove_stale_temp_files(cache_dir)  # a cache record whose writer was killed
     self.seeds = tuple(cfg.seeds)
-    self._pretrained, self._corpus_of, self._encoded, self._encoder = {}, {}, {}, {}
+    self._pretrained, self._corpus_of, self._encoded, self._view = {}, {}, {}, {}
     if self.generative:
       self.sampling = self.sampling_config()
 
@@ -98,30 +96,35 @@ class Context:
     """The task's splits as `size` reads them: through its own tokenizer
     (encoded once per tokenizer), else the task's. The same examples in the
     same order either way, so labels and selections pass by index."""
+    if size not in self._view:
+      self._view[size] = self._encode_for(size)
+    return self._view[size][0]
+
+  def _encode_for(self, size) -> tuple[dict, dict | None]:
+    """(splits, {tokenizer, per-split counts} or None when the task's own)."""
     own = self.tokenizer_file(size)
-    if size not in self._encoder:   # model_config reads an imported folder's config.json
-      self._encoder[size] = not self.cfg.model_config(size, self.task).causal
-    encoder = self._encoder[size]
+    encoder = not self.cfg.model_config(size, self.task).causal
     if own is None:
       if encoder:
         raise ValueError(f"model {size!r} is an encoder without a tokenizer.json in "
                          f"{dict(self.cfg.pretrained_dirs).get(size)}: expected its own tokenizer "
                          "(an encoder reads [CLS] text [SEP] in its own vocabulary)")
-      return self.splits
+      return self.splits, None
     key = (_file_digest(own), encoder)
     task_file = self.task.tokenizer
     if (not encoder and task_file and Path(task_file).is_file()
         and _file_digest(task_file) == key[0]):
-      return self.splits   # the task's tokenizer is this model's own
-    if key not in self._encoded:
+      return self.splits, None   # the task's tokenizer is this model's own
+    if key not in self._encoded:   # models sharing a tokenizer share its encoding
       if self.task.encode_with is None:
         raise ValueError(
             f"model {size!r} brings its own tokenizer {own}, but the {self.task.name} task "
             f"({self.task.kind}) encodes every model with one tokenizer "
             f"({self.task.tokenizer or 'its own vocabulary'}): expected models that share it "
             "(per-model tokenizers are supported for text classification tasks)")
-      self._encoded[key] = (own, *self.task.encode_with(own, encoder=encoder))
-    return self._encoded[key][1]
+      self._encoded[key] = self.task.encode_with(own, encoder=encoder)
+    splits, report = self._encoded[key]
+    return splits, {"tokenizer": own, **report}
 
   def data(self, size, split) -> Dataset:
     return self.splits_of(size)[split]
@@ -129,12 +132,9 @@ class Context:
   def encodings(self, sizes) -> dict:
     """{size: {tokenizer, per-split counts}} for the models that read the task
     through their own tokenizer."""
-    out = {}
     for size in sizes:
-      if self.splits_of(size) is not self.splits:
-        own, _, report = next(v for v in self._encoded.values() if v[0] == self.tokenizer_file(size))
-        out[size] = {"tokenizer": own, **report}
-    return out
+      self.splits_of(size)
+    return {size: self._view[size][1] for size in sizes if self._view[size][1] is not None}
 
   def eval_key(self, split, metric) -> str:
     """A split scored by the task's headline metric is keyed by the split alone,
@@ -288,7 +288,7 @@ def weak_stage(ctx: Context, size: str) -> dict:
   if model_cfg.causal:
     likelihood = scores.sequence_log_likelihood(pretrained, model_cfg, ctx.data(size, "train_w2s"),
                                                 batch_size=ctx.cfg.eval_batch_size, mesh=ctx.mesh)
-  else:   # an encoder has no LM head: a likelihood filter then says so (selection.py)
+  else:   # an encoder has no LM head: a likelihood filter then says so (weak_curation.py)
     likelihood = np.full(len(labels[0]), np.nan, np.float32)
   return {"labels": labels, "label_accuracy": label_acc, "likelihood": likelihood,
           **ctx.evaluate(size, params)}

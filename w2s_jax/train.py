@@ -19,6 +19,7 @@ import optax
 from tqdm.auto import tqdm
 
 from w2s_jax import interrupts
+from w2s_jax.configs import repr_keyed_when_set
 from w2s_jax import sharding as shd
 
 HEAD = "cls_head"
@@ -43,9 +44,7 @@ class OptimConfig:
   lora_targets: tuple[str, ...] = ("q", "v")
 
   def __repr__(self):   # the LoRA fields only when set: pretrained-cache keys stay as they were
-    shown = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
-             if not (f.name.startswith("lora_") and getattr(self, f.name) == f.default)]
-    return f"OptimConfig({', '.join(shown)})"
+    return repr_keyed_when_set(self, ("lora_rank", "lora_alpha", "lora_targets"))
 
   def __post_init__(self):
     for name in ("steps", "batch_size", "grad_accum_steps"):
