@@ -1,7 +1,8 @@
 """Speed of w2s_jax against the PyTorch reference stack, on the same GPT-2-shaped model.
 
   python tools/bench_torch.py [--layers 6 --width 384 --heads 6 --seq 128 --batch 32]
-                              [--shape gpt2-small] [--rounds 7] [--steps 3] [--json PATH] [--quick]
+                              [--shape gpt2-small] [--bf16] [--rounds 7] [--steps 3] [--json PATH]
+                              [--quick]
 
 PyTorch side, as openai/weak-to-strong runs it: transformers'
 GPT2ForSequenceClassification (dropout off, eval mode) and a plain
@@ -11,8 +12,9 @@ donated train step (AdamW from make_optimizer, including its clip-by-global-norm
 and NaN guard) and its jitted weak-inference forward (class probabilities), on
 a 1-device mesh. (torch.compile of the whole step compiles the forward with
 its loss, and the AdamW step; loss.backward() is a graph break that runs the
-AOT-compiled backward.) fp32 throughout; inputs are random tokens already on the
-device, identical shapes on both sides.
+AOT-compiled backward.) fp32 throughout (--bf16: bfloat16 compute with float32
+weights on both sides); inputs are random tokens already on the device,
+identical shapes on both sides.
 
 Every contender is warmed up first (its first step, which includes any
 compile, is reported separately); then, in each of --rounds rounds, each
@@ -27,7 +29,12 @@ To explain a ratio across machines it also prints the CPU model and its
 vector extensions, both libraries' thread counts and matmul peaks, and the
 train step split into forward (the loss), forward + backward (no update)
 and the whole step, for w2s_jax and torch eager: the backward's GFLOP/s
-(2x the forward's FLOPs over the time fwd+bwd adds) beside the forward's.
+(2x the forward's FLOPs over the time fwd+bwd adds) beside the forward's,
+and each contender's minor page faults per step.
+
+Both libraries run in one process after w2s_jax.host_memory.keep_freed_memory()
+(what w2s_jax's entry points do: freed host memory is reused, not unmapped);
+W2S_JAX_KEEP_HOST_MEMORY=0 measures without it.
 
 torch and transformers are not dependencies of w2s_jax:
   pip install torch==2.13.0 transformers
@@ -36,6 +43,7 @@ torch and transformers are not dependencies of w2s_jax:
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -49,8 +57,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from w2s_jax import inference, models, objectives, results, train  # noqa: E402
+from w2s_jax import host_memory, inference, models, objectives, results, train  # noqa: E402
 from w2s_jax import sharding as shd  # noqa: E402
+from bench_machine import environment, measure_peak, print_header  # noqa: E402
 
 QUICK = dict(layers=2, width=64, heads=4, seq=32, batch=8, infer_batch=32, vocab=1000,
              rounds=2, peak_n=1024)
@@ -80,6 +89,9 @@ def parse_args(argv):
   parser.add_argument("--peak-reps", type=int, default=3)
   parser.add_argument("--tf32", action="store_true",
                       help="let both sides use TF32 matmuls on GPU (default: strict fp32)")
+  parser.add_argument("--bf16", action="store_true",
+                      help="bfloat16 compute, float32 weights and optimizer on both sides "
+                           "(w2s_jax ModelConfig.dtype, torch.autocast); default fp32")
   parser.add_argument("--json", help="write the numbers here")
   parser.add_argument("--quick", action="store_true", help=f"tiny smoke configuration: {QUICK}")
   parser.add_argument("--shape", choices=sorted(SHAPES),
@@ -129,7 +141,8 @@ def jax_contenders(args, train_data, infer_data, attention="explicit", side="w2s
   mesh = shd.make_mesh(1)
   cfg = models.ModelConfig(vocab_size=args.vocab, width=args.width, depth=args.layers,
                            heads=args.heads, max_len=args.seq, head_input="hidden",
-                           ln_eps=1e-5, gelu_approximate=True, attention=attention)
+                           ln_eps=1e-5, gelu_approximate=True, attention=attention,
+                           dtype="bfloat16" if args.bf16 else "float32")
   optim_cfg = train.OptimConfig(steps=10 ** 6, batch_size=args.batch, lr=args.lr,
                                 weight_decay=0.01)
   optimizer = train.make_optimizer(optim_cfg)
@@ -185,14 +198,17 @@ def torch_contenders(args, torch, transformers, device, train_data, infer_data) 
   put = lambda data: {k: torch.as_tensor(v, dtype=torch.long, device=device)
                       for k, v in data.items()}
   tb, ib = put(train_data), put(infer_data)
+  # --bf16: bfloat16 compute under autocast, float32 weights and AdamW state.
+  compute = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
   def train_step_fn():
     model = new_model()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
 
     def step(tokens, mask, labels):
-      logits = model(input_ids=tokens, attention_mask=mask).logits
-      loss = torch.nn.functional.cross_entropy(logits, labels)
+      with compute():
+        logits = model(input_ids=tokens, attention_mask=mask).logits
+      loss = torch.nn.functional.cross_entropy(logits.float(), labels)
       loss.backward()
       opt.step()
       opt.zero_grad()
@@ -202,8 +218,9 @@ def torch_contenders(args, torch, transformers, device, train_data, infer_data) 
   split_model = new_model()
 
   def forward_loss(tokens, mask, labels):
-    logits = split_model(input_ids=tokens, attention_mask=mask).logits
-    return torch.nn.functional.cross_entropy(logits, labels)
+    with compute():
+      logits = split_model(input_ids=tokens, attention_mask=mask).logits
+    return torch.nn.functional.cross_entropy(logits.float(), labels)
 
   def forward_backward(tokens, mask, labels):
     forward_loss(tokens, mask, labels).backward()
@@ -212,8 +229,8 @@ def torch_contenders(args, torch, transformers, device, train_data, infer_data) 
   infer_model = new_model()
 
   def infer(tokens, mask):
-    with torch.no_grad():
-      return torch.softmax(infer_model(input_ids=tokens, attention_mask=mask).logits, -1)
+    with torch.no_grad(), compute():
+      return torch.softmax(infer_model(input_ids=tokens, attention_mask=mask).logits.float(), -1)
 
   def runner(fn, data):
     def run(n):
@@ -247,39 +264,23 @@ def warm_up(contenders: dict, steps: int) -> tuple[dict, dict]:
   return first, errors
 
 
-def interleaved(contenders: dict, rounds: int, steps: int) -> dict:
-  """Seconds per step, one entry per round; the order rotates each round."""
+def interleaved(contenders: dict, rounds: int, steps: int) -> tuple[dict, dict]:
+  """Seconds per step, one entry per round (the order rotates each round), and
+  the process's minor page faults per step (memory the kernel mapped in afresh)."""
   keys = list(contenders)
-  times = {k: [] for k in keys}
+  times, faults = {k: [] for k in keys}, {k: [] for k in keys}
   for r in range(rounds):
     for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+      faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       start = time.perf_counter()
       contenders[key](steps)
       times[key].append((time.perf_counter() - start) / steps)
-  return times
+      faults[key].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
+                         / steps)
+  return times, faults
 
 
-def measure_peak(torch, device, n: int, reps: int) -> dict:
-  """fp32 n x n matmul GFLOP/s, jnp.dot and torch.mm interleaved; median of reps."""
-  rng = np.random.default_rng(0)
-  a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
-  ja, jb = jnp.asarray(a), jnp.asarray(b)
-  ta, tb = torch.as_tensor(a, device=device), torch.as_tensor(b, device=device)
-  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-  fns = {"jnp.dot": lambda: jnp.dot(ja, jb).block_until_ready(),
-         "torch.mm": lambda: (torch.mm(ta, tb), sync())}
-  for fn in fns.values():
-    fn()
-  times = {k: [] for k in fns}
-  for _ in range(reps):
-    for k, fn in fns.items():
-      start = time.perf_counter()
-      fn()
-      times[k].append(time.perf_counter() - start)
-  return {k: 2 * n ** 3 / float(np.median(v)) / 1e9 for k, v in times.items()}
-
-
-def summarize(args, times, first, errors, peak) -> dict:
+def summarize(args, times, faults, first, errors, peak) -> dict:
   peak_best = max(peak.values())
   flops = {TRAIN: 3 * forward_flops(args, args.batch), INFER: forward_flops(args, args.infer_batch),
            FORWARD: forward_flops(args, args.batch), FWD_BWD: 3 * forward_flops(args, args.batch)}
@@ -289,6 +290,7 @@ def summarize(args, times, first, errors, peak) -> dict:
     out["contenders"][f"{kind}/{side}"] = {
         "median_ms_per_step": 1e3 * med, "ms_per_step_rounds": [1e3 * x for x in t],
         "first_step_s": first[(kind, side)], "gflops": flops[kind] / med / 1e9,
+        "page_faults_per_step": float(np.median(faults[(kind, side)])),
         "fraction_of_peak": flops[kind] / med / 1e9 / peak_best}
   for (kind, side), err in errors.items():
     out["contenders"][f"{kind}/{side}"] = {"error": err}
@@ -323,13 +325,14 @@ def print_report(args, summary):
   print(f"fp32 matmul peak at n={args.peak_n}: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items())
         + f" GFLOP/s; this machine's measured peak: {summary['peak_gflops_used']:.1f} GFLOP/s")
   print(f"\n{'contender':22s} {'median ms/step':>14s} {'GFLOP/s':>9s} {'of peak':>8s} "
-        f"{'first step s':>13s}")
+        f"{'first step s':>13s} {'page faults/step':>17s}")
   for name, c in summary["contenders"].items():
     if "error" in c:
       print(f"{name:22s} unavailable: {c['error']}")
       continue
     print(f"{name:22s} {c['median_ms_per_step']:14.1f} {c['gflops']:9.1f} "
-          f"{c['fraction_of_peak']:8.1%} {c['first_step_s']:13.2f}")
+          f"{c['fraction_of_peak']:8.1%} {c['first_step_s']:13.2f} "
+          f"{c['page_faults_per_step']:17.0f}")
   print("\ntrain step split (medians; backward = fwd+bwd - forward, update = step - fwd+bwd)")
   for side, p in summary["split"].items():
     print(f"  {side:12s} forward {p['forward_ms']:7.1f} ms {p['forward_gflops']:6.1f} GFLOP/s, "
@@ -342,63 +345,9 @@ def print_report(args, summary):
           f"{s['median_of_round_ratios']:.2f}x median of per-round ratios")
 
 
-_VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
-                 "amx_bf16", "asimd", "sve")
-
-
-def cpu_description() -> dict:
-  """The CPU's model name and the vector extensions matmul speed depends on."""
-  try:
-    text = Path("/proc/cpuinfo").read_text()
-  except OSError:
-    return {"model": "unknown (no /proc/cpuinfo)", "vector_extensions": []}
-  fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-  fields = {k.strip(): v.strip() for k, v in fields.items()}
-  flags = set((fields.get("flags") or fields.get("Features") or "").split())
-  return {"model": fields.get("model name", fields.get("CPU part", "unknown")),
-          "vector_extensions": [f for f in _VECTOR_FLAGS if f in flags]}
-
-
-def environment(torch, transformers, device, args) -> dict:
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return {
-      "cpu": cpu_description(),
-      "versions": {"jax": jax.__version__, "torch": torch.__version__,
-                   "transformers": transformers.__version__},
-      "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
-      "torch_device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),
-      "torch_threads": torch.get_num_threads(),
-      "torch_interop_threads": torch.get_num_interop_threads(),
-      "cores_available": cores,
-      "torch_compile_cache": os.environ["TORCHINDUCTOR_CACHE_DIR"],
-      "env": {k: os.environ[k] for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-              if k in os.environ},
-      "fp32_matmuls": "tf32 allowed" if args.tf32 else "strict fp32 (highest precision)"}
-
-
-def print_header(args, env, load_before, device):
-  print(f"load average before: {' '.join(f'{x:.2f}' for x in load_before)}")
-  if device.type == "cpu" and load_before[0] > 0.25 * env["cores_available"]:
-    print(f"WARNING: the machine is busy (1-min load {load_before[0]:.2f} on "
-          f"{env['cores_available']} cores): timings are unreliable, torch's OpenMP "
-          f"thread pool especially (every parallel op waits for its slowest thread)")
-  print(f"CPU: {env['cpu']['model']}; vector extensions: "
-        f"{' '.join(env['cpu']['vector_extensions']) or 'none of ' + ' '.join(_VECTOR_FLAGS)}")
-  print(f"jax {env['versions']['jax']} on {env['jax_backend']}: {', '.join(env['jax_devices'])} "
-        f"(1-device mesh; XLA:CPU threads = the {env['cores_available']} cores available)")
-  print(f"torch {env['versions']['torch']}, transformers {env['versions']['transformers']} "
-        f"on {env['torch_device']}: {env['torch_threads']} intra-op / "
-        f"{env['torch_interop_threads']} inter-op threads; env {env['env'] or '{}'}; "
-        f"torch.compile cache {env['torch_compile_cache']}")
-  print(f"model: GPT-2 shape{' (' + args.shape + ')' if args.shape else ''}, {args.layers} layers, width {args.width}, {args.heads} heads, "
-        f"seq {args.seq}, vocab {args.vocab}; train batch {args.batch}, inference batch "
-        f"{args.infer_batch}; fp32 ({env['fp32_matmuls']}); lr {args.lr}, weight decay 0.01")
-  print("w2s_jax train step includes its clip-by-global-norm (1.0), warmup-cosine schedule and "
-        "NaN guard; torch: plain AdamW, constant lr, no clipping")
-
-
 def main(argv=None):
   args = parse_args(argv)
+  host = host_memory.keep_freed_memory()  # before JAX's backend (and torch's threads) start
   load_before = os.getloadavg()
   wall = time.perf_counter()
   tmp = tempfile.TemporaryDirectory(prefix="bench_torch_")
@@ -406,7 +355,7 @@ def main(argv=None):
   set_precision(torch, args.tf32)
   torch.manual_seed(0)
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  env = environment(torch, transformers, device, args)
+  env = {**environment(torch, transformers, device, args), "host_memory": host}
   print_header(args, env, load_before, device)
   train_data, infer_data = make_inputs(args, args.batch, 0), make_inputs(args, args.infer_batch, 1)
   contenders = {**jax_contenders(args, train_data, infer_data),
@@ -419,8 +368,8 @@ def main(argv=None):
   first, errors = warm_up(contenders, args.steps)
   peak = measure_peak(torch, device, args.peak_n, args.peak_reps)
   print(f"{args.rounds} interleaved rounds of {args.steps} steps each ...", flush=True)
-  times = interleaved(contenders, args.rounds, args.steps)
-  summary = summarize(args, times, first, errors, peak)
+  times, faults = interleaved(contenders, args.rounds, args.steps)
+  summary = summarize(args, times, faults, first, errors, peak)
   print_report(args, summary)
   load_after = os.getloadavg()
   print(f"\nload average after: {' '.join(f'{x:.2f}' for x in load_after)}; "

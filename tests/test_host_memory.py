@@ -1,0 +1,72 @@
+"""host_memory.keep_freed_memory: XLA:CPU's per-step scratch stops being
+page-faulted in afresh (counted with getrusage, in fresh processes, since the
+settings are per process and must precede JAX's backend)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import json, resource, sys, warnings
+    sys.path.insert(0, {root!r})
+    from w2s_jax import host_memory
+    import jax, jax.numpy as jnp
+    status = None
+    if sys.argv[1] == "keep":
+      status = host_memory.keep_freed_memory()
+    if sys.argv[1] == "late":
+      jnp.ones(1).block_until_ready()
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status = host_memory.keep_freed_memory()
+      status += " | " + str(caught[0].message) if caught else ""
+
+    @jax.jit
+    def step(x):   # 64 MiB of XLA temporaries
+      loss = lambda x: jnp.sum(jnp.tanh(jnp.tanh(jnp.tanh(x @ x) @ x) @ x))
+      return jax.grad(loss)(x)
+    x = jnp.full((2048, 2048), 0.01, jnp.float32)
+    first = step(x).block_until_ready()
+    out = step(x).block_until_ready()
+    faults = []
+    for _ in range(8):   # the median step: the heap may still grow now and then
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+      out = step(x).block_until_ready()
+      faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(json.dumps({{"status": status, "faults_per_step": sorted(faults)[4],
+                      "same": bool((out == first).all())}}))
+""").format(root=str(ROOT))
+
+
+def run(mode, **env):
+  out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, **env}, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_kept_memory_is_not_faulted_in_again_each_step():
+  default, kept = run("default"), run("keep")
+  assert kept["status"] == "kept"
+  # Without it each step maps its 64 MiB of temporaries afresh (16K 4-KiB
+  # pages, and more); with it, the pages of earlier steps are reused.
+  assert default["faults_per_step"] > 10_000, default
+  assert kept["faults_per_step"] < 0.05 * default["faults_per_step"], (default, kept)
+  assert default["same"] and kept["same"]
+
+
+def test_opt_out_and_too_late_change_nothing():
+  assert run("keep", W2S_JAX_KEEP_HOST_MEMORY="0")["status"] == (
+      "disabled by W2S_JAX_KEEP_HOST_MEMORY=0")
+  late = run("late")
+  if sys.platform.startswith("linux"):
+    assert late["status"].startswith("too late | ") and "before the first JAX computation" in (
+        late["status"])
+    assert late["faults_per_step"] > 10_000
