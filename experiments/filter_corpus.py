@@ -15,6 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from w2s_jax import host_memory  # noqa: E402
+
+if __name__ == "__main__":
+  host_memory.keep_freed_memory()  # before JAX starts: see host_memory
+
 from w2s_jax import configs, curation, interrupts  # noqa: E402
 
 

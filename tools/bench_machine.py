@@ -85,6 +85,7 @@ def print_header(args, env, load_before, device):
         f"seq {args.seq}, vocab {args.vocab}; train batch {args.batch}, inference batch "
         f"{args.infer_batch}; {'bf16 compute, fp32 weights' if args.bf16 else 'fp32'} "
         f"({env['fp32_matmuls']}); lr {args.lr}, weight decay 0.01")
-  print(f"host memory (w2s_jax.host_memory, both libraries): {env['host_memory']}")
+  print(f"freed host memory kept for reuse (w2s_jax/host_memory.py, both libraries): "
+        f"{env['host_memory']}")
   print("w2s_jax train step includes its clip-by-global-norm (1.0), warmup-cosine schedule and "
         "NaN guard; torch: plain AdamW, constant lr, no clipping")

@@ -32,9 +32,10 @@ and the whole step, for w2s_jax and torch eager: the backward's GFLOP/s
 (2x the forward's FLOPs over the time fwd+bwd adds) beside the forward's,
 and each contender's minor page faults per step.
 
-Both libraries run in one process after w2s_jax.host_memory.keep_freed_memory()
-(what w2s_jax's entry points do: freed host memory is reused, not unmapped);
-W2S_JAX_KEEP_HOST_MEMORY=0 measures without it.
+Like w2s_jax's entry points, it first has glibc keep freed memory for reuse
+(w2s_jax/host_memory.py), which both libraries then share; after each
+contender's warm-up the free pages are handed back, as train.fit does when
+its loop ends. W2S_JAX_KEEP_HOST_MEMORY=0 measures without it.
 
 torch and transformers are not dependencies of w2s_jax:
   pip install torch==2.13.0 transformers
@@ -50,6 +51,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from w2s_jax import host_memory  # noqa: E402
+
+if __name__ == "__main__":
+  host_memory.keep_freed_memory()  # before JAX starts: see host_memory
 # On a GPU, JAX would otherwise grab most of its memory up front, starving torch.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
@@ -57,7 +63,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from w2s_jax import host_memory, inference, models, objectives, results, train  # noqa: E402
+from w2s_jax import inference, models, objectives, results, train  # noqa: E402
 from w2s_jax import sharding as shd  # noqa: E402
 from bench_machine import environment, measure_peak, print_header  # noqa: E402
 
@@ -258,6 +264,7 @@ def warm_up(contenders: dict, steps: int) -> tuple[dict, dict]:
       run(1)
       first[key] = time.perf_counter() - start
       run(steps)
+      host_memory.release_freed_memory()
     except Exception as e:  # noqa: BLE001 -- report and go on without it
       errors[key] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
       del contenders[key]
@@ -347,7 +354,6 @@ def print_report(args, summary):
 
 def main(argv=None):
   args = parse_args(argv)
-  host = host_memory.keep_freed_memory()  # before JAX's backend (and torch's threads) start
   load_before = os.getloadavg()
   wall = time.perf_counter()
   tmp = tempfile.TemporaryDirectory(prefix="bench_torch_")
@@ -355,7 +361,7 @@ def main(argv=None):
   set_precision(torch, args.tf32)
   torch.manual_seed(0)
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  env = {**environment(torch, transformers, device, args), "host_memory": host}
+  env = {**environment(torch, transformers, device, args), "host_memory": host_memory.status()}
   print_header(args, env, load_before, device)
   train_data, infer_data = make_inputs(args, args.batch, 0), make_inputs(args, args.infer_batch, 1)
   contenders = {**jax_contenders(args, train_data, infer_data),

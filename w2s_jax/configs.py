@@ -86,10 +86,6 @@ def add_run_args(parser) -> None:
 
 
 def start_run(args) -> None:
-  """What every entry point does with those flags before any work, JAX's
-  backend included: XLA:CPU's freed scratch memory is kept for reuse (see
-  host_memory; W2S_JAX_KEEP_HOST_MEMORY=0 turns it off)."""
-  from w2s_jax import host_memory
-  host_memory.keep_freed_memory()
+  """What every entry point does with those flags before any work."""
   if args.xla_cache:
     use_compilation_cache(args.xla_cache)

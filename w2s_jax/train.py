@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from w2s_jax import interrupts
+from w2s_jax import host_memory, interrupts
 from w2s_jax.configs import repr_keyed_when_set
 from w2s_jax import sharding as shd
 
@@ -305,4 +305,6 @@ def fit(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int, 
             "seconds": seconds_before + time.perf_counter() - started})
   if checkpoints is not None:
     checkpoints.wait()
-  return state, shd.to_host(metrics)
+  metrics = shd.to_host(metrics)   # waits for the last step
+  host_memory.release_freed_memory()   # this loop's scratch pages back to the system
+  return state, metrics
