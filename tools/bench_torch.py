@@ -134,6 +134,14 @@ def forward_flops(args, batch: int) -> float:
           + 4 * args.layers * tokens * args.seq * args.width)
 
 
+def model_config(args, attention="explicit") -> models.ModelConfig:
+  """w2s_jax's side of the benchmark model (tools/profile_step.py profiles the same)."""
+  return models.ModelConfig(vocab_size=args.vocab, width=args.width, depth=args.layers,
+                            heads=args.heads, max_len=args.seq, head_input="hidden",
+                            ln_eps=1e-5, gelu_approximate=True, attention=attention,
+                            dtype="bfloat16" if args.bf16 else "float32")
+
+
 def make_inputs(args, batch: int, seed: int) -> dict:
   rng = np.random.default_rng(seed)
   return {"tokens": rng.integers(1, args.vocab, (batch, args.seq), dtype=np.int32),
@@ -145,10 +153,7 @@ def make_inputs(args, batch: int, seed: int) -> dict:
 
 def jax_contenders(args, train_data, infer_data, attention="explicit", side="w2s_jax") -> dict:
   mesh = shd.make_mesh(1)
-  cfg = models.ModelConfig(vocab_size=args.vocab, width=args.width, depth=args.layers,
-                           heads=args.heads, max_len=args.seq, head_input="hidden",
-                           ln_eps=1e-5, gelu_approximate=True, attention=attention,
-                           dtype="bfloat16" if args.bf16 else "float32")
+  cfg = model_config(args, attention)
   optim_cfg = train.OptimConfig(steps=10 ** 6, batch_size=args.batch, lr=args.lr,
                                 weight_decay=0.01)
   optimizer = train.make_optimizer(optim_cfg)

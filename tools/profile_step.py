@@ -34,7 +34,7 @@ from w2s_jax import host_memory  # noqa: E402
 if __name__ == "__main__":
   host_memory.keep_freed_memory()  # before JAX starts: see host_memory
 
-SHAPES = {"gpt2-small": dict(layers=12, width=768, heads=12)}
+from bench_torch import SHAPES, make_inputs, model_config  # noqa: E402 -- the same model
 
 
 def parse_args(argv):
@@ -43,6 +43,7 @@ def parse_args(argv):
                             steps=3, top=30).items():
     parser.add_argument(f"--{name}", type=int, default=default)
   parser.add_argument("--part", choices=("fwd+bwd", "forward"), default="fwd+bwd")
+  parser.add_argument("--bf16", action="store_true", help="bfloat16 compute, float32 weights")
   parser.add_argument("--shape", choices=sorted(SHAPES), help=f"{SHAPES} (explicit flags win)")
   args = parser.parse_args(argv)
   if args.shape:
@@ -112,14 +113,11 @@ def profile(args):
   import jax.numpy as jnp
   import numpy as np
   from w2s_jax import models, objectives
-  cfg = models.ModelConfig(vocab_size=args.vocab, width=args.width, depth=args.layers,
-                           heads=args.heads, max_len=args.seq, head_input="hidden", ln_eps=1e-5,
-                           gelu_approximate=True)
+  cfg = model_config(args)
   params = models.init_params(cfg, jax.random.key(0), args.seq)
-  rng = np.random.default_rng(0)
-  batch = {"tokens": jnp.asarray(rng.integers(1, args.vocab, (args.batch, args.seq), np.int32)),
-           "mask": jnp.ones((args.batch, args.seq), jnp.int32),
-           "labels": jnp.asarray(np.eye(2, dtype=np.float32)[rng.integers(0, 2, args.batch)])}
+  data = make_inputs(args, args.batch, 0)
+  batch = {"tokens": jnp.asarray(data["tokens"]), "mask": jnp.asarray(data["mask"]),
+           "labels": jnp.asarray(np.eye(2, dtype=np.float32)[data["labels"]])}
   objective = objectives.classifier_objective(cfg, objectives.LossConfig("xent"))
   loss = lambda p, b: objective(p, b, 0.0, jax.random.key(0))[0]
   compiled = jax.jit(jax.value_and_grad(loss) if args.part == "fwd+bwd" else loss).lower(

@@ -33,6 +33,7 @@ buffers live.
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 import warnings
@@ -48,6 +49,7 @@ def status() -> str:
   return _status
 
 
+@functools.cache
 def _glibc():
   if not sys.platform.startswith("linux"):
     return None
