@@ -7,11 +7,17 @@ Weak pico -> strong mini. kd_weight in {0, 0.25, 0.5, 0.75, 1} times a
 ground-truth set (the first examples of train_gt) of 10, 30 or 100 examples;
 naive KD on the weak labels alone is the baseline cell. kd_weight = 0 is
 ground truth only, kd_weight = 1 weak labels only. Expected: about 3 minutes.
+
+Args: seeds=N; `tiny` for a check of seconds (the 60-entity world, pico ->
+micro, naive KD and two combined cells).
 """
+
+import dataclasses
 
 from w2s_jax.configs import parse_arg
 from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
+from w2s_jax.pipeline import SMALL_PRETRAIN, SMALL_WORLD, ExperimentConfig
+from w2s_jax.train import OptimConfig
 from w2s_jax.sweep import Cell, SweepConfig
 
 KD_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -19,12 +25,22 @@ GT_EXAMPLES = (10, 30, 100)
 
 
 def get_config(arg=None) -> ExperimentConfig:
-  arg = parse_arg(arg, seeds=5)
-  return ExperimentConfig(name="combined", seeds=tuple(range(arg.seeds)))
+  arg = parse_arg(arg, seeds=0, tiny=False)  # seeds 0: 5, or 2 with tiny
+  cfg = ExperimentConfig(name="combined", seeds=tuple(range(arg.seeds or (2 if arg.tiny else 5))))
+  if arg.tiny:
+    cfg = dataclasses.replace(
+        cfg, name="combined-tiny", world=SMALL_WORLD, pretrain=SMALL_PRETRAIN,
+        finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
+        eval_batch_size=8, bootstrap_resamples=200)
+  return cfg
 
 
 def sweep(arg=None) -> SweepConfig:
   base = get_config(arg)
+  if base.name == "combined-tiny":
+    return SweepConfig(base, (Cell("pico", "micro", LossConfig("xent")),
+                              Cell("pico", "micro", LossConfig("combined", kd_weight=0.5,
+                                                               gt_examples=10))))
   cells = [Cell("pico", "mini", LossConfig("xent"))]
   cells += [Cell("pico", "mini", LossConfig("combined", kd_weight=w, gt_examples=n))
             for n in GT_EXAMPLES for w in KD_WEIGHTS]

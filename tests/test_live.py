@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from w2s_jax import checkpoints, configs, gen_tasks, live, losses, models, objectives
-from w2s_jax import sampling, sharding, stages, train
+from w2s_jax import finetune, sampling, sharding, stages, train
 from w2s_jax.data import Dataset, shuffled_batches
 from w2s_jax.objectives import LossConfig
 from w2s_jax.sampling import SamplingConfig
@@ -190,7 +190,7 @@ def test_resume_equals_uninterrupted_and_the_teacher_stays_out(mesh4, tmp_path):
   uninterrupted run does. The teacher is neither donated nor in the state."""
   seeds, optim = (0, 1), OptimConfig(steps=6, batch_size=8, lr=3e-3)
   loss_cfg = LossConfig("live", live_fraction=0.5)
-  optimizer, step, teacher_sharding = stages._finetune_step(
+  optimizer, step, teacher_sharding = finetune.finetune_step(
       STUDENT, loss_cfg, optim, mesh4, len(seeds), True, TEACHER, SAMPLING)
   teacher = jax.device_put(jax.tree.map(lambda x: jnp.stack([x, x * 0.9]), _params(TEACHER, 1)),
                            teacher_sharding)

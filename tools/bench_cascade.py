@@ -16,7 +16,7 @@ deferred; r = 1: inf, all deferred). Contenders:
                    query, the deferred ones gathered into the smallest bucket
                    (multiples of --bucket-step up to --batch) and run through
                    the strong model.
-As tools/bench_torch.py (whose warm_up and interleaved this imports): each
+As every benchmark here (tools/harness.py): each
 contender's first pass over the stream (compiles included) is timed apart;
 then in each of --rounds rounds every contender serves the whole stream once,
 the order rotating. Reported: median seconds per stream, queries/s, speed-up
@@ -27,7 +27,6 @@ relative to strong_only, and this run's jnp.dot fp32 matmul peak.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -45,12 +44,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench_torch import interleaved, warm_up  # noqa: E402
-from w2s_jax import models, results, serving  # noqa: E402
+import harness  # noqa: E402
+from w2s_jax import models, serving  # noqa: E402
 from w2s_jax import sharding as shd  # noqa: E402
 from w2s_jax.data import Dataset  # noqa: E402
 
-QUICK = dict(weak="mini", strong="tiny", seq=32, batch=32, queries=64, rounds=2, peak_n=1024)
+QUICK = dict(weak="mini", strong="tiny", seq=32, batch=32, queries=64, rounds=2, peak_n=512,
+             peak_reps=1)
 
 
 def parse_args(argv):
@@ -77,19 +77,6 @@ def parse_args(argv):
   return args
 
 
-def matmul_peak(n: int, reps: int) -> float:
-  """fp32 n x n jnp.dot GFLOP/s, median of reps (after one warm-up call)."""
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
-  dot = jax.jit(jnp.dot)
-  dot(a, a).block_until_ready()
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    dot(a, a).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return 2 * n ** 3 / float(np.median(times)) / 1e9
-
-
 def build_model(name, args, seed):
   cfg = models.decode_size(name, vocab_size=args.vocab, max_len=args.seq, head_input="hidden")
   params = jax.jit(lambda: models.init_params(cfg, jax.random.key(seed)))()
@@ -110,7 +97,7 @@ def main(argv=None):
   args = parse_args(argv)
   load_before = os.getloadavg()
   wall = time.perf_counter()
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  env = harness.machine()
   mesh = shd.make_mesh(1)
   (wcfg, wp), (scfg, sp) = build_model(args.weak, args, 0), build_model(args.strong, args, 1)
   rng = np.random.default_rng(0)
@@ -133,57 +120,49 @@ def main(argv=None):
     key = f"cascade {rate:.0%}"
     contenders[key] = runner(key, lambda t=t: serving.serve(cascade, wp, sp, data, threshold=t))
 
-  print(f"load average before: {' '.join(f'{x:.2f}' for x in load_before)}")
-  if load_before[0] > 0.25 * cores:  # as bench_torch
-    print(f"WARNING: the machine is busy (1-min load {load_before[0]:.2f} on {cores} cores): "
-          "timings are unreliable")
-  print(f"jax {jax.__version__} on {jax.devices()[0]} (1-device mesh; XLA:CPU threads = the "
-        f"{cores} cores available)")
+  harness.print_machine(env, load_before)
   print(f"weak {args.weak} {wcfg.width}x{wcfg.depth} ({wcfg.num_params / 1e6:.2f}M params), "
         f"strong {args.strong} {scfg.width}x{scfg.depth} ({scfg.num_params / 1e6:.2f}M params); "
         f"FLOPs per token weak / strong = {wcfg.num_params / scfg.num_params:.3f}; vocab "
         f"{args.vocab}, {args.queries} queries of {args.seq} tokens in batches of {args.batch}; "
-        f"buckets {buckets[0]}, {buckets[1] if len(buckets) > 1 else ''}.. {buckets[-1]}")
+        f"buckets {buckets[0]}, {buckets[1] if len(buckets) > 1 else ''}.. {buckets[-1]}; "
+        "1-device mesh")
   print(f"warming up {len(contenders)} contenders (compiles included) ...", flush=True)
-  first, errors = warm_up(contenders, 0)
-  peak = matmul_peak(args.peak_n, args.peak_reps)
+  first, errors = harness.warm_up(contenders, 0)
+  peak = harness.matmul_peak(args.peak_n, args.peak_reps)["jnp.dot"]
   print(f"{args.rounds} interleaved rounds, one pass over the stream each ...", flush=True)
-  times = interleaved(contenders, args.rounds, 1)
-  summary = summarize(args, times, first, errors, outputs, cascade, peak)
+  timings = harness.interleaved(contenders, args.rounds, 1)
+  summary = summarize(args, timings, first, errors, outputs, cascade, peak)
   print_report(args, summary)
-  load_after = os.getloadavg()
-  print(f"\nload average after: {' '.join(f'{x:.2f}' for x in load_after)}; "
-        f"wall time {time.perf_counter() - wall:.0f}s")
+  load_after = harness.print_footer(load_before, wall)
   if args.json:
-    record = {"config": {**vars(args), "buckets": buckets}, "jax": jax.__version__,
-              "cores_available": cores, "load_before": load_before, "load_after": load_after,
-              **summary}
-    with results.atomic_write(args.json) as f:
-      json.dump(record, f, indent=2)
-    print(f"wrote {args.json}")
+    harness.write_record(args.json, {"config": {**vars(args), "buckets": buckets}, **env,
+                                     "load_before": load_before, "load_after": load_after,
+                                     **summary})
 
 
-def summarize(args, times, first, errors, outputs, cascade, peak) -> dict:
-  strong_t = times["strong_only"]
+def summarize(args, timings: harness.Timings, first, errors, outputs, cascade, peak) -> dict:
   strong_flops = float(outputs["strong_only"]["flops"].sum())
   weak_run = 2.0 * cascade.weak_cfg.num_params * args.seq
   strong_row = 2.0 * cascade.strong_cfg.num_params * args.seq
   batches = -(-args.queries // args.batch)
   out = {"peak_gflops": peak, "contenders": {}, "errors": errors}
-  for key, t in times.items():
-    o, med = outputs[key], float(np.median(t))
+  for key in timings.keys():
+    o, med = outputs[key], timings.median(key)
     strong_rows = sum(o["buckets"]) if "buckets" in o else batches * args.batch
     weak_rows = batches * args.batch if "buckets" in o else 0
+    speedup = timings.speedup(key, over="strong_only")
     out["contenders"][key] = {
-        "median_s": med, "s_rounds": t, "first_s": first[key],
+        "median_s": med, "s_rounds": timings.seconds[key], "first_s": first[key],
         "queries_per_s": args.queries / med,
         "deferred": float(o["deferred"].mean()),
         "strong_rows_run": strong_rows / args.queries,
         "flops_vs_strong": float(o["flops"].sum()) / strong_flops,
         "flops_run_vs_strong": (weak_rows * weak_run + strong_rows * strong_row) / strong_flops,
-        "speedup_of_medians": float(np.median(strong_t)) / med,
-        "speedup_round_median": float(np.median(np.array(strong_t) / np.array(t))),
-        "gflops_per_s": float(o["flops"].sum()) / med / 1e9}
+        "speedup_of_medians": speedup["of_medians"],
+        "speedup_round_median": speedup["median_of_round_ratios"],
+        "gflops_per_s": float(o["flops"].sum()) / med / 1e9,
+        "peak_rss_mb": timings.peak_rss_mb[key]}
   return out
 
 

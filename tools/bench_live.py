@@ -3,13 +3,14 @@ against `sft` and `forward_kl` (the configs' live divergence), and how much
 of it is the student's sampling.
 
   python tools/bench_live.py [--config configs/generative.py] [--rounds 7] [--steps 10]
+                             [--json PATH] [--quick]
 
 The default generative experiment's shapes: its task (tasks.make_task), weak
 and strong sizes, seeds (vmapped), batch and sampling config (max_new_tokens,
 EOS). Random-init params: step time does not depend on the weights, except
 that sampling stops early once every row has emitted EOS, so it is timed at
 its longest (random weights rarely emit EOS). Each variant's compiled stage
-step (stages._finetune_step) is warmed up, then the variants run in
+step (finetune.finetune_step) is warmed up, then the variants run in
 interleaved rounds of --steps steps each; per-step medians are printed. The
 sampling alone is live.sample_rows (row selection, sampling, layout) jitted
 over the seeds, on the same batches.
@@ -18,12 +19,14 @@ over the seeds, on the same batches.
 import argparse
 import dataclasses
 import functools
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # harness
 
 from w2s_jax import host_memory  # noqa: E402
 
@@ -33,13 +36,17 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from w2s_jax import configs, live, models, stages, train  # noqa: E402
+import harness  # noqa: E402
+from w2s_jax import configs, finetune, live, models, stages, train  # noqa: E402
 from w2s_jax import sharding as shd  # noqa: E402
 from w2s_jax.objectives import LossConfig  # noqa: E402
 
 VARIANTS = {"sft": LossConfig("sft"), "forward_kl": LossConfig("forward_kl"),
             "live 0.5": LossConfig("live", live_fraction=0.5, live_divergence="forward_kl"),
             "live 1.0": LossConfig("live", live_fraction=1.0, live_divergence="forward_kl")}
+
+
+QUICK = dict(config="configs/generative.py:small", rounds=2, steps=2)
 
 
 def _stacked_init(cfg, seeds):
@@ -53,13 +60,20 @@ def main(argv=None):
   parser.add_argument("--config", default="configs/generative.py")
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
+  parser.add_argument("--json", help="write the numbers here")
+  parser.add_argument("--quick", action="store_true", help=f"seconds: {QUICK}")
   args = parser.parse_args(argv)
+  if args.quick:  # explicit flags still win
+    parser.set_defaults(**QUICK)
+    args = parser.parse_args(argv)
+  load_before, wall = os.getloadavg(), time.perf_counter()
+  env = harness.machine()
   cfg = configs.load(args.config)
   ctx = stages.Context(cfg, cache_dir=tempfile.mkdtemp(prefix="bench-live-"), progress=False)
   mesh, seeds, optim = ctx.mesh, ctx.seeds, cfg.finetune
   strong_cfg = cfg.model_config(cfg.strong_size, ctx.task)
   weak_cfg = cfg.model_config(cfg.weak_size, ctx.task)
-  batches = stages._seed_stream(ctx.supervised("train_w2s", size=cfg.strong_size), batch_size=optim.batch_size,
+  batches = finetune.seed_stream(ctx.supervised("train_w2s", size=cfg.strong_size), batch_size=optim.batch_size,
                                 seeds=seeds, rows=shd.process_rows(mesh, optim.batch_size))
   batches = [shd.put_batch(next(batches), mesh, seed_axis=True) for _ in range(args.steps)]
   student = _stacked_init(strong_cfg, seeds)
@@ -72,7 +86,7 @@ def main(argv=None):
   for name, loss_cfg in VARIANTS.items():
     teacher_cfg = weak_cfg if loss_cfg.needs_teacher else None
     sampling_cfg = ctx.sampling if loss_cfg.name == "live" else None
-    optimizer, step, teacher_sharding = stages._finetune_step(
+    optimizer, step, teacher_sharding = finetune.finetune_step(
         strong_cfg, loss_cfg, optim, mesh, len(seeds), True, teacher_cfg, sampling_cfg)
     state = train.initial_state(train.from_params, student, optimizer=optimizer, mesh=mesh,
                                 rng=train.seed_keys(seeds), per_seed=True)
@@ -105,29 +119,40 @@ def main(argv=None):
     jax.block_until_ready(out)
     return out
 
-  timed = {**{n: functools.partial(run_steps, n) for n in runs},
-           **{n: functools.partial(run_sampling, n) for n in sample_fns}}
-  for name, fn in timed.items():  # compile and warm up
-    start = time.perf_counter()
-    out = fn()
-    print(f"  warm-up {name:22s} {time.perf_counter() - start:6.1f}s")
-    if name.startswith("live"):
-      print(f"    mean sampled length {float(np.mean(out['live_response_len'])):.2f}")
-  times = {name: [] for name in timed}
-  for _ in range(args.rounds):
-    for name, fn in timed.items():
-      start = time.perf_counter()
-      fn()
-      times[name].append((time.perf_counter() - start) / len(batches))
-  med = {name: float(np.median(v)) for name, v in times.items()}
+  contenders = {**{n: functools.partial(run_steps, n) for n in runs},
+                **{n: functools.partial(run_sampling, n) for n in sample_fns}}
+  harness.print_machine(env, load_before)
+  lengths = {}
+
+  def record_length(name, fn):
+    def run(n):
+      for _ in range(n):
+        out = fn()
+      if name.startswith("live"):
+        lengths[name] = float(np.mean(out["live_response_len"]))
+    return run
+  contenders = {name: record_length(name, fn) for name, fn in contenders.items()}
+  first, errors = harness.warm_up(contenders, 0)   # compiles each
+  for name, seconds in first.items():
+    print(f"  warm-up {name:22s} {seconds:6.1f}s"
+          + (f"; mean sampled length {lengths[name]:.2f}" if name in lengths else ""))
+  timings = harness.interleaved(contenders, args.rounds, 1)
+  per_step = {name: [t / len(batches) for t in timings.seconds[name]] for name in timings.keys()}
+  med = {name: float(np.median(v)) for name, v in per_step.items()}
   print(f"per-step medians over {args.rounds} interleaved rounds of {len(batches)} steps:")
-  for name, v in times.items():
+  for name, v in per_step.items():
     print(f"  {name:22s} {1e3 * med[name]:8.2f} ms  (min {1e3 * min(v):.2f}, "
           f"max {1e3 * max(v):.2f})")
   for name in ("live 0.5", "live 1.0"):
     share = med[f"sampling ({name})"] / med[name]
     print(f"  {name}: {med[name] / med['sft']:.2f}x sft, {med[name] / med['forward_kl']:.2f}x "
           f"forward_kl; sampling alone is {share:.0%} of its step")
+  load_after = harness.print_footer(load_before, wall)
+  if args.json:
+    harness.write_record(args.json, {"config": vars(args), **env, "load_before": load_before,
+                                     "load_after": load_after, "first_s": first,
+                                     "errors": errors, "seconds_per_step": per_step,
+                                     "mean_sampled_length": lengths})
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ Before timing, the share of w2s_jax's rows equal to hf_generate's token for toke
 is printed; under 90% the run stops (random weights give a few near-ties; more
 misses mean the two sides are not running the same model).
 
-As tools/bench_torch.py, whose helpers this imports: each contender's first call
+As every benchmark here (tools/harness.py): each contender's first call
 (compile included) is timed apart, then one untimed call; then in each of --rounds
 rounds every contender runs --calls calls in turn, the order rotating. Reported:
 median seconds per call, generated tokens/s (batch * new tokens / time) and
@@ -29,7 +29,6 @@ speed-ups of w2s_jax (other time / w2s_jax time, > 1: w2s_jax faster), from the
 medians and as the median of per-round ratios. Runs unchanged on a GPU.
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -49,13 +48,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench_torch import (environment, import_torch, interleaved, measure_peak,  # noqa: E402
-                         set_precision, warm_up)
-from w2s_jax import hf_import, models, results, sampling  # noqa: E402
+import harness  # noqa: E402
+from w2s_jax import hf_import, models, sampling  # noqa: E402
 from w2s_jax import sharding as shd  # noqa: E402
 
 QUICK = dict(layers=2, width=64, heads=4, vocab=1000, prompt_len=16, new_tokens=16,
-             batches="8,16", rounds=2, peak_n=1024)
+             batches="8,16", rounds=2, peak_n=512, peak_reps=1)
 SIDES = ("w2s_jax", "w2s_jax_nocache", "hf_generate")
 PAD, MIN_MATCH = 0, 0.9
 
@@ -182,35 +180,27 @@ def check_tokens(args, outputs) -> dict:
   return checks
 
 
-def summarize(args, times, first, errors, peak, checks) -> dict:
+def summarize(args, timings: harness.Timings, first, errors, peak, checks) -> dict:
   out = {"contenders": {}, "speedups": {}, "token_check": checks, "peak_gflops": peak}
-  for (batch, side), t in times.items():
-    med = float(np.median(t))
+  for batch, side in timings.keys():
+    med = timings.median((batch, side))
     out["contenders"][f"b{batch}/{side}"] = {
-        "median_s_per_call": med, "s_per_call_rounds": t, "first_call_s": first[(batch, side)],
-        "tokens_per_s": batch * args.new_tokens / med}
+        "median_s_per_call": med, "s_per_call_rounds": timings.seconds[(batch, side)],
+        "first_call_s": first[(batch, side)], "tokens_per_s": batch * args.new_tokens / med,
+        "peak_rss_mb": timings.peak_rss_mb[(batch, side)]}
   for (batch, side), err in errors.items():
     out["contenders"][f"b{batch}/{side}"] = {"error": err}
   for batch in args.batches:
     for side in ("hf_generate", "w2s_jax_nocache"):
-      jx, other = times.get((batch, "w2s_jax")), times.get((batch, side))
-      if jx and other:
-        out["speedups"][f"b{batch}/vs_{side}"] = {
-            "of_medians": float(np.median(other) / np.median(jx)),
-            "median_of_round_ratios": float(np.median(np.array(other) / np.array(jx)))}
+      if (batch, "w2s_jax") in timings and (batch, side) in timings:
+        out["speedups"][f"b{batch}/vs_{side}"] = timings.speedup((batch, "w2s_jax"),
+                                                                 over=(batch, side))
   return out
 
 
-def print_header(args, env, load_before, device, cfg):
-  print(f"load average before: {' '.join(f'{x:.2f}' for x in load_before)}")
-  if device.type == "cpu" and load_before[0] > 0.25 * env["cores_available"]:  # as bench_torch
-    print(f"WARNING: the machine is busy (1-min load {load_before[0]:.2f} on "
-          f"{env['cores_available']} cores): timings are unreliable, torch's OpenMP "
-          f"thread pool especially (every parallel op waits for its slowest thread)")
-  print(f"jax {env['versions']['jax']} on {', '.join(env['jax_devices'])} (1-device mesh); "
-        f"torch {env['versions']['torch']}, transformers {env['versions']['transformers']} on "
-        f"{env['torch_device']} ({env['torch_threads']} threads); {env['cores_available']} "
-        f"cores available; env {env['env'] or '{}'}")
+def print_header(args, env, cfg):
+  print(f"torch {env['versions']['torch']}, transformers {env['versions']['transformers']} on "
+        f"{env['torch_device']} ({env['torch_threads']} threads); jax on a 1-device mesh")
   print(f"model: GPT2LMHeadModel, random init, {args.layers} layers, width {args.width}, "
         f"{args.heads} heads, vocab {args.vocab}, {cfg.num_params / 1e6:.1f}M params; "
         f"{env['fp32_matmuls']}; greedy, no EOS, prompts left-padded to "
@@ -222,17 +212,23 @@ def print_report(args, summary):
   peak = summary["peak_gflops"]
   print(f"\nfp32 matmul peak at n={args.peak_n}: "
         + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()) + " GFLOP/s")
-  print(f"\n{'contender':24s} {'median s/call':>13s} {'tokens/s':>10s} {'first call s':>13s}")
+  print(f"\n{'contender':24s} {'median s/call':>13s} {'tokens/s':>10s} {'first call s':>13s} "
+        f"{'peak RSS MB':>12s}")
   for name, c in summary["contenders"].items():
     if "error" in c:
       print(f"{name:24s} unavailable: {c['error']}")
       continue
     print(f"{name:24s} {c['median_s_per_call']:13.3f} {c['tokens_per_s']:10.0f} "
-          f"{c['first_call_s']:13.2f}")
+          f"{c['first_call_s']:13.2f} {c['peak_rss_mb']:12.0f}")
   print("\nspeed-up of w2s_jax = other time / w2s_jax time (> 1: w2s_jax faster)")
   for name, s in summary["speedups"].items():
     print(f"  {name:28s} {s['of_medians']:.2f}x from medians, "
           f"{s['median_of_round_ratios']:.2f}x median of per-round ratios")
+
+
+def set_precision(torch, tf32: bool):
+  jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
+  torch.set_float32_matmul_precision("high" if tf32 else "highest")
 
 
 def main(argv=None):
@@ -240,35 +236,32 @@ def main(argv=None):
   load_before = os.getloadavg()
   wall = time.perf_counter()
   tmp = tempfile.TemporaryDirectory(prefix="bench_sampler_")
-  torch, transformers = import_torch(tmp.name)
+  torch, transformers = harness.import_torch(tmp.name, "bench_sampler")
   set_precision(torch, args.tf32)
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  env = environment(torch, transformers, device, args)
+  env, torch_env = harness.machine(), harness.torch_machine(torch, transformers, device)
+  env = {**env, **torch_env, "versions": {**env["versions"], **torch_env["versions"]},
+         "fp32_matmuls": "tf32 allowed" if args.tf32 else "strict fp32 (highest precision)"}
   hf_model = build_hf_model(args, torch, transformers, tmp.name, device)
   prompts = {b: make_prompts(args, b, seed=i) for i, b in enumerate(args.batches)}
   outputs = {}
   jax_runs, cfg = jax_contenders(args, tmp.name, prompts, outputs)
   contenders = {**jax_runs, **hf_contenders(args, torch, hf_model, device, prompts, outputs)}
   contenders = dict(sorted(contenders.items(), key=lambda kv: (kv[0][0], SIDES.index(kv[0][1]))))
-  print_header(args, env, load_before, device, cfg)
+  harness.print_machine(env, load_before)
+  print_header(args, env, cfg)
   print(f"warming up {len(contenders)} contenders ...", flush=True)
-  first, errors = warm_up(contenders, args.calls)
+  first, errors = harness.warm_up(contenders, args.calls)
   checks = check_tokens(args, outputs)
-  peak = measure_peak(torch, device, args.peak_n, args.peak_reps)
+  peak = harness.matmul_peak(args.peak_n, args.peak_reps, torch=torch, device=device)
   print(f"{args.rounds} interleaved rounds of {args.calls} call(s) each ...", flush=True)
-  times = interleaved(contenders, args.rounds, args.calls)
-  summary = summarize(args, times, first, errors, peak, checks)
+  timings = harness.interleaved(contenders, args.rounds, args.calls)
+  summary = summarize(args, timings, first, errors, peak, checks)
   print_report(args, summary)
-  load_after = os.getloadavg()
-  print(f"\nload average after: {' '.join(f'{x:.2f}' for x in load_after)}; "
-        f"wall time {time.perf_counter() - wall:.0f}s")
+  load_after = harness.print_footer(load_before, wall)
   if args.json:
-    env.pop("torch_compile_cache")  # torch.compile is not used here
-    record = {"config": vars(args), **env, "load_before": load_before, "load_after": load_after,
-              **summary}
-    with results.atomic_write(args.json) as f:
-      json.dump(record, f, indent=2)
-    print(f"wrote {args.json}")
+    harness.write_record(args.json, {"config": vars(args), **env, "load_before": load_before,
+                                     "load_after": load_after, **summary})
   tmp.cleanup()
 
 

@@ -1,6 +1,7 @@
 """Seeds trained together (one vmapped program) vs one at a time: speed ratio.
 
   python tools/bench_seeds.py [--config configs/sweep.py:facts] [--size mini] [--reps 5]
+                              [--json PATH] [--quick]
 
 Times the fine-tune of one sweep cell (the config's seeds, steps and batch),
 after a compile warm-up of each variant, alternating the two over several
@@ -8,11 +9,13 @@ repetitions, and prints the medians and their ratio.
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # harness
 
 from w2s_jax import host_memory  # noqa: E402
 
@@ -20,10 +23,14 @@ if __name__ == "__main__":
   host_memory.keep_freed_memory()  # before JAX starts: see host_memory
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
+
+import harness  # noqa: E402
 
 from w2s_jax import configs, stages  # noqa: E402
 from w2s_jax.objectives import LossConfig  # noqa: E402
+
+
+QUICK = dict(config="configs/sweep.py:tiny", size="micro", reps=2)
 
 
 def main(argv=None):
@@ -32,30 +39,43 @@ def main(argv=None):
   parser.add_argument("--size", default="mini", help="model size to fine-tune")
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--cache", default="runs/cache")
+  parser.add_argument("--json", help="write the numbers here")
+  parser.add_argument("--quick", action="store_true", help=f"seconds: {QUICK}")
   args = parser.parse_args(argv)
+  if args.quick:  # explicit flags still win
+    parser.set_defaults(**QUICK)
+    args = parser.parse_args(argv)
+  load_before, wall = os.getloadavg(), time.perf_counter()
+  env = harness.machine()
   cfg = configs.load(args.config)
   ctx = stages.Context(cfg, cache_dir=args.cache, progress=False)
   params, model_cfg, _ = ctx.pretrained(args.size)
-  data, seeds = ctx.splits["train_w2s"], ctx.seeds
-  labels = ctx.ground_truth("train_w2s")
-  run = lambda s, lab: jax.block_until_ready(stages.finetune(
-      params, model_cfg, [data.with_fields(labels=l) for l in lab], seeds=s, loss_cfg=LossConfig("xent"), optim_cfg=cfg.finetune,
+  per_seed = ctx.supervised("train_w2s", size=args.size)   # ground-truth labels, per seed
+  seeds = ctx.seeds
+  run = lambda s, data: jax.block_until_ready(stages.finetune(
+      params, model_cfg, data, seeds=s, loss_cfg=LossConfig("xent"), optim_cfg=cfg.finetune,
       mesh=ctx.mesh, desc="bench", progress=False))
-  together = lambda: run(seeds, labels)
-  one_at_a_time = lambda: [run((s,), labels[i:i + 1]) for i, s in enumerate(seeds)]
-  together(), one_at_a_time()  # compile both
-  times = {"together": [], "one_at_a_time": []}
-  for _ in range(args.reps):
-    for name, fn in (("together", together), ("one_at_a_time", one_at_a_time)):
-      start = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - start)
-  med = {k: float(np.median(v)) for k, v in times.items()}
+  contenders = {"together": lambda n: [run(seeds, per_seed) for _ in range(n)],
+                "one_at_a_time": lambda n: [run((s,), per_seed[i:i + 1])
+                                            for _ in range(n) for i, s in enumerate(seeds)]}
+  harness.print_machine(env, load_before)
   print(f"{args.size}, {len(seeds)} seeds, {cfg.finetune.steps} steps of batch "
-        f"{cfg.finetune.batch_size}, {args.reps} reps, {len(jax.devices())} device(s)")
-  for name, v in times.items():
-    print(f"  {name:14s} median {med[name]:.3f}s  (min {min(v):.3f}, max {max(v):.3f})")
-  print(f"  speed-up of vmapped seeds: {med['one_at_a_time'] / med['together']:.2f}x")
+        f"{cfg.finetune.batch_size}, {args.reps} interleaved rounds, {len(jax.devices())} "
+        "device(s)")
+  first, errors = harness.warm_up(contenders, 0)   # compiles both
+  timings = harness.interleaved(contenders, args.reps, 1)
+  for name in timings.keys():
+    t = timings.seconds[name]
+    print(f"  {name:14s} median {timings.median(name):.3f}s  (min {min(t):.3f}, max {max(t):.3f})")
+  speedup = timings.speedup("together", over="one_at_a_time")
+  print(f"  speed-up of vmapped seeds: {speedup['of_medians']:.2f}x from medians, "
+        f"{speedup['median_of_round_ratios']:.2f}x median of per-round ratios")
+  load_after = harness.print_footer(load_before, wall)
+  if args.json:
+    harness.write_record(args.json, {"config": vars(args), **env, "load_before": load_before,
+                                     "load_after": load_after, "first_s": first,
+                                     "errors": errors, "seconds": timings.seconds,
+                                     "speedup": speedup})
 
 
 if __name__ == "__main__":

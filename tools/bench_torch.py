@@ -42,15 +42,14 @@ torch and transformers are not dependencies of w2s_jax:
 """
 
 import argparse
-import json
 import os
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # harness, bench_model
 
 from w2s_jax import host_memory  # noqa: E402
 
@@ -63,31 +62,23 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from w2s_jax import inference, models, objectives, results, train  # noqa: E402
+import harness  # noqa: E402
+from bench_model import (FLOP_FORMULA, QUICK, SHAPES, add_shape_args, forward_flops,  # noqa: E402
+                         make_inputs, model_config)
+from w2s_jax import inference, models, objectives, train  # noqa: E402
 from w2s_jax import sharding as shd  # noqa: E402
-from bench_machine import environment, measure_peak, print_header  # noqa: E402
 
-QUICK = dict(layers=2, width=64, heads=4, seq=32, batch=8, infer_batch=32, vocab=1000,
-             rounds=2, peak_n=1024)
+QUICK_RUN = dict(**QUICK, rounds=2, steps=1, peak_n=512, peak_reps=1)
 TRAIN, INFER = ("train", "infer")
 FORWARD, FWD_BWD = ("forward", "fwd+bwd")   # the train step's parts, batch --batch
-SHAPES = {"gpt2-small": dict(layers=12, width=768, heads=12)}
 # w2s_jax_fused: the same model with ModelConfig.attention="fused"
 # (jax.nn.dot_product_attention), compared with the default explicit path.
 SIDES = ("w2s_jax", "w2s_jax_fused", "torch_eager", "torch_compile")
-FLOP_FORMULA = ("forward = 2*T*12*L*d^2 + 4*L*T*seq*d  (T = batch*seq tokens; "
-                "embeddings, norms and the 2-class head not counted); train step = 3 * forward")
 
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--layers", type=int, default=6)
-  parser.add_argument("--width", type=int, default=384)
-  parser.add_argument("--heads", type=int, default=6)
-  parser.add_argument("--seq", type=int, default=128)
-  parser.add_argument("--batch", type=int, default=32, help="train batch")
-  parser.add_argument("--infer-batch", type=int, default=128)
-  parser.add_argument("--vocab", type=int, default=50257, help="GPT-2's vocabulary by default")
+  add_shape_args(parser)
   parser.add_argument("--lr", type=float, default=5e-5)
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=3, help="steps per contender per round")
@@ -95,58 +86,21 @@ def parse_args(argv):
   parser.add_argument("--peak-reps", type=int, default=3)
   parser.add_argument("--tf32", action="store_true",
                       help="let both sides use TF32 matmuls on GPU (default: strict fp32)")
-  parser.add_argument("--bf16", action="store_true",
-                      help="bfloat16 compute, float32 weights and optimizer on both sides "
-                           "(w2s_jax ModelConfig.dtype, torch.autocast); default fp32")
+  parser.add_argument("--no-compile", action="store_true",
+                      help="leave out the torch.compile contenders")
   parser.add_argument("--json", help="write the numbers here")
-  parser.add_argument("--quick", action="store_true", help=f"tiny smoke configuration: {QUICK}")
-  parser.add_argument("--shape", choices=sorted(SHAPES),
-                      help=f"a second model shape: {SHAPES} (explicit flags still win)")
+  parser.add_argument("--quick", action="store_true",
+                      help=f"seconds-long check of the whole tool: {QUICK_RUN}")
   args = parser.parse_args(argv)
   if args.quick or args.shape:  # explicit flags still win over these defaults
-    parser.set_defaults(**(QUICK if args.quick else {}), **SHAPES.get(args.shape, {}))
+    parser.set_defaults(**{**(QUICK_RUN if args.quick else {}), **SHAPES.get(args.shape, {})})
     args = parser.parse_args(argv)
   return args
-
-
-def import_torch(cache_dir: str):
-  """torch.compile caches its kernels on disk; a fresh cache makes its first step a
-  cold compile, like w2s_jax's (no persistent XLA cache here). Env settings win."""
-  os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_dir, "inductor"))
-  os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache_dir, "triton"))
-  try:
-    import torch
-    import transformers
-  except ImportError as e:
-    sys.exit(f"bench_torch needs torch and transformers ({e}); they are not dependencies "
-             f"of w2s_jax. Install them with: pip install torch==2.13.0 transformers")
-  return torch, transformers
 
 
 def set_precision(torch, tf32: bool):
   jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
   torch.set_float32_matmul_precision("high" if tf32 else "highest")
-
-
-def forward_flops(args, batch: int) -> float:
-  tokens = batch * args.seq
-  return (2 * tokens * 12 * args.layers * args.width ** 2
-          + 4 * args.layers * tokens * args.seq * args.width)
-
-
-def model_config(args, attention="explicit") -> models.ModelConfig:
-  """w2s_jax's side of the benchmark model (tools/profile_step.py profiles the same)."""
-  return models.ModelConfig(vocab_size=args.vocab, width=args.width, depth=args.layers,
-                            heads=args.heads, max_len=args.seq, head_input="hidden",
-                            ln_eps=1e-5, gelu_approximate=True, attention=attention,
-                            dtype="bfloat16" if args.bf16 else "float32")
-
-
-def make_inputs(args, batch: int, seed: int) -> dict:
-  rng = np.random.default_rng(seed)
-  return {"tokens": rng.integers(1, args.vocab, (batch, args.seq), dtype=np.int32),
-          "mask": np.ones((batch, args.seq), np.int32),
-          "labels": rng.integers(0, 2, batch)}
 
 
 # Each contender is run(n): n steps, returning only once the device is done.
@@ -186,7 +140,7 @@ def jax_contenders(args, train_data, infer_data, attention="explicit", side="w2s
       jax.block_until_ready(out)
     return run
 
-  forward = inference._compiled(cfg, "class_logits", mesh, False)
+  forward = inference.compiled_softmax(cfg, "class_logits", mesh, False)
   ib = shd.put_batch({k: infer_data[k] for k in ("tokens", "mask")}, mesh)
 
   def infer_run(n):
@@ -251,82 +205,63 @@ def torch_contenders(args, torch, transformers, device, train_data, infer_data) 
     return run
   tb_args = {"tokens": tb["tokens"], "mask": tb["mask"], "labels": tb["labels"]}
   ib_args = {"tokens": ib["tokens"], "mask": ib["mask"]}
-  return {(FORWARD, "torch_eager"): runner(forward_loss, tb_args),
-          (FWD_BWD, "torch_eager"): runner(forward_backward, tb_args),
-          (TRAIN, "torch_eager"): runner(train_step_fn(), tb_args),
-          (TRAIN, "torch_compile"): runner(torch.compile(train_step_fn()), tb_args),
-          (INFER, "torch_eager"): runner(infer, ib_args),
-          (INFER, "torch_compile"): runner(torch.compile(infer), ib_args)}
+  out = {(FORWARD, "torch_eager"): runner(forward_loss, tb_args),
+         (FWD_BWD, "torch_eager"): runner(forward_backward, tb_args),
+         (TRAIN, "torch_eager"): runner(train_step_fn(), tb_args),
+         (INFER, "torch_eager"): runner(infer, ib_args)}
+  if not args.no_compile:
+    out.update({(TRAIN, "torch_compile"): runner(torch.compile(train_step_fn()), tb_args),
+                (INFER, "torch_compile"): runner(torch.compile(infer), ib_args)})
+  return out
 
 
-def warm_up(contenders: dict, steps: int) -> tuple[dict, dict]:
-  """First step of each (compile included) timed; then one untimed round of steps.
-  A contender that fails is dropped, with its error."""
-  first, errors = {}, {}
-  for key, run in list(contenders.items()):
-    try:
-      start = time.perf_counter()
-      run(1)
-      first[key] = time.perf_counter() - start
-      run(steps)
-      host_memory.release_freed_memory()
-    except Exception as e:  # noqa: BLE001 -- report and go on without it
-      errors[key] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-      del contenders[key]
-  return first, errors
-
-
-def interleaved(contenders: dict, rounds: int, steps: int) -> tuple[dict, dict]:
-  """Seconds per step, one entry per round (the order rotates each round), and
-  the process's minor page faults per step (memory the kernel mapped in afresh)."""
-  keys = list(contenders)
-  times, faults = {k: [] for k in keys}, {k: [] for k in keys}
-  for r in range(rounds):
-    for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-      faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-      start = time.perf_counter()
-      contenders[key](steps)
-      times[key].append((time.perf_counter() - start) / steps)
-      faults[key].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
-                         / steps)
-  return times, faults
-
-
-def summarize(args, times, faults, first, errors, peak) -> dict:
+def summarize(args, timings: harness.Timings, first, errors, peak) -> dict:
   peak_best = max(peak.values())
   flops = {TRAIN: 3 * forward_flops(args, args.batch), INFER: forward_flops(args, args.infer_batch),
            FORWARD: forward_flops(args, args.batch), FWD_BWD: 3 * forward_flops(args, args.batch)}
   out = {"contenders": {}, "speedups": {}}
-  for (kind, side), t in times.items():
-    med = float(np.median(t))
+  for kind, side in timings.keys():
+    med = timings.median((kind, side))
     out["contenders"][f"{kind}/{side}"] = {
-        "median_ms_per_step": 1e3 * med, "ms_per_step_rounds": [1e3 * x for x in t],
+        "median_ms_per_step": 1e3 * med,
+        "ms_per_step_rounds": [1e3 * x for x in timings.seconds[(kind, side)]],
         "first_step_s": first[(kind, side)], "gflops": flops[kind] / med / 1e9,
-        "page_faults_per_step": float(np.median(faults[(kind, side)])),
+        "page_faults_per_step": float(np.median(timings.page_faults[(kind, side)])),
+        "peak_rss_mb": timings.peak_rss_mb[(kind, side)],
         "fraction_of_peak": flops[kind] / med / 1e9 / peak_best}
   for (kind, side), err in errors.items():
     out["contenders"][f"{kind}/{side}"] = {"error": err}
   for kind in (TRAIN, INFER):
     for side in SIDES[1:]:
-      jx, tt = times.get((kind, "w2s_jax")), times.get((kind, side))
-      if jx and tt:
-        out["speedups"][f"{kind}/vs_{side}"] = {
-            "of_medians": float(np.median(tt) / np.median(jx)),
-            "median_of_round_ratios": float(np.median(np.array(tt) / np.array(jx)))}
+      if (kind, "w2s_jax") in timings and (kind, side) in timings:
+        out["speedups"][f"{kind}/vs_{side}"] = timings.speedup((kind, "w2s_jax"), over=(kind, side))
   out["split"] = {}
   for side in ("w2s_jax", "torch_eager"):
-    parts = [times.get((k, side)) for k in (FORWARD, FWD_BWD, TRAIN)]
-    if all(parts):
-      fwd, fb, step = (float(np.median(t)) for t in parts)
+    if all((k, side) in timings for k in (FORWARD, FWD_BWD, TRAIN)):
+      fwd, fb, step = (timings.median((k, side)) for k in (FORWARD, FWD_BWD, TRAIN))
       forward_rate = flops[FORWARD] / fwd / 1e9
       backward_rate = 2 * flops[FORWARD] / max(fb - fwd, 1e-9) / 1e9
       out["split"][side] = {"forward_ms": 1e3 * fwd, "backward_ms": 1e3 * (fb - fwd),
                             "update_ms": 1e3 * (step - fb), "forward_gflops": forward_rate,
                             "backward_gflops": backward_rate,
                             "backward_over_forward": backward_rate / forward_rate}
-  out.update(flops_per_step=flops, flop_formula=FLOP_FORMULA, peak_gflops=peak,
-             peak_gflops_used=peak_best)
+  out.update(flops_per_step={k: float(v) for k, v in flops.items()}, flop_formula=FLOP_FORMULA,
+             peak_gflops=peak, peak_gflops_used=peak_best)
   return out
+
+
+def print_header(args, env):
+  print(f"torch {env['versions']['torch']}, transformers {env['versions']['transformers']} "
+        f"on {env['torch_device']}: {env['torch_threads']} intra-op / "
+        f"{env['torch_interop_threads']} inter-op threads; torch.compile cache "
+        f"{env['torch_compile_cache']}")
+  shape = f" ({args.shape})" if args.shape else ""
+  print(f"model: GPT-2 shape{shape}, {args.layers} layers, width {args.width}, {args.heads} heads, "
+        f"seq {args.seq}, vocab {args.vocab}; train batch {args.batch}, inference batch "
+        f"{args.infer_batch}; {'bf16 compute, fp32 weights' if args.bf16 else 'fp32'} "
+        f"({env['fp32_matmuls']}); lr {args.lr}, weight decay 0.01")
+  print("w2s_jax train step includes its clip-by-global-norm (1.0), warmup-cosine schedule and "
+        "NaN guard; torch: plain AdamW, constant lr, no clipping")
 
 
 def print_report(args, summary):
@@ -337,14 +272,14 @@ def print_report(args, summary):
   print(f"fp32 matmul peak at n={args.peak_n}: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items())
         + f" GFLOP/s; this machine's measured peak: {summary['peak_gflops_used']:.1f} GFLOP/s")
   print(f"\n{'contender':22s} {'median ms/step':>14s} {'GFLOP/s':>9s} {'of peak':>8s} "
-        f"{'first step s':>13s} {'page faults/step':>17s}")
+        f"{'first step s':>13s} {'page faults/step':>17s} {'peak RSS MB':>12s}")
   for name, c in summary["contenders"].items():
     if "error" in c:
       print(f"{name:22s} unavailable: {c['error']}")
       continue
     print(f"{name:22s} {c['median_ms_per_step']:14.1f} {c['gflops']:9.1f} "
           f"{c['fraction_of_peak']:8.1%} {c['first_step_s']:13.2f} "
-          f"{c['page_faults_per_step']:17.0f}")
+          f"{c['page_faults_per_step']:17.0f} {c['peak_rss_mb']:12.0f}")
   print("\ntrain step split (medians; backward = fwd+bwd - forward, update = step - fwd+bwd)")
   for side, p in summary["split"].items():
     print(f"  {side:12s} forward {p['forward_ms']:7.1f} ms {p['forward_gflops']:6.1f} GFLOP/s, "
@@ -355,6 +290,8 @@ def print_report(args, summary):
   for name, s in summary["speedups"].items():
     print(f"  {name:26s} {s['of_medians']:.2f}x from medians, "
           f"{s['median_of_round_ratios']:.2f}x median of per-round ratios")
+  print("(peak RSS is the process's, which only grows: each contender's is a bound on it "
+        "together with everything run before it)")
 
 
 def main(argv=None):
@@ -362,12 +299,17 @@ def main(argv=None):
   load_before = os.getloadavg()
   wall = time.perf_counter()
   tmp = tempfile.TemporaryDirectory(prefix="bench_torch_")
-  torch, transformers = import_torch(tmp.name)
+  torch, transformers = harness.import_torch(tmp.name, "bench_torch")
   set_precision(torch, args.tf32)
   torch.manual_seed(0)
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  env = {**environment(torch, transformers, device, args), "host_memory": host_memory.status()}
-  print_header(args, env, load_before, device)
+  env = harness.machine()
+  torch_env = harness.torch_machine(torch, transformers, device)
+  env = {**env, **torch_env, "versions": {**env["versions"], **torch_env["versions"]},
+         "torch_compile_cache": os.environ["TORCHINDUCTOR_CACHE_DIR"],
+         "fp32_matmuls": "tf32 allowed" if args.tf32 else "strict fp32 (highest precision)"}
+  harness.print_machine(env, load_before)
+  print_header(args, env)
   train_data, infer_data = make_inputs(args, args.batch, 0), make_inputs(args, args.infer_batch, 1)
   contenders = {**jax_contenders(args, train_data, infer_data),
                 **jax_contenders(args, train_data, infer_data, "fused", "w2s_jax_fused"),
@@ -376,22 +318,16 @@ def main(argv=None):
   contenders = dict(sorted(contenders.items(), key=lambda kv: (kinds.index(kv[0][0]),
                                                                 SIDES.index(kv[0][1]))))
   print(f"warming up {len(contenders)} contenders ...", flush=True)
-  first, errors = warm_up(contenders, args.steps)
-  peak = measure_peak(torch, device, args.peak_n, args.peak_reps)
+  first, errors = harness.warm_up(contenders, args.steps)
+  peak = harness.matmul_peak(args.peak_n, args.peak_reps, torch=torch, device=device)
   print(f"{args.rounds} interleaved rounds of {args.steps} steps each ...", flush=True)
-  times, faults = interleaved(contenders, args.rounds, args.steps)
-  summary = summarize(args, times, faults, first, errors, peak)
+  timings = harness.interleaved(contenders, args.rounds, args.steps)
+  summary = summarize(args, timings, first, errors, peak)
   print_report(args, summary)
-  load_after = os.getloadavg()
-  print(f"\nload average after: {' '.join(f'{x:.2f}' for x in load_after)}; "
-        f"wall time {time.perf_counter() - wall:.0f}s")
+  load_after = harness.print_footer(load_before, wall)
   if args.json:
-    record = {"config": vars(args), **env, "load_before": load_before, "load_after": load_after,
-              **summary}
-    record["flops_per_step"] = {k: float(v) for k, v in record["flops_per_step"].items()}
-    with results.atomic_write(args.json) as f:
-      json.dump(record, f, indent=2)
-    print(f"wrote {args.json}")
+    harness.write_record(args.json, {"config": vars(args), **env, "load_before": load_before,
+                                     "load_after": load_after, **summary})
   tmp.cleanup()
 
 

@@ -3,7 +3,7 @@ ahead-of-time compilation: nothing is allocated, so a 7B model's numbers come
 from a laptop.
 
   python tools/memory_lora.py                      # a Qwen2.5-7B-shaped model, FSDP over 8
-  python tools/memory_lora.py --shape tiny         # seconds: a check of the tool itself
+  python tools/memory_lora.py --quick              # seconds: a check of the tool itself
 
 Simulates 8 devices (XLA_FLAGS) unless more are present. For each variant it
 prints, per device: LoRA's frozen base, the trainable params (all of them,
@@ -22,9 +22,12 @@ from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+
+import harness  # noqa: E402
 
 from w2s_jax import lora, models, objectives, sharding, train  # noqa: E402
 from w2s_jax.objectives import LossConfig  # noqa: E402
@@ -103,7 +106,13 @@ def main(argv=None):
   parser.add_argument("--dtype", default="bfloat16", choices=models.DTYPES)
   parser.add_argument("--no-remat", dest="remat", action="store_false")
   parser.add_argument("--attention", default="explicit", choices=models.ATTENTIONS)
+  parser.add_argument("--json", help="write the numbers here")
+  parser.add_argument("--quick", action="store_true",
+                      help="seconds: the tiny shape at 32 tokens (explicit flags still win)")
   args = parser.parse_args(argv)
+  if args.quick:
+    parser.set_defaults(shape="tiny", seq=32)
+    args = parser.parse_args(argv)
   cfg = dataclasses.replace(model_config(args.shape, args.seq, args.dtype, args.remat),
                             attention=args.attention)
   mesh = sharding.make_mesh(args.fsdp, fsdp=args.fsdp)
@@ -116,10 +125,14 @@ def main(argv=None):
   columns = ("frozen base", "trainable", "Adam", "temporaries", "compiled arguments")
   print(f"{'variant':24s} {'trainable params':>16s} " + " ".join(f"{c + ' GB':>14s}" for c in columns)
         + f" {'compile s':>10s}")
+  rows = {}
   for name, optim in variants.items():
-    m = step_memory(cfg, optim, mesh, args.batch)
+    m = rows[name] = step_memory(cfg, optim, mesh, args.batch)
     print(f"{name:24s} {m['trainable params']:>16,} "
           + " ".join(f"{m[c] / 1e9:>14.3f}" for c in columns) + f" {m['compile s']:>10.1f}")
+  if args.json:
+    harness.write_record(args.json, {"config": vars(args), **harness.machine(),
+                                     "bytes_per_device": rows})
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Where the train step's time goes: XLA's per-op profile of the benchmark model.
 
   python tools/profile_step.py [--part fwd+bwd|forward] [--shape gpt2-small] [--top 30]
-                               [--layers 6 --width 384 --heads 6 --seq 128 --batch 32]
+                               [--layers 6 --width 384 --heads 6 --seq 128 --batch 32] [--quick]
 
 Traces --steps calls of the jitted forward (the loss) or forward + backward of
-tools/bench_torch.py's model with jax.profiler, reads the trace back
+tools/bench_torch.py's model (tools/bench_model.py) with jax.profiler, reads the trace back
 (jax.profiler.ProfileData) and sums each HLO op's time per step, merging the
 same op across layers (block_3/... and block_5/... count as one row). Rows:
 ms per step, how many ops merged, GFLOP/s for matrix products, forward or
@@ -28,26 +28,29 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # harness, bench_model
 
 from w2s_jax import host_memory  # noqa: E402
 
 if __name__ == "__main__":
   host_memory.keep_freed_memory()  # before JAX starts: see host_memory
 
-from bench_torch import SHAPES, make_inputs, model_config  # noqa: E402 -- the same model
+from bench_model import SHAPES, add_shape_args, make_inputs, model_config  # noqa: E402
+
+QUICK = dict(layers=2, width=64, heads=4, seq=32, batch=8, vocab=1000, steps=1, top=10)
 
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  for name, default in dict(layers=6, width=384, heads=6, seq=128, batch=32, vocab=50257,
-                            steps=3, top=30).items():
-    parser.add_argument(f"--{name}", type=int, default=default)
+  add_shape_args(parser)
+  parser.add_argument("--steps", type=int, default=3, help="profiled calls")
+  parser.add_argument("--top", type=int, default=30, help="rows printed")
   parser.add_argument("--part", choices=("fwd+bwd", "forward"), default="fwd+bwd")
-  parser.add_argument("--bf16", action="store_true", help="bfloat16 compute, float32 weights")
-  parser.add_argument("--shape", choices=sorted(SHAPES), help=f"{SHAPES} (explicit flags win)")
+  parser.add_argument("--quick", action="store_true",
+                      help=f"seconds-long check of the whole tool: {QUICK}")
   args = parser.parse_args(argv)
-  if args.shape:
-    parser.set_defaults(**SHAPES[args.shape])
+  if args.quick or args.shape:  # explicit flags still win over these defaults
+    parser.set_defaults(**{**(QUICK if args.quick else {}), **SHAPES.get(args.shape, {})})
     args = parser.parse_args(argv)
   return args
 

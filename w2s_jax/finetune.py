@@ -17,7 +17,7 @@ from w2s_jax.objectives import LossConfig
 from w2s_jax.train import OptimConfig
 
 
-def _seed_stream(per_seed: list[Dataset], *, batch_size, seeds, rows,
+def seed_stream(per_seed: list[Dataset], *, batch_size, seeds, rows,
                  gt_data: Dataset | None = None):
   """Batches with a leading seed axis; each seed has its own data and order.
 
@@ -49,7 +49,7 @@ def seed_stacked_abstract(cfg, num_seeds):
 
 
 @functools.lru_cache(maxsize=64)
-def _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh, num_seeds, generative=False,
+def finetune_step(model_cfg, loss_cfg, optim_cfg, mesh, num_seeds, generative=False,
                    teacher_cfg=None, sampling_cfg=None):
   """One compiled step per (model, loss, optimizer, mesh, seeds, teacher,
   sampling config of the live loss): sweep cells that share a strong size
@@ -119,7 +119,7 @@ def finetune(params, model_cfg, per_seed: list[Dataset], *, loss_cfg: LossConfig
   elif not params_per_seed:
     params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds, *x.shape)), params)
   teacher_cfg, teacher_params = teacher if teacher is not None else (None, None)
-  optimizer, step, teacher_sharding = _finetune_step(model_cfg, loss_cfg, optim_cfg, mesh,
+  optimizer, step, teacher_sharding = finetune_step(model_cfg, loss_cfg, optim_cfg, mesh,
                                                      num_seeds, generative, teacher_cfg,
                                                      sampling_cfg)
   state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh,
@@ -129,7 +129,7 @@ def finetune(params, model_cfg, per_seed: list[Dataset], *, loss_cfg: LossConfig
   if frozen:
     compiled = step
     step = lambda state, batch: compiled(state, batch, *frozen)
-  batches = _seed_stream(per_seed, batch_size=optim_cfg.batch_size, seeds=seeds,
+  batches = seed_stream(per_seed, batch_size=optim_cfg.batch_size, seeds=seeds,
                          rows=shd.process_rows(mesh, optim_cfg.batch_size), gt_data=gt_data)
   state, _ = train.fit(state, step, batches, num_steps=optim_cfg.steps, mesh=mesh, desc=desc,
                        progress=progress)

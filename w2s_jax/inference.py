@@ -11,7 +11,10 @@ from w2s_jax.models import ModelConfig, Transformer
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(model_cfg: ModelConfig, fn_name: str, mesh, seed_axis: bool):
+def compiled_softmax(model_cfg: ModelConfig, fn_name: str, mesh, seed_axis: bool):
+  """The jitted softmax of a Transformer method's logits (fn_name:
+  "class_logits" or "last_token_lm_logits") for (params, tokens, mask);
+  with seed_axis, over params stacked per seed. One program per setting."""
   model = Transformer(model_cfg)
   method = getattr(Transformer, fn_name)
 
@@ -57,7 +60,7 @@ def map_batches(fn, params, data: Dataset, *, batch_size: int, mesh, field: str,
 
 
 def _batched(params, model_cfg, data: Dataset, *, batch_size, mesh, fn_name, seed_axis):
-  return map_batches(_compiled(model_cfg, fn_name, mesh, seed_axis), params, data,
+  return map_batches(compiled_softmax(model_cfg, fn_name, mesh, seed_axis), params, data,
                      batch_size=batch_size, mesh=mesh, field="inference batch_size",
                      seed_axis=seed_axis)
 

@@ -21,7 +21,7 @@ from w2s_jax import sharding as shd
 from w2s_jax.checkpoints import PretrainedCache
 from w2s_jax.data import Dataset, one_hot
 from w2s_jax.finetune import (  # noqa: F401 -- re-exported: callers know stages.finetune
-    _finetune_step, _seed_stream, finetune, seed_stacked_abstract)
+    finetune_step, seed_stream, finetune, seed_stacked_abstract)
 from w2s_jax.objectives import LossConfig
 from w2s_jax.results import remove_stale_temp_files
 from w2s_jax.selection import FilterConfig

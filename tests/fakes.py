@@ -1,0 +1,140 @@
+"""Offline stand-ins the tests share: labelled text files, TFDS under
+tfds.testing.mock_data, and tiny random Hugging Face checkpoints saved by
+transformers (so the import path reads real files, written by the test)."""
+
+import contextlib
+import json
+
+import numpy as np
+
+WORDS = {1: ["good", "great", "fine", "lovely"], 0: ["bad", "awful", "dull", "poor"]}
+FILLER = ["the", "film", "was", "a", "plot", "and", "cast", "very"]
+TFDS_EXAMPLES = 60   # examples per split of fake_tfds
+
+
+def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
+  """(text, label): filler words and one word that gives the label away."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(n):
+    label = int(rng.integers(2))
+    words = list(rng.choice(FILLER, size=int(rng.integers(2, 6)))) + [rng.choice(WORDS[label])]
+    rng.shuffle(words)
+    rows.append((" ".join(words), label))
+  return rows
+
+
+def write_sentiment_tsv(path, n: int, seed: int, *, text="text", label="label"):
+  rows = [f"{text}\t{label}"] + [f"{t}\t{y}" for t, y in sentiment_rows(n, seed)]
+  path.write_text("\n".join(rows) + "\n")
+  return path
+
+
+def write_sentiment_jsonl(path, n: int, seed: int, *, text="text", label="label"):
+  path.write_text("".join(json.dumps({text: t, label: y}) + "\n"
+                          for t, y in sentiment_rows(n, seed)))
+  return path
+
+
+def vocabulary() -> list[str]:
+  """Every word of the sentiment files and of fake_tfds's rows."""
+  return sorted({w for ws in WORDS.values() for w in ws} | set(FILLER)
+                | {"film", "quoted", "é", "passage", "is", "even", "review", "\""}
+                | {str(i) for i in range(200)})
+
+
+def _word_level_tokenizer(folder, words):
+  import tokenizers
+  vocab = {w: i for i, w in enumerate(["<unk>", "<|endoftext|>", *words])}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok.save(str(folder / "tokenizer.json"))
+  return vocab
+
+
+def tiny_gpt2(folder, n_layer: int, words=None) -> str:
+  """A random GPT-2 of transformers, saved as safetensors, with a WordLevel tokenizer.json."""
+  import torch
+  import transformers
+  folder.mkdir(parents=True)
+  vocab = _word_level_tokenizer(folder, vocabulary() if words is None else words)
+  torch.manual_seed(n_layer)
+  eos = vocab["<|endoftext|>"]
+  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=len(vocab), n_embd=32, n_layer=n_layer, n_head=4, n_positions=32,
+      bos_token_id=eos, eos_token_id=eos))
+  model.save_pretrained(folder, safe_serialization=True)
+  return str(folder)
+
+
+def tiny_gpt_neox(folder, n_layer: int, words=None) -> str:
+  """A random GPT-NeoX (Pythia's architecture), saved as safetensors, with a tokenizer.json."""
+  import torch
+  import transformers
+  folder.mkdir(parents=True)
+  vocab = _word_level_tokenizer(folder, vocabulary() if words is None else words)
+  torch.manual_seed(n_layer)
+  eos = vocab["<|endoftext|>"]
+  model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+      vocab_size=len(vocab), hidden_size=32, num_hidden_layers=n_layer, num_attention_heads=4,
+      intermediate_size=64, max_position_embeddings=64, rotary_pct=0.25,
+      bos_token_id=eos, eos_token_id=eos))
+  model.save_pretrained(folder, safe_serialization=True)
+  return str(folder)
+
+
+def fake_tfds_rows(builder_name: str, examples: int = TFDS_EXAMPLES) -> list[dict]:
+  """Examples shaped as real ArrayRecord files give them: bytes, lists, ints."""
+  rows = []
+  for i in range(examples):
+    if builder_name == "glue":
+      rows.append({"sentence": f"film {i} \"quoted\" é ".encode(), "label": i % 2, "idx": i})
+    elif builder_name == "imdb_reviews":
+      rows.append({"text": f"review {i}".encode(), "label": (i // 2) % 2})
+    elif builder_name == "bool_q":
+      rows.append({"passage": f"passage {i}".encode(), "question": f"is {i} even".encode(),
+                   "answer": i % 2 == 0, "title": b"t"})
+    elif builder_name == "cosmos_qa":
+      right = i % 4
+      row = {"context": f"context {i}".encode(), "question": f"question {i}".encode(),
+             "label": right, "id": str(i).encode()}
+      for k in range(4):
+        row[f"answer{k}"] = (f"right {i}" if k == right else f"wrong {i}.{k}").encode()
+      rows.append(row)
+    elif builder_name == "hellaswag":
+      right = i % 4
+      rows.append({"activity_label": b"Cooking", "context": f"context {i}".encode(),
+                   "endings": [(f"right {i}" if k == right else f"wrong {i}.{k}").encode()
+                               for k in range(4)],
+                   "label": right, "source_id": b"s", "split_type": b"indomain"})
+    elif builder_name == "piqa":
+      right = i % 2
+      rows.append({"goal": f"goal {i}".encode(), "id": b"x", "label": right,
+                   "sol1": (f"right {i}" if right == 0 else f"wrong {i}.0").encode(),
+                   "sol2": (f"right {i}" if right == 1 else f"wrong {i}.1").encode()})
+    elif builder_name == "anli":
+      rows.append({"context": f"premise {i}".encode(), "hypothesis": f"hyp {i}".encode(),
+                   "label": i % 3, "uid": b"u"})
+    else:
+      raise AssertionError(f"fake_tfds has no rows for {builder_name!r}")
+  return rows
+
+
+@contextlib.contextmanager
+def fake_tfds(examples: int = TFDS_EXAMPLES):
+  """Every TFDS text task through tfds.data_source, offline: fake_tfds_rows
+  for every split, under tfds.testing.mock_data."""
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.testing import mocking
+  # tfds 4.9.10's mock binds its __getitems__ without `self`, so a batched read
+  # (what load_task does, as ArrayRecord reads batches faster) raises TypeError.
+  # This stands in for it with the same result: the mocked examples in order.
+  original = mocking._getitems
+  mocking._getitems = (lambda record_keys, generator, serialized=False:
+                       [generator[k] for k in record_keys])
+  try:
+    with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **kw:
+                                fake_tfds_rows(builder.name, examples)):
+      yield
+  finally:
+    mocking._getitems = original
