@@ -31,12 +31,15 @@ micro, 2 seeds: seconds), `seeds=N`, `task=classification|generative|both`.
 
 import dataclasses
 
-from w2s_jax.cascade_run import CascadeConfig
-from w2s_jax.configs import parse_arg
-from w2s_jax.gen_tasks import GenerationConfig
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import SMALL_PRETRAIN, SMALL_WORLD, ExperimentConfig
-from w2s_jax.train import OptimConfig
+from w2s_jax.cascade.experiment import CascadeConfig
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.tasks.generation import GenerationConfig
+from w2s_jax.training.classifier_losses import Xent
+from w2s_jax.training.generative_losses import Sft
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.training.train import OptimConfig
+
+import common  # configs/common.py, beside this file
 
 def get_config(arg=None) -> CascadeConfig:
   arg = parse_arg(arg, small=False, seeds=0, task="both")
@@ -44,14 +47,14 @@ def get_config(arg=None) -> CascadeConfig:
     raise ValueError(f"config arg task={arg.task!r}: expected classification, generative or both")
   seeds = tuple(range(arg.seeds or (2 if arg.small else 5)))
   strong = "micro" if arg.small else "mini"
-  common = dict(seeds=seeds, weak_size="pico", strong_size=strong)
-  classification = ExperimentConfig(name="cascade-classification", losses=(LossConfig("xent"),),
-                                    **common)
+  shared = dict(seeds=seeds, weak_size="pico", strong_size=strong)
+  classification = ExperimentConfig(name="cascade-classification", losses=(Xent(),),
+                                    **shared)
   generative = ExperimentConfig(
-      name="cascade-generative", generation=GenerationConfig(), losses=(LossConfig("sft"),),
-      finetune=OptimConfig(steps=200, batch_size=32, lr=3e-4, warmup_frac=0.05), **common)
+      name="cascade-generative", generation=GenerationConfig(), losses=(Sft(),),
+      finetune=OptimConfig(steps=200, batch_size=32, lr=3e-4, warmup_frac=0.05), **shared)
   if arg.small:
-    small = dict(world=SMALL_WORLD, pretrain=SMALL_PRETRAIN, eval_batch_size=8)
+    small = dict(world=common.SMALL_WORLD, pretrain=common.SMALL_PRETRAIN, eval_batch_size=8)
     classification = dataclasses.replace(
         classification, finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
         **small)

@@ -14,11 +14,14 @@ micro, naive KD and two combined cells).
 
 import dataclasses
 
-from w2s_jax.configs import parse_arg
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import SMALL_PRETRAIN, SMALL_WORLD, ExperimentConfig
-from w2s_jax.train import OptimConfig
-from w2s_jax.sweep import Cell, SweepConfig
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.training.classifier_losses import Xent
+from w2s_jax.training.combined import Combined
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.training.train import OptimConfig
+from w2s_jax.w2s.grid import Cell, SweepConfig
+
+import common  # configs/common.py, beside this file
 
 KD_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 GT_EXAMPLES = (10, 30, 100)
@@ -29,7 +32,7 @@ def get_config(arg=None) -> ExperimentConfig:
   cfg = ExperimentConfig(name="combined", seeds=tuple(range(arg.seeds or (2 if arg.tiny else 5))))
   if arg.tiny:
     cfg = dataclasses.replace(
-        cfg, name="combined-tiny", world=SMALL_WORLD, pretrain=SMALL_PRETRAIN,
+        cfg, name="combined-tiny", world=common.SMALL_WORLD, pretrain=common.SMALL_PRETRAIN,
         finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
         eval_batch_size=8, bootstrap_resamples=200)
   return cfg
@@ -38,10 +41,10 @@ def get_config(arg=None) -> ExperimentConfig:
 def sweep(arg=None) -> SweepConfig:
   base = get_config(arg)
   if base.name == "combined-tiny":
-    return SweepConfig(base, (Cell("pico", "micro", LossConfig("xent")),
-                              Cell("pico", "micro", LossConfig("combined", kd_weight=0.5,
+    return SweepConfig(base, (Cell("pico", "micro", Xent()),
+                              Cell("pico", "micro", Combined(kd_weight=0.5,
                                                                gt_examples=10))))
-  cells = [Cell("pico", "mini", LossConfig("xent"))]
-  cells += [Cell("pico", "mini", LossConfig("combined", kd_weight=w, gt_examples=n))
+  cells = [Cell("pico", "mini", Xent())]
+  cells += [Cell("pico", "mini", Combined(kd_weight=w, gt_examples=n))
             for n in GT_EXAMPLES for w in KD_WEIGHTS]
   return SweepConfig(base, tuple(cells))

@@ -22,11 +22,13 @@ full fine-tuning).
 
 import dataclasses
 
-from w2s_jax import testbed
-from w2s_jax.configs import parse_arg
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import CUE_FINETUNE, SMALL_PRETRAIN, SMALL_WORLD, ExperimentConfig
-from w2s_jax.train import OptimConfig
+from w2s_jax.data import testbed
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.training.classifier_losses import LogConf, Xent
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.training.train import OptimConfig
+
+import common  # configs/common.py, beside this file
 
 
 def get_config(arg=None):
@@ -34,13 +36,13 @@ def get_config(arg=None):
   cfg = ExperimentConfig(
       name="default",
       seeds=tuple(range(arg.seeds)),
-      losses=(LossConfig("xent"), LossConfig("logconf")),
+      losses=(Xent(), LogConf()),
       use_pretraining=not arg.scratch,
   )
   if arg.facts:
     cfg = dataclasses.replace(cfg, name="default-facts")
   else:
-    cfg = dataclasses.replace(cfg, world=testbed.CUE_WORLD, finetune=CUE_FINETUNE)
+    cfg = dataclasses.replace(cfg, world=testbed.CUE_WORLD, finetune=common.CUE_FINETUNE)
   if arg.scratch:
     # A fair from-scratch run: a rate that trains a fresh body, and more steps.
     cfg = dataclasses.replace(cfg, name=cfg.name + "-scratch", finetune=dataclasses.replace(
@@ -50,8 +52,8 @@ def get_config(arg=None):
     # the facts) and ceiling (micro, about 90%) differ on every seed, so PGR
     # is defined per seed and a broken resume shows in the numbers.
     cfg = dataclasses.replace(
-        cfg, name=cfg.name + "-small", world=SMALL_WORLD, weak_size="pico", strong_size="micro",
-        pretrain=SMALL_PRETRAIN, finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
+        cfg, name=cfg.name + "-small", world=common.SMALL_WORLD, weak_size="pico", strong_size="micro",
+        pretrain=common.SMALL_PRETRAIN, finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
         eval_batch_size=8, bootstrap_resamples=200)
   if arg.lora:
     cfg = dataclasses.replace(cfg, name=cfg.name + f"-lora{arg.lora}", weak_finetune=cfg.finetune,

@@ -16,12 +16,14 @@ micro, no filter and two criteria at keep 0.5).
 
 import dataclasses
 
-from w2s_jax.configs import parse_arg
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import SMALL_PRETRAIN, SMALL_WORLD, ExperimentConfig
-from w2s_jax.selection import FilterConfig
-from w2s_jax.sweep import Cell, SweepConfig
-from w2s_jax.train import OptimConfig
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.training.classifier_losses import Xent
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.curation.selection import FilterConfig
+from w2s_jax.w2s.grid import Cell, SweepConfig
+from w2s_jax.training.train import OptimConfig
+
+import common  # configs/common.py, beside this file
 
 CRITERIA = ("confidence", "margin", "neg_entropy", "agreement", "likelihood")
 KEEP_FRACS = (0.75, 0.5, 0.25)  # and 1.0: the unfiltered cell
@@ -32,7 +34,7 @@ def get_config(arg=None) -> ExperimentConfig:
   cfg = ExperimentConfig(name="filtering", seeds=tuple(range(arg.seeds or (2 if arg.tiny else 5))))
   if arg.tiny:
     cfg = dataclasses.replace(
-        cfg, name="filtering-tiny", world=SMALL_WORLD, pretrain=SMALL_PRETRAIN,
+        cfg, name="filtering-tiny", world=common.SMALL_WORLD, pretrain=common.SMALL_PRETRAIN,
         finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
         eval_batch_size=8, bootstrap_resamples=200)
   return cfg
@@ -42,9 +44,9 @@ def sweep(arg=None) -> SweepConfig:
   base = get_config(arg)
   if base.name == "filtering-tiny":
     return SweepConfig(base, tuple(
-        Cell("pico", "micro", LossConfig("xent"), filter=f)
+        Cell("pico", "micro", Xent(), filter=f)
         for f in (None, FilterConfig("confidence", 0.5), FilterConfig("likelihood", 0.5))))
-  cells = [Cell("pico", "mini", LossConfig("xent"))]
-  cells += [Cell("pico", "mini", LossConfig("xent"), filter=FilterConfig(c, keep))
+  cells = [Cell("pico", "mini", Xent())]
+  cells += [Cell("pico", "mini", Xent(), filter=FilterConfig(c, keep))
             for c in CRITERIA for keep in KEEP_FRACS]
   return SweepConfig(base, tuple(cells))

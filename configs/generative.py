@@ -31,16 +31,21 @@ kd_weight in {0, .25, .5, .75, 1} x gt_examples in {10, 30}, plus sft.
 
 import dataclasses
 
-from w2s_jax.configs import parse_arg
-from w2s_jax.gen_tasks import GenerationConfig
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import SMALL_PRETRAIN, SMALL_WORLD, ExperimentConfig
-from w2s_jax.sweep import SweepConfig, grid
-from w2s_jax.train import OptimConfig
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.tasks.generation import GenerationConfig
+from w2s_jax.training.combined import Combined
+from w2s_jax.training.generative_losses import ForwardKl, Jsd, ReverseKl, Sft
+from w2s_jax.training.live import Live
+from w2s_jax.training.objectives import Loss
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.w2s.grid import SweepConfig, grid
+from w2s_jax.training.train import OptimConfig
 
-LOSSES = (LossConfig("sft"), LossConfig("forward_kl"), LossConfig("reverse_kl"),
-          LossConfig("jsd"), LossConfig("combined", kd_weight=0.5, gt_examples=30),
-          LossConfig("live", live_fraction=0.5, live_divergence="forward_kl"))
+import common  # configs/common.py, beside this file
+
+LOSSES = (Sft(), ForwardKl(), ReverseKl(),
+          Jsd(), Combined(kd_weight=0.5, gt_examples=30),
+          Live(live_fraction=0.5, live_divergence="forward_kl"))
 
 
 def get_config(arg=None) -> ExperimentConfig:
@@ -52,7 +57,7 @@ def get_config(arg=None) -> ExperimentConfig:
       generation=GenerationConfig(format=arg.format),
       seeds=tuple(range(arg.seeds)),
       finetune=OptimConfig(steps=200, batch_size=32, lr=arg.lr, warmup_frac=0.05),
-      losses=LOSSES if arg.losses == "all" else (LossConfig(arg.losses),),
+      losses=LOSSES if arg.losses == "all" else (Loss.from_string(arg.losses),),
       use_pretraining=not arg.scratch,
   )
   if arg.scratch:
@@ -62,12 +67,12 @@ def get_config(arg=None) -> ExperimentConfig:
   if arg.small:
     cfg = dataclasses.replace(
         cfg, name=cfg.name + "-small",
-        world=SMALL_WORLD,
+        world=common.SMALL_WORLD,
         weak_size="pico", strong_size="micro",
-        pretrain=SMALL_PRETRAIN,
+        pretrain=common.SMALL_PRETRAIN,
         finetune=OptimConfig(steps=30, batch_size=8, lr=3e-3),
-        losses=(LossConfig("sft"), LossConfig("forward_kl"),
-                LossConfig("combined", kd_weight=0.5, gt_examples=8)),
+        losses=(Sft(), ForwardKl(),
+                Combined(kd_weight=0.5, gt_examples=8)),
         eval_batch_size=8, bootstrap_resamples=200)
   return cfg
 
@@ -75,8 +80,8 @@ def get_config(arg=None) -> ExperimentConfig:
 def sweep(arg=None) -> SweepConfig:
   """The combined objective's grid: kd_weight x ground-truth set size, and sft."""
   base = get_config(arg)
-  losses = [LossConfig("sft")] + [LossConfig("combined", kd_weight=w, gt_examples=n)
+  losses = [Sft()] + [Combined(kd_weight=w, gt_examples=n)
                                   for n in (10, 30) for w in (0.0, 0.25, 0.5, 0.75, 1.0)]
   if base.name.endswith("-small"):
-    losses = [LossConfig("combined", kd_weight=w, gt_examples=8) for w in (0.0, 1.0)]
+    losses = [Combined(kd_weight=w, gt_examples=8) for w in (0.0, 1.0)]
   return SweepConfig(base, tuple(grid((base.weak_size, base.strong_size), losses)))

@@ -27,12 +27,12 @@ small world; `seeds=N`; `samples=N`, `temperature=X` (the weak sampling).
 import dataclasses
 from pathlib import Path
 
-from w2s_jax import configs
-from w2s_jax.configs import parse_arg
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
-from w2s_jax.selection import GENERATIVE_CRITERIA, FilterConfig
-from w2s_jax.sweep import Cell, SweepConfig
+from w2s_jax.infra import configs
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.training.generative_losses import Sft
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.curation.selection import FilterConfig, GENERATIVE_CRITERIA
+from w2s_jax.w2s.grid import Cell, SweepConfig
 
 KEEP_FRACS = (0.5, 0.25)  # and 1.0: the unfiltered cell
 
@@ -45,14 +45,14 @@ def get_config(arg=None) -> ExperimentConfig:
   name = "generative-curation" + ("" if (arg.samples, arg.temperature) == (4, 1.0)
                                   else f"-n{arg.samples}-t{arg.temperature:g}")
   return dataclasses.replace(
-      base, name=name + ("-small" if small else ""), losses=(LossConfig("sft"),),
+      base, name=name + ("-small" if small else ""), losses=(Sft(),),
       generation=dataclasses.replace(base.generation, weak_samples=arg.samples,
                                      weak_temperature=arg.temperature))
 
 
 def sweep(arg=None) -> SweepConfig:
   base = get_config(arg)
-  sft = LossConfig("sft")
+  sft = Sft()
   criteria = [c for c in GENERATIVE_CRITERIA
               if c != "self_consistency" or base.generation.weak_samples >= 2]
   cells = [Cell(base.weak_size, base.strong_size, sft)]

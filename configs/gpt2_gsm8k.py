@@ -27,13 +27,14 @@ solutions + 0.5 * LM on 500 ground-truth ones). Add fsdp=N on many devices
 Args: models=DIR (required), files=DIR, weak=NAME, strong=NAME, fsdp=N, seeds=N.
 """
 
-from w2s_jax.configs import parse_arg
-from w2s_jax.gen_tasks import GenerationConfig, GenTextTaskConfig
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
-from w2s_jax.sharding import MeshConfig
-from w2s_jax.sweep import SweepConfig, grid
-from w2s_jax.train import OptimConfig
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.tasks.generation import GenTextTaskConfig, GenerationConfig
+from w2s_jax.training.combined import Combined
+from w2s_jax.training.generative_losses import ForwardKl, Sft
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.infra.sharding import MeshConfig
+from w2s_jax.w2s.grid import SweepConfig, grid
+from w2s_jax.training.train import OptimConfig
 
 FAMILY = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
@@ -58,8 +59,8 @@ def get_config(arg=None) -> ExperimentConfig:
       strong_size=arg.strong,
       # Two epochs of the 5,000 weak solutions.
       finetune=OptimConfig(steps=625, batch_size=16, lr=1e-5, warmup_frac=0.05),
-      losses=(LossConfig("sft"), LossConfig("forward_kl"),
-              LossConfig("combined", kd_weight=0.5, gt_examples=500)),
+      losses=(Sft(), ForwardKl(),
+              Combined(kd_weight=0.5, gt_examples=500)),
       seeds=tuple(range(arg.seeds)),
       eval_batch_size=64,
       mesh=MeshConfig(fsdp=arg.fsdp),

@@ -34,13 +34,13 @@ sweep over weak and strong only.
 
 import dataclasses
 
-from w2s_jax.configs import parse_arg
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
-from w2s_jax.sharding import MeshConfig
-from w2s_jax.sweep import SweepConfig, grid
-from w2s_jax.tasks import TextTaskConfig
-from w2s_jax.train import OptimConfig
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.training.classifier_losses import LogConf, Xent
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.infra.sharding import MeshConfig
+from w2s_jax.w2s.grid import SweepConfig, grid
+from w2s_jax.tasks.classification import TextTaskConfig
+from w2s_jax.training.train import OptimConfig
 
 FAMILY = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
@@ -68,7 +68,7 @@ def get_config(arg=None) -> ExperimentConfig:
       strong_size=arg.strong,
       # Two epochs of 10,000 examples, as in Burns et al.'s NLP runs.
       finetune=OptimConfig(steps=625, batch_size=32, lr=1e-5, head_lr=1e-3, warmup_frac=0.05),
-      losses=(LossConfig("xent"), LossConfig("logconf")),
+      losses=(Xent(), LogConf()),
       seeds=tuple(range(arg.seeds or (1 if arg.tiny else 3))),
       eval_batch_size=64,
       mesh=MeshConfig(fsdp=arg.fsdp),

@@ -32,13 +32,13 @@ per split, 4 steps, one seed, and a sweep over weak and strong only.
 
 import dataclasses
 
-from w2s_jax.configs import parse_arg
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
-from w2s_jax.sharding import MeshConfig
-from w2s_jax.sweep import SweepConfig, grid
-from w2s_jax.tasks import TextTaskConfig
-from w2s_jax.train import OptimConfig
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.training.classifier_losses import LogConf, Xent
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.infra.sharding import MeshConfig
+from w2s_jax.w2s.grid import SweepConfig, grid
+from w2s_jax.tasks.classification import TextTaskConfig
+from w2s_jax.training.train import OptimConfig
 
 FAMILY = "pythia-70m+pythia-160m+pythia-410m+pythia-1b+pythia-1.4b+pythia-2.8b"
 
@@ -69,7 +69,7 @@ def get_config(arg=None) -> ExperimentConfig:
       strong_size=arg.strong,
       finetune=OptimConfig(steps=600, batch_size=32, lr=1e-5, head_lr=1e-3, warmup_frac=0.05,
                            grad_accum_steps=4),
-      losses=(LossConfig("xent"), LossConfig("logconf")),
+      losses=(Xent(), LogConf()),
       seeds=tuple(range(arg.seeds or (1 if arg.tiny else 3))),
       eval_batch_size=32,
       mesh=MeshConfig(fsdp=arg.fsdp),

@@ -28,13 +28,13 @@ lora=R, lora_targets=qv|all, fsdp=N, seeds=N, max_len=N.
 
 import dataclasses
 
-from w2s_jax import lora
-from w2s_jax.configs import parse_arg
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
-from w2s_jax.sharding import MeshConfig
-from w2s_jax.tasks import TextTaskConfig
-from w2s_jax.train import OptimConfig
+from w2s_jax.training import lora
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.training.classifier_losses import LogConf, Xent
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.infra.sharding import MeshConfig
+from w2s_jax.tasks.classification import TextTaskConfig
+from w2s_jax.training.train import OptimConfig
 
 TARGETS = {"qv": ("q", "v"), "all": lora.TARGETS}
 
@@ -62,5 +62,5 @@ def get_config(arg=None) -> ExperimentConfig:
       head_input="hidden", weak_size=arg.weak, strong_size=arg.strong,
       # Two epochs of 10,000 examples, as in Burns et al.'s NLP runs.
       weak_finetune=weak_finetune, finetune=strong,
-      losses=(LossConfig("xent"), LossConfig("logconf")), seeds=tuple(range(arg.seeds)),
+      losses=(Xent(), LogConf()), seeds=tuple(range(arg.seeds)),
       eval_batch_size=64, mesh=MeshConfig(fsdp=arg.fsdp), dtype="bfloat16", remat=True)

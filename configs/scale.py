@@ -26,12 +26,12 @@ a few minutes, learning most of the testbed's frequent facts.
 
 import dataclasses
 
-from w2s_jax import testbed
-from w2s_jax.configs import parse_arg
-from w2s_jax.distributed import DistributedConfig
-from w2s_jax.pretrain import PretrainConfig
-from w2s_jax.sharding import MeshConfig
-from w2s_jax.train import OptimConfig
+from w2s_jax.data import testbed
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.infra.distributed import DistributedConfig
+from w2s_jax.training.pretrain_job import PretrainConfig
+from w2s_jax.infra.sharding import MeshConfig
+from w2s_jax.training.train import OptimConfig
 
 
 def get_config(arg=None):

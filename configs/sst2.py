@@ -27,9 +27,10 @@ Args (comma-separated): `files=DIR`, `seeds=N`, `weak=SIZE`, `strong=SIZE`,
 
 import dataclasses
 
-from w2s_jax.configs import parse_arg
-from w2s_jax.pipeline import scratch_text_experiment
-from w2s_jax.tasks import TextTaskConfig
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.tasks.classification import TextTaskConfig
+
+import common  # configs/common.py, beside this file
 
 
 def get_config(arg=None):
@@ -37,7 +38,7 @@ def get_config(arg=None):
                   tokenizer="bpe:4096", finetune_steps=400, gt=4000, small=False)
   source = (dict(train_file=f"{arg.files}/sst2_train.tsv", test_file=f"{arg.files}/sst2_dev.tsv")
             if arg.files else dict(tfds_name="glue/sst2"))
-  cfg = scratch_text_experiment(
+  cfg = common.scratch_text_experiment(
       "sst2", TextTaskConfig(**source, tokenizer=arg.tokenizer, max_len=64, gt_examples=arg.gt,
                              w2s_examples=8000),
       weak=arg.weak, strong=arg.strong, pretrain_steps=arg.pretrain_steps,

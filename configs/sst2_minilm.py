@@ -26,9 +26,11 @@ steps), `pooling=mean|cls`, `probe`, `small` (a minutes-long smoke run).
 
 import dataclasses
 
-from w2s_jax.configs import parse_arg
-from w2s_jax.pipeline import ExperimentConfig, minilm_text_experiment
-from w2s_jax.tasks import TextTaskConfig
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.tasks.classification import TextTaskConfig
+
+import common  # configs/common.py, beside this file
 
 
 def get_config(arg=None) -> ExperimentConfig:
@@ -36,7 +38,7 @@ def get_config(arg=None) -> ExperimentConfig:
                   steps=125, pooling="", probe=False, small=False)
   source = (dict(train_file=f"{arg.files}/sst2_train.tsv", test_file=f"{arg.files}/sst2_dev.tsv")
             if arg.files else dict(tfds_name="glue/sst2"))
-  cfg = minilm_text_experiment(
+  cfg = common.minilm_text_experiment(
       "sst2-minilm" + ("-probe" if arg.probe else ""),
       TextTaskConfig(**source, tokenizer="bpe:4096", max_len=64, train_max_len=32,
                      gt_examples=arg.gt, w2s_examples=arg.w2s),

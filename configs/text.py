@@ -30,9 +30,10 @@ seconds-long smoke run: tiny models, few steps).
 import dataclasses
 from pathlib import Path
 
-from w2s_jax.configs import parse_arg
-from w2s_jax.pipeline import minilm_text_experiment, scratch_text_experiment
-from w2s_jax.tasks import TextTaskConfig
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.tasks.classification import TextTaskConfig
+
+import common  # configs/common.py, beside this file
 
 
 def get_config(arg=None):
@@ -49,10 +50,10 @@ def get_config(arg=None):
                         gt_examples=arg.gt or None, w2s_examples=arg.w2s or None)
   name = arg.name or f"text-{Path(arg.train).stem}"
   if arg.strong == "minilm":
-    cfg = minilm_text_experiment(name, task, weak=arg.weak, models_dir=arg.models,
+    cfg = common.minilm_text_experiment(name, task, weak=arg.weak, models_dir=arg.models,
                                  steps=arg.finetune_steps or 125, seeds=arg.seeds)
   else:
-    cfg = scratch_text_experiment(name, task, weak=arg.weak, strong=arg.strong,
+    cfg = common.scratch_text_experiment(name, task, weak=arg.weak, strong=arg.strong,
                                   pretrain_steps=arg.pretrain_steps,
                                   finetune_steps=arg.finetune_steps or 400, seeds=arg.seeds)
   if arg.small:

@@ -1,38 +1,26 @@
-"""Runs the cascade experiment: python experiments/cascade.py --config configs/cascade.py[:arg]"""
+"""Runs the cascade experiment:
 
-import argparse
+  python experiments/cascade.py --config configs/cascade.py[:arg] [--set path=value ...]
+
+The same as `python -m w2s_jax cascade ...` (w2s_jax/cli.py, which lists the flags).
+"""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax import host_memory  # noqa: E402
+from w2s_jax.infra import host_memory  # noqa: E402
 
 if __name__ == "__main__":
   host_memory.keep_freed_memory()  # before JAX starts: see host_memory
 
-from w2s_jax import cascade_report, cascade_run, configs, interrupts, sharding  # noqa: E402
-
-
-def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--config", default="configs/cascade.py",
-                      help="config file, optionally with ':arg' (e.g. configs/cascade.py:small)")
-  parser.add_argument("--out", default=None, help="run directory (default runs/<config name>)")
-  configs.add_run_args(parser)
-  return parser.parse_args(argv)
+from w2s_jax import cli  # noqa: E402
+from w2s_jax.infra import interrupts  # noqa: E402
 
 
 def main(argv=None):
-  args = parse_args(argv)
-  cfg = configs.load(args.config)
-  configs.start_run(args)
-  out = Path(args.out or f"runs/{cfg.name}")
-  results = cascade_run.run(cfg, out_dir=out, cache_dir=args.cache, progress=not args.no_progress)
-  if sharding.is_main_process():
-    print(cascade_report.format_results(results))
-    print(f"\nwrote {out / 'results.json'}, {out / 'per_query.csv'}, "
-          f"{out / 'accuracy_vs_cost.png'}")
+  cli.main(["cascade", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,42 +1,27 @@
-"""Pretrains one model at any scale: python experiments/train.py --config configs/scale.py[:arg]
+"""Pretrains one model at any scale, on one process or N (configs/scale.py and the
+README's "Running on many devices"); rerun it to resume after an interruption:
 
-The same command runs on one process or on N (see configs/scale.py and the
-README's "Running on many devices"); rerun it to resume after an interruption.
+  python experiments/train.py --config configs/scale.py[:arg] [--set path=value ...]
+
+The same as `python -m w2s_jax pretrain ...` (w2s_jax/cli.py, which lists the flags).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax import host_memory  # noqa: E402
+from w2s_jax.infra import host_memory  # noqa: E402
 
 if __name__ == "__main__":
   host_memory.keep_freed_memory()  # before JAX starts: see host_memory
 
-from w2s_jax import configs, distributed, interrupts, pretrain, sharding  # noqa: E402
-
-
-def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--config", default="configs/scale.py",
-                      help="config file, optionally with ':arg' (e.g. configs/scale.py:tiny)")
-  parser.add_argument("--out", default=None, help="run directory (default runs/<config name>)")
-  configs.add_run_args(parser)
-  return parser.parse_args(argv)
+from w2s_jax import cli  # noqa: E402
+from w2s_jax.infra import interrupts  # noqa: E402
 
 
 def main(argv=None):
-  args = parse_args(argv)
-  cfg = configs.load(args.config)
-  distributed.initialize(cfg.distributed)  # before anything asks JAX for devices
-  configs.start_run(args)
-  out = Path(args.out or f"runs/{cfg.name}")
-  results = pretrain.run(cfg, out_dir=out, progress=not args.no_progress)
-  if sharding.is_main_process():
-    print(pretrain.format_results(results))
-    print(f"wrote {out / 'results.json'} and {out / 'params'}")
+  cli.main(["pretrain", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -8,13 +8,18 @@ if _FLAG not in _existing:
   os.environ["XLA_FLAGS"] = (_existing + " " + _FLAG).strip()
 
 import atexit  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# configs/common.py, the configs' presets, as `import common` (as config files import it).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from w2s_jax import sharding  # noqa: E402
+from w2s_jax.infra import sharding  # noqa: E402
 
 # Speed only: programs compiled twice in one session (e.g. the same train step in the
 # two pipeline runs) are compiled once. A fresh directory per session keeps runs hermetic.

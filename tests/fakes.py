@@ -7,6 +7,13 @@ import json
 
 import numpy as np
 
+from w2s_jax.data.dataset import Dataset
+from w2s_jax.models import model_config
+from w2s_jax.tasks.classification import TextTaskConfig
+from w2s_jax.training.classifier_losses import Xent
+from w2s_jax.training.train import OptimConfig
+from w2s_jax.w2s.experiment import ExperimentConfig
+
 WORDS = {1: ["good", "great", "fine", "lovely"], 0: ["bad", "awful", "dull", "poor"]}
 FILLER = ["the", "film", "was", "a", "plot", "and", "cast", "very"]
 TFDS_EXAMPLES = 60   # examples per split of fake_tfds
@@ -34,6 +41,30 @@ def write_sentiment_jsonl(path, n: int, seed: int, *, text="text", label="label"
   path.write_text("".join(json.dumps({text: t, label: y}) + "\n"
                           for t, y in sentiment_rows(n, seed)))
   return path
+
+
+def sentiment_files(root) -> tuple[str, str]:
+  """(train.tsv of 400 rows, test.tsv of 64) under root."""
+  return (str(write_sentiment_tsv(root / "train.tsv", 400, 0)),
+          str(write_sentiment_tsv(root / "test.tsv", 64, 1)))
+
+
+def text_task_cfg(files, **changes) -> TextTaskConfig:
+  """The sentiment files as a text task: 96 ground-truth rows, 128 weak-labelled."""
+  return TextTaskConfig(**{"train_file": files[0], "test_file": files[1], "max_len": 24,
+                           "gt_examples": 96, "w2s_examples": 128, **changes})
+
+
+def text_experiment(files, **changes) -> ExperimentConfig:
+  """pico -> nano on the sentiment files (None: the testbed), pretrained briefly."""
+  return ExperimentConfig(**{
+      "name": "text-test", "text_task": text_task_cfg(files) if files else None,
+      "head_input": "hidden",
+      "weak_size": "pico", "strong_size": "nano",
+      "pretrain": OptimConfig(steps=30, batch_size=16, lr=3e-3, warmup_frac=0.1),
+      "finetune": OptimConfig(steps=10, batch_size=16, lr=1e-3, head_lr=1e-2),
+      "losses": (Xent(),), "seeds": (0, 1), "eval_batch_size": 16,
+      "bootstrap_resamples": 200, **changes})
 
 
 def vocabulary() -> list[str]:
@@ -138,3 +169,50 @@ def fake_tfds(examples: int = TFDS_EXAMPLES):
       yield
   finally:
     mocking._getitems = original
+
+
+# --- Tiny models and reference math ------------------------------------------------
+
+def tiny_model_cfg(head_input="lm_probs", vocab_size=11, max_len=8, size="pico"):
+  return model_config.decode_size(size, vocab_size=vocab_size, max_len=max_len,
+                            head_input=head_input)
+
+
+def np_log_softmax(x):
+  x = np.asarray(x, np.float64)
+  m = x.max(-1, keepdims=True)
+  return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def np_softmax(x):
+  return np.exp(np_log_softmax(x))
+
+
+def built_once(tmp_path_factory, build):
+  """case -> (model, folder): build(case, folder) saves a reference model
+  into a fresh folder, once per case for the module's tests."""
+  cache = {}
+
+  def get(case):
+    if case not in cache:
+      folder = tmp_path_factory.mktemp(case)
+      cache[case] = (build(case, folder), folder)
+    return cache[case]
+
+  return get
+
+
+def finetune_setup():
+  """A tiny classifier, 16 examples (half left-padded) and soft labels that
+  differ per seed (3 seeds), and a 3-step fine-tune."""
+  cfg = tiny_model_cfg(vocab_size=11, max_len=6)
+  rng = np.random.default_rng(0)
+  n = 16
+  tokens = rng.integers(1, 11, size=(n, 6)).astype(np.int32)
+  mask = np.ones_like(tokens)
+  mask[::2, :3] = 0
+  data = Dataset(tokens=tokens, mask=mask)
+  p1 = rng.uniform(size=(3, n)).astype(np.float32)
+  labels = np.stack([1 - p1, p1], -1)  # different soft labels per seed
+  optim = OptimConfig(steps=3, batch_size=8, lr=1e-2, head_lr=1e-1, warmup_frac=0.0)
+  return cfg, data, labels, optim

@@ -6,8 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax import models, sampling
-from w2s_jax.checkpoints import cache_key
+from w2s_jax.models import transformer
+from w2s_jax.models import sampling
+from w2s_jax.infra.fingerprint import digest
+from w2s_jax.models import model_config
 
 VOCAB, T = 17, 12
 LENGTHS = [12, 7, 3, 1]
@@ -23,16 +25,16 @@ def _batch(side, seed=0):
 
 
 def _cfgs(**changes):
-  explicit = models.decode_size("48x2", vocab_size=VOCAB, max_len=T, head_input="hidden",
+  explicit = model_config.decode_size("48x2", vocab_size=VOCAB, max_len=T, head_input="hidden",
                                 **changes)
   return explicit, dataclasses.replace(explicit, attention="fused")
 
 
 def _outputs(cfg, params, tokens, mask):
-  model = models.Transformer(cfg)
+  model = transformer.Transformer(cfg)
   run = lambda method: jax.jit(lambda p, t, m: model.apply({"params": p}, t, m, method=method))(
       params, tokens, mask)
-  return {"lm": run(models.Transformer.lm_logits), "cls": run(models.Transformer.class_logits)}
+  return {"lm": run(transformer.Transformer.lm_logits), "cls": run(transformer.Transformer.class_logits)}
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -40,7 +42,7 @@ def _outputs(cfg, params, tokens, mask):
 def test_fused_equals_explicit_under_padding(side, positions):
   explicit, fused = _cfgs(positions=positions, **(
       {"rotary_frac": 0.5, "tie_embeddings": False} if positions == "rotary" else {}))
-  params = models.init_params(explicit, jax.random.key(3))
+  params = transformer.init_params(explicit, jax.random.key(3))
   params["cls_head"]["kernel"] = jax.random.normal(jax.random.key(4),
                                                    params["cls_head"]["kernel"].shape)
   tokens, mask = _batch(side)
@@ -55,7 +57,7 @@ def test_fused_equals_explicit_under_padding(side, positions):
 
 def test_fused_sampler_with_kv_cache_matches_explicit():
   explicit, fused = _cfgs()
-  params = models.init_params(explicit, jax.random.key(5))
+  params = transformer.init_params(explicit, jax.random.key(5))
   tokens, mask = _batch("left", seed=1)
   cfg = sampling.SamplingConfig(max_new_tokens=T - 8, temperature=1.0)
   ids = np.arange(len(tokens))
@@ -69,13 +71,13 @@ def test_fused_sampler_with_kv_cache_matches_explicit():
 
 def test_dropout_training_takes_the_explicit_path_and_keys_ignore_the_choice():
   explicit, fused = _cfgs(dropout=0.1)
-  params = models.init_params(explicit, jax.random.key(6))
+  params = transformer.init_params(explicit, jax.random.key(6))
   tokens, mask = _batch("right")
-  run = lambda cfg: models.Transformer(cfg).apply(
-      {"params": params}, tokens, mask, method=models.Transformer.lm_logits,
+  run = lambda cfg: transformer.Transformer(cfg).apply(
+      {"params": params}, tokens, mask, method=transformer.Transformer.lm_logits,
       rngs={"dropout": jax.random.key(7)})
   np.testing.assert_array_equal(run(explicit), run(fused))
   # The implementation is not the model: the pretrained cache is shared.
-  assert cache_key(model=explicit) == cache_key(model=fused)
+  assert digest(explicit) == digest(fused)
   with pytest.raises(ValueError, match=r"ModelConfig.attention='flash': expected one of"):
     dataclasses.replace(explicit, attention="flash")

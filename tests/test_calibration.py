@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax import calibration, flops
-from w2s_jax.models import ModelConfig
+from w2s_jax.cascade import calibration
+from w2s_jax.models import flops
+from w2s_jax.models.model_config import ModelConfig
 
 
 def test_expected_calibration_error():

@@ -8,13 +8,17 @@ import importlib.util
 import io
 import json
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
 
-from w2s_jax import cascade_run, cascade_table, configs, flops, stages, tasks
-from w2s_jax.cascade_run import CascadeConfig
+from w2s_jax.cascade import experiment as cascade_experiment
+from w2s_jax.cascade import per_query
+from w2s_jax.infra import configs
+from w2s_jax.models import flops
+from w2s_jax.w2s import supervision
+from w2s_jax.cascade.experiment import CascadeConfig
+from w2s_jax.tasks import factory
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("cascade_entry", ROOT / "experiments/cascade.py")
@@ -32,11 +36,11 @@ def run(tmp_path_factory):
   out = tmp / "run"
   cfg = dataclasses.replace(configs.load(SPEC), weak_sizes=("pico",))
   printed = io.StringIO()
-  with mock.patch.object(configs, "load", lambda spec: cfg), contextlib.redirect_stdout(printed):
-    cascade_entry.main(["--config", SPEC, "--out", str(out), "--cache", str(tmp / "cache"),
-                        "--xla-cache", "", "--no-progress"])
+  with contextlib.redirect_stdout(printed):
+    cascade_entry.main(["--config", SPEC, "--set", "weak_sizes=pico", "--out", str(out),
+                        "--cache", str(tmp / "cache"), "--xla-cache", "", "--no-progress"])
   results = json.loads((out / "results.json").read_text())
-  return (cfg, tmp, out, results, cascade_table.read_csv(out / "per_query.csv"),
+  return (cfg, tmp, out, results, per_query.read_csv(out / "per_query.csv"),
           printed.getvalue())
 
 
@@ -67,18 +71,18 @@ def test_files_and_table_shape(run):
   assert results["rows"] == len(table["seed"]) == 2 * 2 * 2 * len(cfg.classification.seeds) * n
   assert set(table["strong"]) == {"ceiling", "w2s"} and set(table["split"]) == {"test", "heldout"}
   # A router's score is set exactly on its own task's rows.
-  for kind, routers in cascade_table.ROUTERS.items():
+  for kind, routers in per_query.ROUTERS.items():
     rows = table["task"] == kind
-    for r in cascade_table.ROUTER_COLUMNS:
+    for r in per_query.ROUTER_COLUMNS:
       assert np.isnan(table[r][rows]).all() != (r in routers), (kind, r)
   assert "weak pico -> strong ceiling" in printed and "calibration pico: T" in printed
 
 
 def test_costs_add_up(run):
   cfg, _, _, results, table, _ = run
-  world_task = tasks.make_task(world=cfg.classification.world)
+  world_task = factory.make_task(world=cfg.classification.world)
   for kind, exp in cfg.experiments().items():
-    task = tasks.make_task(world=exp.world, generation=exp.generation)
+    task = factory.make_task(world=exp.world, gen_cfg=exp.generation)
     per_token = results["models"][kind]
     for w in cfg.weak_sizes:
       assert per_token[w]["flops_per_token"] == flops.model_flops(
@@ -122,7 +126,7 @@ def test_results_match_a_threshold_loop_over_the_table(run):
             assert got["strong_accuracy"] == pytest.approx(strong.mean(), abs=1e-12)
             rate = np.arange(len(weak) + 1) / len(weak)
             random = weak.mean() + rate * (strong.mean() - weak.mean())
-            for r in cascade_table.ROUTERS[kind]:
+            for r in per_query.ROUTERS[kind]:
               weak_cost = table["weak_flops"][rows] + table["agreement_flops"][rows] * (
                   r == "sample_agreement")
               acc, cost = _loop_curve(table[r][rows], weak, strong, weak_cost,
@@ -177,8 +181,8 @@ def test_rerun_resumes_without_training(run, monkeypatch):
   cfg, tmp, out, results, _, _ = run
   def no_training(*args, **kwargs):
     raise AssertionError("a finished stage was recomputed")
-  monkeypatch.setattr(stages.Context, "tune", no_training)
-  again = cascade_run.run(cfg, out_dir=out, cache_dir=tmp / "cache", progress=False)
+  monkeypatch.setattr(supervision.Trainer, "tune", no_training)
+  again = cascade_experiment.run(cfg, out_dir=out, cache_dir=tmp / "cache", progress=False)
   assert json.dumps(again["summary"]) == json.dumps(results["summary"])  # NaN-safe
 
 
@@ -192,6 +196,6 @@ def test_bad_config_fails_before_compute(run, tmp_path):
   with pytest.raises(ValueError, match="classification and generative are both None"):
     CascadeConfig()
   with pytest.raises(ValueError, match=r"calibration_examples=19: expected in \[2, 18\]"):
-    cascade_run.run(dataclasses.replace(cfg, calibration_examples=19), out_dir=tmp_path / "x",
+    cascade_experiment.run(dataclasses.replace(cfg, calibration_examples=19), out_dir=tmp_path / "x",
                     cache_dir=tmp / "cache", progress=False)
   assert not (tmp_path / "x").exists()

@@ -5,11 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from w2s_jax import configs, models, pipeline, sharding, testbed
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
-from w2s_jax.testbed import WorldConfig
-from w2s_jax.train import OptimConfig
+from w2s_jax.infra import configs
+from w2s_jax.infra import sharding
+from w2s_jax.data import testbed
+from w2s_jax.training.classifier_losses import LogConf, Xent
+from w2s_jax.training.objectives import Loss
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.data.testbed import WorldConfig
+from w2s_jax.training.train import OptimConfig
+from w2s_jax.models import model_config
+from w2s_jax.w2s import engine
+import common
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "configs" / "default.py"
@@ -21,7 +27,7 @@ def _message(excinfo):
 
 def test_model_config_width_not_divisible_by_heads():
   with pytest.raises(ValueError) as e:
-    models.ModelConfig(vocab_size=10, width=30, depth=1, heads=4)
+    model_config.ModelConfig(vocab_size=10, width=30, depth=1, heads=4)
   assert "width=30" in _message(e) and "heads=4" in _message(e)
 
 
@@ -34,13 +40,13 @@ def test_model_config_width_not_divisible_by_heads():
 ])
 def test_model_config_other_fields(kwargs, needle):
   with pytest.raises(ValueError, match="ModelConfig") as e:
-    models.ModelConfig(**kwargs)
+    model_config.ModelConfig(**kwargs)
   assert needle in _message(e)
 
 
 def test_decode_size_unknown_name():
   with pytest.raises(ValueError) as e:
-    models.decode_size("huge", vocab_size=10)
+    model_config.decode_size("huge", vocab_size=10)
   assert "'huge'" in _message(e)
   assert "WIDTHxDEPTH" in _message(e)
 
@@ -79,12 +85,12 @@ def test_optim_config():
 
 def test_loss_config():
   with pytest.raises(ValueError) as e:
-    LossConfig("nope")
-  assert "LossConfig.name='nope'" in _message(e)
+    Loss.from_string("nope")
+  assert "loss 'nope': expected one of" in _message(e)
   with pytest.raises(ValueError, match="temperature=0"):
-    LossConfig("xent", temperature=0)
+    Xent(temperature=0)
   with pytest.raises(ValueError, match="aux_coef=1.5"):
-    LossConfig("logconf", aux_coef=1.5)
+    LogConf(aux_coef=1.5)
 
 
 def test_experiment_config():
@@ -98,7 +104,7 @@ def test_experiment_config():
   with pytest.raises(ValueError, match="seeds"):
     ExperimentConfig(seeds=())
   with pytest.raises(ValueError, match="losses"):
-    ExperimentConfig(losses=(LossConfig("xent"), LossConfig("xent")))
+    ExperimentConfig(losses=(Xent(), Xent()))
   with pytest.raises(ValueError, match="bootstrap_resamples=10"):
     ExperimentConfig(bootstrap_resamples=10)
 
@@ -127,11 +133,11 @@ def test_load_config_files():
   assert [l.name for l in cfg.losses] == ["xent", "logconf"]
   full = configs.load(str(DEFAULT))
   assert full.seeds == (0, 1, 2, 3, 4) and full.name == "default"
-  assert full.world == testbed.CUE_WORLD and full.finetune == pipeline.CUE_FINETUNE
+  assert full.world == testbed.CUE_WORLD and full.finetune == common.CUE_FINETUNE
   # The world from before the cue, with the fine-tuning its tables were measured with.
   facts = configs.load(f"{DEFAULT}:facts")
   assert facts.world == testbed.WorldConfig() and facts.name == "default-facts"
-  assert facts.finetune == pipeline.ExperimentConfig().finetune
+  assert facts.finetune == ExperimentConfig().finetune
   scratch = configs.load(f"{DEFAULT}:scratch")
   assert scratch.use_pretraining is False and scratch.name == "default-scratch"
   with pytest.raises(FileNotFoundError, match="nope.py"):
@@ -185,6 +191,6 @@ def test_pipeline_rejects_bad_batch_size_before_compute(tmp_path, monkeypatch, f
     raise AssertionError("the pipeline started computing before validating its config")
   monkeypatch.setattr(testbed, "make_world", no_compute)
   with pytest.raises(ValueError) as e:
-    pipeline.run(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    engine.run_experiment(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
   assert f"{field}=" in _message(e)
   assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -21,7 +21,6 @@ import importlib.util
 import io
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import jax
@@ -114,6 +113,9 @@ TOOL_QUICK = {
 }
 # Experiments without a --config in their documented form get this one.
 DEFAULT_QUICK_CONFIG = {"filter_corpus.py": "configs/default.py:facts,small"}
+# `python -m w2s_jax COMMAND` is the same as its wrapper script (w2s_jax/cli.py).
+CLI_SCRIPTS = {"run": "w2s.py", "sweep": "sweep.py", "cascade": "cascade.py",
+               "pretrain": "train.py", "filter-corpus": "filter_corpus.py"}
 # Placeholders a command's reader fills in, and what this test fills them with.
 PLACEHOLDERS = {"$W2S_MODELS": "models", "DIR": "sst2"}
 
@@ -127,6 +129,9 @@ class Covered:
 
 CI = ".ci/run"
 COVERED = [
+    (r"--set losses=xent,sce$",
+     Covered("tests/test_extending.py::test_the_page_s_loss_runs_through_the_pipeline_on_the_small_config",
+             "the loss docs/extending.md defines, registered as the page says")),
     (r"^pip install -e \"\.\[test,minilm\]\"$", Covered(CI, "the README's install command")),
     (r"^python -m pytest -q$", Covered(CI, "the README's test command")),
     (r"^pip install -e \"\.\[minilm\]\"$", Covered(CI, "a subset of the install CI runs")),
@@ -147,6 +152,15 @@ COVERED = [
 ]
 
 
+def as_script(argv: list[str]) -> list[str] | None:
+  """`python -m w2s_jax COMMAND ...` as its wrapper script's argv; others as they are."""
+  if argv[1:3] != ["-m", "w2s_jax"]:
+    return argv
+  if len(argv) < 4 or argv[3] not in CLI_SCRIPTS:
+    return None
+  return ["python", f"experiments/{CLI_SCRIPTS[argv[3]]}", *argv[4:]]
+
+
 def disposition(command: str):
   """Covered(...), or the argv of the command's quick form (placeholders as is)."""
   for pattern, covered in COVERED:
@@ -154,6 +168,9 @@ def disposition(command: str):
       return covered
   argv = shlex.split(command)
   if len(argv) < 2 or argv[0] != "python":
+    return None
+  argv = as_script(argv)
+  if argv is None:
     return None
   script = Path(argv[1])
   if script.parent.name == "tools":
@@ -249,10 +266,10 @@ def _load_script(path: str):
 def documented_out(command: str, workspace: Path) -> list[str]:
   """`--out` where the documented (full) run would write, so that a later
   command reading that folder (a sweep's report) reads the quick run's."""
-  argv = _filled(shlex.split(command), workspace)
+  argv = _filled(as_script(shlex.split(command)), workspace)
   if "--out" in argv or "--config" not in argv or Path(argv[1]).parent.name != "experiments":
     return []
-  from w2s_jax import configs
+  from w2s_jax.infra import configs
   with fakes.fake_tfds(examples=200):
     name = configs.load(argv[argv.index("--config") + 1]).name
   folder = {"sweep.py": f"runs/sweeps/{name}", "w2s.py": f"runs/{name}",

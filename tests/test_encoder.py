@@ -14,12 +14,24 @@ import tokenizers
 import torch
 import transformers
 
-from test_text_pipeline import FILLER, WORDS, _experiment, _task_cfg, files  # noqa: F401 -- a fixture
-from w2s_jax import hf_files, hf_import, models, pipeline, stages, tokenize
-from w2s_jax.objectives import LossConfig
-from w2s_jax.text_tasks import TextExamples
+import fakes
+from w2s_jax.models import hf_files
+from w2s_jax.models import hf_import
+from w2s_jax.models import transformer
+from w2s_jax.data import tokenize
+from w2s_jax.training.classifier_losses import LogConf, Xent
+from w2s_jax.data.text_tasks import TextExamples
+from w2s_jax.models import model_config
+from w2s_jax.w2s import parts as parts_lib
+from w2s_jax.w2s import engine
+from w2s_jax.w2s import tables
 
-VOCAB_WORDS = sorted({w for ws in WORDS.values() for w in ws} | set(FILLER))
+VOCAB_WORDS = sorted({w for ws in fakes.WORDS.values() for w in ws} | set(fakes.FILLER))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  return fakes.sentiment_files(tmp_path_factory.mktemp("sst"))
 
 
 def _tiny_bert(folder, *, head=False, seed=0):
@@ -53,7 +65,7 @@ def _batch(seed=0, padding="right"):
 
 
 def _apply(cfg, params, tokens, mask, method):
-  return np.asarray(models.Transformer(cfg).apply({"params": params}, jnp.asarray(tokens),
+  return np.asarray(transformer.Transformer(cfg).apply({"params": params}, jnp.asarray(tokens),
                                                   jnp.asarray(mask), method=method))
 
 
@@ -61,26 +73,26 @@ def test_bert_parity_with_transformers_hidden_states_and_pooler(tmp_path):
   folder, hf = _tiny_bert(tmp_path / "bert")
   cfg, params = hf_import.load_hf_folder(folder)
   assert (cfg.causal, cfg.post_ln, cfg.pooling, cfg.type_vocab_size) == (False, True, "cls", 2)
-  assert models.count_params(params) == cfg.num_params
+  assert transformer.count_params(params) == cfg.num_params
   tokens, mask = _batch()
   with torch.no_grad():
     ref = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask))
   real = mask[..., None] > 0
-  hidden = _apply(cfg, params, tokens, mask, models.Transformer.hidden)
+  hidden = _apply(cfg, params, tokens, mask, transformer.Transformer.hidden)
   np.testing.assert_allclose(np.where(real, hidden, 0),
                              np.where(real, ref.last_hidden_state.numpy(), 0), atol=1e-4)
-  pooled = _apply(cfg, params, tokens, mask, models.Transformer.pooled)
+  pooled = _apply(cfg, params, tokens, mask, transformer.Transformer.pooled)
   np.testing.assert_allclose(pooled, ref.pooler_output.numpy(), atol=1e-4)
   # Left padding (positions counted from the mask) equals transformers' right padding.
   left_tokens, left_mask = _batch(padding="left")
-  np.testing.assert_allclose(_apply(cfg, params, left_tokens, left_mask, models.Transformer.pooled),
+  np.testing.assert_allclose(_apply(cfg, params, left_tokens, left_mask, transformer.Transformer.pooled),
                              ref.pooler_output.numpy(), atol=1e-4)
   # Mean pooling: the average of the real tokens' hidden states, either padding.
   mean_cfg = dataclasses.replace(cfg, pooling="mean")
   expected = (ref.last_hidden_state.numpy() * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
   mean_params = {k: v for k, v in params.items() if k != "pooler"}
   for t, m in ((tokens, mask), (left_tokens, left_mask)):
-    np.testing.assert_allclose(_apply(mean_cfg, mean_params, t, m, models.Transformer.pooled),
+    np.testing.assert_allclose(_apply(mean_cfg, mean_params, t, m, transformer.Transformer.pooled),
                                expected, atol=1e-4)
 
 
@@ -90,7 +102,7 @@ def test_bert_classifier_checkpoint_matches_transformers_logits(tmp_path):
   tokens, mask = _batch(seed=2)
   with torch.no_grad():
     ref = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
-  np.testing.assert_allclose(_apply(cfg, params, tokens, mask, models.Transformer.class_logits),
+  np.testing.assert_allclose(_apply(cfg, params, tokens, mask, transformer.Transformer.class_logits),
                              ref, atol=1e-4)
   # A wrong conversion misses badly: pre-LN blocks on BERT's post-LN weights.
   wrong = dataclasses.replace(cfg, post_ln=False)
@@ -99,19 +111,19 @@ def test_bert_classifier_checkpoint_matches_transformers_logits(tmp_path):
   with torch.no_grad():
     pooled = hf.bert(input_ids=torch.tensor(tokens),
                      attention_mask=torch.tensor(mask)).pooler_output.numpy()
-  np.testing.assert_allclose(_apply(cfg, params, tokens, mask, models.Transformer.pooled), pooled,
+  np.testing.assert_allclose(_apply(cfg, params, tokens, mask, transformer.Transformer.pooled), pooled,
                              atol=1e-4)
-  off = _apply(wrong, wrong_params, tokens, mask, models.Transformer.pooled)
+  off = _apply(wrong, wrong_params, tokens, mask, transformer.Transformer.pooled)
   assert np.abs(off - pooled).max() > 0.1
 
 
 def test_encoder_has_no_lm_head(tmp_path):
-  cfg = models.ModelConfig(vocab_size=20, width=16, depth=1, heads=2, causal=False, post_ln=True,
+  cfg = model_config.ModelConfig(vocab_size=20, width=16, depth=1, heads=2, causal=False, post_ln=True,
                            pooling="mean", head_input="hidden")
-  params = models.init_params(cfg, __import__("jax").random.key(0))
+  params = transformer.init_params(cfg, __import__("jax").random.key(0))
   assert "lm_head" not in params and "ln_final" not in params
   tokens, mask = _batch()
-  for method in (models.Transformer.lm_logits, models.Transformer.last_token_lm_logits):
+  for method in (transformer.Transformer.lm_logits, transformer.Transformer.last_token_lm_logits):
     with pytest.raises(ValueError, match="encoder .* no LM head, so it is not used for generation, "
                                          "likelihood scores"):
       _apply(cfg, params, tokens % 20, mask, method)
@@ -123,7 +135,7 @@ def test_encoder_has_no_lm_head(tmp_path):
 
 def test_bert_folder_errors_name_the_file(tmp_path):
   folder, _ = _tiny_bert(tmp_path / "bert")
-  tensors = hf_import.read_hf_tensors(folder)
+  tensors = hf_files.read_hf_tensors(folder)
   del tensors["encoder.layer.1.attention.self.key.weight"]
   safetensors.numpy.save_file(tensors, folder / "model.safetensors")
   with pytest.raises(ValueError, match=rf"{folder} \(safetensors\): checkpoint is missing tensor "
@@ -141,34 +153,35 @@ def test_bert_folder_errors_name_the_file(tmp_path):
     hf_import.folder_config(folder)
 
 
-def _mixed_experiment(files, folder, **changes):  # noqa: F811 -- files is the fixture's value
+def _mixed_experiment(files, folder, **changes):
   """A byte-level pico trained from scratch supervising a tiny BERT with its own tokenizer."""
-  return _experiment(files, strong_size="bert", pretrained_dirs=(("bert", str(folder)),),
+  return fakes.text_experiment(files, strong_size="bert", pretrained_dirs=(("bert", str(folder)),),
                      pooling="mean", **changes)
 
 
-def test_weak_and_strong_with_different_tokenizers_run_end_to_end(files, tmp_path):  # noqa: F811
+def test_weak_and_strong_with_different_tokenizers_run_end_to_end(files, tmp_path):
   folder, _ = _tiny_bert(tmp_path / "bert")
-  cfg = _mixed_experiment(files, folder, losses=(LossConfig("xent"), LossConfig("logconf")))
-  results = pipeline.run(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
+  cfg = _mixed_experiment(files, folder, losses=(Xent(), LogConf()))
+  results = engine.run_experiment(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
                          progress=False)
-  for stats in results["summary"]["test"].values():
+  for cell in results["cells"]:
+    stats = cell["summary"]["test"]
     for key in ("weak", "w2s", "ceiling"):
       assert 0 <= stats[key]["lo"] <= stats[key]["mean"] <= stats[key]["hi"] <= 1
-  own = results["model_encoding"]["bert"]
+  own = results["models"]["bert"]["encoding"]
   assert own["tokenizer"] == str(folder / "tokenizer.json")
-  assert own["test"]["examples"] == results["encoding"]["test"]["examples"] == 64
-  assert "pico" not in results["model_encoding"]   # bytes: the task's own tokenizer
-  assert "imported from" in results["pretraining"]["strong"]["pretrained"]
-  assert "bert reads the task through" in pipeline.format_results(results)
+  assert own["test"]["examples"] == results["task"]["encoding"]["test"]["examples"] == 64
+  assert results["models"]["pico"]["encoding"] is None   # bytes: the task's own tokenizer
+  assert "imported from" in results["models"]["bert"]["pretrained"]
+  assert "bert reads the task through" in tables.format_results(results)
 
 
-def test_labels_pass_by_index_between_tokenizers(files, tmp_path):  # noqa: F811
+def test_labels_pass_by_index_between_tokenizers(files, tmp_path):
   folder, _ = _tiny_bert(tmp_path / "bert")
-  cfg = _mixed_experiment(files, folder, text_task=_task_cfg(files, max_len=64))  # all whole
-  ctx = stages.Context(cfg, cache_dir=tmp_path / "cache", progress=False)
-  weak, strong = ctx.splits_of("pico"), ctx.splits_of("bert")
-  assert weak is ctx.splits and strong is not weak and ctx.splits_of("bert") is strong  # cached
+  cfg = _mixed_experiment(files, folder, text_task=fakes.text_task_cfg(files, max_len=64))  # all whole
+  ctx = parts_lib.build(cfg, cache_dir=tmp_path / "cache", progress=False)
+  weak, strong = ctx.views.splits_of("pico"), ctx.views.splits_of("bert")
+  assert weak is ctx.task.splits and strong is not weak and ctx.views.splits_of("bert") is strong  # cached
   byte_tok = tokenize.ByteTokenizer()
   word_tok = tokenize.HFTokenizer.from_file(str(folder / "tokenizer.json"))
   for split in weak:
@@ -179,12 +192,12 @@ def test_labels_pass_by_index_between_tokenizers(files, tmp_path):  # noqa: F811
       assert s[0] == word_tok.bos_id and s[-1] == word_tok.eos_id   # [CLS] ... [SEP]
       assert byte_tok.decode(w).split() == word_tok.decode(s[1:-1]).split()
   targets = np.random.default_rng(0).dirichlet([1, 1], size=(2, len(weak["train_w2s"])))
-  for seed_data, seed_targets in zip(ctx.supervised("train_w2s", targets, size="bert"), targets):
+  for seed_data, seed_targets in zip(ctx.trainer.supervised("train_w2s", targets, size="bert"), targets):
     np.testing.assert_array_equal(seed_data["labels"], seed_targets)
     np.testing.assert_array_equal(seed_data["tokens"], strong["train_w2s"]["tokens"])
 
 
-def test_encoding_does_not_depend_on_the_order_of_the_examples(files, tmp_path):  # noqa: F811
+def test_encoding_does_not_depend_on_the_order_of_the_examples(files, tmp_path):
   folder, _ = _tiny_bert(tmp_path / "bert")
   tok = tokenize.HFTokenizer.from_file(str(folder / "tokenizer.json"))
   texts = [l.split("\t")[0] for l in open(files[0]).read().splitlines()[1:]]
@@ -197,15 +210,15 @@ def test_encoding_does_not_depend_on_the_order_of_the_examples(files, tmp_path):
     np.testing.assert_array_equal(shuffled[field], straight[field][order])
 
 
-def test_per_model_tokenizers_refuse_what_cannot_pass_by_index(files, tmp_path):  # noqa: F811
+def test_per_model_tokenizers_refuse_what_cannot_pass_by_index(files, tmp_path):
   folder, _ = _tiny_bert(tmp_path / "bert")
   cfg = _mixed_experiment(files, folder)
   drop = dataclasses.replace(cfg, text_task=dataclasses.replace(cfg.text_task, overflow="drop"))
   with pytest.raises(ValueError, match="overflow='drop' with a model that brings its own"):
-    pipeline.run(drop, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    engine.run_experiment(drop, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
   (folder / "tokenizer.json").unlink()
   with pytest.raises(ValueError, match="model 'bert' is an encoder without a tokenizer.json"):
-    pipeline.run(cfg, out_dir=tmp_path / "run2", cache_dir=tmp_path / "cache", progress=False)
+    engine.run_experiment(cfg, out_dir=tmp_path / "run2", cache_dir=tmp_path / "cache", progress=False)
 
 
 def test_packaged_minilm_missing_names_the_extra(tmp_path, monkeypatch):
@@ -237,15 +250,15 @@ def test_packaged_minilm_matches_transformers(tmp_path):
   m = enc["attention_mask"][..., None].float()
   expected = ((hidden * m).sum(1) / m.sum(1)).numpy()
   np.testing.assert_allclose(_apply(cfg, params, data["tokens"], data["mask"],
-                                    models.Transformer.pooled), expected, atol=1e-4)
+                                    transformer.Transformer.pooled), expected, atol=1e-4)
 
 
 @pytest.mark.skipif(not MINILM, reason='all-MiniLM-L6-v2 is an optional extra: '
                                        'pip install -e ".[minilm]"')
-def test_sst2_minilm_config_runs_small(files, tmp_path):  # noqa: F811
+def test_sst2_minilm_config_runs_small(files, tmp_path):
   from pathlib import Path
 
-  from w2s_jax import configs
+  from w2s_jax.infra import configs
   data = tmp_path / "sst2"
   data.mkdir()
   for src, name in zip(files, ("sst2_train.tsv", "sst2_dev.tsv")):
@@ -255,10 +268,10 @@ def test_sst2_minilm_config_runs_small(files, tmp_path):  # noqa: F811
                      "small,seeds=1")
   cfg = dataclasses.replace(cfg, seeds=(0,), text_task=dataclasses.replace(
       cfg.text_task, tokenizer="bytes"))   # a BPE of 4096 is more than the 400 phrases hold
-  results = pipeline.run(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
+  results = engine.run_experiment(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
                          progress=False)
-  assert results["model_encoding"][hf_files.MINILM_NAME]["train_gt"]["max_len"] == 16
-  assert set(results["summary"]["test"]) == {"xent", "logconf"}
+  assert results["models"][hf_files.MINILM_NAME]["encoding"]["train_gt"]["max_len"] == 16
+  assert [c["label"] for c in results["cells"]] == ["xent", "logconf"]
   assert configs.load(f"{root}/configs/sst2_minilm.py:models={tmp_path / 'models'},probe"
                       ).finetune.linear_probe
 
@@ -266,7 +279,7 @@ def test_sst2_minilm_config_runs_small(files, tmp_path):  # noqa: F811
 def test_pretrained_configs_take_weak_and_strong_from_different_families():
   from pathlib import Path
 
-  from w2s_jax import configs
+  from w2s_jax.infra import configs
   root = Path(__file__).resolve().parents[1]
   cfg = configs.load(f"{root}/configs/gpt2_sst2.py:models=/m,weak=pythia-160m,strong=gpt2-xl")
   assert dict(cfg.pretrained_dirs)["pythia-160m"] == "/m/pythia-160m"
@@ -274,12 +287,12 @@ def test_pretrained_configs_take_weak_and_strong_from_different_families():
   assert dict(cfg.pretrained_dirs)["gpt2"] == "/m/gpt2"
 
 
-def test_train_splits_can_be_shorter_than_the_scored_ones(files):  # noqa: F811
-  from w2s_jax import tasks
-  task = tasks.text_task(_task_cfg(files, max_len=24, train_max_len=8))
+def test_train_splits_can_be_shorter_than_the_scored_ones(files):
+  from w2s_jax.tasks import classification
+  task = classification.text_task(fakes.text_task_cfg(files, max_len=24, train_max_len=8))
   widths = {name: data["tokens"].shape[1] for name, data in task.splits.items()}
   assert widths == {"train_gt": 8, "train_w2s": 8, "test": 24}
   assert task.encoding["train_gt"]["truncated"] > 0 and task.encoding["test"]["max_len"] == 24
   with pytest.raises(ValueError, match=r"TextTaskConfig.train_max_len=25: expected None or an int "
                                        r"in \[1, max_len=24\]"):
-    _task_cfg(files, max_len=24, train_max_len=25)
+    fakes.text_task_cfg(files, max_len=24, train_max_len=25)

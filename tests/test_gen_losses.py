@@ -6,10 +6,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from _helpers import np_log_softmax
-from w2s_jax import losses, models, objectives, sharding, train
-from w2s_jax.objectives import LossConfig
-from w2s_jax.train import OptimConfig
+from fakes import np_log_softmax
+from w2s_jax.training import losses
+from w2s_jax.models import transformer
+from w2s_jax.infra import sharding
+from w2s_jax.training import train
+from w2s_jax.training.classifier_losses import LogConf
+from w2s_jax.training.combined import Combined
+from w2s_jax.training.generative_losses import ForwardKl, Sft
+from w2s_jax.training.objectives import Loss
+from w2s_jax.training.train import OptimConfig
+from w2s_jax.models import model_config
 
 LOG = np.log
 
@@ -124,16 +131,16 @@ def test_temperature_softens_both_distributions():
 
 
 def test_unknown_and_misplaced_objective_names_are_refused():
-  with pytest.raises(ValueError, match="LossConfig.name='kd'"):
-    LossConfig("kd")
+  with pytest.raises(ValueError, match="loss 'kd': expected one of"):
+    Loss.from_string("kd")
   with pytest.raises(ValueError, match="does not apply to a generative task"):
-    LossConfig("logconf").check_kind(True)
+    LogConf().check_kind(True)
   with pytest.raises(ValueError, match="does not apply to a classification task"):
-    LossConfig("sft").check_kind(False)
-  cfg = models.decode_size("pico", vocab_size=11, max_len=8)
+    Sft().check_kind(False)
+  cfg = model_config.decode_size("pico", vocab_size=11, max_len=8)
   with pytest.raises(ValueError, match="teacher vocab_size=12 != student vocab_size=11"):
-    objectives.objective(cfg, LossConfig("forward_kl"), generative=True,
-                         teacher_cfg=models.decode_size("pico", vocab_size=12, max_len=8))
+    ForwardKl().objective(cfg, generative=True,
+                         teacher_cfg=model_config.decode_size("pico", vocab_size=12, max_len=8))
 
 
 def _sequence_batch(rng, n, t, v):
@@ -146,16 +153,16 @@ def _sequence_batch(rng, n, t, v):
 def test_teacher_is_a_frozen_argument_of_the_train_step(mesh4):
   """Passed to the jitted step, it is not donated, not differentiated, and
   never part of the state; a teacher equal to the student gives zero gradient."""
-  cfg = models.decode_size("pico", vocab_size=13, max_len=8)
-  teacher_cfg = models.decode_size("nano", vocab_size=13, max_len=8)
+  cfg = model_config.decode_size("pico", vocab_size=13, max_len=8)
+  teacher_cfg = model_config.decode_size("nano", vocab_size=13, max_len=8)
   optimizer = train.make_optimizer(OptimConfig(steps=4, batch_size=8))
   rng = np.random.default_rng(0)
   batch = sharding.put_batch(_sequence_batch(rng, 8, 8, 13), mesh4)
 
   def step_with(teacher_cfg, teacher):
-    state = train.initial_state(lambda k: models.init_params(cfg, k), jax.random.key(0),
+    state = train.initial_state(lambda k: transformer.init_params(cfg, k), jax.random.key(0),
                                 optimizer=optimizer, mesh=mesh4)
-    loss_fn = objectives.objective(cfg, LossConfig("forward_kl"), generative=True,
+    loss_fn = ForwardKl().objective(cfg, generative=True,
                                    teacher_cfg=teacher_cfg)
     step = train.compile_train_step(loss_fn=loss_fn, optimizer=optimizer, total_steps=4,
                                     mesh=mesh4, state_sharding=train.sharding_of(state),
@@ -168,38 +175,38 @@ def test_teacher_is_a_frozen_argument_of_the_train_step(mesh4):
     assert jax.tree.structure(new_state) == structure
     return metrics
 
-  other = models.init_params(teacher_cfg, jax.random.key(3))
+  other = transformer.init_params(teacher_cfg, jax.random.key(3))
   assert float(step_with(teacher_cfg, other)["grad_norm"]) > 1e-4
-  same = models.init_params(cfg, jax.random.key(0))  # the student's own init
+  same = transformer.init_params(cfg, jax.random.key(0))  # the student's own init
   assert float(step_with(cfg, same)["grad_norm"]) < 1e-6
 
 
 def test_combined_with_alpha_one_is_sft_and_alpha_zero_is_ground_truth():
-  cfg = models.decode_size("pico", vocab_size=13, max_len=8)
-  params = models.init_params(cfg, jax.random.key(0))
+  cfg = model_config.decode_size("pico", vocab_size=13, max_len=8)
+  params = transformer.init_params(cfg, jax.random.key(0))
   rng = np.random.default_rng(0)
   weak, gt = _sequence_batch(rng, 4, 8, 13), _sequence_batch(rng, 4, 8, 13)
   batch = {**{f"weak_{k}": v for k, v in weak.items()}, **{f"gt_{k}": v for k, v in gt.items()}}
-  sft = objectives.objective(cfg, LossConfig("sft"), generative=True)
+  sft = Sft().objective(cfg, generative=True)
   key = jax.random.key(0)
   for alpha, part in ((1.0, weak), (0.0, gt)):
-    combined = objectives.objective(cfg, LossConfig("combined", kd_weight=alpha), generative=True)
+    combined = Combined(kd_weight=alpha).objective(cfg, generative=True)
     np.testing.assert_allclose(combined(params, batch, 0.0, key)[0], sft(params, part, 0.0, key)[0],
                                rtol=1e-6)
-  half = objectives.objective(cfg, LossConfig("combined", kd_weight=0.5), generative=True)
+  half = Combined(kd_weight=0.5).objective(cfg, generative=True)
   np.testing.assert_allclose(half(params, batch, 0.0, key)[0],
                              0.5 * sft(params, weak, 0.0, key)[0] + 0.5 * sft(params, gt, 0.0, key)[0],
                              rtol=1e-6)
 
 
 def test_sft_objective_matches_a_float64_reference():
-  cfg = models.decode_size("pico", vocab_size=13, max_len=8)
-  params = models.init_params(cfg, jax.random.key(1))
+  cfg = model_config.decode_size("pico", vocab_size=13, max_len=8)
+  params = transformer.init_params(cfg, jax.random.key(1))
   batch = _sequence_batch(np.random.default_rng(2), 3, 8, 13)
-  loss, _ = objectives.objective(cfg, LossConfig("sft"), generative=True)(
+  loss, _ = Sft().objective(cfg, generative=True)(
       params, batch, 0.0, jax.random.key(0))
-  logits = models.Transformer(cfg).apply({"params": params}, batch["tokens"], batch["mask"],
-                                         method=models.Transformer.lm_logits)
+  logits = transformer.Transformer(cfg).apply({"params": params}, batch["tokens"], batch["mask"],
+                                         method=transformer.Transformer.lm_logits)
   logp = np_log_softmax(np.asarray(logits))[:, :-1]
   target = np.take_along_axis(logp, batch["tokens"][:, 1:, None], -1)[..., 0]
   weight = batch["loss_mask"][:, 1:]

@@ -10,11 +10,22 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from w2s_jax import configs, gen_tasks, pipeline, stages, testbed
-from w2s_jax.gen_tasks import GenerationConfig, GenTextTaskConfig
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
-from w2s_jax.train import OptimConfig
+from w2s_jax.infra import configs
+from w2s_jax.tasks import generation
+from w2s_jax.w2s import stages
+from w2s_jax.data import testbed
+from w2s_jax.tasks.generation import GenTextTaskConfig, GenerationConfig
+from w2s_jax.training.classifier_losses import LogConf, Xent
+from w2s_jax.training.combined import Combined
+from w2s_jax.training.generative_losses import Sft
+from w2s_jax.training.objectives import Loss
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.training.train import OptimConfig
+from w2s_jax.tasks import layout
+from w2s_jax.tasks import testbed_formats
+from w2s_jax.w2s import parts as parts_lib
+from w2s_jax.w2s import engine
+from w2s_jax.w2s import tables
 
 SMALL = "configs/generative.py:small,seeds=3"
 
@@ -23,7 +34,7 @@ def test_testbed_split_states_the_facts_in_the_format():
   world = testbed.make_world(testbed.WorldConfig())
   entities = world.split_entities["test"][:5]
   for relation in (0, 1):
-    data, fields = gen_tasks.testbed_split(world, gen_tasks.FORMATS["city_region"], entities,
+    data, fields = testbed_formats.testbed_split(world, testbed_formats.FORMATS["city_region"], entities,
                                            relation)
     assert fields == {"{city}": 0, "{region}": 3}
     for e, prompt, response in zip(entities, data["prompt"], data["response"]):
@@ -31,7 +42,7 @@ def test_testbed_split_states_the_facts_in_the_format():
       name = world.decode(world.name_tokens[e])
       assert world.decode(prompt) == f"<bos> {name} {testbed.RELATIONS[relation]}"
       assert world.decode(response) == f"c{city} is in r{world.region_of[city]} ."
-  data, fields = gen_tasks.testbed_split(world, gen_tasks.FORMATS["two_facts"], entities[:1])
+  data, fields = testbed_formats.testbed_split(world, testbed_formats.FORMATS["two_facts"], entities[:1])
   e = entities[0]
   assert world.decode(data["response"][0]) == (
       f"c{world.city_of[0, e]} . {world.decode(world.name_tokens[e])} works "
@@ -48,11 +59,11 @@ def test_score_fields_hand_made():
                      [4, 1, 2, 7, 9, 0]])  # region only
   mask = np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1],
                    [1, 1, 1, 1, 1, 0]])
-  scores = gen_tasks.score_fields(tokens=tokens, mask=mask, truth=truth, fields=fields)
+  scores = generation.score_fields(tokens=tokens, mask=mask, truth=truth, fields=fields)
   np.testing.assert_array_equal(scores["fields"], [1.0, 0.5, 1.0, 0.5])
   np.testing.assert_array_equal(scores["exact"], [1.0, 0.0, 0.0, 0.0])
   # A masked-out token never counts, even if it equals the truth.
-  short = gen_tasks.score_fields(tokens=tokens[:1], mask=np.array([[1, 1, 1, 0, 0, 0]]),
+  short = generation.score_fields(tokens=tokens[:1], mask=np.array([[1, 1, 1, 0, 0, 0]]),
                                  truth=truth[:1], fields=fields)
   assert short["fields"][0] == 0.5 and short["exact"][0] == 0.0
 
@@ -62,11 +73,11 @@ def test_sequences_lay_prompt_and_response_end_to_end():
           "prompt_mask": np.array([[0, 0, 1, 1], [1, 1, 1, 1]]),
           "response": np.array([[7, 8, 0], [9, 0, 0]]),
           "response_mask": np.array([[1, 1, 0], [1, 0, 0]])}
-  seq = gen_tasks.sequences(data)
+  seq = layout.sequences(data)
   np.testing.assert_array_equal(seq["tokens"], [[0, 0, 3, 4, 7, 8, 0], [2, 3, 4, 5, 9, 0, 0]])
   np.testing.assert_array_equal(seq["mask"], [[0, 0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]])
   np.testing.assert_array_equal(seq["loss_mask"], [[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 0, 0]])
-  other = gen_tasks.sequences(data, np.array([[1, 1, 1], [2, 2, 2]]), np.ones((2, 3)))
+  other = layout.sequences(data, np.array([[1, 1, 1], [2, 2, 2]]), np.ones((2, 3)))
   np.testing.assert_array_equal(other["loss_mask"][:, 4:], np.ones((2, 3)))
 
 
@@ -74,39 +85,39 @@ def test_sequences_lay_prompt_and_response_end_to_end():
 def small_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("generative")
   cfg = configs.load(SMALL)
-  results = pipeline.run(cfg, out_dir=root / "out", cache_dir=root / "cache", progress=False)
+  results = engine.run_experiment(cfg, out_dir=root / "out", cache_dir=root / "cache", progress=False)
   return cfg, results, root
 
 
 def test_generative_pipeline_end_to_end(small_run):
   cfg, results, root = small_run
   on_disk = json.loads((root / "out" / "results.json").read_text())
-  assert set(on_disk["summary"]) == {"test", "heldout", "test:exact", "heldout:exact"}
-  assert set(on_disk["summary"]["test"]) == {loss.tag for loss in cfg.losses}
-  per_seed = results["per_seed"]["test"]
+  assert on_disk["task"]["eval_keys"] == ["test", "heldout", "test:exact", "heldout:exact"]
+  assert [c["label"] for c in on_disk["cells"]] == [loss.tag for loss in cfg.losses]
+  per_seed = results["cells"][0]["per_seed"]["test"]
   # The run measures something: weak and ceiling differ, seeds differ.
   assert np.mean(per_seed["ceiling"]) > np.mean(per_seed["weak"]) + 0.1
   assert len(set(per_seed["weak"])) > 1
-  acc = results["per_seed"]["weak_label_accuracy_train_w2s"]
+  acc = results["cells"][0]["weak_label_accuracy"]
   assert len(acc) == 3 and all(0 < a < 1 for a in acc)
-  assert "facts known" in pipeline.format_results(results)
+  assert "facts known" in tables.format_results(results)
 
 
 def test_combined_at_alpha_one_reproduces_sft_exactly(small_run):
   cfg, _, root = small_run
-  ctx = stages.Context(cfg, cache_dir=root / "cache", progress=False)
+  ctx = parts_lib.build(cfg, cache_dir=root / "cache", progress=False)
   weak = stages.weak_stage(ctx, cfg.weak_size)
   # The weak model writes responses: decode one and check its form.
-  row = weak["responses"][0][0][weak["response_mask"][0][0] > 0]
-  assert len(row) <= ctx.sampling.max_new_tokens
-  sft = stages.w2s_stage(ctx, cfg.strong_size, weak, LossConfig("sft"))
+  row = weak.responses[0][0][weak.response_mask[0][0] > 0]
+  assert len(row) <= ctx.evaluator.sampling.max_new_tokens
+  sft = stages.w2s_stage(ctx, cfg.strong_size, weak, Sft())
   alpha1 = stages.w2s_stage(ctx, cfg.strong_size, weak,
-                            LossConfig("combined", kd_weight=1.0, gt_examples=8))
+                            Combined(kd_weight=1.0, gt_examples=8))
   alpha0 = stages.w2s_stage(ctx, cfg.strong_size, weak,
-                            LossConfig("combined", kd_weight=0.0, gt_examples=8))
-  for key in ctx.eval_keys:
-    np.testing.assert_array_equal(alpha1[key], sft[key])
-  assert any((alpha0[k] != sft[k]).any() for k in ctx.eval_keys)
+                            Combined(kd_weight=0.0, gt_examples=8))
+  for key in ctx.evaluator.eval_keys:
+    np.testing.assert_array_equal(alpha1.scores[key], sft.scores[key])
+  assert any((alpha0.scores[k] != sft.scores[k]).any() for k in ctx.evaluator.eval_keys)
 
 
 def test_generation_too_long_for_the_context_fails_before_compute(tmp_path):
@@ -114,18 +125,18 @@ def test_generation_too_long_for_the_context_fails_before_compute(tmp_path):
   cfg = dataclasses.replace(cfg, generation=GenerationConfig(max_new_tokens=30))
   start = time.perf_counter()
   with pytest.raises(ValueError, match="model 'pico': SamplingConfig.max_new_tokens=30"):
-    pipeline.run(cfg, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    engine.run_experiment(cfg, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
   assert time.perf_counter() - start < 5
   assert not (tmp_path / "cache").exists()  # nothing was pretrained
 
 
 def test_experiment_config_refuses_mismatched_kinds():
-  with pytest.raises(ValueError, match=r"losses\[0\].name='logconf' does not apply to a "
+  with pytest.raises(ValueError, match=r"losses\[0\]='logconf' does not apply to a "
                                        "generative task"):
-    ExperimentConfig(generation=GenerationConfig(), losses=(LossConfig("logconf"),))
-  with pytest.raises(ValueError, match=r"losses\[1\].name='sft' does not apply to a "
+    ExperimentConfig(generation=GenerationConfig(), losses=(LogConf(),))
+  with pytest.raises(ValueError, match=r"losses\[1\]='sft' does not apply to a "
                                        "classification task"):
-    ExperimentConfig(losses=(LossConfig("xent"), LossConfig("sft")))
+    ExperimentConfig(losses=(Xent(), Sft()))
   with pytest.raises(ValueError, match="generation=None"):
     ExperimentConfig(text_task=GenTextTaskConfig(tfds_name="squad"))
   with pytest.raises(ValueError, match="GenerationConfig.format='prose'"):
@@ -141,7 +152,7 @@ def _text_experiment(task_cfg, losses=("sft",)):
       name="gen-text", text_task=task_cfg, generation=GenerationConfig(),
       weak_size="pico", strong_size="nano", use_pretraining=False, seeds=(0, 1),
       finetune=OptimConfig(steps=4, batch_size=8, lr=1e-3),
-      losses=tuple(LossConfig(name) for name in losses), eval_batch_size=8,
+      losses=tuple(Loss.from_string(name) for name in losses), eval_batch_size=8,
       bootstrap_resamples=100)
 
 
@@ -160,13 +171,14 @@ def test_jsonl_generative_task_through_the_pipeline(tmp_path):
       test_file=_write_arithmetic(tmp_path / "test.jsonl", 16, 1), metric="gsm8k",
       prompt_field="question", response_field="answer", max_prompt_len=12,
       max_response_len=8, gt_examples=32, w2s_examples=40, test_examples=None)
-  results = pipeline.run(_text_experiment(task_cfg), out_dir=tmp_path / "out",
+  results = engine.run_experiment(_text_experiment(task_cfg), out_dir=tmp_path / "out",
                          cache_dir=tmp_path / "cache", progress=False)
-  assert set(results["summary"]) == {"test", "test:exact_match"}
+  assert results["task"]["eval_keys"] == ["test", "test:exact_match"]
+  (cell,) = results["cells"]
   for key in ("test", "test:exact_match"):
-    stats = results["summary"][key]["sft"]
+    stats = cell["summary"][key]
     assert 0 <= stats["w2s"]["mean"] <= 1 and 0 <= stats["weak"]["mean"] <= 1
-  assert results["encoding"]["test"]["examples"] == 16
+  assert results["task"]["encoding"]["test"]["examples"] == 16
 
 
 def test_squad_under_mock_data_through_the_pipeline(tmp_path, monkeypatch):
@@ -177,8 +189,8 @@ def test_squad_under_mock_data_through_the_pipeline(tmp_path, monkeypatch):
   task_cfg = GenTextTaskConfig(tfds_name="squad", max_prompt_len=24, max_response_len=8,
                                gt_examples=16, w2s_examples=16, test_examples=8)
   with tfds.testing.mock_data(num_examples=40):
-    results = pipeline.run(_text_experiment(task_cfg, ("sft", "forward_kl")),
+    results = engine.run_experiment(_text_experiment(task_cfg, ("sft", "forward_kl")),
                            out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
-  assert set(results["summary"]) == {"test", "test:exact_match"}  # token F1, then EM
-  assert set(results["summary"]["test"]) == {"sft", "forward_kl"}
-  assert results["encoding"]["train_gt"]["prompt_truncated"] > 0  # mock contexts are long
+  assert results["task"]["eval_keys"] == ["test", "test:exact_match"]  # token F1, then EM
+  assert [c["label"] for c in results["cells"]] == ["sft", "forward_kl"]
+  assert results["task"]["encoding"]["train_gt"]["prompt_truncated"] > 0  # mock contexts long

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from w2s_jax import gen_text, text_tasks, tokenize
-from w2s_jax.gen_text import PromptResponses
-from w2s_jax.text_files import TextFileError
+from w2s_jax.data import gen_text
+from w2s_jax.data import tfds_source
+from w2s_jax.data import tokenize
+from w2s_jax.data.gen_text import PromptResponses
+from w2s_jax.data.text_files import TextFileError
 
 PAD, BOS, EOS = 256, 257, 258  # ByteTokenizer's specials
 BYTES = tokenize.ByteTokenizer()
@@ -268,7 +270,7 @@ def test_a_malformed_example_is_an_error_naming_it():
 
 
 def test_missing_data_is_not_downloaded(tmp_path):
-  with pytest.raises(text_tasks.MissingTfdsData, match="gsm8k: no prepared data"):
+  with pytest.raises(tfds_source.MissingTfdsData, match="gsm8k: no prepared data"):
     gen_text.load_gen_task("gsm8k", split="train", data_dir=str(tmp_path))
   assert not any(p.suffix == ".array_record" for p in tmp_path.rglob("*"))
 

@@ -18,9 +18,15 @@ import safetensors.numpy  # noqa: E402
 import torch  # noqa: E402  (the test extra installs it; a missing torch is a failure, not a skip)
 import transformers  # noqa: E402
 
-from _helpers import built_once
-from w2s_jax import checkpoints, hf_files, hf_import, models, sampling, sharding  # noqa: E402
-from w2s_jax.data import Dataset  # noqa: E402
+from fakes import built_once
+from w2s_jax.infra import checkpoints  # noqa: E402
+from w2s_jax.models import hf_files
+from w2s_jax.models import hf_import
+from w2s_jax.models import transformer
+from w2s_jax.models import sampling
+from w2s_jax.infra import sharding
+from w2s_jax.data.dataset import Dataset  # noqa: E402
+from w2s_jax.models import hf_weights
 
 VOCAB, PAD, SEQ = 50, 49, 8
 LENGTHS = (8, 5, 3, 1)
@@ -89,7 +95,7 @@ def padded_batch(side, seed=0):
 
 def hf_logits(model, tokens, mask):
   ids, attention = torch.tensor(tokens, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
-  positions = (attention.cumsum(-1) - 1).clamp(min=0)  # as models.positions_from_mask
+  positions = (attention.cumsum(-1) - 1).clamp(min=0)  # as transformer.positions_from_mask
   with torch.no_grad():
     return model(input_ids=ids, attention_mask=attention, position_ids=positions).logits.numpy()
 
@@ -97,7 +103,7 @@ def hf_logits(model, tokens, mask):
 # Jitted: one compile per case ran the file in 6 s, op-by-op dispatch in 9 s.
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _our_logits(cfg, params, tokens, mask, output):
-  model = models.Transformer(cfg)
+  model = transformer.Transformer(cfg)
   method = model.lm_logits if output == "lm" else model.class_logits
   return model.apply({"params": params}, tokens, mask, method=method)
 
@@ -174,7 +180,7 @@ def test_greedy_generation_matches_transformers_generate(case, seed, tmp_path):
 def test_neox_qkv_left_interleaved_is_detected(built):
   hf_model, folder = built("neox_lm_parallel")
   cfg, params = hf_import.load_hf_folder(folder)
-  tensors = hf_import.read_hf_tensors(folder)
+  tensors = hf_files.read_hf_tensors(folder)
   for i in range(cfg.depth):
     name = f"gpt_neox.layers.{i}.attention.query_key_value"
     # As if the fused output were three contiguous blocks, like GPT-2's.
@@ -186,7 +192,7 @@ def test_neox_qkv_left_interleaved_is_detected(built):
 def test_gpt2_score_head_not_transposed_is_detected(built):
   hf_model, folder = built("gpt2_cls")
   cfg, params = hf_import.load_hf_folder(folder)
-  score = hf_import.read_hf_tensors(folder)["score.weight"]
+  score = hf_files.read_hf_tensors(folder)["score.weight"]
   # Same shape as the right kernel, wrong layout: read as if stored (in, out).
   params["cls_head"]["kernel"] = score.reshape(cfg.width, cfg.num_classes)
   assert max_diff("gpt2_cls", hf_model, cfg, params, "right") > BROKEN
@@ -195,13 +201,13 @@ def test_gpt2_score_head_not_transposed_is_detected(built):
 def test_prefix_free_and_sharded_checkpoints_give_the_same_params(built, tmp_path):
   hf_model, folder = built("gpt2_lm")
   cfg, params = hf_import.load_hf_folder(folder)
-  tensors = hf_import.read_hf_tensors(folder)
+  tensors = hf_files.read_hf_tensors(folder)
   base_model = {k.removeprefix("transformer."): v for k, v in tensors.items()}
   # Small shards force model.safetensors.index.json plus several files.
   hf_model.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="40KB")
   assert (tmp_path / "model.safetensors.index.json").exists()
   _, sharded = hf_import.load_hf_folder(tmp_path)
-  for other in (hf_import.params_from_hf(base_model, cfg), sharded):
+  for other in (hf_weights.params_from_hf(base_model, cfg), sharded):
     assert all(np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(params), jax.tree.leaves(other)))
 
@@ -210,7 +216,7 @@ def test_bfloat16_checkpoint_reads_without_torch(built, tmp_path):
   hf_model, _ = built("neox_lm_parallel")
   hf_model.to(torch.bfloat16).save_pretrained(tmp_path, safe_serialization=True)
   hf_model.to(torch.float32)
-  tensors = hf_import.read_hf_tensors(tmp_path)
+  tensors = hf_files.read_hf_tensors(tmp_path)
   name = "gpt_neox.layers.0.attention.query_key_value.weight"
   expected = hf_model.state_dict()[name].to(torch.bfloat16).float().numpy()
   np.testing.assert_array_equal(tensors[name].astype(np.float32), expected)
@@ -230,10 +236,10 @@ def test_orbax_round_trip_keeps_logits_identical(built, tmp_path):
 def test_missing_tensor_is_named(built):
   _, folder = built("gpt2_lm")
   cfg, _ = hf_import.load_hf_folder(folder)
-  tensors = hf_import.read_hf_tensors(folder)
+  tensors = hf_files.read_hf_tensors(folder)
   del tensors["transformer.h.1.mlp.c_fc.bias"]
   with pytest.raises(ValueError, match=r"missing tensor 'h\.1\.mlp\.c_fc\.bias'.*\(128,\)"):
-    hf_import.params_from_hf(tensors, cfg)
+    hf_weights.params_from_hf(tensors, cfg)
 
 
 def test_folder_errors_name_the_file(built, tmp_path):
@@ -254,7 +260,7 @@ def test_folder_errors_name_the_file(built, tmp_path):
   broken = tmp_path / "broken"
   broken.mkdir()
   (broken / "config.json").write_text((Path(folder) / "config.json").read_text())
-  tensors = hf_import.read_hf_tensors(folder)
+  tensors = hf_files.read_hf_tensors(folder)
   del tensors["transformer.h.1.mlp.c_fc.bias"]
   safetensors.numpy.save_file(tensors, broken / "model.safetensors")
   with pytest.raises(ValueError, match=rf"{broken} \(safetensors\): checkpoint is missing tensor "
@@ -265,20 +271,20 @@ def test_folder_errors_name_the_file(built, tmp_path):
 def test_bad_shape_is_named(built):
   _, folder = built("neox_lm_sequential")
   cfg, _ = hf_import.load_hf_folder(folder)
-  tensors = hf_import.read_hf_tensors(folder)
+  tensors = hf_files.read_hf_tensors(folder)
   tensors["gpt_neox.layers.0.attention.dense.weight"] = np.zeros((32, 31), np.float32)
   with pytest.raises(ValueError, match=r"'layers\.0\.attention\.dense\.weight' has shape "
                                        r"\(32, 31\): expected \(32, 32\)"):
-    hf_import.params_from_hf(tensors, cfg)
+    hf_weights.params_from_hf(tensors, cfg)
 
 
 def test_unexpected_tensor_is_named(built):
   _, folder = built("neox_cls")
   cfg, _ = hf_import.load_hf_folder(folder)
-  tensors = hf_import.read_hf_tensors(folder)
+  tensors = hf_files.read_hf_tensors(folder)
   tensors["score.bias"] = np.zeros((2,), np.float32)
   with pytest.raises(ValueError, match=r"unexpected tensors \['score\.bias'\]"):
-    hf_import.params_from_hf(tensors, cfg)
+    hf_weights.params_from_hf(tensors, cfg)
 
 
 def test_score_head_needs_hidden_head_input(built):
@@ -334,7 +340,7 @@ def _tiny_safetensors(path):
 
 def test_a_whole_tiny_safetensors_file_reads(tmp_path):
   _tiny_safetensors(tmp_path / "model.safetensors")
-  tensors = hf_import.read_hf_tensors(tmp_path)
+  tensors = hf_files.read_hf_tensors(tmp_path)
   np.testing.assert_array_equal(tensors["a"], np.arange(12).reshape(3, 4))
   assert tensors["b"].dtype == np.float16 and tensors["b"].shape == (5,)
 
@@ -355,7 +361,7 @@ def test_a_truncated_or_corrupt_safetensors_file_is_named(tmp_path, damage, deta
   assert len(raw) == 178  # the sizes above are this file's
   file.write_bytes(damage(raw))
   with pytest.raises(ValueError) as caught:
-    hf_import.read_hf_tensors(tmp_path)
+    hf_files.read_hf_tensors(tmp_path)
   message = str(caught.value)
   assert message.startswith(f"{file}: not a readable safetensors file, truncated or corrupt ("), \
       message
@@ -372,7 +378,7 @@ def test_a_corrupt_shard_of_a_sharded_checkpoint_is_named(tmp_path):
                       "b": "model-00002-of-00002.safetensors"}}))
   expected = r"not a readable safetensors file.*file has 150 bytes, its header expects 178"
   with pytest.raises(ValueError, match=f"^{re.escape(str(shard))}: {expected}"):
-    hf_import.read_hf_tensors(tmp_path)
+    hf_files.read_hf_tensors(tmp_path)
 
 
 def test_short_tensor_data_is_named_even_if_safetensors_lets_it_through(tmp_path, monkeypatch):
@@ -385,7 +391,7 @@ def test_short_tensor_data_is_named_even_if_safetensors_lets_it_through(tmp_path
   expected = (r"tensor 'a' has 46 bytes of data: expected 48 for shape \[3, 4\] F32 "
               r"\(truncated or corrupt\): re-download it")
   with pytest.raises(ValueError, match=f"^{re.escape(str(file))}: {expected}"):
-    hf_import.read_hf_tensors(tmp_path)
+    hf_files.read_hf_tensors(tmp_path)
 
 
 @pytest.mark.parametrize("content, match", [
@@ -399,7 +405,7 @@ def test_a_bad_safetensors_index_is_named(tmp_path, content, match):
   index = tmp_path / "model.safetensors.index.json"
   index.write_text(content)
   with pytest.raises(ValueError, match=rf"^{re.escape(str(index))}: {match}"):
-    hf_import.read_hf_tensors(tmp_path)
+    hf_files.read_hf_tensors(tmp_path)
 
 
 def test_a_config_json_that_is_not_json_is_named(tmp_path):
@@ -407,4 +413,4 @@ def test_a_config_json_that_is_not_json_is_named(tmp_path):
   config.write_text('{"model_type": "gpt2", "n_embd"')
   expected = r"not valid JSON .*: expected a transformers config\.json; the file is truncated"
   with pytest.raises(ValueError, match=f"^{re.escape(str(config))}: {expected}"):
-    hf_import.read_config(tmp_path)
+    hf_files.read_config(tmp_path)

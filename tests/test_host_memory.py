@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent("""
     import json, resource, sys, warnings
     sys.path.insert(0, {root!r})
-    from w2s_jax import host_memory
+    from w2s_jax.infra import host_memory
     import jax, jax.numpy as jnp
     status = None
     if sys.argv[1] == "keep":

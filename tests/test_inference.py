@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from _helpers import np_softmax, tiny_model_cfg
-from w2s_jax import inference, models
-from w2s_jax.data import Dataset, padded_batches, shuffled_batches
+from fakes import np_softmax, tiny_model_cfg
+from w2s_jax.models import inference
+from w2s_jax.models import transformer
+from w2s_jax.data.dataset import Dataset, padded_batches, shuffled_batches
 
 VOCAB, T, N = 13, 6, 13
 
@@ -30,16 +31,16 @@ def _setup():
   data = Dataset(tokens=tokens, mask=mask, labels=rng.integers(0, 2, size=N))
   seed_params = []
   for s in range(3):
-    p = models.init_params(cfg, jax.random.key(s))
+    p = transformer.init_params(cfg, jax.random.key(s))
     head = p["cls_head"]
     r = np.random.default_rng(10 + s)
     p = {**p, "cls_head": {"kernel": jnp.asarray(r.normal(size=head["kernel"].shape) * 20,
                                                  jnp.float32),
                            "bias": jnp.asarray(r.normal(size=head["bias"].shape), jnp.float32)}}
     seed_params.append(p)
-  model = models.Transformer(cfg)
+  model = transformer.Transformer(cfg)
   one = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m,
-                                            method=models.Transformer.class_logits))
+                                            method=transformer.Transformer.class_logits))
   return cfg, data, seed_params, one
 
 
@@ -80,9 +81,9 @@ def test_next_token_probs_one_row_per_example(mesh4):
   cfg, data, seed_params, _ = _setup()
   probs = inference.next_token_probs(seed_params[0], cfg, data, batch_size=8, mesh=mesh4)
   assert probs.shape == (N, VOCAB)
-  model = models.Transformer(cfg)
+  model = transformer.Transformer(cfg)
   logits = model.apply({"params": seed_params[0]}, data["tokens"], data["mask"],
-                       method=models.Transformer.last_token_lm_logits)
+                       method=transformer.Transformer.last_token_lm_logits)
   np.testing.assert_allclose(probs, np_softmax(np.asarray(logits)), atol=1e-5)
 
 

@@ -14,11 +14,20 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax import checkpoints, configs, integrity, models, objectives, pipeline, sharding
-from w2s_jax import stages, sweep, train
-from w2s_jax.data import Dataset, shuffled_batches
-from w2s_jax.sharding import MeshConfig
-from w2s_jax.train import OptimConfig
+from w2s_jax.infra import checkpoints
+from w2s_jax.infra import configs
+from w2s_jax.infra import integrity
+from w2s_jax.models import transformer
+from w2s_jax.training import objectives
+from w2s_jax.infra import sharding
+from w2s_jax.training import train
+from w2s_jax.data.dataset import Dataset, shuffled_batches
+from w2s_jax.infra.sharding import MeshConfig
+from w2s_jax.training.train import OptimConfig
+from w2s_jax.models import model_config
+from w2s_jax.w2s import parts as parts_lib
+from w2s_jax.w2s import engine
+from w2s_jax.w2s import grid as sweep_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = f"{ROOT / 'configs/default.py'}:small,seeds=2"
@@ -40,8 +49,8 @@ def _same(a, b) -> bool:
 
 
 def test_tree_checksum_ignores_sharding_and_catches_one_bit(mesh1):
-  cfg = models.decode_size("mini", vocab_size=50, max_len=8)
-  params = models.init_params(cfg, jax.random.key(0))
+  cfg = model_config.decode_size("mini", vocab_size=50, max_len=8)
+  params = transformer.init_params(cfg, jax.random.key(0))
   fsdp = sharding.make_mesh(8, fsdp=8)
   spread = jax.device_put(params, sharding.state_sharding(params, fsdp))
   assert integrity.tree_checksum(params) == integrity.tree_checksum(spread)
@@ -61,8 +70,8 @@ def small(tmp_path_factory):
   """The small config on one device, pretrained once into a cache."""
   root = tmp_path_factory.mktemp("integrity")
   cfg = dataclasses.replace(configs.load(SMALL), mesh=MeshConfig(devices=1))
-  ctx = stages.Context(cfg, cache_dir=root / "cache", progress=False)
-  params, _, info = ctx.pretrained("pico")
+  ctx = parts_lib.build(cfg, cache_dir=root / "cache", progress=False)
+  params, _, info = ctx.models.get("pico")
   return cfg, root, jax.device_get(params), info
 
 
@@ -72,13 +81,13 @@ def test_flipped_byte_in_the_pretrained_cache_is_rebuilt(small, tmp_path):
   subprocess.run(["cp", "-r", str(root / "cache"), str(cache)], check=True)
   entry = next(cache.glob("pico-*"))
   flip_byte(largest_file(entry / "params"))
-  ctx = stages.Context(cfg, cache_dir=cache, progress=False)
+  ctx = parts_lib.build(cfg, cache_dir=cache, progress=False)
   with pytest.warns(UserWarning, match=f"{entry.name}: corrupt cache entry"):
-    rebuilt, _, rebuilt_info = ctx.pretrained("pico")
+    rebuilt, _, rebuilt_info = ctx.models.get("pico")
   assert _same(rebuilt, params)  # retrained from scratch: the same weights
   assert rebuilt_info["final_lm_loss"] == info["final_lm_loss"]
   # and the rebuilt entry is read back intact
-  again = stages.Context(cfg, cache_dir=cache, progress=False).pretrained("pico")
+  again = parts_lib.build(cfg, cache_dir=cache, progress=False).models.get("pico")
   assert again[2]["cached"] and _same(again[0], params)
 
 
@@ -89,7 +98,7 @@ def test_truncated_cache_info_is_rebuilt(small, tmp_path):
   info = next(cache.glob("pico-*")) / "info.json"
   info.write_text(info.read_text()[:40])
   with pytest.warns(UserWarning, match="unreadable cache info"):
-    rebuilt = stages.Context(cfg, cache_dir=cache, progress=False).pretrained("pico")[0]
+    rebuilt = parts_lib.build(cfg, cache_dir=cache, progress=False).models.get("pico")[0]
   assert _same(rebuilt, params)
 
 
@@ -105,16 +114,16 @@ def test_kill_between_last_checkpoint_and_cache_record_keeps_the_record(small, t
 
   monkeypatch.setattr(checkpoints.PretrainedCache, "save", killed)
   with pytest.raises(KeyboardInterrupt):
-    stages.Context(cfg, cache_dir=tmp_path, progress=False).pretrained("pico")
+    parts_lib.build(cfg, cache_dir=tmp_path, progress=False).models.get("pico")
   monkeypatch.setattr(checkpoints.PretrainedCache, "save", real_save)
-  resumed, _, resumed_info = stages.Context(cfg, cache_dir=tmp_path,
-                                            progress=False).pretrained("pico")
+  resumed, _, resumed_info = parts_lib.build(cfg, cache_dir=tmp_path,
+                                            progress=False).models.get("pico")
   assert _same(resumed, params)
   assert resumed_info["final_lm_loss"] == info["final_lm_loss"]  # not NaN
   assert resumed_info["seconds"] == meant["seconds"] > 0.1  # the killed run's time, not 0
 
 
-MODEL = models.decode_size("pico", vocab_size=16, max_len=8)
+MODEL = model_config.decode_size("pico", vocab_size=16, max_len=8)
 
 
 def _train(tmp_path, steps, *, keep=3):
@@ -122,7 +131,7 @@ def _train(tmp_path, steps, *, keep=3):
   optimizer = train.make_optimizer(optim)
   mesh = sharding.make_mesh(1)
   key = jax.random.key(0)
-  state = train.initial_state(lambda k: models.init_params(MODEL, k), key, optimizer=optimizer,
+  state = train.initial_state(lambda k: transformer.init_params(MODEL, k), key, optimizer=optimizer,
                               mesh=mesh, rng=jax.random.key_data(key))
   ckpts = checkpoints.TrainCheckpoints(tmp_path / "ckpt", every=3, keep=keep, data={"seed": 0})
   state = ckpts.restore(state)
@@ -155,7 +164,7 @@ def test_corrupt_latest_train_checkpoint_falls_back_to_the_one_before(tmp_path, 
 
 def test_checkpoint_of_another_model_is_refused_not_deleted(tmp_path):
   _train(tmp_path, 3)
-  state = train.init_state(models.init_params(models.decode_size("nano", vocab_size=16,
+  state = train.init_state(transformer.init_params(model_config.decode_size("nano", vocab_size=16,
                                                                  max_len=8), jax.random.key(0)),
                            train.make_optimizer(OptimConfig()))
   ckpts = checkpoints.TrainCheckpoints(tmp_path / "ckpt", every=3, data={"seed": 0})
@@ -168,10 +177,10 @@ def test_checkpoint_of_another_model_is_refused_not_deleted(tmp_path):
 @pytest.mark.slow  # a sweep run three times
 def test_stage_cell_and_rows_corruption_is_recomputed_with_warnings(tmp_path):
   grid = configs.load_sweep(f"{ROOT / 'configs/sweep.py'}:tiny,seeds=2")
-  small_grid = sweep.SweepConfig(dataclasses.replace(grid.base, mesh=MeshConfig(devices=1)),
+  small_grid = sweep_grid.SweepConfig(dataclasses.replace(grid.base, mesh=MeshConfig(devices=1)),
                                  grid.cells[:2])
-  run = lambda: sweep.run_sweep(small_grid, out_dir=tmp_path / "s", cache_dir=tmp_path / "c",
-                                progress=False)
+  run = lambda: engine.run_sweep(small_grid, out_dir=tmp_path / "s", cache_dir=tmp_path / "c",
+                                 progress=False).rows
   rows = run()
   values = [r["test/w2s/mean"] for r in rows] + [rows[0]["test/weak/mean"]]
   assert len(set(values)) > 1  # the tiny sweep's numbers vary: equality below means something
@@ -183,8 +192,8 @@ def test_stage_cell_and_rows_corruption_is_recomputed_with_warnings(tmp_path):
   with pytest.warns(UserWarning) as caught:
     again = run()
   messages = "\n".join(str(w.message) for w in caught)
-  assert "weak-pico.npz" in messages and "recomputing the stage" in messages
-  assert small_grid.cells[1].id in messages and "recomputing cell" in messages
+  assert "weak-pico.npz" in messages and "computing it again" in messages
+  assert small_grid.cells[1].id in messages
   assert "sweep.jsonl: unreadable rows; rebuilding" in messages
   assert json.dumps(again) == json.dumps(rows)
   assert [json.loads(l) for l in (out / "sweep.jsonl").read_text().splitlines()] == json.loads(
@@ -197,7 +206,7 @@ def test_output_that_cannot_be_written_fails_before_any_training(tmp_path):
   cfg = configs.load(SMALL)
   started = time.perf_counter()
   with pytest.raises(NotADirectoryError, match="is an existing file"):
-    pipeline.run(cfg, out_dir=out, cache_dir=tmp_path / "cache", progress=False)
+    engine.run_experiment(cfg, out_dir=out, cache_dir=tmp_path / "cache", progress=False)
   assert time.perf_counter() - started < 5
   assert not (tmp_path / "cache").exists()
 
@@ -205,10 +214,11 @@ def test_output_that_cannot_be_written_fails_before_any_training(tmp_path):
 def test_two_runs_sharing_one_cache_build_it_once(tmp_path):
   """Started together on an empty cache: one pretrains, the other waits and
   reads the entry; both end with the weights of a run alone."""
-  script = ("import sys; from w2s_jax import configs, stages; "
+  script = ("import sys; from w2s_jax.infra import configs; "
+            "from w2s_jax.w2s import parts as parts_lib; "
             f"cfg = configs.load({SMALL!r}); "
-            "ctx = stages.Context(cfg, cache_dir=sys.argv[1], progress=False); "
-            "p, _, info = ctx.pretrained('pico'); print(info['cached'])")
+            "ctx = parts_lib.build(cfg, cache_dir=sys.argv[1], progress=False); "
+            "p, _, info = ctx.models.get('pico'); print(info['cached'])")
   env = {"XLA_FLAGS": "", "PATH": "/usr/bin:/bin"}  # one device, as a user runs it
   start = lambda cache: subprocess.Popen([sys.executable, "-c", script, str(cache)], cwd=ROOT,
                                          env=env, stdout=subprocess.PIPE,
@@ -220,8 +230,8 @@ def test_two_runs_sharing_one_cache_build_it_once(tmp_path):
   assert any("another process holds it; waiting" in o[0] for o in outs)
   alone = start(tmp_path / "alone")
   assert alone.wait() == 0, alone.stderr.read()
-  read = lambda cache: stages.Context(configs.load(SMALL), cache_dir=cache,
-                                      progress=False).pretrained("pico")
+  read = lambda cache: parts_lib.build(configs.load(SMALL), cache_dir=cache,
+                                      progress=False).models.get("pico")
   shared, alone = read(tmp_path / "cache"), read(tmp_path / "alone")
   assert shared[2]["cached"] and alone[2]["cached"]
   assert _same(shared[0], alone[0])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from w2s_jax import interrupts
+from w2s_jax.infra import interrupts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def test_no_interrupt_no_raise_and_flag_does_not_leak():
       with interrupts.handle_interrupts():  # nested: exit raises, the flag stays set
         pass
     assert interrupts.interrupted() == signal.SIGINT
-    interrupts._interrupted = None  # pretend the caller handled it
+    interrupts.clear()  # the caller handled it
   # Outside any context nothing is recorded and nothing raises.
   interrupts.raise_if_interrupted()
   with interrupts.handle_interrupts():
@@ -68,8 +68,8 @@ def test_handlers_are_restored_on_exit():
   old_term = signal.signal(signal.SIGTERM, custom)
   try:
     with interrupts.handle_interrupts():
-      assert signal.getsignal(signal.SIGINT) is interrupts._handler
-      assert signal.getsignal(signal.SIGTERM) is interrupts._handler
+      assert signal.getsignal(signal.SIGINT) is interrupts.on_signal
+      assert signal.getsignal(signal.SIGTERM) is interrupts.on_signal
     assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
     assert signal.getsignal(signal.SIGTERM) is custom
     # restored also when the body raises
@@ -98,7 +98,7 @@ def test_outside_the_main_thread_it_is_a_no_op():
   t.start()
   t.join()
   assert "error" not in seen, seen
-  assert seen["handler"] is not interrupts._handler
+  assert seen["handler"] is not interrupts.on_signal
 
 
 def _run(code: str, **kwargs) -> subprocess.CompletedProcess:
@@ -112,7 +112,7 @@ def test_interrupt_swallowed_in_del_still_stops_the_next_check():
   """The observed bug: SIGINT handled while a __del__ runs is printed and ignored."""
   r = _run("""
     import os, signal, time
-    from w2s_jax import interrupts
+    from w2s_jax.infra import interrupts
 
     class Buffer:
       def __del__(self):
@@ -127,7 +127,7 @@ def test_interrupt_swallowed_in_del_still_stops_the_next_check():
         interrupts.raise_if_interrupted()
       except KeyboardInterrupt as e:
         print("raise_if_interrupted raised:", e, flush=True)
-        interrupts._interrupted = None  # handled: let the context end normally
+        interrupts.clear()  # handled: let the context end normally
     print("exit normally", flush=True)
   """)
   assert r.returncode == 0, r.stderr
@@ -138,7 +138,7 @@ def test_interrupt_swallowed_in_del_still_stops_the_next_check():
 
 _LOOP = """
   import sys, time
-  from w2s_jax import interrupts
+  from w2s_jax.infra import interrupts
 
   with interrupts.handle_interrupts():
     print("ready", flush=True)

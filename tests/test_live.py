@@ -1,4 +1,4 @@
-"""The weak model as a live supervisor (LossConfig('live'), live.py): lambda = 0
+"""The weak model as a live supervisor (Live(), live.py): lambda = 0
 is token-level KD, the documented weighting, zero at student = teacher, the
 student's samples a pure function of (params, step, seed), resume equals an
 uninterrupted run, the teacher frozen and outside the state, end to end
@@ -12,17 +12,30 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from w2s_jax import checkpoints, configs, gen_tasks, live, losses, models, objectives
-from w2s_jax import finetune, sampling, sharding, stages, train
-from w2s_jax.data import Dataset, shuffled_batches
-from w2s_jax.objectives import LossConfig
-from w2s_jax.sampling import SamplingConfig
-from w2s_jax.train import OptimConfig
+from w2s_jax.infra import checkpoints
+from w2s_jax.infra import configs
+from w2s_jax.training import live
+from w2s_jax.training import losses
+from w2s_jax.models import transformer
+from w2s_jax.training import finetune
+from w2s_jax.models import sampling
+from w2s_jax.infra import sharding
+from w2s_jax.w2s import stages
+from w2s_jax.training import train
+from w2s_jax.data.dataset import Dataset, shuffled_batches
+from w2s_jax.training.generative_losses import ReverseKl, Sft
+from w2s_jax.training.live import Live
+from w2s_jax.training.generative_losses import DIVERGENCES
+from w2s_jax.models.sampling import SamplingConfig
+from w2s_jax.training.train import OptimConfig
+from w2s_jax.models import model_config
+from w2s_jax.tasks import layout
+from w2s_jax.w2s import parts as parts_lib
 
 VOCAB, EOS, PAD = 13, 2, 0
 PROMPT, RESPONSE = 3, 5
-STUDENT = models.decode_size("pico", vocab_size=VOCAB, max_len=PROMPT + RESPONSE)
-TEACHER = models.decode_size("nano", vocab_size=VOCAB, max_len=PROMPT + RESPONSE)
+STUDENT = model_config.decode_size("pico", vocab_size=VOCAB, max_len=PROMPT + RESPONSE)
+TEACHER = model_config.decode_size("nano", vocab_size=VOCAB, max_len=PROMPT + RESPONSE)
 SAMPLING = SamplingConfig(max_new_tokens=RESPONSE, eos_id=EOS, pad_id=PAD)
 
 
@@ -30,7 +43,7 @@ SAMPLING = SamplingConfig(max_new_tokens=RESPONSE, eos_id=EOS, pad_id=PAD)
 def _params(cfg, seed):
   """Random weights large enough for decisive, varied next-token distributions
   (a jitted init, noise added on the host: eager init op by op takes seconds)."""
-  params = jax.device_get(jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(seed)))
+  params = jax.device_get(jax.jit(transformer.init_params, static_argnums=0)(cfg, jax.random.key(seed)))
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda x: jnp.asarray(x + 0.3 * rng.normal(size=x.shape), jnp.float32),
                       params)
@@ -46,13 +59,13 @@ def _data(n=16, seed=0) -> Dataset:
     prompt[i, PROMPT - p:], prompt_mask[i, PROMPT - p:] = rng.integers(3, VOCAB, p), 1
     response[i, :r], response_mask[i, :r] = rng.integers(3, VOCAB, r), 1
     response[i, r - 1] = EOS
-  return gen_tasks.sequences(Dataset(prompt=prompt, prompt_mask=prompt_mask, response=response,
+  return layout.sequences(Dataset(prompt=prompt, prompt_mask=prompt_mask, response=response,
                                      response_mask=response_mask))
 
 
 def _loss_fn(fraction, divergence="reverse_kl", teacher_cfg=TEACHER, **kw):
-  cfg = LossConfig("live", live_fraction=fraction, live_divergence=divergence, **kw)
-  return objectives.objective(STUDENT, cfg, generative=True, teacher_cfg=teacher_cfg,
+  cfg = Live(live_fraction=fraction, live_divergence=divergence, **kw)
+  return cfg.objective(STUDENT, generative=True, teacher_cfg=teacher_cfg,
                               sampling_cfg=SAMPLING)
 
 
@@ -74,7 +87,7 @@ def test_layout_is_strided_and_static():
 def test_fraction_zero_is_token_kd_exactly(divergence):
   params, teacher = _params(STUDENT, 0), _params(TEACHER, 1)
   batch, key = {k: jnp.asarray(v) for k, v in _data().items()}, jax.random.key(5)
-  kd = objectives.objective(STUDENT, LossConfig(divergence), generative=True, teacher_cfg=TEACHER)
+  kd = DIVERGENCES[divergence]().objective(STUDENT, generative=True, teacher_cfg=TEACHER)
   want_loss, want_grads = _value_and_grad(kd, params, batch, key, teacher)
   got_loss, got_grads = _value_and_grad(_loss_fn(0.0, divergence), params, batch, key, teacher)
   np.testing.assert_array_equal(got_loss, want_loss)
@@ -94,10 +107,10 @@ def test_loss_is_the_share_weighted_mean_of_both_groups():
       live.sample_rows, model_cfg=STUDENT, fraction=0.25,
       sampling_cfg=dataclasses.replace(SAMPLING, temperature=1.0)))(params, batch, sample_key)
   np.testing.assert_array_equal(is_live, np.tile([1, 0, 0, 0], 4))
-  logits = models.Transformer(STUDENT).apply({"params": params}, seqs["tokens"], seqs["mask"],
-                                             method=models.Transformer.lm_logits)
-  t_logits = models.Transformer(TEACHER).apply({"params": teacher}, seqs["tokens"], seqs["mask"],
-                                               method=models.Transformer.lm_logits)
+  logits = transformer.Transformer(STUDENT).apply({"params": params}, seqs["tokens"], seqs["mask"],
+                                             method=transformer.Transformer.lm_logits)
+  t_logits = transformer.Transformer(TEACHER).apply({"params": teacher}, seqs["tokens"], seqs["mask"],
+                                               method=transformer.Transformer.lm_logits)
   part = lambda rows: losses.reverse_kl(logits=logits[rows], teacher_logits=t_logits[rows],
                                         loss_mask=seqs["loss_mask"][rows])
   rows = np.asarray(is_live) > 0
@@ -189,7 +202,7 @@ def test_resume_equals_uninterrupted_and_the_teacher_stays_out(mesh4, tmp_path):
   after 3 of 6 steps and resumed from its checkpoint, it ends where an
   uninterrupted run does. The teacher is neither donated nor in the state."""
   seeds, optim = (0, 1), OptimConfig(steps=6, batch_size=8, lr=3e-3)
-  loss_cfg = LossConfig("live", live_fraction=0.5)
+  loss_cfg = Live(live_fraction=0.5)
   optimizer, step, teacher_sharding = finetune.finetune_step(
       STUDENT, loss_cfg, optim, mesh4, len(seeds), True, TEACHER, SAMPLING)
   teacher = jax.device_put(jax.tree.map(lambda x: jnp.stack([x, x * 0.9]), _params(TEACHER, 1)),
@@ -243,7 +256,7 @@ def test_resume_equals_uninterrupted_and_the_teacher_stays_out(mesh4, tmp_path):
 @pytest.fixture(scope="module")
 def weak_stage(tmp_path_factory):
   cfg = configs.load("configs/generative.py:small,seeds=2")
-  ctx = stages.Context(cfg, cache_dir=tmp_path_factory.mktemp("live") / "cache", progress=False)
+  ctx = parts_lib.build(cfg, cache_dir=tmp_path_factory.mktemp("live") / "cache", progress=False)
   return ctx, stages.weak_stage(ctx, cfg.weak_size)
 
 
@@ -254,55 +267,57 @@ def test_live_through_the_stages(weak_stage):
   ctx, weak = weak_stage
   strong, weak_size = ctx.cfg.strong_size, ctx.cfg.weak_size
   run = lambda loss, ft=None: stages.w2s_stage(ctx, strong, weak, loss, ft, weak_size=weak_size)
-  half = run(LossConfig("live", live_fraction=0.5))
-  kd = run(LossConfig("reverse_kl"))
-  zero = run(LossConfig("live", live_fraction=0.0))
-  for key in ctx.eval_keys:
-    assert half[key].shape == kd[key].shape == (2, len(ctx.splits[key.split(":")[0]]))
+  half = run(Live(live_fraction=0.5))
+  kd = run(ReverseKl())
+  zero = run(Live(live_fraction=0.0))
+  half, kd, zero = half.scores, kd.scores, zero.scores
+  for key in ctx.evaluator.eval_keys:
+    assert half[key].shape == kd[key].shape == (2, len(ctx.task.splits[key.split(":")[0]]))
     assert np.isfinite(half[key]).all()
     np.testing.assert_array_equal(zero[key], kd[key])
-  assert any((half[k] != kd[k]).any() for k in ctx.eval_keys)
+  assert any((half[k] != kd[k]).any() for k in ctx.evaluator.eval_keys)
   accum = dataclasses.replace(ctx.cfg.finetune, grad_accum_steps=2)
-  mixed = run(LossConfig("live", live_fraction=0.5, live_gt_weight=0.5, gt_examples=8), accum)
-  assert all(np.isfinite(mixed[k]).all() for k in ctx.eval_keys)
+  mixed = run(Live(live_fraction=0.5, live_gt_weight=0.5, gt_examples=8), accum).scores
+  assert all(np.isfinite(mixed[k]).all() for k in ctx.evaluator.eval_keys)
 
 
 # --- Bad input -------------------------------------------------------------------
 
 @pytest.mark.parametrize("fields,match", [
-    (dict(live_fraction=1.5), "LossConfig.live_fraction=1.5: expected in \\[0, 1\\]"),
-    (dict(live_fraction=-0.1), "LossConfig.live_fraction=-0.1"),
-    (dict(live_divergence="kl"), "LossConfig.live_divergence='kl': expected one of"),
-    (dict(live_temperature=-1.0), "LossConfig.live_temperature=-1.0: expected >= 0"),
-    (dict(live_gt_weight=2.0), "LossConfig.live_gt_weight=2.0: expected in \\[0, 1\\]"),
+    (dict(live_fraction=1.5), "Live.live_fraction=1.5: expected in \\[0, 1\\]"),
+    (dict(live_fraction=-0.1), "Live.live_fraction=-0.1"),
+    (dict(live_divergence="kl"), "Live.live_divergence='kl': expected one of"),
+    (dict(live_temperature=-1.0), "Live.live_temperature=-1.0: expected >= 0"),
+    (dict(live_gt_weight=2.0), "Live.live_gt_weight=2.0: expected in \\[0, 1\\]"),
 ])
 def test_bad_live_fields_are_refused(fields, match):
   with pytest.raises(ValueError, match=match):
-    LossConfig("live", **fields)
+    Live(**fields)
 
 
 def test_live_fields_on_another_loss_and_missing_inputs_are_refused():
-  with pytest.raises(ValueError, match="LossConfig.live_fraction=0.3 applies to the live loss only"):
-    LossConfig("sft", live_fraction=0.3)
-  with pytest.raises(ValueError, match="live_gt_weight=0.5 applies to the live loss only"):
-    LossConfig("reverse_kl", live_gt_weight=0.5)
+  # Each loss has only its own hyperparameters: the live ones do not exist on others.
+  with pytest.raises(TypeError, match="live_fraction"):
+    Sft(live_fraction=0.3)
+  with pytest.raises(TypeError, match="live_gt_weight"):
+    ReverseKl(live_gt_weight=0.5)
   with pytest.raises(ValueError, match="needs the teacher's model config"):
-    objectives.objective(STUDENT, LossConfig("live"), generative=True, sampling_cfg=SAMPLING)
+    Live().objective(STUDENT, generative=True, sampling_cfg=SAMPLING)
   with pytest.raises(ValueError, match="needs the task's SamplingConfig"):
-    objectives.objective(STUDENT, LossConfig("live"), generative=True, teacher_cfg=TEACHER)
+    Live().objective(STUDENT, generative=True, teacher_cfg=TEACHER)
   with pytest.raises(ValueError, match="does not apply to a classification task"):
-    LossConfig("live").check_kind(False)
+    Live().check_kind(False)
   params, teacher = _params(STUDENT, 0), _params(TEACHER, 1)
   data = _data()
   bare = {k: data[k] for k in ("tokens", "mask", "loss_mask")}
   with pytest.raises(ValueError, match="the batch has no \\['prompt', 'prompt_mask', 'example_id'\\]"):
     _loss_fn(0.5)(params, bare, 0.0, jax.random.key(0), teacher)
   long = dataclasses.replace(SAMPLING, max_new_tokens=RESPONSE + 1)
-  loss_fn = objectives.objective(STUDENT, LossConfig("live"), generative=True, teacher_cfg=TEACHER,
+  loss_fn = Live().objective(STUDENT, generative=True, teacher_cfg=TEACHER,
                                  sampling_cfg=long)
   with pytest.raises(ValueError, match="max_new_tokens=6 exceeds the batch's response width 5"):
     loss_fn(params, dict(data), 0.0, jax.random.key(0), teacher)
   with pytest.raises(ValueError, match="gt_data is needed by the combined loss and live with"):
-    stages.finetune(params, STUDENT, [data], loss_cfg=LossConfig("live", live_gt_weight=0.5),
+    finetune.finetune(params, STUDENT, [data], loss_cfg=Live(live_gt_weight=0.5),
                     optim_cfg=OptimConfig(steps=1, batch_size=8), seeds=(0,), mesh=None,
                     desc="x", generative=True, teacher=(TEACHER, teacher))

@@ -12,9 +12,13 @@ import pytest
 import torch
 import transformers
 
-from _helpers import built_once
-from w2s_jax import hf_import, lora, models, sampling, sharding
-from w2s_jax.data import Dataset
+from fakes import built_once
+from w2s_jax.models import hf_import
+from w2s_jax.training import lora
+from w2s_jax.models import transformer
+from w2s_jax.models import sampling
+from w2s_jax.infra import sharding
+from w2s_jax.data.dataset import Dataset
 
 VOCAB, PAD = 64, 0
 # (transformers classes, tie_word_embeddings): GQA with 2 key/value heads for 4 query heads.
@@ -78,8 +82,8 @@ def _hf_logits(model, tokens, mask):
 
 
 def _ours(cfg, params, tokens, mask):
-  return np.asarray(models.Transformer(cfg).apply(
-      {"params": params}, jnp.asarray(tokens), jnp.asarray(mask), method=models.Transformer.lm_logits))
+  return np.asarray(transformer.Transformer(cfg).apply(
+      {"params": params}, jnp.asarray(tokens), jnp.asarray(mask), method=transformer.Transformer.lm_logits))
 
 
 @pytest.mark.parametrize("attention", ["explicit", "fused"])
@@ -92,7 +96,7 @@ def test_logits_match_transformers(built, case, side, attention):
   assert (cfg.kv_heads, cfg.norm, cfg.mlp, cfg.rotary_frac, cfg.rotary_base) == (
       2, "rmsnorm", "swiglu", 1.0, 500.0)
   assert cfg.qkv_bias == case.startswith("qwen2") and not cfg.attn_out_bias
-  assert models.count_params(params) == cfg.num_params
+  assert transformer.count_params(params) == cfg.num_params
   tokens, mask = _padded(side)
   diff = np.abs(_ours(cfg, params, tokens, mask) - _hf_logits(hf_model, tokens, mask))
   assert diff[mask > 0].max() < 1e-4
@@ -119,7 +123,7 @@ def test_a_wrong_key_value_head_order_misses_badly(built):
 def test_greedy_generation_with_a_grouped_kv_cache_matches_transformers(tmp_path):
   hf_model = _build("qwen2_untied", tmp_path, seed=1, scale=0.5)
   cfg, params = hf_import.load_hf_folder(tmp_path)
-  assert models.init_cache(cfg, 2, 8)[0]["k"].shape == (2, 2, 8, cfg.head_dim)   # kv heads only
+  assert transformer.init_cache(cfg, 2, 8)[0]["k"].shape == (2, 2, 8, cfg.head_dim)   # kv heads only
   prompt, prompt_mask = _padded("left", lengths=(7, 4, 2, 5), width=7, seed=3)
   with torch.no_grad():
     out = hf_model.generate(torch.tensor(prompt, dtype=torch.long),
@@ -189,7 +193,7 @@ def test_fused_attention_equals_explicit_under_grouped_queries(built, side):
 def test_qwen_config_trains_the_strong_model_with_lora():
   from pathlib import Path
 
-  from w2s_jax import configs
+  from w2s_jax.infra import configs
   root = Path(__file__).resolve().parents[1]
   cfg = configs.load(f"{root}/configs/qwen_w2s.py:models=/m,weak=Qwen2.5-0.5B,lora=8,"
                      "lora_targets=all")

@@ -5,8 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from _helpers import np_log_softmax, np_softmax, tiny_model_cfg
-from w2s_jax import losses, models, objectives
+from fakes import np_log_softmax, np_softmax, tiny_model_cfg
+from w2s_jax.training import losses
+from w2s_jax.models import transformer
+from w2s_jax.training import objectives
+from w2s_jax.training.classifier_losses import Kl, LogConf, Product, Xent
+from w2s_jax.training.combined import combined_classifier_objective
 
 LOGITS = np.array([[2.0, -1.0],
                    [0.3, 0.8],
@@ -298,25 +302,24 @@ def test_combined_no_gradient_to_weak_or_gt_labels():
 
 
 @pytest.mark.parametrize("cfg,direct", [
-    (objectives.LossConfig("xent", temperature=3.0),
+    (Xent(temperature=3.0),
      lambda z, y, f: losses.xent(logits=z, labels=y, temperature=3.0)),
-    (objectives.LossConfig("kl"), lambda z, y, f: losses.kl(logits=z, labels=y)),
-    (objectives.LossConfig("product", alpha=0.5, beta=2.0),
+    (Kl(), lambda z, y, f: losses.kl(logits=z, labels=y)),
+    (Product(alpha=0.5, beta=2.0),
      lambda z, y, f: losses.product(logits=z, labels=y, alpha=0.5, beta=2.0)),
-    (objectives.LossConfig("logconf", warmup_frac=0.4, aux_coef=0.8),
+    (LogConf(warmup_frac=0.4, aux_coef=0.8),
      lambda z, y, f: losses.logconf(logits=z, labels=y, step_frac=f, warmup_frac=0.4,
                                     aux_coef=0.8)),
 ])
-def test_loss_config_dispatches_with_its_hyperparameters(cfg, direct):
-  fn = cfg.target_loss()
+def test_each_loss_applies_its_own_hyperparameters(cfg, direct):
   for step_frac in (0.1, 0.9):
-    np.testing.assert_allclose(float(fn(LOGITS, LABELS, step_frac)),
+    np.testing.assert_allclose(float(cfg.loss(logits=LOGITS, labels=LABELS, step_frac=step_frac)),
                                float(direct(LOGITS, LABELS, step_frac)), rtol=1e-6)
 
 
 def test_combined_objective_equals_weighted_classifier_objectives():
   cfg = tiny_model_cfg(vocab_size=9, max_len=5)
-  params = models.init_params(cfg, jax.random.key(0))
+  params = transformer.init_params(cfg, jax.random.key(0))
   rng = np.random.default_rng(0)
   params = {**params, "cls_head": {"kernel": jnp.asarray(rng.normal(size=(9, 2)), jnp.float32),
                                    "bias": jnp.zeros(2)}}
@@ -329,10 +332,10 @@ def test_combined_objective_equals_weighted_classifier_objectives():
   weak, gt = batch(4), batch(4)
   alpha = 0.25
   key = jax.random.key(0)
-  combined_loss, aux = jax.jit(objectives.combined_objective(cfg, alpha=alpha))(
+  combined_loss, aux = jax.jit(combined_classifier_objective(cfg, alpha=alpha))(
       params, {**{f"weak_{k}": v for k, v in weak.items()},
                **{f"gt_{k}": v for k, v in gt.items()}}, 0.0, key)
-  xent_fn = jax.jit(objectives.classifier_objective(cfg, objectives.LossConfig("xent")))
+  xent_fn = jax.jit(objectives.classifier_objective(cfg, Xent()))
   weak_loss, weak_aux = xent_fn(params, weak, 0.0, key)
   gt_loss, _ = xent_fn(params, gt, 0.0, key)
   np.testing.assert_allclose(float(combined_loss),
@@ -340,4 +343,4 @@ def test_combined_objective_equals_weighted_classifier_objectives():
   assert abs(float(weak_loss) - float(gt_loss)) > 1e-4
   assert float(aux["label_agreement"]) == float(weak_aux["label_agreement"])
   with pytest.raises(ValueError, match="alpha=1.5"):
-    objectives.combined_objective(cfg, alpha=1.5)
+    combined_classifier_objective(cfg, alpha=1.5)

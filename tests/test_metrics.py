@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from w2s_jax import metrics
+from w2s_jax.w2s import metrics
 
 
 def test_pgr_constructed_numbers():

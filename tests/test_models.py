@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from _helpers import tiny_model_cfg
-from w2s_jax import models
+from fakes import tiny_model_cfg
+from w2s_jax.models import transformer
+from w2s_jax.models import model_config
 
 VOCAB, T = 11, 8
 # Real token sequences of different lengths; two contain token id 0 as a real token.
@@ -29,13 +30,13 @@ def _random_head(params, rng):
 @functools.lru_cache(maxsize=None)
 def _model(head_input):
   cfg = tiny_model_cfg(head_input=head_input, vocab_size=VOCAB, max_len=T)
-  params = models.init_params(cfg, jax.random.key(1))
+  params = transformer.init_params(cfg, jax.random.key(1))
   params = _random_head(params, np.random.default_rng(2))
-  model = models.Transformer(cfg)
+  model = transformer.Transformer(cfg)
   cls = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m,
-                                            method=models.Transformer.class_logits))
+                                            method=transformer.Transformer.class_logits))
   last_lm = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m,
-                                                method=models.Transformer.last_token_lm_logits))
+                                                method=transformer.Transformer.last_token_lm_logits))
   return cfg, params, cls, last_lm
 
 
@@ -61,13 +62,13 @@ def test_last_real_index_hand_made_masks():
                     [0, 1, 1, 0, 0],
                     [1, 0, 0, 0, 0],
                     [0, 0, 0, 0, 1]], np.int32)
-  np.testing.assert_array_equal(np.asarray(models.last_real_index(jnp.asarray(masks))),
+  np.testing.assert_array_equal(np.asarray(transformer.last_real_index(jnp.asarray(masks))),
                                 [2, 4, 4, 2, 0, 4])
 
 
 def test_positions_from_mask_counts_real_tokens():
   masks = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]], np.int32)
-  np.testing.assert_array_equal(np.asarray(models.positions_from_mask(jnp.asarray(masks))),
+  np.testing.assert_array_equal(np.asarray(transformer.positions_from_mask(jnp.asarray(masks))),
                                 [[0, 1, 2, 2, 2], [0, 0, 0, 1, 2]])
 
 
@@ -92,11 +93,11 @@ def test_class_logits_same_under_left_and_right_padding(head_input):
 @pytest.mark.parametrize("head_input", ["lm_probs", "hidden"])
 def test_padded_equals_unpadded(head_input):
   cfg, params, cls, _ = _model(head_input)
-  model = models.Transformer(cfg)
+  model = transformer.Transformer(cfg)
   for s in (SEQS[0], SEQS[4]):
     tokens = np.array([s], np.int32)
     alone = np.asarray(model.apply({"params": params}, tokens, np.ones_like(tokens),
-                                   method=models.Transformer.class_logits))
+                                   method=transformer.Transformer.class_logits))
     for side in ("right", "left"):
       padded = np.asarray(cls(params, *pad([s], side, 9)))
       np.testing.assert_allclose(padded, alone, atol=1e-5)
@@ -114,7 +115,7 @@ def test_tokens_at_padded_positions_do_not_matter():
                                  atol=1e-5)
     # Changing a real token does change the output (the check can fail).
     changed = tokens.copy()
-    last = np.asarray(models.last_real_index(mask))
+    last = np.asarray(transformer.last_real_index(mask))
     changed[0, last[0]] = (changed[0, last[0]] + 1) % VOCAB
     assert np.abs(np.asarray(cls(params, changed, mask))[0] - base[0]).max() > 1e-5
 
@@ -127,7 +128,7 @@ def test_real_token_zero_is_not_padding():
   with_zero_end = [6, 4, 0]
   for side in ("right", "left"):
     tokens, mask = pad([with_zero_mid, without, with_zero_end, [6, 4]], side, 0)
-    idx = np.asarray(models.last_real_index(mask))
+    idx = np.asarray(transformer.last_real_index(mask))
     if side == "right":
       np.testing.assert_array_equal(idx, [2, 1, 2, 1])
     else:
@@ -143,33 +144,33 @@ def test_real_token_zero_is_not_padding():
 
 @pytest.mark.parametrize("head_input", ["lm_probs", "hidden"])
 def test_num_params_formula_matches_init(head_input):
-  cfg = models.decode_size("mini", vocab_size=37, max_len=12, head_input=head_input)
-  params = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
-  assert models.count_params(params) == cfg.num_params
+  cfg = model_config.decode_size("mini", vocab_size=37, max_len=12, head_input=head_input)
+  params = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.key(0)))
+  assert transformer.count_params(params) == cfg.num_params
 
 
 def test_decode_size_explicit_and_table():
-  cfg = models.decode_size("16x1", vocab_size=5)
+  cfg = model_config.decode_size("16x1", vocab_size=5)
   assert (cfg.width, cfg.depth, cfg.heads) == (16, 1, 1)
-  cfg = models.decode_size("64x3", vocab_size=5)
+  cfg = model_config.decode_size("64x3", vocab_size=5)
   assert (cfg.width, cfg.depth, cfg.heads) == (64, 3, 4)
-  assert (models.decode_size("pico", vocab_size=5).width,
-          models.decode_size("pico", vocab_size=5).depth) == models.SIZES["pico"][:2]
+  assert (model_config.decode_size("pico", vocab_size=5).width,
+          model_config.decode_size("pico", vocab_size=5).depth) == model_config.SIZES["pico"][:2]
 
 
 def test_sequence_longer_than_max_len_raises():
   cfg = tiny_model_cfg(vocab_size=VOCAB, max_len=4)
-  params = models.init_params(cfg, jax.random.key(0))
+  params = transformer.init_params(cfg, jax.random.key(0))
   tokens = np.ones((1, 5), np.int32)
   with pytest.raises(ValueError, match="max_len=4"):
-    models.Transformer(cfg).apply({"params": params}, tokens, np.ones_like(tokens),
-                                  method=models.Transformer.class_logits)
+    transformer.Transformer(cfg).apply({"params": params}, tokens, np.ones_like(tokens),
+                                  method=transformer.Transformer.class_logits)
 
 
 @pytest.mark.parametrize("width", [24, 40, 48, 50, 100])
 def test_decode_size_any_width_gives_valid_heads(width):
   """decode_size documents "WIDTHxDEPTH" -> ModelConfig with no restriction on WIDTH,
   and picks the head count itself: it must pick one that divides the width."""
-  cfg = models.decode_size(f"{width}x2", vocab_size=5)
+  cfg = model_config.decode_size(f"{width}x2", vocab_size=5)
   assert cfg.width == width and cfg.depth == 2
   assert cfg.width % cfg.heads == 0

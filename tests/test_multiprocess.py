@@ -15,7 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax import checkpoints, configs, models, testbed
+from w2s_jax.infra import checkpoints
+from w2s_jax.infra import configs
+from w2s_jax.models import transformer
+from w2s_jax.data import testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +47,7 @@ def _final_params(config_arg, out):
   cfg = configs.load(f"{ROOT / 'configs' / 'scale.py'}:{config_arg}")
   vocab = len(testbed.make_world(cfg.world).vocab)
   model_cfg = cfg.model_config(vocab)
-  like = jax.eval_shape(lambda: models.init_params(model_cfg, jax.random.key(0)))
+  like = jax.eval_shape(lambda: transformer.init_params(model_cfg, jax.random.key(0)))
   return jax.device_get(checkpoints.load_params(out / "params", like))
 
 

@@ -9,11 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from _helpers import tiny_model_cfg
-from w2s_jax import configs, models, pipeline, stages
-from w2s_jax.data import Dataset
-from w2s_jax.objectives import LossConfig
-from w2s_jax.train import OptimConfig
+from fakes import finetune_setup
+from w2s_jax.infra import configs
+from w2s_jax.models import transformer
+from w2s_jax.w2s import engine, records, stages, tables
+from w2s_jax.training.classifier_losses import Xent
+from w2s_jax.training import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1)
@@ -24,97 +25,99 @@ def two_runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("pipeline")
   cfg = configs.load(f"{ROOT / 'configs/default.py'}:small")
   cfg = dataclasses.replace(cfg, seeds=SEEDS)
-  first = pipeline.run(cfg, out_dir=tmp / "run1", cache_dir=tmp / "cache", progress=False)
-  second = pipeline.run(cfg, out_dir=tmp / "run2", cache_dir=tmp / "cache", progress=False)
+  first = engine.run_experiment(cfg, out_dir=tmp / "run1", cache_dir=tmp / "cache",
+                                progress=False)
+  second = engine.run_experiment(cfg, out_dir=tmp / "run2", cache_dir=tmp / "cache",
+                                 progress=False)
   return cfg, tmp, first, second
-
-
-def _check_accuracies(tree, num_seeds):
-  for split in ("test", "heldout"):
-    for name, accs in tree[split].items():
-      assert len(accs) == num_seeds, (split, name)
-      assert all(0.0 <= a <= 1.0 for a in accs), (split, name, accs)
-  assert len(tree["weak_label_accuracy_train_w2s"]) == num_seeds
 
 
 def test_results_json_written_and_complete(two_runs):
   cfg, tmp, first, _ = two_runs
   path = tmp / "run1" / "results.json"
-  assert path.is_file()
   on_disk = json.loads(path.read_text())
-  for key in ("config", "versions", "per_seed", "summary", "pretraining"):
-    assert key in on_disk, key
+  assert on_disk["schema"] == records.SCHEMA
   assert on_disk["config"]["name"] == "default-small"
   assert on_disk["config"]["seeds"] == list(SEEDS)
-  assert on_disk["versions"]["jax"] == jax.__version__
-  per_seed = on_disk["per_seed"]
-  assert per_seed["seeds"] == list(SEEDS)
-  _check_accuracies(per_seed, len(SEEDS))
-  losses = {l.name for l in cfg.losses}
-  assert set(per_seed["test"]) == {"weak", "ceiling"} | losses
-  assert set(on_disk["summary"]) == {"test", "heldout"}
-  for split, per_loss in on_disk["summary"].items():
-    assert set(per_loss) == losses
-    for name, stats in per_loss.items():
+  assert on_disk["environment"]["versions"]["jax"] == jax.__version__
+  assert on_disk["task"]["eval_keys"] == ["test", "heldout"]
+  assert list(on_disk["models"]) == [cfg.weak_size, cfg.strong_size]
+  # One cell per loss, in the config's order; each its own record on disk too.
+  assert [c["label"] for c in on_disk["cells"]] == [loss.tag for loss in cfg.losses]
+  for cell in on_disk["cells"]:
+    assert cell["seeds"] == list(SEEDS)
+    assert len(cell["weak_label_accuracy"]) == len(SEEDS)
+    stored = json.loads((tmp / "run1" / "cells" / cell["id"] / "results.json").read_text())
+    assert stored["summary"] == cell["summary"] and stored["per_seed"] == cell["per_seed"]
+    assert set(cell["summary"]) == {"test", "heldout"}
+    for split, stats in cell["summary"].items():
+      per_seed = cell["per_seed"][split]
       for model in ("weak", "w2s", "ceiling"):
         s = stats[model]
-        assert 0.0 <= s["lo"] <= s["mean"] <= s["hi"] <= 1.0, (split, name, model, s)
-      # the summary's point estimates are the seed means of the per-seed numbers
-      assert stats["weak"]["mean"] == pytest.approx(np.mean(per_seed[split]["weak"]))
-      assert stats["w2s"]["mean"] == pytest.approx(np.mean(per_seed[split][name]))
-      assert stats["ceiling"]["mean"] == pytest.approx(np.mean(per_seed[split]["ceiling"]))
+        assert 0.0 <= s["lo"] <= s["mean"] <= s["hi"] <= 1.0, (split, model, s)
+        assert len(per_seed[model]) == len(SEEDS)
+        # the summary's point estimates are the seed means of the per-seed numbers
+        assert s["mean"] == pytest.approx(np.mean(per_seed[model]))
+  # Pweak and Pceiling come from the shared stages: the same in every cell.
+  first_cell, second_cell = on_disk["cells"]
+  assert first_cell["per_seed"]["test"]["weak"] == second_cell["per_seed"]["test"]["weak"]
+  assert first_cell["per_seed"]["test"]["ceiling"] == second_cell["per_seed"]["test"]["ceiling"]
   # the in-memory results are what was written (NaN compares unequal, so compare via JSON)
   assert json.dumps(first, sort_keys=True) == json.dumps(on_disk, sort_keys=True)
-  assert first["pretraining"]["weak"]["cached"] is False
-  assert first["pretraining"]["strong"]["cached"] is False
+  assert first["models"][cfg.weak_size]["cached"] is False
+  assert first["models"][cfg.strong_size]["cached"] is False
   assert not list((tmp / "run1").glob("*.tmp"))
 
 
 def test_second_run_reuses_cache_and_reproduces(two_runs):
-  _, tmp, first, second = two_runs
-  assert second["pretraining"]["weak"]["cached"] is True
-  assert second["pretraining"]["strong"]["cached"] is True
+  cfg, tmp, first, second = two_runs
+  assert all(second["models"][size]["cached"] is True for size in second["models"])
   assert len(list((tmp / "cache").glob("*/info.json"))) == 2
-  assert second["per_seed"] == first["per_seed"]
+  per_seed = lambda r: [c["per_seed"] for c in r["cells"]]
+  assert per_seed(second) == per_seed(first)
   # Not vacuous: the small config's models differ from one another and across seeds.
-  test = first["per_seed"]["test"]
+  test = first["cells"][0]["per_seed"]["test"]
   assert len({*test["weak"], *test["ceiling"]}) > 2
   assert all(c > w for c, w in zip(test["ceiling"], test["weak"]))  # PGR defined on every seed
-  for role in ("weak", "strong"):
+  for size in (cfg.weak_size, cfg.strong_size):
     for key in ("lives", "works", "final_lm_loss"):
-      assert second["pretraining"][role][key] == first["pretraining"][role][key]
-  a = json.dumps(first["summary"], sort_keys=True)
-  b = json.dumps(second["summary"], sort_keys=True)
-  assert a == b
-  text = pipeline.format_results(second)
-  assert "pretrained (cached)" in text
+      assert second["models"][size][key] == first["models"][size][key]
+  summary = lambda r: json.dumps([c["summary"] for c in r["cells"]], sort_keys=True)
+  assert summary(first) == summary(second)
+  text = tables.format_results(second)
+  assert "pretrained (cached)" in text and "weak   pico" in text
 
 
-def _finetune_setup():
-  cfg = tiny_model_cfg(vocab_size=11, max_len=6)
-  rng = np.random.default_rng(0)
-  n = 16
-  tokens = rng.integers(1, 11, size=(n, 6)).astype(np.int32)
-  mask = np.ones_like(tokens)
-  mask[::2, :3] = 0
-  data = Dataset(tokens=tokens, mask=mask)
-  p1 = rng.uniform(size=(3, n)).astype(np.float32)
-  labels = np.stack([1 - p1, p1], -1)  # different soft labels per seed
-  optim = OptimConfig(steps=3, batch_size=8, lr=1e-2, head_lr=1e-1, warmup_frac=0.0)
-  return cfg, data, labels, optim
+def test_a_single_run_is_a_sweep_of_its_pair_and_resumes_from_its_store(two_runs, monkeypatch):
+  """The run's folder is a sweep folder: a rerun into it computes nothing and
+  gives the same record; the rows are the cells'."""
+  cfg, tmp, first, _ = two_runs
+  rows = [json.loads(line) for line in (tmp / "run1" / "sweep.jsonl").read_text().splitlines()]
+  assert [r["cell"] for r in rows] == [c["id"] for c in first["cells"]]
+  assert [r["test/pgr/mean"] for r in rows] == [c["summary"]["test"]["pgr"]["mean"]
+                                                 for c in first["cells"]]
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("a finished run trained again")
+  monkeypatch.setattr(stages, "weak_stage", no_training)
+  monkeypatch.setattr(stages, "ceiling_stage", no_training)
+  monkeypatch.setattr(stages, "w2s_stage", no_training)
+  again = engine.run_experiment(cfg, out_dir=tmp / "run1", cache_dir=tmp / "cache",
+                                progress=False)
+  assert [c["summary"] for c in again["cells"]] == [c["summary"] for c in first["cells"]]
 
 
 def _finetune(params, cfg, data, labels, seeds, optim, mesh, params_per_seed=False):
   per_seed = [data.with_fields(labels=l) for l in labels]
-  return jax.device_get(stages.finetune(params, cfg, per_seed, seeds=seeds,
-                                          loss_cfg=LossConfig("xent"), optim_cfg=optim,
+  return jax.device_get(finetune.finetune(params, cfg, per_seed, seeds=seeds,
+                                          loss_cfg=Xent(), optim_cfg=optim,
                                           mesh=mesh, desc="t", progress=False,
                                           params_per_seed=params_per_seed))
 
 
 def test_finetune_seeds_together_equal_one_at_a_time(mesh4):
-  cfg, data, labels, optim = _finetune_setup()
-  params = jax.device_get(models.init_params(cfg, jax.random.key(0)))
+  cfg, data, labels, optim = finetune_setup()
+  params = jax.device_get(transformer.init_params(cfg, jax.random.key(0)))
   together = _finetune(params, cfg, data, labels, (0, 1, 2), optim, mesh4)
   for i, seed in enumerate((0, 1, 2)):
     alone = _finetune(params, cfg, data, labels[i:i + 1], (seed,), optim, mesh4)
@@ -127,8 +130,8 @@ def test_finetune_seeds_together_equal_one_at_a_time(mesh4):
 
 def test_finetune_accepts_params_stacked_per_seed(mesh4):
   """With params_per_seed, stacked params give each seed its own start."""
-  cfg, data, labels, optim = _finetune_setup()
-  starts = [jax.device_get(models.init_params(cfg, jax.random.key(10 + i))) for i in range(2)]
+  cfg, data, labels, optim = finetune_setup()
+  starts = [jax.device_get(transformer.init_params(cfg, jax.random.key(10 + i))) for i in range(2)]
   stacked = jax.tree.map(lambda *xs: np.stack(xs), *starts)
   together = _finetune(stacked, cfg, data, labels[:2], (0, 1), optim, mesh4,
                        params_per_seed=True)
@@ -140,12 +143,13 @@ def test_finetune_accepts_params_stacked_per_seed(mesh4):
 
 def test_format_results_handles_nan_pgr():
   stat = {"mean": 0.5, "lo": 0.4, "hi": 0.6}
-  results = {"pretraining": {"weak": {"lives": 0.5, "works": 0.25, "pretrained": False,
-                                      "size": "pico"}},
-             "per_seed": {"seeds": [0]},
-             "summary": {"test": {"xent": {"weak": stat, "w2s": stat, "ceiling": stat,
-                                           "pgr": {"mean": math.nan, "lo": math.nan,
-                                                   "hi": math.nan}}}},
+  nan = {"mean": math.nan, "lo": math.nan, "hi": math.nan}
+  results = {"models": {"pico": {"lives": 0.5, "works": 0.25, "pretrained": False},
+                        "nano": {"lives": 0.7, "works": 0.5, "pretrained": False}},
+             "task": {"eval_keys": ["test"]},
+             "cells": [{"cell": {"weak": "pico", "strong": "nano"}, "label": "xent",
+                        "seeds": [0], "summary": {"test": {"weak": stat, "w2s": stat,
+                                                           "ceiling": stat, "pgr": nan}}}],
              "seconds": 1.0}
-  text = pipeline.format_results(results)
+  text = tables.format_results(results)
   assert "not pretrained" in text and "undefined (ceiling ≤ weak)" in text

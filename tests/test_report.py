@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from w2s_jax import report
+from w2s_jax.w2s import report, tables
 
 
 def _row(weak, strong, loss, wp, sp, weak_acc, w2s_acc, ceil_acc):
@@ -37,9 +37,9 @@ def rows_file(tmp_path):
 
 def test_summary_table_has_every_pair_and_median_pgr(rows_file):
   rows = report.load_rows(rows_file)
-  table = report.summary_table(rows)
+  table = tables.sweep_table(rows)
   assert table.count("\n") >= len(rows) + 2
-  assert report.median_pgr(rows) == pytest.approx({"xent": 0.5, "logconf": 0.7})
+  assert tables.median_pgr(rows) == pytest.approx({"xent": 0.5, "logconf": 0.7})
   assert "0.50 [0.45, 0.55]" in table
 
 
@@ -62,7 +62,7 @@ def test_charts_survive_undefined_pgr(rows_file, tmp_path):
     for k in [k for k in r if "/pgr/" in k]:
       r[k] = float("nan")
   assert all(p.stat().st_size > 0 for p in report.all_charts(rows, tmp_path))
-  assert np.isnan(report.median_pgr(rows)["xent"])
+  assert np.isnan(tables.median_pgr(rows)["xent"])
 
 
 def test_missing_rows_file_is_a_clear_error(tmp_path):
@@ -93,7 +93,7 @@ def test_filter_and_combined_charts(tmp_path):
   assert {"pgr_vs_keep_frac.png", "pgr_vs_keep_frac.svg", "pgr_vs_kd_weight.png",
           "pgr_vs_kd_weight.svg"} <= names
   assert all((tmp_path / n).stat().st_size > 1000 for n in names)
-  assert "label acc" in report.summary_table(rows)
+  assert "label acc" in tables.sweep_table(rows)
   # One (weak, strong) pair: no charts over scale, one per loss would say nothing.
   assert not any(n.startswith(("pgr_heatmap", "pgr_vs_strong", "accuracy_vs")) for n in names)
 
@@ -108,12 +108,12 @@ def test_summary_table_pgr_cases_with_and_without_undefined_frac(rows_file):
   # a row written before the sweep recorded undefined_frac
   old.update({"test/pgr/mean": float("nan"), "test/pgr/lo": -17.39, "test/pgr/hi": 3.48})
   assert "test/pgr/undefined_frac" not in old
-  lines = report.summary_table(rows).split("\n\n")[0].splitlines()[2:]
+  lines = tables.sweep_table(rows).split("\n\n")[0].splitlines()[2:]
   assert lines[0].rstrip().endswith("0.50 [0.45, 0.55]")
   assert lines[1].rstrip().endswith("0.31 (undefined in 12% of resamples)")
   assert lines[2].rstrip().endswith("undefined (ceiling ≤ weak; 41% of resamples)")
   assert lines[3].rstrip().endswith("undefined (ceiling ≤ weak)")
-  assert "nan" not in report.summary_table(rows) and "-17.39" not in report.summary_table(rows)
+  assert "nan" not in tables.sweep_table(rows) and "-17.39" not in tables.sweep_table(rows)
   # The rows keep the raw numbers, and the other metrics print as before.
   assert chance["test/pgr/lo"] == -17.39
   assert "0.600 [0.550, 0.650]" in lines[0]
@@ -124,7 +124,7 @@ def test_median_pgr_line_for_a_loss_undefined_everywhere(rows_file):
   for r in rows:
     if r["loss"] == "xent":
       r["test/pgr/mean"] = float("nan")
-  medians = report.summary_table(rows).split("\n\n")[1]
+  medians = tables.sweep_table(rows).split("\n\n")[1]
   assert any(l.split()[0] == "xent" and l.rstrip().endswith("undefined (ceiling ≤ weak)")
              for l in medians.splitlines())
   assert any(l.split()[0] == "logconf" and l.rstrip().endswith("0.70")

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from w2s_jax import metrics, results
+from w2s_jax.w2s import metrics
+from w2s_jax.infra import files
+from w2s_jax.w2s import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = float("nan")
@@ -24,35 +26,35 @@ NAN = float("nan")
 # --- PGR as tables print it ---------------------------------------------------------------
 
 def test_format_pgr_three_cases():
-  assert results.format_pgr(mean=0.54, lo=0.47, hi=0.6, undefined_frac=0.0) == "0.54 [0.47, 0.60]"
-  assert (results.format_pgr(mean=0.31, lo=-0.5, hi=2.0, undefined_frac=0.12)
+  assert tables.format_pgr(mean=0.54, lo=0.47, hi=0.6, undefined_frac=0.0) == "0.54 [0.47, 0.60]"
+  assert (tables.format_pgr(mean=0.31, lo=-0.5, hi=2.0, undefined_frac=0.12)
           == "0.31 (undefined in 12% of resamples)")
-  assert (results.format_pgr(mean=NAN, lo=-17.39, hi=3.48, undefined_frac=0.41)
+  assert (tables.format_pgr(mean=NAN, lo=-17.39, hi=3.48, undefined_frac=0.41)
           == "undefined (ceiling ≤ weak; 41% of resamples)")
   # undefined_frac unknown (rows written before it was recorded): None or NaN
-  assert results.format_pgr(mean=NAN, lo=-17.39, hi=3.48) == "undefined (ceiling ≤ weak)"
-  assert (results.format_pgr(mean=NAN, lo=-17.39, hi=3.48, undefined_frac=NAN)
+  assert tables.format_pgr(mean=NAN, lo=-17.39, hi=3.48) == "undefined (ceiling ≤ weak)"
+  assert (tables.format_pgr(mean=NAN, lo=-17.39, hi=3.48, undefined_frac=NAN)
           == "undefined (ceiling ≤ weak)")
-  assert results.format_pgr(mean=0.54, lo=0.47, hi=0.6) == "0.54 [0.47, 0.60]"
-  assert results.format_pgr(mean=0.54, lo=0.47, hi=0.6, digits=3) == "0.540 [0.470, 0.600]"
+  assert tables.format_pgr(mean=0.54, lo=0.47, hi=0.6) == "0.54 [0.47, 0.60]"
+  assert tables.format_pgr(mean=0.54, lo=0.47, hi=0.6, digits=3) == "0.540 [0.470, 0.600]"
 
 
 def test_format_pgr_threshold_and_rounding():
-  limit = results.PGR_UNDEFINED_FRAC_MAX
+  limit = tables.PGR_UNDEFINED_FRAC_MAX
   assert limit == 0.05
   # exactly at the limit the interval is still shown; just past it, the share is
-  assert results.format_pgr(mean=0.5, lo=0.4, hi=0.6, undefined_frac=limit) == "0.50 [0.40, 0.60]"
-  assert (results.format_pgr(mean=0.5, lo=0.4, hi=0.6, undefined_frac=0.051)
+  assert tables.format_pgr(mean=0.5, lo=0.4, hi=0.6, undefined_frac=limit) == "0.50 [0.40, 0.60]"
+  assert (tables.format_pgr(mean=0.5, lo=0.4, hi=0.6, undefined_frac=0.051)
           == "0.50 (undefined in 5% of resamples)")
   # a partial share never rounds to 0% or 100%
-  assert (results.format_pgr(mean=NAN, lo=NAN, hi=NAN, undefined_frac=0.001)
+  assert (tables.format_pgr(mean=NAN, lo=NAN, hi=NAN, undefined_frac=0.001)
           == "undefined (ceiling ≤ weak; <1% of resamples)")
-  assert (results.format_pgr(mean=0.2, lo=NAN, hi=NAN, undefined_frac=0.998)
+  assert (tables.format_pgr(mean=0.2, lo=NAN, hi=NAN, undefined_frac=0.998)
           == "0.20 (undefined in >99% of resamples)")
-  assert (results.format_pgr(mean=NAN, lo=NAN, hi=NAN, undefined_frac=1.0)
+  assert (tables.format_pgr(mean=NAN, lo=NAN, hi=NAN, undefined_frac=1.0)
           == "undefined (ceiling ≤ weak; 100% of resamples)")
   # numpy scalars, as bootstrap numbers often are
-  assert (results.format_pgr(mean=np.float32("nan"), lo=0, hi=0, undefined_frac=np.float64(0.5))
+  assert (tables.format_pgr(mean=np.float32("nan"), lo=0, hi=0, undefined_frac=np.float64(0.5))
           == "undefined (ceiling ≤ weak; 50% of resamples)")
 
 
@@ -71,13 +73,13 @@ def test_summary_table_prints_each_pgr_case_and_keeps_the_numbers():
       {"name": "old", "weak": _stat(0.5), "w2s": _stat(0.5), "ceiling": _stat(0.5),
        "pgr": {"mean": NAN, "lo": -17.39, "hi": 3.48}},
   ]
-  lines = dict((l.split()[0], l) for l in results.summary_table(rows).splitlines()[2:])
+  lines = dict((l.split()[0], l) for l in tables.summary_table(rows, ("name",)).splitlines()[2:])
   assert lines["fine"].rstrip().endswith("0.54 [0.47, 0.60]")
   assert lines["shaky"].rstrip().endswith("0.31 (undefined in 12% of resamples)")
   assert lines["chance"].rstrip().endswith("undefined (ceiling ≤ weak; 41% of resamples)")
   assert lines["old"].rstrip().endswith("undefined (ceiling ≤ weak)")
   assert "0.600 [0.550, 0.650]" in lines["fine"]  # the other columns as before
-  table = results.summary_table(rows)
+  table = tables.summary_table(rows, ("name",))
   assert "nan" not in table and "-17.39" not in table
   assert math.isnan(rows[2]["pgr"]["mean"]) and rows[2]["pgr"]["lo"] == -17.39  # untouched
 
@@ -89,7 +91,7 @@ def test_summary_table_from_bootstrap_with_every_model_at_chance():
   out = metrics.bootstrap_w2s(weak_correct=weak, w2s_correct=w2s, ceiling_correct=weak,
                               num_resamples=300)  # ceiling == weak: PGR never defined
   assert math.isnan(out["pgr"]["mean"]) and out["pgr"]["undefined_frac"] == 1.0
-  table = results.summary_table([{"name": "xent", **out}])
+  table = tables.summary_table([{"name": "xent", **out}], ("name",))
   assert "undefined (ceiling ≤ weak; 100% of resamples)" in table
   assert "nan" not in table
 
@@ -112,8 +114,8 @@ def _mode(path):
 @pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_atomic_write_gives_the_mode_open_would_give(tmp_path, umask, mask, expected):
   umask(mask)
-  results.write_json_atomic(tmp_path / "results.json", {"a": 1})
-  with results.atomic_write(tmp_path / "arrays.npz", "wb") as f:
+  files.write_json_atomic(tmp_path / "results.json", {"a": 1})
+  with files.atomic_write(tmp_path / "arrays.npz", "wb") as f:
     f.write(b"x")
   with open(tmp_path / "plain.txt", "w") as f:  # the reference
     f.write("x")
@@ -125,9 +127,9 @@ def test_atomic_write_gives_the_mode_open_would_give(tmp_path, umask, mask, expe
 
 def test_atomic_write_mode_without_proc_status(tmp_path, umask, monkeypatch):
   """Where /proc/self/status has no Umask line, the umask(0)-and-restore fallback."""
-  monkeypatch.setattr(results, "_PROC_STATUS", str(tmp_path / "no-such-status"))
+  monkeypatch.setattr(files, "_PROC_STATUS", str(tmp_path / "no-such-status"))
   umask(0o027)
-  results.write_json_atomic(tmp_path / "r.json", {})
+  files.write_json_atomic(tmp_path / "r.json", {})
   assert _mode(tmp_path / "r.json") == 0o640
   assert os.umask(0o027) == 0o027
 
@@ -137,7 +139,7 @@ def test_overwriting_a_private_file_gives_the_default_mode(tmp_path, umask):
   path = tmp_path / "results.json"
   path.write_text("{}")
   path.chmod(0o600)
-  results.write_json_atomic(path, {"a": 2})
+  files.write_json_atomic(path, {"a": 2})
   assert _mode(path) == 0o644
 
 
@@ -145,10 +147,10 @@ def test_overwriting_a_private_file_gives_the_default_mode(tmp_path, umask):
 
 def test_prepare_out_dir_creates_parents_and_returns_absolute(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  out = results.prepare_out_dir("runs/a/b")
+  out = files.prepare_out_dir("runs/a/b")
   assert out == tmp_path / "runs" / "a" / "b" and out.is_absolute() and out.is_dir()
   assert list(out.iterdir()) == []  # the probe is gone
-  assert results.prepare_out_dir(out) == out  # an existing folder is fine
+  assert files.prepare_out_dir(out) == out  # an existing folder is fine
 
 
 def test_prepare_out_dir_rejects_an_existing_file(tmp_path, monkeypatch):
@@ -157,10 +159,10 @@ def test_prepare_out_dir_rejects_an_existing_file(tmp_path, monkeypatch):
   Path("runs/x").write_text("not a folder")
   with pytest.raises(NotADirectoryError,
                      match=r"^--out runs/x: is an existing file, expected a directory$"):
-    results.prepare_out_dir("runs/x")
+    files.prepare_out_dir("runs/x")
   with pytest.raises(OSError, match=r"^--out runs/x/y: cannot create the directory "
                                     r"\(NotADirectoryError"):
-    results.prepare_out_dir("runs/x/y")
+    files.prepare_out_dir("runs/x/y")
   assert Path("runs/x").read_text() == "not a folder"
 
 
@@ -172,7 +174,7 @@ def test_prepare_out_dir_rejects_a_read_only_folder(tmp_path):
   folder.chmod(0o555)
   try:
     with pytest.raises(PermissionError, match=r"ro: not writable \(PermissionError: "):
-      results.prepare_out_dir(folder)
+      files.prepare_out_dir(folder)
   finally:
     folder.chmod(0o755)
 
@@ -182,17 +184,17 @@ def test_prepare_out_dir_reports_a_failed_probe(tmp_path, monkeypatch):
   def read_only(*args, **kwargs):
     raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-  monkeypatch.setattr(results.tempfile, "mkstemp", read_only)
+  monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
   with pytest.raises(OSError, match=rf"^--out {tmp_path}/x: not writable \(OSError: "
                                     r"\[Errno 30\] Read-only file system\)$"):
-    results.prepare_out_dir(tmp_path / "x")
+    files.prepare_out_dir(tmp_path / "x")
 
   def denied(*args, **kwargs):
     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), args and args[0])
 
-  monkeypatch.setattr(results.tempfile, "mkstemp", denied)
+  monkeypatch.setattr(files.tempfile, "mkstemp", denied)
   with pytest.raises(PermissionError, match=r"results dir .*/x: not writable \(PermissionError"):
-    results.prepare_out_dir(tmp_path / "x", what="results dir")
+    files.prepare_out_dir(tmp_path / "x", what="results dir")
 
 
 # --- stale temp files ---------------------------------------------------------------------
@@ -210,18 +212,18 @@ def _temp_name(name, host, pid, rand="ab12cd_9"):
 
 
 def test_atomic_write_temp_name_records_host_and_pid(tmp_path):
-  with results.atomic_write(tmp_path / "results.json") as f:
+  with files.atomic_write(tmp_path / "results.json") as f:
     f.write("{}")
     (tmp,) = [p.name for p in tmp_path.iterdir()]
-  host = results._host_token()
+  host = files.host_token()
   assert tmp.startswith(f".results.json.{host}.pid{os.getpid()}.") and tmp.endswith(".tmp")
   assert "." not in host
-  assert results._NEW_TEMP.match(tmp)["pid"] == str(os.getpid())
+  assert files.TEMP_NAME.match(tmp)["pid"] == str(os.getpid())
   assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 def test_remove_stale_temp_files_removes_only_dead_writers_on_this_host(tmp_path):
-  host, dead = results._host_token(), _dead_pid()
+  host, dead = files.host_token(), _dead_pid()
   sub = tmp_path / "cell" / "seed0"
   sub.mkdir(parents=True)
   stale = [sub / _temp_name("preds.npz", host, dead),
@@ -237,19 +239,20 @@ def test_remove_stale_temp_files_removes_only_dead_writers_on_this_host(tmp_path
     p.write_text("x")
   two_hours_ago = time.time() - 7200
   os.utime(stale[2], (two_hours_ago, two_hours_ago))
-  removed = results.remove_stale_temp_files(tmp_path)
+  removed = files.remove_stale_temp_files(tmp_path)
   assert sorted(removed) == sorted(stale)
   assert not any(p.exists() for p in stale)
   assert all(p.exists() for p in kept)
-  assert results.remove_stale_temp_files(tmp_path) == []
+  assert files.remove_stale_temp_files(tmp_path) == []
 
 
 def test_remove_stale_temp_files_of_a_killed_writer(tmp_path):
   """End to end: a run killed inside atomic_write leaves its temp file; cleanup finds it."""
   code = textwrap.dedent(f"""
     import sys, time
-    from w2s_jax import results
-    with results.atomic_write({str(tmp_path / 'results.json')!r}) as f:
+    from w2s_jax.infra import files
+    from w2s_jax.w2s import tables
+    with files.atomic_write({str(tmp_path / 'results.json')!r}) as f:
       f.write("partial")
       print("writing", flush=True)
       time.sleep(60)
@@ -260,27 +263,27 @@ def test_remove_stale_temp_files_of_a_killed_writer(tmp_path):
     assert proc.stdout.readline().strip() == "writing"
     (tmp,) = list(tmp_path.iterdir())
     assert f".pid{proc.pid}." in tmp.name
-    assert results.remove_stale_temp_files(tmp_path) == []  # writer alive: kept
+    assert files.remove_stale_temp_files(tmp_path) == []  # writer alive: kept
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
   finally:
     proc.kill()
     proc.stdout.close()
   assert tmp.exists() and not (tmp_path / "results.json").exists()
-  assert results.remove_stale_temp_files(tmp_path) == [tmp]
+  assert files.remove_stale_temp_files(tmp_path) == [tmp]
   assert list(tmp_path.iterdir()) == []
 
 
 def test_remove_stale_temp_files_missing_or_not_a_directory(tmp_path):
-  assert results.remove_stale_temp_files(tmp_path / "nope") == []
+  assert files.remove_stale_temp_files(tmp_path / "nope") == []
   (tmp_path / "f").write_text("x")
   with pytest.raises(NotADirectoryError, match=r"f' is not a directory"):
-    results.remove_stale_temp_files(tmp_path / "f")
+    files.remove_stale_temp_files(tmp_path / "f")
 
 
 def test_host_token_is_one_name_field(monkeypatch):
   monkeypatch.setattr(socket, "gethostname", lambda: "node-7.cluster.example.org")
-  assert results._host_token() == "node-7_cluster_example_org"
-  name = results._temp_prefix("results.json") + "abcd1234.tmp"
-  m = results._NEW_TEMP.match(name)
+  assert files.host_token() == "node-7_cluster_example_org"
+  name = files.temp_prefix("results.json") + "abcd1234.tmp"
+  m = files.TEMP_NAME.match(name)
   assert m["host"] == "node-7_cluster_example_org" and m["name"] == "results.json"

@@ -7,9 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from w2s_jax import models, sampling, sharding
-from w2s_jax.data import Dataset
-from w2s_jax.sampling import SamplingConfig
+from w2s_jax.models import transformer
+from w2s_jax.models import sampling
+from w2s_jax.infra import sharding
+from w2s_jax.data.dataset import Dataset
+from w2s_jax.models.sampling import SamplingConfig
+from w2s_jax.models import model_config
 
 VOCAB, EOS = 23, 3
 FLAVOURS = {
@@ -21,7 +24,7 @@ FLAVOURS = {
 def noisy_params(cfg, seed=0):
   """Init scale (0.02) gives near-uniform logits whose argmax flips on rounding
   noise; larger random weights give decisive, varied greedy paths."""
-  params = models.init_params(cfg, jax.random.key(seed))
+  params = transformer.init_params(cfg, jax.random.key(seed))
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
   noisy = [(1.0 if "scale" in jax.tree_util.keystr(path) else 0.0)
@@ -30,7 +33,7 @@ def noisy_params(cfg, seed=0):
 
 
 def model(flavour, max_len=24):
-  cfg = models.decode_size("mini", vocab_size=VOCAB, max_len=max_len, **FLAVOURS[flavour])
+  cfg = model_config.decode_size("mini", vocab_size=VOCAB, max_len=max_len, **FLAVOURS[flavour])
   return cfg, noisy_params(cfg, seed=1)
 
 
@@ -91,9 +94,9 @@ def test_response_mask_and_logprobs_hand_checked(mesh1):
     assert (row[end:] == 0).all() and (lp[end:] == 0).all()
     assert (lp[:end] <= 0).all()
   # Each log-prob is the model's own: recompute the first one with a plain forward pass.
-  logits = models.Transformer(cfg).apply({"params": params}, jnp.asarray(data["prompt"]),
+  logits = transformer.Transformer(cfg).apply({"params": params}, jnp.asarray(data["prompt"]),
                                          jnp.asarray(data["prompt_mask"]),
-                                         method=models.Transformer.last_token_lm_logits)
+                                         method=transformer.Transformer.last_token_lm_logits)
   first = jax.nn.log_softmax(logits)[np.arange(2), tokens[:, 0]]
   np.testing.assert_allclose(logp[:, 0], first, atol=1e-5)
 

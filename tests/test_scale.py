@@ -8,10 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from w2s_jax import models, objectives, sharding, train
-from w2s_jax.data import Dataset, shuffled_batches
-from w2s_jax.objectives import LossConfig
-from w2s_jax.train import OptimConfig
+from w2s_jax.models import transformer
+from w2s_jax.training import objectives
+from w2s_jax.infra import sharding
+from w2s_jax.training import train
+from w2s_jax.data.dataset import Dataset, shuffled_batches
+from w2s_jax.training.classifier_losses import Xent
+from w2s_jax.training.objectives import Loss
+from w2s_jax.training.train import OptimConfig
+from w2s_jax.models import model_config
 
 VOCAB, T, N = 13, 8, 64
 
@@ -26,7 +31,7 @@ def _data(seed=0):
 
 
 # "tiny" (128 wide) has leaves above sharding.MIN_SHARDED_SIZE, so FSDP really splits them.
-MODEL = models.decode_size("tiny", vocab_size=VOCAB, max_len=T)
+MODEL = model_config.decode_size("tiny", vocab_size=VOCAB, max_len=T)
 
 
 def _train(mesh, *, steps=5, optim=None, model_cfg=MODEL, loss="xent"):
@@ -34,11 +39,11 @@ def _train(mesh, *, steps=5, optim=None, model_cfg=MODEL, loss="xent"):
                                warmup_frac=0.0)
   optimizer = train.make_optimizer(optim)
   key = jax.random.key(0)
-  state = train.initial_state(lambda k: models.init_params(model_cfg, k), key,
+  state = train.initial_state(lambda k: transformer.init_params(model_cfg, k), key,
                               optimizer=optimizer, mesh=mesh, rng=jax.random.key_data(key))
   initial_params = jax.device_get(state.params)  # before the step donates the state
   step = train.compile_train_step(
-      loss_fn=objectives.classifier_objective(model_cfg, LossConfig(loss)), optimizer=optimizer,
+      loss_fn=objectives.classifier_objective(model_cfg, Loss.from_string(loss)), optimizer=optimizer,
       total_steps=optim.steps, mesh=mesh, state_sharding=train.sharding_of(state),
       accum_steps=optim.grad_accum_steps, linear_probe=optim.linear_probe)
   batches = shuffled_batches(_data(), batch_size=optim.batch_size, seed=0,
@@ -70,7 +75,7 @@ def test_sharded_training_equals_single_device(single_device, devices, fsdp):
   assert _max_diff(jax.device_get(state.params), ref_state.params) <= 1e-5
   assert _max_diff(jax.device_get(state.opt_state), ref_state.opt_state) <= 1e-5
   np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], atol=1e-5)
-  assert _max_diff(ref_state.params, models.init_params(MODEL, jax.random.key(0))) > 1e-4
+  assert _max_diff(ref_state.params, transformer.init_params(MODEL, jax.random.key(0))) > 1e-4
   # Under FSDP the large params and their Adam moments really are split.
   kernel = state.params["block_0"]["mlp_in"]["kernel"]
   mu = state.opt_state[1].inner_states["body"].inner_state[0].mu["block_0"]["mlp_in"]["kernel"]
@@ -105,7 +110,7 @@ def test_grad_accum_must_divide_batch():
 
 def test_bf16_compute_keeps_float32_master_params():
   mesh = sharding.make_mesh(1)
-  bf16 = models.ModelConfig(**{**MODEL.__dict__, "dtype": "bfloat16"})
+  bf16 = model_config.ModelConfig(**{**MODEL.__dict__, "dtype": "bfloat16"})
   state, metrics, _ = _train(mesh, model_cfg=bf16, steps=3)
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
   assert np.isfinite(metrics["loss"])
@@ -113,10 +118,10 @@ def test_bf16_compute_keeps_float32_master_params():
   diff = _max_diff(jax.device_get(state.params), jax.device_get(fp32_state.params))
   assert 0 < diff < 5e-3  # bf16 rounding, not a different computation
   # The matmuls really run in bf16.
-  model = models.Transformer(bf16)
-  params = models.init_params(bf16, jax.random.key(0))
+  model = transformer.Transformer(bf16)
+  params = transformer.init_params(bf16, jax.random.key(0))
   hlo = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m,
-                                            method=models.Transformer.class_logits)).lower(
+                                            method=transformer.Transformer.class_logits)).lower(
       params, np.ones((2, T), np.int32), np.ones((2, T), np.int32)).as_text()
   assert "bf16" in hlo and "dot_general" in hlo
 
@@ -125,17 +130,17 @@ def test_linear_probe_trains_only_the_head():
   mesh = sharding.make_mesh(1)
   optim = OptimConfig(steps=3, batch_size=16, lr=1e-2, head_lr=1e-1, warmup_frac=0.0,
                       linear_probe=True)
-  state, _, init = _train(mesh, optim=optim, model_cfg=models.ModelConfig(
+  state, _, init = _train(mesh, optim=optim, model_cfg=model_config.ModelConfig(
       **{**MODEL.__dict__, "head_input": "hidden"}))
   params = jax.device_get(state.params)
-  body = {k: v for k, v in params.items() if k != train.HEAD}
-  assert _max_diff(body, {k: v for k, v in init.items() if k != train.HEAD}) == 0
-  assert _max_diff(params[train.HEAD], init[train.HEAD]) > 1e-3
+  body = {k: v for k, v in params.items() if k != transformer.HEAD}
+  assert _max_diff(body, {k: v for k, v in init.items() if k != transformer.HEAD}) == 0
+  assert _max_diff(params[transformer.HEAD], init[transformer.HEAD]) > 1e-3
 
 
 def test_dropout_follows_the_state_rng():
   mesh = sharding.make_mesh(1)
-  dropout = models.ModelConfig(**{**MODEL.__dict__, "dropout": 0.1})
+  dropout = model_config.ModelConfig(**{**MODEL.__dict__, "dropout": 0.1})
   a, _, _ = _train(mesh, model_cfg=dropout, steps=2)
   b, _, _ = _train(mesh, model_cfg=dropout, steps=2)
   plain, _, _ = _train(mesh, steps=2)
@@ -148,15 +153,15 @@ def test_largest_model_fsdp_memory_per_device_is_an_eighth():
   """The largest table size, compiled ahead of time (nothing allocated) with
   FSDP over 8 devices: each device holds about 1/8 of params and optimizer state."""
   mesh = sharding.make_mesh(8, fsdp=8)
-  largest = max(models.SIZES, key=lambda s: models.decode_size(s, vocab_size=50257).num_params)
-  cfg = models.decode_size(largest, vocab_size=50257, max_len=128, head_input="hidden")
+  largest = max(model_config.SIZES, key=lambda s: model_config.decode_size(s, vocab_size=50257).num_params)
+  cfg = model_config.decode_size(largest, vocab_size=50257, max_len=128, head_input="hidden")
   optim = OptimConfig(steps=10, batch_size=8)
   optimizer = train.make_optimizer(optim)
-  abstract = jax.eval_shape(lambda k: train.init_state(models.init_params(cfg, k), optimizer, k),
+  abstract = jax.eval_shape(lambda k: train.init_state(transformer.init_params(cfg, k), optimizer, k),
                             jax.random.key(0))
   state_sharding = sharding.state_sharding(abstract, mesh)
   step = train.compile_train_step(
-      loss_fn=objectives.classifier_objective(cfg, LossConfig("xent")), optimizer=optimizer,
+      loss_fn=objectives.classifier_objective(cfg, Xent()), optimizer=optimizer,
       total_steps=optim.steps, mesh=mesh, state_sharding=state_sharding)
   batch_sharding = sharding.batch_sharding(mesh)
   batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, shape, dtype in
@@ -172,12 +177,12 @@ def test_largest_model_fsdp_memory_per_device_is_an_eighth():
       math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
       for x, s in zip(jax.tree.leaves(abstract.params), jax.tree.leaves(state_sharding.params)))
   state_bytes = sum(nbytes(x) for x in jax.tree.leaves(abstract))
-  print(f"{largest}: {models.count_params(abstract.params):,} params, {param_bytes / 1e9:.2f} GB; "
+  print(f"{largest}: {transformer.count_params(abstract.params):,} params, {param_bytes / 1e9:.2f} GB; "
         f"per device params {per_device_params / 1e9:.3f} GB ({per_device_params / param_bytes:.4f}), "
         f"compiled arguments {memory.argument_size_in_bytes / 1e9:.3f} GB of state "
         f"{state_bytes / 1e9:.2f} GB ({memory.argument_size_in_bytes / state_bytes:.4f}), "
         f"temporaries {memory.temp_size_in_bytes / 1e9:.3f} GB")
-  assert models.count_params(abstract.params) > 1e9
+  assert transformer.count_params(abstract.params) > 1e9
   assert 1 / 8 <= per_device_params / param_bytes < 1 / 8 * 1.01
   assert 1 / 8 <= memory.argument_size_in_bytes / state_bytes < 1 / 8 * 1.01
   # The donated state is updated in place: outputs alias the arguments.
@@ -189,15 +194,15 @@ def test_largest_model_fsdp_memory_per_device_is_an_eighth():
 def test_resume_onto_another_mesh(single_device, tmp_path, devices, fsdp):
   """3 steps under FSDP over 8 devices, checkpointed; restored onto another
   mesh for the last 2: the same end as 5 uninterrupted steps."""
-  from w2s_jax import checkpoints
+  from w2s_jax.infra import checkpoints
 
   optim = OptimConfig(steps=5, batch_size=16, lr=1e-3, head_lr=1e-2, warmup_frac=0.0)
   optimizer = train.make_optimizer(optim)
-  loss_fn = objectives.classifier_objective(MODEL, LossConfig("xent"))
+  loss_fn = objectives.classifier_objective(MODEL, Xent())
 
   def start(mesh):
     key = jax.random.key(0)
-    state = train.initial_state(lambda k: models.init_params(MODEL, k), key, optimizer=optimizer,
+    state = train.initial_state(lambda k: transformer.init_params(MODEL, k), key, optimizer=optimizer,
                                 mesh=mesh, rng=jax.random.key_data(key))
     ckpts = checkpoints.TrainCheckpoints(tmp_path / "ckpt", every=3, data={"seed": 0})
     state = ckpts.restore(state)

@@ -4,9 +4,19 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax import curation, models, pipeline, scores, selection, stages, testbed, weak_curation
-from w2s_jax.data import Dataset
-from w2s_jax.selection import EmptySelectionError, FilterConfig
+from w2s_jax.curation import pool as pool_lib
+from w2s_jax.models import transformer
+from w2s_jax.curation import scores
+from w2s_jax.models import scoring
+from w2s_jax.curation import selection
+from w2s_jax.data import testbed
+from w2s_jax.curation import weak_curation
+from w2s_jax.data.dataset import Dataset
+from w2s_jax.curation.selection import EmptySelectionError, FilterConfig
+from w2s_jax.models import model_config
+from w2s_jax.w2s import parts as parts_lib
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.training.train import OptimConfig
 
 
 def test_classifier_scores_hand_computed():
@@ -105,21 +115,21 @@ def _padded(tokens_list, length, side, pad_id):
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_likelihood_of_a_batch_equals_one_at_a_time_whatever_the_padding(mesh4, mesh1, side):
-  cfg = models.decode_size("pico", vocab_size=13, max_len=12)
-  params = models.init_params(cfg, jax.random.key(3))
+  cfg = model_config.decode_size("pico", vocab_size=13, max_len=12)
+  params = transformer.init_params(cfg, jax.random.key(3))
   rng = np.random.default_rng(1)
   texts = [rng.integers(1, 13, size=n) for n in (3, 7, 12, 5, 9, 2, 4)]
-  batch = scores.sequence_log_likelihood(params, cfg, _padded(texts, 12, side, pad_id=5),
+  batch = scoring.sequence_log_likelihood(params, cfg, _padded(texts, 12, side, pad_id=5),
                                          batch_size=4, mesh=mesh4)
   assert batch.shape == (len(texts),)
   for i, t in enumerate(texts):
-    alone = scores.sequence_log_likelihood(params, cfg, _padded([t], len(t), "right", 0),
+    alone = scoring.sequence_log_likelihood(params, cfg, _padded([t], len(t), "right", 0),
                                            batch_size=1, mesh=mesh1)
     np.testing.assert_allclose(batch[i], alone[0], atol=1e-5)
   # By hand for one text: mean over its next tokens of log softmax at the previous position.
   t = texts[1]
-  logits = models.Transformer(cfg).apply({"params": params}, t[None], np.ones((1, len(t))),
-                                         method=models.Transformer.lm_logits)[0]
+  logits = transformer.Transformer(cfg).apply({"params": params}, t[None], np.ones((1, len(t))),
+                                         method=transformer.Transformer.lm_logits)[0]
   logp = jax.nn.log_softmax(logits, -1)
   expected = np.mean([logp[j, t[j + 1]] for j in range(len(t) - 1)])
   np.testing.assert_allclose(batch[1], expected, atol=1e-5)
@@ -144,22 +154,24 @@ def test_likelihood_filtering_removes_planted_bad_documents(tmp_path):
   """20% planted bad documents: the weak LM's likelihood at keep 0.8 removes >= 80% of them."""
   world = testbed.make_world(testbed.WorldConfig(num_entities=60, entities_per_split=20,
                                                  corpus_docs=2000, syllables=8))
-  cfg = pipeline.ExperimentConfig(
+  cfg = ExperimentConfig(
       world=world.cfg, weak_size="pico", strong_size="nano", eval_batch_size=200,
-      pretrain=pipeline.OptimConfig(steps=600, batch_size=32, lr=3e-3, warmup_frac=0.02,
+      pretrain=OptimConfig(steps=600, batch_size=32, lr=3e-3, warmup_frac=0.02,
                                     weight_decay=0.0))
-  ctx = stages.Context(cfg, cache_dir=tmp_path, progress=False)
-  pool, kind = testbed.corrupted_pool(ctx.world, ctx.corpus, bad_frac=0.2)
+  ctx = parts_lib.build(cfg, cache_dir=tmp_path, progress=False)
+  pool, kind = testbed.corrupted_pool(ctx.task.world, ctx.task.corpus, bad_frac=0.2)
   assert np.isclose(np.mean(kind >= 0), 0.2, atol=0.001)
-  ll = scores.sequence_log_likelihood(*ctx.pretrained("pico")[:2], pool,
+  ll = scoring.sequence_log_likelihood(*ctx.models.get("pico")[:2], pool,
                                                batch_size=200, mesh=ctx.mesh)
   kept = selection.top_fraction(scores=ll, keep_frac=0.8)
   removed = 1 - np.isin(np.flatnonzero(kind >= 0), kept).mean()
   assert removed >= 0.8, f"removed only {removed:.1%} of the bad documents"
   # The pool filter's scores come from the same token scores as the weak responses'.
-  criteria = curation.pool_scores(ctx, pool, weak_size="pico")
+  params, model_cfg, _ = ctx.models.get("pico")
+  criteria = pool_lib.pool_scores(params=params, model_cfg=model_cfg, pool=pool,
+                                  batch_size=cfg.eval_batch_size, mesh=ctx.mesh)
   np.testing.assert_allclose(criteria["likelihood"], ll, atol=1e-6)
-  rows = {r["criterion"]: r for r in curation.removal_table(kind, criteria, (0.8,))}
+  rows = {r["criterion"]: r for r in pool_lib.removal_table(kind, criteria, (0.8,))}
   # min_prob too (measured: 95% removed; likelihood 99%, random 21%).
   assert rows["min_prob"]["bad_removed"] >= 0.8, rows["min_prob"]
   assert rows["random"]["bad_removed"] < 0.3

@@ -8,9 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from w2s_jax import inference, models, sampling, serving, sharding
-from w2s_jax.data import Dataset
-from w2s_jax.sampling import SamplingConfig
+from w2s_jax.models import inference
+from w2s_jax.models import transformer
+from w2s_jax.models import sampling
+from w2s_jax.cascade import serving
+from w2s_jax.infra import sharding
+from w2s_jax.data.dataset import Dataset
+from w2s_jax.models.sampling import SamplingConfig
+from w2s_jax.models import model_config
 
 # EOS: a token both models emit early on some of the prompts here, so responses vary in length.
 VOCAB, EOS = 23, 7
@@ -21,7 +26,7 @@ def noisy_params(cfg, seed):
   class head) gives near-uniform outputs, so routers would see no spread and
   argmaxes near-ties. Drawn in numpy from the params' shapes alone: eager jax
   compiles a program per leaf shape, which took most of this file's time."""
-  shapes = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
+  shapes = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.key(0)))
   rng = np.random.default_rng(seed)
   draw = lambda path, x: ((1.0 if "scale" in jax.tree_util.keystr(path) else 0.0)
                           + 0.5 * rng.standard_normal(x.shape, np.float32))
@@ -31,7 +36,7 @@ def noisy_params(cfg, seed):
 def pair(max_len, head_input="hidden"):
   """A weak (pico) and a strong (nano) model, different sizes and weights. A
   class head on the hidden state: on lm_probs (which sum to 1) its bias rules."""
-  cfgs = [models.decode_size(s, vocab_size=VOCAB, max_len=max_len, head_input=head_input)
+  cfgs = [model_config.decode_size(s, vocab_size=VOCAB, max_len=max_len, head_input=head_input)
           for s in ("pico", "nano")]
   return cfgs, [noisy_params(c, seed=i) for i, c in enumerate(cfgs)]
 
@@ -139,8 +144,8 @@ def test_generation_answers_are_the_routed_models(mesh4):
 def test_fsdp_strong_params(mesh4):
   """A strong model whose params are split over an fsdp axis, on a (2, 2) mesh:
   the same answers as the replicated reference."""
-  weak_cfg = models.decode_size("pico", vocab_size=VOCAB, max_len=8, head_input="hidden")
-  strong_cfg = models.decode_size("mini", vocab_size=VOCAB, max_len=8, head_input="hidden")
+  weak_cfg = model_config.decode_size("pico", vocab_size=VOCAB, max_len=8, head_input="hidden")
+  strong_cfg = model_config.decode_size("mini", vocab_size=VOCAB, max_len=8, head_input="hidden")
   wp, sp = noisy_params(weak_cfg, 0), noisy_params(strong_cfg, 1)
   mesh = sharding.make_mesh(4, fsdp=2)
   sp_fsdp = jax.device_put(sp, sharding.state_sharding(sp, mesh))

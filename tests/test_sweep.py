@@ -12,10 +12,16 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax import configs, stages, sweep, testbed
-from w2s_jax.data import Dataset, one_hot
-from w2s_jax.objectives import LossConfig
-from w2s_jax.train import OptimConfig
+from w2s_jax.infra import configs
+from w2s_jax.data import testbed
+from w2s_jax.data.dataset import Dataset, one_hot
+from w2s_jax.training.classifier_losses import LogConf, Product, Xent
+from w2s_jax.training.combined import Combined
+from w2s_jax.training.train import OptimConfig
+from w2s_jax.training import finetune
+from w2s_jax.w2s import parts as parts_lib
+from w2s_jax.w2s import engine
+from w2s_jax.w2s import grid as sweep_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/sweep.py") + ":tiny"
@@ -23,25 +29,25 @@ GENERATIVE_TINY = str(ROOT / "configs/generative_sweep.py") + ":tiny"
 
 
 def test_pairs_are_every_weak_smaller_than_strong():
-  assert sweep.pairs(["mini", "pico", "nano"]) == [("pico", "nano"), ("pico", "mini"),
+  assert sweep_grid.pairs(["mini", "pico", "nano"]) == [("pico", "nano"), ("pico", "mini"),
                                                    ("nano", "mini")]
-  cells = sweep.grid(["pico", "nano", "micro", "mini"], [LossConfig("xent"), LossConfig("logconf")])
+  cells = sweep_grid.grid(["pico", "nano", "micro", "mini"], [Xent(), LogConf()])
   assert len(cells) == 6 * 2
-  assert all(sweep.size_order(c.weak) < sweep.size_order(c.strong) for c in cells)
+  assert all(sweep_grid.size_order(c.weak) < sweep_grid.size_order(c.strong) for c in cells)
   assert len({c.id for c in cells}) == len(cells)
 
 
 def test_weak_sizes_keep_only_those_weak_models():
-  got = sweep.pairs(["pico", "nano", "micro", "mini"], weak_sizes=("pico", "micro"))
+  got = sweep_grid.pairs(["pico", "nano", "micro", "mini"], weak_sizes=("pico", "micro"))
   assert got == [("pico", "nano"), ("pico", "micro"), ("pico", "mini"), ("micro", "mini")]
   with pytest.raises(ValueError, match=r"weak_sizes \['tiny'\]"):
-    sweep.pairs(["pico", "nano"], weak_sizes=("tiny",))
+    sweep_grid.pairs(["pico", "nano"], weak_sizes=("tiny",))
 
 
 def test_default_sweep_grid_and_the_facts_sweep():
   grid = configs.load_sweep(str(ROOT / "configs/sweep.py"))
   pairs = sorted({(c.weak, c.strong) for c in grid.cells}, key=lambda p: (
-      sweep.size_order(p[0]), sweep.size_order(p[1])))
+      sweep_grid.size_order(p[0]), sweep_grid.size_order(p[1])))
   assert {w for w, _ in pairs} == {"pico", "micro"}
   assert len(pairs) == 7 and len(grid.cells) == 7 * 4 and len(grid.base.seeds) == 10
   assert grid.base.world.cue > 0
@@ -53,13 +59,13 @@ def test_default_sweep_grid_and_the_facts_sweep():
 def test_sweep_config_rejects_bad_grids():
   base = configs.load(TINY)
   with pytest.raises(ValueError, match="not smaller"):
-    sweep.SweepConfig(base, (sweep.Cell("mini", "pico"),))
+    sweep_grid.SweepConfig(base, (sweep_grid.Cell("mini", "pico"),))
   with pytest.raises(ValueError, match="Cell.strong"):
-    sweep.SweepConfig(base, (sweep.Cell("pico", "gigantic"),))
+    sweep_grid.SweepConfig(base, (sweep_grid.Cell("pico", "gigantic"),))
   with pytest.raises(ValueError, match="empty"):
-    sweep.SweepConfig(base, ())
+    sweep_grid.SweepConfig(base, ())
   with pytest.raises(ValueError, match="duplicates"):
-    sweep.SweepConfig(base, (sweep.Cell("pico", "nano"),) * 2)
+    sweep_grid.SweepConfig(base, (sweep_grid.Cell("pico", "nano"),) * 2)
 
 
 def _run(out, cache, xla_cache, config=TINY, **popen):
@@ -130,21 +136,27 @@ def test_sigkill_at_random_moments_loses_and_corrupts_nothing(tmp_path, config):
 
 def test_rerun_of_a_finished_sweep_recomputes_nothing(tmp_path):
   grid = configs.load_sweep(TINY)
-  small = sweep.SweepConfig(grid.base, grid.cells[:2])
-  rows = sweep.run_sweep(small, out_dir=tmp_path / "s", cache_dir=tmp_path / "c", progress=False)
-  stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json")}
-  again = sweep.run_sweep(small, out_dir=tmp_path / "s", cache_dir=tmp_path / "c", progress=False)
-  assert json.dumps(again) == json.dumps(rows)  # NaN-safe equality
-  assert stamp == {p: p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("results.json")}
+  small = sweep_grid.SweepConfig(grid.base, grid.cells[:2])
+  rows = engine.run_sweep(small, out_dir=tmp_path / "s", cache_dir=tmp_path / "c",
+                          progress=False).rows
+  cells = lambda: {p: p.stat().st_mtime_ns
+                   for p in (tmp_path / "s").glob("cells/*/results.json")}
+  stamp = cells()
+  again = engine.run_sweep(small, out_dir=tmp_path / "s", cache_dir=tmp_path / "c",
+                           progress=False)
+  assert json.dumps(again.rows) == json.dumps(rows)  # NaN-safe equality
+  assert stamp == cells() and len(stamp) == 2
+  # The run record holds every cell's record, as stored.
+  assert [c["id"] for c in again.results["cells"]] == [c.id for c in small.cells]
 
 
 def test_sweep_directory_refuses_another_base_config(tmp_path):
   grid = configs.load_sweep(TINY)
-  sweep.run_sweep(sweep.SweepConfig(grid.base, grid.cells[:1]), out_dir=tmp_path / "s",
+  engine.run_sweep(sweep_grid.SweepConfig(grid.base, grid.cells[:1]), out_dir=tmp_path / "s",
                   cache_dir=tmp_path / "c", progress=False)
   other = configs.load_sweep(TINY + ",seeds=2")
   with pytest.raises(ValueError, match="another base config.*seeds"):
-    sweep.run_sweep(sweep.SweepConfig(other.base, other.cells[:1]), out_dir=tmp_path / "s",
+    engine.run_sweep(sweep_grid.SweepConfig(other.base, other.cells[:1]), out_dir=tmp_path / "s",
                     cache_dir=tmp_path / "c", progress=False)
 
 
@@ -160,26 +172,27 @@ def test_seeds_under_vmap_equal_seeds_one_at_a_time_on_tiny_config(tmp_path, los
   hardened target; measured, 1 seed of 3 then differs by 6e-4 in the head.
   """
   cfg = configs.load(TINY)
-  ctx = stages.Context(cfg, cache_dir=tmp_path / "c", progress=False)
-  params, model_cfg, _ = ctx.pretrained("nano")
-  data = ctx.splits["train_w2s"]
+  ctx = parts_lib.build(cfg, cache_dir=tmp_path / "c", progress=False)
+  params, model_cfg, _ = ctx.models.get("nano")
+  data = ctx.task.splits["train_w2s"]
   rng = np.random.default_rng(0)
   p1 = rng.uniform(size=(3, len(data), 1)).astype(np.float32)
   labels = np.concatenate([1 - p1, p1], axis=-1)
   gt_data = None
   if loss == "combined":
-    gt = ctx.splits["train_gt"].take(np.arange(10))
+    gt = ctx.task.splits["train_gt"].take(np.arange(10))
     gt_data = Dataset(tokens=gt["tokens"], mask=gt["mask"], labels=one_hot(gt["labels"], 2))
   # A few small steps: the claim is exact per-step equality, and many large
   # steps would amplify float rounding (reduction order over 8 devices) beyond it.
   optim = OptimConfig(steps=6, batch_size=8, lr=1e-4, head_lr=1e-2)
-  kwargs = dict(loss_cfg=LossConfig(loss, gt_examples=10), optim_cfg=optim,
+  loss_cfg = {"xent": Xent(), "product": Product(), "combined": Combined(gt_examples=10)}[loss]
+  kwargs = dict(loss_cfg=loss_cfg, optim_cfg=optim,
                 mesh=ctx.mesh, desc="t", progress=False, gt_data=gt_data)
   per_seed = [data.with_fields(labels=l) for l in labels]
-  together = jax.device_get(stages.finetune(params, model_cfg, per_seed, seeds=(0, 1, 2),
+  together = jax.device_get(finetune.finetune(params, model_cfg, per_seed, seeds=(0, 1, 2),
                                             **kwargs))
   for i, seed in enumerate((0, 1, 2)):
-    alone = jax.device_get(stages.finetune(params, model_cfg, per_seed[i:i + 1], seeds=(seed,),
+    alone = jax.device_get(finetune.finetune(params, model_cfg, per_seed[i:i + 1], seeds=(seed,),
                                            **kwargs))
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a[i] - b[0])), together, alone))
     assert max(diffs) <= 1e-5

@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from w2s_jax import testbed
-from w2s_jax.testbed import WorldConfig
+from w2s_jax.data import testbed
+from w2s_jax.data.testbed import WorldConfig
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from w2s_jax.text_files import TextFileError, read_text_file
-from w2s_jax.text_tasks import TextExamples
+from w2s_jax.data.text_files import TextFileError, read_text_file
+from w2s_jax.data.text_tasks import TextExamples
 
 
 def _write(tmp_path, name, content: str | bytes):

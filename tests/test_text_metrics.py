@@ -4,9 +4,8 @@ GSM8K solutions, copied here from the GSM8K train split)."""
 import numpy as np
 import pytest
 
-from w2s_jax import text_metrics
-from w2s_jax.text_metrics import (exact_match, gsm8k_final_answer, gsm8k_match, normalize_answer,
-                                  rouge_l, score_all, token_f1)
+from w2s_jax.tasks import text_metrics
+from w2s_jax.tasks.text_metrics import exact_match, gsm8k_final_answer, gsm8k_match, normalize_answer, rouge_l, score_all, token_f1
 
 # Real GSM8K train solutions (lines 1, 2 and 5716 of train.jsonl), with their annotations.
 NATALIA = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
@@ -138,7 +137,7 @@ def test_rouge_l_max_over_references_and_empty():
 
 def test_rouge_l_builds_one_scorer():
   rouge_l(prediction="cat", references=["cat"])
-  assert text_metrics._rouge_l_scorer() is text_metrics._rouge_l_scorer()
+  assert text_metrics.rouge_l_scorer() is text_metrics.rouge_l_scorer()
 
 
 # ---------------------------------------------------------------- gsm8k_final_answer

@@ -7,47 +7,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from w2s_jax import configs, pipeline, sweep, tasks
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
-from w2s_jax.tasks import TextTaskConfig
-from w2s_jax.text_files import TextFileError
-from w2s_jax.train import OptimConfig
+import fakes
+
+from w2s_jax.infra import configs
+from w2s_jax.tasks import classification
+from w2s_jax.tasks.classification import TextTaskConfig
+from w2s_jax.data.text_files import TextFileError
+from w2s_jax.tasks import factory
+from w2s_jax.tasks import base
+from w2s_jax.w2s import engine
+from w2s_jax.w2s import grid as sweep_grid
+from w2s_jax.w2s import tables
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = {1: ["good", "great", "fine", "lovely"], 0: ["bad", "awful", "dull", "poor"]}
-FILLER = ["the", "film", "was", "a", "plot", "and", "cast", "very"]
-
-
-def _write_tsv(path, n, seed):
-  rng = np.random.default_rng(seed)
-  rows = ["text\tlabel"]
-  for _ in range(n):
-    label = int(rng.integers(2))
-    words = list(rng.choice(FILLER, size=int(rng.integers(2, 6)))) + [rng.choice(WORDS[label])]
-    rng.shuffle(words)
-    rows.append(f"{' '.join(words)}\t{label}")
-  path.write_text("\n".join(rows) + "\n")
-  return path
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-  root = tmp_path_factory.mktemp("sst")
-  return (str(_write_tsv(root / "train.tsv", 400, 0)), str(_write_tsv(root / "test.tsv", 64, 1)))
-
-
-def _task_cfg(files, **changes):
-  return TextTaskConfig(**{"train_file": files[0], "test_file": files[1], "max_len": 24,
-                           "gt_examples": 96, "w2s_examples": 128, **changes})
+  return fakes.sentiment_files(tmp_path_factory.mktemp("sst"))
 
 
 def test_text_task_splits_encoding_and_corpus(files):
-  task = tasks.text_task(_task_cfg(files))
+  task = classification.text_task(fakes.text_task_cfg(files))
   assert {k: len(v) for k, v in task.splits.items()} == {"train_gt": 96, "train_w2s": 128,
                                                           "test": 64}
   assert task.eval_splits == ("test",)
-  assert task.vocab_size == tasks.make_tokenizer("bytes").vocab_size
+  assert task.vocab_size == base.make_tokenizer("bytes").vocab_size
   assert len(task.corpus) == 400 and set(task.corpus) == {"tokens", "mask"}
   assert task.encoding["test"]["examples"] == 64
   # train_gt and train_w2s are disjoint rows of the train file
@@ -61,18 +46,18 @@ def test_text_task_config_errors(files):
   with pytest.raises(ValueError, match="test_file=None"):
     TextTaskConfig(train_file=files[0])
   with pytest.raises(ValueError, match="train split has 400"):
-    tasks.text_task(_task_cfg(files, gt_examples=300, w2s_examples=200))
+    classification.text_task(fakes.text_task_cfg(files, gt_examples=300, w2s_examples=200))
 
 
 @pytest.mark.parametrize("gt,w2s,expected", [(None, None, (200, 200)), (100, None, (100, 300)),
                                               (None, 150, (250, 150)), (96, 128, (96, 128))])
 def test_split_sizes_default_to_a_split_of_the_train_file(files, gt, w2s, expected):
-  task = tasks.text_task(_task_cfg(files, gt_examples=gt, w2s_examples=w2s))
+  task = classification.text_task(fakes.text_task_cfg(files, gt_examples=gt, w2s_examples=w2s))
   assert (len(task.splits["train_gt"]), len(task.splits["train_w2s"])) == expected
   with pytest.raises(ValueError, match="gt_examples=400, w2s_examples=None .* has 400"):
-    tasks.text_task(_task_cfg(files, gt_examples=400, w2s_examples=None))
+    classification.text_task(fakes.text_task_cfg(files, gt_examples=400, w2s_examples=None))
   with pytest.raises(ValueError, match=r"TextTaskConfig.gt_examples=0: expected an int >= 1 or None"):
-    _task_cfg(files, gt_examples=0)
+    fakes.text_task_cfg(files, gt_examples=0)
 
 
 def test_generic_text_config_reads_a_users_file(files, tmp_path):
@@ -87,7 +72,7 @@ def test_generic_text_config_reads_a_users_file(files, tmp_path):
   assert cfg.name == "text-mine-small" and cfg.text_task.gt_examples is None
   # The pipeline itself on text files is test_pipeline_on_text_files; here, what
   # the config makes of the file: its fields, and half of its rows per split.
-  task = tasks.make_task(world=cfg.world, text=cfg.text_task)
+  task = factory.make_task(world=cfg.world, text=cfg.text_task)
   assert {k: len(v) for k, v in task.splits.items()} == {"train_gt": 200, "train_w2s": 200,
                                                           "test": 40}
   assert task.splits["test"]["labels"].tolist() == [int(y) for _, y in rows[:40]]
@@ -95,96 +80,65 @@ def test_generic_text_config_reads_a_users_file(files, tmp_path):
     configs.load(f"{ROOT / 'configs/text.py'}:train={train}")
   wrong_fields = configs.load(f"{ROOT / 'configs/text.py'}:train={train},test={test},small")
   with pytest.raises(TextFileError, match="mine_test.jsonl:1: missing field 'text'"):
-    tasks.make_task(world=wrong_fields.world, text=wrong_fields.text_task)
-
-
-def _experiment(files, **changes):
-  return ExperimentConfig(**{
-      "name": "text-test", "text_task": _task_cfg(files) if files else None,
-      "head_input": "hidden",
-      "weak_size": "pico", "strong_size": "nano",
-      "pretrain": OptimConfig(steps=30, batch_size=16, lr=3e-3, warmup_frac=0.1),
-      "finetune": OptimConfig(steps=10, batch_size=16, lr=1e-3, head_lr=1e-2),
-      "losses": (LossConfig("xent"),), "seeds": (0, 1), "eval_batch_size": 16,
-      "bootstrap_resamples": 200, **changes})
+    factory.make_task(world=wrong_fields.world, text=wrong_fields.text_task)
 
 
 def test_pipeline_on_text_files(files, tmp_path):
-  results = pipeline.run(_experiment(files), out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
+  results = engine.run_experiment(fakes.text_experiment(files), out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
                          progress=False)
-  assert set(results["summary"]) == {"test"}
-  stats = results["summary"]["test"]["xent"]
+  assert results["task"]["eval_keys"] == ["test"]
+  stats = results["cells"][0]["summary"]["test"]
   for key in ("weak", "w2s", "ceiling"):
     assert 0 <= stats[key]["lo"] <= stats[key]["mean"] <= stats[key]["hi"] <= 1
-  assert results["encoding"]["train_gt"]["examples"] == 96
-  assert "test_lm_xent" in results["pretraining"]["strong"]
-  text = pipeline.format_results(results)
+  assert results["task"]["encoding"]["train_gt"]["examples"] == 96
+  assert "test_lm_xent" in results["models"]["nano"]
+  text = tables.format_results(results)
   assert "test_lm_xent" in text and "Pweak" in text
 
 
-def _tiny_gpt2(folder, n_layer, words):
-  """A random GPT-2 of transformers, saved as safetensors, with a WordLevel tokenizer.json."""
-  import tokenizers
-  import torch
-  import transformers
-  vocab = {w: i for i, w in enumerate(["<unk>", "<|endoftext|>", *words])}
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  folder.mkdir(parents=True)
-  tok.save(str(folder / "tokenizer.json"))
-  torch.manual_seed(n_layer)
-  eos = vocab["<|endoftext|>"]
-  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-      vocab_size=len(vocab), n_embd=32, n_layer=n_layer, n_head=4, n_positions=32,
-      bos_token_id=eos, eos_token_id=eos))
-  model.save_pretrained(folder, safe_serialization=True)
-  return str(folder)
-
-
 def test_pipeline_with_imported_checkpoints(files, tmp_path):
-  words = sorted({w for ws in WORDS.values() for w in ws} | set(FILLER))
-  dirs = (("gpt2-a", _tiny_gpt2(tmp_path / "a", 1, words)),
-          ("gpt2-b", _tiny_gpt2(tmp_path / "b", 3, words)))
-  cfg = _experiment(files, pretrained_dirs=dirs, weak_size="gpt2-a", strong_size="gpt2-b")
-  cfg = dataclasses.replace(cfg, text_task=_task_cfg(files, tokenizer=f"{dirs[0][1]}/tokenizer.json",
+  words = sorted({w for ws in fakes.WORDS.values() for w in ws} | set(fakes.FILLER))
+  dirs = (("gpt2-a", fakes.tiny_gpt2(tmp_path / "a", 1, words)),
+          ("gpt2-b", fakes.tiny_gpt2(tmp_path / "b", 3, words)))
+  cfg = fakes.text_experiment(files, pretrained_dirs=dirs, weak_size="gpt2-a", strong_size="gpt2-b")
+  cfg = dataclasses.replace(cfg, text_task=fakes.text_task_cfg(files, tokenizer=f"{dirs[0][1]}/tokenizer.json",
                                                      add_bos=False))
-  results = pipeline.run(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
+  results = engine.run_experiment(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
                          progress=False)
-  assert results["pretraining"]["strong"]["pretrained"].startswith("imported from")
-  assert 0 <= results["summary"]["test"]["xent"]["w2s"]["mean"] <= 1
+  assert results["models"]["gpt2-b"]["pretrained"].startswith("imported from")
+  assert 0 <= results["cells"][0]["summary"]["test"]["w2s"]["mean"] <= 1
   assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
   # Sweeps order imported models by their real size.
-  assert sweep.pairs(["gpt2-b", "gpt2-a"], dirs) == [("gpt2-a", "gpt2-b")]
+  assert sweep_grid.pairs(["gpt2-b", "gpt2-a"], dirs) == [("gpt2-a", "gpt2-b")]
 
 
-# The TFDS path of a real run (tasks.text_task -> text_tasks.load_task ->
+# The TFDS path of a real run (classification.text_task -> text_tasks.load_task ->
 # tfds.data_source), offline under tfds.testing.mock_data.
-from test_text_tasks import _fix_tfds_mock_batched_reads, fake_tfds  # noqa: E402,F401
 
 
 def test_pipeline_on_tfds_sst2_under_mock_data(tmp_path):
   cfg = TextTaskConfig(tfds_name="glue/sst2", max_len=24, gt_examples=20, w2s_examples=32)
-  with fake_tfds():
-    task = tasks.text_task(cfg)
+  with fakes.fake_tfds():
+    task = classification.text_task(cfg)
     assert {k: len(v) for k, v in task.splits.items()} == {"train_gt": 20, "train_w2s": 32,
                                                             "test": 60}
-    results = pipeline.run(dataclasses.replace(_experiment(None), text_task=cfg),
+    results = engine.run_experiment(dataclasses.replace(fakes.text_experiment(None), text_task=cfg),
                            out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
-  assert set(results["summary"]) == {"test"}
-  assert results["encoding"]["test"]["examples"] == 60
+  assert results["task"]["eval_keys"] == ["test"]
+  assert results["task"]["encoding"]["test"]["examples"] == 60
 
 
 def test_bpe_learnt_from_the_task_text_is_deterministic(files):
-  task_a = tasks.text_task(_task_cfg(files, tokenizer="bpe:300"))
-  task_b = tasks.text_task(_task_cfg(files, tokenizer="bpe:300"))
+  task_a = classification.text_task(fakes.text_task_cfg(files, tokenizer="bpe:300"))
+  task_b = classification.text_task(fakes.text_task_cfg(files, tokenizer="bpe:300"))
   assert task_a.vocab_size == task_b.vocab_size <= 300
   for split in task_a.splits:
     np.testing.assert_array_equal(task_a.splits[split]["tokens"], task_b.splits[split]["tokens"])
   # Whole words became single tokens: far fewer tokens than bytes.
-  by_bytes = tasks.text_task(_task_cfg(files))
+  by_bytes = classification.text_task(fakes.text_task_cfg(files))
   assert task_a.splits["test"]["mask"].sum() < 0.5 * by_bytes.splits["test"]["mask"].sum()
   with pytest.raises(ValueError, match="expected 'bpe:<vocab size>'"):
-    tasks.make_tokenizer("bpe:many", ["a b"])
+    base.make_tokenizer("bpe:many", ["a b"])
 
 
 def test_label_outside_the_binary_task_in_the_test_file_names_file_and_line(files, tmp_path):
@@ -194,14 +148,14 @@ def test_label_outside_the_binary_task_in_the_test_file_names_file_and_line(file
   bad = tmp_path / "test.tsv"
   bad.write_text("\n".join(rows) + "\n")
   with pytest.raises(TextFileError, match=rf"{bad}:4: label 2: expected an int in \[0, 2\)"):
-    tasks.text_task(_task_cfg((files[0], str(bad))))
+    classification.text_task(fakes.text_task_cfg((files[0], str(bad))))
 
 
 def test_tokenizer_larger_than_the_models_vocabulary_fails_before_compute(files, tmp_path):
-  words = sorted({w for ws in WORDS.values() for w in ws} | set(FILLER))
-  model_dir = _tiny_gpt2(tmp_path / "m", 1, words[:4])  # a vocabulary of 6 ids
-  big_tokenizer = _tiny_gpt2(tmp_path / "t", 1, words) + "/tokenizer.json"
-  cfg = _experiment(files, pretrained_dirs=(("gpt2-a", model_dir), ("gpt2-b", model_dir)),
+  words = sorted({w for ws in fakes.WORDS.values() for w in ws} | set(fakes.FILLER))
+  model_dir = fakes.tiny_gpt2(tmp_path / "m", 1, words[:4])  # a vocabulary of 6 ids
+  big_tokenizer = fakes.tiny_gpt2(tmp_path / "t", 1, words) + "/tokenizer.json"
+  cfg = fakes.text_experiment(files, pretrained_dirs=(("gpt2-a", model_dir), ("gpt2-b", model_dir)),
                     weak_size="gpt2-a", strong_size="gpt2-b")
   # The folder's own tokenizer.json, which the model reads the task through,
   # does not match its config.json's vocabulary: both files are named.
@@ -209,11 +163,11 @@ def test_tokenizer_larger_than_the_models_vocabulary_fails_before_compute(files,
   with pytest.raises(ValueError, match=rf"tokenizer {model_dir}/tokenizer.json has "
                                        rf"{len(words) + 2} ids but model gpt2-a "
                                        rf"\({model_dir}/config.json\)'s vocabulary has 6"):
-    pipeline.run(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    engine.run_experiment(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
   # A folder without a tokenizer.json reads the task's tokenizer, checked alike.
   (Path(model_dir) / "tokenizer.json").unlink()
-  cfg = dataclasses.replace(cfg, text_task=_task_cfg(files, tokenizer=big_tokenizer,
+  cfg = dataclasses.replace(cfg, text_task=fakes.text_task_cfg(files, tokenizer=big_tokenizer,
                                                      add_bos=False))
   with pytest.raises(ValueError, match=rf"tokenizer {big_tokenizer} has {len(words) + 2} ids but "
                                        "model gpt2-a"):
-    pipeline.run(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    engine.run_experiment(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)

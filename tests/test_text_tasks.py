@@ -1,7 +1,6 @@
 """TFDS tasks as binary text examples, offline: every task is read through
 tfds.data_source under tfds.testing.mock_data, as a real run reads it."""
 
-import contextlib
 import os
 from unittest import mock
 
@@ -9,47 +8,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from w2s_jax import text_tasks
-from w2s_jax.text_tasks import TextExamples
+import fakes
+from w2s_jax.data import text_tasks, tfds_source
+from w2s_jax.data.text_tasks import TextExamples
 
-N = 60  # examples per fake split
-
-
-def _fake_rows(builder_name: str) -> list[dict]:
-  """Examples shaped as real ArrayRecord files give them: bytes, lists, ints."""
-  rows = []
-  for i in range(N):
-    if builder_name == "glue":
-      rows.append({"sentence": f"film {i} \"quoted\" é ".encode(), "label": i % 2, "idx": i})
-    elif builder_name == "imdb_reviews":
-      rows.append({"text": f"review {i}".encode(), "label": (i // 2) % 2})
-    elif builder_name == "bool_q":
-      rows.append({"passage": f"passage {i}".encode(), "question": f"is {i} even".encode(),
-                   "answer": i % 2 == 0, "title": b"t"})
-    elif builder_name == "cosmos_qa":
-      right = i % 4
-      row = {"context": f"context {i}".encode(), "question": f"question {i}".encode(),
-             "label": right, "id": str(i).encode()}
-      for k in range(4):
-        row[f"answer{k}"] = (f"right {i}" if k == right else f"wrong {i}.{k}").encode()
-      rows.append(row)
-    elif builder_name == "hellaswag":
-      right = i % 4
-      rows.append({"activity_label": b"Cooking", "context": f"context {i}".encode(),
-                   "endings": [(f"right {i}" if k == right else f"wrong {i}.{k}").encode()
-                               for k in range(4)],
-                   "label": right, "source_id": b"s", "split_type": b"indomain"})
-    elif builder_name == "piqa":
-      right = i % 2
-      rows.append({"goal": f"goal {i}".encode(), "id": b"x", "label": right,
-                   "sol1": (f"right {i}" if right == 0 else f"wrong {i}.0").encode(),
-                   "sol2": (f"right {i}" if right == 1 else f"wrong {i}.1").encode()})
-    elif builder_name == "anli":
-      rows.append({"context": f"premise {i}".encode(), "hypothesis": f"hyp {i}".encode(),
-                   "label": i % 3, "uid": b"u"})
-    else:
-      raise AssertionError(builder_name)
-  return rows
+N = fakes.TFDS_EXAMPLES  # examples per fake split
 
 
 @pytest.fixture(autouse=True)
@@ -60,17 +23,6 @@ def _fix_tfds_mock_batched_reads(monkeypatch):
   from tensorflow_datasets.testing import mocking
   monkeypatch.setattr(mocking, "_getitems", lambda record_keys, generator, serialized=False:
                       [generator[k] for k in record_keys])
-
-
-def _fake_source(builder, split, **kwargs):
-  del split, kwargs
-  return _fake_rows(builder.name)
-
-
-@contextlib.contextmanager
-def fake_tfds():
-  with tfds.testing.mock_data(as_data_source_fn=_fake_source):
-    yield
 
 
 def _first_split(name):
@@ -100,7 +52,7 @@ def test_random_mock_data_gives_binary_examples_deterministically(name):
 
 @pytest.mark.parametrize("name", sorted(text_tasks.TASKS))
 def test_every_task_formats_real_shaped_examples(name):
-  with fake_tfds():
+  with fakes.fake_tfds():
     ex = text_tasks.load_task(name, split=_first_split(name), seed=0)
     again = text_tasks.load_task(name, split=_first_split(name), seed=0)
     other = text_tasks.load_task(name, split=_first_split(name), seed=1)
@@ -110,7 +62,7 @@ def test_every_task_formats_real_shaped_examples(name):
 
 
 def test_formats_match_the_reference_prompts():
-  with fake_tfds():
+  with fakes.fake_tfds():
     sst2 = text_tasks.load_task("glue/sst2", split="validation", take=5)
     boolq = text_tasks.load_task("bool_q", split="train", take=5)
     cosmos = text_tasks.load_task("cosmos_qa", split="train", take=5)
@@ -134,7 +86,7 @@ def test_formats_match_the_reference_prompts():
 
 @pytest.mark.parametrize("name", ["cosmos_qa", "hellaswag", "piqa"])
 def test_multiple_choice_gives_one_candidate_labelled_by_correctness(name):
-  with fake_tfds():
+  with fakes.fake_tfds():
     ex = text_tasks.load_task(name, split=_first_split(name), seed=5)
   for text, label in zip(ex.text, ex.label):
     candidate = _candidate(text)
@@ -170,14 +122,14 @@ def test_balance_undersamples_the_majority_class():
 
 
 def test_balanced_task_has_equal_class_counts():
-  with fake_tfds():
+  with fakes.fake_tfds():
     ex = text_tasks.load_task("anli/r1", split="train", balanced=True)  # 1/3 entailed
   counts = ex.class_counts()
   assert counts[0] == counts[1] == N // 3
 
 
 def test_split_sizes_and_bad_requests_fail_before_reading():
-  with fake_tfds():
+  with fakes.fake_tfds():
     splits = text_tasks.load_task_splits("piqa", take={"train": 10, "validation": None})
     assert {k: len(v) for k, v in splits.items()} == {"train": 10, "validation": N}
     # Splits are drawn from different seeds: the same index order is not reused.
@@ -228,7 +180,7 @@ def test_an_out_of_range_raw_label_names_the_task_split_and_example(name):
   bad = 37
 
   def source(builder, split, **kwargs):
-    rows = _fake_rows(builder.name)
+    rows = fakes.fake_tfds_rows(builder.name)
     rows[bad] = {**rows[bad], field: value}
     return rows
 
@@ -259,7 +211,7 @@ def test_a_formatter_giving_a_non_binary_label_is_an_error_naming_the_example():
 
 
 def test_missing_data_is_not_downloaded_and_says_how_to_fetch(tmp_path):
-  with pytest.raises(text_tasks.MissingTfdsData, match="download=False"):
+  with pytest.raises(tfds_source.MissingTfdsData, match="download=False"):
     text_tasks.load_task("glue/sst2", split="train", data_dir=str(tmp_path))
   assert not any(p.suffix == ".array_record" for p in tmp_path.rglob("*"))
 
@@ -288,8 +240,8 @@ def test_tfrecord_data_without_tensorflow_says_what_to_install(monkeypatch):
   def no_random_access(*args, **kwargs):
     raise NotImplementedError("Random access data source for file format tfrecord")
   monkeypatch.setattr(tfds, "data_source", no_random_access)
-  monkeypatch.setattr(text_tasks, "_prepared_formats", lambda *a: {"tfrecord"})
-  monkeypatch.setattr(text_tasks, "_tensorflow_installed", lambda: False)
+  monkeypatch.setattr(tfds_source, "prepared_formats", lambda *a: {"tfrecord"})
+  monkeypatch.setattr(tfds_source, "tensorflow_installed", lambda: False)
   with pytest.raises(ImportError, match="pip install tensorflow.*--file_format=array_record"):
     text_tasks.load_task("bool_q", split="train")
 

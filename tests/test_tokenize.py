@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from w2s_jax import tokenize
-from w2s_jax.data import Dataset
-from w2s_jax.text_tasks import TextExamples
-from w2s_jax.tokenize import ByteTokenizer, HFTokenizer, encode_examples
+from w2s_jax.data import tokenize
+from w2s_jax.data.dataset import Dataset
+from w2s_jax.data.text_tasks import TextExamples
+from w2s_jax.data.tokenize import ByteTokenizer, HFTokenizer, encode_examples
 
 SENTENCES = ["the film is good", "the film is bad", "a good story", "a bad story told well",
              "the answer is yes", "the answer is no"] * 3

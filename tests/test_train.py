@@ -6,11 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from _helpers import tiny_model_cfg
-from w2s_jax import models, objectives, sharding, train
-from w2s_jax.data import Dataset, shuffled_batches
-from w2s_jax.objectives import LossConfig
-from w2s_jax.train import OptimConfig
+from fakes import tiny_model_cfg
+from w2s_jax.models import transformer
+from w2s_jax.training import objectives
+from w2s_jax.infra import sharding
+from w2s_jax.training import train
+from w2s_jax.data.dataset import Dataset, shuffled_batches
+from w2s_jax.training.classifier_losses import LogConf, Xent
+from w2s_jax.training.train import OptimConfig
 
 
 # ---------------------------------------------------------------- NaN loss
@@ -112,7 +115,7 @@ def _classifier_setup(seed=0, n=32):
   mask[::3, :2] = 0  # some left padding
   p1 = rng.uniform(size=n).astype(np.float32)
   data = Dataset(tokens=tokens, mask=mask, labels=np.stack([1 - p1, p1], -1))
-  params = jax.device_get(models.init_params(cfg, jax.random.key(seed)))
+  params = jax.device_get(transformer.init_params(cfg, jax.random.key(seed)))
   return cfg, data, params
 
 
@@ -121,7 +124,7 @@ def _finetune_flat(mesh, cfg, data, params, steps=5):
   optimizer = train.make_optimizer(optim)
   state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh)
   step = train.compile_train_step(
-      loss_fn=objectives.classifier_objective(cfg, LossConfig("xent")), optimizer=optimizer,
+      loss_fn=objectives.classifier_objective(cfg, Xent()), optimizer=optimizer,
       total_steps=optim.steps, mesh=mesh, state_sharding=train.sharding_of(state))
   state, metrics = train.fit(state, step, shuffled_batches(data, batch_size=8, seed=0),
                              num_steps=steps, mesh=mesh, desc="flat", progress=False)
@@ -146,7 +149,7 @@ def test_train_step_outputs_replicated_on_mesh(mesh4):
   optimizer = train.make_optimizer(optim)
   state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh4)
   step = train.compile_train_step(
-      loss_fn=objectives.classifier_objective(cfg, LossConfig("xent")), optimizer=optimizer,
+      loss_fn=objectives.classifier_objective(cfg, Xent()), optimizer=optimizer,
       total_steps=2, mesh=mesh4, state_sharding=train.sharding_of(state))
   batch = sharding.put_batch(dict(data), mesh4)
   assert len(batch["tokens"].sharding.device_set) == 4
@@ -166,7 +169,7 @@ def test_train_step_traces_once(mesh4, vmap_seeds):
   cfg, data, params = _classifier_setup(n=16)
   optim = OptimConfig(steps=4, batch_size=8)
   optimizer = train.make_optimizer(optim)
-  base_loss = objectives.classifier_objective(cfg, LossConfig("logconf"))
+  base_loss = objectives.classifier_objective(cfg, LogConf())
   loss_fn = chex.assert_max_traces(lambda p, b, f, r: base_loss(p, b, f, r), n=1)
   if vmap_seeds:
     stacked = jax.tree.map(lambda x: jnp.stack([jnp.asarray(x)] * 2), params)

@@ -11,16 +11,28 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax import configs, curation, gen_tasks, integrity, models, sampling, scores, selection
-from w2s_jax import stages
-from w2s_jax import sweep as sweep_lib
-from w2s_jax import weak_curation
-from w2s_jax.data import Dataset
-from w2s_jax.gen_tasks import GenerationConfig
-from w2s_jax.objectives import LossConfig
-from w2s_jax.pipeline import ExperimentConfig
-from w2s_jax.sampling import SamplingConfig
-from w2s_jax.selection import FilterConfig
+from w2s_jax.infra import configs
+from w2s_jax.curation import pool
+from w2s_jax.tasks import generation
+from w2s_jax.models import transformer
+from w2s_jax.models import sampling
+from w2s_jax.curation import scores
+from w2s_jax.models import scoring
+from w2s_jax.curation import selection
+from w2s_jax.w2s import stages
+from w2s_jax.infra.store import Store
+from w2s_jax.w2s import grid as sweep_grid
+from w2s_jax.curation import weak_curation
+from w2s_jax.data.dataset import Dataset
+from w2s_jax.tasks.generation import GenerationConfig
+from w2s_jax.training.classifier_losses import Xent
+from w2s_jax.training.generative_losses import Sft
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.models.sampling import SamplingConfig
+from w2s_jax.curation.selection import FilterConfig
+from w2s_jax.models import model_config
+from w2s_jax.tasks import layout
+from w2s_jax.w2s import parts as parts_lib
 
 TINY = "configs/generative_curation.py:tiny,seeds=2"
 
@@ -32,11 +44,11 @@ def test_mean_logprob_and_min_prob_hand_computed():
                               [0.8, 0.05, 0.5, 0.5],
                               [0.3, 0.3, 0.3, 0.3]], np.float32))
   mask = np.array([[1, 1, 0, 1], [1, 0, 1, 0], [0, 0, 0, 0]])
-  np.testing.assert_allclose(scores.mean_logprob(logprobs=logprobs, mask=mask),
+  np.testing.assert_allclose(scoring.mean_logprob(logprobs=logprobs, mask=mask),
                              [np.log(0.5 * 0.25 * 0.1) / 3, np.log(0.8 * 0.5) / 2, 0.0],
                              rtol=1e-6)
   # Masked tokens never count (0.05 in row 1 is masked); an empty mask scores 1.
-  np.testing.assert_allclose(scores.min_prob(logprobs=logprobs, mask=mask), [0.1, 0.5, 1.0],
+  np.testing.assert_allclose(scoring.min_prob(logprobs=logprobs, mask=mask), [0.1, 0.5, 1.0],
                              rtol=1e-6)
 
 
@@ -75,10 +87,10 @@ def test_self_consistency_on_constructed_answers():
 def test_answer_fields_read_the_field_columns_without_the_truth():
   tokens = np.array([[5, 1, 2, 7, 9], [6, 1, 2, 8, 0]])
   mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-  got = gen_tasks.answer_fields(tokens, mask, fields={"{city}": 0, "{region}": 3})
+  got = generation.answer_fields(tokens, mask, fields={"{city}": 0, "{region}": 3})
   np.testing.assert_array_equal(got, [[5, 7], [6, -1]])
   # A field past the generation's end is not given.
-  assert (gen_tasks.answer_fields(tokens[:, :2], mask[:, :2], fields={"{region}": 3}) == -1).all()
+  assert (generation.answer_fields(tokens[:, :2], mask[:, :2], fields={"{region}": 3}) == -1).all()
 
 
 # --- Against the model and the sampler -----------------------------------------
@@ -88,8 +100,8 @@ VOCAB, EOS = 23, 3  # EOS: the constructed responses' end
 
 def _model():
   """Larger weights than init: decisive, varied tokens, and some early EOS."""
-  cfg = models.decode_size("pico", vocab_size=VOCAB, max_len=16)
-  params = models.init_params(cfg, jax.random.key(0))
+  cfg = model_config.decode_size("pico", vocab_size=VOCAB, max_len=16)
+  params = transformer.init_params(cfg, jax.random.key(0))
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   keys = jax.random.split(jax.random.key(1), len(leaves))
   noisy = [(1.0 if "scale" in jax.tree_util.keystr(path) else 0.0)
@@ -121,7 +133,7 @@ def test_mean_logprob_equals_the_samplers_own_logprobs(mesh4, temperature):
   eos = int(np.argsort(-np.bincount(run(None, 0.0)[0].ravel()), kind="stable")[1])
   tokens, mask, logprobs = run(eos, temperature)
   assert len(set(mask.sum(1))) > 1  # responses of several lengths: not vacuous
-  got = scores.token_scores(params, cfg, gen_tasks.sequences(data, tokens, mask),
+  got = scoring.token_scores(params, cfg, layout.sequences(data, tokens, mask),
                             batch_size=4, mesh=mesh4)
   np.testing.assert_allclose(got["mean_logprob"], logprobs.sum(1) / mask.sum(1), atol=1e-4)
   np.testing.assert_allclose(got["min_prob"],
@@ -136,9 +148,9 @@ def test_ifd_scores_the_response_after_the_prompts_first_token(mesh4):
   alone = weak_curation.response_alone(data["prompt"], data["prompt_mask"], response, rmask)
   first = [data["prompt"][i][data["prompt_mask"][i] > 0][0] for i in range(4)]
   np.testing.assert_array_equal(alone["tokens"][:, 0], first)
-  got = scores.token_scores(params, cfg, alone, batch_size=4, mesh=mesh4)["mean_logprob"]
-  apply = lambda t: jax.nn.log_softmax(models.Transformer(cfg).apply(
-      {"params": params}, t[None], np.ones((1, len(t))), method=models.Transformer.lm_logits)[0])
+  got = scoring.token_scores(params, cfg, alone, batch_size=4, mesh=mesh4)["mean_logprob"]
+  apply = lambda t: jax.nn.log_softmax(transformer.Transformer(cfg).apply(
+      {"params": params}, t[None], np.ones((1, len(t))), method=transformer.Transformer.lm_logits)[0])
   for i in range(4):
     seq = np.concatenate([[first[i]], response[i][rmask[i] > 0]])
     logp = apply(seq)
@@ -202,21 +214,24 @@ def test_criteria_of_the_other_kind_and_missing_samples_are_clear_errors():
   for cfg, flt, needle in ((one_sample, FilterConfig("self_consistency", .5), "weak_samples=1"),
                            (base, FilterConfig("margin", .5), "generative task"),
                            (ExperimentConfig(), FilterConfig("ifd", .5), "classification task")):
-    loss = LossConfig("sft" if cfg.generative else "xent")
+    loss = Sft() if cfg.generative else Xent()
     with pytest.raises(ValueError, match=f"Cell.filter in .*{needle}"):
-      sweep_lib.SweepConfig(cfg, (sweep_lib.Cell("pico", "micro", loss, filter=flt),))
+      sweep_grid.SweepConfig(cfg, (sweep_grid.Cell("pico", "micro", loss, filter=flt),))
 
 
 def test_stored_weak_stage_without_the_scores_is_recomputed(tmp_path):
-  ctx = types.SimpleNamespace(generative=True, task=types.SimpleNamespace(
-      answers=lambda t, m: t, answer_class=1), cfg=configs.load(TINY), eval_keys=("test",))
-  fields = stages.weak_stage_fields(ctx)
+  parts = types.SimpleNamespace(generative=True, task=types.SimpleNamespace(
+      answers=lambda t, m: t, answer_class=1), cfg=configs.load(TINY),
+      evaluator=types.SimpleNamespace(eval_keys=("test",)))
+  fields = stages.WeakStage.fields(parts)
   assert {"response_correct", "score_mean_logprob", "score_min_prob", "score_ifd",
           "score_self_consistency", "response_class"} <= set(fields)
   old = {k: np.zeros((2, 3)) for k in ("responses", "response_mask", "logprobs",
-                                       "label_accuracy", "test")}
-  integrity.save_npz_checked(tmp_path / "weak.npz", old)
-  assert sweep_lib._load_stage(tmp_path / "weak.npz", fields) is None  # recomputed
+                                       "label_accuracy", "eval:test")}
+  store = Store(tmp_path)
+  store.save_arrays("weak.npz", old, identity={"stage": "weak"})
+  with pytest.warns(UserWarning, match="written without"):
+    assert store.load_arrays("weak.npz", identity={"stage": "weak"}, fields=fields) is None
 
 
 # --- The pool filter ---------------------------------------------------------------
@@ -228,26 +243,25 @@ def test_pool_filter_scores_documents_with_the_same_token_scores(mesh4):
   mask = np.ones_like(tokens)
   mask[1, 4:] = 0
   mask[4, 2:] = 0
-  ctx = types.SimpleNamespace(cfg=types.SimpleNamespace(eval_batch_size=4), mesh=mesh4,
-                              pretrained=lambda size: (params, cfg, {}))
-  got = curation.pool_scores(ctx, Dataset(tokens=tokens, mask=mask), weak_size="pico")
+  got = pool.pool_scores(params=params, model_cfg=cfg, pool=Dataset(tokens=tokens, mask=mask),
+                         batch_size=4, mesh=mesh4)
   for i in range(6):
     seq = tokens[i][mask[i] > 0]
-    logp = jax.nn.log_softmax(models.Transformer(cfg).apply(
+    logp = jax.nn.log_softmax(transformer.Transformer(cfg).apply(
         {"params": params}, seq[None], np.ones((1, len(seq))),
-        method=models.Transformer.lm_logits)[0])
+        method=transformer.Transformer.lm_logits)[0])
     target = np.array([logp[j, seq[j + 1]] for j in range(len(seq) - 1)])
     np.testing.assert_allclose(got["likelihood"][i], target.mean(), atol=1e-5)
     np.testing.assert_allclose(got["min_prob"][i], np.exp(target.min()), rtol=1e-4)
   kind = np.array([-1, 0, -1, 1, -1, 2])
-  rows = curation.removal_table(kind, {"min_prob": got["min_prob"]}, (0.5,))
+  rows = pool.removal_table(kind, {"min_prob": got["min_prob"]}, (0.5,))
   kept = np.zeros(6, bool)
   kept[np.argsort(-got["min_prob"], kind="stable")[:3]] = True
   assert rows[0]["bad_removed"] == pytest.approx(np.mean(~kept[kind >= 0]))
-  assert curation.pool_criterion("mean_logprob") == "likelihood"
-  assert curation.pool_criterion("min_prob") == "min_prob"
+  assert pool.pool_criterion("mean_logprob") == "likelihood"
+  assert pool.pool_criterion("min_prob") == "min_prob"
   with pytest.raises(ValueError, match="pool criterion 'ifd'"):
-    curation.pool_criterion("ifd")
+    pool.pool_criterion("ifd")
 
 
 # --- End to end ----------------------------------------------------------------------
@@ -255,15 +269,16 @@ def test_pool_filter_scores_documents_with_the_same_token_scores(mesh4):
 @pytest.fixture(scope="module")
 def tiny_weak(tmp_path_factory):
   cfg = configs.load(TINY)
-  ctx = stages.Context(cfg, cache_dir=tmp_path_factory.mktemp("curation"), progress=False)
-  return ctx, stages.weak_stage(ctx, cfg.weak_size)
+  parts = parts_lib.build(cfg, cache_dir=tmp_path_factory.mktemp("curation"), progress=False)
+  weak = stages.weak_stage(parts, cfg.weak_size)
+  return parts, weak, weak.arrays()
 
 
 def test_weak_stage_scores_every_response(tiny_weak):
-  ctx, weak = tiny_weak
+  ctx, _, weak = tiny_weak
   n = ctx.cfg.generation.weak_samples
-  rows = len(ctx.splits["train_w2s"]) * n
-  for field in stages.weak_stage_fields(ctx):
+  rows = len(ctx.task.splits["train_w2s"]) * n
+  for field in stages.WeakStage.fields(ctx):
     assert field in weak, field
   for field in weak_curation.response_fields(ctx.task, ctx.cfg.generation):
     assert weak[field].shape == (2, rows), field
@@ -286,23 +301,23 @@ def test_weak_stage_scores_every_response(tiny_weak):
 
 
 def test_filtered_generative_w2s_trains_on_the_kept_responses_only(tiny_weak, monkeypatch):
-  ctx, weak = tiny_weak
+  ctx, stage, weak = tiny_weak
   flt = FilterConfig("self_consistency", 0.25)
   seen = {}
-  tune = ctx.tune
+  tune = ctx.trainer.tune
   def spy(size, per_seed, *args, **kwargs):
     seen["per_seed"] = per_seed
     return tune(size, per_seed, *args, **kwargs)
-  monkeypatch.setattr(ctx, "tune", spy)
-  out = stages.w2s_stage(ctx, ctx.cfg.strong_size, weak, LossConfig("sft"), filter_cfg=flt)
+  monkeypatch.setattr(ctx.trainer, "tune", spy)
+  out = stages.w2s_stage(ctx, ctx.cfg.strong_size, stage, Sft(), filter_cfg=flt)
   subsets = weak_curation.filter_subsets(weak, flt, generative=True)
-  width = ctx.splits["train_w2s"]["prompt"].shape[1]
+  width = ctx.task.splits["train_w2s"]["prompt"].shape[1]
   for s, idx in enumerate(subsets):
     assert len(idx) == round(0.25 * weak["responses"].shape[1])
     np.testing.assert_array_equal(seen["per_seed"][s]["tokens"][:, width:],
                                   weak["responses"][s][idx])
-    assert out["kept_label_accuracy"][s] == pytest.approx(weak["response_correct"][s][idx].mean())
-  assert set(ctx.eval_keys) <= set(out)
+    assert out.kept_label_accuracy[s] == pytest.approx(weak["response_correct"][s][idx].mean())
+  assert set(ctx.evaluator.eval_keys) <= set(out.scores)
   with pytest.raises(ValueError, match="'confidence' does not apply"):
-    stages.w2s_stage(ctx, ctx.cfg.strong_size, weak, LossConfig("sft"),
+    stages.w2s_stage(ctx, ctx.cfg.strong_size, stage, Sft(),
                      filter_cfg=FilterConfig("confidence", 0.5))

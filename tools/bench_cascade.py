@@ -34,20 +34,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax import host_memory  # noqa: E402
+from w2s_jax.infra import host_memory  # noqa: E402
 
 if __name__ == "__main__":
   host_memory.keep_freed_memory()  # before JAX starts: see host_memory
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
-from w2s_jax import models, serving  # noqa: E402
-from w2s_jax import sharding as shd  # noqa: E402
-from w2s_jax.data import Dataset  # noqa: E402
+from w2s_jax.models import transformer  # noqa: E402
+from w2s_jax.cascade import serving
+from w2s_jax.infra import sharding as shd  # noqa: E402
+from w2s_jax.data.dataset import Dataset  # noqa: E402
+from w2s_jax.models import model_config
 
 QUICK = dict(weak="mini", strong="tiny", seq=32, batch=32, queries=64, rounds=2, peak_n=512,
              peak_reps=1)
@@ -55,7 +56,7 @@ QUICK = dict(weak="mini", strong="tiny", seq=32, batch=32, queries=64, rounds=2,
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--weak", default="tiny", help="models.SIZES name or WIDTHxDEPTH")
+  parser.add_argument("--weak", default="tiny", help="model_config.SIZES name or WIDTHxDEPTH")
   parser.add_argument("--strong", default="medium")
   parser.add_argument("--seq", type=int, default=128, help="tokens per query")
   parser.add_argument("--vocab", type=int, default=512,
@@ -78,8 +79,8 @@ def parse_args(argv):
 
 
 def build_model(name, args, seed):
-  cfg = models.decode_size(name, vocab_size=args.vocab, max_len=args.seq, head_input="hidden")
-  params = jax.jit(lambda: models.init_params(cfg, jax.random.key(seed)))()
+  cfg = model_config.decode_size(name, vocab_size=args.vocab, max_len=args.seq, head_input="hidden")
+  params = jax.jit(lambda: transformer.init_params(cfg, jax.random.key(seed)))()
   # Init gives a zero class head (every confidence 0.5): a random one spreads them.
   kernel = jax.random.normal(jax.random.key(seed + 100), (cfg.width, cfg.num_classes))
   params["cls_head"]["kernel"] = kernel * 3.0 / np.sqrt(cfg.width)

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # harness
 
-from w2s_jax import host_memory  # noqa: E402
+from w2s_jax.infra import host_memory  # noqa: E402
 
 if __name__ == "__main__":
   host_memory.keep_freed_memory()  # before JAX starts: see host_memory
@@ -37,20 +37,26 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
-from w2s_jax import configs, finetune, live, models, stages, train  # noqa: E402
-from w2s_jax import sharding as shd  # noqa: E402
-from w2s_jax.objectives import LossConfig  # noqa: E402
+from w2s_jax.infra import configs  # noqa: E402
+from w2s_jax.training import finetune
+from w2s_jax.training import live
+from w2s_jax.models import transformer
+from w2s_jax.w2s import parts as parts_lib
+from w2s_jax.training import train
+from w2s_jax.infra import sharding as shd  # noqa: E402
+from w2s_jax.training.generative_losses import ForwardKl, Sft
+from w2s_jax.training.live import Live
 
-VARIANTS = {"sft": LossConfig("sft"), "forward_kl": LossConfig("forward_kl"),
-            "live 0.5": LossConfig("live", live_fraction=0.5, live_divergence="forward_kl"),
-            "live 1.0": LossConfig("live", live_fraction=1.0, live_divergence="forward_kl")}
+VARIANTS = {"sft": Sft(), "forward_kl": ForwardKl(),
+            "live 0.5": Live(live_fraction=0.5, live_divergence="forward_kl"),
+            "live 1.0": Live(live_fraction=1.0, live_divergence="forward_kl")}
 
 
 QUICK = dict(config="configs/generative.py:small", rounds=2, steps=2)
 
 
 def _stacked_init(cfg, seeds):
-  init = jax.jit(jax.vmap(lambda k: models.init_params(cfg, k)))
+  init = jax.jit(jax.vmap(lambda k: transformer.init_params(cfg, k)))
   return init(jax.random.split(jax.random.key(1), len(seeds)))
 
 
@@ -69,23 +75,24 @@ def main(argv=None):
   load_before, wall = os.getloadavg(), time.perf_counter()
   env = harness.machine()
   cfg = configs.load(args.config)
-  ctx = stages.Context(cfg, cache_dir=tempfile.mkdtemp(prefix="bench-live-"), progress=False)
-  mesh, seeds, optim = ctx.mesh, ctx.seeds, cfg.finetune
-  strong_cfg = cfg.model_config(cfg.strong_size, ctx.task)
-  weak_cfg = cfg.model_config(cfg.weak_size, ctx.task)
-  batches = finetune.seed_stream(ctx.supervised("train_w2s", size=cfg.strong_size), batch_size=optim.batch_size,
+  parts = parts_lib.build(cfg, cache_dir=tempfile.mkdtemp(prefix="bench-live-"), progress=False)
+  mesh, seeds, optim, sampler = parts.mesh, parts.seeds, cfg.finetune, parts.evaluator.sampling
+  strong_cfg = cfg.model_config(cfg.strong_size, parts.task)
+  weak_cfg = cfg.model_config(cfg.weak_size, parts.task)
+  batches = finetune.seed_stream(parts.trainer.supervised("train_w2s", size=cfg.strong_size),
+                                 batch_size=optim.batch_size,
                                 seeds=seeds, rows=shd.process_rows(mesh, optim.batch_size))
   batches = [shd.put_batch(next(batches), mesh, seed_axis=True) for _ in range(args.steps)]
   student = _stacked_init(strong_cfg, seeds)
   print(f"{cfg.name}: strong {cfg.strong_size} (student), weak {cfg.weak_size} (teacher), "
         f"{len(seeds)} seeds vmapped, batch {optim.batch_size}, sequences "
         f"{batches[0]['tokens'].shape[-1]} tokens (prompt {batches[0]['prompt'].shape[-1]}), "
-        f"max_new_tokens {ctx.sampling.max_new_tokens}, {len(jax.devices())} device(s)")
+        f"max_new_tokens {sampler.max_new_tokens}, {len(jax.devices())} device(s)")
 
   runs = {}
   for name, loss_cfg in VARIANTS.items():
     teacher_cfg = weak_cfg if loss_cfg.needs_teacher else None
-    sampling_cfg = ctx.sampling if loss_cfg.name == "live" else None
+    sampling_cfg = sampler if loss_cfg.name == "live" else None
     optimizer, step, teacher_sharding = finetune.finetune_step(
         strong_cfg, loss_cfg, optim, mesh, len(seeds), True, teacher_cfg, sampling_cfg)
     state = train.initial_state(train.from_params, student, optimizer=optimizer, mesh=mesh,
@@ -98,7 +105,7 @@ def main(argv=None):
   sample_fns = {}
   for name, loss_cfg in VARIANTS.items():
     if loss_cfg.name == "live":
-      sampling_cfg = dataclasses.replace(ctx.sampling, temperature=loss_cfg.live_temperature)
+      sampling_cfg = dataclasses.replace(sampler, temperature=loss_cfg.live_temperature)
       fn = functools.partial(live.sample_rows, model_cfg=strong_cfg, sampling_cfg=sampling_cfg,
                              fraction=loss_cfg.live_fraction)
       sample_fns[f"sampling ({name})"] = jax.jit(jax.vmap(lambda p, b, k, fn=fn: fn(p, b, k)))

@@ -30,11 +30,10 @@ def forward_flops(args, batch: int) -> float:
 
 def model_config(args, attention="explicit"):
   """w2s_jax's side of the benchmark model."""
-  from w2s_jax import models
-  return models.ModelConfig(vocab_size=args.vocab, width=args.width, depth=args.layers,
-                            heads=args.heads, max_len=args.seq, head_input="hidden",
-                            ln_eps=1e-5, gelu_approximate=True, attention=attention,
-                            dtype="bfloat16" if args.bf16 else "float32")
+  from w2s_jax.models.model_config import ModelConfig
+  return ModelConfig(vocab_size=args.vocab, width=args.width, depth=args.layers, heads=args.heads,
+                     max_len=args.seq, head_input="hidden", ln_eps=1e-5, gelu_approximate=True,
+                     attention=attention, dtype="bfloat16" if args.bf16 else "float32")
 
 
 def make_inputs(args, batch: int, seed: int) -> dict:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax import host_memory  # noqa: E402
+from w2s_jax.infra import host_memory  # noqa: E402
 
 if __name__ == "__main__":
   host_memory.keep_freed_memory()  # before JAX starts: see host_memory
@@ -49,8 +49,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
-from w2s_jax import hf_import, models, sampling  # noqa: E402
-from w2s_jax import sharding as shd  # noqa: E402
+from w2s_jax.models import hf_import  # noqa: E402
+from w2s_jax.models import sampling
+from w2s_jax.infra import sharding as shd  # noqa: E402
+from w2s_jax.models import model_config
 
 QUICK = dict(layers=2, width=64, heads=4, vocab=1000, prompt_len=16, new_tokens=16,
              batches="8,16", rounds=2, peak_n=512, peak_reps=1)
@@ -118,7 +120,7 @@ def runner(call, finish, outputs: dict, key):
   return run
 
 
-def jax_contenders(args, folder, prompts, outputs) -> tuple[dict, models.ModelConfig]:
+def jax_contenders(args, folder, prompts, outputs) -> tuple[dict, model_config.ModelConfig]:
   cfg, params = hf_import.load_hf_folder(folder)
   mesh = shd.make_mesh(1)
   key = jnp.asarray(jax.random.key_data(jax.random.key(0)))

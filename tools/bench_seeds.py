@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # harness
 
-from w2s_jax import host_memory  # noqa: E402
+from w2s_jax.infra import host_memory  # noqa: E402
 
 if __name__ == "__main__":
   host_memory.keep_freed_memory()  # before JAX starts: see host_memory
@@ -26,8 +26,10 @@ import jax  # noqa: E402
 
 import harness  # noqa: E402
 
-from w2s_jax import configs, stages  # noqa: E402
-from w2s_jax.objectives import LossConfig  # noqa: E402
+from w2s_jax.infra import configs  # noqa: E402
+from w2s_jax.w2s import parts as parts_lib
+from w2s_jax.training import finetune
+from w2s_jax.training.classifier_losses import Xent
 
 
 QUICK = dict(config="configs/sweep.py:tiny", size="micro", reps=2)
@@ -48,13 +50,13 @@ def main(argv=None):
   load_before, wall = os.getloadavg(), time.perf_counter()
   env = harness.machine()
   cfg = configs.load(args.config)
-  ctx = stages.Context(cfg, cache_dir=args.cache, progress=False)
-  params, model_cfg, _ = ctx.pretrained(args.size)
-  per_seed = ctx.supervised("train_w2s", size=args.size)   # ground-truth labels, per seed
-  seeds = ctx.seeds
-  run = lambda s, data: jax.block_until_ready(stages.finetune(
-      params, model_cfg, data, seeds=s, loss_cfg=LossConfig("xent"), optim_cfg=cfg.finetune,
-      mesh=ctx.mesh, desc="bench", progress=False))
+  parts = parts_lib.build(cfg, cache_dir=args.cache, progress=False)
+  params, model_cfg, _ = parts.models.get(args.size)
+  per_seed = parts.trainer.supervised("train_w2s", size=args.size)  # ground-truth labels, per seed
+  seeds = parts.seeds
+  run = lambda s, data: jax.block_until_ready(finetune.finetune(
+      params, model_cfg, data, seeds=s, loss_cfg=Xent(), optim_cfg=cfg.finetune,
+      mesh=parts.mesh, desc="bench", progress=False))
   contenders = {"together": lambda n: [run(seeds, per_seed) for _ in range(n)],
                 "one_at_a_time": lambda n: [run((s,), per_seed[i:i + 1])
                                             for _ in range(n) for i, s in enumerate(seeds)]}

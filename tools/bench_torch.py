@@ -51,7 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # harness, bench_model
 
-from w2s_jax import host_memory  # noqa: E402
+from w2s_jax.infra import host_memory  # noqa: E402
 
 if __name__ == "__main__":
   host_memory.keep_freed_memory()  # before JAX starts: see host_memory
@@ -65,8 +65,12 @@ import numpy as np  # noqa: E402
 import harness  # noqa: E402
 from bench_model import (FLOP_FORMULA, QUICK, SHAPES, add_shape_args, forward_flops,  # noqa: E402
                          make_inputs, model_config)
-from w2s_jax import inference, models, objectives, train  # noqa: E402
-from w2s_jax import sharding as shd  # noqa: E402
+from w2s_jax.models import inference  # noqa: E402
+from w2s_jax.models import transformer
+from w2s_jax.training import objectives
+from w2s_jax.training import train
+from w2s_jax.infra import sharding as shd  # noqa: E402
+from w2s_jax.training.classifier_losses import Xent
 
 QUICK_RUN = dict(**QUICK, rounds=2, steps=1, peak_n=512, peak_reps=1)
 TRAIN, INFER = ("train", "infer")
@@ -111,11 +115,11 @@ def jax_contenders(args, train_data, infer_data, attention="explicit", side="w2s
   optim_cfg = train.OptimConfig(steps=10 ** 6, batch_size=args.batch, lr=args.lr,
                                 weight_decay=0.01)
   optimizer = train.make_optimizer(optim_cfg)
-  params = models.init_params(cfg, jax.random.key(0), args.seq)
+  params = transformer.init_params(cfg, jax.random.key(0), args.seq)
   infer_params = jax.tree.map(jnp.copy, params)  # the train state's buffers get donated
   state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh)
   step = train.compile_train_step(
-      loss_fn=objectives.classifier_objective(cfg, objectives.LossConfig("xent")),
+      loss_fn=objectives.classifier_objective(cfg, Xent()),
       optimizer=optimizer, total_steps=optim_cfg.steps, mesh=mesh,
       state_sharding=train.sharding_of(state))
   batch = shd.put_batch({"tokens": train_data["tokens"], "mask": train_data["mask"],
@@ -127,7 +131,7 @@ def jax_contenders(args, train_data, infer_data, attention="explicit", side="w2s
       box["state"], metrics = step(box["state"], batch)
     jax.block_until_ready((box["state"], metrics))
 
-  loss_fn = objectives.classifier_objective(cfg, objectives.LossConfig("xent"))
+  loss_fn = objectives.classifier_objective(cfg, Xent())
   loss_only = jax.jit(lambda p, b: loss_fn(p, b, 0.0, jax.random.key(0))[0])
   loss_and_grad = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(p, b, 0.0,
                                                                  jax.random.key(0))[0]))

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax import host_memory  # noqa: E402
+from w2s_jax.infra import host_memory  # noqa: E402
 
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
                 "amx_bf16", "asimd", "sve")
@@ -214,7 +214,7 @@ def print_footer(load_before, wall_start: float) -> tuple[float, ...]:
 
 def write_record(path, record: dict) -> None:
   """The run's numbers as JSON, written atomically."""
-  from w2s_jax import results
-  with results.atomic_write(path) as f:
+  from w2s_jax.infra import files
+  with files.atomic_write(path) as f:
     json.dump(record, f, indent=2, default=float)
   print(f"wrote {path}")

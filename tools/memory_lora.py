@@ -29,9 +29,14 @@ import jax.numpy as jnp  # noqa: E402
 
 import harness  # noqa: E402
 
-from w2s_jax import lora, models, objectives, sharding, train  # noqa: E402
-from w2s_jax.objectives import LossConfig  # noqa: E402
-from w2s_jax.train import OptimConfig  # noqa: E402
+from w2s_jax.training import lora  # noqa: E402
+from w2s_jax.models import transformer
+from w2s_jax.training import objectives
+from w2s_jax.infra import sharding
+from w2s_jax.training import train
+from w2s_jax.training.train import OptimConfig  # noqa: E402
+from w2s_jax.models.model_config import ATTENTIONS, DTYPES, ModelConfig
+from w2s_jax.training.classifier_losses import Xent
 
 # Qwen2.5-7B's config.json: 28 layers, width 3584, 28 query / 4 key-value heads,
 # SwiGLU 18944, vocabulary 151,936, untied embeddings, q/k/v biases.
@@ -43,8 +48,8 @@ SHAPES = {
 }
 
 
-def model_config(shape: str, seq: int, dtype: str, remat: bool) -> models.ModelConfig:
-  return models.ModelConfig(**SHAPES[shape], max_len=seq, positions="rotary", rotary_frac=1.0,
+def model_config(shape: str, seq: int, dtype: str, remat: bool) -> ModelConfig:
+  return ModelConfig(**SHAPES[shape], max_len=seq, positions="rotary", rotary_frac=1.0,
                             rotary_base=1e6, norm="rmsnorm", mlp="swiglu", attn_out_bias=False,
                             mlp_bias=False, head_input="hidden", dtype=dtype, remat=remat)
 
@@ -58,12 +63,12 @@ def step_memory(cfg, optim: OptimConfig, mesh, batch: int) -> dict:
   """Bytes per device of one compiled train step (nothing allocated)."""
   optimizer = train.make_optimizer(optim)
   key = jax.random.key(0)
-  base = jax.eval_shape(lambda: models.init_params(cfg, key))
-  loss_fn = objectives.classifier_objective(cfg, LossConfig("xent"))
+  base = jax.eval_shape(lambda: transformer.init_params(cfg, key))
+  loss_fn = objectives.classifier_objective(cfg, Xent())
   frozen, base_sharding = (), None
   if optim.lora_rank:
     trainable = jax.eval_shape(lambda: lora.trainable_params(
-        models.init_params(cfg, key), cfg, rank=optim.lora_rank, targets=optim.lora_targets,
+        transformer.init_params(cfg, key), cfg, rank=optim.lora_rank, targets=optim.lora_targets,
         rng=key))
     base_sharding = sharding.state_sharding(base, mesh)
     frozen = (jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -103,9 +108,9 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq", type=int, default=512)
   parser.add_argument("--rank", type=int, default=16)
-  parser.add_argument("--dtype", default="bfloat16", choices=models.DTYPES)
+  parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
   parser.add_argument("--no-remat", dest="remat", action="store_false")
-  parser.add_argument("--attention", default="explicit", choices=models.ATTENTIONS)
+  parser.add_argument("--attention", default="explicit", choices=ATTENTIONS)
   parser.add_argument("--json", help="write the numbers here")
   parser.add_argument("--quick", action="store_true",
                       help="seconds: the tiny shape at 32 tokens (explicit flags still win)")

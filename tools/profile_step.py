@@ -30,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # harness, bench_model
 
-from w2s_jax import host_memory  # noqa: E402
+from w2s_jax.infra import host_memory  # noqa: E402
+from w2s_jax.training.classifier_losses import Xent
 
 if __name__ == "__main__":
   host_memory.keep_freed_memory()  # before JAX starts: see host_memory
@@ -115,13 +116,14 @@ def profile(args):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from w2s_jax import models, objectives
+  from w2s_jax.models import transformer
+  from w2s_jax.training import objectives
   cfg = model_config(args)
-  params = models.init_params(cfg, jax.random.key(0), args.seq)
+  params = transformer.init_params(cfg, jax.random.key(0), args.seq)
   data = make_inputs(args, args.batch, 0)
   batch = {"tokens": jnp.asarray(data["tokens"]), "mask": jnp.asarray(data["mask"]),
            "labels": jnp.asarray(np.eye(2, dtype=np.float32)[data["labels"]])}
-  objective = objectives.classifier_objective(cfg, objectives.LossConfig("xent"))
+  objective = objectives.classifier_objective(cfg, Xent())
   loss = lambda p, b: objective(p, b, 0.0, jax.random.key(0))[0]
   compiled = jax.jit(jax.value_and_grad(loss) if args.part == "fwd+bwd" else loss).lower(
       params, batch).compile()

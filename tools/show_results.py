@@ -1,4 +1,5 @@
-"""Prints the summary of one or more results.json files.
+"""Prints the summary of one or more results.json files (a run, a sweep, a
+cascade or a pool-curation run: whichever the file holds).
 
   python tools/show_results.py runs/default/results.json [more results.json ...]
 """
@@ -10,7 +11,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax.pipeline import format_results  # noqa: E402
+from w2s_jax.cascade import summary as cascade_summary  # noqa: E402
+from w2s_jax.w2s import pool_curation, records, tables  # noqa: E402
+
+
+def format_any(results: dict, path: Path) -> str:
+  if results.get("schema") != records.SCHEMA:
+    raise ValueError(f"{path}: results of schema {results.get('schema')!r}, expected "
+                     f"{records.SCHEMA!r} (written by an older w2s_jax: rerun it, or read the "
+                     "JSON itself)")
+  if results.get("kind") == "cascade":
+    return cascade_summary.format_results(results)
+  if "removal" in results:
+    return pool_curation.format_report(results)
+  return tables.format_results(results)
 
 
 def main(argv=None):
@@ -20,8 +34,15 @@ def main(argv=None):
   for path in args.results:
     if not path.is_file():
       parser.error(f"results file {str(path)!r} does not exist")
+    try:
+      results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      parser.error(f"results file {str(path)!r} is not JSON ({e})")
     print(f"== {path}")
-    print(format_results(json.loads(path.read_text())))
+    try:
+      print(format_any(results, path))
+    except ValueError as e:
+      parser.error(str(e))
 
 
 if __name__ == "__main__":

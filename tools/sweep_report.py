@@ -1,6 +1,6 @@
 """Summary table and charts (PNG and SVG) of a sweep.
 
-  python tools/sweep_report.py runs/sweeps/default [--charts DIR] [--split test|heldout]
+  python tools/sweep_report.py runs/sweeps/sweep [--charts DIR] [--split test|heldout]
 """
 
 import argparse
@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax import report  # noqa: E402
+from w2s_jax.w2s import report, tables  # noqa: E402
 
 
 def main(argv=None):
@@ -20,7 +20,7 @@ def main(argv=None):
   parser.add_argument("--split", default="test", choices=("test", "heldout"))
   args = parser.parse_args(argv)
   rows = report.load_rows(args.sweep_dir / "sweep.jsonl")
-  print(report.summary_table(rows, args.split))
+  print(tables.sweep_table(rows, args.split))
   paths = report.all_charts(rows, args.charts or args.sweep_dir / "charts", args.split)
   print(f"\nwrote {len(paths)} chart files to {paths[0].parent}")
 

@@ -1,0 +1,11 @@
+"""python -m w2s_jax run|sweep|cascade|pretrain|filter-corpus --config ... (see cli.py)."""
+
+from w2s_jax.infra import host_memory
+
+host_memory.keep_freed_memory()  # before JAX starts: see host_memory
+
+from w2s_jax import cli  # noqa: E402
+from w2s_jax.infra import interrupts  # noqa: E402
+
+with interrupts.handle_interrupts():  # Ctrl-C stops the run even if a callback swallows it
+  cli.main()

@@ -1,0 +1,103 @@
+"""Ctrl-C (and SIGTERM) always stop a run, even when the KeyboardInterrupt is swallowed.
+
+Python turns SIGINT into a KeyboardInterrupt raised wherever the main thread
+happens to be. When that is inside a `__del__`, a weakref or garbage-collection
+callback (JAX runs some when it frees buffers), Python prints "Exception ignored
+in ..." and carries on, and a library's broad `except` can swallow it too: the
+run then finishes with exit code 0 as if nobody had pressed Ctrl-C.
+
+`handle_interrupts()` records every SIGINT/SIGTERM in a module-level flag before
+raising KeyboardInterrupt as usual; `raise_if_interrupted()` raises again from a
+place that cannot swallow it. Usage:
+
+  # Entry points: wrap main (also usable as a decorator, @handle_interrupts()).
+  def main():
+    with interrupts.handle_interrupts():
+      ...
+
+  # Loops: once per iteration (train.fit: once per step).
+  for i in range(start, num_steps):
+    interrupts.raise_if_interrupted()
+    ...
+
+A context that ends normally while the flag is set raises KeyboardInterrupt
+itself, so an interrupt swallowed after the last check still stops the run with a
+non-zero exit (an uncaught KeyboardInterrupt exits with 130 / -SIGINT).
+SIGTERM raises KeyboardInterrupt too (not the default silent kill), so `finally`
+blocks, e.g. a checkpoint wait, run before the process exits.
+"""
+
+import contextlib
+import signal
+import threading
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_interrupted: signal.Signals | None = None  # the last signal received, within a context
+_depth = 0                                  # nesting of handle_interrupts contexts
+
+
+def on_signal(signum, frame):
+  global _interrupted
+  _interrupted = signal.Signals(signum)
+  raise KeyboardInterrupt(_interrupted.name)
+
+
+def interrupted() -> signal.Signals | None:
+  """The signal that interrupted the current handle_interrupts context, or None."""
+  return _interrupted
+
+
+def clear() -> None:
+  """Forget a recorded signal: the caller has handled it, so the context ends normally."""
+  global _interrupted
+  _interrupted = None
+
+
+def raise_if_interrupted() -> None:
+  """Raises KeyboardInterrupt if a SIGINT/SIGTERM arrived inside handle_interrupts().
+
+  Cheap (reads a module global): call it once per step of every long loop, so a
+  run stops even when the first KeyboardInterrupt was swallowed (by a `__del__`,
+  a GC callback or a broad except). Safe from any thread; never raises outside
+  handle_interrupts(), whose handler is the only thing that sets the flag.
+  """
+  if _interrupted is not None:
+    raise KeyboardInterrupt(f"{_interrupted.name} received earlier (the first "
+                            "KeyboardInterrupt was swallowed)")
+
+
+@contextlib.contextmanager
+def handle_interrupts():
+  """Within the context, SIGINT and SIGTERM set the flag and raise KeyboardInterrupt.
+
+  Installs the handler (main thread only: elsewhere Python cannot install signal
+  handlers and this is a no-op) and restores the previous handlers on exit. The
+  outermost context clears the flag on entry and on exit, so one run's interrupt
+  never leaks into the next (e.g. tests in one process). If the body ends without
+  an exception but an interrupt was recorded (it was swallowed after the last
+  raise_if_interrupted), the context raises KeyboardInterrupt on exit.
+  """
+  global _interrupted, _depth
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  if _depth == 0:
+    _interrupted = None
+  previous = {}
+  try:
+    for s in _SIGNALS:
+      previous[s] = signal.signal(s, on_signal)
+    _depth += 1
+    try:
+      yield
+      raise_if_interrupted()
+    finally:
+      _depth -= 1
+  finally:
+    for s, handler in previous.items():
+      # None: the previous handler was not installed from Python and cannot be put
+      # back from it; the default action is the closest.
+      signal.signal(s, signal.SIG_DFL if handler is None else handler)
+    if _depth == 0:
+      _interrupted = None

@@ -1,0 +1,154 @@
+"""Pure W2S losses. Each returns the batch-mean scalar loss.
+
+`labels` are soft label probabilities of shape [batch, classes]. Targets built
+from labels or from the student's own predictions are held constant: no
+gradient ever flows into them.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from w2s_jax.models.scoring import next_token_log_probs
+
+
+def _soft_xent(logits, target):
+  target = jax.lax.stop_gradient(target)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.sum(target * logp, axis=-1))
+
+
+def xent(*, logits, labels, temperature=1.0):
+  """Cross-entropy of softmax(logits / temperature) against soft labels (KD).
+
+  No T^2 rescaling is applied; scale the result yourself if you mix
+  temperatures in one objective.
+  """
+  return _soft_xent(logits / temperature, labels)
+
+
+def kl(*, logits, labels):
+  """KL(labels || softmax(logits)), with 0 log 0 = 0."""
+  labels = jax.lax.stop_gradient(labels.astype(jnp.float32))
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_labels = jnp.log(jnp.where(labels > 0, labels, 1.0))
+  return jnp.mean(jnp.sum(labels * (log_labels - logp), axis=-1))
+
+
+def product(*, logits, labels, alpha=1.0, beta=1.0):
+  """Cross-entropy against p^beta * labels^alpha, normalised and held constant."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  target = jnp.power(probs, beta) * jnp.power(labels.astype(jnp.float32), alpha)
+  target = target / jnp.sum(target, axis=-1, keepdims=True)
+  return _soft_xent(logits, target)
+
+
+def logconf_coef(*, step_frac, warmup_frac=0.1, aux_coef=0.5):
+  """Linear ramp from 0 to aux_coef over the first warmup_frac of training.
+
+  openai/weak-to-strong uses step_frac itself as the ramp, which ends the
+  warmup at warmup_frac * aux_coef and then jumps to aux_coef.
+  """
+  ramp = jnp.minimum(1.0, jnp.asarray(step_frac, jnp.float32) / warmup_frac)
+  return aux_coef * ramp
+
+
+def hardened_predictions(*, logits, labels):
+  """[p0 >= tau, p0 < tau] with tau the quantile of p0 at q = mean(labels[:, 1]).
+
+  The threshold makes the student's hard predictions carry the same class
+  balance as the labels.
+  """
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  q = jnp.mean(labels[:, 1].astype(jnp.float32))
+  tau = jnp.quantile(probs[:, 0], q, method="linear")
+  hard = jnp.stack([probs[:, 0] >= tau, probs[:, 0] < tau], axis=-1)
+  return jax.lax.stop_gradient(hard.astype(jnp.float32))
+
+
+def logconf(*, logits, labels, step_frac, warmup_frac=0.1, aux_coef=0.5):
+  """Auxiliary confidence loss of Burns et al. (2023), for 2 classes."""
+  if logits.shape[-1] != 2:
+    raise ValueError(f"logconf: logits have {logits.shape[-1]} classes, expected 2")
+  c = logconf_coef(step_frac=step_frac, warmup_frac=warmup_frac, aux_coef=aux_coef)
+  hard = hardened_predictions(logits=logits, labels=labels)
+  return _soft_xent(logits, (1.0 - c) * labels + c * hard)
+
+
+def combined(*, weak_logits, weak_labels, gt_logits, gt_labels, alpha):
+  """alpha * KD on a weak-labelled batch + (1 - alpha) * xent on a ground-truth batch."""
+  return (alpha * xent(logits=weak_logits, labels=weak_labels)
+          + (1.0 - alpha) * xent(logits=gt_logits, labels=gt_labels))
+
+
+def lm_xent(*, logits, tokens, mask):
+  """Next-token cross-entropy, averaged over real (mask = 1) target tokens."""
+  target_logp, weight = next_token_log_probs(logits=logits, tokens=tokens, mask=mask)
+  return -jnp.sum(target_logp * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+# --- Token-level losses for generation ---------------------------------------
+# A sequence is prompt + response: tokens, logits [batch, seq, (vocab)], and a
+# loss_mask [batch, seq] that is 1 on the response tokens a loss trains on.
+# logits[:, t] predicts tokens[:, t + 1], so position t counts when
+# loss_mask[:, t + 1] is 1: prompt and padding positions contribute nothing.
+# Each loss is the mean over the counted positions of the whole batch. loss_mask
+# may also hold float weights w: the loss is then sum(w * d) / max(sum(w), 1)
+# (live.py weights two groups of rows so).
+
+def _response_mean(values, loss_mask):
+  weight = loss_mask[:, 1:].astype(jnp.float32)
+  return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def _log_probs(logits, temperature):
+  return jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32) / temperature, axis=-1)
+
+
+def response_xent(*, logits, tokens, loss_mask):
+  """Next-token cross-entropy on the response tokens: SFT, or sequence-level KD
+  when the response was written by the teacher."""
+  target_logp, _ = next_token_log_probs(logits=logits, tokens=tokens, mask=loss_mask)
+  return -_response_mean(target_logp, loss_mask)
+
+
+def _kl(log_p, log_q):
+  """KL(p || q) over the last axis, from log-probabilities; 0 log 0 = 0."""
+  p = jnp.exp(log_p)
+  return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+
+
+def forward_kl(*, logits, teacher_logits, loss_mask, temperature=1.0):
+  """KL(teacher || student) per response position, both softened by temperature
+  (no T^2 rescaling): mean-seeking, the student covers all the teacher's mass."""
+  teacher = jax.lax.stop_gradient(_log_probs(teacher_logits, temperature))
+  return _response_mean(_kl(teacher, _log_probs(logits, temperature)), loss_mask)
+
+
+def reverse_kl(*, logits, teacher_logits, loss_mask, temperature=1.0):
+  """KL(student || teacher) per response position: mode-seeking, the student
+  puts its mass where the teacher is confident."""
+  teacher = jax.lax.stop_gradient(_log_probs(teacher_logits, temperature))
+  return _response_mean(_kl(_log_probs(logits, temperature), teacher), loss_mask)
+
+
+def generalized_jsd(*, logits, teacher_logits, loss_mask, beta, temperature=1.0):
+  """Generalized Jensen-Shannon divergence of GKD (Agarwal et al. 2023), per
+  response position:
+
+    M = beta * p_teacher + (1 - beta) * p_student
+    JSD(beta) = beta * KL(p_teacher || M) + (1 - beta) * KL(p_student || M)
+
+  (TRL's GKDTrainer uses the same convention.) It vanishes at beta = 0 and at
+  beta = 1; near them it is a scaled plain KL: JSD(beta) / beta -> forward
+  KL(teacher || student) as beta -> 0, and JSD(beta) / (1 - beta) -> reverse
+  KL(student || teacher) as beta -> 1. So beta must lie in (0, 1): use
+  forward_kl / reverse_kl for the end points.
+  """
+  if not 0 < beta < 1:
+    raise ValueError(f"generalized_jsd beta={beta}: expected in (0, 1) (the end points are "
+                     "forward_kl and reverse_kl)")
+  teacher = jax.lax.stop_gradient(_log_probs(teacher_logits, temperature))
+  student = _log_probs(logits, temperature)
+  mixture = jnp.logaddexp(jnp.log(beta) + teacher, jnp.log1p(-beta) + student)
+  jsd = beta * _kl(teacher, mixture) + (1 - beta) * _kl(student, mixture)
+  return _response_mean(jsd, loss_mask)

@@ -1,0 +1,240 @@
+"""The stage engine: a sweep's cells over shared stages, computed once, resumable.
+
+A single experiment is the sweep of its own pair over its losses
+(grid.single_cell_sweep); both write the same folder:
+
+  sweep.json                      the sweep's config (a different one is refused)
+  shared/weak-<size>.npz          a weak model's supervision and scores, per seed
+  shared/weak-<size>-params/      a generative weak model's params (token-level KD's teacher)
+  shared/ceiling-<size>.npz       a ceiling's scores, per seed
+  cells/<cell id>/results.json    one cell's record (records.cell_record)
+  sweep.jsonl                     one row per finished cell, in grid order
+  results.json                    the run record (records.run_record), when every cell is done
+
+Every stage and cell lives in one store (infra/store.py): checksummed,
+written atomically, tied to its identity (what it was computed from), and
+locked while computed, so two processes may share a folder and a kill at any
+moment loses nothing but the work in flight. Pretrained models live in their
+own cache (`cache_dir`, shared between runs).
+"""
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from w2s_jax.infra import checkpoints, integrity, interrupts, locks
+from w2s_jax.infra import sharding as shd
+from w2s_jax.infra.files import (atomic_write, package_versions, prepare_out_dir,
+                                 remove_stale_temp_files, write_json_atomic)
+from w2s_jax.infra.fingerprint import KEY_SCHEME, digest, fingerprint
+from w2s_jax.infra.store import Store
+from w2s_jax.models.transformer import count_params
+from w2s_jax.training.finetune import seed_stacked_abstract
+from w2s_jax.w2s import parts as parts_lib
+from w2s_jax.w2s import records, stages
+from w2s_jax.w2s.experiment import ExperimentConfig, check_mesh
+from w2s_jax.w2s.grid import Cell, SweepConfig, single_cell_sweep
+
+# What a stage's result does not depend on: left out of its identity.
+NOT_IN_STAGES = ("name", "losses", "bootstrap_resamples", "distributed", "checkpoint_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """What a run leaves: its rows (one per cell, in grid order) and records."""
+  rows: list
+  records: list
+  results: dict
+
+
+def stage_identity(cfg: ExperimentConfig, stage: str, size: str) -> dict:
+  """What a shared stage is the result of: the experiment minus what stages ignore."""
+  experiment = {k: v for k, v in fingerprint(cfg).items() if k not in NOT_IN_STAGES}
+  return {"stage": stage, "size": size, "experiment": digest(experiment),
+          "key_scheme": KEY_SCHEME}
+
+
+class Engine:
+  """The shared stages of one sweep folder, each computed once."""
+
+  def __init__(self, parts: parts_lib.Parts, out: Path):
+    self.parts, self.store = parts, Store(out)
+
+  def weak(self, size: str, *, with_params: bool) -> stages.WeakStage:
+    """The stored weak stage of `size`. A generative weak stage also keeps the
+    weak model's fine-tuned params (orbax, written before the .npz that marks
+    the stage complete), read only when a cell needs them as its teacher."""
+    parts, name = self.parts, f"shared/weak-{size}.npz"
+    params_dir = self.store.path(f"shared/weak-{size}-params")
+    identity = stage_identity(parts.cfg, "weak", size)
+
+    def compute():
+      weak = stages.weak_stage(parts, size)
+      arrays = weak.arrays()
+      if weak.params is not None:
+        arrays["params_checksum"] = np.array(checkpoints.save_params(params_dir, weak.params),
+                                             np.int64)
+      return arrays
+
+    fields = stages.WeakStage.fields(parts) + (("params_checksum",) if parts.generative else ())
+    if parts.generative and not params_dir.exists():   # stored without its params: incomplete
+      self.store.path(name).unlink(missing_ok=True)
+    arrays = self.store.arrays(name, compute, identity=identity, fields=fields)
+    params = None
+    if with_params:
+      abstract = seed_stacked_abstract(parts.models.get(size).model_cfg, len(parts.seeds))
+      like = checkpoints.abstract_like(abstract,
+                                       shd.state_sharding(abstract, parts.mesh, seed_axis=True))
+      try:
+        params = checkpoints.load_params(params_dir, like, arrays["params_checksum"])
+      except (integrity.CorruptFileError, FileNotFoundError) as err:
+        integrity.warn_rebuild(params_dir, str(err), "computing the weak stage again")
+        self.store.path(name).unlink(missing_ok=True)
+        return self.weak(size, with_params=with_params)
+    arrays = {k: v for k, v in arrays.items() if k != "params_checksum"}
+    return stages.WeakStage.from_arrays(arrays, params=params)
+
+  def ceiling(self, size: str) -> stages.Evaluated:
+    parts = self.parts
+    arrays = self.store.arrays(f"shared/ceiling-{size}.npz",
+                               lambda: stages.ceiling_stage(parts, size).arrays(),
+                               identity=stage_identity(parts.cfg, "ceiling", size),
+                               fields=stages.Evaluated.fields(parts))
+    return stages.Evaluated.from_arrays(arrays)
+
+  def cell_identity(self, cell: Cell) -> dict:
+    return {"cell": fingerprint(cell),
+            "experiment": stage_identity(self.parts.cfg, "cell", "")["experiment"],
+            "bootstrap_resamples": self.parts.cfg.bootstrap_resamples,
+            "key_scheme": KEY_SCHEME}
+
+  def compute_cell(self, cell: Cell) -> dict:
+    parts, cfg = self.parts, self.parts.cfg
+    started = time.perf_counter()
+    weak = self.weak(cell.weak, with_params=cell.loss.needs_teacher)
+    ceiling = self.ceiling(cell.strong)
+    w2s = stages.w2s_stage(parts, cell.strong, weak, cell.loss, cell.finetune, cell.filter,
+                           weak_size=cell.weak)
+    keys = parts.evaluator.eval_keys
+    summary = stages.summarize(weak, w2s, ceiling, keys=keys,
+                               num_resamples=cfg.bootstrap_resamples)
+    models = {size: (count_params(parts.models.get(size).params), parts.models.get(size).info)
+              for size in (cell.weak, cell.strong)}
+    record = records.cell_record(cell, seeds=parts.seeds, weak=weak, w2s=w2s, ceiling=ceiling,
+                                 summary=summary, models=models, keys=keys)
+    record["seconds"] = time.perf_counter() - started
+    return record
+
+
+def _read_jsonl(path: Path) -> list[dict] | None:
+  """The rows, or None if the file is unreadable (it is derived: rebuilt)."""
+  if not path.exists():
+    return []
+  try:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    return None
+
+
+def _write_jsonl_atomic(path: Path, rows: list[dict]):
+  with atomic_write(path) as f:
+    f.writelines(json.dumps(row, allow_nan=True) + "\n" for row in rows)
+
+
+def _claim_folder(out: Path, sweep: SweepConfig) -> None:
+  """sweep.json names the sweep a folder holds; another sweep's folder is refused."""
+  base = json.loads(json.dumps(fingerprint(sweep.base)))
+  with locks.exclusive(out / "sweep.json"):
+    if (out / "sweep.json").exists():
+      previous = integrity.read_json(out / "sweep.json", "sweep config")
+      if previous.get("key_scheme") != KEY_SCHEME:
+        raise ValueError(f"sweep directory {str(out)!r} was written by an older w2s_jax, whose "
+                         "stages and cells are keyed differently: its results stay as they are; "
+                         "use another --out")
+      if previous.get("base") != base:
+        old = previous.get("base") or {}
+        changed = sorted(k for k in set(base) | set(old) if base.get(k) != old.get(k))
+        raise ValueError(f"sweep directory {str(out)!r} holds a sweep with another base config "
+                         f"(fields {changed} differ): its finished work does not apply; "
+                         f"use another --out")
+    write_json_atomic(out / "sweep.json", {"key_scheme": KEY_SCHEME, "base": base,
+                                           "cells": [fingerprint(c) for c in sweep.cells],
+                                           "versions": package_versions()})
+
+
+def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress: bool = True,
+              config=None) -> Outcome:
+  """Runs every unfinished cell; returns the rows, records and run record
+  (also written to out_dir/results.json, whose "config" is `config`, by
+  default the sweep's)."""
+  started = time.perf_counter()
+  check_mesh(sweep.base)  # a config error leaves no folder behind
+  out = prepare_out_dir(out_dir)
+  parts = parts_lib.build(sweep.base, cache_dir=cache_dir or out / "shared" / "pretrained",
+                          progress=progress)
+  sizes = list(dict.fromkeys(size for cell in sweep.cells for size in (cell.weak, cell.strong)))
+  parts.check(sizes)
+  _claim_folder(out, sweep)
+  remove_stale_temp_files(out)  # left by writers killed before their rename
+  engine = Engine(parts, out)
+  jsonl = out / "sweep.jsonl"
+
+  def write_rows(done):
+    if shd.is_main_process():
+      with locks.exclusive(jsonl):
+        _write_jsonl_atomic(jsonl, [done[c.id][0] for c in sweep.cells if c.id in done])
+
+  done = {}
+  for cell in sweep.cells:
+    record = engine.store.load_record(f"cells/{cell.id}/results.json",
+                                      identity=engine.cell_identity(cell))
+    if record is not None:
+      done[cell.id] = (records.sweep_row(cell, record), record)
+  rows = [done[c.id][0] for c in sweep.cells if c.id in done]
+  stored = _read_jsonl(jsonl)
+  if stored is None:
+    integrity.warn_rebuild(jsonl, "unreadable rows", "rebuilding it from the finished cells")
+  if stored is None or json.dumps(stored) != json.dumps(rows):  # NaN-safe comparison
+    write_rows(done)
+  bar = tqdm(total=len(sweep.cells), initial=len(done), desc="cells", unit="cell",
+             disable=not progress or not shd.is_main_process(), dynamic_ncols=True)
+
+  def finish(cell, *, wait: bool) -> bool:
+    """Reads or computes the cell under its lock; False if another process holds it."""
+    record = engine.store.record(f"cells/{cell.id}/results.json",
+                                 lambda: engine.compute_cell(cell),
+                                 identity=engine.cell_identity(cell), wait=wait)
+    if record is None:
+      return False
+    done[cell.id] = (records.sweep_row(cell, record), record)
+    write_rows(done)
+    bar.update(1)
+    return True
+
+  held_elsewhere = []
+  for cell in [c for c in sweep.cells if c.id not in done]:
+    interrupts.raise_if_interrupted()
+    if not finish(cell, wait=False):
+      print(f"cell {cell.id}: another process is computing it; skipping it for now")
+      held_elsewhere.append(cell)
+  for cell in held_elsewhere:  # wait for the other process, then read its result
+    finish(cell, wait=True)
+  bar.close()
+  cells = [done[c.id][1] for c in sweep.cells]
+  results = records.run_record(config=sweep if config is None else config, parts=parts,
+                               sizes=sizes, cells=cells,
+                               seconds=time.perf_counter() - started)
+  if shd.is_main_process():
+    write_json_atomic(out / "results.json", results)
+  return Outcome(rows=[done[c.id][0] for c in sweep.cells], records=cells, results=results)
+
+
+def run_experiment(cfg: ExperimentConfig, *, out_dir, cache_dir, progress: bool = True) -> dict:
+  """One experiment: the sweep of its pair over its losses. Returns its run
+  record (out_dir/results.json)."""
+  return run_sweep(single_cell_sweep(cfg), out_dir=out_dir, cache_dir=cache_dir,
+                   progress=progress, config=cfg).results

@@ -1,0 +1,79 @@
+"""Scoring models on the task: soft labels, generations, and per-example scores.
+
+Every score has a seed axis: params come stacked per seed (one fine-tune per
+seed, vmapped), and so do the answers. `evaluate` gives each evaluation key
+(a split under the task's headline metric; "split:metric" for the further
+metrics of generative tasks) as [seeds, examples].
+"""
+
+import numpy as np
+
+from w2s_jax.models import inference, sampling
+from w2s_jax.training import train
+from w2s_jax.w2s import metrics
+from w2s_jax.w2s.pretrained import PretrainedModels
+from w2s_jax.w2s.views import ModelViews
+
+
+def sampling_config(task, generation, **overrides) -> sampling.SamplingConfig:
+  """A generative task's sampler: max_new_tokens from the config (None: the
+  longest ground-truth response), the task's EOS and pad ids."""
+  longest = max(int(d["response_mask"].sum(1).max()) for d in task.splits.values())
+  return sampling.SamplingConfig(max_new_tokens=generation.max_new_tokens or longest,
+                                 eos_id=task.eos_id, pad_id=task.pad_id, **overrides)
+
+
+class Evaluator:
+
+  def __init__(self, cfg, task, views: ModelViews, models: PretrainedModels, mesh, seeds):
+    self.cfg, self.task, self.views, self.models, self.mesh = cfg, task, views, models, mesh
+    self.seeds = tuple(seeds)
+    self.sampling = sampling_config(task, cfg.generation) if task.generative else None
+
+  def eval_key(self, split: str, metric: str) -> str:
+    """A split scored by the task's headline metric is keyed by the split alone,
+    by a further metric as "split:metric"."""
+    return split if metric == self.task.metrics[0] else f"{split}:{metric}"
+
+  @property
+  def eval_keys(self) -> tuple[str, ...]:
+    """What evaluate() returns: every evaluation split under its headline
+    metric, then under each further metric (generation)."""
+    names = self.task.metrics if self.task.generative else self.task.metrics[:1]
+    return tuple(self.eval_key(s, m) for m in names for s in self.task.eval_splits)
+
+  def predict(self, size: str, params, split: str) -> np.ndarray:
+    """Class probabilities [seeds, N, classes]."""
+    return inference.soft_labels(params, self.models.get(size).model_cfg,
+                                 self.views.data(size, split),
+                                 batch_size=self.cfg.eval_batch_size, mesh=self.mesh,
+                                 seed_axis=True)
+
+  def generate(self, size: str, params, split: str, sampling_cfg=None, samples: int = 1,
+               rng_offset: int = 0):
+    """Every seed's generations for the split's prompts: (tokens, mask,
+    logprobs), each [seeds, N * samples, max_new_tokens]."""
+    keys = train.seed_keys([s + rng_offset for s in self.seeds])
+    return sampling.generate(params, self.models.get(size).model_cfg,
+                             self.views.data(size, split),
+                             cfg=sampling_cfg or self.sampling, mesh=self.mesh,
+                             batch_size=self.cfg.eval_batch_size, rng=keys, seed_axis=True,
+                             samples=samples)
+
+  def score(self, split: str, tokens, mask) -> dict:
+    """{metric: [seeds, N]} for generations with a seed axis."""
+    per_seed = [self.task.score(split, t, m) for t, m in zip(tokens, mask)]
+    return {m: np.stack([s[m] for s in per_seed]) for m in self.task.metrics}
+
+  def evaluate(self, size: str, params) -> dict:
+    """Per seed and example, the score on every evaluation key: {key: [seeds, examples]}."""
+    if not self.task.generative:
+      return {split: metrics.correct(probs=self.predict(size, params, split),
+                                     labels=self.task.splits[split]["labels"])
+              for split in self.task.eval_splits}
+    out = {}
+    for split in self.task.eval_splits:
+      tokens, mask, _ = self.generate(size, params, split)
+      for metric, values in self.score(split, tokens, mask).items():
+        out[self.eval_key(split, metric)] = values
+    return out

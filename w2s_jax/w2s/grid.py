@@ -1,0 +1,110 @@
+"""A sweep's grid: cells of (weak size, strong size, loss, fine-tune, filter).
+
+`SweepConfig(base, cells)` is checked whole before any compute: sizes that
+exist and compare (imported checkpoints by their parameter count), no
+duplicate cells, filters that apply to the task's kind. A single experiment
+is the sweep of its own pair over its losses (`single_cell_sweep`).
+"""
+
+import dataclasses
+
+from w2s_jax.curation import weak_curation
+from w2s_jax.curation.selection import FilterConfig
+from w2s_jax.infra.fingerprint import digest
+from w2s_jax.models import hf_import
+from w2s_jax.models.model_config import decode_size
+from w2s_jax.training.classifier_losses import Xent
+from w2s_jax.training.objectives import Loss
+from w2s_jax.training.train import OptimConfig
+from w2s_jax.w2s.experiment import ExperimentConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One point of the grid: a weak and a strong size, a loss, a fine-tune config."""
+  weak: str
+  strong: str
+  loss: Loss = Xent()
+  finetune: OptimConfig | None = None  # None: the sweep's base fine-tune config
+  filter: FilterConfig | None = None   # None: train on every weak-labelled example
+
+  @property
+  def id(self) -> str:
+    """The cell's folder name: its sizes, its loss and a digest of all of it."""
+    return f"{self.weak}_{self.strong}_{self.loss.name}_{digest(self, 8)}"
+
+  @property
+  def label(self) -> str:
+    """The cell in a table: its loss, and its filter or fine-tune where set."""
+    parts = [self.loss.tag]
+    if self.filter is not None:
+      parts.append(self.filter.tag)
+    if self.finetune is not None:
+      parts.append(f"finetune={self.finetune}")
+    return ", ".join(parts)
+
+
+def size_order(size: str, pretrained_dirs=()) -> int:
+  """Sizes compare by parameter count: of the table's rows without their
+  vocabulary, of imported checkpoints (pretrained_dirs) as their config says."""
+  if size in dict(pretrained_dirs):
+    folder = dict(pretrained_dirs)[size]
+    return hf_import.folder_config(folder).num_params
+  return decode_size(size, vocab_size=1).num_params
+
+
+def pairs(sizes, pretrained_dirs=(), weak_sizes=None) -> list[tuple[str, str]]:
+  """Every (weak, strong) pair with weak smaller than strong; with weak_sizes,
+  only the pairs whose weak model is one of them."""
+  unknown = sorted(set(weak_sizes or ()) - set(sizes))
+  if unknown:
+    raise ValueError(f"weak_sizes {unknown}: expected a subset of sizes {list(sizes)}")
+  ordered = sorted(sizes, key=lambda s: size_order(s, pretrained_dirs))
+  return [(w, s) for i, w in enumerate(ordered) for s in ordered[i + 1:]
+          if weak_sizes is None or w in weak_sizes]
+
+
+def grid(sizes, losses, finetunes=(None,), filters=(None,), pretrained_dirs=(),
+         weak_sizes=None) -> list[Cell]:
+  """The product of pairs(sizes, weak_sizes=...), losses, fine-tune configs and filters."""
+  return [Cell(w, s, loss, ft, flt) for w, s in pairs(sizes, pretrained_dirs, weak_sizes)
+          for loss in losses for ft in finetunes for flt in filters]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+  base: ExperimentConfig
+  cells: tuple[Cell, ...]
+  # Each cell's weak model smaller than its strong one (a sweep over scale); a
+  # single experiment may pair any two models (strong-to-strong, same size).
+  ordered: bool = True
+
+  def __post_init__(self):
+    if not self.cells:
+      raise ValueError("SweepConfig.cells is empty: the sweep has nothing to run")
+    ids = [c.id for c in self.cells]
+    if len(set(ids)) != len(ids):
+      raise ValueError("SweepConfig.cells has duplicates")
+    imported = self.base.pretrained_dirs
+    for cell in self.cells:
+      for field in ("weak", "strong"):
+        if getattr(cell, field) in dict(imported):
+          continue
+        try:
+          decode_size(getattr(cell, field), vocab_size=1)
+        except ValueError as e:
+          raise ValueError(f"Cell.{field} in {cell}: {e}") from None
+      if self.ordered and size_order(cell.weak, imported) >= size_order(cell.strong, imported):
+        raise ValueError(f"Cell weak={cell.weak!r} is not smaller than strong={cell.strong!r}")
+      if cell.filter is not None:
+        try:
+          weak_curation.check_filter(cell.filter, generative=self.base.generative, weak_samples=(
+              self.base.generation.weak_samples if self.base.generative else 1))
+        except ValueError as e:
+          raise ValueError(f"Cell.filter in {cell}: {e}") from None
+
+
+def single_cell_sweep(cfg: ExperimentConfig) -> SweepConfig:
+  """One experiment as a sweep: its weak and strong sizes, once per loss."""
+  return SweepConfig(cfg, tuple(Cell(cfg.weak_size, cfg.strong_size, loss) for loss in cfg.losses),
+                     ordered=False)

@@ -1,0 +1,52 @@
+"""The parts one experiment's stages share, built once per run.
+
+Each part does one job: the task (tasks/), each model's view of it
+(views.py), the pretrained models (pretrained.py), training data and
+fine-tuning (supervision.py), and evaluation (evaluation.py). `Parts` only
+holds them; the stages (stages.py) call the ones they need.
+"""
+
+import dataclasses
+
+from w2s_jax.tasks import factory
+from w2s_jax.tasks.base import Task
+from w2s_jax.w2s.evaluation import Evaluator
+from w2s_jax.w2s.experiment import ExperimentConfig, check_mesh
+from w2s_jax.w2s.pretrained import PretrainedModels
+from w2s_jax.w2s.supervision import Trainer
+from w2s_jax.w2s.views import ModelViews
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+  cfg: ExperimentConfig
+  mesh: object
+  task: Task
+  seeds: tuple[int, ...]
+  views: ModelViews
+  models: PretrainedModels
+  trainer: Trainer
+  evaluator: Evaluator
+
+  @property
+  def generative(self) -> bool:
+    return self.task.generative
+
+  def check(self, sizes) -> None:
+    """Every model can read the task (and, for generation, hold its prompts
+    and responses), before any compute."""
+    self.models.check(sizes, self.evaluator.sampling)
+
+
+def build(cfg: ExperimentConfig, *, cache_dir, progress: bool = True) -> Parts:
+  """The task is read and tokenized here; nothing is trained until a stage asks."""
+  mesh = check_mesh(cfg)
+  task = factory.make_task(world=cfg.world, text=cfg.text_task, gen_cfg=cfg.generation)
+  seeds = tuple(cfg.seeds)
+  views = ModelViews(cfg, task)
+  models = PretrainedModels(cfg, task, views, mesh, cache_dir=cache_dir, progress=progress)
+  evaluator = Evaluator(cfg, task, views, models, mesh, seeds)
+  trainer = Trainer(cfg, task, views, models, mesh, seeds, sampling_cfg=evaluator.sampling,
+                    progress=progress)
+  return Parts(cfg=cfg, mesh=mesh, task=task, seeds=seeds, views=views, models=models,
+               trainer=trainer, evaluator=evaluator)

@@ -1,0 +1,205 @@
+"""Charts of a sweep's rows (sweep.jsonl); its table is tables.sweep_table."""
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from w2s_jax.w2s.tables import median_pgr  # noqa: E402
+
+
+
+def load_rows(path) -> list[dict]:
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"sweep rows {str(path)!r} do not exist")
+  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def _log_x_if_positive(ax, xs):
+  """Log x only when there is positive data to scale (an all-NaN chart stays linear)."""
+  if any(x > 0 for x in xs):
+    ax.set_xscale("log")
+
+
+def _save(fig, out_dir: Path, name: str) -> list[Path]:
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = [out_dir / f"{name}.{ext}" for ext in ("png", "svg")]
+  for p in paths:
+    fig.savefig(p, dpi=130, bbox_inches="tight")
+  plt.close(fig)
+  return paths
+
+
+def _interval(rows, split, metric):
+  mean = np.array([r[f"{split}/{metric}/mean"] for r in rows])
+  lo = np.array([r[f"{split}/{metric}/lo"] for r in rows])
+  hi = np.array([r[f"{split}/{metric}/hi"] for r in rows])
+  return mean, np.abs(np.stack([mean - lo, hi - mean]))
+
+
+def _weak_sizes(rows):
+  """Weak sizes from smallest to largest, with a color each."""
+  weaks = sorted({r["weak"] for r in rows},
+                 key=lambda w: min(r["weak_params"] for r in rows if r["weak"] == w))
+  return weaks, plt.cm.viridis(np.linspace(0, 0.85, max(len(weaks), 1)))
+
+
+def accuracy_vs_compute(rows, out_dir, loss, split="test"):
+  """Test accuracy against strong-model compute: a line per weak model, the ceiling, weak points."""
+  rows = [r for r in rows if r["loss"] == loss]
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  weaks, colors = _weak_sizes(rows)
+  ceiling = {}
+  for weak, color in zip(weaks, colors):
+    sub = sorted((r for r in rows if r["weak"] == weak), key=lambda r: r["strong_compute"])
+    x = [r["strong_compute"] for r in sub]
+    mean, err = _interval(sub, split, "w2s")
+    ax.errorbar(x, mean, yerr=err, color=color, marker="o", capsize=3, label=f"weak {weak}")
+    w = sub[0]
+    ax.scatter([w["weak_compute"]], [w[f"{split}/weak/mean"]], color=color, marker="s",
+               s=60, edgecolor="black", zorder=5)
+    for r in sub:
+      ceiling[r["strong"]] = (r["strong_compute"], r[f"{split}/ceiling/mean"])
+  if ceiling:
+    cx, cy = zip(*sorted(ceiling.values()))
+    ax.plot(cx, cy, color="black", marker="^", label="ceiling (strong on ground truth)")
+  _log_x_if_positive(ax, [r["strong_compute"] for r in rows] + [r["weak_compute"] for r in rows])
+  ax.set_xlabel("strong-model compute (parameters x pretraining tokens)")
+  ax.set_ylabel(f"{split} accuracy")
+  ax.set_title(f"W2S accuracy vs compute ({loss}); squares: weak models")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return _save(fig, Path(out_dir), f"accuracy_vs_compute_{loss}")
+
+
+def pgr_vs_strong(rows, out_dir, loss, split="test"):
+  rows = [r for r in rows if r["loss"] == loss]
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  weaks, colors = _weak_sizes(rows)
+  for weak, color in zip(weaks, colors):
+    sub = sorted((r for r in rows if r["weak"] == weak), key=lambda r: r["strong_params"])
+    mean, err = _interval(sub, split, "pgr")
+    ax.errorbar([r["strong_params"] for r in sub], mean, yerr=err, color=color, marker="o",
+                capsize=3, label=f"weak {weak}")
+  ax.axhline(0, color="gray", lw=0.8)
+  ax.axhline(1, color="gray", lw=0.8, ls="--")
+  _log_x_if_positive(ax, [r["strong_params"] for r in rows
+                          if np.isfinite(r[f"{split}/pgr/mean"])])
+  ax.set_xlabel("strong-model parameters")
+  ax.set_ylabel("PGR (95% interval)")
+  ax.set_title(f"Performance gap recovered ({loss})")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return _save(fig, Path(out_dir), f"pgr_vs_strong_{loss}")
+
+
+def pgr_heatmap(rows, out_dir, loss, split="test"):
+  rows = [r for r in rows if r["loss"] == loss]
+  order = lambda key, params: sorted({r[key] for r in rows},
+                                     key=lambda s: min(r[params] for r in rows if r[key] == s))
+  weaks, strongs = order("weak", "weak_params"), order("strong", "strong_params")
+  grid = np.full((len(weaks), len(strongs)), np.nan)
+  for r in rows:
+    grid[weaks.index(r["weak"]), strongs.index(r["strong"])] = r[f"{split}/pgr/mean"]
+  fig, ax = plt.subplots(figsize=(1.2 * len(strongs) + 2.5, 1.0 * len(weaks) + 1.8))
+  im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn", vmin=-0.2, vmax=1.0)
+  for i in range(len(weaks)):
+    for j in range(len(strongs)):
+      if not np.isnan(grid[i, j]):
+        ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=9)
+  ax.set_xticks(range(len(strongs)), strongs)
+  ax.set_yticks(range(len(weaks)), weaks)
+  ax.set_xlabel("strong")
+  ax.set_ylabel("weak")
+  ax.set_title(f"PGR ({loss})")
+  fig.colorbar(im, ax=ax, shrink=0.8)
+  return _save(fig, Path(out_dir), f"pgr_heatmap_{loss}")
+
+
+def pgr_by_loss(rows, out_dir, split="test"):
+  """PGR per loss side by side: grouped bars per (weak, strong) pair, with intervals."""
+  losses = list(dict.fromkeys(r["loss"] for r in rows))
+  pairs = list(dict.fromkeys((r["weak"], r["strong"]) for r in rows))
+  index = {(r["weak"], r["strong"], r["loss"]): r for r in rows}
+  width = 0.8 / len(losses)
+  fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(pairs) * max(1, len(losses) / 2)), 4.2))
+  medians = median_pgr(rows, split)
+  for k, loss in enumerate(losses):
+    sub = [index.get((w, s, loss)) for w, s in pairs]
+    x = np.arange(len(pairs)) + (k - (len(losses) - 1) / 2) * width
+    present = [(xi, r) for xi, r in zip(x, sub) if r is not None]
+    if not present:
+      continue
+    xs, rs = zip(*present)
+    mean, err = _interval(rs, split, "pgr")
+    ax.bar(xs, mean, width, yerr=err, capsize=2,
+           label=f"{loss} (median {medians[loss]:.2f})")
+  ax.axhline(0, color="gray", lw=0.8)
+  ax.set_xticks(range(len(pairs)), [f"{w}\n→{s}" for w, s in pairs], fontsize=8)
+  ax.set_ylabel("PGR (95% interval)")
+  ax.set_title("PGR per loss")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3, axis="y")
+  return _save(fig, Path(out_dir), "pgr_by_loss")
+
+
+def pgr_vs_keep_frac(rows, out_dir, split="test"):
+  """No filter vs each criterion: PGR against the fraction of weak labels kept."""
+  base = [r for r in rows if r.get("filter", "none") == "none"]
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  criteria = [c for c in dict.fromkeys(r["criterion"] for r in rows) if c != "none"]
+  colors = plt.cm.tab10(np.arange(len(criteria)))
+  for criterion, color in zip(criteria, colors):
+    sub = sorted([r for r in rows if r["criterion"] == criterion] + base,
+                 key=lambda r: r["keep_frac"])
+    mean, err = _interval(sub, split, "pgr")
+    ax.errorbar([r["keep_frac"] for r in sub], mean, yerr=err, color=color, marker="o",
+                capsize=3, label=criterion, alpha=0.85)
+  if base:
+    ax.axhline(base[0][f"{split}/pgr/mean"], color="black", ls="--", lw=1, label="no filter")
+  ax.set_xlabel("fraction of weak-labelled examples kept")
+  ax.set_ylabel("PGR (95% interval)")
+  ax.set_title("Filtering the weak labels")
+  ax.invert_xaxis()
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return _save(fig, Path(out_dir), "pgr_vs_keep_frac")
+
+
+def pgr_vs_kd_weight(rows, out_dir, split="test"):
+  """The combined objective: PGR against kd_weight, a line per ground-truth set size."""
+  rows = [r for r in rows if r.get("kd_weight") is not None]
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  sizes = sorted({r["gt_examples"] for r in rows})
+  colors = plt.cm.viridis(np.linspace(0, 0.85, max(len(sizes), 1)))
+  for n, color in zip(sizes, colors):
+    sub = sorted((r for r in rows if r["gt_examples"] == n), key=lambda r: r["kd_weight"])
+    mean, err = _interval(sub, split, "pgr")
+    ax.errorbar([r["kd_weight"] for r in sub], mean, yerr=err, color=color, marker="o",
+                capsize=3, label=f"{n} ground-truth examples")
+  ax.set_xlabel("kd_weight (1 = weak supervision only, 0 = ground truth only)")
+  ax.set_ylabel("PGR (95% interval)")
+  ax.set_title("Combined objective")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return _save(fig, Path(out_dir), "pgr_vs_kd_weight")
+
+
+def all_charts(rows, out_dir, split="test") -> list[Path]:
+  paths = []
+  if any(r.get("filter", "none") != "none" for r in rows):
+    paths += pgr_vs_keep_frac(rows, out_dir, split)
+  if len({r.get("kd_weight") for r in rows} - {None}) > 1:
+    paths += pgr_vs_kd_weight(rows, out_dir, split)
+  if len({(r["weak"], r["strong"]) for r in rows}) > 1:  # charts over scale need 2+ pairs
+    for loss in dict.fromkeys(r["loss"] for r in rows):
+      paths += accuracy_vs_compute(rows, out_dir, loss, split)
+      paths += pgr_vs_strong(rows, out_dir, loss, split)
+      paths += pgr_heatmap(rows, out_dir, loss, split)
+  paths += pgr_by_loss(rows, out_dir, split)
+  return paths
