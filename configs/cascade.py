@@ -36,10 +36,11 @@ from w2s_jax.infra.configs import parse_arg
 from w2s_jax.tasks.generation import GenerationConfig
 from w2s_jax.training.classifier_losses import Xent
 from w2s_jax.training.generative_losses import Sft
-from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.training.train import OptimConfig
+from w2s_jax.w2s.experiment import ExperimentConfig
 
 import common  # configs/common.py, beside this file
+
 
 def get_config(arg=None) -> CascadeConfig:
   arg = parse_arg(arg, small=False, seeds=0, task="both")
@@ -48,23 +49,30 @@ def get_config(arg=None) -> CascadeConfig:
   seeds = tuple(range(arg.seeds or (2 if arg.small else 5)))
   strong = "micro" if arg.small else "mini"
   shared = dict(seeds=seeds, weak_size="pico", strong_size=strong)
-  classification = ExperimentConfig(name="cascade-classification", losses=(Xent(),),
-                                    **shared)
+  classification = ExperimentConfig(name="cascade-classification", losses=(Xent(),), **shared)
   generative = ExperimentConfig(
-      name="cascade-generative", generation=GenerationConfig(), losses=(Sft(),),
-      finetune=OptimConfig(steps=200, batch_size=32, lr=3e-4, warmup_frac=0.05), **shared)
+    name="cascade-generative",
+    generation=GenerationConfig(),
+    losses=(Sft(),),
+    finetune=OptimConfig(steps=200, batch_size=32, lr=3e-4, warmup_frac=0.05),
+    **shared,
+  )
   if arg.small:
     small = dict(world=common.SMALL_WORLD, pretrain=common.SMALL_PRETRAIN, eval_batch_size=8)
     classification = dataclasses.replace(
-        classification, finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
-        **small)
+      classification, finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2), **small
+    )
     generative = dataclasses.replace(
-        generative, finetune=OptimConfig(steps=30, batch_size=8, lr=3e-3), **small)
+      generative, finetune=OptimConfig(steps=30, batch_size=8, lr=3e-3), **small
+    )
   return CascadeConfig(
-      name="cascade" + ("-small" if arg.small else "") + ("" if arg.task == "both" else
-                                                          f"-{arg.task}"),
-      classification=classification if arg.task != "generative" else None,
-      generative=generative if arg.task != "classification" else None,
-      weak_sizes=("pico", "nano"), strong_size=strong,
-      calibration_examples=6 if arg.small else 100,
-      ibc_resamples=200 if arg.small else 1000)
+    name="cascade"
+    + ("-small" if arg.small else "")
+    + ("" if arg.task == "both" else f"-{arg.task}"),
+    classification=classification if arg.task != "generative" else None,
+    generative=generative if arg.task != "classification" else None,
+    weak_sizes=("pico", "nano"),
+    strong_size=strong,
+    calibration_examples=6 if arg.small else 100,
+    ibc_resamples=200 if arg.small else 1000,
+  )

@@ -17,8 +17,8 @@ import dataclasses
 from w2s_jax.infra.configs import parse_arg
 from w2s_jax.training.classifier_losses import Xent
 from w2s_jax.training.combined import Combined
-from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.training.train import OptimConfig
+from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.w2s.grid import Cell, SweepConfig
 
 import common  # configs/common.py, beside this file
@@ -32,19 +32,31 @@ def get_config(arg=None) -> ExperimentConfig:
   cfg = ExperimentConfig(name="combined", seeds=tuple(range(arg.seeds or (2 if arg.tiny else 5))))
   if arg.tiny:
     cfg = dataclasses.replace(
-        cfg, name="combined-tiny", world=common.SMALL_WORLD, pretrain=common.SMALL_PRETRAIN,
-        finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
-        eval_batch_size=8, bootstrap_resamples=200)
+      cfg,
+      name="combined-tiny",
+      world=common.SMALL_WORLD,
+      pretrain=common.SMALL_PRETRAIN,
+      finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
+      eval_batch_size=8,
+      bootstrap_resamples=200,
+    )
   return cfg
 
 
 def sweep(arg=None) -> SweepConfig:
   base = get_config(arg)
   if base.name == "combined-tiny":
-    return SweepConfig(base, (Cell("pico", "micro", Xent()),
-                              Cell("pico", "micro", Combined(kd_weight=0.5,
-                                                               gt_examples=10))))
+    return SweepConfig(
+      base,
+      (
+        Cell("pico", "micro", Xent()),
+        Cell("pico", "micro", Combined(kd_weight=0.5, gt_examples=10)),
+      ),
+    )
   cells = [Cell("pico", "mini", Xent())]
-  cells += [Cell("pico", "mini", Combined(kd_weight=w, gt_examples=n))
-            for n in GT_EXAMPLES for w in KD_WEIGHTS]
+  cells += [
+    Cell("pico", "mini", Combined(kd_weight=w, gt_examples=n))
+    for n in GT_EXAMPLES
+    for w in KD_WEIGHTS
+  ]
   return SweepConfig(base, tuple(cells))

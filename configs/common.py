@@ -17,8 +17,9 @@ from w2s_jax.w2s.experiment import ExperimentConfig
 # The 60-entity world and its short pretraining that the smoke-run configs
 # (`:small`, `:tiny`) share: seconds to run, yet weak and strong models that
 # differ, and one pretrained cache entry per size for all of them.
-SMALL_WORLD = testbed.WorldConfig(num_entities=60, entities_per_split=20, corpus_docs=400,
-                                  syllables=8)
+SMALL_WORLD = testbed.WorldConfig(
+  num_entities=60, entities_per_split=20, corpus_docs=400, syllables=8
+)
 SMALL_PRETRAIN = OptimConfig(steps=400, batch_size=64, lr=1e-2, warmup_frac=0.02)
 # The smoke runs' fine-tuning: 20 steps that still move both body and head.
 SMALL_FINETUNE = OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2)
@@ -29,38 +30,68 @@ SMALL_FINETUNE = OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2)
 CUE_FINETUNE = OptimConfig(steps=300, batch_size=32, lr=3e-4, head_lr=5e-2)
 
 
-def scratch_text_experiment(name: str, text_task: TextTaskConfig, *, weak: str, strong: str,
-                            pretrain_steps: int, finetune_steps: int, seeds: int
-                            ) -> ExperimentConfig:
+def scratch_text_experiment(
+  name: str,
+  text_task: TextTaskConfig,
+  *,
+  weak: str,
+  strong: str,
+  pretrain_steps: int,
+  finetune_steps: int,
+  seeds: int,
+) -> ExperimentConfig:
   """A text classification experiment with weak and strong models pretrained
   from scratch on the task's own train text: the schedule measured on SST-2
   (configs/sst2.py), which configs/text.py offers for any file."""
   return ExperimentConfig(
-      name=name, text_task=text_task, head_input="hidden", weak_size=weak, strong_size=strong,
-      pretrain=OptimConfig(steps=pretrain_steps, batch_size=32, lr=1e-3, warmup_frac=0.02,
-                           weight_decay=0.01),
-      finetune=OptimConfig(steps=finetune_steps, batch_size=32, lr=3e-4, head_lr=3e-3,
-                           warmup_frac=0.05),
-      losses=(Xent(), LogConf()), seeds=tuple(range(seeds)),
-      eval_batch_size=64, checkpoint_every=500)
+    name=name,
+    text_task=text_task,
+    head_input="hidden",
+    weak_size=weak,
+    strong_size=strong,
+    pretrain=OptimConfig(
+      steps=pretrain_steps, batch_size=32, lr=1e-3, warmup_frac=0.02, weight_decay=0.01
+    ),
+    finetune=OptimConfig(
+      steps=finetune_steps, batch_size=32, lr=3e-4, head_lr=3e-3, warmup_frac=0.05
+    ),
+    losses=(Xent(), LogConf()),
+    seeds=tuple(range(seeds)),
+    eval_batch_size=64,
+    checkpoint_every=500,
+  )
 
 
-def minilm_text_experiment(name: str, text_task: TextTaskConfig, *, weak: str, models_dir: str,
-                           steps: int, seeds: int, probe: bool = False,
-                           pooling: str | None = None) -> ExperimentConfig:
+def minilm_text_experiment(
+  name: str,
+  text_task: TextTaskConfig,
+  *,
+  weak: str,
+  models_dir: str,
+  steps: int,
+  seeds: int,
+  probe: bool = False,
+  pooling: str | None = None,
+) -> ExperimentConfig:
   """A from-scratch weak model (the schedule of scratch_text_experiment)
   supervising all-MiniLM-L6-v2, unpacked from its PyPI package into
   models_dir: the schedule measured on SST-2 (configs/sst2_minilm.py), which
   configs/text.py offers for any file with `strong=minilm`. probe: train the
   head only, on the frozen encoder."""
   strong = hf_files.MINILM_NAME
-  finetune = OptimConfig(steps=steps, batch_size=32, lr=3e-5, head_lr=1e-3, warmup_frac=0.1,
-                         weight_decay=0.01)
+  finetune = OptimConfig(
+    steps=steps, batch_size=32, lr=3e-5, head_lr=1e-3, warmup_frac=0.1, weight_decay=0.01
+  )
   if probe:
     finetune = dataclasses.replace(finetune, linear_probe=True, head_lr=1e-2, weight_decay=0.0)
-  scratch = scratch_text_experiment(name, text_task, weak=weak, strong=weak, pretrain_steps=4000,
-                                    finetune_steps=400, seeds=seeds)
+  scratch = scratch_text_experiment(
+    name, text_task, weak=weak, strong=weak, pretrain_steps=4000, finetune_steps=400, seeds=seeds
+  )
   return dataclasses.replace(
-      scratch, strong_size=strong, pooling=pooling,
-      pretrained_dirs=((strong, str(hf_files.packaged_minilm(models_dir))),),
-      weak_finetune=scratch.finetune, finetune=finetune)
+    scratch,
+    strong_size=strong,
+    pooling=pooling,
+    pretrained_dirs=((strong, str(hf_files.packaged_minilm(models_dir))),),
+    weak_finetune=scratch.finetune,
+    finetune=finetune,
+  )

@@ -25,8 +25,8 @@ import dataclasses
 from w2s_jax.data import testbed
 from w2s_jax.infra.configs import parse_arg
 from w2s_jax.training.classifier_losses import LogConf, Xent
-from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.training.train import OptimConfig
+from w2s_jax.w2s.experiment import ExperimentConfig
 
 import common  # configs/common.py, beside this file
 
@@ -34,10 +34,10 @@ import common  # configs/common.py, beside this file
 def get_config(arg=None):
   arg = parse_arg(arg, facts=False, small=False, scratch=False, seeds=5, lora=0, lora_lr=3e-3)
   cfg = ExperimentConfig(
-      name="default",
-      seeds=tuple(range(arg.seeds)),
-      losses=(Xent(), LogConf()),
-      use_pretraining=not arg.scratch,
+    name="default",
+    seeds=tuple(range(arg.seeds)),
+    losses=(Xent(), LogConf()),
+    use_pretraining=not arg.scratch,
   )
   if arg.facts:
     cfg = dataclasses.replace(cfg, name="default-facts")
@@ -45,18 +45,31 @@ def get_config(arg=None):
     cfg = dataclasses.replace(cfg, world=testbed.CUE_WORLD, finetune=common.CUE_FINETUNE)
   if arg.scratch:
     # A fair from-scratch run: a rate that trains a fresh body, and more steps.
-    cfg = dataclasses.replace(cfg, name=cfg.name + "-scratch", finetune=dataclasses.replace(
-        cfg.finetune, steps=max(200, cfg.finetune.steps), lr=1e-3))
+    cfg = dataclasses.replace(
+      cfg,
+      name=cfg.name + "-scratch",
+      finetune=dataclasses.replace(cfg.finetune, steps=max(200, cfg.finetune.steps), lr=1e-3),
+    )
   if arg.small:
     # Seconds-long, yet a run that measures something: weak (pico, about half
     # the facts) and ceiling (micro, about 90%) differ on every seed, so PGR
     # is defined per seed and a broken resume shows in the numbers.
     cfg = dataclasses.replace(
-        cfg, name=cfg.name + "-small", world=common.SMALL_WORLD, weak_size="pico", strong_size="micro",
-        pretrain=common.SMALL_PRETRAIN, finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
-        eval_batch_size=8, bootstrap_resamples=200)
+      cfg,
+      name=cfg.name + "-small",
+      world=common.SMALL_WORLD,
+      weak_size="pico",
+      strong_size="micro",
+      pretrain=common.SMALL_PRETRAIN,
+      finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
+      eval_batch_size=8,
+      bootstrap_resamples=200,
+    )
   if arg.lora:
-    cfg = dataclasses.replace(cfg, name=cfg.name + f"-lora{arg.lora}", weak_finetune=cfg.finetune,
-                              finetune=dataclasses.replace(cfg.finetune, lora_rank=arg.lora,
-                                                           lr=arg.lora_lr))
+    cfg = dataclasses.replace(
+      cfg,
+      name=cfg.name + f"-lora{arg.lora}",
+      weak_finetune=cfg.finetune,
+      finetune=dataclasses.replace(cfg.finetune, lora_rank=arg.lora, lr=arg.lora_lr),
+    )
   return cfg

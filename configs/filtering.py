@@ -16,12 +16,12 @@ micro, no filter and two criteria at keep 0.5).
 
 import dataclasses
 
+from w2s_jax.curation.selection import FilterConfig
 from w2s_jax.infra.configs import parse_arg
 from w2s_jax.training.classifier_losses import Xent
-from w2s_jax.w2s.experiment import ExperimentConfig
-from w2s_jax.curation.selection import FilterConfig
-from w2s_jax.w2s.grid import Cell, SweepConfig
 from w2s_jax.training.train import OptimConfig
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.w2s.grid import Cell, SweepConfig
 
 import common  # configs/common.py, beside this file
 
@@ -34,19 +34,31 @@ def get_config(arg=None) -> ExperimentConfig:
   cfg = ExperimentConfig(name="filtering", seeds=tuple(range(arg.seeds or (2 if arg.tiny else 5))))
   if arg.tiny:
     cfg = dataclasses.replace(
-        cfg, name="filtering-tiny", world=common.SMALL_WORLD, pretrain=common.SMALL_PRETRAIN,
-        finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
-        eval_batch_size=8, bootstrap_resamples=200)
+      cfg,
+      name="filtering-tiny",
+      world=common.SMALL_WORLD,
+      pretrain=common.SMALL_PRETRAIN,
+      finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
+      eval_batch_size=8,
+      bootstrap_resamples=200,
+    )
   return cfg
 
 
 def sweep(arg=None) -> SweepConfig:
   base = get_config(arg)
   if base.name == "filtering-tiny":
-    return SweepConfig(base, tuple(
+    return SweepConfig(
+      base,
+      tuple(
         Cell("pico", "micro", Xent(), filter=f)
-        for f in (None, FilterConfig("confidence", 0.5), FilterConfig("likelihood", 0.5))))
+        for f in (None, FilterConfig("confidence", 0.5), FilterConfig("likelihood", 0.5))
+      ),
+    )
   cells = [Cell("pico", "mini", Xent())]
-  cells += [Cell("pico", "mini", Xent(), filter=FilterConfig(c, keep))
-            for c in CRITERIA for keep in KEEP_FRACS]
+  cells += [
+    Cell("pico", "mini", Xent(), filter=FilterConfig(c, keep))
+    for c in CRITERIA
+    for keep in KEEP_FRACS
+  ]
   return SweepConfig(base, tuple(cells))

@@ -37,51 +37,65 @@ from w2s_jax.training.combined import Combined
 from w2s_jax.training.generative_losses import ForwardKl, Jsd, ReverseKl, Sft
 from w2s_jax.training.live import Live
 from w2s_jax.training.objectives import Loss
+from w2s_jax.training.train import OptimConfig
 from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.w2s.grid import SweepConfig, grid
-from w2s_jax.training.train import OptimConfig
 
 import common  # configs/common.py, beside this file
 
-LOSSES = (Sft(), ForwardKl(), ReverseKl(),
-          Jsd(), Combined(kd_weight=0.5, gt_examples=30),
-          Live(live_fraction=0.5, live_divergence="forward_kl"))
+LOSSES = (
+  Sft(),
+  ForwardKl(),
+  ReverseKl(),
+  Jsd(),
+  Combined(kd_weight=0.5, gt_examples=30),
+  Live(live_fraction=0.5, live_divergence="forward_kl"),
+)
 
 
 def get_config(arg=None) -> ExperimentConfig:
-  arg = parse_arg(arg, small=False, scratch=False, seeds=5, format="city_region", losses="all",
-                  lr=3e-4)
+  arg = parse_arg(
+    arg, small=False, scratch=False, seeds=5, format="city_region", losses="all", lr=3e-4
+  )
   cfg = ExperimentConfig(
-      name="generative" + ("" if arg.format == "city_region" else f"-{arg.format}")
-      + ("" if arg.lr == 3e-4 else f"-lr{arg.lr:g}"),
-      generation=GenerationConfig(format=arg.format),
-      seeds=tuple(range(arg.seeds)),
-      finetune=OptimConfig(steps=200, batch_size=32, lr=arg.lr, warmup_frac=0.05),
-      losses=LOSSES if arg.losses == "all" else (Loss.from_string(arg.losses),),
-      use_pretraining=not arg.scratch,
+    name="generative"
+    + ("" if arg.format == "city_region" else f"-{arg.format}")
+    + ("" if arg.lr == 3e-4 else f"-lr{arg.lr:g}"),
+    generation=GenerationConfig(format=arg.format),
+    seeds=tuple(range(arg.seeds)),
+    finetune=OptimConfig(steps=200, batch_size=32, lr=arg.lr, warmup_frac=0.05),
+    losses=LOSSES if arg.losses == "all" else (Loss.from_string(arg.losses),),
+    use_pretraining=not arg.scratch,
   )
   if arg.scratch:
     # A fair from-scratch run: a rate that trains a fresh model, and 4x the steps.
-    cfg = dataclasses.replace(cfg, name=cfg.name + "-scratch", finetune=dataclasses.replace(
-        cfg.finetune, steps=800, lr=1e-3))
+    cfg = dataclasses.replace(
+      cfg,
+      name=cfg.name + "-scratch",
+      finetune=dataclasses.replace(cfg.finetune, steps=800, lr=1e-3),
+    )
   if arg.small:
     cfg = dataclasses.replace(
-        cfg, name=cfg.name + "-small",
-        world=common.SMALL_WORLD,
-        weak_size="pico", strong_size="micro",
-        pretrain=common.SMALL_PRETRAIN,
-        finetune=OptimConfig(steps=30, batch_size=8, lr=3e-3),
-        losses=(Sft(), ForwardKl(),
-                Combined(kd_weight=0.5, gt_examples=8)),
-        eval_batch_size=8, bootstrap_resamples=200)
+      cfg,
+      name=cfg.name + "-small",
+      world=common.SMALL_WORLD,
+      weak_size="pico",
+      strong_size="micro",
+      pretrain=common.SMALL_PRETRAIN,
+      finetune=OptimConfig(steps=30, batch_size=8, lr=3e-3),
+      losses=(Sft(), ForwardKl(), Combined(kd_weight=0.5, gt_examples=8)),
+      eval_batch_size=8,
+      bootstrap_resamples=200,
+    )
   return cfg
 
 
 def sweep(arg=None) -> SweepConfig:
   """The combined objective's grid: kd_weight x ground-truth set size, and sft."""
   base = get_config(arg)
-  losses = [Sft()] + [Combined(kd_weight=w, gt_examples=n)
-                                  for n in (10, 30) for w in (0.0, 0.25, 0.5, 0.75, 1.0)]
+  losses = [Sft()] + [
+    Combined(kd_weight=w, gt_examples=n) for n in (10, 30) for w in (0.0, 0.25, 0.5, 0.75, 1.0)
+  ]
   if base.name.endswith("-small"):
     losses = [Combined(kd_weight=w, gt_examples=8) for w in (0.0, 1.0)]
   return SweepConfig(base, tuple(grid((base.weak_size, base.strong_size), losses)))

@@ -27,11 +27,11 @@ small world; `seeds=N`; `samples=N`, `temperature=X` (the weak sampling).
 import dataclasses
 from pathlib import Path
 
+from w2s_jax.curation.selection import GENERATIVE_CRITERIA, FilterConfig
 from w2s_jax.infra import configs
 from w2s_jax.infra.configs import parse_arg
 from w2s_jax.training.generative_losses import Sft
 from w2s_jax.w2s.experiment import ExperimentConfig
-from w2s_jax.curation.selection import FilterConfig, GENERATIVE_CRITERIA
 from w2s_jax.w2s.grid import Cell, SweepConfig
 
 KEEP_FRACS = (0.5, 0.25)  # and 1.0: the unfiltered cell
@@ -40,22 +40,33 @@ KEEP_FRACS = (0.5, 0.25)  # and 1.0: the unfiltered cell
 def get_config(arg=None) -> ExperimentConfig:
   arg = parse_arg(arg, tiny=False, small=False, seeds=5, samples=4, temperature=1.0)
   small = arg.tiny or arg.small
-  base = configs.load(f"{Path(__file__).with_name('generative.py')}:seeds={arg.seeds},losses=sft"
-                      + (",small" if small else ""))
-  name = "generative-curation" + ("" if (arg.samples, arg.temperature) == (4, 1.0)
-                                  else f"-n{arg.samples}-t{arg.temperature:g}")
+  base = configs.load(
+    f"{Path(__file__).with_name('generative.py')}:seeds={arg.seeds},losses=sft"
+    + (",small" if small else "")
+  )
+  name = "generative-curation" + (
+    "" if (arg.samples, arg.temperature) == (4, 1.0) else f"-n{arg.samples}-t{arg.temperature:g}"
+  )
   return dataclasses.replace(
-      base, name=name + ("-small" if small else ""), losses=(Sft(),),
-      generation=dataclasses.replace(base.generation, weak_samples=arg.samples,
-                                     weak_temperature=arg.temperature))
+    base,
+    name=name + ("-small" if small else ""),
+    losses=(Sft(),),
+    generation=dataclasses.replace(
+      base.generation, weak_samples=arg.samples, weak_temperature=arg.temperature
+    ),
+  )
 
 
 def sweep(arg=None) -> SweepConfig:
   base = get_config(arg)
   sft = Sft()
-  criteria = [c for c in GENERATIVE_CRITERIA
-              if c != "self_consistency" or base.generation.weak_samples >= 2]
+  criteria = [
+    c for c in GENERATIVE_CRITERIA if c != "self_consistency" or base.generation.weak_samples >= 2
+  ]
   cells = [Cell(base.weak_size, base.strong_size, sft)]
-  cells += [Cell(base.weak_size, base.strong_size, sft, filter=FilterConfig(c, keep))
-            for c in criteria for keep in KEEP_FRACS]
+  cells += [
+    Cell(base.weak_size, base.strong_size, sft, filter=FilterConfig(c, keep))
+    for c in criteria
+    for keep in KEEP_FRACS
+  ]
   return SweepConfig(base, tuple(cells))

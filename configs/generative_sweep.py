@@ -29,34 +29,44 @@ from w2s_jax.tasks.generation import GenerationConfig
 from w2s_jax.training.combined import Combined
 from w2s_jax.training.generative_losses import ForwardKl, ReverseKl, Sft
 from w2s_jax.training.live import Live
+from w2s_jax.training.train import OptimConfig
 from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.w2s.grid import SweepConfig, grid
-from w2s_jax.training.train import OptimConfig
 
 import common  # configs/common.py, beside this file
 
 SIZES = ("pico", "nano", "micro", "mini")
-LOSSES = (Sft(), ForwardKl(), ReverseKl(),
-          Live(live_fraction=0.5, live_divergence="forward_kl"),
-          Combined(kd_weight=0.5, gt_examples=30))
+LOSSES = (
+  Sft(),
+  ForwardKl(),
+  ReverseKl(),
+  Live(live_fraction=0.5, live_divergence="forward_kl"),
+  Combined(kd_weight=0.5, gt_examples=30),
+)
 
 
 def get_config(arg=None) -> ExperimentConfig:
   """The base experiment every cell shares (configs/generative.py's, 3 seeds)."""
   arg = parse_arg(arg, tiny=False, seeds=3)
   cfg = ExperimentConfig(
-      name="generative-sweep", generation=GenerationConfig(), seeds=tuple(range(arg.seeds)),
-      finetune=OptimConfig(steps=200, batch_size=32, lr=3e-4, warmup_frac=0.05),
-      losses=(Sft(),))
+    name="generative-sweep",
+    generation=GenerationConfig(),
+    seeds=tuple(range(arg.seeds)),
+    finetune=OptimConfig(steps=200, batch_size=32, lr=3e-4, warmup_frac=0.05),
+    losses=(Sft(),),
+  )
   if arg.tiny:
     # Seconds per cell, yet sizes that differ, so the cells' numbers vary and a
     # broken resume shows in them.
     cfg = dataclasses.replace(
-        cfg, name="generative-sweep-tiny",
-        world=common.SMALL_WORLD,
-        pretrain=common.SMALL_PRETRAIN,
-        finetune=OptimConfig(steps=20, batch_size=8, lr=3e-3),
-        eval_batch_size=8, bootstrap_resamples=200)
+      cfg,
+      name="generative-sweep-tiny",
+      world=common.SMALL_WORLD,
+      pretrain=common.SMALL_PRETRAIN,
+      finetune=OptimConfig(steps=20, batch_size=8, lr=3e-3),
+      eval_batch_size=8,
+      bootstrap_resamples=200,
+    )
   return cfg
 
 
@@ -64,6 +74,5 @@ def sweep(arg=None) -> SweepConfig:
   """The grid: every pair of SIZES with weak < strong, times LOSSES."""
   base = get_config(arg)
   if base.name.endswith("-tiny"):
-    return SweepConfig(base, tuple(grid(("pico", "micro", "mini"),
-                                        (Sft(), LOSSES[3]))))
+    return SweepConfig(base, tuple(grid(("pico", "micro", "mini"), (Sft(), LOSSES[3]))))
   return SweepConfig(base, tuple(grid(SIZES, LOSSES)))

@@ -28,13 +28,13 @@ Args: models=DIR (required), files=DIR, weak=NAME, strong=NAME, fsdp=N, seeds=N.
 """
 
 from w2s_jax.infra.configs import parse_arg
-from w2s_jax.tasks.generation import GenTextTaskConfig, GenerationConfig
+from w2s_jax.infra.sharding import MeshConfig
+from w2s_jax.tasks.generation import GenerationConfig, GenTextTaskConfig
 from w2s_jax.training.combined import Combined
 from w2s_jax.training.generative_losses import ForwardKl, Sft
-from w2s_jax.w2s.experiment import ExperimentConfig
-from w2s_jax.infra.sharding import MeshConfig
-from w2s_jax.w2s.grid import SweepConfig, grid
 from w2s_jax.training.train import OptimConfig
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.w2s.grid import SweepConfig, grid
 
 FAMILY = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
@@ -42,28 +42,44 @@ FAMILY = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 def get_config(arg=None) -> ExperimentConfig:
   arg = parse_arg(arg, models="", files="", weak="gpt2", strong="gpt2-large", fsdp=1, seeds=3)
   if not arg.models:
-    raise ValueError("configs/gpt2_gsm8k.py needs models=DIR, the folder holding "
-                     f"{', '.join(FAMILY)} (see this file's docstring)")
-  source = (dict(train_file=f"{arg.files}/train.jsonl", test_file=f"{arg.files}/test.jsonl",
-                 metric="gsm8k", prompt_field="question", response_field="answer",
-                 prompt_template="Question: {prompt}\nAnswer:", response_prefix=" ")
-            if arg.files else dict(tfds_name="gsm8k"))
+    raise ValueError(
+      "configs/gpt2_gsm8k.py needs models=DIR, the folder holding "
+      f"{', '.join(FAMILY)} (see this file's docstring)"
+    )
+  source = (
+    dict(
+      train_file=f"{arg.files}/train.jsonl",
+      test_file=f"{arg.files}/test.jsonl",
+      metric="gsm8k",
+      prompt_field="question",
+      response_field="answer",
+      prompt_template="Question: {prompt}\nAnswer:",
+      response_prefix=" ",
+    )
+    if arg.files
+    else dict(tfds_name="gsm8k")
+  )
   return ExperimentConfig(
-      name="gpt2-gsm8k",
-      text_task=GenTextTaskConfig(**source, tokenizer=f"{arg.models}/gpt2/tokenizer.json",
-                                  max_prompt_len=256, max_response_len=256, gt_examples=2000,
-                                  w2s_examples=5000, test_examples=None),
-      generation=GenerationConfig(),
-      pretrained_dirs=tuple((name, f"{arg.models}/{name}") for name in FAMILY),
-      weak_size=arg.weak,
-      strong_size=arg.strong,
-      # Two epochs of the 5,000 weak solutions.
-      finetune=OptimConfig(steps=625, batch_size=16, lr=1e-5, warmup_frac=0.05),
-      losses=(Sft(), ForwardKl(),
-              Combined(kd_weight=0.5, gt_examples=500)),
-      seeds=tuple(range(arg.seeds)),
-      eval_batch_size=64,
-      mesh=MeshConfig(fsdp=arg.fsdp),
+    name="gpt2-gsm8k",
+    text_task=GenTextTaskConfig(
+      **source,
+      tokenizer=f"{arg.models}/gpt2/tokenizer.json",
+      max_prompt_len=256,
+      max_response_len=256,
+      gt_examples=2000,
+      w2s_examples=5000,
+      test_examples=None,
+    ),
+    generation=GenerationConfig(),
+    pretrained_dirs=tuple((name, f"{arg.models}/{name}") for name in FAMILY),
+    weak_size=arg.weak,
+    strong_size=arg.strong,
+    # Two epochs of the 5,000 weak solutions.
+    finetune=OptimConfig(steps=625, batch_size=16, lr=1e-5, warmup_frac=0.05),
+    losses=(Sft(), ForwardKl(), Combined(kd_weight=0.5, gt_examples=500)),
+    seeds=tuple(range(arg.seeds)),
+    eval_batch_size=64,
+    mesh=MeshConfig(fsdp=arg.fsdp),
   )
 
 

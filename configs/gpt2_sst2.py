@@ -35,52 +35,73 @@ sweep over weak and strong only.
 import dataclasses
 
 from w2s_jax.infra.configs import parse_arg
-from w2s_jax.training.classifier_losses import LogConf, Xent
-from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.infra.sharding import MeshConfig
-from w2s_jax.w2s.grid import SweepConfig, grid
 from w2s_jax.tasks.classification import TextTaskConfig
+from w2s_jax.training.classifier_losses import LogConf, Xent
 from w2s_jax.training.train import OptimConfig
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.w2s.grid import SweepConfig, grid
 
 FAMILY = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
 def _args(arg):
   # seeds, max_len 0: 3 and 128, or 1 and 32 with tiny
-  return parse_arg(arg, models="", weak="gpt2", strong="gpt2-large", fsdp=1, seeds=0, max_len=0,
-                   bf16=False, tiny=False)
+  return parse_arg(
+    arg,
+    models="",
+    weak="gpt2",
+    strong="gpt2-large",
+    fsdp=1,
+    seeds=0,
+    max_len=0,
+    bf16=False,
+    tiny=False,
+  )
 
 
 def get_config(arg=None) -> ExperimentConfig:
   arg = _args(arg)
   if not arg.models:
-    raise ValueError("configs/gpt2_sst2.py needs models=DIR, the folder holding "
-                     f"{', '.join(FAMILY)} (see this file's docstring)")
+    raise ValueError(
+      "configs/gpt2_sst2.py needs models=DIR, the folder holding "
+      f"{', '.join(FAMILY)} (see this file's docstring)"
+    )
   cfg = ExperimentConfig(
-      name="gpt2-sst2",
-      text_task=TextTaskConfig(tfds_name="glue/sst2", tokenizer=f"{arg.models}/gpt2/tokenizer.json",
-                               max_len=arg.max_len or (32 if arg.tiny else 128), add_bos=False,
-                               gt_examples=10000, w2s_examples=10000),
-      pretrained_dirs=tuple((name, f"{arg.models}/{name}")
-                            for name in dict.fromkeys((*family(arg), arg.weak, arg.strong))),
-      head_input="hidden",
-      weak_size=arg.weak,
-      strong_size=arg.strong,
-      # Two epochs of 10,000 examples, as in Burns et al.'s NLP runs.
-      finetune=OptimConfig(steps=625, batch_size=32, lr=1e-5, head_lr=1e-3, warmup_frac=0.05),
-      losses=(Xent(), LogConf()),
-      seeds=tuple(range(arg.seeds or (1 if arg.tiny else 3))),
-      eval_batch_size=64,
-      mesh=MeshConfig(fsdp=arg.fsdp),
-      dtype="bfloat16" if arg.bf16 else "float32",
+    name="gpt2-sst2",
+    text_task=TextTaskConfig(
+      tfds_name="glue/sst2",
+      tokenizer=f"{arg.models}/gpt2/tokenizer.json",
+      max_len=arg.max_len or (32 if arg.tiny else 128),
+      add_bos=False,
+      gt_examples=10000,
+      w2s_examples=10000,
+    ),
+    pretrained_dirs=tuple(
+      (name, f"{arg.models}/{name}") for name in dict.fromkeys((*family(arg), arg.weak, arg.strong))
+    ),
+    head_input="hidden",
+    weak_size=arg.weak,
+    strong_size=arg.strong,
+    # Two epochs of 10,000 examples, as in Burns et al.'s NLP runs.
+    finetune=OptimConfig(steps=625, batch_size=32, lr=1e-5, head_lr=1e-3, warmup_frac=0.05),
+    losses=(Xent(), LogConf()),
+    seeds=tuple(range(arg.seeds or (1 if arg.tiny else 3))),
+    eval_batch_size=64,
+    mesh=MeshConfig(fsdp=arg.fsdp),
+    dtype="bfloat16" if arg.bf16 else "float32",
   )
   if arg.tiny:
     cfg = dataclasses.replace(
-        cfg, name="gpt2-sst2-tiny",
-        text_task=dataclasses.replace(cfg.text_task, gt_examples=16, w2s_examples=16,
-                                      test_examples=16),
-        finetune=dataclasses.replace(cfg.finetune, steps=4, batch_size=8), eval_batch_size=8,
-        bootstrap_resamples=200)
+      cfg,
+      name="gpt2-sst2-tiny",
+      text_task=dataclasses.replace(
+        cfg.text_task, gt_examples=16, w2s_examples=16, test_examples=16
+      ),
+      finetune=dataclasses.replace(cfg.finetune, steps=4, batch_size=8),
+      eval_batch_size=8,
+      bootstrap_resamples=200,
+    )
   return cfg
 
 

@@ -28,39 +28,70 @@ lora=R, lora_targets=qv|all, fsdp=N, seeds=N, max_len=N.
 
 import dataclasses
 
-from w2s_jax.training import lora
 from w2s_jax.infra.configs import parse_arg
-from w2s_jax.training.classifier_losses import LogConf, Xent
-from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.infra.sharding import MeshConfig
 from w2s_jax.tasks.classification import TextTaskConfig
+from w2s_jax.training import lora
+from w2s_jax.training.classifier_losses import LogConf, Xent
 from w2s_jax.training.train import OptimConfig
+from w2s_jax.w2s.experiment import ExperimentConfig
 
 TARGETS = {"qv": ("q", "v"), "all": lora.TARGETS}
 
 
 def get_config(arg=None) -> ExperimentConfig:
-  arg = parse_arg(arg, models="", weak="Qwen2.5-0.5B", strong="Qwen2.5-7B", task="glue/sst2",
-                  lora=16, lora_targets="qv", fsdp=8, seeds=3, max_len=256)
+  arg = parse_arg(
+    arg,
+    models="",
+    weak="Qwen2.5-0.5B",
+    strong="Qwen2.5-7B",
+    task="glue/sst2",
+    lora=16,
+    lora_targets="qv",
+    fsdp=8,
+    seeds=3,
+    max_len=256,
+  )
   if not arg.models:
-    raise ValueError("configs/qwen_w2s.py needs models=DIR, the folder holding the Qwen2.5 "
-                     "checkpoints (see this file's docstring)")
+    raise ValueError(
+      "configs/qwen_w2s.py needs models=DIR, the folder holding the Qwen2.5 "
+      "checkpoints (see this file's docstring)"
+    )
   if arg.lora_targets not in TARGETS:
-    raise ValueError(f"configs/qwen_w2s.py lora_targets={arg.lora_targets!r}: expected one of "
-                     f"{sorted(TARGETS)}")
+    raise ValueError(
+      f"configs/qwen_w2s.py lora_targets={arg.lora_targets!r}: expected one of {sorted(TARGETS)}"
+    )
   weak_finetune = OptimConfig(steps=625, batch_size=32, lr=1e-5, head_lr=1e-3, warmup_frac=0.05)
-  strong = dataclasses.replace(weak_finetune, lr=2e-4 if arg.lora else 1e-5, lora_rank=arg.lora,
-                               lora_alpha=2.0 * arg.lora, lora_targets=TARGETS[arg.lora_targets])
+  strong = dataclasses.replace(
+    weak_finetune,
+    lr=2e-4 if arg.lora else 1e-5,
+    lora_rank=arg.lora,
+    lora_alpha=2.0 * arg.lora,
+    lora_targets=TARGETS[arg.lora_targets],
+  )
   return ExperimentConfig(
-      name=f"qwen-w2s-{arg.task.replace('/', '-')}",
-      text_task=TextTaskConfig(tfds_name=arg.task,
-                               tokenizer=f"{arg.models}/{arg.weak}/tokenizer.json",
-                               max_len=arg.max_len, add_bos=False, gt_examples=10000,
-                               w2s_examples=10000),
-      pretrained_dirs=tuple((name, f"{arg.models}/{name}")
-                            for name in dict.fromkeys((arg.weak, arg.strong))),
-      head_input="hidden", weak_size=arg.weak, strong_size=arg.strong,
-      # Two epochs of 10,000 examples, as in Burns et al.'s NLP runs.
-      weak_finetune=weak_finetune, finetune=strong,
-      losses=(Xent(), LogConf()), seeds=tuple(range(arg.seeds)),
-      eval_batch_size=64, mesh=MeshConfig(fsdp=arg.fsdp), dtype="bfloat16", remat=True)
+    name=f"qwen-w2s-{arg.task.replace('/', '-')}",
+    text_task=TextTaskConfig(
+      tfds_name=arg.task,
+      tokenizer=f"{arg.models}/{arg.weak}/tokenizer.json",
+      max_len=arg.max_len,
+      add_bos=False,
+      gt_examples=10000,
+      w2s_examples=10000,
+    ),
+    pretrained_dirs=tuple(
+      (name, f"{arg.models}/{name}") for name in dict.fromkeys((arg.weak, arg.strong))
+    ),
+    head_input="hidden",
+    weak_size=arg.weak,
+    strong_size=arg.strong,
+    # Two epochs of 10,000 examples, as in Burns et al.'s NLP runs.
+    weak_finetune=weak_finetune,
+    finetune=strong,
+    losses=(Xent(), LogConf()),
+    seeds=tuple(range(arg.seeds)),
+    eval_batch_size=64,
+    mesh=MeshConfig(fsdp=arg.fsdp),
+    dtype="bfloat16",
+    remat=True,
+  )

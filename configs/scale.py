@@ -29,30 +29,50 @@ import dataclasses
 from w2s_jax.data import testbed
 from w2s_jax.infra.configs import parse_arg
 from w2s_jax.infra.distributed import DistributedConfig
-from w2s_jax.training.pretrain_job import PretrainConfig
 from w2s_jax.infra.sharding import MeshConfig
+from w2s_jax.training.pretrain_job import PretrainConfig
 from w2s_jax.training.train import OptimConfig
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, tiny=False, size="", fsdp=1, bf16=False, accum=1, remat=False,
-                  steps=0, batch=32, cluster=False)
+  arg = parse_arg(
+    arg,
+    tiny=False,
+    size="",
+    fsdp=1,
+    bf16=False,
+    accum=1,
+    remat=False,
+    steps=0,
+    batch=32,
+    cluster=False,
+  )
   cfg = PretrainConfig(
-      name=f"scale-{arg.size or 'small'}",
-      size=arg.size or "small",
-      optim=OptimConfig(steps=arg.steps or 1000, batch_size=arg.batch, lr=3e-3, warmup_frac=0.02,
-                        weight_decay=0.0, grad_accum_steps=arg.accum),
-      dtype="bfloat16" if arg.bf16 else "float32",
-      remat=arg.remat,
-      mesh=MeshConfig(fsdp=arg.fsdp),
-      distributed=DistributedConfig(cluster=arg.cluster),
-      checkpoint_every=200,
+    name=f"scale-{arg.size or 'small'}",
+    size=arg.size or "small",
+    optim=OptimConfig(
+      steps=arg.steps or 1000,
+      batch_size=arg.batch,
+      lr=3e-3,
+      warmup_frac=0.02,
+      weight_decay=0.0,
+      grad_accum_steps=arg.accum,
+    ),
+    dtype="bfloat16" if arg.bf16 else "float32",
+    remat=arg.remat,
+    mesh=MeshConfig(fsdp=arg.fsdp),
+    distributed=DistributedConfig(cluster=arg.cluster),
+    checkpoint_every=200,
   )
   if arg.tiny:
     cfg = dataclasses.replace(
-        cfg, name="scale-tiny", size=arg.size or "pico",
-        world=testbed.WorldConfig(num_entities=60, entities_per_split=20, corpus_docs=200,
-                                  syllables=8),
-        optim=dataclasses.replace(cfg.optim, steps=arg.steps or 20, batch_size=8),
-        checkpoint_every=5)
+      cfg,
+      name="scale-tiny",
+      size=arg.size or "pico",
+      world=testbed.WorldConfig(
+        num_entities=60, entities_per_split=20, corpus_docs=200, syllables=8
+      ),
+      optim=dataclasses.replace(cfg.optim, steps=arg.steps or 20, batch_size=8),
+      checkpoint_every=5,
+    )
   return cfg

@@ -34,21 +34,46 @@ import common  # configs/common.py, beside this file
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, files="", seeds=3, weak="pico", strong="small", pretrain_steps=4000,
-                  tokenizer="bpe:4096", finetune_steps=400, gt=4000, small=False)
-  source = (dict(train_file=f"{arg.files}/sst2_train.tsv", test_file=f"{arg.files}/sst2_dev.tsv")
-            if arg.files else dict(tfds_name="glue/sst2"))
+  arg = parse_arg(
+    arg,
+    files="",
+    seeds=3,
+    weak="pico",
+    strong="small",
+    pretrain_steps=4000,
+    tokenizer="bpe:4096",
+    finetune_steps=400,
+    gt=4000,
+    small=False,
+  )
+  source = (
+    dict(train_file=f"{arg.files}/sst2_train.tsv", test_file=f"{arg.files}/sst2_dev.tsv")
+    if arg.files
+    else dict(tfds_name="glue/sst2")
+  )
   cfg = common.scratch_text_experiment(
-      "sst2", TextTaskConfig(**source, tokenizer=arg.tokenizer, max_len=64, gt_examples=arg.gt,
-                             w2s_examples=8000),
-      weak=arg.weak, strong=arg.strong, pretrain_steps=arg.pretrain_steps,
-      finetune_steps=arg.finetune_steps, seeds=arg.seeds)
+    "sst2",
+    TextTaskConfig(
+      **source, tokenizer=arg.tokenizer, max_len=64, gt_examples=arg.gt, w2s_examples=8000
+    ),
+    weak=arg.weak,
+    strong=arg.strong,
+    pretrain_steps=arg.pretrain_steps,
+    finetune_steps=arg.finetune_steps,
+    seeds=arg.seeds,
+  )
   if arg.small:
     cfg = dataclasses.replace(
-        cfg, name="sst2-small", weak_size="pico", strong_size="nano",
-        text_task=dataclasses.replace(cfg.text_task, max_len=32, gt_examples=256,
-                                      w2s_examples=256, test_examples=128),
-        pretrain=dataclasses.replace(cfg.pretrain, steps=50, batch_size=16),
-        finetune=dataclasses.replace(cfg.finetune, steps=20, batch_size=16),
-        eval_batch_size=32, bootstrap_resamples=200)
+      cfg,
+      name="sst2-small",
+      weak_size="pico",
+      strong_size="nano",
+      text_task=dataclasses.replace(
+        cfg.text_task, max_len=32, gt_examples=256, w2s_examples=256, test_examples=128
+      ),
+      pretrain=dataclasses.replace(cfg.pretrain, steps=50, batch_size=16),
+      finetune=dataclasses.replace(cfg.finetune, steps=20, batch_size=16),
+      eval_batch_size=32,
+      bootstrap_resamples=200,
+    )
   return cfg

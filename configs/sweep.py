@@ -26,9 +26,9 @@ from w2s_jax.data import testbed
 from w2s_jax.infra.configs import parse_arg
 from w2s_jax.training.classifier_losses import LogConf, Product, Xent
 from w2s_jax.training.combined import Combined
+from w2s_jax.training.train import OptimConfig
 from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.w2s.grid import SweepConfig, grid
-from w2s_jax.training.train import OptimConfig
 
 import common  # configs/common.py, beside this file
 
@@ -37,8 +37,7 @@ SIZES = ("pico", "micro", "48x2", "mini", "96x2")
 # 0.650 on ground truth, 5 seeds, splits of 400).
 WEAK_SIZES = ("pico", "micro")
 FACTS_SIZES = ("pico", "nano", "micro", "mini")
-LOSSES = (Xent(), LogConf(), Product(),
-          Combined(kd_weight=0.5, gt_examples=100))
+LOSSES = (Xent(), LogConf(), Product(), Combined(kd_weight=0.5, gt_examples=100))
 
 
 def get_config(arg=None) -> ExperimentConfig:
@@ -47,18 +46,26 @@ def get_config(arg=None) -> ExperimentConfig:
   if arg.facts:
     cfg = ExperimentConfig(name="sweep-facts", seeds=tuple(range(arg.seeds or 3)))
   else:
-    cfg = ExperimentConfig(name="sweep", world=testbed.CUE_WORLD, finetune=common.CUE_FINETUNE,
-                           seeds=tuple(range(arg.seeds or 10)))
+    cfg = ExperimentConfig(
+      name="sweep",
+      world=testbed.CUE_WORLD,
+      finetune=common.CUE_FINETUNE,
+      seeds=tuple(range(arg.seeds or 10)),
+    )
   if arg.tiny:
     # Seconds per cell, yet sizes that differ (pico, micro and mini learn about
     # 50%, 90% and 100% of a 60-entity world), so the cells' numbers vary and a
     # broken resume shows in them.
     cfg = dataclasses.replace(
-        cfg, name="sweep-tiny",
-        world=common.SMALL_WORLD, seeds=tuple(range(arg.seeds or 3)),
-        pretrain=common.SMALL_PRETRAIN,
-        finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
-        eval_batch_size=8, bootstrap_resamples=200)
+      cfg,
+      name="sweep-tiny",
+      world=common.SMALL_WORLD,
+      seeds=tuple(range(arg.seeds or 3)),
+      pretrain=common.SMALL_PRETRAIN,
+      finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
+      eval_batch_size=8,
+      bootstrap_resamples=200,
+    )
   return cfg
 
 
@@ -66,8 +73,7 @@ def sweep(arg=None) -> SweepConfig:
   """The grid: weak < strong pairs of the sizes, times LOSSES."""
   base = get_config(arg)
   if base.name == "sweep-tiny":
-    return SweepConfig(base, tuple(grid(("pico", "micro", "mini"),
-                                        (Xent(), LogConf()))))
+    return SweepConfig(base, tuple(grid(("pico", "micro", "mini"), (Xent(), LogConf()))))
   if base.name == "sweep-facts":
     return SweepConfig(base, tuple(grid(FACTS_SIZES, LOSSES)))
   return SweepConfig(base, tuple(grid(SIZES, LOSSES, weak_sizes=WEAK_SIZES)))

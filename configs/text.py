@@ -37,31 +37,71 @@ import common  # configs/common.py, beside this file
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, train="", test="", text="text", label="label", gt=0, w2s=0,
-                  weak="pico", strong="small", tokenizer="bpe:4096", max_len=64,
-                  pretrain_steps=4000, finetune_steps=0, seeds=3, name="", small=False,
-                  models="runs/models")
+  arg = parse_arg(
+    arg,
+    train="",
+    test="",
+    text="text",
+    label="label",
+    gt=0,
+    w2s=0,
+    weak="pico",
+    strong="small",
+    tokenizer="bpe:4096",
+    max_len=64,
+    pretrain_steps=4000,
+    finetune_steps=0,
+    seeds=3,
+    name="",
+    small=False,
+    models="runs/models",
+  )
   for field in ("train", "test"):
     if not getattr(arg, field):
-      raise ValueError(f"configs/text.py: {field}=PATH is required, e.g. "
-                       "configs/text.py:train=data/train.tsv,test=data/dev.tsv")
-  task = TextTaskConfig(train_file=arg.train, test_file=arg.test, text_field=arg.text,
-                        label_field=arg.label, tokenizer=arg.tokenizer, max_len=arg.max_len,
-                        gt_examples=arg.gt or None, w2s_examples=arg.w2s or None)
+      raise ValueError(
+        f"configs/text.py: {field}=PATH is required, e.g. "
+        "configs/text.py:train=data/train.tsv,test=data/dev.tsv"
+      )
+  task = TextTaskConfig(
+    train_file=arg.train,
+    test_file=arg.test,
+    text_field=arg.text,
+    label_field=arg.label,
+    tokenizer=arg.tokenizer,
+    max_len=arg.max_len,
+    gt_examples=arg.gt or None,
+    w2s_examples=arg.w2s or None,
+  )
   name = arg.name or f"text-{Path(arg.train).stem}"
   if arg.strong == "minilm":
-    cfg = common.minilm_text_experiment(name, task, weak=arg.weak, models_dir=arg.models,
-                                 steps=arg.finetune_steps or 125, seeds=arg.seeds)
+    cfg = common.minilm_text_experiment(
+      name,
+      task,
+      weak=arg.weak,
+      models_dir=arg.models,
+      steps=arg.finetune_steps or 125,
+      seeds=arg.seeds,
+    )
   else:
-    cfg = common.scratch_text_experiment(name, task, weak=arg.weak, strong=arg.strong,
-                                  pretrain_steps=arg.pretrain_steps,
-                                  finetune_steps=arg.finetune_steps or 400, seeds=arg.seeds)
+    cfg = common.scratch_text_experiment(
+      name,
+      task,
+      weak=arg.weak,
+      strong=arg.strong,
+      pretrain_steps=arg.pretrain_steps,
+      finetune_steps=arg.finetune_steps or 400,
+      seeds=arg.seeds,
+    )
   if arg.small:
     cfg = dataclasses.replace(
-        cfg, name=cfg.name + "-small", weak_size="pico",
-        strong_size=cfg.strong_size if arg.strong == "minilm" else "nano",
-        text_task=dataclasses.replace(cfg.text_task, tokenizer="bytes", max_len=32),
-        pretrain=dataclasses.replace(cfg.pretrain, steps=30, batch_size=16),
-        finetune=dataclasses.replace(cfg.finetune, steps=10, batch_size=16),
-        eval_batch_size=32, bootstrap_resamples=200)
+      cfg,
+      name=cfg.name + "-small",
+      weak_size="pico",
+      strong_size=cfg.strong_size if arg.strong == "minilm" else "nano",
+      text_task=dataclasses.replace(cfg.text_task, tokenizer="bytes", max_len=32),
+      pretrain=dataclasses.replace(cfg.pretrain, steps=30, batch_size=16),
+      finetune=dataclasses.replace(cfg.finetune, steps=10, batch_size=16),
+      eval_batch_size=32,
+      bootstrap_resamples=200,
+    )
   return cfg

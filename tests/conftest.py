@@ -22,9 +22,16 @@ import pytest  # noqa: E402
 from w2s_jax.infra import sharding  # noqa: E402
 
 # Speed only: programs compiled twice in one session (e.g. the same train step in the
-# two pipeline runs) are compiled once. A fresh directory per session keeps runs hermetic.
-_COMPILE_CACHE = tempfile.mkdtemp(prefix="w2s-jax-test-xla-cache-")
-atexit.register(shutil.rmtree, _COMPILE_CACHE, ignore_errors=True)
+# two pipeline runs) are compiled once. One fresh directory per session, shared by
+# its xdist workers (JAX writes cache entries atomically), keeps runs hermetic.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _RUN:
+  _COMPILE_CACHE = os.path.join(tempfile.gettempdir(), f"w2s-jax-test-xla-cache-{_RUN}")
+  os.makedirs(_COMPILE_CACHE, exist_ok=True)
+else:
+  _COMPILE_CACHE = tempfile.mkdtemp(prefix="w2s-jax-test-xla-cache-")
+if os.environ.get("PYTEST_XDIST_WORKER") in (None, "gw0"):  # one worker cleans up
+  atexit.register(shutil.rmtree, _COMPILE_CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

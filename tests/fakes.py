@@ -16,7 +16,7 @@ from w2s_jax.w2s.experiment import ExperimentConfig
 
 WORDS = {1: ["good", "great", "fine", "lovely"], 0: ["bad", "awful", "dull", "poor"]}
 FILLER = ["the", "film", "was", "a", "plot", "and", "cast", "very"]
-TFDS_EXAMPLES = 60   # examples per split of fake_tfds
+TFDS_EXAMPLES = 60  # examples per split of fake_tfds
 
 
 def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
@@ -38,44 +38,67 @@ def write_sentiment_tsv(path, n: int, seed: int, *, text="text", label="label"):
 
 
 def write_sentiment_jsonl(path, n: int, seed: int, *, text="text", label="label"):
-  path.write_text("".join(json.dumps({text: t, label: y}) + "\n"
-                          for t, y in sentiment_rows(n, seed)))
+  path.write_text(
+    "".join(json.dumps({text: t, label: y}) + "\n" for t, y in sentiment_rows(n, seed))
+  )
   return path
 
 
 def sentiment_files(root) -> tuple[str, str]:
   """(train.tsv of 400 rows, test.tsv of 64) under root."""
-  return (str(write_sentiment_tsv(root / "train.tsv", 400, 0)),
-          str(write_sentiment_tsv(root / "test.tsv", 64, 1)))
+  return (
+    str(write_sentiment_tsv(root / "train.tsv", 400, 0)),
+    str(write_sentiment_tsv(root / "test.tsv", 64, 1)),
+  )
 
 
 def text_task_cfg(files, **changes) -> TextTaskConfig:
   """The sentiment files as a text task: 96 ground-truth rows, 128 weak-labelled."""
-  return TextTaskConfig(**{"train_file": files[0], "test_file": files[1], "max_len": 24,
-                           "gt_examples": 96, "w2s_examples": 128, **changes})
+  return TextTaskConfig(
+    **{
+      "train_file": files[0],
+      "test_file": files[1],
+      "max_len": 24,
+      "gt_examples": 96,
+      "w2s_examples": 128,
+      **changes,
+    }
+  )
 
 
 def text_experiment(files, **changes) -> ExperimentConfig:
   """pico -> nano on the sentiment files (None: the testbed), pretrained briefly."""
-  return ExperimentConfig(**{
-      "name": "text-test", "text_task": text_task_cfg(files) if files else None,
+  return ExperimentConfig(
+    **{
+      "name": "text-test",
+      "text_task": text_task_cfg(files) if files else None,
       "head_input": "hidden",
-      "weak_size": "pico", "strong_size": "nano",
+      "weak_size": "pico",
+      "strong_size": "nano",
       "pretrain": OptimConfig(steps=30, batch_size=16, lr=3e-3, warmup_frac=0.1),
       "finetune": OptimConfig(steps=10, batch_size=16, lr=1e-3, head_lr=1e-2),
-      "losses": (Xent(),), "seeds": (0, 1), "eval_batch_size": 16,
-      "bootstrap_resamples": 200, **changes})
+      "losses": (Xent(),),
+      "seeds": (0, 1),
+      "eval_batch_size": 16,
+      "bootstrap_resamples": 200,
+      **changes,
+    }
+  )
 
 
 def vocabulary() -> list[str]:
   """Every word of the sentiment files and of fake_tfds's rows."""
-  return sorted({w for ws in WORDS.values() for w in ws} | set(FILLER)
-                | {"film", "quoted", "é", "passage", "is", "even", "review", "\""}
-                | {str(i) for i in range(200)})
+  return sorted(
+    {w for ws in WORDS.values() for w in ws}
+    | set(FILLER)
+    | {"film", "quoted", "é", "passage", "is", "even", "review", '"'}
+    | {str(i) for i in range(200)}
+  )
 
 
 def _word_level_tokenizer(folder, words):
   import tokenizers
+
   vocab = {w: i for i, w in enumerate(["<unk>", "<|endoftext|>", *words])}
   tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
   tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
@@ -87,13 +110,22 @@ def tiny_gpt2(folder, n_layer: int, words=None) -> str:
   """A random GPT-2 of transformers, saved as safetensors, with a WordLevel tokenizer.json."""
   import torch
   import transformers
+
   folder.mkdir(parents=True)
   vocab = _word_level_tokenizer(folder, vocabulary() if words is None else words)
   torch.manual_seed(n_layer)
   eos = vocab["<|endoftext|>"]
-  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-      vocab_size=len(vocab), n_embd=32, n_layer=n_layer, n_head=4, n_positions=32,
-      bos_token_id=eos, eos_token_id=eos))
+  model = transformers.GPT2LMHeadModel(
+    transformers.GPT2Config(
+      vocab_size=len(vocab),
+      n_embd=32,
+      n_layer=n_layer,
+      n_head=4,
+      n_positions=32,
+      bos_token_id=eos,
+      eos_token_id=eos,
+    )
+  )
   model.save_pretrained(folder, safe_serialization=True)
   return str(folder)
 
@@ -102,14 +134,24 @@ def tiny_gpt_neox(folder, n_layer: int, words=None) -> str:
   """A random GPT-NeoX (Pythia's architecture), saved as safetensors, with a tokenizer.json."""
   import torch
   import transformers
+
   folder.mkdir(parents=True)
   vocab = _word_level_tokenizer(folder, vocabulary() if words is None else words)
   torch.manual_seed(n_layer)
   eos = vocab["<|endoftext|>"]
-  model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
-      vocab_size=len(vocab), hidden_size=32, num_hidden_layers=n_layer, num_attention_heads=4,
-      intermediate_size=64, max_position_embeddings=64, rotary_pct=0.25,
-      bos_token_id=eos, eos_token_id=eos))
+  model = transformers.GPTNeoXForCausalLM(
+    transformers.GPTNeoXConfig(
+      vocab_size=len(vocab),
+      hidden_size=32,
+      num_hidden_layers=n_layer,
+      num_attention_heads=4,
+      intermediate_size=64,
+      max_position_embeddings=64,
+      rotary_pct=0.25,
+      bos_token_id=eos,
+      eos_token_id=eos,
+    )
+  )
   model.save_pretrained(folder, safe_serialization=True)
   return str(folder)
 
@@ -119,33 +161,63 @@ def fake_tfds_rows(builder_name: str, examples: int = TFDS_EXAMPLES) -> list[dic
   rows = []
   for i in range(examples):
     if builder_name == "glue":
-      rows.append({"sentence": f"film {i} \"quoted\" é ".encode(), "label": i % 2, "idx": i})
+      rows.append({"sentence": f'film {i} "quoted" é '.encode(), "label": i % 2, "idx": i})
     elif builder_name == "imdb_reviews":
       rows.append({"text": f"review {i}".encode(), "label": (i // 2) % 2})
     elif builder_name == "bool_q":
-      rows.append({"passage": f"passage {i}".encode(), "question": f"is {i} even".encode(),
-                   "answer": i % 2 == 0, "title": b"t"})
+      rows.append(
+        {
+          "passage": f"passage {i}".encode(),
+          "question": f"is {i} even".encode(),
+          "answer": i % 2 == 0,
+          "title": b"t",
+        }
+      )
     elif builder_name == "cosmos_qa":
       right = i % 4
-      row = {"context": f"context {i}".encode(), "question": f"question {i}".encode(),
-             "label": right, "id": str(i).encode()}
+      row = {
+        "context": f"context {i}".encode(),
+        "question": f"question {i}".encode(),
+        "label": right,
+        "id": str(i).encode(),
+      }
       for k in range(4):
         row[f"answer{k}"] = (f"right {i}" if k == right else f"wrong {i}.{k}").encode()
       rows.append(row)
     elif builder_name == "hellaswag":
       right = i % 4
-      rows.append({"activity_label": b"Cooking", "context": f"context {i}".encode(),
-                   "endings": [(f"right {i}" if k == right else f"wrong {i}.{k}").encode()
-                               for k in range(4)],
-                   "label": right, "source_id": b"s", "split_type": b"indomain"})
+      rows.append(
+        {
+          "activity_label": b"Cooking",
+          "context": f"context {i}".encode(),
+          "endings": [
+            (f"right {i}" if k == right else f"wrong {i}.{k}").encode() for k in range(4)
+          ],
+          "label": right,
+          "source_id": b"s",
+          "split_type": b"indomain",
+        }
+      )
     elif builder_name == "piqa":
       right = i % 2
-      rows.append({"goal": f"goal {i}".encode(), "id": b"x", "label": right,
-                   "sol1": (f"right {i}" if right == 0 else f"wrong {i}.0").encode(),
-                   "sol2": (f"right {i}" if right == 1 else f"wrong {i}.1").encode()})
+      rows.append(
+        {
+          "goal": f"goal {i}".encode(),
+          "id": b"x",
+          "label": right,
+          "sol1": (f"right {i}" if right == 0 else f"wrong {i}.0").encode(),
+          "sol2": (f"right {i}" if right == 1 else f"wrong {i}.1").encode(),
+        }
+      )
     elif builder_name == "anli":
-      rows.append({"context": f"premise {i}".encode(), "hypothesis": f"hyp {i}".encode(),
-                   "label": i % 3, "uid": b"u"})
+      rows.append(
+        {
+          "context": f"premise {i}".encode(),
+          "hypothesis": f"hyp {i}".encode(),
+          "label": i % 3,
+          "uid": b"u",
+        }
+      )
     else:
       raise AssertionError(f"fake_tfds has no rows for {builder_name!r}")
   return rows
@@ -157,15 +229,18 @@ def fake_tfds(examples: int = TFDS_EXAMPLES):
   for every split, under tfds.testing.mock_data."""
   import tensorflow_datasets as tfds
   from tensorflow_datasets.testing import mocking
+
   # tfds 4.9.10's mock binds its __getitems__ without `self`, so a batched read
   # (what load_task does, as ArrayRecord reads batches faster) raises TypeError.
   # This stands in for it with the same result: the mocked examples in order.
   original = mocking._getitems
-  mocking._getitems = (lambda record_keys, generator, serialized=False:
-                       [generator[k] for k in record_keys])
+  mocking._getitems = lambda record_keys, generator, serialized=False: [
+    generator[k] for k in record_keys
+  ]
   try:
-    with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **kw:
-                                fake_tfds_rows(builder.name, examples)):
+    with tfds.testing.mock_data(
+      as_data_source_fn=lambda builder, split, **kw: fake_tfds_rows(builder.name, examples)
+    ):
       yield
   finally:
     mocking._getitems = original
@@ -173,9 +248,11 @@ def fake_tfds(examples: int = TFDS_EXAMPLES):
 
 # --- Tiny models and reference math ------------------------------------------------
 
+
 def tiny_model_cfg(head_input="lm_probs", vocab_size=11, max_len=8, size="pico"):
-  return model_config.decode_size(size, vocab_size=vocab_size, max_len=max_len,
-                            head_input=head_input)
+  return model_config.decode_size(
+    size, vocab_size=vocab_size, max_len=max_len, head_input=head_input
+  )
 
 
 def np_log_softmax(x):

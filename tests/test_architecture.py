@@ -21,8 +21,9 @@ def _files():
 
 
 def _project(module: str | None) -> bool:
-  return bool(module) and (module == "w2s_jax" or module.startswith("w2s_jax.")
-                           or module.split(".")[0] in LOCAL)
+  return bool(module) and (
+    module == "w2s_jax" or module.startswith("w2s_jax.") or module.split(".")[0] in LOCAL
+  )
 
 
 def _is_module(dotted: str) -> bool:
@@ -50,8 +51,12 @@ def private_uses(path: Path) -> list[str]:
         if _project(alias.name):
           modules.add(alias.asname or alias.name.split(".")[0])
   for node in ast.walk(tree):
-    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-        and node.value.id in modules and _private(node.attr)):
+    if (
+      isinstance(node, ast.Attribute)
+      and isinstance(node.value, ast.Name)
+      and node.value.id in modules
+      and _private(node.attr)
+    ):
       out.append(f"{node.value.id}.{node.attr} (line {node.lineno})")
   return out
 
@@ -62,8 +67,11 @@ def test_no_private_names_used_across_modules():
 
 
 def test_no_module_of_the_package_is_over_max_lines():
-  long = {str(p.relative_to(ROOT)): n for p in (ROOT / "w2s_jax").rglob("*.py")
-          if (n := len(p.read_text().splitlines())) > MAX_LINES}
+  long = {
+    str(p.relative_to(ROOT)): n
+    for p in (ROOT / "w2s_jax").rglob("*.py")
+    if (n := len(p.read_text().splitlines())) > MAX_LINES
+  }
   assert not long, f"split these by job: {long}"
 
 
@@ -83,7 +91,10 @@ def test_layers_and_cycles_hold():
 def test_the_checker_sees_a_private_import(tmp_path):
   """Not vacuous: a file importing a private name of the package is found."""
   bad = tmp_path / "bad.py"
-  bad.write_text("from w2s_jax.infra.files import _umask\nfrom w2s_jax.infra import files\n"
-                 "files._host_token()\n")
-  assert private_uses(bad) == ["from w2s_jax.infra.files import _umask",
-                               "files._host_token (line 3)"]
+  bad.write_text(
+    "from w2s_jax.infra.files import _umask\nfrom w2s_jax.infra import files\nfiles._host_token()\n"
+  )
+  assert private_uses(bad) == [
+    "from w2s_jax.infra.files import _umask",
+    "files._host_token (line 3)",
+  ]

@@ -13,17 +13,20 @@ def test_expected_calibration_error():
   probs = np.array([[0.9, 0.1], [0.15, 0.85], [0.7, 0.3], [0.35, 0.65]])
   labels = [0, 0, 0, 1]  # correct, wrong, correct, correct
   # 5 bins: (0.8, 1] holds 0.9 and 0.85 (acc 0.5, conf 0.875); (0.6, 0.8] holds 0.7, 0.65.
-  assert calibration.expected_calibration_error(probs=probs, labels=labels, num_bins=5) == \
-      pytest.approx(0.5 * 0.375 + 0.5 * 0.325)
+  assert calibration.expected_calibration_error(
+    probs=probs, labels=labels, num_bins=5
+  ) == pytest.approx(0.5 * 0.375 + 0.5 * 0.325)
   # 15 bins: each alone -> mean |correct - conf| = (0.1 + 0.85 + 0.3 + 0.35) / 4.
   assert calibration.expected_calibration_error(probs=probs, labels=labels) == pytest.approx(0.4)
   edge = np.array([[0.6, 0.4], [0.55, 0.45]])  # bins are (i/B, (i+1)/B]: 0.6 joins 0.55
-  assert calibration.expected_calibration_error(probs=edge, labels=[0, 1], num_bins=5) == \
-      pytest.approx(abs(1 - 1.15) / 2)
+  assert calibration.expected_calibration_error(
+    probs=edge, labels=[0, 1], num_bins=5
+  ) == pytest.approx(abs(1 - 1.15) / 2)
   calibrated = np.array([[0.7, 0.3]] * 10 + [[0.1, 0.9]] * 10)
   labels = [0] * 7 + [1] * 3 + [1] * 9 + [0]
-  assert calibration.expected_calibration_error(probs=calibrated, labels=labels) == \
-      pytest.approx(0, abs=1e-12)
+  assert calibration.expected_calibration_error(probs=calibrated, labels=labels) == pytest.approx(
+    0, abs=1e-12
+  )
 
 
 @pytest.mark.parametrize("k", [3.0, 0.5])
@@ -50,10 +53,19 @@ def test_flops():
   # embeddings: tokens 80 + positions 32.
   assert cfg.num_params == 910 + 112
   np.testing.assert_allclose(flops.model_flops(config=cfg, tokens=[3, 5]), [5460, 9100])
-  np.testing.assert_allclose(flops.model_flops(config=cfg, tokens=[3], include_embeddings=True),
-                             [2 * 1022 * 3])
-  untied = ModelConfig(vocab_size=10, width=8, depth=1, heads=1, max_len=4, mlp_dim=32,
-                       positions="rotary", tie_embeddings=False)
+  np.testing.assert_allclose(
+    flops.model_flops(config=cfg, tokens=[3], include_embeddings=True), [2 * 1022 * 3]
+  )
+  untied = ModelConfig(
+    vocab_size=10,
+    width=8,
+    depth=1,
+    heads=1,
+    max_len=4,
+    mlp_dim=32,
+    positions="rotary",
+    tie_embeddings=False,
+  )
   np.testing.assert_allclose(flops.model_flops(config=untied, tokens=[1]), [2 * 910])
 
 

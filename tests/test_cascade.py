@@ -24,8 +24,13 @@ def _table(seed, n=40, *, binary=True, uniform_cost=False, ties=True):
   else:
     weak, strong = 0.8 * rng.random(n), 0.2 + 0.8 * rng.random(n)
   strong_cost = 10.0 if uniform_cost else rng.uniform(5, 20, n)
-  return dict(scores=s, weak_correct=weak, strong_correct=strong,
-              weak_cost=rng.uniform(0.5, 2, n), strong_cost=strong_cost)
+  return dict(
+    scores=s,
+    weak_correct=weak,
+    strong_correct=strong,
+    weak_cost=rng.uniform(0.5, 2, n),
+    strong_cost=strong_cost,
+  )
 
 
 def _loop_curve(scores, weak_correct, strong_correct, weak_cost, strong_cost):
@@ -69,8 +74,13 @@ def test_curve_matches_threshold_loop(seed):
 
 
 def test_hand_example():
-  table = dict(scores=[0.9, 0.2, 0.5, 0.7], weak_correct=[1, 0, 1, 0],
-               strong_correct=[1, 1, 0, 1], weak_cost=1.0, strong_cost=[10, 10, 20, 10])
+  table = dict(
+    scores=[0.9, 0.2, 0.5, 0.7],
+    weak_correct=[1, 0, 1, 0],
+    strong_correct=[1, 1, 0, 1],
+    weak_cost=1.0,
+    strong_cost=[10, 10, 20, 10],
+  )
   curve = routers.deferral_curve(**table)
   np.testing.assert_allclose(curve.accuracy, [0.5, 0.75, 0.5, 0.75, 0.75])
   np.testing.assert_allclose(curve.cost, [1, 3.5, 8.5, 11, 13.5])
@@ -78,8 +88,9 @@ def test_hand_example():
   assert curve.achievable.all()
   base = {k: table[k] for k in ("weak_correct", "strong_correct", "weak_cost", "strong_cost")}
   assert routers.weak_only(weak_correct=table["weak_correct"], weak_cost=1.0) == (0.5, 1.0)
-  assert routers.strong_only(strong_correct=table["strong_correct"],
-                             strong_cost=table["strong_cost"]) == (0.75, 12.5)
+  assert routers.strong_only(
+    strong_correct=table["strong_correct"], strong_cost=table["strong_cost"]
+  ) == (0.75, 12.5)
   oracle = routers.oracle_curve(**base)
   np.testing.assert_allclose(oracle.accuracy, [0.5, 0.75, 1, 1, 0.75])
   np.testing.assert_allclose(oracle.cost, [1, 3.5, 6, 8.5, 13.5])
@@ -87,14 +98,16 @@ def test_hand_example():
   np.testing.assert_allclose(random.accuracy, [0.5, 0.5625, 0.625, 0.6875, 0.75])
   assert routers.area_vs_random(curve, random) == pytest.approx(0.03125)
   assert routers.accuracy_at_cost(curve, cost=2.25) == pytest.approx(0.625)
-  np.testing.assert_allclose(routers.accuracy_at_cost(curve, cost=[0.5, 6, 20]),
-                             [np.nan, 0.625, np.nan])
+  np.testing.assert_allclose(
+    routers.accuracy_at_cost(curve, cost=[0.5, 6, 20]), [np.nan, 0.625, np.nan]
+  )
   assert routers.cost_to_reach(curve, target_accuracy=0.75) == pytest.approx(3.5)
   assert routers.cost_to_reach(curve, target_accuracy=0.4) == pytest.approx(1.0)
   assert routers.cost_to_reach(curve, target_accuracy=0.8) == np.inf
   assert routers.cost_to_reach_strong(curve, fraction=0.95) == pytest.approx(1 + 0.95 * 2.5)
   assert routers.cost_to_reach_strong(curve, fraction=0.95, of="accuracy") == pytest.approx(
-      1 + 0.85 * 2.5)
+    1 + 0.85 * 2.5
+  )
   assert routers.cost_to_reach_strong(curve, fraction=1.0) == pytest.approx(3.5)
   # IBC per point (k = 1..3): 0.25/2.5, 0/7.5, 0.25/10; base 0.25/12.5 (cascade), 0.25/11.5.
   mean_ibc = (0.1 + 0 + 0.025) / 3
@@ -103,8 +116,13 @@ def test_hand_example():
 
 
 def test_ibc_lift_of_perfect_router():
-  table = dict(scores=[0.1, 0.2, 0.8, 0.9], weak_correct=[0, 0, 1, 1], strong_correct=[1, 1, 1, 1],
-               weak_cost=1.0, strong_cost=9.0)
+  table = dict(
+    scores=[0.1, 0.2, 0.8, 0.9],
+    weak_correct=[0, 0, 1, 1],
+    strong_correct=[1, 1, 1, 1],
+    weak_cost=1.0,
+    strong_cost=9.0,
+  )
   curve = routers.deferral_curve(**table)
   np.testing.assert_allclose(curve.cost, [1, 3.25, 5.5, 7.75, 10])
   # IBC at k = 1, 2, 3: 1/9, 1/9, 2/27 -> mean 8/81; base 0.5/9 = 1/18 -> lift 144/81 - 1.
@@ -127,10 +145,12 @@ def test_random_is_straight_and_has_zero_lift(seed):
   assert routers.ibc_lift(random) == pytest.approx(0, abs=1e-12)
   # AutoMix's base charges the strong model alone: random pays the weak pass on top.
   assert routers.ibc_lift(random, base="strong_only") == pytest.approx(
-      -np.mean(table["weak_cost"]) / np.mean(table["strong_cost"]))
+    -np.mean(table["weak_cost"]) / np.mean(table["strong_cost"])
+  )
   assert routers.area_vs_random(random, random) == 0
-  swapped = routers.random_curve(**{**table, "weak_correct": table["strong_correct"],
-                                    "strong_correct": table["weak_correct"]})
+  swapped = routers.random_curve(
+    **{**table, "weak_correct": table["strong_correct"], "strong_correct": table["weak_correct"]}
+  )
   assert np.isnan(routers.ibc_lift(swapped))  # the strong model is no better: undefined
 
 
@@ -141,16 +161,24 @@ def test_oracle_bounds_every_router(seed):
     table = _table(seed, binary=binary, uniform_cost=uniform)
     gain = table["strong_correct"] - table["weak_correct"]
     oracle = routers.oracle_curve(**{k: v for k, v in table.items() if k != "scores"})
-    candidates = [table["scores"], rng.random(40), gain, -gain, np.zeros(40),
-                  rng.integers(0, 3, 40) + 0.1 * gain]
+    candidates = [
+      table["scores"],
+      rng.random(40),
+      gain,
+      -gain,
+      np.zeros(40),
+      rng.integers(0, 3, 40) + 0.1 * gain,
+    ]
     grid = np.linspace(oracle.cost[0], oracle.cost[-1], 101)
     for router in candidates:
       curve = routers.deferral_curve(**{**table, "scores": router})
       if binary or uniform:  # every defer rate
         assert (oracle.accuracy >= curve.accuracy - 1e-12).all()
       assert (routers.accuracy_at_cost(oracle, cost=curve.cost) >= curve.accuracy - 1e-12).all()
-      assert (routers.accuracy_at_cost(oracle, cost=grid)
-              >= routers.accuracy_at_cost(curve, cost=grid) - 1e-12).all()
+      assert (
+        routers.accuracy_at_cost(oracle, cost=grid)
+        >= routers.accuracy_at_cost(curve, cost=grid) - 1e-12
+      ).all()
   # Brute force on a small table: at each k the oracle defers the best k-subset.
   table = _table(seed, n=7)
   oracle = routers.oracle_curve(**{k: v for k, v in table.items() if k != "scores"})
@@ -180,7 +208,7 @@ def test_quantile_prob():
   mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]])
   logprobs = np.log(probs)
   q = lambda v, lp=logprobs, m=mask: np.asarray(routers.quantile_prob(logprobs=lp, mask=m, q=v))
-  np.testing.assert_allclose(q(0.0), [0.5, 0.1], rtol=1e-6)   # the masked-in minimum
+  np.testing.assert_allclose(q(0.0), [0.5, 0.1], rtol=1e-6)  # the masked-in minimum
   np.testing.assert_allclose(q(0.5), [0.7, 0.45], rtol=1e-6)
   np.testing.assert_allclose(q(0.25), [0.6, 0.25], rtol=1e-6)
   np.testing.assert_allclose(q(1.0), [0.9, 0.8], rtol=1e-6)
@@ -209,8 +237,9 @@ def test_mean_logprob_and_defer_mask():
   empty = routers.mean_logprob(logprobs=lp, mask=np.zeros_like(mask))
   assert np.isnan(empty).all()
   defer = jax.jit(lambda s, t: routers.defer_mask(scores=s, threshold=t))
-  np.testing.assert_array_equal(defer(jnp.array([0.1, 0.5, 0.9, jnp.nan]), 0.5),
-                                [True, False, False, True])  # NaN (empty) defers
+  np.testing.assert_array_equal(
+    defer(jnp.array([0.1, 0.5, 0.9, jnp.nan]), 0.5), [True, False, False, True]
+  )  # NaN (empty) defers
 
 
 def test_classification_routers_and_sample_agreement():
@@ -220,21 +249,23 @@ def test_classification_routers_and_sample_agreement():
   np.testing.assert_allclose(routers.margin(probs=probs), [0.5, 0.05], rtol=1e-5)
   assert routers.neg_entropy is scores.neg_entropy
   answers = jnp.array([[1, 2, 3], [1, 2, 4], [5, 2, 4], [1, 2, 4]])
-  np.testing.assert_allclose(jax.jit(lambda a: routers.sample_agreement(answers=a))(answers),
-                             [0.75, 1.0, 0.75])
+  np.testing.assert_allclose(
+    jax.jit(lambda a: routers.sample_agreement(answers=a))(answers), [0.75, 1.0, 0.75]
+  )
   np.testing.assert_allclose(routers.sample_agreement(answers=answers[:1]), [1, 1, 1])
 
 
 def test_bad_inputs():
-  good = dict(scores=[0.1, 0.2], weak_correct=[1, 0], strong_correct=[1, 1], weak_cost=1.0,
-              strong_cost=2.0)
+  good = dict(
+    scores=[0.1, 0.2], weak_correct=[1, 0], strong_correct=[1, 1], weak_cost=1.0, strong_cost=2.0
+  )
   cases = [
-      (dict(scores=[0.1, np.nan]), r"scores\[1\]=nan \(1 bad values\): expected no NaN"),
-      (dict(weak_correct=[1, 0, 1]), r"weak_correct has shape \(3,\), expected \(2,\)"),
-      (dict(strong_correct=[1, 2]), r"strong_correct\[1\]=2.0"),
-      (dict(strong_cost=[2.0, 0.0]), r"strong_cost\[1\]=0.0 .* \(0, inf\]"),
-      (dict(weak_cost=[[1.0]]), r"weak_cost has shape \(1, 1\), expected \(2,\) or a scalar"),
-      (dict(scores=[]), r"scores has shape \(0,\)"),
+    (dict(scores=[0.1, np.nan]), r"scores\[1\]=nan \(1 bad values\): expected no NaN"),
+    (dict(weak_correct=[1, 0, 1]), r"weak_correct has shape \(3,\), expected \(2,\)"),
+    (dict(strong_correct=[1, 2]), r"strong_correct\[1\]=2.0"),
+    (dict(strong_cost=[2.0, 0.0]), r"strong_cost\[1\]=0.0 .* \(0, inf\]"),
+    (dict(weak_cost=[[1.0]]), r"weak_cost has shape \(1, 1\), expected \(2,\) or a scalar"),
+    (dict(scores=[]), r"scores has shape \(0,\)"),
   ]
   for change, message in cases:
     with pytest.raises(ValueError, match=message):
@@ -256,7 +287,8 @@ def test_bad_inputs():
     routers.ibc_lift_interval(**good, level=1.5)
   with pytest.raises(ValueError, match="weak_correct has shape"):
     routers.weak_only(weak_correct=[], weak_cost=1.0)
-  short = routers.deferral_curve(**{k: v[:1] if isinstance(v, list) else v
-                                    for k, v in good.items()})
+  short = routers.deferral_curve(
+    **{k: v[:1] if isinstance(v, list) else v for k, v in good.items()}
+  )
   with pytest.raises(ValueError, match=">= 2 queries"):
     routers.ibc_lift(short)

@@ -14,11 +14,11 @@ import pytest
 
 from w2s_jax.cascade import experiment as cascade_experiment
 from w2s_jax.cascade import per_query
+from w2s_jax.cascade.experiment import CascadeConfig
 from w2s_jax.infra import configs
 from w2s_jax.models import flops
-from w2s_jax.w2s import supervision
-from w2s_jax.cascade.experiment import CascadeConfig
 from w2s_jax.tasks import factory
+from w2s_jax.w2s import supervision
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("cascade_entry", ROOT / "experiments/cascade.py")
@@ -37,11 +37,23 @@ def run(tmp_path_factory):
   cfg = dataclasses.replace(configs.load(SPEC), weak_sizes=("pico",))
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):
-    cascade_entry.main(["--config", SPEC, "--set", "weak_sizes=pico", "--out", str(out),
-                        "--cache", str(tmp / "cache"), "--xla-cache", "", "--no-progress"])
+    cascade_entry.main(
+      [
+        "--config",
+        SPEC,
+        "--set",
+        "weak_sizes=pico",
+        "--out",
+        str(out),
+        "--cache",
+        str(tmp / "cache"),
+        "--xla-cache",
+        "",
+        "--no-progress",
+      ]
+    )
   results = json.loads((out / "results.json").read_text())
-  return (cfg, tmp, out, results, per_query.read_csv(out / "per_query.csv"),
-          printed.getvalue())
+  return (cfg, tmp, out, results, per_query.read_csv(out / "per_query.csv"), printed.getvalue())
 
 
 def _loop_curve(scores, weak, strong, weak_cost, strong_cost):
@@ -86,7 +98,8 @@ def test_costs_add_up(run):
     per_token = results["models"][kind]
     for w in cfg.weak_sizes:
       assert per_token[w]["flops_per_token"] == flops.model_flops(
-          config=exp.model_config(w, task), tokens=1)
+        config=exp.model_config(w, task), tokens=1
+      )
       for split in ("test", "heldout"):
         rows = (table["task"] == kind) & (table["weak"] == w) & (table["split"] == split)
         q = table["query"][rows]
@@ -118,8 +131,13 @@ def test_results_match_a_threshold_loop_over_the_table(run):
       for variant, per_split in per_variant.items():
         for split, entry in per_split.items():
           for seed, got in zip(sorted(set(table["seed"].tolist())), entry["per_seed"]):
-            rows = ((table["task"] == kind) & (table["weak"] == w) & (table["strong"] == variant)
-                    & (table["split"] == split) & (table["seed"] == seed))
+            rows = (
+              (table["task"] == kind)
+              & (table["weak"] == w)
+              & (table["strong"] == variant)
+              & (table["split"] == split)
+              & (table["seed"] == seed)
+            )
             weak, strong = table["weak_correct"][rows], table["strong_correct"][rows]
             strong_only = table["strong_flops"][rows].mean()
             assert got["weak_accuracy"] == pytest.approx(weak.mean(), abs=1e-12)
@@ -128,9 +146,11 @@ def test_results_match_a_threshold_loop_over_the_table(run):
             random = weak.mean() + rate * (strong.mean() - weak.mean())
             for r in per_query.ROUTERS[kind]:
               weak_cost = table["weak_flops"][rows] + table["agreement_flops"][rows] * (
-                  r == "sample_agreement")
-              acc, cost = _loop_curve(table[r][rows], weak, strong, weak_cost,
-                                      table["strong_flops"][rows])
+                r == "sample_agreement"
+              )
+              acc, cost = _loop_curve(
+                table[r][rows], weak, strong, weak_cost, table["strong_flops"][rows]
+              )
               mine = got["routers"][r]
               gap = acc - random
               area = np.sum((gap[1:] + gap[:-1]) / 2 * np.diff(rate))
@@ -139,7 +159,8 @@ def test_results_match_a_threshold_loop_over_the_table(run):
               if strong.mean() > weak.mean():
                 target = weak.mean() + f * (strong.mean() - weak.mean())
                 assert mine["cost_to_gain"] == pytest.approx(
-                    _reach(acc, cost, target) / strong_only, rel=1e-9)
+                  _reach(acc, cost, target) / strong_only, rel=1e-9
+                )
                 assert mine["defer_to_gain"] == pytest.approx(_reach(acc, rate, target), rel=1e-9)
                 # The oracle bounds every router at a given cost.
                 assert got["oracle"]["cost_to_gain"] <= mine["cost_to_gain"] * (1 + 1e-9)
@@ -150,19 +171,26 @@ def test_results_match_a_threshold_loop_over_the_table(run):
   means = results["summary"]["classification"]["pico"]["ceiling"]["test"]
   per_seed = [s["routers"]["max_prob"]["area_vs_random"] for s in means["per_seed"]]
   assert means["mean"]["routers"]["max_prob"]["area_vs_random"]["mean"] == pytest.approx(
-      np.mean(per_seed))
+    np.mean(per_seed)
+  )
   # Pooled: every seed's queries as one population, the same loop over all of them.
-  rows = ((table["task"] == "classification") & (table["weak"] == "pico")
-          & (table["strong"] == "ceiling") & (table["split"] == "test"))
+  rows = (
+    (table["task"] == "classification")
+    & (table["weak"] == "pico")
+    & (table["strong"] == "ceiling")
+    & (table["split"] == "test")
+  )
   weak, strong = table["weak_correct"][rows], table["strong_correct"][rows]
-  acc, _ = _loop_curve(table["max_prob"][rows], weak, strong, table["weak_flops"][rows],
-                       table["strong_flops"][rows])
+  acc, _ = _loop_curve(
+    table["max_prob"][rows], weak, strong, table["weak_flops"][rows], table["strong_flops"][rows]
+  )
   rate = np.arange(len(weak) + 1) / len(weak)
   gap = acc - (weak.mean() + rate * (strong.mean() - weak.mean()))
   pooled = means["pooled"]["routers"]["max_prob"]
   assert len(weak) == len(per_seed) * np.sum(rows & (table["seed"] == 0))
   assert pooled["area_vs_random"] == pytest.approx(
-      np.sum((gap[1:] + gap[:-1]) / 2 * np.diff(rate)), abs=1e-9)
+    np.sum((gap[1:] + gap[:-1]) / 2 * np.diff(rate)), abs=1e-9
+  )
   assert np.isfinite(pooled["ibc_lift"]) and pooled["ibc_lift_lo"] < pooled["ibc_lift_hi"]
 
 
@@ -179,8 +207,10 @@ def test_calibration(run):
 
 def test_rerun_resumes_without_training(run, monkeypatch):
   cfg, tmp, out, results, _, _ = run
+
   def no_training(*args, **kwargs):
     raise AssertionError("a finished stage was recomputed")
+
   monkeypatch.setattr(supervision.Trainer, "tune", no_training)
   again = cascade_experiment.run(cfg, out_dir=out, cache_dir=tmp / "cache", progress=False)
   assert json.dumps(again["summary"]) == json.dumps(results["summary"])  # NaN-safe
@@ -188,14 +218,21 @@ def test_rerun_resumes_without_training(run, monkeypatch):
 
 def test_bad_config_fails_before_compute(run, tmp_path):
   cfg, tmp, _, _, _, _ = run
-  with pytest.raises(ValueError, match=r"weak_sizes=\('pico', 'mini'\): expected distinct "
-                                       r"sizes, each smaller than strong_size='micro'"):
+  with pytest.raises(
+    ValueError,
+    match=r"weak_sizes=\('pico', 'mini'\): expected distinct "
+    r"sizes, each smaller than strong_size='micro'",
+  ):
     dataclasses.replace(cfg, weak_sizes=("pico", "mini"))
   with pytest.raises(ValueError, match="agreement_samples=1: expected >= 2"):
     dataclasses.replace(cfg, agreement_samples=1)
   with pytest.raises(ValueError, match="classification and generative are both None"):
     CascadeConfig()
   with pytest.raises(ValueError, match=r"calibration_examples=19: expected in \[2, 18\]"):
-    cascade_experiment.run(dataclasses.replace(cfg, calibration_examples=19), out_dir=tmp_path / "x",
-                    cache_dir=tmp / "cache", progress=False)
+    cascade_experiment.run(
+      dataclasses.replace(cfg, calibration_examples=19),
+      out_dir=tmp_path / "x",
+      cache_dir=tmp / "cache",
+      progress=False,
+    )
   assert not (tmp_path / "x").exists()

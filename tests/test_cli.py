@@ -16,10 +16,22 @@ DEFAULT = f"{ROOT / 'configs/default.py'}:small"
 
 
 def test_set_reaches_nested_fields_of_every_kind():
-  cfg = cli.load_config("run", DEFAULT, [
-      "finetune.lr=1e-4", "seeds=0,2", "world.corpus_docs=500", "losses.1.aux_coef=0.25",
-      "mesh.fsdp=2", "weak_finetune=none", "pretrain.head_lr=none", "remat=true",
-      "pretrained_dirs=[[\"m\", \"/models/m\"]]", "name=renamed"])
+  cfg = cli.load_config(
+    "run",
+    DEFAULT,
+    [
+      "finetune.lr=1e-4",
+      "seeds=0,2",
+      "world.corpus_docs=500",
+      "losses.1.aux_coef=0.25",
+      "mesh.fsdp=2",
+      "weak_finetune=none",
+      "pretrain.head_lr=none",
+      "remat=true",
+      'pretrained_dirs=[["m", "/models/m"]]',
+      "name=renamed",
+    ],
+  )
   assert cfg.finetune.lr == 1e-4 and cfg.seeds == (0, 2) and cfg.world.corpus_docs == 500
   assert cfg.losses == (Xent(), LogConf(aux_coef=0.25))
   assert cfg.mesh.fsdp == 2 and cfg.remat is True and cfg.name == "renamed"
@@ -28,12 +40,15 @@ def test_set_reaches_nested_fields_of_every_kind():
   cfg = cli.load_config("run", DEFAULT, ["finetune.lr=1", "finetune.lr=2", "losses=xent"])
   assert cfg.finetune.lr == 2.0 and cfg.losses == (Xent(),)
   # A sweep's base, and a cell of its grid by index.
-  grid = cli.load_config("sweep", f"{ROOT / 'configs/sweep.py'}:tiny",
-                         ["base.seeds=0", "cells.0.loss.temperature=2.0"])
+  grid = cli.load_config(
+    "sweep", f"{ROOT / 'configs/sweep.py'}:tiny", ["base.seeds=0", "cells.0.loss.temperature=2.0"]
+  )
   assert grid.base.seeds == (0,) and grid.cells[0].loss == Xent(temperature=2.0)
 
 
-@pytest.mark.parametrize("assignment,needle", [
+@pytest.mark.parametrize(
+  "assignment,needle",
+  [
     ("finetune.lrr=1", "OptimConfig has no field 'lrr'; expected one of"),
     ("nothing=1", "ExperimentConfig has no field 'nothing'"),
     ("seeds=a,b", "--set seeds='a,b': expected tuple[int, ...]"),
@@ -46,7 +61,8 @@ def test_set_reaches_nested_fields_of_every_kind():
     ("losses=sft", "ExperimentConfig.losses[0]='sft' does not apply to a classification task"),
     ("finetune.steps=0", "--set finetune.steps='0': OptimConfig.steps=0"),
     ("finetune.lr", "expected path=value"),
-])
+  ],
+)
 def test_a_wrong_path_value_or_type_names_it(assignment, needle):
   with pytest.raises((ValueError, TypeError)) as e:
     cli.load_config("run", DEFAULT, [assignment])
@@ -62,7 +78,9 @@ def test_a_config_of_another_kind_is_refused():
 
 def test_the_whole_config_is_type_checked():
   bad = dataclasses.replace(ExperimentConfig(), seeds=[0, 1])  # a list, not a tuple
-  with pytest.raises(TypeError, match=r"ExperimentConfig.seeds=\[0, 1\]: expected tuple\[int, \.\.\.\]"):
+  with pytest.raises(
+    TypeError, match=r"ExperimentConfig.seeds=\[0, 1\]: expected tuple\[int, \.\.\.\]"
+  ):
     overrides.check_types(bad)
   deep = dataclasses.replace(ExperimentConfig(), losses=(Product(alpha="strong"),))
   with pytest.raises(TypeError, match=r"ExperimentConfig.losses\[0\].alpha='strong'"):

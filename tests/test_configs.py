@@ -5,16 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from w2s_jax.infra import configs
-from w2s_jax.infra import sharding
 from w2s_jax.data import testbed
+from w2s_jax.data.testbed import WorldConfig
+from w2s_jax.infra import configs, sharding
+from w2s_jax.models import model_config
 from w2s_jax.training.classifier_losses import LogConf, Xent
 from w2s_jax.training.objectives import Loss
-from w2s_jax.w2s.experiment import ExperimentConfig
-from w2s_jax.data.testbed import WorldConfig
 from w2s_jax.training.train import OptimConfig
-from w2s_jax.models import model_config
 from w2s_jax.w2s import engine
+from w2s_jax.w2s.experiment import ExperimentConfig
+
 import common
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,13 +31,16 @@ def test_model_config_width_not_divisible_by_heads():
   assert "width=30" in _message(e) and "heads=4" in _message(e)
 
 
-@pytest.mark.parametrize("kwargs,needle", [
+@pytest.mark.parametrize(
+  "kwargs,needle",
+  [
     (dict(vocab_size=0, width=32, depth=1, heads=2), "vocab_size=0"),
     (dict(vocab_size=10, width=32, depth=-1, heads=2), "depth=-1"),
     (dict(vocab_size=10, width=32, depth=1, heads=2, head_input="cls"), "head_input='cls'"),
     (dict(vocab_size=10, width=32, depth=1, heads=2, num_classes=1), "num_classes=1"),
     (dict(vocab_size=10, width=32, depth=1, heads=2, dtype="float16"), "dtype='float16'"),
-])
+  ],
+)
 def test_model_config_other_fields(kwargs, needle):
   with pytest.raises(ValueError, match="ModelConfig") as e:
     model_config.ModelConfig(**kwargs)
@@ -58,13 +61,16 @@ def test_world_config_too_few_entities():
   assert "600" in _message(e)  # 3 splits of 200
 
 
-@pytest.mark.parametrize("kwargs,needle", [
+@pytest.mark.parametrize(
+  "kwargs,needle",
+  [
     (dict(num_regions=3), "num_regions=3"),
     (dict(syllables=5), "syllables=5"),
     (dict(zipf=-1.0), "zipf=-1.0"),
     (dict(doc_len=4), "doc_len=4"),
     (dict(corpus_docs=0), "corpus_docs=0"),
-])
+  ],
+)
 def test_world_config_other_fields(kwargs, needle):
   with pytest.raises(ValueError, match="WorldConfig") as e:
     WorldConfig(**kwargs)
@@ -152,8 +158,14 @@ def test_load_config_files():
 def test_generative_config_files():
   gen = configs.load(str(ROOT / "configs" / "generative.py"))
   assert gen.generative and gen.generation.format == "city_region"
-  assert [l.name for l in gen.losses] == ["sft", "forward_kl", "reverse_kl", "jsd", "combined",
-                                        "live"]
+  assert [l.name for l in gen.losses] == [
+    "sft",
+    "forward_kl",
+    "reverse_kl",
+    "jsd",
+    "combined",
+    "live",
+  ]
   ablation = configs.load(f"{ROOT / 'configs' / 'generative.py'}:format=new_token,losses=sft")
   assert ablation.name == "generative-new_token" and [l.name for l in ablation.losses] == ["sft"]
   grid = configs.load_sweep(str(ROOT / "configs" / "generative.py"))
@@ -161,7 +173,9 @@ def test_generative_config_files():
   assert weights == [0.0, 0.25, 0.5, 0.75, 1.0] and len(grid.cells) == 11
   gsm8k = configs.load(f"{ROOT / 'configs' / 'gpt2_gsm8k.py'}:models=/m,files=/d")
   assert gsm8k.text_task.train_file == "/d/train.jsonl" and gsm8k.text_task.metric == "gsm8k"
-  assert configs.load(f"{ROOT / 'configs' / 'gpt2_gsm8k.py'}:models=/m").text_task.tfds_name == "gsm8k"
+  assert (
+    configs.load(f"{ROOT / 'configs' / 'gpt2_gsm8k.py'}:models=/m").text_task.tfds_name == "gsm8k"
+  )
   with pytest.raises(ValueError, match="needs models=DIR"):
     configs.load(str(ROOT / "configs" / "gpt2_gsm8k.py"))
 
@@ -179,18 +193,24 @@ def test_check_batch_size(mesh4):
     sharding.MeshConfig(fsdp=0)
 
 
-@pytest.mark.parametrize("field,change", [
+@pytest.mark.parametrize(
+  "field,change",
+  [
     ("finetune.batch_size", dict(finetune=OptimConfig(steps=1, batch_size=6))),
     ("pretrain.batch_size", dict(pretrain=OptimConfig(steps=1, batch_size=10))),
     ("eval_batch_size", dict(eval_batch_size=6)),
-])
+  ],
+)
 def test_pipeline_rejects_bad_batch_size_before_compute(tmp_path, monkeypatch, field, change):
   cfg = dataclasses.replace(configs.load(f"{DEFAULT}:small"), **change)
 
   def no_compute(*args, **kwargs):
     raise AssertionError("the pipeline started computing before validating its config")
+
   monkeypatch.setattr(testbed, "make_world", no_compute)
   with pytest.raises(ValueError) as e:
-    engine.run_experiment(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    engine.run_experiment(
+      cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False
+    )
   assert f"{field}=" in _message(e)
   assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

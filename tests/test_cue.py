@@ -4,21 +4,33 @@ import dataclasses
 
 import numpy as np
 
-from w2s_jax.models import inference
 from w2s_jax.data import testbed
-from w2s_jax.w2s.experiment import ExperimentConfig
-import common
+from w2s_jax.models import inference
 from w2s_jax.w2s import parts as parts_lib
+from w2s_jax.w2s.experiment import ExperimentConfig
+
+import common
 
 
 def test_a_small_models_wrong_answers_follow_the_cue(tmp_path):
   # A world too big for pico to memorise, where 60% of names are moved to
   # their cue region (80% follow the cue in all). Pico's wrong cities should
   # lie in the cue's region far more often than its right ones' share says.
-  world = dataclasses.replace(common.SMALL_WORLD, num_entities=300, entities_per_split=60,
-                              corpus_docs=1000, syllables=20, cue=0.6)
-  cfg = ExperimentConfig(world=world, pretrain=dataclasses.replace(common.SMALL_PRETRAIN, steps=600),
-                         weak_size="pico", strong_size="micro", seeds=(0,))
+  world = dataclasses.replace(
+    common.SMALL_WORLD,
+    num_entities=300,
+    entities_per_split=60,
+    corpus_docs=1000,
+    syllables=20,
+    cue=0.6,
+  )
+  cfg = ExperimentConfig(
+    world=world,
+    pretrain=dataclasses.replace(common.SMALL_PRETRAIN, steps=600),
+    weak_size="pico",
+    strong_size="micro",
+    seeds=(0,),
+  )
   ctx = parts_lib.build(cfg, cache_dir=tmp_path, progress=False)
   params, model_cfg, _ = ctx.models.get("pico")
   w = ctx.task.world
@@ -26,7 +38,6 @@ def test_a_small_models_wrong_answers_follow_the_cue(tmp_path):
   probs = inference.next_token_probs(params, model_cfg, prompts, mesh=ctx.mesh)
   predicted = w.city_tokens[np.argmax(probs[:, w.city_tokens], axis=-1)]
   wrong = predicted != answers
-  n = w.cfg.num_entities
   first = np.tile(w.name_tokens[:, 0] - w.token("a0"), 2)
   cue = testbed.cue_region(w.cfg, first)
   predicted_region = w.region_of[np.searchsorted(w.city_tokens, predicted)]

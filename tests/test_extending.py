@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fakes import np_log_softmax, np_softmax
 from w2s_jax import cli
 from w2s_jax.training import losses
 from w2s_jax.training.classifier_losses import Xent
 from w2s_jax.training.objectives import Loss, known_losses
 from w2s_jax.w2s import engine, tables
+
+from fakes import np_log_softmax, np_softmax
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,23 +48,26 @@ def test_the_page_s_loss_is_registered_and_computes_what_it_says(sce):
   labels = np.concatenate([1 - p1, p1], -1)
   # By hand: alpha * CE(labels, p) + beta * CE(p, labels), log(labels) floored.
   logp, p = np_log_softmax(logits), np_softmax(logits)
-  want = np.mean(-(labels * logp).sum(-1)
-                 - 0.5 * (p * np.maximum(np.log(labels), -4.0)).sum(-1))
+  want = np.mean(-(labels * logp).sum(-1) - 0.5 * (p * np.maximum(np.log(labels), -4.0)).sum(-1))
   got = sce(beta=0.5).loss(logits=logits, labels=labels, step_frac=0.0)
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
   # beta = 0 is naive KD exactly.
-  np.testing.assert_allclose(float(sce(beta=0.0).loss(logits=logits, labels=labels,
-                                                       step_frac=0.0)),
-                             float(losses.xent(logits=logits, labels=labels)), rtol=1e-6)
+  np.testing.assert_allclose(
+    float(sce(beta=0.0).loss(logits=logits, labels=labels, step_frac=0.0)),
+    float(losses.xent(logits=logits, labels=labels)),
+    rtol=1e-6,
+  )
   assert sce(beta=0.5).tag == "sce,beta=0.5"
 
 
 def test_the_page_s_loss_runs_through_the_pipeline_on_the_small_config(sce, tmp_path):
-  cfg = cli.load_config("run", f"{ROOT / 'configs/default.py'}:small",
-                        ["seeds=0,1", "losses=xent,sce"])
+  cfg = cli.load_config(
+    "run", f"{ROOT / 'configs/default.py'}:small", ["seeds=0,1", "losses=xent,sce"]
+  )
   assert cfg.losses == (Xent(), sce())
-  results = engine.run_experiment(cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
-                                  progress=False)
+  results = engine.run_experiment(
+    cfg, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False
+  )
   by_label = {c["label"]: c for c in results["cells"]}
   assert set(by_label) == {"xent", "sce"}
   for cell in by_label.values():

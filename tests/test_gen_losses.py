@@ -6,17 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fakes import np_log_softmax
-from w2s_jax.training import losses
-from w2s_jax.models import transformer
 from w2s_jax.infra import sharding
-from w2s_jax.training import train
+from w2s_jax.models import model_config, transformer
+from w2s_jax.training import losses, train
 from w2s_jax.training.classifier_losses import LogConf
 from w2s_jax.training.combined import Combined
 from w2s_jax.training.generative_losses import ForwardKl, Sft
 from w2s_jax.training.objectives import Loss
 from w2s_jax.training.train import OptimConfig
-from w2s_jax.models import model_config
+
+from fakes import np_log_softmax
 
 LOG = np.log
 
@@ -69,10 +68,12 @@ def test_jsd_hand_computed_and_both_limits():
   np.testing.assert_allclose(losses.generalized_jsd(**kw, beta=beta), expected / 2, rtol=1e-5)
   # Near beta = 0 JSD/beta is the forward KL; near beta = 1, JSD/(1 - beta) the reverse.
   small = 1e-3
-  np.testing.assert_allclose(losses.generalized_jsd(**kw, beta=small) / small,
-                             losses.forward_kl(**kw), rtol=2e-3)
-  np.testing.assert_allclose(losses.generalized_jsd(**kw, beta=1 - small) / small,
-                             losses.reverse_kl(**kw), rtol=2e-3)
+  np.testing.assert_allclose(
+    losses.generalized_jsd(**kw, beta=small) / small, losses.forward_kl(**kw), rtol=2e-3
+  )
+  np.testing.assert_allclose(
+    losses.generalized_jsd(**kw, beta=1 - small) / small, losses.reverse_kl(**kw), rtol=2e-3
+  )
   for beta in (0.0, 1.0):
     with pytest.raises(ValueError, match="expected in \\(0, 1\\)"):
       losses.generalized_jsd(**kw, beta=beta)
@@ -80,9 +81,13 @@ def test_jsd_hand_computed_and_both_limits():
 
 def _all_losses(student, teacher, tokens, mask):
   kw = dict(logits=student, teacher_logits=teacher, loss_mask=mask)
-  return [losses.response_xent(logits=student, tokens=tokens, loss_mask=mask),
-          losses.forward_kl(**kw), losses.reverse_kl(**kw),
-          losses.generalized_jsd(**kw, beta=0.5), losses.forward_kl(**kw, temperature=2.0)]
+  return [
+    losses.response_xent(logits=student, tokens=tokens, loss_mask=mask),
+    losses.forward_kl(**kw),
+    losses.reverse_kl(**kw),
+    losses.generalized_jsd(**kw, beta=0.5),
+    losses.forward_kl(**kw, temperature=2.0),
+  ]
 
 
 def test_prompt_and_padding_positions_contribute_nothing():
@@ -106,19 +111,30 @@ def test_prompt_and_padding_positions_contribute_nothing():
 def test_student_equal_to_teacher_gives_zero_and_zero_gradient():
   logits = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 6)), jnp.float32)
   mask = jnp.array([[0, 1, 1, 1, 1], [0, 0, 1, 1, 0]])
-  for loss in (losses.forward_kl, losses.reverse_kl,
-               lambda **kw: losses.generalized_jsd(**kw, beta=0.5)):
-    value, grad = jax.value_and_grad(lambda s: loss(logits=s, teacher_logits=logits,
-                                                    loss_mask=mask))(logits)
+  for loss in (
+    losses.forward_kl,
+    losses.reverse_kl,
+    lambda **kw: losses.generalized_jsd(**kw, beta=0.5),
+  ):
+    value, grad = jax.value_and_grad(
+      lambda s: loss(logits=s, teacher_logits=logits, loss_mask=mask)
+    )(logits)
     assert abs(float(value)) < 1e-6
     assert float(jnp.abs(grad).max()) < 1e-6
 
 
 def test_no_gradient_reaches_the_teacher():
-  for loss in (losses.forward_kl, losses.reverse_kl,
-               lambda **kw: losses.generalized_jsd(**kw, beta=0.5)):
-    grad_teacher = jax.grad(lambda t: loss(logits=STUDENT, teacher_logits=t, loss_mask=MASK))(TEACHER)
-    grad_student = jax.grad(lambda s: loss(logits=s, teacher_logits=TEACHER, loss_mask=MASK))(STUDENT)
+  for loss in (
+    losses.forward_kl,
+    losses.reverse_kl,
+    lambda **kw: losses.generalized_jsd(**kw, beta=0.5),
+  ):
+    grad_teacher = jax.grad(lambda t: loss(logits=STUDENT, teacher_logits=t, loss_mask=MASK))(
+      TEACHER
+    )
+    grad_student = jax.grad(lambda s: loss(logits=s, teacher_logits=TEACHER, loss_mask=MASK))(
+      STUDENT
+    )
     assert float(jnp.abs(grad_teacher).max()) == 0.0
     assert float(jnp.abs(grad_student).max()) > 1e-3
 
@@ -126,8 +142,10 @@ def test_no_gradient_reaches_the_teacher():
 def test_temperature_softens_both_distributions():
   kw = dict(loss_mask=MASK)
   np.testing.assert_allclose(
-      losses.forward_kl(logits=STUDENT, teacher_logits=TEACHER, temperature=2.0, **kw),
-      losses.forward_kl(logits=STUDENT / 2, teacher_logits=TEACHER / 2, **kw), rtol=1e-6)
+    losses.forward_kl(logits=STUDENT, teacher_logits=TEACHER, temperature=2.0, **kw),
+    losses.forward_kl(logits=STUDENT / 2, teacher_logits=TEACHER / 2, **kw),
+    rtol=1e-6,
+  )
 
 
 def test_unknown_and_misplaced_objective_names_are_refused():
@@ -139,14 +157,15 @@ def test_unknown_and_misplaced_objective_names_are_refused():
     Sft().check_kind(False)
   cfg = model_config.decode_size("pico", vocab_size=11, max_len=8)
   with pytest.raises(ValueError, match="teacher vocab_size=12 != student vocab_size=11"):
-    ForwardKl().objective(cfg, generative=True,
-                         teacher_cfg=model_config.decode_size("pico", vocab_size=12, max_len=8))
+    ForwardKl().objective(
+      cfg, generative=True, teacher_cfg=model_config.decode_size("pico", vocab_size=12, max_len=8)
+    )
 
 
 def _sequence_batch(rng, n, t, v):
   tokens = rng.integers(1, v, size=(n, t)).astype(np.int32)
   loss_mask = np.zeros((n, t), np.int32)
-  loss_mask[:, t // 2:] = 1
+  loss_mask[:, t // 2 :] = 1
   return {"tokens": tokens, "mask": np.ones((n, t), np.int32), "loss_mask": loss_mask}
 
 
@@ -160,13 +179,18 @@ def test_teacher_is_a_frozen_argument_of_the_train_step(mesh4):
   batch = sharding.put_batch(_sequence_batch(rng, 8, 8, 13), mesh4)
 
   def step_with(teacher_cfg, teacher):
-    state = train.initial_state(lambda k: transformer.init_params(cfg, k), jax.random.key(0),
-                                optimizer=optimizer, mesh=mesh4)
-    loss_fn = ForwardKl().objective(cfg, generative=True,
-                                   teacher_cfg=teacher_cfg)
-    step = train.compile_train_step(loss_fn=loss_fn, optimizer=optimizer, total_steps=4,
-                                    mesh=mesh4, state_sharding=train.sharding_of(state),
-                                    teacher_sharding=sharding.state_sharding(teacher, mesh4))
+    state = train.initial_state(
+      lambda k: transformer.init_params(cfg, k), jax.random.key(0), optimizer=optimizer, mesh=mesh4
+    )
+    loss_fn = ForwardKl().objective(cfg, generative=True, teacher_cfg=teacher_cfg)
+    step = train.compile_train_step(
+      loss_fn=loss_fn,
+      optimizer=optimizer,
+      total_steps=4,
+      mesh=mesh4,
+      state_sharding=train.sharding_of(state),
+      teacher_sharding=sharding.state_sharding(teacher, mesh4),
+    )
     teacher = jax.device_put(teacher, sharding.state_sharding(teacher, mesh4))
     structure = jax.tree.structure(state)
     new_state, metrics = step(state, batch, teacher)
@@ -191,22 +215,25 @@ def test_combined_with_alpha_one_is_sft_and_alpha_zero_is_ground_truth():
   key = jax.random.key(0)
   for alpha, part in ((1.0, weak), (0.0, gt)):
     combined = Combined(kd_weight=alpha).objective(cfg, generative=True)
-    np.testing.assert_allclose(combined(params, batch, 0.0, key)[0], sft(params, part, 0.0, key)[0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      combined(params, batch, 0.0, key)[0], sft(params, part, 0.0, key)[0], rtol=1e-6
+    )
   half = Combined(kd_weight=0.5).objective(cfg, generative=True)
-  np.testing.assert_allclose(half(params, batch, 0.0, key)[0],
-                             0.5 * sft(params, weak, 0.0, key)[0] + 0.5 * sft(params, gt, 0.0, key)[0],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    half(params, batch, 0.0, key)[0],
+    0.5 * sft(params, weak, 0.0, key)[0] + 0.5 * sft(params, gt, 0.0, key)[0],
+    rtol=1e-6,
+  )
 
 
 def test_sft_objective_matches_a_float64_reference():
   cfg = model_config.decode_size("pico", vocab_size=13, max_len=8)
   params = transformer.init_params(cfg, jax.random.key(1))
   batch = _sequence_batch(np.random.default_rng(2), 3, 8, 13)
-  loss, _ = Sft().objective(cfg, generative=True)(
-      params, batch, 0.0, jax.random.key(0))
-  logits = transformer.Transformer(cfg).apply({"params": params}, batch["tokens"], batch["mask"],
-                                         method=transformer.Transformer.lm_logits)
+  loss, _ = Sft().objective(cfg, generative=True)(params, batch, 0.0, jax.random.key(0))
+  logits = transformer.Transformer(cfg).apply(
+    {"params": params}, batch["tokens"], batch["mask"], method=transformer.Transformer.lm_logits
+  )
   logp = np_log_softmax(np.asarray(logits))[:, :-1]
   target = np.take_along_axis(logp, batch["tokens"][:, 1:, None], -1)[..., 0]
   weight = batch["loss_mask"][:, 1:]

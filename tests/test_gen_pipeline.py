@@ -2,31 +2,32 @@
 the pipeline on it (seconds-long), text tasks from JSONL and TFDS mock data,
 and the bad input refused before any compute."""
 
+import contextlib
 import dataclasses
+import importlib.util
+import io
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from w2s_jax.infra import configs
-from w2s_jax.tasks import generation
-from w2s_jax.w2s import stages
 from w2s_jax.data import testbed
-from w2s_jax.tasks.generation import GenTextTaskConfig, GenerationConfig
+from w2s_jax.infra import configs
+from w2s_jax.tasks import generation, layout, testbed_formats
+from w2s_jax.tasks.generation import GenerationConfig, GenTextTaskConfig
 from w2s_jax.training.classifier_losses import LogConf, Xent
 from w2s_jax.training.combined import Combined
 from w2s_jax.training.generative_losses import Sft
 from w2s_jax.training.objectives import Loss
-from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.training.train import OptimConfig
-from w2s_jax.tasks import layout
-from w2s_jax.tasks import testbed_formats
+from w2s_jax.w2s import engine, stages, tables
 from w2s_jax.w2s import parts as parts_lib
-from w2s_jax.w2s import engine
-from w2s_jax.w2s import tables
+from w2s_jax.w2s.experiment import ExperimentConfig
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = "configs/generative.py:small,seeds=3"
 
 
@@ -34,45 +35,54 @@ def test_testbed_split_states_the_facts_in_the_format():
   world = testbed.make_world(testbed.WorldConfig())
   entities = world.split_entities["test"][:5]
   for relation in (0, 1):
-    data, fields = testbed_formats.testbed_split(world, testbed_formats.FORMATS["city_region"], entities,
-                                           relation)
+    data, fields = testbed_formats.testbed_split(
+      world, testbed_formats.FORMATS["city_region"], entities, relation
+    )
     assert fields == {"{city}": 0, "{region}": 3}
     for e, prompt, response in zip(entities, data["prompt"], data["response"]):
       city = world.city_of[relation, e]
       name = world.decode(world.name_tokens[e])
       assert world.decode(prompt) == f"<bos> {name} {testbed.RELATIONS[relation]}"
       assert world.decode(response) == f"c{city} is in r{world.region_of[city]} ."
-  data, fields = testbed_formats.testbed_split(world, testbed_formats.FORMATS["two_facts"], entities[:1])
+  data, fields = testbed_formats.testbed_split(
+    world, testbed_formats.FORMATS["two_facts"], entities[:1]
+  )
   e = entities[0]
   assert world.decode(data["response"][0]) == (
-      f"c{world.city_of[0, e]} . {world.decode(world.name_tokens[e])} works "
-      f"c{world.city_of[1, e]} .")
+    f"c{world.city_of[0, e]} . {world.decode(world.name_tokens[e])} works c{world.city_of[1, e]} ."
+  )
   assert fields == {"{city}": 0, "{other_city}": 5}
 
 
 def test_score_fields_hand_made():
   truth = np.array([[5, 1, 2, 7, 9], [6, 1, 2, 8, 9], [5, 1, 2, 7, 9], [5, 1, 2, 7, 9]])
   fields = {"{city}": 0, "{region}": 3}
-  tokens = np.array([[5, 1, 2, 7, 9, 0],   # all right
-                     [6, 1, 2, 7, 9, 0],   # city right, region wrong
-                     [5, 1, 2, 7, 4, 4],   # both fields, but no EOS where it belongs
-                     [4, 1, 2, 7, 9, 0]])  # region only
-  mask = np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1],
-                   [1, 1, 1, 1, 1, 0]])
+  tokens = np.array(
+    [
+      [5, 1, 2, 7, 9, 0],  # all right
+      [6, 1, 2, 7, 9, 0],  # city right, region wrong
+      [5, 1, 2, 7, 4, 4],  # both fields, but no EOS where it belongs
+      [4, 1, 2, 7, 9, 0],
+    ]
+  )  # region only
+  mask = np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
   scores = generation.score_fields(tokens=tokens, mask=mask, truth=truth, fields=fields)
   np.testing.assert_array_equal(scores["fields"], [1.0, 0.5, 1.0, 0.5])
   np.testing.assert_array_equal(scores["exact"], [1.0, 0.0, 0.0, 0.0])
   # A masked-out token never counts, even if it equals the truth.
-  short = generation.score_fields(tokens=tokens[:1], mask=np.array([[1, 1, 1, 0, 0, 0]]),
-                                 truth=truth[:1], fields=fields)
+  short = generation.score_fields(
+    tokens=tokens[:1], mask=np.array([[1, 1, 1, 0, 0, 0]]), truth=truth[:1], fields=fields
+  )
   assert short["fields"][0] == 0.5 and short["exact"][0] == 0.0
 
 
 def test_sequences_lay_prompt_and_response_end_to_end():
-  data = {"prompt": np.array([[0, 0, 3, 4], [2, 3, 4, 5]]),
-          "prompt_mask": np.array([[0, 0, 1, 1], [1, 1, 1, 1]]),
-          "response": np.array([[7, 8, 0], [9, 0, 0]]),
-          "response_mask": np.array([[1, 1, 0], [1, 0, 0]])}
+  data = {
+    "prompt": np.array([[0, 0, 3, 4], [2, 3, 4, 5]]),
+    "prompt_mask": np.array([[0, 0, 1, 1], [1, 1, 1, 1]]),
+    "response": np.array([[7, 8, 0], [9, 0, 0]]),
+    "response_mask": np.array([[1, 1, 0], [1, 0, 0]]),
+  }
   seq = layout.sequences(data)
   np.testing.assert_array_equal(seq["tokens"], [[0, 0, 3, 4, 7, 8, 0], [2, 3, 4, 5, 9, 0, 0]])
   np.testing.assert_array_equal(seq["mask"], [[0, 0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]])
@@ -85,7 +95,25 @@ def test_sequences_lay_prompt_and_response_end_to_end():
 def small_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("generative")
   cfg = configs.load(SMALL)
-  results = engine.run_experiment(cfg, out_dir=root / "out", cache_dir=root / "cache", progress=False)
+  # Through the documented command, experiments/w2s.py.
+  spec = importlib.util.spec_from_file_location("w2s_entry", ROOT / "experiments/w2s.py")
+  entry = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(entry)
+  with contextlib.redirect_stdout(io.StringIO()):
+    entry.main(
+      [
+        "--config",
+        str(ROOT / SMALL.split(":")[0]) + ":" + SMALL.split(":")[1],
+        "--out",
+        str(root / "out"),
+        "--cache",
+        str(root / "cache"),
+        "--xla-cache",
+        "",
+        "--no-progress",
+      ]
+    )
+  results = json.loads((root / "out" / "results.json").read_text())
   return cfg, results, root
 
 
@@ -111,10 +139,8 @@ def test_combined_at_alpha_one_reproduces_sft_exactly(small_run):
   row = weak.responses[0][0][weak.response_mask[0][0] > 0]
   assert len(row) <= ctx.evaluator.sampling.max_new_tokens
   sft = stages.w2s_stage(ctx, cfg.strong_size, weak, Sft())
-  alpha1 = stages.w2s_stage(ctx, cfg.strong_size, weak,
-                            Combined(kd_weight=1.0, gt_examples=8))
-  alpha0 = stages.w2s_stage(ctx, cfg.strong_size, weak,
-                            Combined(kd_weight=0.0, gt_examples=8))
+  alpha1 = stages.w2s_stage(ctx, cfg.strong_size, weak, Combined(kd_weight=1.0, gt_examples=8))
+  alpha0 = stages.w2s_stage(ctx, cfg.strong_size, weak, Combined(kd_weight=0.0, gt_examples=8))
   for key in ctx.evaluator.eval_keys:
     np.testing.assert_array_equal(alpha1.scores[key], sft.scores[key])
   assert any((alpha0.scores[k] != sft.scores[k]).any() for k in ctx.evaluator.eval_keys)
@@ -125,17 +151,25 @@ def test_generation_too_long_for_the_context_fails_before_compute(tmp_path):
   cfg = dataclasses.replace(cfg, generation=GenerationConfig(max_new_tokens=30))
   start = time.perf_counter()
   with pytest.raises(ValueError, match="model 'pico': SamplingConfig.max_new_tokens=30"):
-    engine.run_experiment(cfg, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    engine.run_experiment(
+      cfg, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False
+    )
   assert time.perf_counter() - start < 5
   assert not (tmp_path / "cache").exists()  # nothing was pretrained
 
 
 def test_experiment_config_refuses_mismatched_kinds():
-  with pytest.raises(ValueError, match=r"losses\[0\]='logconf' does not apply to a "
-                                       "generative task"):
+  with pytest.raises(
+    ValueError,
+    match=r"losses\[0\]='logconf' does not apply to a "
+    "generative task",
+  ):
     ExperimentConfig(generation=GenerationConfig(), losses=(LogConf(),))
-  with pytest.raises(ValueError, match=r"losses\[1\]='sft' does not apply to a "
-                                       "classification task"):
+  with pytest.raises(
+    ValueError,
+    match=r"losses\[1\]='sft' does not apply to a "
+    "classification task",
+  ):
     ExperimentConfig(losses=(Xent(), Sft()))
   with pytest.raises(ValueError, match="generation=None"):
     ExperimentConfig(text_task=GenTextTaskConfig(tfds_name="squad"))
@@ -147,13 +181,21 @@ def test_experiment_config_refuses_mismatched_kinds():
 
 # --- Real-text tasks: JSONL files and TFDS (mock data) -------------------------
 
+
 def _text_experiment(task_cfg, losses=("sft",)):
   return ExperimentConfig(
-      name="gen-text", text_task=task_cfg, generation=GenerationConfig(),
-      weak_size="pico", strong_size="nano", use_pretraining=False, seeds=(0, 1),
-      finetune=OptimConfig(steps=4, batch_size=8, lr=1e-3),
-      losses=tuple(Loss.from_string(name) for name in losses), eval_batch_size=8,
-      bootstrap_resamples=100)
+    name="gen-text",
+    text_task=task_cfg,
+    generation=GenerationConfig(),
+    weak_size="pico",
+    strong_size="nano",
+    use_pretraining=False,
+    seeds=(0, 1),
+    finetune=OptimConfig(steps=4, batch_size=8, lr=1e-3),
+    losses=tuple(Loss.from_string(name) for name in losses),
+    eval_batch_size=8,
+    bootstrap_resamples=100,
+  )
 
 
 def _write_arithmetic(path, n, seed):
@@ -167,12 +209,23 @@ def _write_arithmetic(path, n, seed):
 
 def test_jsonl_generative_task_through_the_pipeline(tmp_path):
   task_cfg = GenTextTaskConfig(
-      train_file=_write_arithmetic(tmp_path / "train.jsonl", 80, 0),
-      test_file=_write_arithmetic(tmp_path / "test.jsonl", 16, 1), metric="gsm8k",
-      prompt_field="question", response_field="answer", max_prompt_len=12,
-      max_response_len=8, gt_examples=32, w2s_examples=40, test_examples=None)
-  results = engine.run_experiment(_text_experiment(task_cfg), out_dir=tmp_path / "out",
-                         cache_dir=tmp_path / "cache", progress=False)
+    train_file=_write_arithmetic(tmp_path / "train.jsonl", 80, 0),
+    test_file=_write_arithmetic(tmp_path / "test.jsonl", 16, 1),
+    metric="gsm8k",
+    prompt_field="question",
+    response_field="answer",
+    max_prompt_len=12,
+    max_response_len=8,
+    gt_examples=32,
+    w2s_examples=40,
+    test_examples=None,
+  )
+  results = engine.run_experiment(
+    _text_experiment(task_cfg),
+    out_dir=tmp_path / "out",
+    cache_dir=tmp_path / "cache",
+    progress=False,
+  )
   assert results["task"]["eval_keys"] == ["test", "test:exact_match"]
   (cell,) = results["cells"]
   for key in ("test", "test:exact_match"):
@@ -183,14 +236,29 @@ def test_jsonl_generative_task_through_the_pipeline(tmp_path):
 
 def test_squad_under_mock_data_through_the_pipeline(tmp_path, monkeypatch):
   from tensorflow_datasets.testing import mocking
+
   # tfds 4.9.10's mock binds __getitems__ without self (see test_text_tasks.py).
-  monkeypatch.setattr(mocking, "_getitems", lambda record_keys, generator, serialized=False:
-                      [generator[k] for k in record_keys], raising=False)
-  task_cfg = GenTextTaskConfig(tfds_name="squad", max_prompt_len=24, max_response_len=8,
-                               gt_examples=16, w2s_examples=16, test_examples=8)
+  monkeypatch.setattr(
+    mocking,
+    "_getitems",
+    lambda record_keys, generator, serialized=False: [generator[k] for k in record_keys],
+    raising=False,
+  )
+  task_cfg = GenTextTaskConfig(
+    tfds_name="squad",
+    max_prompt_len=24,
+    max_response_len=8,
+    gt_examples=16,
+    w2s_examples=16,
+    test_examples=8,
+  )
   with tfds.testing.mock_data(num_examples=40):
-    results = engine.run_experiment(_text_experiment(task_cfg, ("sft", "forward_kl")),
-                           out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    results = engine.run_experiment(
+      _text_experiment(task_cfg, ("sft", "forward_kl")),
+      out_dir=tmp_path / "out",
+      cache_dir=tmp_path / "cache",
+      progress=False,
+    )
   assert results["task"]["eval_keys"] == ["test", "test:exact_match"]  # token F1, then EM
   assert [c["label"] for c in results["cells"]] == ["sft", "forward_kl"]
   assert results["task"]["encoding"]["train_gt"]["prompt_truncated"] > 0  # mock contexts long

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from w2s_jax.data import gen_text
-from w2s_jax.data import tfds_source
-from w2s_jax.data import tokenize
+from w2s_jax.data import gen_text, tfds_source, tokenize
 from w2s_jax.data.gen_text import PromptResponses
 from w2s_jax.data.text_files import TextFileError
 
@@ -32,12 +30,16 @@ def _row(**fields):
 
 # --- PromptResponses ---------------------------------------------------------------
 
+
 def test_prompt_responses_default_references_and_take():
   pairs = PromptResponses(("p0", "p1", "p2"), ["r0", "r1", "r2"])
   assert pairs.references == [["r0"], ["r1"], ["r2"]] and len(pairs) == 3
   picked = pairs.take([2, 0])
   assert (picked.prompts, picked.responses, picked.references) == (
-      ["p2", "p0"], ["r2", "r0"], [["r2"], ["r0"]])
+    ["p2", "p0"],
+    ["r2", "r0"],
+    [["r2"], ["r0"]],
+  )
   with_refs = PromptResponses(["p"], ["r"], [("a", "b")])
   assert with_refs.references == [["a", "b"]]
 
@@ -56,9 +58,17 @@ def test_prompt_responses_check_their_fields():
 
 # --- JSONL -------------------------------------------------------------------------
 
+
 def test_read_jsonl_pairs_keeps_texts_as_written_and_skips_blank_lines(tmp_path):
-  path = _write(tmp_path, [_row(prompt="Q: 2+2?\nA:", response=" 4", id=1), "",
-                           "   ", _row(prompt="Dis é", response=" ça\n")])
+  path = _write(
+    tmp_path,
+    [
+      _row(prompt="Q: 2+2?\nA:", response=" 4", id=1),
+      "",
+      "   ",
+      _row(prompt="Dis é", response=" ça\n"),
+    ],
+  )
   pairs = gen_text.read_jsonl_pairs(path)
   assert pairs.prompts == ["Q: 2+2?\nA:", "Dis é"]
   assert pairs.responses == [" 4", " ça\n"]
@@ -66,25 +76,32 @@ def test_read_jsonl_pairs_keeps_texts_as_written_and_skips_blank_lines(tmp_path)
 
 
 def test_read_jsonl_pairs_custom_fields_and_references(tmp_path):
-  path = _write(tmp_path, [_row(q="q1", a=" a1", refs=["a1", "A1"]),
-                           _row(q="q2", a=" a2", refs=["a2"])])
-  pairs = gen_text.read_jsonl_pairs(path, prompt_field="q", response_field="a",
-                                    references_field="refs")
+  path = _write(
+    tmp_path, [_row(q="q1", a=" a1", refs=["a1", "A1"]), _row(q="q2", a=" a2", refs=["a2"])]
+  )
+  pairs = gen_text.read_jsonl_pairs(
+    path, prompt_field="q", response_field="a", references_field="refs"
+  )
   assert pairs.prompts == ["q1", "q2"] and pairs.responses == [" a1", " a2"]
   assert pairs.references == [["a1", "A1"], ["a2"]]
 
 
-@pytest.mark.parametrize("line,problem", [
+@pytest.mark.parametrize(
+  "line,problem",
+  [
     ('{"prompt": "p", "response": ', "malformed JSON"),
     ('["p", "r"]', "expected a JSON object, got list"),
     (_row(prompt="p"), r"missing field 'response' \(found \['prompt'\]\)"),
-    (_row(question="p", response="r"),
-     r"missing field 'prompt' \(found \['question', 'response'\]\)"),
+    (
+      _row(question="p", response="r"),
+      r"missing field 'prompt' \(found \['question', 'response'\]\)",
+    ),
     (_row(prompt=7, response="r"), "prompt=7: expected a string"),
     (_row(prompt="p", response=None), "response=None: expected a string"),
     (_row(prompt="", response="r"), "empty prompt ''"),
     (_row(prompt="p", response=" \t"), r"empty response ' \\t'"),
-])
+  ],
+)
 def test_read_jsonl_pairs_errors_name_file_line_and_problem(tmp_path, line, problem):
   path = _write(tmp_path, [_row(prompt="ok", response=" fine"), "", line])
   with pytest.raises(TextFileError, match=rf"^{re.escape(str(path))}:3: {problem}") as err:
@@ -94,9 +111,11 @@ def test_read_jsonl_pairs_errors_name_file_line_and_problem(tmp_path, line, prob
 
 @pytest.mark.parametrize("refs", ["a1", [], ["a1", 2], None, {"text": "a1"}])
 def test_read_jsonl_pairs_references_must_be_a_nonempty_list_of_strings(tmp_path, refs):
-  path = _write(tmp_path, [_row(prompt="p", response="r", refs=["r"]),
-                           _row(prompt="p", response="r", refs=refs)])
-  with pytest.raises(TextFileError, match=rf":2: refs=.*expected a non-empty list of strings"):
+  path = _write(
+    tmp_path,
+    [_row(prompt="p", response="r", refs=["r"]), _row(prompt="p", response="r", refs=refs)],
+  )
+  with pytest.raises(TextFileError, match=r":2: refs=.*expected a non-empty list of strings"):
     gen_text.read_jsonl_pairs(path, references_field="refs")
   no_refs = _write(tmp_path, [_row(prompt="p", response="r")], name="no_refs.jsonl")
   with pytest.raises(TextFileError, match=r"no_refs.jsonl:1: missing field 'refs'"):
@@ -125,8 +144,12 @@ def _fix_tfds_mock_batched_reads(monkeypatch):
   # As in test_text_tasks: tfds 4.9.10's mock binds its __getitems__ without
   # `self`, so a batched read raises TypeError; this gives the same examples.
   from tensorflow_datasets.testing import mocking
-  monkeypatch.setattr(mocking, "_getitems", lambda record_keys, generator, serialized=False:
-                      [generator[k] for k in record_keys])
+
+  monkeypatch.setattr(
+    mocking,
+    "_getitems",
+    lambda record_keys, generator, serialized=False: [generator[k] for k in record_keys],
+  )
 
 
 def _fake_rows(builder_name: str, empty: tuple[int, ...] = ()) -> list[dict]:
@@ -136,19 +159,38 @@ def _fake_rows(builder_name: str, empty: tuple[int, ...] = ()) -> list[dict]:
     gone = i in empty
     if builder_name == "gsm8k":
       answer = b"" if gone else f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}".encode()
-      rows.append({"question": f"What is {i} + 1?".encode(), "answer": answer,
-                   "annotation": b"x", "short_answer": str(i + 1).encode()})
+      rows.append(
+        {
+          "question": f"What is {i} + 1?".encode(),
+          "answer": answer,
+          "annotation": b"x",
+          "short_answer": str(i + 1).encode(),
+        }
+      )
     elif builder_name == "squad":
       texts = [] if gone else [f"ans {i}".encode(), f"the ans {i}".encode()]
-      rows.append({"context": f"ctx {i}".encode(), "question": f"q {i}?".encode(),
-                   "answers": {"text": texts, "answer_start": [0] * len(texts)},
-                   "id": b"id", "title": b"t"})
+      rows.append(
+        {
+          "context": f"ctx {i}".encode(),
+          "question": f"q {i}?".encode(),
+          "answers": {"text": texts, "answer_start": [0] * len(texts)},
+          "id": b"id",
+          "title": b"t",
+        }
+      )
     elif builder_name == "xsum":
-      rows.append({"document": f"doc {i}".encode(),
-                   "summary": b"  " if gone else f"sum {i}".encode()})
+      rows.append(
+        {"document": f"doc {i}".encode(), "summary": b"  " if gone else f"sum {i}".encode()}
+      )
     elif builder_name == "cnn_dailymail":
-      rows.append({"article": f"art {i}".encode(), "highlights": f"hl {i}".encode(),
-                   "publisher": b"cnn", "id": b"x"})
+      rows.append(
+        {
+          "article": f"art {i}".encode(),
+          "highlights": f"hl {i}".encode(),
+          "publisher": b"cnn",
+          "id": b"x",
+        }
+      )
     else:
       raise AssertionError(builder_name)
   return rows
@@ -156,16 +198,17 @@ def _fake_rows(builder_name: str, empty: tuple[int, ...] = ()) -> list[dict]:
 
 @contextlib.contextmanager
 def fake_tfds(empty=()):
-  with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **kw:
-                              _fake_rows(builder.name, empty)):
+  with tfds.testing.mock_data(
+    as_data_source_fn=lambda builder, split, **kw: _fake_rows(builder.name, empty)
+  ):
     yield
 
 
 TEMPLATES = {  # the prompt each task's fake example i must give
-    "gsm8k": (r"Question: (.+)\nAnswer:", ("question",)),
-    "squad": (r"Context: (.+)\nQuestion: (.+)\nAnswer:", ("context", "question")),
-    "xsum": (r"Document: (.+)\nSummary:", ("document",)),
-    "cnn_dailymail": (r"Article: (.+)\nSummary:", ("article",)),
+  "gsm8k": (r"Question: (.+)\nAnswer:", ("question",)),
+  "squad": (r"Context: (.+)\nQuestion: (.+)\nAnswer:", ("context", "question")),
+  "xsum": (r"Document: (.+)\nSummary:", ("document",)),
+  "cnn_dailymail": (r"Article: (.+)\nSummary:", ("article",)),
 }
 
 
@@ -176,7 +219,11 @@ def _first_split(name):
 def test_the_table_covers_the_tasks_and_their_metrics():
   assert set(gen_text.GEN_TASKS) == set(TEMPLATES)
   assert {n: gen_text.metric_of(n) for n in gen_text.GEN_TASKS} == {
-      "gsm8k": "gsm8k", "squad": "token_f1", "xsum": "rouge_l", "cnn_dailymail": "rouge_l"}
+    "gsm8k": "gsm8k",
+    "squad": "token_f1",
+    "xsum": "rouge_l",
+    "cnn_dailymail": "rouge_l",
+  }
   with pytest.raises(ValueError, match=r"generative task 'squad_v2': expected one of \["):
     gen_text.metric_of("squad_v2")
 
@@ -196,7 +243,10 @@ def test_random_mock_data_gives_templated_pairs_deterministically(name):
     assert response.startswith(" ") and response[1:] == refs[0]
     assert refs and all(isinstance(r, str) and r for r in refs)
   assert (first.prompts, first.responses, first.references) == (
-      again.prompts, again.responses, again.references)
+    again.prompts,
+    again.responses,
+    again.references,
+  )
   assert whole.prompts[:8] == first.prompts and whole.responses[:8] == first.responses
   assert other.prompts != first.prompts
 
@@ -208,12 +258,16 @@ def test_real_shaped_examples_give_the_exact_prompts_and_references():
     xsum = gen_text.load_gen_task("xsum", split="test", take=5)
     cnn = gen_text.load_gen_task("cnn_dailymail", split="validation")
   assert len(cnn) == N and sorted(cnn.prompts) == sorted(
-      f"Article: art {i}\nSummary:" for i in range(N))
+    f"Article: art {i}\nSummary:" for i in range(N)
+  )
   for prompt, response, refs in zip(gsm8k.prompts, gsm8k.responses, gsm8k.references):
     i = int(prompt.split()[3])
     answer = f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"
-    assert (prompt, response, refs) == (f"Question: What is {i} + 1?\nAnswer:", " " + answer,
-                                        [answer])
+    assert (prompt, response, refs) == (
+      f"Question: What is {i} + 1?\nAnswer:",
+      " " + answer,
+      [answer],
+    )
   for prompt, response, refs in zip(squad.prompts, squad.responses, squad.references):
     i = int(prompt.split("\n")[0].split()[-1])
     assert prompt == f"Context: ctx {i}\nQuestion: q {i}?\nAnswer:"
@@ -235,8 +289,10 @@ def test_splits_get_different_subsets_and_take_is_checked():
         gen_text.load_gen_task("xsum", split="train", take=take)
 
 
-@pytest.mark.parametrize("name,split", [("gsm8k", "validation"), ("squad", "test"),
-                                        ("xsum", "dev"), ("cnn_dailymail", "unsupervised")])
+@pytest.mark.parametrize(
+  "name,split",
+  [("gsm8k", "validation"), ("squad", "test"), ("xsum", "dev"), ("cnn_dailymail", "unsupervised")],
+)
 def test_unknown_split_or_task_is_rejected(name, split):
   with tfds.testing.mock_data(num_examples=3):  # the mock alone would accept any split
     with pytest.raises(ValueError, match=rf"split '{split}' of {name}: expected one of \["):
@@ -277,6 +333,7 @@ def test_missing_data_is_not_downloaded(tmp_path):
 
 # --- encode_pairs ------------------------------------------------------------------
 
+
 def _encode(prompts, responses, **kwargs):
   kwargs = {"tokenizer": BYTES, "max_prompt_len": 5, "max_response_len": 4, **kwargs}
   return gen_text.encode_pairs(PromptResponses(prompts, responses), **kwargs)
@@ -295,8 +352,7 @@ def test_encode_pairs_exact_tokens_left_padded_prompt_right_padded_response():
 
 
 def test_prompt_then_response_is_one_contiguous_sequence_as_a_sampler_writes_it():
-  data, _ = _encode(["Q:", "Hi?", "é"], [" A", "!", " ok"], max_prompt_len=6,
-                    max_response_len=5)
+  data, _ = _encode(["Q:", "Hi?", "é"], [" A", "!", " ok"], max_prompt_len=6, max_response_len=5)
   tokens = np.concatenate([data["prompt"], data["response"]], axis=1)
   mask = np.concatenate([data["prompt_mask"], data["response_mask"]], axis=1)
   for row, (prompt, response) in enumerate([("Q:", " A"), ("Hi?", "!"), ("é", " ok")]):
@@ -325,8 +381,9 @@ def test_long_prompt_loses_its_beginning_and_keeps_bos():
 def test_long_response_is_cut_on_the_right_without_eos():
   data, counts = _encode(["p", "p", "p"], [" yes!", " yes", " ye"])
   # " yes!" is cut; " yes" fits but its <eos> does not, so it is cut too; " ye" + <eos> fits.
-  np.testing.assert_array_equal(data["response"], [[32, 121, 101, 115], [32, 121, 101, 115],
-                                                   [32, 121, 101, EOS]])
+  np.testing.assert_array_equal(
+    data["response"], [[32, 121, 101, 115], [32, 121, 101, 115], [32, 121, 101, EOS]]
+  )
   np.testing.assert_array_equal(data["response_mask"], np.ones((3, 4)))
   assert counts == {"examples": 3, "prompt_truncated": 0, "response_truncated": 2, "dropped": 0}
   no_eos, counts = _encode(["p"], [" yes"], add_eos=False)
@@ -335,8 +392,9 @@ def test_long_response_is_cut_on_the_right_without_eos():
 
 
 def test_drop_mode_drops_and_counts_examples_that_do_not_fit():
-  data, counts = _encode(["abcdefgh", "p", "ok", "q"], [" r", " yes", " a", " yes!"],
-                         overflow="drop")
+  data, counts = _encode(
+    ["abcdefgh", "p", "ok", "q"], [" r", " yes", " a", " yes!"], overflow="drop"
+  )
   np.testing.assert_array_equal(data["index"], [2])
   np.testing.assert_array_equal(data["prompt"], [[PAD, PAD, BOS, 111, 107]])
   np.testing.assert_array_equal(data["response"], [[32, 97, EOS, PAD]])

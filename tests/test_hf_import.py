@@ -14,19 +14,17 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import safetensors.numpy  # noqa: E402
-
 import torch  # noqa: E402  (the test extra installs it; a missing torch is a failure, not a skip)
 import transformers  # noqa: E402
 
-from fakes import built_once
-from w2s_jax.infra import checkpoints  # noqa: E402
-from w2s_jax.models import hf_files
-from w2s_jax.models import hf_import
-from w2s_jax.models import transformer
-from w2s_jax.models import sampling
-from w2s_jax.infra import sharding
 from w2s_jax.data.dataset import Dataset  # noqa: E402
-from w2s_jax.models import hf_weights
+from w2s_jax.infra import (
+  checkpoints,  # noqa: E402
+  sharding,
+)
+from w2s_jax.models import hf_files, hf_import, hf_weights, sampling, transformer
+
+from fakes import built_once
 
 VOCAB, PAD, SEQ = 50, 49, 8
 LENGTHS = (8, 5, 3, 1)
@@ -34,24 +32,51 @@ TOL = 1e-4
 # A broken layout must miss by far more than TOL, or the parity tests prove nothing.
 BROKEN = 1e-2
 
-GPT2 = dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=16,
-            pad_token_id=PAD, bos_token_id=0, eos_token_id=0)
-NEOX = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, max_position_embeddings=16, tie_word_embeddings=False,
-            pad_token_id=PAD, bos_token_id=0, eos_token_id=0)
+GPT2 = dict(
+  vocab_size=VOCAB,
+  n_embd=32,
+  n_layer=2,
+  n_head=4,
+  n_positions=16,
+  pad_token_id=PAD,
+  bos_token_id=0,
+  eos_token_id=0,
+)
+NEOX = dict(
+  vocab_size=VOCAB,
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  intermediate_size=64,
+  max_position_embeddings=16,
+  tie_word_embeddings=False,
+  pad_token_id=PAD,
+  bos_token_id=0,
+  eos_token_id=0,
+)
 # name: (transformers class, config class, config kwargs, compared output)
 CASES = {
-    "gpt2_lm": ("GPT2LMHeadModel", "GPT2Config", GPT2, "lm"),
-    "gpt2_lm_untied": ("GPT2LMHeadModel", "GPT2Config", {**GPT2, "tie_word_embeddings": False},
-                       "lm"),
-    "gpt2_cls": ("GPT2ForSequenceClassification", "GPT2Config", {**GPT2, "num_labels": 2},
-                 "cls"),
-    "neox_lm_parallel": ("GPTNeoXForCausalLM", "GPTNeoXConfig",
-                         {**NEOX, "rotary_pct": 0.25, "use_parallel_residual": True}, "lm"),
-    "neox_lm_sequential": ("GPTNeoXForCausalLM", "GPTNeoXConfig",
-                           {**NEOX, "rotary_pct": 0.5, "use_parallel_residual": False}, "lm"),
-    "neox_cls": ("GPTNeoXForSequenceClassification", "GPTNeoXConfig",
-                 {**NEOX, "rotary_pct": 0.5, "num_labels": 2}, "cls"),
+  "gpt2_lm": ("GPT2LMHeadModel", "GPT2Config", GPT2, "lm"),
+  "gpt2_lm_untied": ("GPT2LMHeadModel", "GPT2Config", {**GPT2, "tie_word_embeddings": False}, "lm"),
+  "gpt2_cls": ("GPT2ForSequenceClassification", "GPT2Config", {**GPT2, "num_labels": 2}, "cls"),
+  "neox_lm_parallel": (
+    "GPTNeoXForCausalLM",
+    "GPTNeoXConfig",
+    {**NEOX, "rotary_pct": 0.25, "use_parallel_residual": True},
+    "lm",
+  ),
+  "neox_lm_sequential": (
+    "GPTNeoXForCausalLM",
+    "GPTNeoXConfig",
+    {**NEOX, "rotary_pct": 0.5, "use_parallel_residual": False},
+    "lm",
+  ),
+  "neox_cls": (
+    "GPTNeoXForSequenceClassification",
+    "GPTNeoXConfig",
+    {**NEOX, "rotary_pct": 0.5, "num_labels": 2},
+    "cls",
+  ),
 }
 
 
@@ -133,19 +158,26 @@ GENERATE_LENGTHS, NEW_TOKENS = (7, 4, 2, 5), 8
 
 def _hf_greedy(model, prompt, mask, eos):
   with torch.no_grad():
-    out = model.generate(torch.tensor(prompt, dtype=torch.long),
-                         attention_mask=torch.tensor(mask, dtype=torch.long), do_sample=False,
-                         max_new_tokens=NEW_TOKENS, eos_token_id=eos, pad_token_id=PAD,
-                         output_scores=True, return_dict_in_generate=True)
-  tokens = out.sequences[:, prompt.shape[1]:].numpy()
+    out = model.generate(
+      torch.tensor(prompt, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
+      do_sample=False,
+      max_new_tokens=NEW_TOKENS,
+      eos_token_id=eos,
+      pad_token_id=PAD,
+      output_scores=True,
+      return_dict_in_generate=True,
+    )
+  tokens = out.sequences[:, prompt.shape[1] :].numpy()
   logp = torch.log_softmax(torch.stack(out.scores, 1), -1).numpy()
   return tokens, logp
 
 
 # Seeds and weight scale whose greedy paths vary: with the logit tests' small
 # weights (and with GPT-2's tied embeddings) a tiny random model repeats one token.
-@pytest.mark.parametrize("case, seed", [("gpt2_lm_untied", 3), ("neox_lm_parallel", 1),
-                                        ("neox_lm_sequential", 1)])
+@pytest.mark.parametrize(
+  "case, seed", [("gpt2_lm_untied", 3), ("neox_lm_parallel", 1), ("neox_lm_sequential", 1)]
+)
 def test_greedy_generation_matches_transformers_generate(case, seed, tmp_path):
   """Token for token, left-padded prompts of different lengths, with EOS."""
   hf_model, folder = _build(case, tmp_path, seed=seed, scale=0.5), tmp_path
@@ -155,17 +187,21 @@ def test_greedy_generation_matches_transformers_generate(case, seed, tmp_path):
   prompt_mask = np.zeros_like(prompt)
   rng = np.random.default_rng(3)
   for row, n in enumerate(GENERATE_LENGTHS):
-    prompt[row, width - n:] = rng.integers(0, PAD, n)
-    prompt_mask[row, width - n:] = 1
+    prompt[row, width - n :] = rng.integers(0, PAD, n)
+    prompt_mask[row, width - n :] = 1
   # An EOS these random models do emit, but never first: rows then stop mid-way.
   free = _hf_greedy(hf_model, prompt, prompt_mask, eos=None)[0]
   later = [t for t in free[:, 1:].ravel() if t not in free[:, 0]]
   eos = int(np.bincount(later).argmax())
   hf_tokens, hf_logp = _hf_greedy(hf_model, prompt, prompt_mask, eos)
   ours, ours_mask, ours_logp = sampling.generate(
-      params, cfg, Dataset(prompt=prompt, prompt_mask=prompt_mask),
-      cfg=sampling.SamplingConfig(max_new_tokens=NEW_TOKENS, eos_id=eos, pad_id=PAD),
-      mesh=sharding.make_mesh(1), batch_size=len(prompt))
+    params,
+    cfg,
+    Dataset(prompt=prompt, prompt_mask=prompt_mask),
+    cfg=sampling.SamplingConfig(max_new_tokens=NEW_TOKENS, eos_id=eos, pad_id=PAD),
+    mesh=sharding.make_mesh(1),
+    batch_size=len(prompt),
+  )
   steps = hf_tokens.shape[1]  # transformers stops once every row is done
   np.testing.assert_array_equal(ours[:, :steps], hf_tokens)
   assert (ours[:, steps:] == PAD).all()
@@ -184,8 +220,10 @@ def test_neox_qkv_left_interleaved_is_detected(built):
   for i in range(cfg.depth):
     name = f"gpt_neox.layers.{i}.attention.query_key_value"
     # As if the fused output were three contiguous blocks, like GPT-2's.
-    params[f"block_{i}"]["qkv"] = {"kernel": tensors[name + ".weight"].T,
-                                   "bias": tensors[name + ".bias"]}
+    params[f"block_{i}"]["qkv"] = {
+      "kernel": tensors[name + ".weight"].T,
+      "bias": tensors[name + ".bias"],
+    }
   assert max_diff("neox_lm_parallel", hf_model, cfg, params, "left") > BROKEN
 
 
@@ -208,8 +246,9 @@ def test_prefix_free_and_sharded_checkpoints_give_the_same_params(built, tmp_pat
   assert (tmp_path / "model.safetensors.index.json").exists()
   _, sharded = hf_import.load_hf_folder(tmp_path)
   for other in (hf_weights.params_from_hf(base_model, cfg), sharded):
-    assert all(np.array_equal(a, b) for a, b in zip(
-        jax.tree.leaves(params), jax.tree.leaves(other)))
+    assert all(
+      np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(other))
+    )
 
 
 def test_bfloat16_checkpoint_reads_without_torch(built, tmp_path):
@@ -229,8 +268,9 @@ def test_orbax_round_trip_keeps_logits_identical(built, tmp_path):
   restored = checkpoints.load_params(tmp_path / "params", params)
   tokens, mask = padded_batch("left")
   for output in ("lm", "cls"):
-    np.testing.assert_array_equal(our_logits(cfg, params, tokens, mask, output),
-                                  our_logits(cfg, restored, tokens, mask, output))
+    np.testing.assert_array_equal(
+      our_logits(cfg, params, tokens, mask, output), our_logits(cfg, restored, tokens, mask, output)
+    )
 
 
 def test_missing_tensor_is_named(built):
@@ -249,13 +289,19 @@ def test_folder_errors_name_the_file(built, tmp_path):
   mistral = tmp_path / "mistral"
   mistral.mkdir()
   (mistral / "config.json").write_text(json.dumps({"model_type": "mistral", **GPT2}))
-  with pytest.raises(ValueError, match=rf"{mistral}/config.json: HF config model_type='mistral': "
-                                       r"expected one of \['gpt2', 'gpt_neox', 'bert', 'llama', 'qwen2'\]"):
+  with pytest.raises(
+    ValueError,
+    match=rf"{mistral}/config.json: HF config model_type='mistral': "
+    r"expected one of \['gpt2', 'gpt_neox', 'bert', 'llama', 'qwen2'\]",
+  ):
     hf_import.load_hf_folder(mistral)
   # A supported family with a field missing: named, not a KeyError.
   (mistral / "config.json").write_text(json.dumps({"model_type": "bert", **GPT2}))
-  with pytest.raises(ValueError, match=rf"{mistral}/config.json: HF config has no 'hidden_size': "
-                                       "expected it for model_type='bert'"):
+  with pytest.raises(
+    ValueError,
+    match=rf"{mistral}/config.json: HF config has no 'hidden_size': "
+    "expected it for model_type='bert'",
+  ):
     hf_import.load_hf_folder(mistral)
   broken = tmp_path / "broken"
   broken.mkdir()
@@ -263,8 +309,11 @@ def test_folder_errors_name_the_file(built, tmp_path):
   tensors = hf_files.read_hf_tensors(folder)
   del tensors["transformer.h.1.mlp.c_fc.bias"]
   safetensors.numpy.save_file(tensors, broken / "model.safetensors")
-  with pytest.raises(ValueError, match=rf"{broken} \(safetensors\): checkpoint is missing tensor "
-                                       r"'h\.1\.mlp\.c_fc\.bias'"):
+  with pytest.raises(
+    ValueError,
+    match=rf"{broken} \(safetensors\): checkpoint is missing tensor "
+    r"'h\.1\.mlp\.c_fc\.bias'",
+  ):
     hf_import.load_hf_folder(broken)
 
 
@@ -273,8 +322,11 @@ def test_bad_shape_is_named(built):
   cfg, _ = hf_import.load_hf_folder(folder)
   tensors = hf_files.read_hf_tensors(folder)
   tensors["gpt_neox.layers.0.attention.dense.weight"] = np.zeros((32, 31), np.float32)
-  with pytest.raises(ValueError, match=r"'layers\.0\.attention\.dense\.weight' has shape "
-                                       r"\(32, 31\): expected \(32, 32\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"'layers\.0\.attention\.dense\.weight' has shape "
+    r"\(32, 31\): expected \(32, 32\)",
+  ):
     hf_weights.params_from_hf(tensors, cfg)
 
 
@@ -301,13 +353,19 @@ def test_missing_files_are_named(tmp_path):
     hf_import.load_hf_folder(tmp_path)
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("scale_attn_by_inverse_layer_idx", True,
-     "scale_attn_by_inverse_layer_idx=True: expected False"),
+@pytest.mark.parametrize(
+  "field, value, match",
+  [
+    (
+      "scale_attn_by_inverse_layer_idx",
+      True,
+      "scale_attn_by_inverse_layer_idx=True: expected False",
+    ),
     ("reorder_and_upcast_attn", True, "reorder_and_upcast_attn=True: expected False"),
     ("activation_function", "relu", "activation_function='relu': expected one of"),
     ("model_type", "mistral", "model_type='mistral': expected one of"),
-])
+  ],
+)
 def test_unrepresentable_gpt2_configs_are_rejected(field, value, match):
   with pytest.raises(ValueError, match=match):
     hf_import.config_from_hf({"model_type": "gpt2", **GPT2, field: value})
@@ -315,16 +373,31 @@ def test_unrepresentable_gpt2_configs_are_rejected(field, value, match):
 
 def test_neox_rotary_settings_are_read_in_every_spelling():
   # As transformers 4.x wrote Pythia's config.json.
-  old = {"model_type": "gpt_neox", **NEOX, "rotary_pct": 0.5, "rotary_emb_base": 500.0,
-         "use_parallel_residual": False, "rope_scaling": None}
+  old = {
+    "model_type": "gpt_neox",
+    **NEOX,
+    "rotary_pct": 0.5,
+    "rotary_emb_base": 500.0,
+    "use_parallel_residual": False,
+    "rope_scaling": None,
+  }
   mid = {**old, "partial_rotary_factor": 0.5, "rope_theta": 500.0}
   new = {key: value for key, value in old.items() if key not in ("rotary_pct", "rotary_emb_base")}
-  new["rope_parameters"] = {"rope_type": "default", "partial_rotary_factor": 0.5,
-                            "rope_theta": 500.0}
+  new["rope_parameters"] = {
+    "rope_type": "default",
+    "partial_rotary_factor": 0.5,
+    "rope_theta": 500.0,
+  }
   for hf_config in (old, mid, new):
     cfg = hf_import.config_from_hf(hf_config)
-    assert (cfg.rotary_frac, cfg.rotary_base, cfg.parallel_residual, cfg.mlp_dim,
-            cfg.gelu_approximate, cfg.tie_embeddings) == (0.5, 500.0, False, 64, False, False)
+    assert (
+      cfg.rotary_frac,
+      cfg.rotary_base,
+      cfg.parallel_residual,
+      cfg.mlp_dim,
+      cfg.gelu_approximate,
+      cfg.tie_embeddings,
+    ) == (0.5, 500.0, False, 64, False, False)
   with pytest.raises(ValueError, match="conflicting"):
     hf_import.config_from_hf({**old, "partial_rotary_factor": 0.25})
   with pytest.raises(ValueError, match=r"rope_parameters\.rope_type='linear'"):
@@ -333,8 +406,10 @@ def test_neox_rotary_settings_are_read_in_every_spelling():
 
 def _tiny_safetensors(path):
   from safetensors.numpy import save_file
-  save_file({"a": np.arange(12, dtype=np.float32).reshape(3, 4),
-             "b": np.ones(5, np.float16)}, str(path))
+
+  save_file(
+    {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, np.float16)}, str(path)
+  )
   return path.read_bytes()
 
 
@@ -345,7 +420,9 @@ def test_a_whole_tiny_safetensors_file_reads(tmp_path):
   assert tensors["b"].dtype == np.float16 and tensors["b"].shape == (5,)
 
 
-@pytest.mark.parametrize("damage, detail", [
+@pytest.mark.parametrize(
+  "damage, detail",
+  [
     # The header reads, the data is short: the sizes are named.
     (lambda raw: raw[:-3], "file has 175 bytes, its header expects 178"),
     (lambda raw: raw + b"\0\0", "file has 180 bytes, its header expects 178"),
@@ -354,7 +431,8 @@ def test_a_whole_tiny_safetensors_file_reads(tmp_path):
     (lambda raw: raw[:5], "header too small"),
     (lambda raw: raw[:8] + b"X" + raw[9:], "invalid JSON in header"),
     (lambda raw: raw[:9] + bytes([raw[9] ^ 0xFF]) + raw[10:], "invalid UTF-8 in header"),
-])
+  ],
+)
 def test_a_truncated_or_corrupt_safetensors_file_is_named(tmp_path, damage, detail):
   file = tmp_path / "model.safetensors"
   raw = _tiny_safetensors(file)
@@ -363,8 +441,9 @@ def test_a_truncated_or_corrupt_safetensors_file_is_named(tmp_path, damage, deta
   with pytest.raises(ValueError) as caught:
     hf_files.read_hf_tensors(tmp_path)
   message = str(caught.value)
-  assert message.startswith(f"{file}: not a readable safetensors file, truncated or corrupt ("), \
-      message
+  assert message.startswith(f"{file}: not a readable safetensors file, truncated or corrupt ("), (
+    message
+  )
   assert detail in message and "re-download it" in message, message
 
 
@@ -373,9 +452,16 @@ def test_a_corrupt_shard_of_a_sharded_checkpoint_is_named(tmp_path):
   raw = _tiny_safetensors(shard)
   _tiny_safetensors(tmp_path / "model-00001-of-00002.safetensors")
   shard.write_bytes(raw[:150])
-  (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
-      {"weight_map": {"a": "model-00001-of-00002.safetensors",
-                      "b": "model-00002-of-00002.safetensors"}}))
+  (tmp_path / "model.safetensors.index.json").write_text(
+    json.dumps(
+      {
+        "weight_map": {
+          "a": "model-00001-of-00002.safetensors",
+          "b": "model-00002-of-00002.safetensors",
+        }
+      }
+    )
+  )
   expected = r"not a readable safetensors file.*file has 150 bytes, its header expects 178"
   with pytest.raises(ValueError, match=f"^{re.escape(str(shard))}: {expected}"):
     hf_files.read_hf_tensors(tmp_path)
@@ -385,22 +471,35 @@ def test_short_tensor_data_is_named_even_if_safetensors_lets_it_through(tmp_path
   file = tmp_path / "model.safetensors"
   _tiny_safetensors(file)
   real = hf_files.safetensors.deserialize
-  monkeypatch.setattr(hf_files.safetensors, "deserialize", lambda raw: [
+  monkeypatch.setattr(
+    hf_files.safetensors,
+    "deserialize",
+    lambda raw: [
       (name, {**view, "data": view["data"][:-2]} if name == "a" else view)
-      for name, view in real(raw)])
-  expected = (r"tensor 'a' has 46 bytes of data: expected 48 for shape \[3, 4\] F32 "
-              r"\(truncated or corrupt\): re-download it")
+      for name, view in real(raw)
+    ],
+  )
+  expected = (
+    r"tensor 'a' has 46 bytes of data: expected 48 for shape \[3, 4\] F32 "
+    r"\(truncated or corrupt\): re-download it"
+  )
   with pytest.raises(ValueError, match=f"^{re.escape(str(file))}: {expected}"):
     hf_files.read_hf_tensors(tmp_path)
 
 
-@pytest.mark.parametrize("content, match", [
-    ('{"weight_map": {"a": "model-00001', r"not valid JSON \(.*\): expected a safetensors index; "
-                                          r"the file is truncated or corrupt: re-download it"),
+@pytest.mark.parametrize(
+  "content, match",
+  [
+    (
+      '{"weight_map": {"a": "model-00001',
+      r"not valid JSON \(.*\): expected a safetensors index; "
+      r"the file is truncated or corrupt: re-download it",
+    ),
     ("[1, 2]", r"a JSON list: expected a safetensors index \(a JSON object\)"),
     ('{"metadata": {}}', r"weight_map=None: expected an object mapping each tensor name"),
     ('{"weight_map": {"a": 3}}', r"weight_map=\{'a': 3\}: expected an object mapping"),
-])
+  ],
+)
 def test_a_bad_safetensors_index_is_named(tmp_path, content, match):
   index = tmp_path / "model.safetensors.index.json"
   index.write_text(content)

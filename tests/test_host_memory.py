@@ -54,8 +54,14 @@ SCRIPT = textwrap.dedent("""
 
 
 def run(mode, **env):
-  out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True,
-                       timeout=300, env={**os.environ, **env}, check=True)
+  out = subprocess.run(
+    [sys.executable, "-c", SCRIPT, mode],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, **env},
+    check=True,
+  )
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -67,18 +73,21 @@ def test_kept_memory_is_not_faulted_in_again_each_step():
   # pages, and more); with it, the pages of earlier steps are reused.
   assert default["faults_per_step"] > 10_000, default
   assert kept["faults_per_step"] < 0.05 * default["faults_per_step"], (default, kept)
-  assert kept["grew_mib"] < 16, kept   # steady: the same pages, step after step
-  assert default["checksum"] == kept["checksum"]   # where buffers live changes no number
+  assert kept["grew_mib"] < 16, kept  # steady: the same pages, step after step
+  assert default["checksum"] == kept["checksum"]  # where buffers live changes no number
   # What train.fit does when its loop ends: the kept scratch pages go back.
   assert kept["released_mib"] > 32, kept
-  assert abs(default["released_mib"]) < 16, default   # nothing was kept
+  assert abs(default["released_mib"]) < 16, default  # nothing was kept
 
 
 def test_opt_out_and_too_late_change_nothing():
   assert run("keep", W2S_JAX_KEEP_HOST_MEMORY="0")["status"] == (
-      "disabled by W2S_JAX_KEEP_HOST_MEMORY=0")
+    "disabled by W2S_JAX_KEEP_HOST_MEMORY=0"
+  )
   late = run("late")
   if sys.platform.startswith("linux"):
-    assert late["status"].startswith("too late | ") and "before the first JAX computation" in (
-        late["status"])
+    assert (
+      late["status"].startswith("too late | ")
+      and "before the first JAX computation" in (late["status"])
+    )
     assert late["faults_per_step"] > 10_000

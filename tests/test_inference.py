@@ -8,15 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fakes import np_softmax, tiny_model_cfg
-from w2s_jax.models import inference
-from w2s_jax.models import transformer
 from w2s_jax.data.dataset import Dataset, padded_batches, shuffled_batches
+from w2s_jax.models import inference, transformer
+
+from fakes import np_softmax, tiny_model_cfg
 
 VOCAB, T, N = 13, 6, 13
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup():
   cfg = tiny_model_cfg(vocab_size=VOCAB, max_len=T)
   rng = np.random.default_rng(0)
@@ -25,28 +25,35 @@ def _setup():
   mask = np.zeros((N, T), np.int32)
   for i, length in enumerate(lengths):
     if i % 2:
-      mask[i, :length] = 1     # right padded
+      mask[i, :length] = 1  # right padded
     else:
-      mask[i, T - length:] = 1  # left padded
+      mask[i, T - length :] = 1  # left padded
   data = Dataset(tokens=tokens, mask=mask, labels=rng.integers(0, 2, size=N))
   seed_params = []
   for s in range(3):
     p = transformer.init_params(cfg, jax.random.key(s))
     head = p["cls_head"]
     r = np.random.default_rng(10 + s)
-    p = {**p, "cls_head": {"kernel": jnp.asarray(r.normal(size=head["kernel"].shape) * 20,
-                                                 jnp.float32),
-                           "bias": jnp.asarray(r.normal(size=head["bias"].shape), jnp.float32)}}
+    p = {
+      **p,
+      "cls_head": {
+        "kernel": jnp.asarray(r.normal(size=head["kernel"].shape) * 20, jnp.float32),
+        "bias": jnp.asarray(r.normal(size=head["bias"].shape), jnp.float32),
+      },
+    }
     seed_params.append(p)
   model = transformer.Transformer(cfg)
-  one = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m,
-                                            method=transformer.Transformer.class_logits))
+  one = jax.jit(
+    lambda p, t, m: model.apply({"params": p}, t, m, method=transformer.Transformer.class_logits)
+  )
   return cfg, data, seed_params, one
 
 
 def _one_at_a_time(params, data, one):
-  rows = [np.asarray(one(params, data["tokens"][i:i + 1], data["mask"][i:i + 1]))[0]
-          for i in range(len(data))]
+  rows = [
+    np.asarray(one(params, data["tokens"][i : i + 1], data["mask"][i : i + 1]))[0]
+    for i in range(len(data))
+  ]
   return np_softmax(np.stack(rows))
 
 
@@ -82,8 +89,12 @@ def test_next_token_probs_one_row_per_example(mesh4):
   probs = inference.next_token_probs(seed_params[0], cfg, data, batch_size=8, mesh=mesh4)
   assert probs.shape == (N, VOCAB)
   model = transformer.Transformer(cfg)
-  logits = model.apply({"params": seed_params[0]}, data["tokens"], data["mask"],
-                       method=transformer.Transformer.last_token_lm_logits)
+  logits = model.apply(
+    {"params": seed_params[0]},
+    data["tokens"],
+    data["mask"],
+    method=transformer.Transformer.last_token_lm_logits,
+  )
   np.testing.assert_allclose(probs, np_softmax(np.asarray(logits)), atol=1e-5)
 
 
@@ -117,8 +128,9 @@ def test_shuffled_batches_epochs_are_permutations_and_resumable():
   # Deterministic in (seed, step), so a resumed stream sees the same batches.
   resumed = shuffled_batches(data, batch_size=bs, seed=3, start_step=3)
   np.testing.assert_array_equal(next(resumed)["idx"], flat[12:16])
-  other = np.concatenate([b["idx"] for b in itertools.islice(
-      shuffled_batches(data, batch_size=bs, seed=4), 5)])
+  other = np.concatenate(
+    [b["idx"] for b in itertools.islice(shuffled_batches(data, batch_size=bs, seed=4), 5)]
+  )
   assert not np.array_equal(other, flat)
 
 

@@ -14,20 +14,15 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax.infra import checkpoints
-from w2s_jax.infra import configs
-from w2s_jax.infra import integrity
-from w2s_jax.models import transformer
-from w2s_jax.training import objectives
-from w2s_jax.infra import sharding
-from w2s_jax.training import train
 from w2s_jax.data.dataset import Dataset, shuffled_batches
+from w2s_jax.infra import checkpoints, configs, integrity, sharding
 from w2s_jax.infra.sharding import MeshConfig
+from w2s_jax.models import model_config, transformer
+from w2s_jax.training import objectives, train
 from w2s_jax.training.train import OptimConfig
-from w2s_jax.models import model_config
-from w2s_jax.w2s import parts as parts_lib
 from w2s_jax.w2s import engine
 from w2s_jax.w2s import grid as sweep_grid
+from w2s_jax.w2s import parts as parts_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = f"{ROOT / 'configs/default.py'}:small,seeds=2"
@@ -44,8 +39,10 @@ def largest_file(folder: Path) -> Path:
 
 
 def _same(a, b) -> bool:
-  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(jax.device_get(a)),
-                                                  jax.tree.leaves(jax.device_get(b))))
+  return all(
+    np.array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b)))
+  )
 
 
 def test_tree_checksum_ignores_sharding_and_catches_one_bit(mesh1):
@@ -56,8 +53,10 @@ def test_tree_checksum_ignores_sharding_and_catches_one_bit(mesh1):
   assert integrity.tree_checksum(params) == integrity.tree_checksum(spread)
   kernel = np.asarray(params["block_1"]["mlp_out"]["kernel"]).copy()
   kernel.view(np.uint32)[7, 3] ^= 1  # the lowest mantissa bit of one weight
-  flipped = {**params, "block_1": {**params["block_1"], "mlp_out": {
-      **params["block_1"]["mlp_out"], "kernel": kernel}}}
+  flipped = {
+    **params,
+    "block_1": {**params["block_1"], "mlp_out": {**params["block_1"]["mlp_out"], "kernel": kernel}},
+  }
   assert integrity.tree_checksum(flipped) != integrity.tree_checksum(params)
   rows = np.asarray(params["embed"]["embedding"])
   swapped = {**params, "embed": {"embedding": rows[[1, 0, *range(2, len(rows))]]}}
@@ -102,8 +101,9 @@ def test_truncated_cache_info_is_rebuilt(small, tmp_path):
   assert _same(rebuilt, params)
 
 
-def test_kill_between_last_checkpoint_and_cache_record_keeps_the_record(small, tmp_path,
-                                                                          monkeypatch):
+def test_kill_between_last_checkpoint_and_cache_record_keeps_the_record(
+  small, tmp_path, monkeypatch
+):
   cfg, _, params, info = small
   real_save = checkpoints.PretrainedCache.save
   meant = {}
@@ -116,8 +116,9 @@ def test_kill_between_last_checkpoint_and_cache_record_keeps_the_record(small, t
   with pytest.raises(KeyboardInterrupt):
     parts_lib.build(cfg, cache_dir=tmp_path, progress=False).models.get("pico")
   monkeypatch.setattr(checkpoints.PretrainedCache, "save", real_save)
-  resumed, _, resumed_info = parts_lib.build(cfg, cache_dir=tmp_path,
-                                            progress=False).models.get("pico")
+  resumed, _, resumed_info = parts_lib.build(cfg, cache_dir=tmp_path, progress=False).models.get(
+    "pico"
+  )
   assert _same(resumed, params)
   assert resumed_info["final_lm_loss"] == info["final_lm_loss"]  # not NaN
   assert resumed_info["seconds"] == meant["seconds"] > 0.1  # the killed run's time, not 0
@@ -131,18 +132,37 @@ def _train(tmp_path, steps, *, keep=3):
   optimizer = train.make_optimizer(optim)
   mesh = sharding.make_mesh(1)
   key = jax.random.key(0)
-  state = train.initial_state(lambda k: transformer.init_params(MODEL, k), key, optimizer=optimizer,
-                              mesh=mesh, rng=jax.random.key_data(key))
+  state = train.initial_state(
+    lambda k: transformer.init_params(MODEL, k),
+    key,
+    optimizer=optimizer,
+    mesh=mesh,
+    rng=jax.random.key_data(key),
+  )
   ckpts = checkpoints.TrainCheckpoints(tmp_path / "ckpt", every=3, keep=keep, data={"seed": 0})
   state = ckpts.restore(state)
   start = train.first_step(state)
   rng = np.random.default_rng(0)
-  data = Dataset(tokens=rng.integers(1, 16, (64, 8)).astype(np.int32),
-                 mask=np.ones((64, 8), np.int32))
-  step = train.compile_train_step(loss_fn=objectives.lm_objective(MODEL), optimizer=optimizer,
-                                  total_steps=9, mesh=mesh, state_sharding=train.sharding_of(state))
-  state, _ = train.fit(state, step, shuffled_batches(data, batch_size=8, seed=0, start_step=start),
-                       num_steps=steps, mesh=mesh, desc="t", progress=False, checkpoints=ckpts)
+  data = Dataset(
+    tokens=rng.integers(1, 16, (64, 8)).astype(np.int32), mask=np.ones((64, 8), np.int32)
+  )
+  step = train.compile_train_step(
+    loss_fn=objectives.lm_objective(MODEL),
+    optimizer=optimizer,
+    total_steps=9,
+    mesh=mesh,
+    state_sharding=train.sharding_of(state),
+  )
+  state, _ = train.fit(
+    state,
+    step,
+    shuffled_batches(data, batch_size=8, seed=0, start_step=start),
+    num_steps=steps,
+    mesh=mesh,
+    desc="t",
+    progress=False,
+    checkpoints=ckpts,
+  )
   ckpts.close()
   return state, start
 
@@ -164,9 +184,12 @@ def test_corrupt_latest_train_checkpoint_falls_back_to_the_one_before(tmp_path, 
 
 def test_checkpoint_of_another_model_is_refused_not_deleted(tmp_path):
   _train(tmp_path, 3)
-  state = train.init_state(transformer.init_params(model_config.decode_size("nano", vocab_size=16,
-                                                                 max_len=8), jax.random.key(0)),
-                           train.make_optimizer(OptimConfig()))
+  state = train.init_state(
+    transformer.init_params(
+      model_config.decode_size("nano", vocab_size=16, max_len=8), jax.random.key(0)
+    ),
+    train.make_optimizer(OptimConfig()),
+  )
   ckpts = checkpoints.TrainCheckpoints(tmp_path / "ckpt", every=3, data={"seed": 0})
   with pytest.raises(ValueError, match="other shapes"):
     ckpts.restore(state)
@@ -177,10 +200,14 @@ def test_checkpoint_of_another_model_is_refused_not_deleted(tmp_path):
 @pytest.mark.slow  # a sweep run three times
 def test_stage_cell_and_rows_corruption_is_recomputed_with_warnings(tmp_path):
   grid = configs.load_sweep(f"{ROOT / 'configs/sweep.py'}:tiny,seeds=2")
-  small_grid = sweep_grid.SweepConfig(dataclasses.replace(grid.base, mesh=MeshConfig(devices=1)),
-                                 grid.cells[:2])
-  run = lambda: engine.run_sweep(small_grid, out_dir=tmp_path / "s", cache_dir=tmp_path / "c",
-                                 progress=False).rows
+  small_grid = sweep_grid.SweepConfig(
+    dataclasses.replace(grid.base, mesh=MeshConfig(devices=1)), grid.cells[:2]
+  )
+  run = lambda: (
+    engine.run_sweep(
+      small_grid, out_dir=tmp_path / "s", cache_dir=tmp_path / "c", progress=False
+    ).rows
+  )
   rows = run()
   values = [r["test/w2s/mean"] for r in rows] + [rows[0]["test/weak/mean"]]
   assert len(set(values)) > 1  # the tiny sweep's numbers vary: equality below means something
@@ -197,7 +224,8 @@ def test_stage_cell_and_rows_corruption_is_recomputed_with_warnings(tmp_path):
   assert "sweep.jsonl: unreadable rows; rebuilding" in messages
   assert json.dumps(again) == json.dumps(rows)
   assert [json.loads(l) for l in (out / "sweep.jsonl").read_text().splitlines()] == json.loads(
-      json.dumps(rows))
+    json.dumps(rows)
+  )
 
 
 def test_output_that_cannot_be_written_fails_before_any_training(tmp_path):
@@ -214,15 +242,22 @@ def test_output_that_cannot_be_written_fails_before_any_training(tmp_path):
 def test_two_runs_sharing_one_cache_build_it_once(tmp_path):
   """Started together on an empty cache: one pretrains, the other waits and
   reads the entry; both end with the weights of a run alone."""
-  script = ("import sys; from w2s_jax.infra import configs; "
-            "from w2s_jax.w2s import parts as parts_lib; "
-            f"cfg = configs.load({SMALL!r}); "
-            "ctx = parts_lib.build(cfg, cache_dir=sys.argv[1], progress=False); "
-            "p, _, info = ctx.models.get('pico'); print(info['cached'])")
+  script = (
+    "import sys; from w2s_jax.infra import configs; "
+    "from w2s_jax.w2s import parts as parts_lib; "
+    f"cfg = configs.load({SMALL!r}); "
+    "ctx = parts_lib.build(cfg, cache_dir=sys.argv[1], progress=False); "
+    "p, _, info = ctx.models.get('pico'); print(info['cached'])"
+  )
   env = {"XLA_FLAGS": "", "PATH": "/usr/bin:/bin"}  # one device, as a user runs it
-  start = lambda cache: subprocess.Popen([sys.executable, "-c", script, str(cache)], cwd=ROOT,
-                                         env=env, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True)
+  start = lambda cache: subprocess.Popen(
+    [sys.executable, "-c", script, str(cache)],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   procs = [start(tmp_path / "cache") for _ in range(2)]
   outs = [p.communicate() for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs
@@ -230,8 +265,9 @@ def test_two_runs_sharing_one_cache_build_it_once(tmp_path):
   assert any("another process holds it; waiting" in o[0] for o in outs)
   alone = start(tmp_path / "alone")
   assert alone.wait() == 0, alone.stderr.read()
-  read = lambda cache: parts_lib.build(configs.load(SMALL), cache_dir=cache,
-                                      progress=False).models.get("pico")
+  read = lambda cache: parts_lib.build(
+    configs.load(SMALL), cache_dir=cache, progress=False
+  ).models.get("pico")
   shared, alone = read(tmp_path / "cache"), read(tmp_path / "alone")
   assert shared[2]["cached"] and alone[2]["cached"]
   assert _same(shared[0], alone[0])

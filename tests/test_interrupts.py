@@ -102,10 +102,19 @@ def test_outside_the_main_thread_it_is_a_no_op():
 
 
 def _run(code: str, **kwargs) -> subprocess.CompletedProcess:
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-      [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-  return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                        text=True, timeout=60, env=env, cwd=ROOT, **kwargs)
+  env = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+  }
+  return subprocess.run(
+    [sys.executable, "-c", textwrap.dedent(code)],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    env=env,
+    cwd=ROOT,
+    **kwargs,
+  )
 
 
 def test_interrupt_swallowed_in_del_still_stops_the_next_check():
@@ -154,11 +163,18 @@ _LOOP = """
 
 
 def _interrupt_loop(steps: int, check: str) -> subprocess.CompletedProcess:
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-      [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-  proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_LOOP), str(steps), check],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                          cwd=ROOT)
+  env = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+  }
+  proc = subprocess.Popen(
+    [sys.executable, "-c", textwrap.dedent(_LOOP), str(steps), check],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+    cwd=ROOT,
+  )
   try:
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.1)
@@ -170,8 +186,9 @@ def _interrupt_loop(steps: int, check: str) -> subprocess.CompletedProcess:
 
 
 def _stopped_by_interrupt(r) -> bool:
-  return r.returncode != 0 and (r.returncode in (-signal.SIGINT, 130)
-                                or "KeyboardInterrupt" in r.stderr)
+  return r.returncode != 0 and (
+    r.returncode in (-signal.SIGINT, 130) or "KeyboardInterrupt" in r.stderr
+  )
 
 
 def test_loop_that_checks_stops_with_nonzero_exit_on_sigint():

@@ -8,14 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from fakes import tiny_model_cfg
-from w2s_jax.infra import checkpoints
+from w2s_jax.infra import checkpoints, files
 from w2s_jax.infra.fingerprint import digest, fingerprint
+from w2s_jax.models import transformer
 from w2s_jax.training.classifier_losses import Xent
 from w2s_jax.training.train import OptimConfig
-from w2s_jax.models import transformer
-from w2s_jax.infra import files
 from w2s_jax.w2s import tables
+
+from fakes import tiny_model_cfg
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,7 @@ def test_fingerprint_is_explicit_field_by_field():
   assert digest(dataclasses.replace(cfg, attention="fused")) == digest(cfg)
   assert fingerprint(OptimConfig()).keys().isdisjoint({"lora_rank", "lora_alpha"})
   assert fingerprint(OptimConfig(lora_rank=4))["lora_rank"] == 4
-  assert fingerprint(Xent(temperature=2.0)) == {"type": "Xent", "temperature": 2.0,
-                                                "name": "xent"}
+  assert fingerprint(Xent(temperature=2.0)) == {"type": "Xent", "temperature": 2.0, "name": "xent"}
   with pytest.raises(TypeError, match="not config data"):
     fingerprint(object())
 
@@ -114,8 +113,17 @@ def test_write_json_atomic_failure_keeps_old_file(tmp_path):
 
 def test_summary_table_and_versions():
   stat = {"mean": 0.5, "lo": 0.25, "hi": 0.75}
-  table = tables.summary_table([{"method": "xent", "weak": stat, "w2s": stat, "ceiling": stat,
-                                  "pgr": {"mean": 0.5, "lo": -0.125, "hi": 1.0}}])
+  table = tables.summary_table(
+    [
+      {
+        "method": "xent",
+        "weak": stat,
+        "w2s": stat,
+        "ceiling": stat,
+        "pgr": {"mean": 0.5, "lo": -0.125, "hi": 1.0},
+      }
+    ]
+  )
   lines = table.splitlines()
   assert lines[0].split() == ["method", "Pweak", "Pweak->strong", "Pceiling", "PGR"]
   assert "0.500 [0.250, 0.750]" in lines[2]

@@ -5,21 +5,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fakes import np_log_softmax, np_softmax, tiny_model_cfg
-from w2s_jax.training import losses
 from w2s_jax.models import transformer
-from w2s_jax.training import objectives
+from w2s_jax.training import losses, objectives
 from w2s_jax.training.classifier_losses import Kl, LogConf, Product, Xent
 from w2s_jax.training.combined import combined_classifier_objective
 
-LOGITS = np.array([[2.0, -1.0],
-                   [0.3, 0.8],
-                   [-1.5, 0.5],
-                   [0.0, 1.2]], np.float32)
-LABELS = np.array([[0.9, 0.1],
-                   [0.2, 0.8],
-                   [1.0, 0.0],    # a zero entry: 0 log 0 = 0 for kl
-                   [0.35, 0.65]], np.float32)
+from fakes import np_log_softmax, np_softmax, tiny_model_cfg
+
+LOGITS = np.array([[2.0, -1.0], [0.3, 0.8], [-1.5, 0.5], [0.0, 1.2]], np.float32)
+LABELS = np.array(
+  [
+    [0.9, 0.1],
+    [0.2, 0.8],
+    [1.0, 0.0],  # a zero entry: 0 log 0 = 0 for kl
+    [0.35, 0.65],
+  ],
+  np.float32,
+)
 
 
 def np_xent(logits, labels):
@@ -51,8 +53,9 @@ def test_xent_with_temperature_divides_logits():
 def test_xent_three_classes():
   logits = np.array([[1.0, 2.0, 3.0], [0.5, -0.5, 0.0], [3.0, 0.0, -3.0]], np.float32)
   labels = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5]], np.float32)
-  np.testing.assert_allclose(float(losses.xent(logits=logits, labels=labels)),
-                             np_xent(logits, labels), rtol=1e-6)
+  np.testing.assert_allclose(
+    float(losses.xent(logits=logits, labels=labels)), np_xent(logits, labels), rtol=1e-6
+  )
 
 
 def test_kl_matches_hand_computation_with_zero_label():
@@ -72,12 +75,12 @@ def test_kl_matches_hand_computation_with_zero_label():
 def test_kl_is_xent_minus_label_entropy_and_zero_at_match():
   y = LABELS.astype(np.float64)
   ent = -np.mean([sum(v * np.log(v) for v in row if v > 0) for row in y])
-  np.testing.assert_allclose(float(losses.kl(logits=LOGITS, labels=LABELS)),
-                             np_xent(LOGITS, LABELS) - ent, rtol=1e-5)
+  np.testing.assert_allclose(
+    float(losses.kl(logits=LOGITS, labels=LABELS)), np_xent(LOGITS, LABELS) - ent, rtol=1e-5
+  )
   # KL(p || p) = 0 when the logits are the log of the labels.
   labels = np.array([[0.25, 0.75], [0.6, 0.4]], np.float32)
-  np.testing.assert_allclose(float(losses.kl(logits=np.log(labels), labels=labels)), 0.0,
-                             atol=1e-6)
+  np.testing.assert_allclose(float(losses.kl(logits=np.log(labels), labels=labels)), 0.0, atol=1e-6)
 
 
 # ---------------------------------------------------------------- product
@@ -85,7 +88,7 @@ def test_kl_is_xent_minus_label_entropy_and_zero_at_match():
 
 def np_product_target(logits, labels, alpha, beta):
   p = np_softmax(logits)
-  t = p ** beta * np.asarray(labels, np.float64) ** alpha
+  t = p**beta * np.asarray(labels, np.float64) ** alpha
   return t / t.sum(-1, keepdims=True)
 
 
@@ -108,14 +111,17 @@ def test_product_alpha_beta_matter():
 # ---------------------------------------------------------------- logconf
 
 
-@pytest.mark.parametrize("step_frac,expected", [
+@pytest.mark.parametrize(
+  "step_frac,expected",
+  [
     (0.0, 0.0),
-    (0.025, 0.5 * 0.25),   # a quarter of the warmup
-    (0.05, 0.25),          # half the warmup: aux_coef / 2
-    (0.1, 0.5),            # end of the warmup
-    (0.3, 0.5),            # past the warmup
+    (0.025, 0.5 * 0.25),  # a quarter of the warmup
+    (0.05, 0.25),  # half the warmup: aux_coef / 2
+    (0.1, 0.5),  # end of the warmup
+    (0.3, 0.5),  # past the warmup
     (1.0, 0.5),
-])
+  ],
+)
 def test_logconf_coef_linear_ramp(step_frac, expected):
   # c = aux_coef * min(1, step_frac / warmup_frac), warmup_frac=0.1, aux_coef=0.5
   c = float(losses.logconf_coef(step_frac=step_frac, warmup_frac=0.1, aux_coef=0.5))
@@ -136,10 +142,10 @@ def test_hardened_predictions_threshold_hand_interpolation():
   logits = np.array([[2.0, 0.0], [0.0, 1.0], [0.5, 0.0], [-2.0, 1.0]], np.float32)
   labels = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [1.0, 0.0]], np.float32)
   p0 = np_softmax(logits)[:, 0]
-  q = labels[:, 1].mean()          # 0.375
+  q = labels[:, 1].mean()  # 0.375
   assert q == pytest.approx(0.375)
   s = np.sort(p0)
-  h = q * (len(s) - 1)             # 1.125
+  h = q * (len(s) - 1)  # 1.125
   lo = int(np.floor(h))
   tau = s[lo] + (h - lo) * (s[lo + 1] - s[lo])
   np.testing.assert_allclose(tau, np.quantile(p0, q, method="linear"), rtol=1e-12)
@@ -154,16 +160,18 @@ def test_hardened_predictions_threshold_hand_interpolation():
 def test_logconf_matches_hand_computation(step_frac):
   warmup_frac, aux_coef = 0.1, 0.5
   logits = np.array([[2.0, 0.0], [0.0, 1.0], [0.5, 0.0], [-2.0, 1.0], [0.1, 0.2]], np.float32)
-  labels = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9], [0.55, 0.45]],
-                    np.float32)
+  labels = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9], [0.55, 0.45]], np.float32)
   c = aux_coef * min(1.0, step_frac / warmup_frac)
   p0 = np_softmax(logits)[:, 0]
   tau = np.quantile(p0, labels[:, 1].astype(np.float64).mean(), method="linear")
   hard = np.stack([p0 >= tau, p0 < tau], -1).astype(np.float64)
   target = (1 - c) * labels.astype(np.float64) + c * hard
   expected = np_xent(logits, target)
-  got = float(losses.logconf(logits=logits, labels=labels, step_frac=step_frac,
-                             warmup_frac=warmup_frac, aux_coef=aux_coef))
+  got = float(
+    losses.logconf(
+      logits=logits, labels=labels, step_frac=step_frac, warmup_frac=warmup_frac, aux_coef=aux_coef
+    )
+  )
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   if step_frac == 0.0:
     np.testing.assert_allclose(got, np_xent(logits, labels), rtol=1e-5)
@@ -173,8 +181,9 @@ def test_logconf_matches_hand_computation(step_frac):
 
 def test_logconf_rejects_three_classes():
   with pytest.raises(ValueError, match="3 classes"):
-    losses.logconf(logits=np.zeros((2, 3), np.float32), labels=np.full((2, 3), 1 / 3),
-                   step_frac=0.5)
+    losses.logconf(
+      logits=np.zeros((2, 3), np.float32), labels=np.full((2, 3), 1 / 3), step_frac=0.5
+    )
 
 
 # ---------------------------------------------------------------- combined, lm_xent
@@ -186,10 +195,16 @@ def test_combined_is_weighted_sum_of_xents():
   gt_logits = np.array([[0.1, 0.2], [1.0, -1.0], [-0.3, 0.9]], np.float32)
   gt_labels = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
   alpha = 0.3
-  expected = alpha * np_xent(weak_logits, weak_labels) + (1 - alpha) * np_xent(gt_logits,
-                                                                                gt_labels)
-  got = float(losses.combined(weak_logits=weak_logits, weak_labels=weak_labels,
-                              gt_logits=gt_logits, gt_labels=gt_labels, alpha=alpha))
+  expected = alpha * np_xent(weak_logits, weak_labels) + (1 - alpha) * np_xent(gt_logits, gt_labels)
+  got = float(
+    losses.combined(
+      weak_logits=weak_logits,
+      weak_labels=weak_labels,
+      gt_logits=gt_logits,
+      gt_labels=gt_labels,
+      alpha=alpha,
+    )
+  )
   np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
@@ -208,12 +223,15 @@ def np_lm_xent(logits, tokens, mask):
 def test_lm_xent_with_mask_excludes_padding():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(3, 5, 7)).astype(np.float32)
-  tokens = np.array([[1, 4, 2, 6, 0],     # right padded (1 pad)
-                     [0, 0, 1, 3, 5],     # left padded
-                     [1, 2, 3, 4, 5]], np.int32)
-  mask = np.array([[1, 1, 1, 1, 0],
-                   [0, 0, 1, 1, 1],
-                   [1, 1, 1, 1, 1]], np.int32)
+  tokens = np.array(
+    [
+      [1, 4, 2, 6, 0],  # right padded (1 pad)
+      [0, 0, 1, 3, 5],  # left padded
+      [1, 2, 3, 4, 5],
+    ],
+    np.int32,
+  )
+  mask = np.array([[1, 1, 1, 1, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], np.int32)
   expected = np_lm_xent(logits, tokens, mask)
   # 3 + 2 + 4 target positions
   got = float(losses.lm_xent(logits=logits, tokens=tokens, mask=mask))
@@ -237,20 +255,19 @@ def test_lm_xent_with_mask_excludes_padding():
 
 def _loss_fns():
   return {
-      "xent": lambda lg, lb: losses.xent(logits=lg, labels=lb),
-      "xent_T2": lambda lg, lb: losses.xent(logits=lg, labels=lb, temperature=2.0),
-      "kl": lambda lg, lb: losses.kl(logits=lg, labels=lb),
-      "product": lambda lg, lb: losses.product(logits=lg, labels=lb, alpha=0.7, beta=1.5),
-      "logconf_warm": lambda lg, lb: losses.logconf(logits=lg, labels=lb, step_frac=0.05),
-      "logconf_late": lambda lg, lb: losses.logconf(logits=lg, labels=lb, step_frac=0.9),
+    "xent": lambda lg, lb: losses.xent(logits=lg, labels=lb),
+    "xent_T2": lambda lg, lb: losses.xent(logits=lg, labels=lb, temperature=2.0),
+    "kl": lambda lg, lb: losses.kl(logits=lg, labels=lb),
+    "product": lambda lg, lb: losses.product(logits=lg, labels=lb, alpha=0.7, beta=1.5),
+    "logconf_warm": lambda lg, lb: losses.logconf(logits=lg, labels=lb, step_frac=0.05),
+    "logconf_late": lambda lg, lb: losses.logconf(logits=lg, labels=lb, step_frac=0.9),
   }
 
 
 @pytest.mark.parametrize("name", list(_loss_fns()))
 def test_no_gradient_reaches_labels(name):
   fn = _loss_fns()[name]
-  labels = jnp.asarray(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.35, 0.65]],
-                                np.float32))
+  labels = jnp.asarray(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.35, 0.65]], np.float32))
   g_labels = jax.grad(fn, argnums=1)(jnp.asarray(LOGITS), labels)
   np.testing.assert_array_equal(np.asarray(g_labels), 0.0)
   g_logits = np.asarray(jax.grad(fn, argnums=0)(jnp.asarray(LOGITS), labels))
@@ -277,8 +294,7 @@ def test_product_and_logconf_targets_held_constant_in_logit_gradient():
   np.testing.assert_allclose(np.asarray(g), (p - target) / b, atol=1e-6)
 
   g = jax.grad(lambda z: losses.xent(logits=z, labels=labels, temperature=2.0))(LOGITS)
-  np.testing.assert_allclose(np.asarray(g), (np_softmax(LOGITS / 2) - labels) / (2 * b),
-                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(g), (np_softmax(LOGITS / 2) - labels) / (2 * b), atol=1e-6)
 
 
 def test_combined_no_gradient_to_weak_or_gt_labels():
@@ -287,11 +303,11 @@ def test_combined_no_gradient_to_weak_or_gt_labels():
   gt_logits = jnp.asarray(np.array([[0.1, 0.2], [1.0, -1.0], [-0.3, 0.9]], np.float32))
 
   def fn(wl, wy, gl, gy):
-    return losses.combined(weak_logits=wl, weak_labels=wy, gt_logits=gl, gt_labels=gy,
-                           alpha=0.4)
+    return losses.combined(weak_logits=wl, weak_labels=wy, gt_logits=gl, gt_labels=gy, alpha=0.4)
 
-  g_wl, g_wy, g_gl, g_gy = jax.grad(fn, argnums=(0, 1, 2, 3))(jnp.asarray(LOGITS), weak_labels,
-                                                                gt_logits, gt_labels)
+  g_wl, g_wy, g_gl, g_gy = jax.grad(fn, argnums=(0, 1, 2, 3))(
+    jnp.asarray(LOGITS), weak_labels, gt_logits, gt_labels
+  )
   np.testing.assert_array_equal(np.asarray(g_wy), 0.0)
   np.testing.assert_array_equal(np.asarray(g_gy), 0.0)
   assert np.abs(np.asarray(g_wl)).max() > 1e-4
@@ -301,28 +317,40 @@ def test_combined_no_gradient_to_weak_or_gt_labels():
 # ---------------------------------------------------------------- objectives
 
 
-@pytest.mark.parametrize("cfg,direct", [
-    (Xent(temperature=3.0),
-     lambda z, y, f: losses.xent(logits=z, labels=y, temperature=3.0)),
+@pytest.mark.parametrize(
+  "cfg,direct",
+  [
+    (Xent(temperature=3.0), lambda z, y, f: losses.xent(logits=z, labels=y, temperature=3.0)),
     (Kl(), lambda z, y, f: losses.kl(logits=z, labels=y)),
-    (Product(alpha=0.5, beta=2.0),
-     lambda z, y, f: losses.product(logits=z, labels=y, alpha=0.5, beta=2.0)),
-    (LogConf(warmup_frac=0.4, aux_coef=0.8),
-     lambda z, y, f: losses.logconf(logits=z, labels=y, step_frac=f, warmup_frac=0.4,
-                                    aux_coef=0.8)),
-])
+    (
+      Product(alpha=0.5, beta=2.0),
+      lambda z, y, f: losses.product(logits=z, labels=y, alpha=0.5, beta=2.0),
+    ),
+    (
+      LogConf(warmup_frac=0.4, aux_coef=0.8),
+      lambda z, y, f: losses.logconf(
+        logits=z, labels=y, step_frac=f, warmup_frac=0.4, aux_coef=0.8
+      ),
+    ),
+  ],
+)
 def test_each_loss_applies_its_own_hyperparameters(cfg, direct):
   for step_frac in (0.1, 0.9):
-    np.testing.assert_allclose(float(cfg.loss(logits=LOGITS, labels=LABELS, step_frac=step_frac)),
-                               float(direct(LOGITS, LABELS, step_frac)), rtol=1e-6)
+    np.testing.assert_allclose(
+      float(cfg.loss(logits=LOGITS, labels=LABELS, step_frac=step_frac)),
+      float(direct(LOGITS, LABELS, step_frac)),
+      rtol=1e-6,
+    )
 
 
 def test_combined_objective_equals_weighted_classifier_objectives():
   cfg = tiny_model_cfg(vocab_size=9, max_len=5)
   params = transformer.init_params(cfg, jax.random.key(0))
   rng = np.random.default_rng(0)
-  params = {**params, "cls_head": {"kernel": jnp.asarray(rng.normal(size=(9, 2)), jnp.float32),
-                                   "bias": jnp.zeros(2)}}
+  params = {
+    **params,
+    "cls_head": {"kernel": jnp.asarray(rng.normal(size=(9, 2)), jnp.float32), "bias": jnp.zeros(2)},
+  }
 
   def batch(n):
     tokens = rng.integers(0, 9, size=(n, 5)).astype(np.int32)
@@ -333,13 +361,17 @@ def test_combined_objective_equals_weighted_classifier_objectives():
   alpha = 0.25
   key = jax.random.key(0)
   combined_loss, aux = jax.jit(combined_classifier_objective(cfg, alpha=alpha))(
-      params, {**{f"weak_{k}": v for k, v in weak.items()},
-               **{f"gt_{k}": v for k, v in gt.items()}}, 0.0, key)
+    params,
+    {**{f"weak_{k}": v for k, v in weak.items()}, **{f"gt_{k}": v for k, v in gt.items()}},
+    0.0,
+    key,
+  )
   xent_fn = jax.jit(objectives.classifier_objective(cfg, Xent()))
   weak_loss, weak_aux = xent_fn(params, weak, 0.0, key)
   gt_loss, _ = xent_fn(params, gt, 0.0, key)
-  np.testing.assert_allclose(float(combined_loss),
-                             alpha * float(weak_loss) + (1 - alpha) * float(gt_loss), rtol=1e-5)
+  np.testing.assert_allclose(
+    float(combined_loss), alpha * float(weak_loss) + (1 - alpha) * float(gt_loss), rtol=1e-5
+  )
   assert abs(float(weak_loss) - float(gt_loss)) > 1e-4
   assert float(aux["label_agreement"]) == float(weak_aux["label_agreement"])
   with pytest.raises(ValueError, match="alpha=1.5"):

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from w2s_jax.models import model_config, transformer
+
 from fakes import tiny_model_cfg
-from w2s_jax.models import transformer
-from w2s_jax.models import model_config
 
 VOCAB, T = 11, 8
 # Real token sequences of different lengths; two contain token id 0 as a real token.
@@ -21,22 +21,26 @@ def _random_head(params, rng):
   params = jax.tree.map(lambda x: x, params)  # shallow copy of the dicts
   head = params["cls_head"]
   params["cls_head"] = {
-      "kernel": jnp.asarray(rng.normal(size=head["kernel"].shape).astype(np.float32)),
-      "bias": jnp.asarray(rng.normal(size=head["bias"].shape).astype(np.float32)),
+    "kernel": jnp.asarray(rng.normal(size=head["kernel"].shape).astype(np.float32)),
+    "bias": jnp.asarray(rng.normal(size=head["bias"].shape).astype(np.float32)),
   }
   return params
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(head_input):
   cfg = tiny_model_cfg(head_input=head_input, vocab_size=VOCAB, max_len=T)
   params = transformer.init_params(cfg, jax.random.key(1))
   params = _random_head(params, np.random.default_rng(2))
   model = transformer.Transformer(cfg)
-  cls = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m,
-                                            method=transformer.Transformer.class_logits))
-  last_lm = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m,
-                                                method=transformer.Transformer.last_token_lm_logits))
+  cls = jax.jit(
+    lambda p, t, m: model.apply({"params": p}, t, m, method=transformer.Transformer.class_logits)
+  )
+  last_lm = jax.jit(
+    lambda p, t, m: model.apply(
+      {"params": p}, t, m, method=transformer.Transformer.last_token_lm_logits
+    )
+  )
   return cfg, params, cls, last_lm
 
 
@@ -56,20 +60,28 @@ def pad(seqs, side, fill):
 
 
 def test_last_real_index_hand_made_masks():
-  masks = np.array([[1, 1, 1, 0, 0],
-                    [0, 0, 1, 1, 1],
-                    [1, 1, 1, 1, 1],
-                    [0, 1, 1, 0, 0],
-                    [1, 0, 0, 0, 0],
-                    [0, 0, 0, 0, 1]], np.int32)
-  np.testing.assert_array_equal(np.asarray(transformer.last_real_index(jnp.asarray(masks))),
-                                [2, 4, 4, 2, 0, 4])
+  masks = np.array(
+    [
+      [1, 1, 1, 0, 0],
+      [0, 0, 1, 1, 1],
+      [1, 1, 1, 1, 1],
+      [0, 1, 1, 0, 0],
+      [1, 0, 0, 0, 0],
+      [0, 0, 0, 0, 1],
+    ],
+    np.int32,
+  )
+  np.testing.assert_array_equal(
+    np.asarray(transformer.last_real_index(jnp.asarray(masks))), [2, 4, 4, 2, 0, 4]
+  )
 
 
 def test_positions_from_mask_counts_real_tokens():
   masks = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]], np.int32)
-  np.testing.assert_array_equal(np.asarray(transformer.positions_from_mask(jnp.asarray(masks))),
-                                [[0, 1, 2, 2, 2], [0, 0, 0, 1, 2]])
+  np.testing.assert_array_equal(
+    np.asarray(transformer.positions_from_mask(jnp.asarray(masks))),
+    [[0, 1, 2, 2, 2], [0, 0, 0, 1, 2]],
+  )
 
 
 @pytest.mark.parametrize("head_input", ["lm_probs", "hidden"])
@@ -85,8 +97,9 @@ def test_class_logits_same_under_left_and_right_padding(head_input):
     for fill in (0, 5, rng):
       tokens, mask = pad(SEQS, side, fill)
       got = np.asarray(cls(params, tokens, mask))
-      np.testing.assert_allclose(got, reference, atol=1e-5,
-                                 err_msg=f"padding side={side} fill={fill}")
+      np.testing.assert_allclose(
+        got, reference, atol=1e-5, err_msg=f"padding side={side} fill={fill}"
+      )
       np.testing.assert_allclose(np.asarray(last_lm(params, tokens, mask)), ref_lm, atol=1e-5)
 
 
@@ -96,8 +109,14 @@ def test_padded_equals_unpadded(head_input):
   model = transformer.Transformer(cfg)
   for s in (SEQS[0], SEQS[4]):
     tokens = np.array([s], np.int32)
-    alone = np.asarray(model.apply({"params": params}, tokens, np.ones_like(tokens),
-                                   method=transformer.Transformer.class_logits))
+    alone = np.asarray(
+      model.apply(
+        {"params": params},
+        tokens,
+        np.ones_like(tokens),
+        method=transformer.Transformer.class_logits,
+      )
+    )
     for side in ("right", "left"):
       padded = np.asarray(cls(params, *pad([s], side, 9)))
       np.testing.assert_allclose(padded, alone, atol=1e-5)
@@ -111,8 +130,9 @@ def test_tokens_at_padded_positions_do_not_matter():
     base = np.asarray(cls(params, tokens, mask))
     for _ in range(2):
       noisy = np.where(mask > 0, tokens, rng.integers(0, VOCAB, size=tokens.shape))
-      np.testing.assert_allclose(np.asarray(cls(params, noisy.astype(np.int32), mask)), base,
-                                 atol=1e-5)
+      np.testing.assert_allclose(
+        np.asarray(cls(params, noisy.astype(np.int32), mask)), base, atol=1e-5
+      )
     # Changing a real token does change the output (the check can fail).
     changed = tokens.copy()
     last = np.asarray(transformer.last_real_index(mask))
@@ -154,8 +174,10 @@ def test_decode_size_explicit_and_table():
   assert (cfg.width, cfg.depth, cfg.heads) == (16, 1, 1)
   cfg = model_config.decode_size("64x3", vocab_size=5)
   assert (cfg.width, cfg.depth, cfg.heads) == (64, 3, 4)
-  assert (model_config.decode_size("pico", vocab_size=5).width,
-          model_config.decode_size("pico", vocab_size=5).depth) == model_config.SIZES["pico"][:2]
+  assert (
+    model_config.decode_size("pico", vocab_size=5).width,
+    model_config.decode_size("pico", vocab_size=5).depth,
+  ) == model_config.SIZES["pico"][:2]
 
 
 def test_sequence_longer_than_max_len_raises():
@@ -163,8 +185,9 @@ def test_sequence_longer_than_max_len_raises():
   params = transformer.init_params(cfg, jax.random.key(0))
   tokens = np.ones((1, 5), np.int32)
   with pytest.raises(ValueError, match="max_len=4"):
-    transformer.Transformer(cfg).apply({"params": params}, tokens, np.ones_like(tokens),
-                                  method=transformer.Transformer.class_logits)
+    transformer.Transformer(cfg).apply(
+      {"params": params}, tokens, np.ones_like(tokens), method=transformer.Transformer.class_logits
+    )
 
 
 @pytest.mark.parametrize("width", [24, 40, 48, 50, 100])

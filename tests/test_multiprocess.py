@@ -15,30 +15,42 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax.infra import checkpoints
-from w2s_jax.infra import configs
-from w2s_jax.models import transformer
 from w2s_jax.data import testbed
+from w2s_jax.infra import checkpoints, configs
+from w2s_jax.models import transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _env(devices: int, **extra) -> dict:
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **extra)
+  env.update(
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(ROOT),
+    **extra,
+  )
   return env
 
 
 def _command(config_arg: str, out: Path) -> list[str]:
-  return [sys.executable, str(ROOT / "experiments" / "train.py"),
-          "--config", f"{ROOT / 'configs' / 'scale.py'}:{config_arg}", "--out", str(out),
-          "--xla-cache", "", "--no-progress"]
+  return [
+    sys.executable,
+    str(ROOT / "experiments" / "train.py"),
+    "--config",
+    f"{ROOT / 'configs' / 'scale.py'}:{config_arg}",
+    "--out",
+    str(out),
+    "--xla-cache",
+    "",
+    "--no-progress",
+  ]
 
 
 def _run(config_arg, out, devices, **env):
-  done = subprocess.run(_command(config_arg, out), env=_env(devices, **env), capture_output=True,
-                        text=True, timeout=600)
+  done = subprocess.run(
+    _command(config_arg, out), env=_env(devices, **env), capture_output=True, text=True, timeout=600
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   return json.loads((out / "results.json").read_text())
 
@@ -62,14 +74,18 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   _run(arg, whole, devices=2)
 
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(_command(arg, killed), env=_env(2), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    _command(arg, killed), env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
   deadline = time.monotonic() + 300
   try:
     # Kill once a few checkpoints are committed: mid-run, maybe mid-save.
-    while not any(p.name.isdigit() and int(p.name) >= 40
-                  for p in (killed / "checkpoints").glob("*")):
-      assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    while not any(
+      p.name.isdigit() and int(p.name) >= 40 for p in (killed / "checkpoints").glob("*")
+    ):
+      assert proc.poll() is None, (
+        f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+      )
       assert time.monotonic() < deadline
       time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -84,7 +100,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   assert 40 <= resumed["resumed_from_step"] < 150
   assert resumed["steps_run"] == 150 - resumed["resumed_from_step"]
   diff = _max_diff(_final_params(arg, killed), _final_params(arg, whole))
-  print(f"resumed at step {resumed['resumed_from_step']}: max |params - uninterrupted| = {diff:.2e}")
+  print(
+    f"resumed at step {resumed['resumed_from_step']}: max |params - uninterrupted| = {diff:.2e}"
+  )
   assert diff <= 1e-6
 
 
@@ -103,11 +121,16 @@ def test_two_processes_match_one_process(tmp_path):
 
   out = tmp_path / "multi"
   address = f"127.0.0.1:{_free_port()}"
-  procs = [subprocess.Popen(_command(arg, out),
-                            env=_env(2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-                                     JAX_PROCESS_ID=str(pid)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for pid in range(2)]
+  procs = [
+    subprocess.Popen(
+      _command(arg, out),
+      env=_env(2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid)),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for pid in range(2)
+  ]
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
@@ -116,13 +139,17 @@ def test_two_processes_match_one_process(tmp_path):
   assert multi["mesh"] == single["mesh"] == {"data": 2, "fsdp": 2}
   # Only process 0 writes results and logs. Gloo's own connection messages are
   # removed first; its threads write them in pieces that can interleave mid-line.
-  gloo = re.compile(r"\[Gloo\]( Rank)?|\d+ is connected to \d+ peer ranks\. "
-                    r"Expected number of connected peer ranks is : \d+")
+  gloo = re.compile(
+    r"\[Gloo\]( Rank)?|\d+ is connected to \d+ peer ranks\. "
+    r"Expected number of connected peer ranks is : \d+"
+  )
   ours = lambda text: [l for l in gloo.sub("", text).splitlines() if l.strip()]
   assert any("final LM loss" in l for l in ours(outputs[0][0])) and ours(outputs[1][0]) == []
   diff = _max_diff(_final_params(arg, out), _final_params(arg, tmp_path / "single"))
-  print(f"2 processes vs 1: max |params diff| = {diff:.2e}; "
-        f"loss {multi['final_lm_loss']:.6f} vs {single['final_lm_loss']:.6f}")
+  print(
+    f"2 processes vs 1: max |params diff| = {diff:.2e}; "
+    f"loss {multi['final_lm_loss']:.6f} vs {single['final_lm_loss']:.6f}"
+  )
   assert diff <= 1e-5
   assert abs(multi["final_lm_loss"] - single["final_lm_loss"]) <= 1e-5
   assert multi["facts_known"] == single["facts_known"]

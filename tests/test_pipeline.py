@@ -1,6 +1,9 @@
 """End-to-end smoke run of the pipeline, cache reuse, and vmapped seeds."""
 
+import contextlib
 import dataclasses
+import importlib.util
+import io
 import json
 import math
 from pathlib import Path
@@ -9,26 +12,47 @@ import jax
 import numpy as np
 import pytest
 
-from fakes import finetune_setup
 from w2s_jax.infra import configs
 from w2s_jax.models import transformer
-from w2s_jax.w2s import engine, records, stages, tables
-from w2s_jax.training.classifier_losses import Xent
 from w2s_jax.training import finetune
+from w2s_jax.training.classifier_losses import Xent
+from w2s_jax.w2s import engine, records, stages, tables
+
+from fakes import finetune_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1)
+_spec = importlib.util.spec_from_file_location("w2s_entry", ROOT / "experiments/w2s.py")
+w2s_entry = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(w2s_entry)
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("pipeline")
-  cfg = configs.load(f"{ROOT / 'configs/default.py'}:small")
-  cfg = dataclasses.replace(cfg, seeds=SEEDS)
-  first = engine.run_experiment(cfg, out_dir=tmp / "run1", cache_dir=tmp / "cache",
-                                progress=False)
-  second = engine.run_experiment(cfg, out_dir=tmp / "run2", cache_dir=tmp / "cache",
-                                 progress=False)
+  spec = f"{ROOT / 'configs/default.py'}:small"
+  cfg = dataclasses.replace(configs.load(spec), seeds=SEEDS)
+  # The first run through the documented command (experiments/w2s.py), the second directly.
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    w2s_entry.main(
+      [
+        "--config",
+        spec,
+        "--set",
+        "seeds=0,1",
+        "--out",
+        str(tmp / "run1"),
+        "--cache",
+        str(tmp / "cache"),
+        "--xla-cache",
+        "",
+        "--no-progress",
+      ]
+    )
+  assert "weak   pico" in printed.getvalue() and "wrote" in printed.getvalue()
+  first = json.loads((tmp / "run1" / "results.json").read_text())
+  second = engine.run_experiment(cfg, out_dir=tmp / "run2", cache_dir=tmp / "cache", progress=False)
   return cfg, tmp, first, second
 
 
@@ -94,25 +118,36 @@ def test_a_single_run_is_a_sweep_of_its_pair_and_resumes_from_its_store(two_runs
   cfg, tmp, first, _ = two_runs
   rows = [json.loads(line) for line in (tmp / "run1" / "sweep.jsonl").read_text().splitlines()]
   assert [r["cell"] for r in rows] == [c["id"] for c in first["cells"]]
-  assert [r["test/pgr/mean"] for r in rows] == [c["summary"]["test"]["pgr"]["mean"]
-                                                 for c in first["cells"]]
+  assert [r["test/pgr/mean"] for r in rows] == [
+    c["summary"]["test"]["pgr"]["mean"] for c in first["cells"]
+  ]
 
   def no_training(*args, **kwargs):
     raise AssertionError("a finished run trained again")
+
   monkeypatch.setattr(stages, "weak_stage", no_training)
   monkeypatch.setattr(stages, "ceiling_stage", no_training)
   monkeypatch.setattr(stages, "w2s_stage", no_training)
-  again = engine.run_experiment(cfg, out_dir=tmp / "run1", cache_dir=tmp / "cache",
-                                progress=False)
+  again = engine.run_experiment(cfg, out_dir=tmp / "run1", cache_dir=tmp / "cache", progress=False)
   assert [c["summary"] for c in again["cells"]] == [c["summary"] for c in first["cells"]]
 
 
 def _finetune(params, cfg, data, labels, seeds, optim, mesh, params_per_seed=False):
   per_seed = [data.with_fields(labels=l) for l in labels]
-  return jax.device_get(finetune.finetune(params, cfg, per_seed, seeds=seeds,
-                                          loss_cfg=Xent(), optim_cfg=optim,
-                                          mesh=mesh, desc="t", progress=False,
-                                          params_per_seed=params_per_seed))
+  return jax.device_get(
+    finetune.finetune(
+      params,
+      cfg,
+      per_seed,
+      seeds=seeds,
+      loss_cfg=Xent(),
+      optim_cfg=optim,
+      mesh=mesh,
+      desc="t",
+      progress=False,
+      params_per_seed=params_per_seed,
+    )
+  )
 
 
 def test_finetune_seeds_together_equal_one_at_a_time(mesh4):
@@ -120,9 +155,8 @@ def test_finetune_seeds_together_equal_one_at_a_time(mesh4):
   params = jax.device_get(transformer.init_params(cfg, jax.random.key(0)))
   together = _finetune(params, cfg, data, labels, (0, 1, 2), optim, mesh4)
   for i, seed in enumerate((0, 1, 2)):
-    alone = _finetune(params, cfg, data, labels[i:i + 1], (seed,), optim, mesh4)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b[0], atol=1e-5), together,
-                 alone)
+    alone = _finetune(params, cfg, data, labels[i : i + 1], (seed,), optim, mesh4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b[0], atol=1e-5), together, alone)
   # the seeds really differ (different labels and batch orders)
   diff = max(float(np.abs(x[0] - x[1]).max()) for x in jax.tree.leaves(together))
   assert diff > 1e-4
@@ -133,23 +167,30 @@ def test_finetune_accepts_params_stacked_per_seed(mesh4):
   cfg, data, labels, optim = finetune_setup()
   starts = [jax.device_get(transformer.init_params(cfg, jax.random.key(10 + i))) for i in range(2)]
   stacked = jax.tree.map(lambda *xs: np.stack(xs), *starts)
-  together = _finetune(stacked, cfg, data, labels[:2], (0, 1), optim, mesh4,
-                       params_per_seed=True)
+  together = _finetune(stacked, cfg, data, labels[:2], (0, 1), optim, mesh4, params_per_seed=True)
   for i in range(2):
-    alone = _finetune(starts[i], cfg, data, labels[i:i + 1], (i,), optim, mesh4)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b[0], atol=1e-5), together,
-                 alone)
+    alone = _finetune(starts[i], cfg, data, labels[i : i + 1], (i,), optim, mesh4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b[0], atol=1e-5), together, alone)
 
 
 def test_format_results_handles_nan_pgr():
   stat = {"mean": 0.5, "lo": 0.4, "hi": 0.6}
   nan = {"mean": math.nan, "lo": math.nan, "hi": math.nan}
-  results = {"models": {"pico": {"lives": 0.5, "works": 0.25, "pretrained": False},
-                        "nano": {"lives": 0.7, "works": 0.5, "pretrained": False}},
-             "task": {"eval_keys": ["test"]},
-             "cells": [{"cell": {"weak": "pico", "strong": "nano"}, "label": "xent",
-                        "seeds": [0], "summary": {"test": {"weak": stat, "w2s": stat,
-                                                           "ceiling": stat, "pgr": nan}}}],
-             "seconds": 1.0}
+  results = {
+    "models": {
+      "pico": {"lives": 0.5, "works": 0.25, "pretrained": False},
+      "nano": {"lives": 0.7, "works": 0.5, "pretrained": False},
+    },
+    "task": {"eval_keys": ["test"]},
+    "cells": [
+      {
+        "cell": {"weak": "pico", "strong": "nano"},
+        "label": "xent",
+        "seeds": [0],
+        "summary": {"test": {"weak": stat, "w2s": stat, "ceiling": stat, "pgr": nan}},
+      }
+    ],
+    "seconds": 1.0,
+  }
   text = tables.format_results(results)
   assert "not pretrained" in text and "undefined (ceiling ≤ weak)" in text

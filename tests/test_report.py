@@ -9,14 +9,27 @@ from w2s_jax.w2s import report, tables
 
 
 def _row(weak, strong, loss, wp, sp, weak_acc, w2s_acc, ceil_acc):
-  row = {"cell": f"{weak}_{strong}_{loss}", "weak": weak, "strong": strong, "loss": loss,
-         "weak_params": wp, "strong_params": sp, "weak_compute": wp * 1e5,
-         "strong_compute": sp * 1e5, "seeds": [0, 1, 2]}
+  row = {
+    "cell": f"{weak}_{strong}_{loss}",
+    "weak": weak,
+    "strong": strong,
+    "loss": loss,
+    "weak_params": wp,
+    "strong_params": sp,
+    "weak_compute": wp * 1e5,
+    "strong_compute": sp * 1e5,
+    "seeds": [0, 1, 2],
+  }
   pgr = (w2s_acc - weak_acc) / (ceil_acc - weak_acc)
   for split in ("test", "heldout"):
     for metric, v in (("weak", weak_acc), ("w2s", w2s_acc), ("ceiling", ceil_acc), ("pgr", pgr)):
-      row.update({f"{split}/{metric}/mean": v, f"{split}/{metric}/lo": v - 0.05,
-                  f"{split}/{metric}/hi": v + 0.05})
+      row.update(
+        {
+          f"{split}/{metric}/mean": v,
+          f"{split}/{metric}/lo": v - 0.05,
+          f"{split}/{metric}/hi": v + 0.05,
+        }
+      )
   return row
 
 
@@ -26,7 +39,7 @@ def rows_file(tmp_path):
   acc = {"a": 0.6, "b": 0.8, "c": 0.95}
   rows = []
   for i, w in enumerate(sizes):
-    for s in list(sizes)[i + 1:]:
+    for s in list(sizes)[i + 1 :]:
       for loss, bonus in (("xent", 0.5), ("logconf", 0.7)):
         w2s = acc[w] + bonus * (acc[s] - acc[w])
         rows.append(_row(w, s, loss, sizes[w], sizes[s], acc[w], w2s, acc[s]))
@@ -73,25 +86,55 @@ def test_missing_rows_file_is_a_clear_error(tmp_path):
 def test_filter_and_combined_charts(tmp_path):
   rows = []
   base = _row("a", "b", "xent", 1e4, 1e5, 0.6, 0.8, 1.0)
-  rows.append({**base, "filter": "none", "criterion": "none", "keep_frac": 1.0,
-               "kd_weight": None, "gt_examples": None, "kept_label_accuracy": None,
-               "weak_label_accuracy": 0.6})
+  rows.append(
+    {
+      **base,
+      "filter": "none",
+      "criterion": "none",
+      "keep_frac": 1.0,
+      "kd_weight": None,
+      "gt_examples": None,
+      "kept_label_accuracy": None,
+      "weak_label_accuracy": 0.6,
+    }
+  )
   for c in ("confidence", "likelihood"):
     for keep in (0.75, 0.5):
       r = _row("a", "b", "xent", 1e4, 1e5, 0.6, 0.7 + keep / 10, 1.0)
-      rows.append({**r, "filter": f"{c}@{keep}", "criterion": c, "keep_frac": keep,
-                   "kd_weight": None, "gt_examples": None, "kept_label_accuracy": 0.7,
-                   "weak_label_accuracy": 0.6})
+      rows.append(
+        {
+          **r,
+          "filter": f"{c}@{keep}",
+          "criterion": c,
+          "keep_frac": keep,
+          "kd_weight": None,
+          "gt_examples": None,
+          "kept_label_accuracy": 0.7,
+          "weak_label_accuracy": 0.6,
+        }
+      )
   for n in (10, 30):
     for w in (0.0, 0.5, 1.0):
-      r = _row("a", "b", f"combined,kd_weight={w},gt_examples={n}", 1e4, 1e5, 0.6, 0.9 - w / 5,
-               1.0)
-      rows.append({**r, "filter": "none", "criterion": "none", "keep_frac": 1.0,
-                   "kd_weight": w, "gt_examples": n, "kept_label_accuracy": None,
-                   "weak_label_accuracy": 0.6})
+      r = _row("a", "b", f"combined,kd_weight={w},gt_examples={n}", 1e4, 1e5, 0.6, 0.9 - w / 5, 1.0)
+      rows.append(
+        {
+          **r,
+          "filter": "none",
+          "criterion": "none",
+          "keep_frac": 1.0,
+          "kd_weight": w,
+          "gt_examples": n,
+          "kept_label_accuracy": None,
+          "weak_label_accuracy": 0.6,
+        }
+      )
   names = {p.name for p in report.all_charts(rows, tmp_path)}
-  assert {"pgr_vs_keep_frac.png", "pgr_vs_keep_frac.svg", "pgr_vs_kd_weight.png",
-          "pgr_vs_kd_weight.svg"} <= names
+  assert {
+    "pgr_vs_keep_frac.png",
+    "pgr_vs_keep_frac.svg",
+    "pgr_vs_kd_weight.png",
+    "pgr_vs_kd_weight.svg",
+  } <= names
   assert all((tmp_path / n).stat().st_size > 1000 for n in names)
   assert "label acc" in tables.sweep_table(rows)
   # One (weak, strong) pair: no charts over scale, one per loss would say nothing.
@@ -103,8 +146,14 @@ def test_summary_table_pgr_cases_with_and_without_undefined_frac(rows_file):
   fine, shaky, chance, old = rows
   fine["test/pgr/undefined_frac"] = 0.0
   shaky.update({"test/pgr/mean": 0.31, "test/pgr/undefined_frac": 0.12})
-  chance.update({"test/pgr/mean": float("nan"), "test/pgr/lo": -17.39, "test/pgr/hi": 3.48,
-                 "test/pgr/undefined_frac": 0.41})
+  chance.update(
+    {
+      "test/pgr/mean": float("nan"),
+      "test/pgr/lo": -17.39,
+      "test/pgr/hi": 3.48,
+      "test/pgr/undefined_frac": 0.41,
+    }
+  )
   # a row written before the sweep recorded undefined_frac
   old.update({"test/pgr/mean": float("nan"), "test/pgr/lo": -17.39, "test/pgr/hi": 3.48})
   assert "test/pgr/undefined_frac" not in old
@@ -125,7 +174,10 @@ def test_median_pgr_line_for_a_loss_undefined_everywhere(rows_file):
     if r["loss"] == "xent":
       r["test/pgr/mean"] = float("nan")
   medians = tables.sweep_table(rows).split("\n\n")[1]
-  assert any(l.split()[0] == "xent" and l.rstrip().endswith("undefined (ceiling ≤ weak)")
-             for l in medians.splitlines())
-  assert any(l.split()[0] == "logconf" and l.rstrip().endswith("0.70")
-             for l in medians.splitlines())
+  assert any(
+    l.split()[0] == "xent" and l.rstrip().endswith("undefined (ceiling ≤ weak)")
+    for l in medians.splitlines()
+  )
+  assert any(
+    l.split()[0] == "logconf" and l.rstrip().endswith("0.70") for l in medians.splitlines()
+  )

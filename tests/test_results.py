@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from w2s_jax.w2s import metrics
 from w2s_jax.infra import files
-from w2s_jax.w2s import tables
+from w2s_jax.w2s import metrics, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = float("nan")
@@ -25,16 +24,23 @@ NAN = float("nan")
 
 # --- PGR as tables print it ---------------------------------------------------------------
 
+
 def test_format_pgr_three_cases():
   assert tables.format_pgr(mean=0.54, lo=0.47, hi=0.6, undefined_frac=0.0) == "0.54 [0.47, 0.60]"
-  assert (tables.format_pgr(mean=0.31, lo=-0.5, hi=2.0, undefined_frac=0.12)
-          == "0.31 (undefined in 12% of resamples)")
-  assert (tables.format_pgr(mean=NAN, lo=-17.39, hi=3.48, undefined_frac=0.41)
-          == "undefined (ceiling ≤ weak; 41% of resamples)")
+  assert (
+    tables.format_pgr(mean=0.31, lo=-0.5, hi=2.0, undefined_frac=0.12)
+    == "0.31 (undefined in 12% of resamples)"
+  )
+  assert (
+    tables.format_pgr(mean=NAN, lo=-17.39, hi=3.48, undefined_frac=0.41)
+    == "undefined (ceiling ≤ weak; 41% of resamples)"
+  )
   # undefined_frac unknown (rows written before it was recorded): None or NaN
   assert tables.format_pgr(mean=NAN, lo=-17.39, hi=3.48) == "undefined (ceiling ≤ weak)"
-  assert (tables.format_pgr(mean=NAN, lo=-17.39, hi=3.48, undefined_frac=NAN)
-          == "undefined (ceiling ≤ weak)")
+  assert (
+    tables.format_pgr(mean=NAN, lo=-17.39, hi=3.48, undefined_frac=NAN)
+    == "undefined (ceiling ≤ weak)"
+  )
   assert tables.format_pgr(mean=0.54, lo=0.47, hi=0.6) == "0.54 [0.47, 0.60]"
   assert tables.format_pgr(mean=0.54, lo=0.47, hi=0.6, digits=3) == "0.540 [0.470, 0.600]"
 
@@ -44,18 +50,28 @@ def test_format_pgr_threshold_and_rounding():
   assert limit == 0.05
   # exactly at the limit the interval is still shown; just past it, the share is
   assert tables.format_pgr(mean=0.5, lo=0.4, hi=0.6, undefined_frac=limit) == "0.50 [0.40, 0.60]"
-  assert (tables.format_pgr(mean=0.5, lo=0.4, hi=0.6, undefined_frac=0.051)
-          == "0.50 (undefined in 5% of resamples)")
+  assert (
+    tables.format_pgr(mean=0.5, lo=0.4, hi=0.6, undefined_frac=0.051)
+    == "0.50 (undefined in 5% of resamples)"
+  )
   # a partial share never rounds to 0% or 100%
-  assert (tables.format_pgr(mean=NAN, lo=NAN, hi=NAN, undefined_frac=0.001)
-          == "undefined (ceiling ≤ weak; <1% of resamples)")
-  assert (tables.format_pgr(mean=0.2, lo=NAN, hi=NAN, undefined_frac=0.998)
-          == "0.20 (undefined in >99% of resamples)")
-  assert (tables.format_pgr(mean=NAN, lo=NAN, hi=NAN, undefined_frac=1.0)
-          == "undefined (ceiling ≤ weak; 100% of resamples)")
+  assert (
+    tables.format_pgr(mean=NAN, lo=NAN, hi=NAN, undefined_frac=0.001)
+    == "undefined (ceiling ≤ weak; <1% of resamples)"
+  )
+  assert (
+    tables.format_pgr(mean=0.2, lo=NAN, hi=NAN, undefined_frac=0.998)
+    == "0.20 (undefined in >99% of resamples)"
+  )
+  assert (
+    tables.format_pgr(mean=NAN, lo=NAN, hi=NAN, undefined_frac=1.0)
+    == "undefined (ceiling ≤ weak; 100% of resamples)"
+  )
   # numpy scalars, as bootstrap numbers often are
-  assert (tables.format_pgr(mean=np.float32("nan"), lo=0, hi=0, undefined_frac=np.float64(0.5))
-          == "undefined (ceiling ≤ weak; 50% of resamples)")
+  assert (
+    tables.format_pgr(mean=np.float32("nan"), lo=0, hi=0, undefined_frac=np.float64(0.5))
+    == "undefined (ceiling ≤ weak; 50% of resamples)"
+  )
 
 
 def _stat(m):
@@ -64,14 +80,34 @@ def _stat(m):
 
 def test_summary_table_prints_each_pgr_case_and_keeps_the_numbers():
   rows = [
-      {"name": "fine", "weak": _stat(0.6), "w2s": _stat(0.7), "ceiling": _stat(0.8),
-       "pgr": {"mean": 0.54, "lo": 0.47, "hi": 0.6, "undefined_frac": 0.0}},
-      {"name": "shaky", "weak": _stat(0.6), "w2s": _stat(0.61), "ceiling": _stat(0.63),
-       "pgr": {"mean": 0.31, "lo": -3.0, "hi": 4.0, "undefined_frac": 0.12}},
-      {"name": "chance", "weak": _stat(0.5), "w2s": _stat(0.5), "ceiling": _stat(0.5),
-       "pgr": {"mean": NAN, "lo": -17.39, "hi": 3.48, "undefined_frac": 0.41}},
-      {"name": "old", "weak": _stat(0.5), "w2s": _stat(0.5), "ceiling": _stat(0.5),
-       "pgr": {"mean": NAN, "lo": -17.39, "hi": 3.48}},
+    {
+      "name": "fine",
+      "weak": _stat(0.6),
+      "w2s": _stat(0.7),
+      "ceiling": _stat(0.8),
+      "pgr": {"mean": 0.54, "lo": 0.47, "hi": 0.6, "undefined_frac": 0.0},
+    },
+    {
+      "name": "shaky",
+      "weak": _stat(0.6),
+      "w2s": _stat(0.61),
+      "ceiling": _stat(0.63),
+      "pgr": {"mean": 0.31, "lo": -3.0, "hi": 4.0, "undefined_frac": 0.12},
+    },
+    {
+      "name": "chance",
+      "weak": _stat(0.5),
+      "w2s": _stat(0.5),
+      "ceiling": _stat(0.5),
+      "pgr": {"mean": NAN, "lo": -17.39, "hi": 3.48, "undefined_frac": 0.41},
+    },
+    {
+      "name": "old",
+      "weak": _stat(0.5),
+      "w2s": _stat(0.5),
+      "ceiling": _stat(0.5),
+      "pgr": {"mean": NAN, "lo": -17.39, "hi": 3.48},
+    },
   ]
   lines = dict((l.split()[0], l) for l in tables.summary_table(rows, ("name",)).splitlines()[2:])
   assert lines["fine"].rstrip().endswith("0.54 [0.47, 0.60]")
@@ -88,8 +124,9 @@ def test_summary_table_from_bootstrap_with_every_model_at_chance():
   rng = np.random.default_rng(0)
   chance = lambda: (rng.random((2, 200)) < 0.5).astype(np.float64)
   weak, w2s = chance(), chance()
-  out = metrics.bootstrap_w2s(weak_correct=weak, w2s_correct=w2s, ceiling_correct=weak,
-                              num_resamples=300)  # ceiling == weak: PGR never defined
+  out = metrics.bootstrap_w2s(
+    weak_correct=weak, w2s_correct=w2s, ceiling_correct=weak, num_resamples=300
+  )  # ceiling == weak: PGR never defined
   assert math.isnan(out["pgr"]["mean"]) and out["pgr"]["undefined_frac"] == 1.0
   table = tables.summary_table([{"name": "xent", **out}], ("name",))
   assert "undefined (ceiling ≤ weak; 100% of resamples)" in table
@@ -97,6 +134,7 @@ def test_summary_table_from_bootstrap_with_every_model_at_chance():
 
 
 # --- file modes ---------------------------------------------------------------------------
+
 
 @pytest.fixture
 def umask():
@@ -145,6 +183,7 @@ def test_overwriting_a_private_file_gives_the_default_mode(tmp_path, umask):
 
 # --- the output folder --------------------------------------------------------------------
 
+
 def test_prepare_out_dir_creates_parents_and_returns_absolute(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   out = files.prepare_out_dir("runs/a/b")
@@ -157,17 +196,24 @@ def test_prepare_out_dir_rejects_an_existing_file(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   Path("runs").mkdir()
   Path("runs/x").write_text("not a folder")
-  with pytest.raises(NotADirectoryError,
-                     match=r"^--out runs/x: is an existing file, expected a directory$"):
+  with pytest.raises(
+    NotADirectoryError, match=r"^--out runs/x: is an existing file, expected a directory$"
+  ):
     files.prepare_out_dir("runs/x")
-  with pytest.raises(OSError, match=r"^--out runs/x/y: cannot create the directory "
-                                    r"\(NotADirectoryError"):
+  with pytest.raises(
+    OSError,
+    match=r"^--out runs/x/y: cannot create the directory "
+    r"\(NotADirectoryError",
+  ):
     files.prepare_out_dir("runs/x/y")
   assert Path("runs/x").read_text() == "not a folder"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to a folder without write "
-                    "permission; test_prepare_out_dir_reports_a_failed_probe covers the path")
+@pytest.mark.skipif(
+  os.geteuid() == 0,
+  reason="root may write to a folder without write "
+  "permission; test_prepare_out_dir_reports_a_failed_probe covers the path",
+)
 def test_prepare_out_dir_rejects_a_read_only_folder(tmp_path):
   folder = tmp_path / "ro"
   folder.mkdir()
@@ -181,12 +227,16 @@ def test_prepare_out_dir_rejects_a_read_only_folder(tmp_path):
 
 def test_prepare_out_dir_reports_a_failed_probe(tmp_path, monkeypatch):
   """A read-only file system or a permission error at the probe (injected: tests run as root)."""
+
   def read_only(*args, **kwargs):
     raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
   monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
-  with pytest.raises(OSError, match=rf"^--out {tmp_path}/x: not writable \(OSError: "
-                                    r"\[Errno 30\] Read-only file system\)$"):
+  with pytest.raises(
+    OSError,
+    match=rf"^--out {tmp_path}/x: not writable \(OSError: "
+    r"\[Errno 30\] Read-only file system\)$",
+  ):
     files.prepare_out_dir(tmp_path / "x")
 
   def denied(*args, **kwargs):
@@ -198,6 +248,7 @@ def test_prepare_out_dir_reports_a_failed_probe(tmp_path, monkeypatch):
 
 
 # --- stale temp files ---------------------------------------------------------------------
+
 
 def _dead_pid() -> int:
   proc = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -226,15 +277,19 @@ def test_remove_stale_temp_files_removes_only_dead_writers_on_this_host(tmp_path
   host, dead = files.host_token(), _dead_pid()
   sub = tmp_path / "cell" / "seed0"
   sub.mkdir(parents=True)
-  stale = [sub / _temp_name("preds.npz", host, dead),
-           tmp_path / _temp_name("sweep.jsonl", host, dead),
-           tmp_path / ".old.results.json.k2j4h5l1.tmp"]      # old naming, two hours old
-  kept = [tmp_path / _temp_name("results.json", host, os.getpid()),   # live writer
-          sub / _temp_name("results.json", "other-host", dead),       # another host
-          tmp_path / ".fresh.json.a1b2c3d4.tmp",                      # old naming, fresh
-          tmp_path / ".notes.tmp",                                    # not ours
-          tmp_path / "results.json",
-          tmp_path / f"{_temp_name('x', host, dead)[1:]}"]            # no leading dot
+  stale = [
+    sub / _temp_name("preds.npz", host, dead),
+    tmp_path / _temp_name("sweep.jsonl", host, dead),
+    tmp_path / ".old.results.json.k2j4h5l1.tmp",
+  ]  # old naming, two hours old
+  kept = [
+    tmp_path / _temp_name("results.json", host, os.getpid()),  # live writer
+    sub / _temp_name("results.json", "other-host", dead),  # another host
+    tmp_path / ".fresh.json.a1b2c3d4.tmp",  # old naming, fresh
+    tmp_path / ".notes.tmp",  # not ours
+    tmp_path / "results.json",
+    tmp_path / f"{_temp_name('x', host, dead)[1:]}",
+  ]  # no leading dot
   for p in stale + kept:
     p.write_text("x")
   two_hours_ago = time.time() - 7200
@@ -252,13 +307,18 @@ def test_remove_stale_temp_files_of_a_killed_writer(tmp_path):
     import sys, time
     from w2s_jax.infra import files
     from w2s_jax.w2s import tables
-    with files.atomic_write({str(tmp_path / 'results.json')!r}) as f:
+    with files.atomic_write({str(tmp_path / "results.json")!r}) as f:
       f.write("partial")
       print("writing", flush=True)
       time.sleep(60)
   """)
-  proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+  proc = subprocess.Popen(
+    [sys.executable, "-c", code],
+    stdout=subprocess.PIPE,
+    text=True,
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": str(ROOT)},
+  )
   try:
     assert proc.stdout.readline().strip() == "writing"
     (tmp,) = list(tmp_path.iterdir())

@@ -5,18 +5,14 @@ import numpy as np
 import pytest
 
 from w2s_jax.curation import pool as pool_lib
-from w2s_jax.models import transformer
-from w2s_jax.curation import scores
-from w2s_jax.models import scoring
-from w2s_jax.curation import selection
-from w2s_jax.data import testbed
-from w2s_jax.curation import weak_curation
-from w2s_jax.data.dataset import Dataset
+from w2s_jax.curation import scores, selection, weak_curation
 from w2s_jax.curation.selection import EmptySelectionError, FilterConfig
-from w2s_jax.models import model_config
+from w2s_jax.data import testbed
+from w2s_jax.data.dataset import Dataset
+from w2s_jax.models import model_config, scoring, transformer
+from w2s_jax.training.train import OptimConfig
 from w2s_jax.w2s import parts as parts_lib
 from w2s_jax.w2s.experiment import ExperimentConfig
-from w2s_jax.training.train import OptimConfig
 
 
 def test_classifier_scores_hand_computed():
@@ -33,19 +29,25 @@ def test_classifier_scores_hand_computed():
 
 def test_agreement_counts_models_agreeing_with_the_ensemble():
   # 3 models x 3 examples: all agree; 2 of 3; ensemble argmax decided by mean probs.
-  probs = np.array([
+  probs = np.array(
+    [
       [[0.9, 0.1], [0.6, 0.4], [0.45, 0.55]],
       [[0.8, 0.2], [0.7, 0.3], [0.9, 0.1]],
       [[0.7, 0.3], [0.4, 0.6], [0.4, 0.6]],
-  ], np.float32)
+    ],
+    np.float32,
+  )
   # example 2: mean p0 = 0.583 -> ensemble class 0; only model 1 votes 0.
   np.testing.assert_allclose(scores.agreement(probs=probs), [1.0, 2 / 3, 1 / 3], atol=1e-6)
 
 
 def test_likelihood_ratio():
-  np.testing.assert_allclose(scores.log_likelihood_ratio(
-      log_likelihood=np.array([-1.0, -2.0]), reference_log_likelihood=np.array([-1.5, -1.0])),
-      [0.5, -1.0])
+  np.testing.assert_allclose(
+    scores.log_likelihood_ratio(
+      log_likelihood=np.array([-1.0, -2.0]), reference_log_likelihood=np.array([-1.5, -1.0])
+    ),
+    [0.5, -1.0],
+  )
 
 
 def test_top_fraction_known_order_and_deterministic_ties():
@@ -75,7 +77,7 @@ def test_stratified_selection_keeps_class_balance():
   # Within each class, the best are kept.
   for c in (0, 1):
     in_class = np.flatnonzero(labels == c)
-    best = in_class[np.argsort(-s[in_class], kind="stable")][:np.sum(labels[kept] == c)]
+    best = in_class[np.argsort(-s[in_class], kind="stable")][: np.sum(labels[kept] == c)]
     np.testing.assert_array_equal(np.sort(best), kept[labels[kept] == c])
 
 
@@ -107,9 +109,9 @@ def _padded(tokens_list, length, side, pad_id):
   mask = np.zeros_like(tokens)
   for i, t in enumerate(tokens_list):
     if side == "right":
-      tokens[i, :len(t)], mask[i, :len(t)] = t, 1
+      tokens[i, : len(t)], mask[i, : len(t)] = t, 1
     else:
-      tokens[i, length - len(t):], mask[i, length - len(t):] = t, 1
+      tokens[i, length - len(t) :], mask[i, length - len(t) :] = t, 1
   return Dataset(tokens=tokens, mask=mask)
 
 
@@ -119,17 +121,20 @@ def test_likelihood_of_a_batch_equals_one_at_a_time_whatever_the_padding(mesh4, 
   params = transformer.init_params(cfg, jax.random.key(3))
   rng = np.random.default_rng(1)
   texts = [rng.integers(1, 13, size=n) for n in (3, 7, 12, 5, 9, 2, 4)]
-  batch = scoring.sequence_log_likelihood(params, cfg, _padded(texts, 12, side, pad_id=5),
-                                         batch_size=4, mesh=mesh4)
+  batch = scoring.sequence_log_likelihood(
+    params, cfg, _padded(texts, 12, side, pad_id=5), batch_size=4, mesh=mesh4
+  )
   assert batch.shape == (len(texts),)
   for i, t in enumerate(texts):
-    alone = scoring.sequence_log_likelihood(params, cfg, _padded([t], len(t), "right", 0),
-                                           batch_size=1, mesh=mesh1)
+    alone = scoring.sequence_log_likelihood(
+      params, cfg, _padded([t], len(t), "right", 0), batch_size=1, mesh=mesh1
+    )
     np.testing.assert_allclose(batch[i], alone[0], atol=1e-5)
   # By hand for one text: mean over its next tokens of log softmax at the previous position.
   t = texts[1]
-  logits = transformer.Transformer(cfg).apply({"params": params}, t[None], np.ones((1, len(t))),
-                                         method=transformer.Transformer.lm_logits)[0]
+  logits = transformer.Transformer(cfg).apply(
+    {"params": params}, t[None], np.ones((1, len(t))), method=transformer.Transformer.lm_logits
+  )[0]
   logp = jax.nn.log_softmax(logits, -1)
   expected = np.mean([logp[j, t[j + 1]] for j in range(len(t) - 1)])
   np.testing.assert_allclose(batch[1], expected, atol=1e-5)
@@ -152,24 +157,30 @@ def test_filter_subsets_per_seed_are_stratified_and_sized():
 
 def test_likelihood_filtering_removes_planted_bad_documents(tmp_path):
   """20% planted bad documents: the weak LM's likelihood at keep 0.8 removes >= 80% of them."""
-  world = testbed.make_world(testbed.WorldConfig(num_entities=60, entities_per_split=20,
-                                                 corpus_docs=2000, syllables=8))
+  world = testbed.make_world(
+    testbed.WorldConfig(num_entities=60, entities_per_split=20, corpus_docs=2000, syllables=8)
+  )
   cfg = ExperimentConfig(
-      world=world.cfg, weak_size="pico", strong_size="nano", eval_batch_size=200,
-      pretrain=OptimConfig(steps=600, batch_size=32, lr=3e-3, warmup_frac=0.02,
-                                    weight_decay=0.0))
+    world=world.cfg,
+    weak_size="pico",
+    strong_size="nano",
+    eval_batch_size=200,
+    pretrain=OptimConfig(steps=600, batch_size=32, lr=3e-3, warmup_frac=0.02, weight_decay=0.0),
+  )
   ctx = parts_lib.build(cfg, cache_dir=tmp_path, progress=False)
   pool, kind = testbed.corrupted_pool(ctx.task.world, ctx.task.corpus, bad_frac=0.2)
   assert np.isclose(np.mean(kind >= 0), 0.2, atol=0.001)
-  ll = scoring.sequence_log_likelihood(*ctx.models.get("pico")[:2], pool,
-                                               batch_size=200, mesh=ctx.mesh)
+  ll = scoring.sequence_log_likelihood(
+    *ctx.models.get("pico")[:2], pool, batch_size=200, mesh=ctx.mesh
+  )
   kept = selection.top_fraction(scores=ll, keep_frac=0.8)
   removed = 1 - np.isin(np.flatnonzero(kind >= 0), kept).mean()
   assert removed >= 0.8, f"removed only {removed:.1%} of the bad documents"
   # The pool filter's scores come from the same token scores as the weak responses'.
   params, model_cfg, _ = ctx.models.get("pico")
-  criteria = pool_lib.pool_scores(params=params, model_cfg=model_cfg, pool=pool,
-                                  batch_size=cfg.eval_batch_size, mesh=ctx.mesh)
+  criteria = pool_lib.pool_scores(
+    params=params, model_cfg=model_cfg, pool=pool, batch_size=cfg.eval_batch_size, mesh=ctx.mesh
+  )
   np.testing.assert_allclose(criteria["likelihood"], ll, atol=1e-6)
   rows = {r["criterion"]: r for r in pool_lib.removal_table(kind, criteria, (0.8,))}
   # min_prob too (measured: 95% removed; likelihood 99%, random 21%).

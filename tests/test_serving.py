@@ -8,14 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from w2s_jax.models import inference
-from w2s_jax.models import transformer
-from w2s_jax.models import sampling
 from w2s_jax.cascade import serving
-from w2s_jax.infra import sharding
 from w2s_jax.data.dataset import Dataset
+from w2s_jax.infra import sharding
+from w2s_jax.models import inference, model_config, sampling, transformer
 from w2s_jax.models.sampling import SamplingConfig
-from w2s_jax.models import model_config
 
 # EOS: a token both models emit early on some of the prompts here, so responses vary in length.
 VOCAB, EOS = 23, 7
@@ -28,16 +25,20 @@ def noisy_params(cfg, seed):
   compiles a program per leaf shape, which took most of this file's time."""
   shapes = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.key(0)))
   rng = np.random.default_rng(seed)
-  draw = lambda path, x: ((1.0 if "scale" in jax.tree_util.keystr(path) else 0.0)
-                          + 0.5 * rng.standard_normal(x.shape, np.float32))
+  draw = lambda path, x: (
+    (1.0 if "scale" in jax.tree_util.keystr(path) else 0.0)
+    + 0.5 * rng.standard_normal(x.shape, np.float32)
+  )
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def pair(max_len, head_input="hidden"):
   """A weak (pico) and a strong (nano) model, different sizes and weights. A
   class head on the hidden state: on lm_probs (which sum to 1) its bias rules."""
-  cfgs = [model_config.decode_size(s, vocab_size=VOCAB, max_len=max_len, head_input=head_input)
-          for s in ("pico", "nano")]
+  cfgs = [
+    model_config.decode_size(s, vocab_size=VOCAB, max_len=max_len, head_input=head_input)
+    for s in ("pico", "nano")
+  ]
   return cfgs, [noisy_params(c, seed=i) for i, c in enumerate(cfgs)]
 
 
@@ -70,20 +71,23 @@ def test_classification_answers_are_the_routed_models(mesh4):
   conf = weak.max(-1)
   assert np.ptp(conf) > 0.05 and (weak.argmax(-1) != strong.argmax(-1)).any()  # not vacuous
   # batch 12 over 29 queries: batches of 12, 12, 5; none fills bucket 8 exactly.
-  cascade = serving.classification_cascade(weak_cfg, strong_cfg, mesh=mesh4, batch_size=12,
-                                           buckets=(4, 8, 12))
+  cascade = serving.classification_cascade(
+    weak_cfg, strong_cfg, mesh=mesh4, batch_size=12, buckets=(4, 8, 12)
+  )
   used = set()
   for t in thresholds(conf):
     out = serving.serve(cascade, wp, sp, data, threshold=t)
     defer = conf < t
     np.testing.assert_array_equal(out["deferred"], defer)
-    np.testing.assert_array_equal(out["answer"], np.where(defer, strong.argmax(-1),
-                                                          weak.argmax(-1)))
+    np.testing.assert_array_equal(
+      out["answer"], np.where(defer, strong.argmax(-1), weak.argmax(-1))
+    )
     np.testing.assert_allclose(out["probs"], np.where(defer[:, None], strong, weak), atol=1e-5)
     np.testing.assert_allclose(out["confidence"], conf, atol=1e-6)
     tokens_in = mask.sum(-1)
-    np.testing.assert_allclose(out["flops"], 2 * tokens_in * (
-        weak_cfg.num_params + defer * strong_cfg.num_params))
+    np.testing.assert_allclose(
+      out["flops"], 2 * tokens_in * (weak_cfg.num_params + defer * strong_cfg.num_params)
+    )
     used.update(out["buckets"])
   assert len(used - {0}) >= 2  # the deferral counts varied over the stream
   # One weak program; one strong program per bucket used, never more than the buckets.
@@ -101,8 +105,12 @@ def test_classification_answers_are_the_routed_models(mesh4):
   np.testing.assert_array_equal(base["answer"], strong.argmax(-1))
   np.testing.assert_allclose(base["flops"], 2 * tokens_in * strong_cfg.num_params)
   # The builder is cached: the same config reuses the compiled steps.
-  assert serving.classification_cascade(weak_cfg, strong_cfg, mesh=mesh4, batch_size=12,
-                                        buckets=[4, 8, 12]) is cascade
+  assert (
+    serving.classification_cascade(
+      weak_cfg, strong_cfg, mesh=mesh4, batch_size=12, buckets=[4, 8, 12]
+    )
+    is cascade
+  )
 
 
 def test_generation_answers_are_the_routed_models(mesh4):
@@ -120,9 +128,15 @@ def test_generation_answers_are_the_routed_models(mesh4):
   pad = lambda x: np.pad(x, ((0, 0), (0, 2)))  # weak responses padded to the strong's 6
   weak = [pad(x) for x in weak]
   # batch 8 over 11 prompts: batches of 8 and 3.
-  cascade = serving.generation_cascade(weak_cfg, strong_cfg, mesh=mesh4, batch_size=8,
-                                       sampling_cfg=weak_s, strong_sampling=strong_s,
-                                       buckets=(4, 8))
+  cascade = serving.generation_cascade(
+    weak_cfg,
+    strong_cfg,
+    mesh=mesh4,
+    batch_size=8,
+    sampling_cfg=weak_s,
+    strong_sampling=strong_s,
+    buckets=(4, 8),
+  )
   used = set()
   for t in thresholds(score)[::2]:  # -inf, the median, inf
     out = serving.serve(cascade, wp, sp, data, threshold=t)
@@ -133,9 +147,14 @@ def test_generation_answers_are_the_routed_models(mesh4):
       np.testing.assert_allclose(out[name], expected, atol=1e-5, err_msg=name)
     np.testing.assert_allclose(out["confidence"], score, atol=1e-5)
     new = np.where(defer, strong[1].sum(-1), 0)
-    np.testing.assert_allclose(out["flops"], 2 * (
+    np.testing.assert_allclose(
+      out["flops"],
+      2
+      * (
         weak_cfg.num_params * (prompt_mask.sum(-1) + weak[1].sum(-1))
-        + defer * strong_cfg.num_params * (prompt_mask.sum(-1) + new)))
+        + defer * strong_cfg.num_params * (prompt_mask.sum(-1) + new)
+      ),
+    )
     used.update(out["buckets"])
   assert used == {0, 4, 8}
   assert cascade.weak_step._cache_size() == 1 and cascade.strong_step._cache_size() == 2
@@ -154,8 +173,9 @@ def test_fsdp_strong_params(mesh4):
   data = Dataset(tokens=tokens, mask=mask)
   weak = inference.soft_labels(wp, weak_cfg, data, batch_size=8, mesh=mesh4)
   strong = inference.soft_labels(sp, strong_cfg, data, batch_size=8, mesh=mesh4)
-  cascade = serving.classification_cascade(weak_cfg, strong_cfg, mesh=mesh, batch_size=8,
-                                           buckets=(4, 8))
+  cascade = serving.classification_cascade(
+    weak_cfg, strong_cfg, mesh=mesh, batch_size=8, buckets=(4, 8)
+  )
   t = np.median(weak.max(-1))
   out = serving.serve(cascade, wp, sp_fsdp, data, threshold=t)
   defer = weak.max(-1) < t
@@ -167,11 +187,15 @@ def test_fsdp_strong_params(mesh4):
 def test_bad_input_names_the_field(mesh4):
   (weak_cfg, strong_cfg), (wp, sp) = pair(max_len=8)
   build = lambda **kw: serving.classification_cascade(
-      weak_cfg, strong_cfg, mesh=mesh4, **{"batch_size": 12, **kw})
+    weak_cfg, strong_cfg, mesh=mesh4, **{"batch_size": 12, **kw}
+  )
   with pytest.raises(ValueError, match=r"buckets=\(4, 6, 12\): \[6\] not multiples of the 4"):
     build(buckets=(4, 6, 12))
-  with pytest.raises(ValueError, match=r"batch_size=16 with buckets=\(4, 8\): expected the "
-                                       "largest bucket to equal batch_size"):
+  with pytest.raises(
+    ValueError,
+    match=r"batch_size=16 with buckets=\(4, 8\): expected the "
+    "largest bucket to equal batch_size",
+  ):
     build(batch_size=16, buckets=(4, 8))
   with pytest.raises(ValueError, match=r"batch_size=24 with buckets=\(8, 32\)"):
     build(batch_size=24, buckets=(8, 32))
@@ -200,11 +224,13 @@ def test_bad_input_names_the_field(mesh4):
   flat = build(router=lambda *, probs: probs)  # one score per class, not per query
   with pytest.raises(ValueError, match=r"returned scores of shape \(12, 2\): expected one per"):
     serving.serve_batch(flat, wp, sp, batch, threshold=0.5)
-  gen = serving.generation_cascade(weak_cfg, strong_cfg, mesh=mesh4, batch_size=4,
-                                   sampling_cfg=SamplingConfig(max_new_tokens=4))
+  gen = serving.generation_cascade(
+    weak_cfg, strong_cfg, mesh=mesh4, batch_size=4, sampling_cfg=SamplingConfig(max_new_tokens=4)
+  )
   right = {"prompt": tokens[:2], "prompt_mask": np.array([[1] * 7 + [0]] * 2)}
   with pytest.raises(ValueError, match="row 0 ends in padding"):
     serving.serve_batch(gen, wp, sp, right, threshold=0.0)
   with pytest.raises(ValueError, match="max_new_tokens=4: prompts of length 8 leave room for 0"):
-    serving.serve_batch(gen, wp, sp, {"prompt": tokens[:2], "prompt_mask": np.ones((2, 8))},
-                        threshold=0.0)
+    serving.serve_batch(
+      gen, wp, sp, {"prompt": tokens[:2], "prompt_mask": np.ones((2, 8))}, threshold=0.0
+    )

@@ -12,16 +12,16 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax.infra import configs
 from w2s_jax.data import testbed
 from w2s_jax.data.dataset import Dataset, one_hot
+from w2s_jax.infra import configs
+from w2s_jax.training import finetune
 from w2s_jax.training.classifier_losses import LogConf, Product, Xent
 from w2s_jax.training.combined import Combined
 from w2s_jax.training.train import OptimConfig
-from w2s_jax.training import finetune
-from w2s_jax.w2s import parts as parts_lib
 from w2s_jax.w2s import engine
 from w2s_jax.w2s import grid as sweep_grid
+from w2s_jax.w2s import parts as parts_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/sweep.py") + ":tiny"
@@ -29,8 +29,11 @@ GENERATIVE_TINY = str(ROOT / "configs/generative_sweep.py") + ":tiny"
 
 
 def test_pairs_are_every_weak_smaller_than_strong():
-  assert sweep_grid.pairs(["mini", "pico", "nano"]) == [("pico", "nano"), ("pico", "mini"),
-                                                   ("nano", "mini")]
+  assert sweep_grid.pairs(["mini", "pico", "nano"]) == [
+    ("pico", "nano"),
+    ("pico", "mini"),
+    ("nano", "mini"),
+  ]
   cells = sweep_grid.grid(["pico", "nano", "micro", "mini"], [Xent(), LogConf()])
   assert len(cells) == 6 * 2
   assert all(sweep_grid.size_order(c.weak) < sweep_grid.size_order(c.strong) for c in cells)
@@ -46,8 +49,10 @@ def test_weak_sizes_keep_only_those_weak_models():
 
 def test_default_sweep_grid_and_the_facts_sweep():
   grid = configs.load_sweep(str(ROOT / "configs/sweep.py"))
-  pairs = sorted({(c.weak, c.strong) for c in grid.cells}, key=lambda p: (
-      sweep_grid.size_order(p[0]), sweep_grid.size_order(p[1])))
+  pairs = sorted(
+    {(c.weak, c.strong) for c in grid.cells},
+    key=lambda p: (sweep_grid.size_order(p[0]), sweep_grid.size_order(p[1])),
+  )
   assert {w for w, _ in pairs} == {"pico", "micro"}
   assert len(pairs) == 7 and len(grid.cells) == 7 * 4 and len(grid.base.seeds) == 10
   assert grid.base.world.cue > 0
@@ -69,11 +74,23 @@ def test_sweep_config_rejects_bad_grids():
 
 
 def _run(out, cache, xla_cache, config=TINY, **popen):
-  cmd = [sys.executable, str(ROOT / "experiments/sweep.py"), "--config", config, "--out", str(out),
-         "--cache", str(cache), "--xla-cache", str(xla_cache), "--no-progress"]
+  cmd = [
+    sys.executable,
+    str(ROOT / "experiments/sweep.py"),
+    "--config",
+    config,
+    "--out",
+    str(out),
+    "--cache",
+    str(cache),
+    "--xla-cache",
+    str(xla_cache),
+    "--no-progress",
+  ]
   env = {**os.environ, "XLA_FLAGS": ""}  # one device, as a user runs it
-  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, **popen)
+  return subprocess.Popen(
+    cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen
+  )
 
 
 def _rows(out):
@@ -97,7 +114,9 @@ def test_sigkill_at_random_moments_loses_and_corrupts_nothing(tmp_path, config):
   cache, xla = tmp_path / "cache", tmp_path / "xla"
   _timed_run(tmp_path / "cold", cache, xla, config)  # fills the pretrained and compilation caches
   full = _timed_run(tmp_path / "whole", cache, xla, config)
-  startup = _timed_run(tmp_path / "whole", cache, xla, config)  # every cell done: start-up cost only
+  startup = _timed_run(
+    tmp_path / "whole", cache, xla, config
+  )  # every cell done: start-up cost only
   expected = _rows(tmp_path / "whole")
   assert json.dumps(_rows(tmp_path / "cold")) == json.dumps(expected)
   num_cells = len(configs.load_sweep(config).cells)
@@ -137,13 +156,12 @@ def test_sigkill_at_random_moments_loses_and_corrupts_nothing(tmp_path, config):
 def test_rerun_of_a_finished_sweep_recomputes_nothing(tmp_path):
   grid = configs.load_sweep(TINY)
   small = sweep_grid.SweepConfig(grid.base, grid.cells[:2])
-  rows = engine.run_sweep(small, out_dir=tmp_path / "s", cache_dir=tmp_path / "c",
-                          progress=False).rows
-  cells = lambda: {p: p.stat().st_mtime_ns
-                   for p in (tmp_path / "s").glob("cells/*/results.json")}
+  rows = engine.run_sweep(
+    small, out_dir=tmp_path / "s", cache_dir=tmp_path / "c", progress=False
+  ).rows
+  cells = lambda: {p: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("cells/*/results.json")}
   stamp = cells()
-  again = engine.run_sweep(small, out_dir=tmp_path / "s", cache_dir=tmp_path / "c",
-                           progress=False)
+  again = engine.run_sweep(small, out_dir=tmp_path / "s", cache_dir=tmp_path / "c", progress=False)
   assert json.dumps(again.rows) == json.dumps(rows)  # NaN-safe equality
   assert stamp == cells() and len(stamp) == 2
   # The run record holds every cell's record, as stored.
@@ -152,16 +170,30 @@ def test_rerun_of_a_finished_sweep_recomputes_nothing(tmp_path):
 
 def test_sweep_directory_refuses_another_base_config(tmp_path):
   grid = configs.load_sweep(TINY)
-  engine.run_sweep(sweep_grid.SweepConfig(grid.base, grid.cells[:1]), out_dir=tmp_path / "s",
-                  cache_dir=tmp_path / "c", progress=False)
+  engine.run_sweep(
+    sweep_grid.SweepConfig(grid.base, grid.cells[:1]),
+    out_dir=tmp_path / "s",
+    cache_dir=tmp_path / "c",
+    progress=False,
+  )
   other = configs.load_sweep(TINY + ",seeds=2")
   with pytest.raises(ValueError, match="another base config.*seeds"):
-    engine.run_sweep(sweep_grid.SweepConfig(other.base, other.cells[:1]), out_dir=tmp_path / "s",
-                    cache_dir=tmp_path / "c", progress=False)
+    engine.run_sweep(
+      sweep_grid.SweepConfig(other.base, other.cells[:1]),
+      out_dir=tmp_path / "s",
+      cache_dir=tmp_path / "c",
+      progress=False,
+    )
 
 
-@pytest.mark.parametrize("loss", ["xent", pytest.param("product", marks=pytest.mark.slow),
-                                  pytest.param("combined", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "loss",
+  [
+    "xent",
+    pytest.param("product", marks=pytest.mark.slow),
+    pytest.param("combined", marks=pytest.mark.slow),
+  ],
+)
 def test_seeds_under_vmap_equal_seeds_one_at_a_time_on_tiny_config(tmp_path, loss):
   """Final params of 3 seeds trained as one vmapped program equal 3 separate runs.
 
@@ -186,13 +218,16 @@ def test_seeds_under_vmap_equal_seeds_one_at_a_time_on_tiny_config(tmp_path, los
   # steps would amplify float rounding (reduction order over 8 devices) beyond it.
   optim = OptimConfig(steps=6, batch_size=8, lr=1e-4, head_lr=1e-2)
   loss_cfg = {"xent": Xent(), "product": Product(), "combined": Combined(gt_examples=10)}[loss]
-  kwargs = dict(loss_cfg=loss_cfg, optim_cfg=optim,
-                mesh=ctx.mesh, desc="t", progress=False, gt_data=gt_data)
+  kwargs = dict(
+    loss_cfg=loss_cfg, optim_cfg=optim, mesh=ctx.mesh, desc="t", progress=False, gt_data=gt_data
+  )
   per_seed = [data.with_fields(labels=l) for l in labels]
-  together = jax.device_get(finetune.finetune(params, model_cfg, per_seed, seeds=(0, 1, 2),
-                                            **kwargs))
+  together = jax.device_get(
+    finetune.finetune(params, model_cfg, per_seed, seeds=(0, 1, 2), **kwargs)
+  )
   for i, seed in enumerate((0, 1, 2)):
-    alone = jax.device_get(finetune.finetune(params, model_cfg, per_seed[i:i + 1], seeds=(seed,),
-                                           **kwargs))
+    alone = jax.device_get(
+      finetune.finetune(params, model_cfg, per_seed[i : i + 1], seeds=(seed,), **kwargs)
+    )
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a[i] - b[0])), together, alone))
     assert max(diffs) <= 1e-5

@@ -10,7 +10,7 @@ from w2s_jax.data import testbed
 from w2s_jax.data.testbed import WorldConfig
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _world(**kwargs):
   return testbed.make_world(WorldConfig(**kwargs))
 
@@ -67,11 +67,13 @@ def test_question_form_and_labels():
   assert re.fullmatch(r"<bos> a\d+ b\d+ lives", text), text
   # heldout asks the other relation of the test entities
   held = splits["heldout"]
-  np.testing.assert_array_equal(held["tokens"][:, 1:3],
-                                world.name_tokens[world.split_entities["test"]])
+  np.testing.assert_array_equal(
+    held["tokens"][:, 1:3], world.name_tokens[world.split_entities["test"]]
+  )
   np.testing.assert_array_equal(held["tokens"][:, 3], works)
   np.testing.assert_array_equal(
-      held["labels"], world.region_of[world.city_of[1, world.split_entities["test"]]])
+    held["labels"], world.region_of[world.city_of[1, world.split_entities["test"]]]
+  )
 
 
 def test_corpus_rows_start_with_bos_and_masks_are_contiguous():
@@ -98,17 +100,17 @@ def test_corpus_states_only_true_facts():
   rel_of = {world.token(r): i for i, r in enumerate(testbed.RELATIONS)}
   counts = {"entity": 0, "city": 0}
   for row_t, row_m in zip(corpus["tokens"], corpus["mask"]):
-    words = row_t[1:int(row_m.sum())].tolist()
+    words = row_t[1 : int(row_m.sum())].tolist()
     assert len(words) % testbed.SENTENCE_LEN == 0
     for i in range(0, len(words), testbed.SENTENCE_LEN):
-      sentence = words[i:i + testbed.SENTENCE_LEN]
+      sentence = words[i : i + testbed.SENTENCE_LEN]
       assert sentence[-1] == dot
-      if world.vocab[sentence[0]].startswith("c"):   # "c3 is in r1 ."
+      if world.vocab[sentence[0]].startswith("c"):  # "c3 is in r1 ."
         city = int(world.vocab[sentence[0]][1:])
         assert sentence[1:3] == [is_, in_]
         assert world.vocab[sentence[3]] == f"r{world.region_of[city]}"
         counts["city"] += 1
-      else:                                           # "a3 b17 lives c3 ."
+      else:  # "a3 b17 lives c3 ."
         e = by_name[(sentence[0], sentence[1])]
         rel = rel_of[sentence[2]]
         assert world.vocab[sentence[3]] == f"c{world.city_of[rel, e]}"
@@ -161,7 +163,7 @@ def test_cue_world_corpus_states_the_moved_facts():
   tokens = corpus["tokens"]
   for row in tokens[:50]:
     for i in np.flatnonzero(row == lives):
-      entity = np.flatnonzero((world.name_tokens == row[i - 2:i]).all(axis=1))
+      entity = np.flatnonzero((world.name_tokens == row[i - 2 : i]).all(axis=1))
       assert row[i + 1] == world.city_tokens[world.city_of[0, entity[0]]]
 
 

@@ -20,8 +20,11 @@ def _write(tmp_path, name, content: str | bytes):
 
 def test_tsv_in_the_glue_sst2_format(tmp_path):
   # As GLUE writes it: no quoting, so '"' is part of the text, and a trailing space.
-  path = _write(tmp_path, "sst2.tsv", 'text\tlabel\nit \'s a "charming" journey . \t1\n'
-                '"unflinchingly bleak\t0\n\n')
+  path = _write(
+    tmp_path,
+    "sst2.tsv",
+    'text\tlabel\nit \'s a "charming" journey . \t1\n"unflinchingly bleak\t0\n\n',
+  )
   ex = read_text_file(path)
   assert isinstance(ex, TextExamples)
   assert ex.text == ['it \'s a "charming" journey . ', '"unflinchingly bleak']
@@ -29,11 +32,11 @@ def test_tsv_in_the_glue_sst2_format(tmp_path):
 
 
 def test_csv_with_quoting_crlf_bom_and_custom_columns(tmp_path):
-  content = ('\ufeffid,sentence,sentiment\r\n1,"a, b ""c""\r\nsecond line",pos\r\n'
-             '2,plain,neg\r\n')
+  content = '\ufeffid,sentence,sentiment\r\n1,"a, b ""c""\r\nsecond line",pos\r\n2,plain,neg\r\n'
   path = _write(tmp_path, "data.csv", content)
-  ex = read_text_file(path, text_field="sentence", label_field="sentiment",
-                      label_names=["neg", "pos"])
+  ex = read_text_file(
+    path, text_field="sentence", label_field="sentiment", label_names=["neg", "pos"]
+  )
   assert ex.text == ['a, b "c"\r\nsecond line', "plain"]
   assert ex.label.tolist() == [1, 0]
 
@@ -55,7 +58,9 @@ def test_same_examples_whatever_the_format(tmp_path):
     assert ex.text == loaded[0].text and (ex.label == loaded[0].label).all()
 
 
-@pytest.mark.parametrize("name,content,kwargs,line,problem", [
+@pytest.mark.parametrize(
+  "name,content,kwargs,line,problem",
+  [
     # TSV
     ("a.tsv", "text\tlabel\nok\t1\ntoo\tmany\t1\n", {}, 3, "3 tab-separated fields, expected 2"),
     ("a.tsv", "text\tlabel\nok\t1\nno label\n", {}, 3, "1 tab-separated fields"),
@@ -63,23 +68,34 @@ def test_same_examples_whatever_the_format(tmp_path):
     ("a.tsv", "text\tlabel\nok\t1\n   \t0\n", {}, 3, "empty text"),
     ("a.tsv", "text\tlabel\nok\t1\nbad\tpositive\n", {}, 3, "unknown label 'positive'"),
     ("a.tsv", "text\tlabel\nok\t-1\n", {}, 2, "unknown label '-1'"),
-    ("a.tsv", "text\tlabel\nok\tpos\nbad\tmeh\n", {"label_names": ["neg", "pos"]}, 3,
-     "unknown label 'meh': expected one of ['neg', 'pos']"),
+    (
+      "a.tsv",
+      "text\tlabel\nok\tpos\nbad\tmeh\n",
+      {"label_names": ["neg", "pos"]},
+      3,
+      "unknown label 'meh': expected one of ['neg', 'pos']",
+    ),
     # CSV: a quoted field spanning lines is located where its row starts
     ("a.csv", 'text,label\n"two\nlines",1\n"open quote,1\n', {}, 4, "malformed row"),
     ("a.csv", "text,label\nok,1\na,b,c\n", {}, 3, "3 comma-separated fields"),
     ("a.csv", "label\n1\n", {}, 1, "missing column(s) ['text']"),
     ("a.csv", "text,label\n,1\n", {}, 2, "empty text"),
     # JSONL
-    ('a.jsonl', '{"text": "ok", "label": 1}\n{"text": "x", "label": 1\n', {}, 2, "malformed JSON"),
-    ('a.jsonl', '{"text": "ok", "label": 1}\n\n{"label": 1}\n', {}, 3, "missing field 'text'"),
-    ('a.jsonl', '{"text": "", "label": 1}\n', {}, 1, "empty text"),
-    ('a.jsonl', '{"text": 5, "label": 1}\n', {}, 1, "text=5: expected a string"),
-    ('a.jsonl', '{"text": "a", "label": "1"}\n{"text": "b", "label": true}\n', {}, 2,
-     "unknown label True"),
-    ('a.jsonl', '{"text": "a", "label": 2.5}\n', {}, 1, "unknown label 2.5"),
-    ('a.jsonl', '["text", 1]\n', {}, 1, "expected a JSON object, got list"),
-])
+    ("a.jsonl", '{"text": "ok", "label": 1}\n{"text": "x", "label": 1\n', {}, 2, "malformed JSON"),
+    ("a.jsonl", '{"text": "ok", "label": 1}\n\n{"label": 1}\n', {}, 3, "missing field 'text'"),
+    ("a.jsonl", '{"text": "", "label": 1}\n', {}, 1, "empty text"),
+    ("a.jsonl", '{"text": 5, "label": 1}\n', {}, 1, "text=5: expected a string"),
+    (
+      "a.jsonl",
+      '{"text": "a", "label": "1"}\n{"text": "b", "label": true}\n',
+      {},
+      2,
+      "unknown label True",
+    ),
+    ("a.jsonl", '{"text": "a", "label": 2.5}\n', {}, 1, "unknown label 2.5"),
+    ("a.jsonl", '["text", 1]\n', {}, 1, "expected a JSON object, got list"),
+  ],
+)
 def test_bad_rows_name_the_file_line_and_problem(tmp_path, name, content, kwargs, line, problem):
   path = _write(tmp_path, name, content)
   with pytest.raises(TextFileError) as caught:
@@ -112,20 +128,42 @@ def test_file_format_overrides_the_suffix(tmp_path):
   assert read_text_file(path, file_format="tsv").text == ["fine"]
 
 
-@pytest.mark.parametrize("name,content,kwargs,line,problem", [
-    ("test.tsv", "text\tlabel\na\t0\nb\t1\nc\t2\nd\t0\n", {"num_labels": 2}, 4,
-     "label 2: expected an int in [0, 2) (a binary task)"),
-    ("test.csv", 'text,label\n"x\ny",1\n"z",7\n', {"num_labels": 3}, 4,
-     "label 7: expected an int in [0, 3) (a 3-class task)"),
-    ("test.jsonl", '{"text": "a", "y": 1}\n\n{"text": "b", "y": 2}\n',
-     {"num_labels": 2, "label_field": "y"}, 3,
-     "y 2: expected an int in [0, 2) (a binary task)"),
-    ("test.tsv", "text\tlabel\na\tpos\nb\tmaybe\n",
-     {"num_labels": 2, "label_names": ["neg", "pos"]}, 3,
-     "unknown label 'maybe': expected one of ['neg', 'pos']"),
-])
+@pytest.mark.parametrize(
+  "name,content,kwargs,line,problem",
+  [
+    (
+      "test.tsv",
+      "text\tlabel\na\t0\nb\t1\nc\t2\nd\t0\n",
+      {"num_labels": 2},
+      4,
+      "label 2: expected an int in [0, 2) (a binary task)",
+    ),
+    (
+      "test.csv",
+      'text,label\n"x\ny",1\n"z",7\n',
+      {"num_labels": 3},
+      4,
+      "label 7: expected an int in [0, 3) (a 3-class task)",
+    ),
+    (
+      "test.jsonl",
+      '{"text": "a", "y": 1}\n\n{"text": "b", "y": 2}\n',
+      {"num_labels": 2, "label_field": "y"},
+      3,
+      "y 2: expected an int in [0, 2) (a binary task)",
+    ),
+    (
+      "test.tsv",
+      "text\tlabel\na\tpos\nb\tmaybe\n",
+      {"num_labels": 2, "label_names": ["neg", "pos"]},
+      3,
+      "unknown label 'maybe': expected one of ['neg', 'pos']",
+    ),
+  ],
+)
 def test_a_label_outside_the_tasks_classes_names_the_file_and_line(
-    tmp_path, name, content, kwargs, line, problem):
+  tmp_path, name, content, kwargs, line, problem
+):
   path = _write(tmp_path, name, content)
   with pytest.raises(TextFileError) as caught:
     read_text_file(path, **kwargs)
@@ -146,14 +184,19 @@ def test_labels_inside_num_labels_read_as_before(tmp_path):
   assert read_text_file(named, label_names=["neg", "pos"], num_labels=2).label.tolist() == [1]
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     ({"num_labels": 1}, r"num_labels=1: expected an int >= 2"),
     ({"num_labels": 0}, r"num_labels=0: expected an int >= 2"),
     ({"num_labels": 2.0}, r"num_labels=2\.0: expected an int >= 2"),
     ({"num_labels": True}, r"num_labels=True: expected an int >= 2"),
-    ({"num_labels": 3, "label_names": ["neg", "pos"]},
-     r"label_names=\['neg', 'pos'\] has 2 names but num_labels=3: expected one name per class"),
-])
+    (
+      {"num_labels": 3, "label_names": ["neg", "pos"]},
+      r"label_names=\['neg', 'pos'\] has 2 names but num_labels=3: expected one name per class",
+    ),
+  ],
+)
 def test_bad_num_labels_fails_before_reading(tmp_path, kwargs, match):
   # The file does not exist: the argument is checked before the file is opened.
   with pytest.raises(ValueError, match=match):

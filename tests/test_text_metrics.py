@@ -5,34 +5,51 @@ import numpy as np
 import pytest
 
 from w2s_jax.tasks import text_metrics
-from w2s_jax.tasks.text_metrics import exact_match, gsm8k_final_answer, gsm8k_match, normalize_answer, rouge_l, score_all, token_f1
+from w2s_jax.tasks.text_metrics import (
+  exact_match,
+  gsm8k_final_answer,
+  gsm8k_match,
+  normalize_answer,
+  rouge_l,
+  score_all,
+  token_f1,
+)
 
 # Real GSM8K train solutions (lines 1, 2 and 5716 of train.jsonl), with their annotations.
-NATALIA = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
-           "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n"
-           "#### 72")
-WENG = ("Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\n"
-        "Working 50 minutes, she earned 0.2 x 50 = $<<0.2*50=10>>10.\n"
-        "#### 10")
-BUCYRUS = ("-14 + (-8) + 1 = <<-14+-8+1=-21>>-21 degrees Fahrenheit\n"
-           "-21/3 = <<-21/3=-7>>-7 degrees Fahrenheit\n"
-           "The average temperature was -7 degrees Fahrenheit.\n"
-           "#### -7")
+NATALIA = (
+  "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+  "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n"
+  "#### 72"
+)
+WENG = (
+  "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\n"
+  "Working 50 minutes, she earned 0.2 x 50 = $<<0.2*50=10>>10.\n"
+  "#### 10"
+)
+BUCYRUS = (
+  "-14 + (-8) + 1 = <<-14+-8+1=-21>>-21 degrees Fahrenheit\n"
+  "-21/3 = <<-21/3=-7>>-7 degrees Fahrenheit\n"
+  "The average temperature was -7 degrees Fahrenheit.\n"
+  "#### -7"
+)
 
 
 # ---------------------------------------------------------------- normalize_answer
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The Cat!", "cat"),                       # case, punctuation, leading article
-    ("  An   apple a day\n", "apple day"),     # articles anywhere; whitespace collapsed
-    ("New\tYork,  NY", "new york ny"),         # tabs and runs of spaces
-    ("theatre another", "theatre another"),    # articles only as whole words
-    ("U.S.A.", "usa"),                         # punctuation removed, not turned into spaces
-    ("a-the", "athe"),                         # punctuation goes before articles
+@pytest.mark.parametrize(
+  "text, expected",
+  [
+    ("The Cat!", "cat"),  # case, punctuation, leading article
+    ("  An   apple a day\n", "apple day"),  # articles anywhere; whitespace collapsed
+    ("New\tYork,  NY", "new york ny"),  # tabs and runs of spaces
+    ("theatre another", "theatre another"),  # articles only as whole words
+    ("U.S.A.", "usa"),  # punctuation removed, not turned into spaces
+    ("a-the", "athe"),  # punctuation goes before articles
     ("the", ""),
-    ("“Hi”", "“hi”"),                          # ASCII string.punctuation: curly quotes stay
-])
+    ("“Hi”", "“hi”"),  # ASCII string.punctuation: curly quotes stay
+  ],
+)
 def test_normalize_answer_squad_examples(text, expected):
   assert normalize_answer(text) == expected
 
@@ -57,12 +74,15 @@ def test_exact_match_is_max_over_references():
   assert exact_match(prediction="Paris", references=["London", "Rome"]) == 0.0
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(prediction="cat", references=[]), r"references=\[\]: expected a non-empty"),
     (dict(prediction="cat", references="cat"), r"references='cat': expected a non-empty seq"),
     (dict(prediction="cat", references=["cat", 3]), r"references\[1\]=3: expected a str, got int"),
     (dict(prediction=None, references=["cat"]), r"prediction=None: expected a str"),
-])
+  ],
+)
 def test_bad_input_is_a_value_error_naming_the_argument(kwargs, message):
   for scorer in (exact_match, token_f1, rouge_l, gsm8k_match):
     with pytest.raises(ValueError, match=message):
@@ -97,8 +117,9 @@ def test_token_f1_no_overlap_and_empty_prediction():
 def test_token_f1_is_max_over_references():
   refs = ["dog", "a cat on a mat"]
   assert token_f1(prediction="the cat sat on the mat", references=refs) == pytest.approx(6 / 7)
-  assert token_f1(prediction="the cat sat on the mat",
-                  references=refs[::-1]) == pytest.approx(6 / 7)
+  assert token_f1(prediction="the cat sat on the mat", references=refs[::-1]) == pytest.approx(
+    6 / 7
+  )
   assert token_f1(prediction="cat sat on mat", references=refs + ["The cat sat on a mat."]) == 1.0
 
 
@@ -143,9 +164,11 @@ def test_rouge_l_builds_one_scorer():
 # ---------------------------------------------------------------- gsm8k_final_answer
 
 
-@pytest.mark.parametrize("text, expected", [
+@pytest.mark.parametrize(
+  "text, expected",
+  [
     (NATALIA, "72"),
-    (WENG, "10"),                                 # "$<<...=0.2>>0.2" earlier must not count
+    (WENG, "10"),  # "$<<...=0.2>>0.2" earlier must not count
     (BUCYRUS, "-7"),
     ("So she has 1000 in total.\n#### 1,000", "1000"),
     ("#### 1,234", "1234"),
@@ -153,16 +176,17 @@ def test_rouge_l_builds_one_scorer():
     ("#### $1234", "1234"),
     ("#### 1234.", "1234"),
     ("####   $ 1,234.\n", "1234"),
-    ("#### 18.0", "18"),                          # numeric canonical form
+    ("#### 18.0", "18"),  # numeric canonical form
     ("#### 0.50", "0.5"),
     ("#### 2.75", "2.75"),
-    ("#### 72 clips", "72"),                      # trailing words ignored
-    ("#### <<6*12=72>>72", "72"),                 # an annotation after the marker too
+    ("#### 72 clips", "72"),  # trailing words ignored
+    ("#### <<6*12=72>>72", "72"),  # an annotation after the marker too
     ("#### 5\nQuestion: next one... #### 7", "7"),  # the last marker wins
-    ("The answer is 72.", None),                  # no marker
-    ("#### ", None),                              # marker, no number
+    ("The answer is 72.", None),  # no marker
+    ("#### ", None),  # marker, no number
     ("#### seventy-two", None),
-])
+  ],
+)
 def test_gsm8k_final_answer(text, expected):
   assert gsm8k_final_answer(text) == expected
 
@@ -203,9 +227,11 @@ def test_gsm8k_match_reference_without_answer_is_an_error():
 
 
 def test_score_all_shape_dtype_and_values():
-  got = score_all(metric="token_f1",
-                  predictions=["the cat sat on the mat", "dog", "red red blue"],
-                  references=[["a cat on a mat"], ["cat"], ["red green"]])
+  got = score_all(
+    metric="token_f1",
+    predictions=["the cat sat on the mat", "dog", "red red blue"],
+    references=[["a cat on a mat"], ["cat"], ["red green"]],
+  )
   assert got.dtype == np.float64 and got.shape == (3,)
   np.testing.assert_allclose(got, [6 / 7, 0.0, 0.4], rtol=1e-12)
   gsm = score_all(metric="gsm8k", predictions=[NATALIA, WENG], references=[["72"], ["11"]])
@@ -215,8 +241,11 @@ def test_score_all_shape_dtype_and_values():
 
 
 def test_score_all_unknown_metric_lists_the_valid_ones():
-  with pytest.raises(ValueError, match=r"metric='bleu'.*'exact_match', 'gsm8k', 'rouge_l', "
-                                       r"'token_f1'"):
+  with pytest.raises(
+    ValueError,
+    match=r"metric='bleu'.*'exact_match', 'gsm8k', 'rouge_l', "
+    r"'token_f1'",
+  ):
     score_all(metric="bleu", predictions=["a"], references=[["a"]])
 
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import fakes
 from w2s_jax.data import text_tasks, tfds_source
 from w2s_jax.data.text_tasks import TextExamples
+
+import fakes
 
 N = fakes.TFDS_EXAMPLES  # examples per fake split
 
@@ -21,8 +22,12 @@ def _fix_tfds_mock_batched_reads(monkeypatch):
   # (what load_task does, as ArrayRecord reads batches faster) raises TypeError.
   # This stands in for it with the same result: the mocked examples in order.
   from tensorflow_datasets.testing import mocking
-  monkeypatch.setattr(mocking, "_getitems", lambda record_keys, generator, serialized=False:
-                      [generator[k] for k in record_keys])
+
+  monkeypatch.setattr(
+    mocking,
+    "_getitems",
+    lambda record_keys, generator, serialized=False: [generator[k] for k in record_keys],
+  )
 
 
 def _first_split(name):
@@ -69,7 +74,7 @@ def test_formats_match_the_reference_prompts():
     anli = text_tasks.load_task("anli/r2", split="test")
   for text, label in zip(sst2.text, sst2.label):
     i = int(text.split()[1])
-    assert text == f"film {i} \"quoted\" é " and label == i % 2
+    assert text == f'film {i} "quoted" é ' and label == i % 2
   for text, label in zip(boolq.text, boolq.label):
     i = int(text.split()[2])
     assert text == f"Passage: passage {i}\nQuestion: is {i} even" and label == int(i % 2 == 0)
@@ -97,8 +102,15 @@ def test_multiple_choice_gives_one_candidate_labelled_by_correctness(name):
 
 def test_cosmos_none_of_the_above_is_never_the_shown_true_answer():
   rng = np.random.default_rng(0)
-  ex = {"context": b"c", "question": b"q", "label": 2, "answer0": b"a", "answer1": b"b",
-        "answer2": b"None of the above choices .", "answer3": b"d"}
+  ex = {
+    "context": b"c",
+    "question": b"q",
+    "label": 2,
+    "answer0": b"a",
+    "answer1": b"b",
+    "answer2": b"None of the above choices .",
+    "answer3": b"d",
+  }
   for _ in range(20):
     text, label = text_tasks.format_cosmos_qa(ex, rng)
     assert label == 0 and _candidate(text) in {"a", "b", "d"}
@@ -143,16 +155,24 @@ def test_split_sizes_and_bad_requests_fail_before_reading():
       text_tasks.load_task("sst2", split="train")
 
 
-@pytest.mark.parametrize("name,split", [("glue/sst2", "test"), ("glue/sst2", "dev"),
-                                        ("bool_q", "test"), ("imdb_reviews", "unsupervised"),
-                                        ("cosmos_qa", "test")])
+@pytest.mark.parametrize(
+  "name,split",
+  [
+    ("glue/sst2", "test"),
+    ("glue/sst2", "dev"),
+    ("bool_q", "test"),
+    ("imdb_reviews", "unsupervised"),
+    ("cosmos_qa", "test"),
+  ],
+)
 def test_a_split_that_does_not_exist_or_has_no_labels_is_a_clear_error(name, split):
   with tfds.testing.mock_data(num_examples=3):  # the mock alone would accept any split name
     with pytest.raises(ValueError, match=rf"split '{split}' of {name}: expected one of \["):
       text_tasks.load_task(name, split=split)
     with pytest.raises(ValueError, match=f"split '{split}'"):
-      text_tasks.load_task_splits(name, take={text_tasks.TASKS[name].labeled_splits[0]: 2,
-                                              split: 2})
+      text_tasks.load_task_splits(
+        name, take={text_tasks.TASKS[name].labeled_splits[0]: 2, split: 2}
+      )
 
 
 def test_unlabelled_examples_are_an_error_naming_the_example():
@@ -162,11 +182,17 @@ def test_unlabelled_examples_are_an_error_naming_the_example():
 
 
 # A raw label one past each task's range (bool_q's is a bool, so 2 is out too).
-_OUT_OF_RANGE = {"glue/sst2": ("label", 2, 2), "imdb_reviews": ("label", 2, 2),
-                 "bool_q": ("answer", 2, 2), "cosmos_qa": ("label", 4, 4),
-                 "hellaswag": ("label", 4, 4), "piqa": ("label", 2, 2),
-                 "anli/r1": ("label", 3, 3), "anli/r2": ("label", 3, 3),
-                 "anli/r3": ("label", 3, 3)}
+_OUT_OF_RANGE = {
+  "glue/sst2": ("label", 2, 2),
+  "imdb_reviews": ("label", 2, 2),
+  "bool_q": ("answer", 2, 2),
+  "cosmos_qa": ("label", 4, 4),
+  "hellaswag": ("label", 4, 4),
+  "piqa": ("label", 2, 2),
+  "anli/r1": ("label", 3, 3),
+  "anli/r2": ("label", 3, 3),
+  "anli/r3": ("label", 3, 3),
+}
 
 
 def test_every_registered_task_has_an_out_of_range_case():
@@ -189,15 +215,20 @@ def test_an_out_of_range_raw_label_names_the_task_split_and_example(name):
       text_tasks.load_task(name, split=split)
     # The same examples less the bad one read fine, so the error is about it alone.
     assert len(text_tasks.load_task(name, split=split, take=5, seed=1)) == 5
-  assert str(caught.value) == (f"{name}[{split}] example {bad}: ValueError: {field}={value}: "
-                               f"expected an int in [0, {num}) (-1 marks a split without labels)")
+  assert str(caught.value) == (
+    f"{name}[{split}] example {bad}: ValueError: {field}={value}: "
+    f"expected an int in [0, {num}) (-1 marks a split without labels)"
+  )
 
 
 def test_a_non_integer_raw_label_is_not_truncated():
   rows = [{"sentence": b"fine", "label": 1}, {"sentence": b"odd", "label": 1.5}]
   with tfds.testing.mock_data(as_data_source_fn=lambda *a, **k: rows):
-    with pytest.raises(ValueError, match=r"glue/sst2\[validation\] example 1: ValueError: "
-                                         r"label=1\.5: expected an int in \[0, 2\)"):
+    with pytest.raises(
+      ValueError,
+      match=r"glue/sst2\[validation\] example 1: ValueError: "
+      r"label=1\.5: expected an int in \[0, 2\)",
+    ):
       text_tasks.load_task("glue/sst2", split="validation")
 
 
@@ -222,23 +253,27 @@ def test_real_array_record_files_prepared_from_local_sources(tmp_path):
   source = tmp_path / "extracted" / "SST-2"
   source.mkdir(parents=True)
   for split, n in (("train", 30), ("dev", 10)):
-    rows = "".join(f"film {i} \"quoted\" é \t{i % 2}\n" for i in range(n))
+    rows = "".join(f'film {i} "quoted" é \t{i % 2}\n' for i in range(n))
     (source / f"{split}.tsv").write_text("sentence\tlabel\n" + rows, encoding="utf-8")
   (source / "test.tsv").write_text("index\tsentence\n0\tno label\n", encoding="utf-8")
   data_dir = str(tmp_path / "tfds")
-  with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
-                         return_value=str(tmp_path / "extracted")):
+  with mock.patch.object(
+    tfds.download.DownloadManager, "download_and_extract", return_value=str(tmp_path / "extracted")
+  ):
     text_tasks.load_task("glue/sst2", split="train", take=1, data_dir=data_dir, download=True)
-  assert any(f.endswith(".array_record-00000-of-00001")
-             for f in os.listdir(os.path.join(data_dir, "glue", "sst2", "2.0.0")))
+  assert any(
+    f.endswith(".array_record-00000-of-00001")
+    for f in os.listdir(os.path.join(data_dir, "glue", "sst2", "2.0.0"))
+  )
   ex = text_tasks.load_task("glue/sst2", split="validation", data_dir=data_dir)
-  assert sorted(ex.text) == sorted(f"film {i} \"quoted\" é " for i in range(10))
+  assert sorted(ex.text) == sorted(f'film {i} "quoted" é ' for i in range(10))
   assert all(label == int(t.split()[1]) % 2 for t, label in zip(ex.text, ex.label))
 
 
 def test_tfrecord_data_without_tensorflow_says_what_to_install(monkeypatch):
   def no_random_access(*args, **kwargs):
     raise NotImplementedError("Random access data source for file format tfrecord")
+
   monkeypatch.setattr(tfds, "data_source", no_random_access)
   monkeypatch.setattr(tfds_source, "prepared_formats", lambda *a: {"tfrecord"})
   monkeypatch.setattr(tfds_source, "tensorflow_installed", lambda: False)

@@ -6,21 +6,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fakes import tiny_model_cfg
-from w2s_jax.models import transformer
-from w2s_jax.training import objectives
-from w2s_jax.infra import sharding
-from w2s_jax.training import train
 from w2s_jax.data.dataset import Dataset, shuffled_batches
+from w2s_jax.infra import sharding
+from w2s_jax.models import transformer
+from w2s_jax.training import objectives, train
 from w2s_jax.training.classifier_losses import LogConf, Xent
 from w2s_jax.training.train import OptimConfig
 
+from fakes import tiny_model_cfg
 
 # ---------------------------------------------------------------- NaN loss
 
+
 def _quadratic_params():
-  return {"body": {"w": np.array([[0.5, -0.3], [0.2, 0.1], [-0.4, 0.7]], np.float32)},
-          "cls_head": {"kernel": np.array([[1.0, -1.0], [0.5, 0.25]], np.float32)}}
+  return {
+    "body": {"w": np.array([[0.5, -0.3], [0.2, 0.1], [-0.4, 0.7]], np.float32)},
+    "cls_head": {"kernel": np.array([[1.0, -1.0], [0.5, 0.25]], np.float32)},
+  }
 
 
 def _quadratic_loss(params, batch, step_frac, rng):
@@ -45,11 +47,16 @@ def _nan_stream(bad_step, batch_size=4):
 def _run_with_nan(mesh, num_steps, bad_step=7, check_every=100):
   cfg = OptimConfig(steps=20, batch_size=4, lr=1e-2)
   optimizer = train.make_optimizer(cfg)
-  state = train.initial_state(train.from_params, _quadratic_params(), optimizer=optimizer,
-                              mesh=mesh)
-  compiled = train.compile_train_step(loss_fn=_quadratic_loss, optimizer=optimizer,
-                                      total_steps=cfg.steps, mesh=mesh,
-                                      state_sharding=train.sharding_of(state))
+  state = train.initial_state(
+    train.from_params, _quadratic_params(), optimizer=optimizer, mesh=mesh
+  )
+  compiled = train.compile_train_step(
+    loss_fn=_quadratic_loss,
+    optimizer=optimizer,
+    total_steps=cfg.steps,
+    mesh=mesh,
+    state_sharding=train.sharding_of(state),
+  )
   history = []  # host copies of params after each step (the state is donated)
 
   def recording_step(state, batch):
@@ -58,8 +65,16 @@ def _run_with_nan(mesh, num_steps, bad_step=7, check_every=100):
     return state, metrics
 
   with pytest.raises(train.NonFiniteLossError) as err:
-    train.fit(state, recording_step, _nan_stream(bad_step), num_steps=num_steps, mesh=mesh,
-              desc="nan-test", check_every=check_every, progress=False)
+    train.fit(
+      state,
+      recording_step,
+      _nan_stream(bad_step),
+      num_steps=num_steps,
+      mesh=mesh,
+      desc="nan-test",
+      check_every=check_every,
+      progress=False,
+    )
   return history, str(err.value)
 
 
@@ -78,7 +93,7 @@ def test_nan_loss_raises_naming_step_and_keeps_params(mesh4):
   assert "step 7" in message
   assert "nan-test" in message
   assert len(history) == 8
-  before = history[6]          # params after step 6 = before step 7
+  before = history[6]  # params after step 6 = before step 7
   for leaf in jax.tree.leaves(history[-1]):
     assert np.all(np.isfinite(leaf))
   _assert_trees_equal(history[7], before)
@@ -124,10 +139,21 @@ def _finetune_flat(mesh, cfg, data, params, steps=5):
   optimizer = train.make_optimizer(optim)
   state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh)
   step = train.compile_train_step(
-      loss_fn=objectives.classifier_objective(cfg, Xent()), optimizer=optimizer,
-      total_steps=optim.steps, mesh=mesh, state_sharding=train.sharding_of(state))
-  state, metrics = train.fit(state, step, shuffled_batches(data, batch_size=8, seed=0),
-                             num_steps=steps, mesh=mesh, desc="flat", progress=False)
+    loss_fn=objectives.classifier_objective(cfg, Xent()),
+    optimizer=optimizer,
+    total_steps=optim.steps,
+    mesh=mesh,
+    state_sharding=train.sharding_of(state),
+  )
+  state, metrics = train.fit(
+    state,
+    step,
+    shuffled_batches(data, batch_size=8, seed=0),
+    num_steps=steps,
+    mesh=mesh,
+    desc="flat",
+    progress=False,
+  )
   assert int(state.step) == steps
   return jax.device_get(state.params), metrics
 
@@ -149,8 +175,12 @@ def test_train_step_outputs_replicated_on_mesh(mesh4):
   optimizer = train.make_optimizer(optim)
   state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh4)
   step = train.compile_train_step(
-      loss_fn=objectives.classifier_objective(cfg, Xent()), optimizer=optimizer,
-      total_steps=2, mesh=mesh4, state_sharding=train.sharding_of(state))
+    loss_fn=objectives.classifier_objective(cfg, Xent()),
+    optimizer=optimizer,
+    total_steps=2,
+    mesh=mesh4,
+    state_sharding=train.sharding_of(state),
+  )
   batch = sharding.put_batch(dict(data), mesh4)
   assert len(batch["tokens"].sharding.device_set) == 4
   state, _ = step(state, batch)
@@ -173,8 +203,14 @@ def test_train_step_traces_once(mesh4, vmap_seeds):
   loss_fn = chex.assert_max_traces(lambda p, b, f, r: base_loss(p, b, f, r), n=1)
   if vmap_seeds:
     stacked = jax.tree.map(lambda x: jnp.stack([jnp.asarray(x)] * 2), params)
-    state = train.initial_state(train.from_params, stacked, optimizer=optimizer, mesh=mesh4,
-                                rng=train.seed_keys([0, 1]), per_seed=True)
+    state = train.initial_state(
+      train.from_params,
+      stacked,
+      optimizer=optimizer,
+      mesh=mesh4,
+      rng=train.seed_keys([0, 1]),
+      per_seed=True,
+    )
 
     def batches():
       a = shuffled_batches(data, batch_size=8, seed=0)
@@ -182,24 +218,36 @@ def test_train_step_traces_once(mesh4, vmap_seeds):
       while True:
         x, y = next(a), next(b)
         yield {k: np.stack([x[k], y[k]]) for k in x}
+
     stream = batches()
   else:
     state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh4)
     stream = shuffled_batches(data, batch_size=8, seed=0)
-  step = train.compile_train_step(loss_fn=loss_fn, optimizer=optimizer, total_steps=optim.steps,
-                                  mesh=mesh4, state_sharding=train.sharding_of(state),
-                                  vmap_seeds=vmap_seeds)
-  state, _ = train.fit(state, step, stream, num_steps=4, mesh=mesh4, desc="trace",
-                       check_every=1, progress=False)
+  step = train.compile_train_step(
+    loss_fn=loss_fn,
+    optimizer=optimizer,
+    total_steps=optim.steps,
+    mesh=mesh4,
+    state_sharding=train.sharding_of(state),
+    vmap_seeds=vmap_seeds,
+  )
+  state, _ = train.fit(
+    state, step, stream, num_steps=4, mesh=mesh4, desc="trace", check_every=1, progress=False
+  )
   np.testing.assert_array_equal(np.asarray(state.step), 4)
 
 
 def test_jitted_train_step_traces_once(mesh1):
   chex.clear_trace_counter()
   optimizer = train.make_optimizer(OptimConfig(steps=5, batch_size=4))
-  step = jax.jit(chex.assert_max_traces(
-      lambda s, b: train.train_step(s, b, loss_fn=_quadratic_loss, optimizer=optimizer,
-                                    total_steps=5), n=1))
+  step = jax.jit(
+    chex.assert_max_traces(
+      lambda s, b: train.train_step(
+        s, b, loss_fn=_quadratic_loss, optimizer=optimizer, total_steps=5
+      ),
+      n=1,
+    )
+  )
   state = train.init_state(jax.tree.map(jnp.asarray, _quadratic_params()), optimizer)
   stream = _nan_stream(bad_step=-1)
   for _ in range(5):
@@ -212,18 +260,23 @@ def test_jitted_train_step_traces_once(mesh1):
 
 def test_head_has_its_own_learning_rate(mesh1):
   lr, head_lr, steps = 1e-4, 1e-1, 3
-  optimizer = train.make_optimizer(OptimConfig(steps=100, batch_size=4, lr=lr, head_lr=head_lr,
-                                               warmup_frac=0.0, weight_decay=0.0))
+  optimizer = train.make_optimizer(
+    OptimConfig(steps=100, batch_size=4, lr=lr, head_lr=head_lr, warmup_frac=0.0, weight_decay=0.0)
+  )
   p0 = _quadratic_params()
   state = train.init_state(jax.tree.map(jnp.asarray, p0), optimizer)
-  step = jax.jit(lambda s, b: train.train_step(s, b, loss_fn=_quadratic_loss,
-                                               optimizer=optimizer, total_steps=100))
+  step = jax.jit(
+    lambda s, b: train.train_step(
+      s, b, loss_fn=_quadratic_loss, optimizer=optimizer, total_steps=100
+    )
+  )
   stream = _nan_stream(bad_step=-1)
   for _ in range(steps):
     state, _ = step(state, next(stream))
   body_move = np.abs(np.asarray(state.params["body"]["w"]) - p0["body"]["w"]).max()
-  head_move = np.abs(np.asarray(state.params["cls_head"]["kernel"])
-                     - p0["cls_head"]["kernel"]).max()
+  head_move = np.abs(
+    np.asarray(state.params["cls_head"]["kernel"]) - p0["cls_head"]["kernel"]
+  ).max()
   # Adam moves each parameter by about lr per step.
   assert 0 < body_move < 5 * lr * steps
   assert head_move > 0.1 * head_lr

@@ -43,24 +43,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import harness  # noqa: E402
-from w2s_jax.models import transformer  # noqa: E402
 from w2s_jax.cascade import serving
-from w2s_jax.infra import sharding as shd  # noqa: E402
 from w2s_jax.data.dataset import Dataset  # noqa: E402
-from w2s_jax.models import model_config
+from w2s_jax.infra import sharding as shd  # noqa: E402
+from w2s_jax.models import (
+  model_config,
+  transformer,  # noqa: E402
+)
 
-QUICK = dict(weak="mini", strong="tiny", seq=32, batch=32, queries=64, rounds=2, peak_n=512,
-             peak_reps=1)
+import harness  # noqa: E402
+
+QUICK = dict(
+  weak="mini", strong="tiny", seq=32, batch=32, queries=64, rounds=2, peak_n=512, peak_reps=1
+)
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   parser.add_argument("--weak", default="tiny", help="model_config.SIZES name or WIDTHxDEPTH")
   parser.add_argument("--strong", default="medium")
   parser.add_argument("--seq", type=int, default=128, help="tokens per query")
-  parser.add_argument("--vocab", type=int, default=512,
-                      help="small, so embedding lookups (no FLOPs) are a small share of params")
+  parser.add_argument(
+    "--vocab",
+    type=int,
+    default=512,
+    help="small, so embedding lookups (no FLOPs) are a small share of params",
+  )
   parser.add_argument("--batch", type=int, default=128, help="queries per serving batch")
   parser.add_argument("--queries", type=int, default=512, help="queries in the stream")
   parser.add_argument("--bucket-step", type=int, default=8, help="buckets: multiples of this")
@@ -105,8 +115,9 @@ def main(argv=None):
   tokens = rng.integers(1, args.vocab, (args.queries, args.seq)).astype(np.int32)
   data = Dataset(tokens=tokens, mask=np.ones_like(tokens))
   buckets = tuple(range(args.bucket_step, args.batch, args.bucket_step)) + (args.batch,)
-  cascade = serving.classification_cascade(wcfg, scfg, mesh=mesh, batch_size=args.batch,
-                                           buckets=buckets)
+  cascade = serving.classification_cascade(
+    wcfg, scfg, mesh=mesh, batch_size=args.batch, buckets=buckets
+  )
   conf = serving.serve(cascade, wp, sp, data, threshold=-np.inf)["confidence"]
   outputs = {}
 
@@ -114,20 +125,25 @@ def main(argv=None):
     def run(n):
       for _ in range(n):
         outputs[key] = fn()
+
     return run
-  contenders = {"strong_only": runner("strong_only",
-                                      lambda: serving.serve_strong_only(cascade, sp, data))}
+
+  contenders = {
+    "strong_only": runner("strong_only", lambda: serving.serve_strong_only(cascade, sp, data))
+  }
   for rate, t in zip(args.rates, thresholds(conf, args.rates)):
     key = f"cascade {rate:.0%}"
     contenders[key] = runner(key, lambda t=t: serving.serve(cascade, wp, sp, data, threshold=t))
 
   harness.print_machine(env, load_before)
-  print(f"weak {args.weak} {wcfg.width}x{wcfg.depth} ({wcfg.num_params / 1e6:.2f}M params), "
-        f"strong {args.strong} {scfg.width}x{scfg.depth} ({scfg.num_params / 1e6:.2f}M params); "
-        f"FLOPs per token weak / strong = {wcfg.num_params / scfg.num_params:.3f}; vocab "
-        f"{args.vocab}, {args.queries} queries of {args.seq} tokens in batches of {args.batch}; "
-        f"buckets {buckets[0]}, {buckets[1] if len(buckets) > 1 else ''}.. {buckets[-1]}; "
-        "1-device mesh")
+  print(
+    f"weak {args.weak} {wcfg.width}x{wcfg.depth} ({wcfg.num_params / 1e6:.2f}M params), "
+    f"strong {args.strong} {scfg.width}x{scfg.depth} ({scfg.num_params / 1e6:.2f}M params); "
+    f"FLOPs per token weak / strong = {wcfg.num_params / scfg.num_params:.3f}; vocab "
+    f"{args.vocab}, {args.queries} queries of {args.seq} tokens in batches of {args.batch}; "
+    f"buckets {buckets[0]}, {buckets[1] if len(buckets) > 1 else ''}.. {buckets[-1]}; "
+    "1-device mesh"
+  )
   print(f"warming up {len(contenders)} contenders (compiles included) ...", flush=True)
   first, errors = harness.warm_up(contenders, 0)
   peak = harness.matmul_peak(args.peak_n, args.peak_reps)["jnp.dot"]
@@ -137,9 +153,16 @@ def main(argv=None):
   print_report(args, summary)
   load_after = harness.print_footer(load_before, wall)
   if args.json:
-    harness.write_record(args.json, {"config": {**vars(args), "buckets": buckets}, **env,
-                                     "load_before": load_before, "load_after": load_after,
-                                     **summary})
+    harness.write_record(
+      args.json,
+      {
+        "config": {**vars(args), "buckets": buckets},
+        **env,
+        "load_before": load_before,
+        "load_after": load_after,
+        **summary,
+      },
+    )
 
 
 def summarize(args, timings: harness.Timings, first, errors, outputs, cascade, peak) -> dict:
@@ -154,37 +177,48 @@ def summarize(args, timings: harness.Timings, first, errors, outputs, cascade, p
     weak_rows = batches * args.batch if "buckets" in o else 0
     speedup = timings.speedup(key, over="strong_only")
     out["contenders"][key] = {
-        "median_s": med, "s_rounds": timings.seconds[key], "first_s": first[key],
-        "queries_per_s": args.queries / med,
-        "deferred": float(o["deferred"].mean()),
-        "strong_rows_run": strong_rows / args.queries,
-        "flops_vs_strong": float(o["flops"].sum()) / strong_flops,
-        "flops_run_vs_strong": (weak_rows * weak_run + strong_rows * strong_row) / strong_flops,
-        "speedup_of_medians": speedup["of_medians"],
-        "speedup_round_median": speedup["median_of_round_ratios"],
-        "gflops_per_s": float(o["flops"].sum()) / med / 1e9,
-        "peak_rss_mb": timings.peak_rss_mb[key]}
+      "median_s": med,
+      "s_rounds": timings.seconds[key],
+      "first_s": first[key],
+      "queries_per_s": args.queries / med,
+      "deferred": float(o["deferred"].mean()),
+      "strong_rows_run": strong_rows / args.queries,
+      "flops_vs_strong": float(o["flops"].sum()) / strong_flops,
+      "flops_run_vs_strong": (weak_rows * weak_run + strong_rows * strong_row) / strong_flops,
+      "speedup_of_medians": speedup["of_medians"],
+      "speedup_round_median": speedup["median_of_round_ratios"],
+      "gflops_per_s": float(o["flops"].sum()) / med / 1e9,
+      "peak_rss_mb": timings.peak_rss_mb[key],
+    }
   return out
 
 
 def print_report(args, summary):
   print(f"\nfp32 matmul peak (jnp.dot, n={args.peak_n}): {summary['peak_gflops']:.1f} GFLOP/s")
-  print("FLOPs = 2 * params * tokens; 'acct': weak on every query + strong on the deferred ones; "
-        "'run': strong on whole buckets (filler rows included); both / strong_only's\n")
-  head = (f"{'contender':13s} {'deferred':>8s} {'strong rows':>11s} {'FLOPs acct':>10s} "
-          f"{'FLOPs run':>9s} {'median s':>8s} {'queries/s':>9s} {'speed-up':>8s} "
-          f"{'(rounds)':>8s} {'by acct':>7s} {'GFLOP/s':>7s} {'first s':>7s}")
+  print(
+    "FLOPs = 2 * params * tokens; 'acct': weak on every query + strong on the deferred ones; "
+    "'run': strong on whole buckets (filler rows included); both / strong_only's\n"
+  )
+  head = (
+    f"{'contender':13s} {'deferred':>8s} {'strong rows':>11s} {'FLOPs acct':>10s} "
+    f"{'FLOPs run':>9s} {'median s':>8s} {'queries/s':>9s} {'speed-up':>8s} "
+    f"{'(rounds)':>8s} {'by acct':>7s} {'GFLOP/s':>7s} {'first s':>7s}"
+  )
   print(head)
   for key, c in summary["contenders"].items():
-    print(f"{key:13s} {c['deferred']:8.1%} {c['strong_rows_run']:11.1%} "
-          f"{c['flops_vs_strong']:10.3f} {c['flops_run_vs_strong']:9.3f} {c['median_s']:8.2f} "
-          f"{c['queries_per_s']:9.1f} {c['speedup_of_medians']:7.2f}x "
-          f"{c['speedup_round_median']:7.2f}x {1 / c['flops_vs_strong']:6.2f}x "
-          f"{c['gflops_per_s']:7.1f} {c['first_s']:7.1f}")
+    print(
+      f"{key:13s} {c['deferred']:8.1%} {c['strong_rows_run']:11.1%} "
+      f"{c['flops_vs_strong']:10.3f} {c['flops_run_vs_strong']:9.3f} {c['median_s']:8.2f} "
+      f"{c['queries_per_s']:9.1f} {c['speedup_of_medians']:7.2f}x "
+      f"{c['speedup_round_median']:7.2f}x {1 / c['flops_vs_strong']:6.2f}x "
+      f"{c['gflops_per_s']:7.1f} {c['first_s']:7.1f}"
+    )
   for key, err in summary["errors"].items():
     print(f"{key:13s} unavailable: {err}")
-  print("\nspeed-up = strong_only time / contender time (> 1: faster), from the medians and as "
-        "the median of per-round ratios; 'by acct' = 1 / FLOPs acct, what the accounting promises")
+  print(
+    "\nspeed-up = strong_only time / contender time (> 1: faster), from the medians and as "
+    "the median of per-round ratios; 'by acct' = 1 / FLOPs acct, what the accounting promises"
+  )
 
 
 if __name__ == "__main__":

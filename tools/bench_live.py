@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))   # harness
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness
 
 from w2s_jax.infra import host_memory  # noqa: E402
 
@@ -36,20 +36,22 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import harness  # noqa: E402
 from w2s_jax.infra import configs  # noqa: E402
-from w2s_jax.training import finetune
-from w2s_jax.training import live
-from w2s_jax.models import transformer
-from w2s_jax.w2s import parts as parts_lib
-from w2s_jax.training import train
 from w2s_jax.infra import sharding as shd  # noqa: E402
+from w2s_jax.models import transformer
+from w2s_jax.training import finetune, live, train
 from w2s_jax.training.generative_losses import ForwardKl, Sft
 from w2s_jax.training.live import Live
+from w2s_jax.w2s import parts as parts_lib
 
-VARIANTS = {"sft": Sft(), "forward_kl": ForwardKl(),
-            "live 0.5": Live(live_fraction=0.5, live_divergence="forward_kl"),
-            "live 1.0": Live(live_fraction=1.0, live_divergence="forward_kl")}
+import harness  # noqa: E402
+
+VARIANTS = {
+  "sft": Sft(),
+  "forward_kl": ForwardKl(),
+  "live 0.5": Live(live_fraction=0.5, live_divergence="forward_kl"),
+  "live 1.0": Live(live_fraction=1.0, live_divergence="forward_kl"),
+}
 
 
 QUICK = dict(config="configs/generative.py:small", rounds=2, steps=2)
@@ -61,8 +63,9 @@ def _stacked_init(cfg, seeds):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   parser.add_argument("--config", default="configs/generative.py")
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
@@ -79,24 +82,36 @@ def main(argv=None):
   mesh, seeds, optim, sampler = parts.mesh, parts.seeds, cfg.finetune, parts.evaluator.sampling
   strong_cfg = cfg.model_config(cfg.strong_size, parts.task)
   weak_cfg = cfg.model_config(cfg.weak_size, parts.task)
-  batches = finetune.seed_stream(parts.trainer.supervised("train_w2s", size=cfg.strong_size),
-                                 batch_size=optim.batch_size,
-                                seeds=seeds, rows=shd.process_rows(mesh, optim.batch_size))
+  batches = finetune.seed_stream(
+    parts.trainer.supervised("train_w2s", size=cfg.strong_size),
+    batch_size=optim.batch_size,
+    seeds=seeds,
+    rows=shd.process_rows(mesh, optim.batch_size),
+  )
   batches = [shd.put_batch(next(batches), mesh, seed_axis=True) for _ in range(args.steps)]
   student = _stacked_init(strong_cfg, seeds)
-  print(f"{cfg.name}: strong {cfg.strong_size} (student), weak {cfg.weak_size} (teacher), "
-        f"{len(seeds)} seeds vmapped, batch {optim.batch_size}, sequences "
-        f"{batches[0]['tokens'].shape[-1]} tokens (prompt {batches[0]['prompt'].shape[-1]}), "
-        f"max_new_tokens {sampler.max_new_tokens}, {len(jax.devices())} device(s)")
+  print(
+    f"{cfg.name}: strong {cfg.strong_size} (student), weak {cfg.weak_size} (teacher), "
+    f"{len(seeds)} seeds vmapped, batch {optim.batch_size}, sequences "
+    f"{batches[0]['tokens'].shape[-1]} tokens (prompt {batches[0]['prompt'].shape[-1]}), "
+    f"max_new_tokens {sampler.max_new_tokens}, {len(jax.devices())} device(s)"
+  )
 
   runs = {}
   for name, loss_cfg in VARIANTS.items():
     teacher_cfg = weak_cfg if loss_cfg.needs_teacher else None
     sampling_cfg = sampler if loss_cfg.name == "live" else None
     optimizer, step, teacher_sharding = finetune.finetune_step(
-        strong_cfg, loss_cfg, optim, mesh, len(seeds), True, teacher_cfg, sampling_cfg)
-    state = train.initial_state(train.from_params, student, optimizer=optimizer, mesh=mesh,
-                                rng=train.seed_keys(seeds), per_seed=True)
+      strong_cfg, loss_cfg, optim, mesh, len(seeds), True, teacher_cfg, sampling_cfg
+    )
+    state = train.initial_state(
+      train.from_params,
+      student,
+      optimizer=optimizer,
+      mesh=mesh,
+      rng=train.seed_keys(seeds),
+      per_seed=True,
+    )
     if teacher_cfg is not None:
       teacher = jax.device_put(_stacked_init(weak_cfg, seeds), teacher_sharding)
       step = functools.partial(lambda s, b, c, t: c(s, b, t), c=step, t=teacher)
@@ -106,8 +121,12 @@ def main(argv=None):
   for name, loss_cfg in VARIANTS.items():
     if loss_cfg.name == "live":
       sampling_cfg = dataclasses.replace(sampler, temperature=loss_cfg.live_temperature)
-      fn = functools.partial(live.sample_rows, model_cfg=strong_cfg, sampling_cfg=sampling_cfg,
-                             fraction=loss_cfg.live_fraction)
+      fn = functools.partial(
+        live.sample_rows,
+        model_cfg=strong_cfg,
+        sampling_cfg=sampling_cfg,
+        fraction=loss_cfg.live_fraction,
+      )
       sample_fns[f"sampling ({name})"] = jax.jit(jax.vmap(lambda p, b, k, fn=fn: fn(p, b, k)))
   keys = jax.random.split(jax.random.key(0), len(seeds))
   params = student  # never donated (the states are)
@@ -126,8 +145,10 @@ def main(argv=None):
     jax.block_until_ready(out)
     return out
 
-  contenders = {**{n: functools.partial(run_steps, n) for n in runs},
-                **{n: functools.partial(run_sampling, n) for n in sample_fns}}
+  contenders = {
+    **{n: functools.partial(run_steps, n) for n in runs},
+    **{n: functools.partial(run_sampling, n) for n in sample_fns},
+  }
   harness.print_machine(env, load_before)
   lengths = {}
 
@@ -137,29 +158,45 @@ def main(argv=None):
         out = fn()
       if name.startswith("live"):
         lengths[name] = float(np.mean(out["live_response_len"]))
+
     return run
+
   contenders = {name: record_length(name, fn) for name, fn in contenders.items()}
-  first, errors = harness.warm_up(contenders, 0)   # compiles each
+  first, errors = harness.warm_up(contenders, 0)  # compiles each
   for name, seconds in first.items():
-    print(f"  warm-up {name:22s} {seconds:6.1f}s"
-          + (f"; mean sampled length {lengths[name]:.2f}" if name in lengths else ""))
+    print(
+      f"  warm-up {name:22s} {seconds:6.1f}s"
+      + (f"; mean sampled length {lengths[name]:.2f}" if name in lengths else "")
+    )
   timings = harness.interleaved(contenders, args.rounds, 1)
   per_step = {name: [t / len(batches) for t in timings.seconds[name]] for name in timings.keys()}
   med = {name: float(np.median(v)) for name, v in per_step.items()}
   print(f"per-step medians over {args.rounds} interleaved rounds of {len(batches)} steps:")
   for name, v in per_step.items():
-    print(f"  {name:22s} {1e3 * med[name]:8.2f} ms  (min {1e3 * min(v):.2f}, "
-          f"max {1e3 * max(v):.2f})")
+    print(
+      f"  {name:22s} {1e3 * med[name]:8.2f} ms  (min {1e3 * min(v):.2f}, max {1e3 * max(v):.2f})"
+    )
   for name in ("live 0.5", "live 1.0"):
     share = med[f"sampling ({name})"] / med[name]
-    print(f"  {name}: {med[name] / med['sft']:.2f}x sft, {med[name] / med['forward_kl']:.2f}x "
-          f"forward_kl; sampling alone is {share:.0%} of its step")
+    print(
+      f"  {name}: {med[name] / med['sft']:.2f}x sft, {med[name] / med['forward_kl']:.2f}x "
+      f"forward_kl; sampling alone is {share:.0%} of its step"
+    )
   load_after = harness.print_footer(load_before, wall)
   if args.json:
-    harness.write_record(args.json, {"config": vars(args), **env, "load_before": load_before,
-                                     "load_after": load_after, "first_s": first,
-                                     "errors": errors, "seconds_per_step": per_step,
-                                     "mean_sampled_length": lengths})
+    harness.write_record(
+      args.json,
+      {
+        "config": vars(args),
+        **env,
+        "load_before": load_before,
+        "load_after": load_after,
+        "first_s": first,
+        "errors": errors,
+        "seconds_per_step": per_step,
+        "mean_sampled_length": lengths,
+      },
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from w2s_jax.infra import host_memory  # noqa: E402
 
-VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
-                "amx_bf16", "asimd", "sve")
+VECTOR_FLAGS = (
+  "avx2",
+  "fma",
+  "avx512f",
+  "avx512bw",
+  "avx512_vnni",
+  "avx512_bf16",
+  "amx_tile",
+  "amx_bf16",
+  "asimd",
+  "sve",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +53,7 @@ class Timings:
     last round had run: it only grows, so it bounds what each contender
     needed together with everything run before it.
   """
+
   seconds: dict[Hashable, list[float]]
   page_faults: dict[Hashable, list[float]]
   peak_rss_mb: dict[Hashable, float]
@@ -54,8 +65,10 @@ class Timings:
     """How much faster `key` ran than `over` (> 1: key faster): from the
     medians, and as the median of per-round ratios."""
     a, b = np.asarray(self.seconds[key]), np.asarray(self.seconds[over])
-    return {"of_medians": float(np.median(b) / np.median(a)),
-            "median_of_round_ratios": float(np.median(b / a))}
+    return {
+      "of_medians": float(np.median(b) / np.median(a)),
+      "median_of_round_ratios": float(np.median(b / a)),
+    }
 
   def __contains__(self, key) -> bool:
     return key in self.seconds
@@ -69,8 +82,7 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def warm_up(contenders: dict[Hashable, Callable[[int], object]], calls: int
-            ) -> tuple[dict, dict]:
+def warm_up(contenders: dict[Hashable, Callable[[int], object]], calls: int) -> tuple[dict, dict]:
   """Times each contender's first call (compile included), then runs `calls`
   more untimed; a contender that raises is removed from `contenders`, its
   error kept. Freed host memory is handed back after each (as train.fit does
@@ -91,31 +103,35 @@ def warm_up(contenders: dict[Hashable, Callable[[int], object]], calls: int
   return first, errors
 
 
-def interleaved(contenders: dict[Hashable, Callable[[int], object]], rounds: int, calls: int
-                ) -> Timings:
+def interleaved(
+  contenders: dict[Hashable, Callable[[int], object]], rounds: int, calls: int
+) -> Timings:
   """`rounds` rounds; in each, every contender runs `calls` calls in turn, the
   order rotating by one from round to round."""
   keys = list(contenders)
   seconds, faults, peak = {k: [] for k in keys}, {k: [] for k in keys}, {}
   for r in range(rounds):
-    for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+    for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
       faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       start = time.perf_counter()
       contenders[key](calls)
       seconds[key].append((time.perf_counter() - start) / calls)
-      faults[key].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
-                         / calls)
+      faults[key].append(
+        (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / calls
+      )
       peak[key] = peak_rss_mb()
   return Timings(seconds=seconds, page_faults=faults, peak_rss_mb=peak)
 
 
 # --- Matmul peaks ------------------------------------------------------------------
 
+
 def matmul_peak(n: int, reps: int, *, torch=None, device=None) -> dict[str, float]:
   """fp32 n x n matmul GFLOP/s, median of reps after one warm-up call: jnp.dot,
   and torch.mm interleaved with it when torch is given."""
   import jax
   import jax.numpy as jnp
+
   rng = np.random.default_rng(0)
   a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
   ja, jb = jnp.asarray(a), jnp.asarray(b)
@@ -133,10 +149,11 @@ def matmul_peak(n: int, reps: int, *, torch=None, device=None) -> dict[str, floa
       start = time.perf_counter()
       fn()
       times[k].append(time.perf_counter() - start)
-  return {k: 2 * n ** 3 / float(np.median(v)) / 1e9 for k, v in times.items()}
+  return {k: 2 * n**3 / float(np.median(v)) / 1e9 for k, v in times.items()}
 
 
 # --- The machine ---------------------------------------------------------------------
+
 
 def cpu_description() -> dict:
   """The CPU's model name and the vector extensions matmul speed depends on."""
@@ -147,8 +164,10 @@ def cpu_description() -> dict:
   fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
   fields = {k.strip(): v.strip() for k, v in fields.items()}
   flags = set((fields.get("flags") or fields.get("Features") or "").split())
-  return {"model": fields.get("model name", fields.get("CPU part", "unknown")),
-          "vector_extensions": [f for f in VECTOR_FLAGS if f in flags]}
+  return {
+    "model": fields.get("model name", fields.get("CPU part", "unknown")),
+    "vector_extensions": [f for f in VECTOR_FLAGS if f in flags],
+  }
 
 
 def cores_available() -> int:
@@ -158,22 +177,31 @@ def cores_available() -> int:
 def machine() -> dict:
   """CPU, cores, JAX's backend and devices, the settings timings depend on."""
   import jax
-  return {"cpu": cpu_description(), "cores_available": cores_available(),
-          "versions": {"jax": jax.__version__},
-          "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
-          "host_memory": host_memory.status(),
-          "env": {k: os.environ[k] for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-                  if k in os.environ},
-          "date": time.strftime("%Y-%m-%d")}
+
+  return {
+    "cpu": cpu_description(),
+    "cores_available": cores_available(),
+    "versions": {"jax": jax.__version__},
+    "jax_backend": jax.default_backend(),
+    "jax_devices": [str(d) for d in jax.devices()],
+    "host_memory": host_memory.status(),
+    "env": {
+      k: os.environ[k]
+      for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+      if k in os.environ
+    },
+    "date": time.strftime("%Y-%m-%d"),
+  }
 
 
 def torch_machine(torch, transformers, device) -> dict:
   """What the torch side adds to `machine()`."""
-  return {"versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-          "torch_device": str(torch.cuda.get_device_name(device) if device.type == "cuda"
-                              else device),
-          "torch_threads": torch.get_num_threads(),
-          "torch_interop_threads": torch.get_num_interop_threads()}
+  return {
+    "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    "torch_device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),
+    "torch_threads": torch.get_num_threads(),
+    "torch_interop_threads": torch.get_num_interop_threads(),
+  }
 
 
 def import_torch(cache_dir: str, tool: str):
@@ -186,8 +214,10 @@ def import_torch(cache_dir: str, tool: str):
     import torch
     import transformers
   except ImportError as e:
-    sys.exit(f"{tool} needs torch and transformers ({e}); they are not dependencies "
-             f"of w2s_jax. Install them with: pip install torch==2.13.0 transformers")
+    sys.exit(
+      f"{tool} needs torch and transformers ({e}); they are not dependencies "
+      f"of w2s_jax. Install them with: pip install torch==2.13.0 transformers"
+    )
   return torch, transformers
 
 
@@ -195,26 +225,35 @@ def print_machine(env: dict, load_before) -> None:
   """The header every benchmark prints: load, CPU, cores, JAX's devices."""
   print(f"load average before: {' '.join(f'{x:.2f}' for x in load_before)}")
   if env["jax_backend"] == "cpu" and load_before[0] > 0.25 * env["cores_available"]:
-    print(f"WARNING: the machine is busy (1-min load {load_before[0]:.2f} on "
-          f"{env['cores_available']} cores): timings are unreliable, torch's OpenMP "
-          f"thread pool especially (every parallel op waits for its slowest thread)")
-  print(f"CPU: {env['cpu']['model']}; vector extensions: "
-        f"{' '.join(env['cpu']['vector_extensions']) or 'none of ' + ' '.join(VECTOR_FLAGS)}")
-  print(f"jax {env['versions']['jax']} on {env['jax_backend']}: {', '.join(env['jax_devices'])} "
-        f"(XLA:CPU threads = the {env['cores_available']} cores available); env "
-        f"{env['env'] or '{}'}; freed host memory kept for reuse: {env['host_memory']}")
+    print(
+      f"WARNING: the machine is busy (1-min load {load_before[0]:.2f} on "
+      f"{env['cores_available']} cores): timings are unreliable, torch's OpenMP "
+      f"thread pool especially (every parallel op waits for its slowest thread)"
+    )
+  print(
+    f"CPU: {env['cpu']['model']}; vector extensions: "
+    f"{' '.join(env['cpu']['vector_extensions']) or 'none of ' + ' '.join(VECTOR_FLAGS)}"
+  )
+  print(
+    f"jax {env['versions']['jax']} on {env['jax_backend']}: {', '.join(env['jax_devices'])} "
+    f"(XLA:CPU threads = the {env['cores_available']} cores available); env "
+    f"{env['env'] or '{}'}; freed host memory kept for reuse: {env['host_memory']}"
+  )
 
 
 def print_footer(load_before, wall_start: float) -> tuple[float, ...]:
   load_after = os.getloadavg()
-  print(f"\nload average after: {' '.join(f'{x:.2f}' for x in load_after)}; peak RSS "
-        f"{peak_rss_mb():.0f} MB; wall time {time.perf_counter() - wall_start:.0f}s")
+  print(
+    f"\nload average after: {' '.join(f'{x:.2f}' for x in load_after)}; peak RSS "
+    f"{peak_rss_mb():.0f} MB; wall time {time.perf_counter() - wall_start:.0f}s"
+  )
   return load_after
 
 
 def write_record(path, record: dict) -> None:
   """The run's numbers as JSON, written atomically."""
   from w2s_jax.infra import files
+
   with files.atomic_write(path) as f:
     json.dump(record, f, indent=2, default=float)
   print(f"wrote {path}")

@@ -27,36 +27,59 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-import harness  # noqa: E402
-
-from w2s_jax.training import lora  # noqa: E402
-from w2s_jax.models import transformer
-from w2s_jax.training import objectives
 from w2s_jax.infra import sharding
-from w2s_jax.training import train
-from w2s_jax.training.train import OptimConfig  # noqa: E402
+from w2s_jax.models import transformer
 from w2s_jax.models.model_config import ATTENTIONS, DTYPES, ModelConfig
+from w2s_jax.training import (
+  lora,  # noqa: E402
+  objectives,
+  train,
+)
 from w2s_jax.training.classifier_losses import Xent
+from w2s_jax.training.train import OptimConfig  # noqa: E402
+
+import harness  # noqa: E402
 
 # Qwen2.5-7B's config.json: 28 layers, width 3584, 28 query / 4 key-value heads,
 # SwiGLU 18944, vocabulary 151,936, untied embeddings, q/k/v biases.
 SHAPES = {
-    "qwen2.5-7b": dict(vocab_size=151936, width=3584, depth=28, heads=28, kv_heads=4,
-                       mlp_dim=18944, tie_embeddings=False),
-    "tiny": dict(vocab_size=1000, width=64, depth=2, heads=4, kv_heads=2, mlp_dim=128,
-                 tie_embeddings=False),
+  "qwen2.5-7b": dict(
+    vocab_size=151936,
+    width=3584,
+    depth=28,
+    heads=28,
+    kv_heads=4,
+    mlp_dim=18944,
+    tie_embeddings=False,
+  ),
+  "tiny": dict(
+    vocab_size=1000, width=64, depth=2, heads=4, kv_heads=2, mlp_dim=128, tie_embeddings=False
+  ),
 }
 
 
 def model_config(shape: str, seq: int, dtype: str, remat: bool) -> ModelConfig:
-  return ModelConfig(**SHAPES[shape], max_len=seq, positions="rotary", rotary_frac=1.0,
-                            rotary_base=1e6, norm="rmsnorm", mlp="swiglu", attn_out_bias=False,
-                            mlp_bias=False, head_input="hidden", dtype=dtype, remat=remat)
+  return ModelConfig(
+    **SHAPES[shape],
+    max_len=seq,
+    positions="rotary",
+    rotary_frac=1.0,
+    rotary_base=1e6,
+    norm="rmsnorm",
+    mlp="swiglu",
+    attn_out_bias=False,
+    mlp_bias=False,
+    head_input="hidden",
+    dtype=dtype,
+    remat=remat,
+  )
 
 
 def _per_device(abstract, shardings) -> int:
-  return sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
-             for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
+  return sum(
+    math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
+    for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings))
+  )
 
 
 def step_memory(cfg, optim: OptimConfig, mesh, batch: int) -> dict:
@@ -67,42 +90,63 @@ def step_memory(cfg, optim: OptimConfig, mesh, batch: int) -> dict:
   loss_fn = objectives.classifier_objective(cfg, Xent())
   frozen, base_sharding = (), None
   if optim.lora_rank:
-    trainable = jax.eval_shape(lambda: lora.trainable_params(
-        transformer.init_params(cfg, key), cfg, rank=optim.lora_rank, targets=optim.lora_targets,
-        rng=key))
+    trainable = jax.eval_shape(
+      lambda: lora.trainable_params(
+        transformer.init_params(cfg, key),
+        cfg,
+        rank=optim.lora_rank,
+        targets=optim.lora_targets,
+        rng=key,
+      )
+    )
     base_sharding = sharding.state_sharding(base, mesh)
-    frozen = (jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                           base, base_sharding),)
+    frozen = (
+      jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), base, base_sharding
+      ),
+    )
     loss_fn = lora.lora_loss(loss_fn, cfg, optim.lora_alpha)
   else:
     trainable = base
   abstract = jax.eval_shape(lambda: train.init_state(trainable, optimizer, key))
   state_sharding = sharding.state_sharding(abstract, mesh)
-  step = train.compile_train_step(loss_fn=loss_fn, optimizer=optimizer, total_steps=optim.steps,
-                                  mesh=mesh, state_sharding=state_sharding,
-                                  base_sharding=base_sharding)
+  step = train.compile_train_step(
+    loss_fn=loss_fn,
+    optimizer=optimizer,
+    total_steps=optim.steps,
+    mesh=mesh,
+    state_sharding=state_sharding,
+    base_sharding=base_sharding,
+  )
   batch_sharding = sharding.batch_sharding(mesh)
-  data = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, shape, dtype in
-          (("tokens", (batch, cfg.max_len), jnp.int32), ("mask", (batch, cfg.max_len), jnp.int32),
-           ("labels", (batch, cfg.num_classes), jnp.float32))}
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       abstract, state_sharding)
+  data = {
+    k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+    for k, shape, dtype in (
+      ("tokens", (batch, cfg.max_len), jnp.int32),
+      ("mask", (batch, cfg.max_len), jnp.int32),
+      ("labels", (batch, cfg.num_classes), jnp.float32),
+    )
+  }
+  state = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
+  )
   started = time.perf_counter()
   memory = step.lower(state, data, *frozen).compile().memory_analysis()
   return {
-      "frozen base": _per_device(base, base_sharding) if optim.lora_rank else 0,
-      "trainable": _per_device(abstract.params, state_sharding.params),
-      "Adam": _per_device(abstract.opt_state, state_sharding.opt_state),
-      "temporaries": memory.temp_size_in_bytes,
-      "compiled arguments": memory.argument_size_in_bytes,
-      "compile s": time.perf_counter() - started,
-      "trainable params": sum(math.prod(x.shape) for x in jax.tree.leaves(trainable)),
+    "frozen base": _per_device(base, base_sharding) if optim.lora_rank else 0,
+    "trainable": _per_device(abstract.params, state_sharding.params),
+    "Adam": _per_device(abstract.opt_state, state_sharding.opt_state),
+    "temporaries": memory.temp_size_in_bytes,
+    "compiled arguments": memory.argument_size_in_bytes,
+    "compile s": time.perf_counter() - started,
+    "trainable params": sum(math.prod(x.shape) for x in jax.tree.leaves(trainable)),
   }
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   parser.add_argument("--shape", default="qwen2.5-7b", choices=sorted(SHAPES))
   parser.add_argument("--fsdp", type=int, default=8)
   parser.add_argument("--batch", type=int, default=8)
@@ -112,32 +156,46 @@ def main(argv=None):
   parser.add_argument("--no-remat", dest="remat", action="store_false")
   parser.add_argument("--attention", default="explicit", choices=ATTENTIONS)
   parser.add_argument("--json", help="write the numbers here")
-  parser.add_argument("--quick", action="store_true",
-                      help="seconds: the tiny shape at 32 tokens (explicit flags still win)")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="seconds: the tiny shape at 32 tokens (explicit flags still win)",
+  )
   args = parser.parse_args(argv)
   if args.quick:
     parser.set_defaults(shape="tiny", seq=32)
     args = parser.parse_args(argv)
-  cfg = dataclasses.replace(model_config(args.shape, args.seq, args.dtype, args.remat),
-                            attention=args.attention)
+  cfg = dataclasses.replace(
+    model_config(args.shape, args.seq, args.dtype, args.remat), attention=args.attention
+  )
   mesh = sharding.make_mesh(args.fsdp, fsdp=args.fsdp)
-  print(f"{args.shape}: {cfg.num_params:,} params, FSDP over {args.fsdp} devices, batch "
-        f"{args.batch} x {args.seq}, {args.dtype} compute, remat {args.remat}, {args.attention} "
-        "attention; bytes per device")
-  variants = {"full fine-tuning": OptimConfig(steps=10, batch_size=args.batch),
-              f"LoRA r{args.rank} (q, v)": OptimConfig(steps=10, batch_size=args.batch,
-                                                     lora_rank=args.rank)}
+  print(
+    f"{args.shape}: {cfg.num_params:,} params, FSDP over {args.fsdp} devices, batch "
+    f"{args.batch} x {args.seq}, {args.dtype} compute, remat {args.remat}, {args.attention} "
+    "attention; bytes per device"
+  )
+  variants = {
+    "full fine-tuning": OptimConfig(steps=10, batch_size=args.batch),
+    f"LoRA r{args.rank} (q, v)": OptimConfig(steps=10, batch_size=args.batch, lora_rank=args.rank),
+  }
   columns = ("frozen base", "trainable", "Adam", "temporaries", "compiled arguments")
-  print(f"{'variant':24s} {'trainable params':>16s} " + " ".join(f"{c + ' GB':>14s}" for c in columns)
-        + f" {'compile s':>10s}")
+  print(
+    f"{'variant':24s} {'trainable params':>16s} "
+    + " ".join(f"{c + ' GB':>14s}" for c in columns)
+    + f" {'compile s':>10s}"
+  )
   rows = {}
   for name, optim in variants.items():
     m = rows[name] = step_memory(cfg, optim, mesh, args.batch)
-    print(f"{name:24s} {m['trainable params']:>16,} "
-          + " ".join(f"{m[c] / 1e9:>14.3f}" for c in columns) + f" {m['compile s']:>10.1f}")
+    print(
+      f"{name:24s} {m['trainable params']:>16,} "
+      + " ".join(f"{m[c] / 1e9:>14.3f}" for c in columns)
+      + f" {m['compile s']:>10.1f}"
+    )
   if args.json:
-    harness.write_record(args.json, {"config": vars(args), **harness.machine(),
-                                     "bytes_per_device": rows})
+    harness.write_record(
+      args.json, {"config": vars(args), **harness.machine(), "bytes_per_device": rows}
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))   # harness, bench_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, bench_model
 
 from w2s_jax.infra import host_memory  # noqa: E402
 from w2s_jax.training.classifier_losses import Xent
@@ -42,13 +42,16 @@ QUICK = dict(layers=2, width=64, heads=4, seq=32, batch=8, vocab=1000, steps=1, 
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   add_shape_args(parser)
   parser.add_argument("--steps", type=int, default=3, help="profiled calls")
   parser.add_argument("--top", type=int, default=30, help="rows printed")
   parser.add_argument("--part", choices=("fwd+bwd", "forward"), default="fwd+bwd")
-  parser.add_argument("--quick", action="store_true",
-                      help=f"seconds-long check of the whole tool: {QUICK}")
+  parser.add_argument(
+    "--quick", action="store_true", help=f"seconds-long check of the whole tool: {QUICK}"
+  )
   args = parser.parse_args(argv)
   if args.quick or args.shape:  # explicit flags still win over these defaults
     parser.set_defaults(**{**(QUICK if args.quick else {}), **SHAPES.get(args.shape, {})})
@@ -66,15 +69,22 @@ def hlo_ops(hlo: str) -> dict:
       name, shape, op, args, rest = m.groups()
       op_name = re.search(r'op_name="([^"]*)"', rest)
       calls = re.search(r"calls=%([\w.-]+)", rest)
-      ops[name] = dict(shape=shape, op=op, args=[a.strip().lstrip("%") for a in args.split(",")],
-                       rest=rest, op_name=op_name.group(1) if op_name else "",
-                       calls=calls.group(1) if calls else None)
+      ops[name] = dict(
+        shape=shape,
+        op=op,
+        args=[a.strip().lstrip("%") for a in args.split(",")],
+        rest=rest,
+        op_name=op_name.group(1) if op_name else "",
+        calls=calls.group(1) if calls else None,
+      )
   return ops
 
 
 def bodies(hlo: str) -> dict:
-  return {m.group(1): m.group(2) for m in
-          re.finditer(r"^%?([\w.-]+) \(.*?\) -> .*? \{\n(.*?)\n\}", hlo, re.M | re.S)}
+  return {
+    m.group(1): m.group(2)
+    for m in re.finditer(r"^%?([\w.-]+) \(.*?\) -> .*? \{\n(.*?)\n\}", hlo, re.M | re.S)
+  }
 
 
 def _dims(shape: str) -> list[int]:
@@ -102,10 +112,14 @@ def dot_flops(name: str, ops: dict, computations: dict) -> int:
 
 def row_key(name: str, ops: dict, computations: dict) -> tuple:
   op = ops[name]
-  src = op["op_name"] or (re.search(r'op_name="([^"]*)"', computations.get(op["calls"] or "", ""))
-                          or [None, ""])[1]
+  src = (
+    op["op_name"]
+    or (re.search(r'op_name="([^"]*)"', computations.get(op["calls"] or "", "")) or [None, ""])[1]
+  )
   direction = "bwd" if "transpose(jvp(" in src else "fwd"
-  src = re.sub(r"block_\d+", "block_*", src.split("/", 1)[-1]).replace("block_*/block_*.", "block_*.")
+  src = re.sub(r"block_\d+", "block_*", src.split("/", 1)[-1]).replace(
+    "block_*/block_*.", "block_*."
+  )
   src = re.sub(r"^(transpose\()?jvp\([\w.]+\)\)?/|Transformer\.\w+/", "", src)
   body = computations.get(op["calls"] or "", "")
   what = sorted(set(re.findall(r"= \S+ ([\w-]+)\(", body)) - {"parameter", "bitcast", "constant"})
@@ -116,17 +130,25 @@ def profile(args):
   import jax
   import jax.numpy as jnp
   import numpy as np
+
   from w2s_jax.models import transformer
   from w2s_jax.training import objectives
+
   cfg = model_config(args)
   params = transformer.init_params(cfg, jax.random.key(0), args.seq)
   data = make_inputs(args, args.batch, 0)
-  batch = {"tokens": jnp.asarray(data["tokens"]), "mask": jnp.asarray(data["mask"]),
-           "labels": jnp.asarray(np.eye(2, dtype=np.float32)[data["labels"]])}
+  batch = {
+    "tokens": jnp.asarray(data["tokens"]),
+    "mask": jnp.asarray(data["mask"]),
+    "labels": jnp.asarray(np.eye(2, dtype=np.float32)[data["labels"]]),
+  }
   objective = objectives.classifier_objective(cfg, Xent())
   loss = lambda p, b: objective(p, b, 0.0, jax.random.key(0))[0]
-  compiled = jax.jit(jax.value_and_grad(loss) if args.part == "fwd+bwd" else loss).lower(
-      params, batch).compile()
+  compiled = (
+    jax.jit(jax.value_and_grad(loss) if args.part == "fwd+bwd" else loss)
+    .lower(params, batch)
+    .compile()
+  )
   jax.block_until_ready(compiled(params, batch))
   jax.block_until_ready(compiled(params, batch))
   faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
@@ -156,17 +178,21 @@ def main(argv=None):
           row[1] += 1
           row[2] += dot_flops(event.name, ops, computations) / args.steps
   total = sum(r[0] for r in rows.values())
-  print(f"{args.part} of {args.layers} x {args.width} ({args.heads} heads), batch {args.batch} x "
-        f"{args.seq}: {1e3 * wall:.0f} ms/step under the profiler; ops sum to {total:.0f} ms; "
-        f"XLA scratch {temp / 2 ** 20:.0f} MiB; {faults:.0f} minor page faults/step "
-        f"(host memory: {host})")
+  print(
+    f"{args.part} of {args.layers} x {args.width} ({args.heads} heads), batch {args.batch} x "
+    f"{args.seq}: {1e3 * wall:.0f} ms/step under the profiler; ops sum to {total:.0f} ms; "
+    f"XLA scratch {temp / 2**20:.0f} MiB; {faults:.0f} minor page faults/step "
+    f"(host memory: {host})"
+  )
   dot_ms = sum(r[0] for r in rows.values() if r[2])
   dot_gflop = sum(r[2] for r in rows.values()) / 1e9
-  print(f"matrix products: {dot_ms:.0f} ms, {dot_gflop:.1f} GFLOP ({dot_gflop / dot_ms * 1e3:.0f} "
-        f"GFLOP/s while running); everything else: {total - dot_ms:.0f} ms\n")
+  print(
+    f"matrix products: {dot_ms:.0f} ms, {dot_gflop:.1f} GFLOP ({dot_gflop / dot_ms * 1e3:.0f} "
+    f"GFLOP/s while running); everything else: {total - dot_ms:.0f} ms\n"
+  )
   print(f"{'ms/step':>8s} {'ops':>4s} {'GFLOP/s':>8s}  dir  source / result shape / computes")
   ranked = sorted(rows.items(), key=lambda kv: -kv[1][0])
-  for (direction, src, shape, what), (ms, n, flops) in ranked[:args.top]:
+  for (direction, src, shape, what), (ms, n, flops) in ranked[: args.top]:
     rate = f"{flops / ms / 1e6:8.0f}" if flops else " " * 8
     print(f"{ms:8.1f} {n // args.steps:4d} {rate}  {direction}  {src[-60:]}  {shape}  {what[:50]}")
 

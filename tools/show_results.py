@@ -17,9 +17,11 @@ from w2s_jax.w2s import pool_curation, records, tables  # noqa: E402
 
 def format_any(results: dict, path: Path) -> str:
   if results.get("schema") != records.SCHEMA:
-    raise ValueError(f"{path}: results of schema {results.get('schema')!r}, expected "
-                     f"{records.SCHEMA!r} (written by an older w2s_jax: rerun it, or read the "
-                     "JSON itself)")
+    raise ValueError(
+      f"{path}: results of schema {results.get('schema')!r}, expected "
+      f"{records.SCHEMA!r} (written by an older w2s_jax: rerun it, or read the "
+      "JSON itself)"
+    )
   if results.get("kind") == "cascade":
     return cascade_summary.format_results(results)
   if "removal" in results:
@@ -28,7 +30,9 @@ def format_any(results: dict, path: Path) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   parser.add_argument("results", nargs="+", type=Path, help="results.json files")
   args = parser.parse_args(argv)
   for path in args.results:

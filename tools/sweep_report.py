@@ -1,6 +1,6 @@
 """Summary table and charts (PNG and SVG) of a sweep.
 
-  python tools/sweep_report.py runs/sweeps/sweep [--charts DIR] [--split test|heldout]
+python tools/sweep_report.py runs/sweeps/sweep [--charts DIR] [--split test|heldout]
 """
 
 import argparse
@@ -13,10 +13,13 @@ from w2s_jax.w2s import report, tables  # noqa: E402
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   parser.add_argument("sweep_dir", type=Path, help="a sweep directory (holding sweep.jsonl)")
-  parser.add_argument("--charts", type=Path, default=None, help="where to write charts "
-                      "(default <sweep_dir>/charts)")
+  parser.add_argument(
+    "--charts", type=Path, default=None, help="where to write charts (default <sweep_dir>/charts)"
+  )
   parser.add_argument("--split", default="test", choices=("test", "heldout"))
   args = parser.parse_args(argv)
   rows = report.load_rows(args.sweep_dir / "sweep.jsonl")

@@ -27,35 +27,57 @@ from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.w2s.grid import SweepConfig
 
 COMMANDS = {
-    # command: (what it runs, its config's type, the config file's function, default config)
-    "run": ("one W2S experiment", ExperimentConfig, "get_config", "configs/default.py"),
-    "sweep": ("a sweep over weak x strong sizes, losses, filters", SweepConfig, "sweep",
-              "configs/sweep.py"),
-    "cascade": ("the cascade experiment", cascade.CascadeConfig, "get_config",
-                "configs/cascade.py"),
-    "pretrain": ("pretraining at scale, resumable", pretrain_job.PretrainConfig, "get_config",
-                 "configs/scale.py"),
-    "filter-corpus": ("weak-LM curation of a pretraining pool", ExperimentConfig, "get_config",
-                      "configs/default.py:facts"),
+  # command: (what it runs, its config's type, the config file's function, default config)
+  "run": ("one W2S experiment", ExperimentConfig, "get_config", "configs/default.py"),
+  "sweep": (
+    "a sweep over weak x strong sizes, losses, filters",
+    SweepConfig,
+    "sweep",
+    "configs/sweep.py",
+  ),
+  "cascade": ("the cascade experiment", cascade.CascadeConfig, "get_config", "configs/cascade.py"),
+  "pretrain": (
+    "pretraining at scale, resumable",
+    pretrain_job.PretrainConfig,
+    "get_config",
+    "configs/scale.py",
+  ),
+  "filter-corpus": (
+    "weak-LM curation of a pretraining pool",
+    ExperimentConfig,
+    "get_config",
+    "configs/default.py:facts",
+  ),
 }
 
 
 def parser() -> argparse.ArgumentParser:
-  top = argparse.ArgumentParser(prog="python -m w2s_jax", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+  top = argparse.ArgumentParser(
+    prog="python -m w2s_jax",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   sub = top.add_subparsers(dest="command", required=True)
   for name, (what, _, _, default) in COMMANDS.items():
     p = sub.add_parser(name, help=what, description=what)
-    p.add_argument("--config", default=default,
-                   help=f"config file[:arg] (default {default})")
-    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a config field, e.g. finetune.lr=1e-4 (repeatable)")
+    p.add_argument("--config", default=default, help=f"config file[:arg] (default {default})")
+    p.add_argument(
+      "--set",
+      action="append",
+      default=[],
+      metavar="PATH=VALUE",
+      help="override a config field, e.g. finetune.lr=1e-4 (repeatable)",
+    )
     p.add_argument("--out", default=None, help="output folder (default runs/<config name>)")
     configs.add_run_args(p)
     if name == "filter-corpus":
       p.add_argument("--keep", type=float, default=0.8, help="keep fraction for the strong corpus")
-      p.add_argument("--criterion", default="likelihood", choices=(*POOL_CRITERIA, *ALIASES),
-                     help="what filters the strong corpus (mean_logprob = likelihood)")
+      p.add_argument(
+        "--criterion",
+        default="likelihood",
+        choices=(*POOL_CRITERIA, *ALIASES),
+        help="what filters the strong corpus (mean_logprob = likelihood)",
+      )
   return top
 
 
@@ -64,8 +86,9 @@ def load_config(command: str, spec: str, assignments) -> object:
   _, kind, function, _ = COMMANDS[command]
   cfg = configs.load_sweep(spec) if function == "sweep" else configs.load(spec)
   if not isinstance(cfg, kind):
-    raise TypeError(f"--config {spec}: gives a {type(cfg).__name__}; `{command}` expects a "
-                    f"{kind.__name__}")
+    raise TypeError(
+      f"--config {spec}: gives a {type(cfg).__name__}; `{command}` expects a {kind.__name__}"
+    )
   return overrides.apply(cfg, assignments)
 
 
@@ -81,8 +104,9 @@ def main(argv=None) -> None:
     distributed.initialize(dist)  # before anything asks JAX for devices
   configs.start_run(args)
   progress = not args.no_progress
-  default_out = {"sweep": f"runs/sweeps/{_name(cfg)}",
-                 "filter-corpus": "runs/filter_corpus"}.get(args.command, f"runs/{_name(cfg)}")
+  default_out = {"sweep": f"runs/sweeps/{_name(cfg)}", "filter-corpus": "runs/filter_corpus"}.get(
+    args.command, f"runs/{_name(cfg)}"
+  )
   out = Path(args.out or default_out)
   main_process = sharding.is_main_process()
   if args.command == "run":
@@ -94,20 +118,29 @@ def main(argv=None) -> None:
     outcome = engine.run_sweep(cfg, out_dir=out, cache_dir=args.cache, progress=progress)
     if main_process:
       print(tables.sweep_table(outcome.rows))
-      print(f"\n{len(outcome.rows)} cells in {out / 'sweep.jsonl'}; charts: "
-            f"python tools/sweep_report.py {out}")
+      print(
+        f"\n{len(outcome.rows)} cells in {out / 'sweep.jsonl'}; charts: "
+        f"python tools/sweep_report.py {out}"
+      )
   elif args.command == "cascade":
     results = cascade.run(cfg, out_dir=out, cache_dir=args.cache, progress=progress)
     if main_process:
       print(cascade_summary.format_results(results))
-      print(f"\nwrote {out / 'results.json'}, {out / 'per_query.csv'}, "
-            f"{out / 'accuracy_vs_cost.png'}")
+      print(
+        f"\nwrote {out / 'results.json'}, {out / 'per_query.csv'}, {out / 'accuracy_vs_cost.png'}"
+      )
   elif args.command == "pretrain":
     results = pretrain_job.run(cfg, out_dir=out, progress=progress)
     if main_process:
       print(pretrain_job.format_results(results))
       print(f"wrote {out / 'results.json'} and {out / 'params'}")
   else:
-    results = pool_curation.run(cfg, keep=args.keep, out_dir=out, cache_dir=args.cache,
-                                progress=progress, criterion=args.criterion)
+    results = pool_curation.run(
+      cfg,
+      keep=args.keep,
+      out_dir=out,
+      cache_dir=args.cache,
+      progress=progress,
+      criterion=args.criterion,
+    )
     print(pool_curation.format_report(results))

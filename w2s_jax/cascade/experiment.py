@@ -32,7 +32,7 @@ from w2s_jax.w2s import records
 from w2s_jax.w2s.experiment import ExperimentConfig, check_mesh
 from w2s_jax.w2s.parts import Parts
 
-RNG_SAMPLES = 7_777_777       # the agreement samples' key offset, apart from any stage's
+RNG_SAMPLES = 7_777_777  # the agreement samples' key offset, apart from any stage's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,40 +42,52 @@ class CascadeConfig:
   generative: ExperimentConfig | None = None
   weak_sizes: tuple[str, ...] = ("pico", "nano")
   strong_size: str = "mini"
-  calibration_examples: int = 100    # of train_gt, held out from the classifying weak models
-  agreement_samples: int = 5         # weak samples per generative query for sample_agreement
+  calibration_examples: int = 100  # of train_gt, held out from the classifying weak models
+  agreement_samples: int = 5  # weak samples per generative query for sample_agreement
   agreement_temperature: float = 1.0
-  quantile: float = 0.0              # Chow-Quantile's q: 0 is the least likely token
-  target_fraction: float = 0.95      # cost to reach this share of the strong model
-  ibc_resamples: int = 1000          # bootstrap resamples of the IBC lift's interval
+  quantile: float = 0.0  # Chow-Quantile's q: 0 is the least likely token
+  target_fraction: float = 0.95  # cost to reach this share of the strong model
+  ibc_resamples: int = 1000  # bootstrap resamples of the IBC lift's interval
 
   def __post_init__(self):
     if self.classification is None and self.generative is None:
-      raise ValueError("CascadeConfig: classification and generative are both None: expected "
-                       "at least one ExperimentConfig")
+      raise ValueError(
+        "CascadeConfig: classification and generative are both None: expected "
+        "at least one ExperimentConfig"
+      )
     for kind in TASKS:
       exp = getattr(self, kind)
       if exp is not None and exp.generative != (kind == "generative"):
-        raise ValueError(f"CascadeConfig.{kind}: an ExperimentConfig with generation="
-                         f"{exp.generation}: expected generation "
-                         + ("set" if kind == "generative" else "None"))
+        raise ValueError(
+          f"CascadeConfig.{kind}: an ExperimentConfig with generation="
+          f"{exp.generation}: expected generation " + ("set" if kind == "generative" else "None")
+        )
     gen = self.generative.generation if self.generative is not None else None
     if gen is not None and (gen.weak_samples, gen.weak_temperature) != (1, 0):
-      raise ValueError(f"CascadeConfig.generative.generation weak_samples={gen.weak_samples}, "
-                       f"weak_temperature={gen.weak_temperature}: expected 1 and 0 (the student "
-                       "learns from the weak model's one greedy response per prompt)")
+      raise ValueError(
+        f"CascadeConfig.generative.generation weak_samples={gen.weak_samples}, "
+        f"weak_temperature={gen.weak_temperature}: expected 1 and 0 (the student "
+        "learns from the weak model's one greedy response per prompt)"
+      )
     params = lambda size: decode_size(size, vocab_size=1).num_params
     strong = params(self.strong_size)
-    if not self.weak_sizes or len(set(self.weak_sizes)) != len(self.weak_sizes) or any(
-        params(w) >= strong for w in self.weak_sizes):
-      raise ValueError(f"CascadeConfig.weak_sizes={self.weak_sizes}: expected distinct sizes, "
-                       f"each smaller than strong_size={self.strong_size!r}")
-    checks = [("calibration_examples", self.calibration_examples >= 2, ">= 2"),
-              ("agreement_samples", self.agreement_samples >= 2, ">= 2"),
-              ("agreement_temperature", self.agreement_temperature > 0, "> 0"),
-              ("quantile", 0 <= self.quantile <= 1, "in [0, 1]"),
-              ("target_fraction", 0 < self.target_fraction <= 1, "in (0, 1]"),
-              ("ibc_resamples", self.ibc_resamples >= 100, ">= 100")]
+    if (
+      not self.weak_sizes
+      or len(set(self.weak_sizes)) != len(self.weak_sizes)
+      or any(params(w) >= strong for w in self.weak_sizes)
+    ):
+      raise ValueError(
+        f"CascadeConfig.weak_sizes={self.weak_sizes}: expected distinct sizes, "
+        f"each smaller than strong_size={self.strong_size!r}"
+      )
+    checks = [
+      ("calibration_examples", self.calibration_examples >= 2, ">= 2"),
+      ("agreement_samples", self.agreement_samples >= 2, ">= 2"),
+      ("agreement_temperature", self.agreement_temperature > 0, "> 0"),
+      ("quantile", 0 <= self.quantile <= 1, "in [0, 1]"),
+      ("target_fraction", 0 < self.target_fraction <= 1, "in (0, 1]"),
+      ("ibc_resamples", self.ibc_resamples >= 100, ">= 100"),
+    ]
     for field, ok, want in checks:
       if not ok:
         raise ValueError(f"CascadeConfig.{field}={getattr(self, field)}: expected {want}")
@@ -85,16 +97,19 @@ class CascadeConfig:
 
   def experiment_config(self, kind: str) -> ExperimentConfig:
     """The task's experiment with this cascade's models (what its Context checks)."""
-    return dataclasses.replace(getattr(self, kind), weak_size=self.weak_sizes[0],
-                               strong_size=self.strong_size)
+    return dataclasses.replace(
+      getattr(self, kind), weak_size=self.weak_sizes[0], strong_size=self.strong_size
+    )
 
 
 def stage_key(cfg: CascadeConfig, kind: str) -> dict:
   """Everything a task's stages depend on; the folder and each file's identity."""
-  return {"experiment": fingerprint(cfg.experiment_config(kind)),
-          "calibration_examples": cfg.calibration_examples,
-          "agreement": [cfg.agreement_samples, cfg.agreement_temperature],
-          "key_scheme": KEY_SCHEME}
+  return {
+    "experiment": fingerprint(cfg.experiment_config(kind)),
+    "calibration_examples": cfg.calibration_examples,
+    "agreement": [cfg.agreement_samples, cfg.agreement_temperature],
+    "key_scheme": KEY_SCHEME,
+  }
 
 
 def stage_dir(cfg: CascadeConfig, kind: str, out_dir: Path) -> Path:
@@ -109,8 +124,9 @@ def answers(parts: Parts, size: str, params, splits) -> dict:
   out = {}
   for split in splits:
     if parts.generative:
-      for name, x in zip(("tokens", "mask", "logprobs"),
-                         parts.evaluator.generate(size, params, split)):
+      for name, x in zip(
+        ("tokens", "mask", "logprobs"), parts.evaluator.generate(size, params, split)
+      ):
         out[f"{name}:{split}"] = x
     else:
       out[f"probs:{split}"] = parts.evaluator.predict(size, params, split)
@@ -124,34 +140,45 @@ def weak_stage(parts: Parts, cfg: CascadeConfig, size: str) -> dict:
   trainer, evaluator = parts.trainer, parts.evaluator
   n = len(parts.task.splits["train_gt"])
   fit = calibration_split(n, cfg.calibration_examples)[0] if not parts.generative else np.arange(n)
-  params = trainer.tune(size, trainer.supervised("train_gt", subsets=[fit] * len(parts.seeds),
-                                          size=size),
-                    trainer.ground_truth_loss(), f"weak {size} on ground truth")
+  params = trainer.tune(
+    size,
+    trainer.supervised("train_gt", subsets=[fit] * len(parts.seeds), size=size),
+    trainer.ground_truth_loss(),
+    f"weak {size} on ground truth",
+  )
   out = answers(parts, size, params, (*parts.task.eval_splits, "train_gt", "train_w2s"))
   if parts.generative:
     sampler = dataclasses.replace(evaluator.sampling, temperature=cfg.agreement_temperature)
     for split in parts.task.eval_splits:
-      tokens, mask, _ = evaluator.generate(size, params, split, sampler,
-                                           samples=cfg.agreement_samples,
-                                     rng_offset=RNG_SAMPLES)
+      tokens, mask, _ = evaluator.generate(
+        size, params, split, sampler, samples=cfg.agreement_samples, rng_offset=RNG_SAMPLES
+      )
       out[f"sample_tokens:{split}"], out[f"sample_mask:{split}"] = tokens, mask
   return out
 
 
-def strong_stage(parts: Parts, cfg: CascadeConfig, weak: dict | None,
-                 weak_size: str | None) -> dict:
+def strong_stage(
+  parts: Parts, cfg: CascadeConfig, weak: dict | None, weak_size: str | None
+) -> dict:
   """The strong model on ground truth (weak=None) or, as W2S student, on the
   weak stage's train_w2s answers; its answers on the evaluation splits."""
   trainer = parts.trainer
   if weak is None:
-    per_seed, loss, desc = (trainer.supervised("train_gt", size=cfg.strong_size),
-                            trainer.ground_truth_loss(),
-                            f"ceiling {cfg.strong_size} on ground truth")
+    per_seed, loss, desc = (
+      trainer.supervised("train_gt", size=cfg.strong_size),
+      trainer.ground_truth_loss(),
+      f"ceiling {cfg.strong_size} on ground truth",
+    )
   else:
-    targets = ((weak["tokens:train_w2s"], weak["mask:train_w2s"]) if parts.generative
-               else weak["probs:train_w2s"])
-    per_seed, loss = (trainer.supervised("train_w2s", targets, size=cfg.strong_size),
-                      parts.cfg.losses[0])
+    targets = (
+      (weak["tokens:train_w2s"], weak["mask:train_w2s"])
+      if parts.generative
+      else weak["probs:train_w2s"]
+    )
+    per_seed, loss = (
+      trainer.supervised("train_w2s", targets, size=cfg.strong_size),
+      parts.cfg.losses[0],
+    )
     desc = f"strong {cfg.strong_size} on weak {weak_size}'s labels ({loss.tag})"
   params = trainer.tune(cfg.strong_size, per_seed, loss, desc)
   return answers(parts, cfg.strong_size, params, parts.task.eval_splits)
@@ -167,17 +194,20 @@ def run_stages(parts: Parts, cfg: CascadeConfig, kind: str, out_dir: Path, bar=N
   out = {}
   for w in cfg.weak_sizes:
     name = f"weak-{w}.npz"
-    out[w, "weak"] = store.arrays(name, lambda w=w: weak_stage(parts, cfg, w),
-                                  identity=identity(name))
+    out[w, "weak"] = store.arrays(
+      name, lambda w=w: weak_stage(parts, cfg, w), identity=identity(name)
+    )
     tick()
   name = f"ceiling-{cfg.strong_size}.npz"
-  out[None, "ceiling"] = store.arrays(name, lambda: strong_stage(parts, cfg, None, None),
-                                      identity=identity(name))
+  out[None, "ceiling"] = store.arrays(
+    name, lambda: strong_stage(parts, cfg, None, None), identity=identity(name)
+  )
   tick()
   for w in cfg.weak_sizes:
     name = f"w2s-{cfg.strong_size}-from-{w}.npz"
-    out[w, "w2s"] = store.arrays(name, lambda w=w: strong_stage(parts, cfg, out[w, "weak"], w),
-                                 identity=identity(name))
+    out[w, "w2s"] = store.arrays(
+      name, lambda w=w: strong_stage(parts, cfg, out[w, "weak"], w), identity=identity(name)
+    )
     tick()
   return out
 
@@ -186,10 +216,13 @@ def _models(parts: Parts, cfg) -> dict:
   out = {}
   for size in (*cfg.weak_sizes, cfg.strong_size):
     model_cfg = parts.cfg.model_config(size, parts.task)
-    out[size] = {"params": model_cfg.num_params,
-                 "flops_per_token": float(model_flops(config=model_cfg, tokens=1)),
-                 "flops_per_token_with_embeddings": float(model_flops(
-                     config=model_cfg, tokens=1, include_embeddings=True))}
+    out[size] = {
+      "params": model_cfg.num_params,
+      "flops_per_token": float(model_flops(config=model_cfg, tokens=1)),
+      "flops_per_token_with_embeddings": float(
+        model_flops(config=model_cfg, tokens=1, include_embeddings=True)
+      ),
+    }
   return out
 
 
@@ -210,23 +243,30 @@ def run(cfg: CascadeConfig, *, out_dir, cache_dir, progress: bool = True) -> dic
     all_parts[kind] = parts
   out_dir = prepare_out_dir(out_dir)
   remove_stale_temp_files(out_dir)  # left by a run killed inside a write
-  bar = tqdm(total=len(kinds) * (2 * len(cfg.weak_sizes) + 1), desc="cascade stages",
-             unit="stage", disable=not progress or not shd.is_main_process(), dynamic_ncols=True)
+  bar = tqdm(
+    total=len(kinds) * (2 * len(cfg.weak_sizes) + 1),
+    desc="cascade stages",
+    unit="stage",
+    disable=not progress or not shd.is_main_process(),
+    dynamic_ncols=True,
+  )
   tables, calibration = [], {}
   for kind, parts in all_parts.items():
-    rows, calibration[kind] = per_query.task_rows(parts, cfg, kind,
-                                                  run_stages(parts, cfg, kind, out_dir, bar))
+    rows, calibration[kind] = per_query.task_rows(
+      parts, cfg, kind, run_stages(parts, cfg, kind, out_dir, bar)
+    )
     tables.append(rows)
   bar.close()
   table = per_query.concatenate(tables)
   results = {
-      "schema": records.SCHEMA, "kind": "cascade",
-      "config": fingerprint(cfg),
-      "environment": records.environment(),
-      "models": {kind: _models(parts, cfg) for kind, parts in all_parts.items()},
-      "calibration": calibration.get("classification", {}),
-      "rows": len(table["seed"]),
-      "summary": summary.summarize(table, cfg),
+    "schema": records.SCHEMA,
+    "kind": "cascade",
+    "config": fingerprint(cfg),
+    "environment": records.environment(),
+    "models": {kind: _models(parts, cfg) for kind, parts in all_parts.items()},
+    "calibration": calibration.get("classification", {}),
+    "rows": len(table["seed"]),
+    "summary": summary.summarize(table, cfg),
   }
   if shd.is_main_process():
     per_query.write_csv(out_dir / "per_query.csv", table)

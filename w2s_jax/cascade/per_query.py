@@ -14,39 +14,48 @@ from pathlib import Path
 
 import numpy as np
 
-from w2s_jax.cascade import calibration
-from w2s_jax.cascade import routers
-from w2s_jax.w2s import metrics
-from w2s_jax.models.flops import model_flops
+from w2s_jax.cascade import calibration, routers
 from w2s_jax.infra.files import atomic_write
+from w2s_jax.models.flops import model_flops
+from w2s_jax.w2s import metrics
 
 TASKS = ("classification", "generative")
-ROUTERS = {"classification": ("max_prob", "margin", "neg_entropy", "max_prob_calibrated"),
-           "generative": ("mean_logprob", "chow_quantile", "sample_agreement")}
+ROUTERS = {
+  "classification": ("max_prob", "margin", "neg_entropy", "max_prob_calibrated"),
+  "generative": ("mean_logprob", "chow_quantile", "sample_agreement"),
+}
 STRONG = ("ceiling", "w2s")  # strong variants: trained on ground truth, on the weak model's labels
 
 
 def calibration_split(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
   """(fit, calibration) indices of train_gt: k examples drawn once (seed 0)."""
   if not 2 <= k <= n - 2:
-    raise ValueError(f"CascadeConfig.calibration_examples={k}: expected in [2, {n - 2}] "
-                     f"(train_gt has {n} examples; the weak model trains on the rest)")
+    raise ValueError(
+      f"CascadeConfig.calibration_examples={k}: expected in [2, {n - 2}] "
+      f"(train_gt has {n} examples; the weak model trains on the rest)"
+    )
   perm = np.random.default_rng(0).permutation(n)
   return np.sort(perm[k:]), np.sort(perm[:k])
 
 
 KEYS = ("task", "weak", "strong", "seed", "split", "query")
 ROUTER_COLUMNS = tuple(r for kind in TASKS for r in ROUTERS[kind])
-VALUES = ROUTER_COLUMNS + ("weak_correct", "strong_correct", "weak_flops", "strong_flops",
-                           "agreement_flops")
+VALUES = ROUTER_COLUMNS + (
+  "weak_correct",
+  "strong_correct",
+  "weak_flops",
+  "strong_flops",
+  "agreement_flops",
+)
 COLUMNS = KEYS + VALUES
 TEXT = ("task", "weak", "strong", "split")
 
 
 def _calibrated(probs, temperature):
   """softmax(log p / T) in float64, T one per seed: probs [seeds, N, C]."""
-  z = np.log(np.clip(np.asarray(probs, np.float64), 1e-300, None)) / np.reshape(temperature,
-                                                                               (-1, 1, 1))
+  z = np.log(np.clip(np.asarray(probs, np.float64), 1e-300, None)) / np.reshape(
+    temperature, (-1, 1, 1)
+  )
   z = np.exp(z - z.max(-1, keepdims=True))
   return z / z.sum(-1, keepdims=True)
 
@@ -58,15 +67,22 @@ def fit_calibration(parts, cfg, weak: dict) -> dict:
   gt = parts.task.splits["train_gt"]
   idx = calibration_split(len(gt), cfg.calibration_examples)[1]
   held = np.asarray(weak["probs:train_gt"], np.float64)[:, idx]
-  temps = np.array([calibration.fit_temperature(
-      logits=np.log(np.clip(p, 1e-300, None)), labels=gt["labels"][idx]) for p in held])
+  temps = np.array(
+    [
+      calibration.fit_temperature(logits=np.log(np.clip(p, 1e-300, None)), labels=gt["labels"][idx])
+      for p in held
+    ]
+  )
   out = {"temperature": temps.tolist(), "calibration_examples": len(idx)}
   for split in parts.task.eval_splits:
     probs, labels = weak[f"probs:{split}"], parts.task.splits[split]["labels"]
-    out[f"ece_before:{split}"] = [calibration.expected_calibration_error(probs=p, labels=labels)
-                                  for p in probs]
-    out[f"ece_after:{split}"] = [calibration.expected_calibration_error(probs=p, labels=labels)
-                                 for p in _calibrated(probs, temps)]
+    out[f"ece_before:{split}"] = [
+      calibration.expected_calibration_error(probs=p, labels=labels) for p in probs
+    ]
+    out[f"ece_after:{split}"] = [
+      calibration.expected_calibration_error(probs=p, labels=labels)
+      for p in _calibrated(probs, temps)
+    ]
   return out
 
 
@@ -84,25 +100,31 @@ def _weak_columns(parts, cfg, size, weak, split, temps) -> dict:
   data = parts.views.data(size, split)
   if not parts.generative:
     probs = weak[f"probs:{split}"]
-    return {"max_prob": routers.max_prob(probs=probs), "margin": routers.margin(probs=probs),
-            "neg_entropy": routers.neg_entropy(probs=probs),
-            "max_prob_calibrated": _calibrated(probs, temps).max(-1),
-            "weak_correct": metrics.correct(probs=probs, labels=data["labels"]),
-            "weak_flops": model_flops(config=model_cfg, tokens=data["mask"].sum(-1)),
-            "agreement_flops": 0.0}
+    return {
+      "max_prob": routers.max_prob(probs=probs),
+      "margin": routers.margin(probs=probs),
+      "neg_entropy": routers.neg_entropy(probs=probs),
+      "max_prob_calibrated": _calibrated(probs, temps).max(-1),
+      "weak_correct": metrics.correct(probs=probs, labels=data["labels"]),
+      "weak_flops": model_flops(config=model_cfg, tokens=data["mask"].sum(-1)),
+      "agreement_flops": 0.0,
+    }
   tokens, mask, logprobs = (weak[f"{k}:{split}"] for k in ("tokens", "mask", "logprobs"))
   prompt = data["prompt_mask"].sum(-1)
   n = cfg.agreement_samples
   s_tokens, s_mask = weak[f"sample_tokens:{split}"], weak[f"sample_mask:{split}"]
-  agreement = [routers.sample_agreement(answers=_answer_ids(t, m, n))
-               for t, m in zip(s_tokens, s_mask)]
+  agreement = [
+    routers.sample_agreement(answers=_answer_ids(t, m, n)) for t, m in zip(s_tokens, s_mask)
+  ]
   sample_len = s_mask.reshape(len(s_mask), len(data), n, -1).sum((-1, -2))
-  return {"mean_logprob": routers.mean_logprob(logprobs=logprobs, mask=mask),
-          "chow_quantile": routers.quantile_prob(logprobs=logprobs, mask=mask, q=cfg.quantile),
-          "sample_agreement": np.stack(agreement),
-          "weak_correct": parts.evaluator.score(split, tokens, mask)[parts.task.metrics[0]],
-          "weak_flops": model_flops(config=model_cfg, tokens=prompt + mask.sum(-1)),
-          "agreement_flops": model_flops(config=model_cfg, tokens=n * prompt + sample_len)}
+  return {
+    "mean_logprob": routers.mean_logprob(logprobs=logprobs, mask=mask),
+    "chow_quantile": routers.quantile_prob(logprobs=logprobs, mask=mask, q=cfg.quantile),
+    "sample_agreement": np.stack(agreement),
+    "weak_correct": parts.evaluator.score(split, tokens, mask)[parts.task.metrics[0]],
+    "weak_flops": model_flops(config=model_cfg, tokens=prompt + mask.sum(-1)),
+    "agreement_flops": model_flops(config=model_cfg, tokens=n * prompt + sample_len),
+  }
 
 
 def _strong_columns(parts, cfg, strong, split) -> dict:
@@ -110,12 +132,17 @@ def _strong_columns(parts, cfg, strong, split) -> dict:
   data = parts.views.data(cfg.strong_size, split)
   if not parts.generative:
     probs = strong[f"probs:{split}"]
-    return {"strong_correct": metrics.correct(probs=probs, labels=data["labels"]),
-            "strong_flops": model_flops(config=model_cfg, tokens=data["mask"].sum(-1))}
+    return {
+      "strong_correct": metrics.correct(probs=probs, labels=data["labels"]),
+      "strong_flops": model_flops(config=model_cfg, tokens=data["mask"].sum(-1)),
+    }
   tokens, mask = strong[f"tokens:{split}"], strong[f"mask:{split}"]
-  return {"strong_correct": parts.evaluator.score(split, tokens, mask)[parts.task.metrics[0]],
-          "strong_flops": model_flops(config=model_cfg,
-                                      tokens=data["prompt_mask"].sum(-1) + mask.sum(-1))}
+  return {
+    "strong_correct": parts.evaluator.score(split, tokens, mask)[parts.task.metrics[0]],
+    "strong_flops": model_flops(
+      config=model_cfg, tokens=data["prompt_mask"].sum(-1) + mask.sum(-1)
+    ),
+  }
 
 
 def task_rows(parts, cfg, kind, stage_out: dict) -> tuple[dict, dict]:
@@ -136,13 +163,17 @@ def task_rows(parts, cfg, kind, stage_out: dict) -> tuple[dict, dict]:
         cols = {**weak_cols, **_strong_columns(parts, cfg, strong, split)}
         n = len(parts.task.splits[split])
         shape = (len(seeds), n)
-        block = {"task": kind, "weak": w, "strong": variant, "split": split,
-                 "seed": np.repeat(seeds, n), "query": np.tile(np.arange(n), len(seeds))}
+        block = {
+          "task": kind,
+          "weak": w,
+          "strong": variant,
+          "split": split,
+          "seed": np.repeat(seeds, n),
+          "query": np.tile(np.arange(n), len(seeds)),
+        }
         for col in VALUES:
-          block[col] = np.broadcast_to(np.asarray(cols.get(col, np.nan), np.float64),
-                                       shape).ravel()
-        blocks.append({k: np.full(len(seeds) * n, v) if k in TEXT else v
-                       for k, v in block.items()})
+          block[col] = np.broadcast_to(np.asarray(cols.get(col, np.nan), np.float64), shape).ravel()
+        blocks.append({k: np.full(len(seeds) * n, v) if k in TEXT else v for k, v in block.items()})
   return {k: np.concatenate([b[k] for b in blocks]) for k in COLUMNS}, calib
 
 

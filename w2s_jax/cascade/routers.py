@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax.curation.scores import confidence as max_prob, margin, neg_entropy  # noqa: F401
+from w2s_jax.curation.scores import confidence as max_prob  # noqa: F401
 from w2s_jax.models.scoring import mean_logprob as _mean_token_logprob
 
 BASES = ("cascade", "strong_only")
@@ -22,8 +22,10 @@ BASES = ("cascade", "strong_only")
 def _token_args(logprobs, mask):
   logprobs, mask = jnp.asarray(logprobs), jnp.asarray(mask)
   if logprobs.ndim < 1 or logprobs.shape != mask.shape:
-    raise ValueError(f"logprobs shape {logprobs.shape}, mask shape {mask.shape}: "
-                     "expected equal shapes [..., tokens]")
+    raise ValueError(
+      f"logprobs shape {logprobs.shape}, mask shape {mask.shape}: "
+      "expected equal shapes [..., tokens]"
+    )
   return logprobs, mask.astype(bool)
 
 
@@ -75,9 +77,10 @@ class Point(NamedTuple):
 
 class Curve(NamedTuple):
   """Operating points for k = 0..N deferred queries, each array [N + 1]."""
+
   defer_rate: np.ndarray
   accuracy: np.ndarray
-  cost: np.ndarray        # mean per query: weak for all, plus strong for the deferred
+  cost: np.ndarray  # mean per query: weak for all, plus strong for the deferred
   thresholds: np.ndarray  # defer_mask(scores, thresholds[k]) defers k if achievable; NaN: none
   achievable: np.ndarray  # False inside a tie: the expectation of a random tie-break
 
@@ -88,26 +91,34 @@ def _vector(fn, name, value, n=None, *, low=-np.inf, high=np.inf, strict=False):
   if n is not None and arr.ndim == 0 and is_cost:
     arr = np.full(n, float(arr))
   if arr.ndim != 1 or len(arr) == 0 or len(arr) != (n or len(arr)):
-    raise ValueError(f"{fn}: {name} has shape {arr.shape}, expected "
-                     + ("a non-empty 1-D array" if n is None else f"({n},)")
-                     + " or a scalar" * is_cost)
+    raise ValueError(
+      f"{fn}: {name} has shape {arr.shape}, expected "
+      + ("a non-empty 1-D array" if n is None else f"({n},)")
+      + " or a scalar" * is_cost
+    )
   bad = np.isnan(arr) | (arr <= low if strict else arr < low) | (arr > high)
   bad |= np.isinf(arr) & (name != "scores")
   if bad.any():
-    want = ("no NaN" if name == "scores" else
-            f"finite values in {'(' if strict else '['}{low}, {high}]")
-    raise ValueError(f"{fn}: {name}[{np.flatnonzero(bad)[0]}]={arr[bad][0]} "
-                     f"({bad.sum()} bad values): expected {want}")
+    want = (
+      "no NaN" if name == "scores" else f"finite values in {'(' if strict else '['}{low}, {high}]"
+    )
+    raise ValueError(
+      f"{fn}: {name}[{np.flatnonzero(bad)[0]}]={arr[bad][0]} "
+      f"({bad.sum()} bad values): expected {want}"
+    )
   return arr
 
 
 def _table(fn, scores, weak_correct, strong_correct, weak_cost, strong_cost):
   first = _vector(fn, *(("weak_correct", weak_correct) if scores is None else ("scores", scores)))
   n = len(first)
-  return (first, _vector(fn, "weak_correct", weak_correct, n, low=0, high=1),
-          _vector(fn, "strong_correct", strong_correct, n, low=0, high=1),
-          _vector(fn, "weak_cost", weak_cost, n, low=0),
-          _vector(fn, "strong_cost", strong_cost, n, low=0, strict=True))
+  return (
+    first,
+    _vector(fn, "weak_correct", weak_correct, n, low=0, high=1),
+    _vector(fn, "strong_correct", strong_correct, n, low=0, high=1),
+    _vector(fn, "weak_cost", weak_cost, n, low=0),
+    _vector(fn, "strong_cost", strong_cost, n, low=0, strict=True),
+  )
 
 
 def _sorted_curve(s, gain, cost):
@@ -130,16 +141,21 @@ def _sorted_curve(s, gain, cost):
 
 def _curve(w, wc, gains, costs, thresholds=None, achievable=None):
   n = len(w)
-  return Curve(np.arange(n + 1) / n, w.mean() + gains / n, wc.mean() + costs / n,
-               np.full(n + 1, np.nan) if thresholds is None else thresholds,
-               np.ones(n + 1, bool) if achievable is None else achievable)
+  return Curve(
+    np.arange(n + 1) / n,
+    w.mean() + gains / n,
+    wc.mean() + costs / n,
+    np.full(n + 1, np.nan) if thresholds is None else thresholds,
+    np.ones(n + 1, bool) if achievable is None else achievable,
+  )
 
 
 def deferral_curve(*, scores, weak_correct, strong_correct, weak_cost, strong_cost) -> Curve:
   """Every threshold at once, from one sort (ties by index, though the tie
   averaging makes their order irrelevant) and cumulative sums."""
-  scores, w, s, wc, sc = _table("deferral_curve", scores, weak_correct, strong_correct,
-                                weak_cost, strong_cost)
+  scores, w, s, wc, sc = _table(
+    "deferral_curve", scores, weak_correct, strong_correct, weak_cost, strong_cost
+  )
   order = np.lexsort((np.arange(len(scores)), scores))
   gains, costs, ok = _sorted_curve(scores[order][None], (s - w)[order][None], sc[order][None])
   return _curve(w, wc, gains[0], costs[0], np.append(scores[order], np.inf), ok[0])
@@ -147,8 +163,10 @@ def deferral_curve(*, scores, weak_correct, strong_correct, weak_cost, strong_co
 
 def _point(fn, name, correct, cost):
   c = _vector(fn, f"{name}_correct", correct, low=0, high=1)
-  return Point(float(c.mean()), float(_vector(fn, f"{name}_cost", cost, len(c), low=0,
-                                              strict=name == "strong").mean()))
+  return Point(
+    float(c.mean()),
+    float(_vector(fn, f"{name}_cost", cost, len(c), low=0, strict=name == "strong").mean()),
+  )
 
 
 def weak_only(*, weak_correct, weak_cost) -> Point:
@@ -163,8 +181,9 @@ def strong_only(*, strong_correct, strong_cost) -> Point:
 def random_curve(*, weak_correct, strong_correct, weak_cost, strong_cost) -> Curve:
   """k queries deferred at random, in expectation: the straight line from
   weak-only to all-deferred, in accuracy and in cost."""
-  _, w, s, wc, sc = _table("random_curve", None, weak_correct, strong_correct, weak_cost,
-                           strong_cost)
+  _, w, s, wc, sc = _table(
+    "random_curve", None, weak_correct, strong_correct, weak_cost, strong_cost
+  )
   frac = np.arange(len(w) + 1) / len(w)
   return _curve(w, wc, frac * (s - w).sum(), frac * sc.sum())
 
@@ -180,8 +199,9 @@ def oracle_curve(*, weak_correct, strong_correct, weak_cost, strong_cost) -> Cur
   defer rate the best are the k largest gains, which this order defers when
   correctness is 0/1 (1/cost > 0 > -1/cost: weak wrong and strong right, then
   equal, then weak right and strong wrong) or costs are uniform."""
-  _, w, s, wc, sc = _table("oracle_curve", None, weak_correct, strong_correct, weak_cost,
-                           strong_cost)
+  _, w, s, wc, sc = _table(
+    "oracle_curve", None, weak_correct, strong_correct, weak_cost, strong_cost
+  )
   order = np.lexsort((np.arange(len(w)), -(s - w) / sc))
   cum = lambda x: np.concatenate([[0.0], np.cumsum(x[order])])
   return _curve(w, wc, cum(s - w), cum(sc))
@@ -219,8 +239,10 @@ def cost_to_reach_strong(curve: Curve, *, fraction: float = 0.95, of: str = "gai
   fraction * strong, which a weak model near the strong one may meet for free.
   Weak and strong accuracy are the curve's ends, k = 0 and k = N."""
   if not 0 < fraction <= 1 or of not in ("gain", "accuracy"):
-    raise ValueError(f"cost_to_reach_strong fraction={fraction}, of={of!r}: expected "
-                     "fraction in (0, 1] and of 'gain' or 'accuracy'")
+    raise ValueError(
+      f"cost_to_reach_strong fraction={fraction}, of={of!r}: expected "
+      "fraction in (0, 1] and of 'gain' or 'accuracy'"
+    )
   weak, strong = float(curve.accuracy[0]), float(curve.accuracy[-1])
   if of == "accuracy":
     return cost_to_reach(curve, target_accuracy=fraction * strong)
@@ -233,8 +255,10 @@ def area_vs_random(curve: Curve, random: Curve) -> float:
   """Area between the accuracy-vs-defer-rate curves (trapezoids) per unit defer
   rate: the router's mean accuracy edge over deferring at random."""
   if curve.defer_rate.shape != random.defer_rate.shape:
-    raise ValueError(f"area_vs_random: curves have {len(curve.defer_rate)} and "
-                     f"{len(random.defer_rate)} points, expected the same queries")
+    raise ValueError(
+      f"area_vs_random: curves have {len(curve.defer_rate)} and "
+      f"{len(random.defer_rate)} points, expected the same queries"
+    )
   d, gap = curve.defer_rate, curve.accuracy - random.accuracy
   return float(np.sum((gap[1:] + gap[:-1]) / 2 * np.diff(d)) / (d[-1] - d[0]))
 
@@ -256,26 +280,42 @@ def ibc_lift(curve: Curve, *, base: str = "cascade") -> float:
   deferral has lift 0; "strong_only" to the strong model's own cost, as AutoMix
   does (random deferral: -weak/strong cost). NaN if strong is no better."""
   if base not in BASES or len(curve.cost) < 3:
-    raise ValueError(f"ibc_lift base={base!r} on {len(curve.cost) - 1} queries: expected "
-                     f"one of {BASES} and >= 2 queries")
+    raise ValueError(
+      f"ibc_lift base={base!r} on {len(curve.cost) - 1} queries: expected "
+      f"one of {BASES} and >= 2 queries"
+    )
   gap = None if base == "cascade" else np.array([curve.cost[-1] - 2 * curve.cost[0]])
-  return float(_lift((curve.accuracy - curve.accuracy[0])[None],
-                     (curve.cost - curve.cost[0])[None], gap)[0])
+  return float(
+    _lift((curve.accuracy - curve.accuracy[0])[None], (curve.cost - curve.cost[0])[None], gap)[0]
+  )
 
 
-def ibc_lift_interval(*, scores, weak_correct, strong_correct, weak_cost, strong_cost,
-                      num_resamples: int = 1000, level: float = 0.95, seed: int = 0,
-                      base: str = "cascade") -> dict:
+def ibc_lift_interval(
+  *,
+  scores,
+  weak_correct,
+  strong_correct,
+  weak_cost,
+  strong_cost,
+  num_resamples: int = 1000,
+  level: float = 0.95,
+  seed: int = 0,
+  base: str = "cascade",
+) -> dict:
   """`ibc_lift` of the deferral curve, with a percentile interval over queries
   resampled with replacement (columns paired). A resample is sorted as ranks in
   the full data's order, so blocks of replicates share one vectorised pass."""
   fn = "ibc_lift_interval"
   scores, w, s, wc, sc = _table(fn, scores, weak_correct, strong_correct, weak_cost, strong_cost)
   if not 0 < level < 1 or num_resamples < 1:
-    raise ValueError(f"{fn} level={level}, num_resamples={num_resamples}: "
-                     "expected level in (0, 1) and num_resamples >= 1")
-  point = ibc_lift(deferral_curve(scores=scores, weak_correct=w, strong_correct=s,
-                                  weak_cost=wc, strong_cost=sc), base=base)
+    raise ValueError(
+      f"{fn} level={level}, num_resamples={num_resamples}: "
+      "expected level in (0, 1) and num_resamples >= 1"
+    )
+  point = ibc_lift(
+    deferral_curve(scores=scores, weak_correct=w, strong_correct=s, weak_cost=wc, strong_cost=sc),
+    base=base,
+  )
   n = len(scores)
   order = np.lexsort((np.arange(n), scores))
   rank = np.argsort(order)
@@ -288,5 +328,9 @@ def ibc_lift_interval(*, scores, weak_correct, strong_correct, weak_cost, strong
   lifts = np.concatenate(lifts)
   finite, tail = lifts[np.isfinite(lifts)], 100 * (1 - level) / 2
   lo, hi = np.percentile(finite, [tail, 100 - tail]) if len(finite) else (math.nan, math.nan)
-  return {"mean": point, "lo": float(lo), "hi": float(hi),
-          "undefined_frac": float(1 - len(finite) / len(lifts))}
+  return {
+    "mean": point,
+    "lo": float(lo),
+    "hi": float(hi),
+    "undefined_frac": float(1 - len(finite) / len(lifts)),
+  }

@@ -28,15 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax.models import sampling
-from w2s_jax.curation import scores
 from w2s_jax.cascade.routers import mean_logprob
-from w2s_jax.models.flops import model_flops
-from w2s_jax.infra import sharding as shd
+from w2s_jax.curation import scores
 from w2s_jax.data.dataset import Dataset
+from w2s_jax.infra import sharding as shd
+from w2s_jax.models import sampling
+from w2s_jax.models.flops import model_flops
 from w2s_jax.models.model_config import ModelConfig
-from w2s_jax.models.transformer import Transformer
 from w2s_jax.models.sampling import SamplingConfig
+from w2s_jax.models.transformer import Transformer
 
 INPUTS = {"classification": ("tokens", "mask"), "generation": ("prompt", "prompt_mask")}
 
@@ -45,24 +45,35 @@ def default_buckets(batch_size: int, mesh) -> tuple[int, ...]:
   """Doubling from the first multiple of the mesh size >= 8, then batch_size:
   at most 2x wasted strong rows, few compiles."""
   first = mesh.size * -(-8 // mesh.size)
-  buckets = [first * 2 ** k for k in range(64) if first * 2 ** k < batch_size]
+  buckets = [first * 2**k for k in range(64) if first * 2**k < batch_size]
   return tuple(buckets) + (batch_size,)
 
 
 def _classify(params, batch, *, cfg):
-  logits = Transformer(cfg).apply({"params": params}, batch["tokens"], batch["mask"],
-                                  method=Transformer.class_logits)
+  logits = Transformer(cfg).apply(
+    {"params": params}, batch["tokens"], batch["mask"], method=Transformer.class_logits
+  )
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   return {"answer": sampling.greedy_token(probs), "probs": probs}
 
 
 def _generate(params, batch, rng, *, cfg, sampling_cfg, new_tokens):
   """Responses padded to the cascade's common new_tokens (pad_id, mask 0)."""
-  tokens, mask, logprobs = sampling.sample(params, batch["prompt"], batch["prompt_mask"],
-                                           batch["ids"], rng, model_cfg=cfg, cfg=sampling_cfg)
+  tokens, mask, logprobs = sampling.sample(
+    params,
+    batch["prompt"],
+    batch["prompt_mask"],
+    batch["ids"],
+    rng,
+    model_cfg=cfg,
+    cfg=sampling_cfg,
+  )
   pad = ((0, 0), (0, new_tokens - tokens.shape[1]))
-  return {"tokens": jnp.pad(tokens, pad, constant_values=sampling_cfg.pad_id),
-          "response_mask": jnp.pad(mask, pad), "logprobs": jnp.pad(logprobs, pad)}
+  return {
+    "tokens": jnp.pad(tokens, pad, constant_values=sampling_cfg.pad_id),
+    "response_mask": jnp.pad(mask, pad),
+    "logprobs": jnp.pad(logprobs, pad),
+  }
 
 
 def _route(router, answers, kind):
@@ -75,8 +86,10 @@ def _weak_step(params, batch, threshold, rng, *, answer_fn, router, kind):
   answers = answer_fn(params, batch, rng)
   score = _route(router, answers, kind).astype(jnp.float32)
   if score.shape != batch["valid"].shape:
-    raise ValueError(f"router {router!r} returned scores of shape {score.shape}: expected "
-                     f"one per query, {batch['valid'].shape}")
+    raise ValueError(
+      f"router {router!r} returned scores of shape {score.shape}: expected "
+      f"one per query, {batch['valid'].shape}"
+    )
   defer = batch["valid"] & ~(score >= threshold)
   order = jnp.argsort(jnp.where(defer, 0, 1), stable=True).astype(jnp.int32)
   stats = {"confidence": score, "deferred": defer}
@@ -94,6 +107,7 @@ def _strong_step(bucket, params, batch, order, count, weak, rng, *, answer_fn, d
   def merge(w, s):
     k = keep.reshape((bucket,) + (1,) * (s.ndim - 1))
     return w.at[rows].set(jnp.where(k, s, w[rows]), unique_indices=True)
+
   return jax.tree.map(merge, weak, strong)
 
 
@@ -107,6 +121,7 @@ def _all_flops(cfg, tokens):
 class Cascade:
   """The jitted steps of one cascade, built once by `classification_cascade` or
   `generation_cascade` (cached on their arguments) and reused for every batch."""
+
   kind: str
   weak_cfg: ModelConfig
   strong_cfg: ModelConfig
@@ -114,10 +129,10 @@ class Cascade:
   batch_size: int
   buckets: tuple[int, ...]
   router: Callable
-  weak_answer: Callable    # (params, batch, rng) -> answers pytree, per query
+  weak_answer: Callable  # (params, batch, rng) -> answers pytree, per query
   strong_answer: Callable
-  new_tokens: int = 0      # generation: common response width
-  samplings: tuple = ()    # generation: the weak and strong SamplingConfig
+  new_tokens: int = 0  # generation: common response width
+  samplings: tuple = ()  # generation: the weak and strong SamplingConfig
 
   def __post_init__(self):
     shd.check_batch_size(self.batch_size, self.mesh, "Cascade batch_size")
@@ -126,18 +141,21 @@ class Cascade:
       raise ValueError(f"Cascade buckets={b!r}: expected increasing positive ints")
     if bad := [x for x in b if x % self.mesh.size]:
       raise ValueError(
-          f"Cascade buckets={b}: {bad} not multiples of the {self.mesh.size} devices a batch is "
-          f"split over (data x fsdp = {self.mesh.shape[shd.DATA]} x {self.mesh.shape[shd.FSDP]})")
+        f"Cascade buckets={b}: {bad} not multiples of the {self.mesh.size} devices a batch is "
+        f"split over (data x fsdp = {self.mesh.shape[shd.DATA]} x {self.mesh.shape[shd.FSDP]})"
+      )
     if b[-1] != self.batch_size:
       raise ValueError(
-          f"Cascade batch_size={self.batch_size} with buckets={b}: expected the largest bucket "
-          f"to equal batch_size, so a batch whose every query defers fits one bucket")
+        f"Cascade batch_size={self.batch_size} with buckets={b}: expected the largest bucket "
+        f"to equal batch_size, so a batch whose every query defers fits one bucket"
+      )
 
   @functools.cached_property
   def weak_step(self):
     data, rep = shd.batch_sharding(self.mesh), shd.replicated(self.mesh)
-    fn = functools.partial(_weak_step, answer_fn=self.weak_answer, router=self.router,
-                           kind=self.kind)
+    fn = functools.partial(
+      _weak_step, answer_fn=self.weak_answer, router=self.router, kind=self.kind
+    )
     return jax.jit(fn, in_shardings=(None, data, rep, rep), out_shardings=(data, data, data, rep))
 
   @functools.cached_property
@@ -145,8 +163,9 @@ class Cascade:
     data, rep = shd.batch_sharding(self.mesh), shd.replicated(self.mesh)
     fn = functools.partial(_strong_step, answer_fn=self.strong_answer, data=data)
     # The bucket is positional (static_argnums): jit refuses kwargs beside in_shardings.
-    return jax.jit(fn, static_argnums=0, in_shardings=(None, data, data, rep, data, rep),
-                   out_shardings=data)
+    return jax.jit(
+      fn, static_argnums=0, in_shardings=(None, data, data, rep, data, rep), out_shardings=data
+    )
 
   @functools.cached_property
   def strong_only_step(self):
@@ -164,8 +183,7 @@ class Cascade:
     if self.kind == "generation":
       weak_t = prompt_tokens + host["weak_new_tokens"]
       strong_t = prompt_tokens + host["response_mask"].sum(-1)
-    return (_all_flops(self.weak_cfg, weak_t)
-            + deferred * _all_flops(self.strong_cfg, strong_t))
+    return _all_flops(self.weak_cfg, weak_t) + deferred * _all_flops(self.strong_cfg, strong_t)
 
 
 def _buckets(batch_size, buckets, mesh):
@@ -173,44 +191,86 @@ def _buckets(batch_size, buckets, mesh):
   return default_buckets(batch_size, mesh) if buckets is None else tuple(buckets)
 
 
-def classification_cascade(weak_cfg: ModelConfig, strong_cfg: ModelConfig, *, mesh,
-                           batch_size: int, buckets=None,
-                           router: Callable = scores.confidence) -> Cascade:
+def classification_cascade(
+  weak_cfg: ModelConfig,
+  strong_cfg: ModelConfig,
+  *,
+  mesh,
+  batch_size: int,
+  buckets=None,
+  router: Callable = scores.confidence,
+) -> Cascade:
   """router(probs=[batch, classes]) -> [batch] scores, higher keeps the weak answer.
   buckets: default `default_buckets`; the largest must equal batch_size."""
-  return _classification_cascade(weak_cfg, strong_cfg, mesh, batch_size,
-                                 _buckets(batch_size, buckets, mesh), router)
+  return _classification_cascade(
+    weak_cfg, strong_cfg, mesh, batch_size, _buckets(batch_size, buckets, mesh), router
+  )
 
 
 @functools.lru_cache(maxsize=16)
 def _classification_cascade(weak_cfg, strong_cfg, mesh, batch_size, buckets, router):
   return Cascade(
-      "classification", weak_cfg, strong_cfg, mesh, batch_size, buckets, router,
-      lambda p, b, rng: _classify(p, b, cfg=weak_cfg),
-      lambda p, b, rng: _classify(p, b, cfg=strong_cfg))
+    "classification",
+    weak_cfg,
+    strong_cfg,
+    mesh,
+    batch_size,
+    buckets,
+    router,
+    lambda p, b, rng: _classify(p, b, cfg=weak_cfg),
+    lambda p, b, rng: _classify(p, b, cfg=strong_cfg),
+  )
 
 
-def generation_cascade(weak_cfg: ModelConfig, strong_cfg: ModelConfig, *, mesh, batch_size: int,
-                       sampling_cfg: SamplingConfig, strong_sampling: SamplingConfig | None = None,
-                       buckets=None, router: Callable = mean_logprob) -> Cascade:
+def generation_cascade(
+  weak_cfg: ModelConfig,
+  strong_cfg: ModelConfig,
+  *,
+  mesh,
+  batch_size: int,
+  sampling_cfg: SamplingConfig,
+  strong_sampling: SamplingConfig | None = None,
+  buckets=None,
+  router: Callable = mean_logprob,
+) -> Cascade:
   """router(logprobs=, mask=[batch, new_tokens]) -> [batch] scores. strong_sampling
   (default: sampling_cfg) may differ in max_new_tokens: both pad to the larger."""
-  return _generation_cascade(weak_cfg, strong_cfg, mesh, batch_size, sampling_cfg,
-                             strong_sampling or sampling_cfg, _buckets(batch_size, buckets, mesh),
-                             router)
+  return _generation_cascade(
+    weak_cfg,
+    strong_cfg,
+    mesh,
+    batch_size,
+    sampling_cfg,
+    strong_sampling or sampling_cfg,
+    _buckets(batch_size, buckets, mesh),
+    router,
+  )
 
 
 @functools.lru_cache(maxsize=16)
-def _generation_cascade(weak_cfg, strong_cfg, mesh, batch_size, sampling_cfg, strong_sampling,
-                        buckets, router):
+def _generation_cascade(
+  weak_cfg, strong_cfg, mesh, batch_size, sampling_cfg, strong_sampling, buckets, router
+):
   if strong_sampling.pad_id != sampling_cfg.pad_id:
-    raise ValueError(f"strong_sampling.pad_id={strong_sampling.pad_id}: expected the weak "
-                     f"sampling_cfg.pad_id={sampling_cfg.pad_id}, so merged responses pad alike")
+    raise ValueError(
+      f"strong_sampling.pad_id={strong_sampling.pad_id}: expected the weak "
+      f"sampling_cfg.pad_id={sampling_cfg.pad_id}, so merged responses pad alike"
+    )
   n = max(sampling_cfg.max_new_tokens, strong_sampling.max_new_tokens)
   answer = lambda cfg, s: functools.partial(_generate, cfg=cfg, sampling_cfg=s, new_tokens=n)
-  return Cascade("generation", weak_cfg, strong_cfg, mesh, batch_size, buckets, router,
-                 answer(weak_cfg, sampling_cfg), answer(strong_cfg, strong_sampling), n,
-                 (sampling_cfg, strong_sampling))
+  return Cascade(
+    "generation",
+    weak_cfg,
+    strong_cfg,
+    mesh,
+    batch_size,
+    buckets,
+    router,
+    answer(weak_cfg, sampling_cfg),
+    answer(strong_cfg, strong_sampling),
+    n,
+    (sampling_cfg, strong_sampling),
+  )
 
 
 def check_threshold(threshold) -> jax.Array:
@@ -220,8 +280,10 @@ def check_threshold(threshold) -> jax.Array:
   except (TypeError, ValueError):
     value = math.nan
   if math.isnan(value):
-    raise ValueError(f"threshold={threshold!r}: expected a number (queries scoring below it "
-                     "defer; -inf defers none, inf defers all)")
+    raise ValueError(
+      f"threshold={threshold!r}: expected a number (queries scoring below it "
+      "defer; -inf defers none, inf defers all)"
+    )
   return jnp.asarray(value, jnp.float32)
 
 
@@ -233,8 +295,10 @@ def _device_batch(cascade: Cascade, batch, ids):
     raise ValueError(f"{cascade.kind} batch lacks fields {missing}: expected {fields}")
   n = len(batch[fields[0]])
   if not 1 <= n <= cascade.batch_size:
-    raise ValueError(f"batch of {n} queries: expected 1..{cascade.batch_size} "
-                     f"(Cascade batch_size; the largest bucket is {cascade.buckets[-1]})")
+    raise ValueError(
+      f"batch of {n} queries: expected 1..{cascade.batch_size} "
+      f"(Cascade batch_size; the largest bucket is {cascade.buckets[-1]})"
+    )
   if cascade.kind == "generation":
     sampling.check_prompts(Dataset(prompt=batch["prompt"], prompt_mask=batch["prompt_mask"]))
     for cfg, sampling_cfg in zip((cascade.weak_cfg, cascade.strong_cfg), cascade.samplings):
@@ -254,8 +318,9 @@ def _key(rng):
   return jnp.asarray(rng)
 
 
-def serve_batch(cascade: Cascade, weak_params, strong_params, batch: dict, *, threshold,
-                rng=None, ids=None):
+def serve_batch(
+  cascade: Cascade, weak_params, strong_params, batch: dict, *, threshold, rng=None, ids=None
+):
   """One batch of up to batch_size queries through the cascade.
 
   ids: each query's id for the sampler's per-row keys (default 0..n-1; the
@@ -292,8 +357,9 @@ def _stream(cascade, data: Dataset, run):
   return host, np.asarray(data[fields[1]]).sum(-1), buckets
 
 
-def serve(cascade: Cascade, weak_params, strong_params, data: Dataset, *, threshold,
-          rng=None) -> dict:
+def serve(
+  cascade: Cascade, weak_params, strong_params, data: Dataset, *, threshold, rng=None
+) -> dict:
   """The cascade over a stream (data: tokens/mask, or left-padded prompt/
   prompt_mask) in batches of batch_size, in order, the last one partial.
 
@@ -304,8 +370,9 @@ def serve(cascade: Cascade, weak_params, strong_params, data: Dataset, *, thresh
   if cascade.kind == "generation":
     sampling.check_prompts(data)
   check_threshold(threshold)
-  run = lambda b, ids: serve_batch(cascade, weak_params, strong_params, b, threshold=threshold,
-                                   rng=rng, ids=ids)
+  run = lambda b, ids: serve_batch(
+    cascade, weak_params, strong_params, b, threshold=threshold, rng=rng, ids=ids
+  )
   host, prompt_tokens, buckets = _stream(cascade, data, run)
   host["flops"] = cascade.flops(host, prompt_tokens, host["deferred"])
   host.pop("weak_new_tokens", None)
@@ -321,6 +388,7 @@ def serve_strong_only(cascade: Cascade, strong_params, data: Dataset, *, rng=Non
     dev, n = _device_batch(cascade, batch, ids)
     out = cascade.strong_only_step(strong_params, dev, rng)
     return {**out, "deferred": dev["valid"]}, n, cascade.batch_size
+
   host, prompt_tokens, _ = _stream(cascade, data, run)
   t = prompt_tokens + (host["response_mask"].sum(-1) if cascade.kind == "generation" else 0)
   host["flops"] = _all_flops(cascade.strong_cfg, t)

@@ -13,8 +13,7 @@ POOL_CRITERIA = ("likelihood", "min_prob", "likelihood_ratio", "random")
 ALIASES = {"mean_logprob": "likelihood"}  # the weak-response score of the same function
 
 
-def pool_scores(*, params, model_cfg, pool: Dataset, batch_size: int, mesh,
-                reference=None) -> dict:
+def pool_scores(*, params, model_cfg, pool: Dataset, batch_size: int, mesh, reference=None) -> dict:
   """Per-document scores of the pool (higher is kept).
 
   likelihood: the weak LM's mean per-token log-likelihood (scoring.mean_logprob,
@@ -27,14 +26,17 @@ def pool_scores(*, params, model_cfg, pool: Dataset, batch_size: int, mesh,
   """
   tokens = scoring.token_scores(params, model_cfg, pool, batch_size=batch_size, mesh=mesh)
   ll = tokens["mean_logprob"]
-  out = {"likelihood": ll, "min_prob": tokens["min_prob"],
-         "random": np.random.default_rng(0).permutation(len(pool)).astype(np.float64)}
+  out = {
+    "likelihood": ll,
+    "min_prob": tokens["min_prob"],
+    "random": np.random.default_rng(0).permutation(len(pool)).astype(np.float64),
+  }
   if reference is not None:
     ref, ref_cfg = reference
-    ref_ll = scoring.sequence_log_likelihood(ref, ref_cfg, pool, batch_size=batch_size,
-                                             mesh=mesh)
-    out["likelihood_ratio"] = np.asarray(scores.log_likelihood_ratio(
-        log_likelihood=ll, reference_log_likelihood=ref_ll))
+    ref_ll = scoring.sequence_log_likelihood(ref, ref_cfg, pool, batch_size=batch_size, mesh=mesh)
+    out["likelihood_ratio"] = np.asarray(
+      scores.log_likelihood_ratio(log_likelihood=ll, reference_log_likelihood=ref_ll)
+    )
   return out
 
 
@@ -47,9 +49,12 @@ def removal_table(pool_kind: np.ndarray, criteria: dict, keep_fracs) -> list[dic
     for keep in keep_fracs:
       kept = np.zeros(len(values), bool)
       kept[selection.top_fraction(scores=values, keep_frac=keep)] = True
-      row = {"criterion": name, "keep_frac": keep,
-             "bad_removed": float(np.mean(~kept[bad])),
-             "clean_kept": float(np.mean(kept[~bad]))}
+      row = {
+        "criterion": name,
+        "keep_frac": keep,
+        "bad_removed": float(np.mean(~kept[bad])),
+        "clean_kept": float(np.mean(kept[~bad])),
+      }
       for k, kind in enumerate(testbed.BAD_KINDS):
         row[f"removed/{kind}"] = float(np.mean(~kept[pool_kind == k]))
       rows.append(row)
@@ -60,6 +65,7 @@ def pool_criterion(name: str) -> str:
   """A pool criterion's name (POOL_CRITERIA, or an alias); a clear error otherwise."""
   name = ALIASES.get(name, name)
   if name not in POOL_CRITERIA:
-    raise ValueError(f"pool criterion {name!r}: expected one of {POOL_CRITERIA} "
-                     f"(or {sorted(ALIASES)})")
+    raise ValueError(
+      f"pool criterion {name!r}: expected one of {POOL_CRITERIA} (or {sorted(ALIASES)})"
+    )
   return name

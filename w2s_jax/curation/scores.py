@@ -9,10 +9,8 @@ a whole dataset in padded batches, for a weak model's own responses
 (weak_curation.py) and for pretraining documents (curation.py) alike.
 """
 
-
 import jax
 import jax.numpy as jnp
-
 
 
 @jax.jit
@@ -84,5 +82,3 @@ def self_consistency(*, answers):
   same = (answers[..., :, None, :] == answers[..., None, :, :]) & given[..., :, None, :]
   others = jnp.sum(same, axis=-2) - given  # a given answer always equals itself
   return jnp.mean(others / (n - 1), axis=-1)
-
-

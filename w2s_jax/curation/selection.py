@@ -36,7 +36,7 @@ def _apportion(shares, total):
   ties go to the earlier class)."""
   base = np.floor(shares).astype(int)
   remainder = shares - base
-  extra = np.lexsort((np.arange(len(shares)), -remainder))[:total - base.sum()]
+  extra = np.lexsort((np.arange(len(shares)), -remainder))[: total - base.sum()]
   base[extra] += 1
   return base
 
@@ -59,8 +59,9 @@ def top_fraction(*, scores, keep_frac: float, labels=None) -> np.ndarray:
     kept = np.concatenate([order[ranked_labels == c][:q] for c, q in zip(classes, quotas)])
   if len(kept) == 0:
     raise EmptySelectionError(
-        f"top_fraction kept 0 of {len(order)} examples (keep_frac={keep_frac}"
-        f"{', per class' if labels is not None else ''}): nothing to train on")
+      f"top_fraction kept 0 of {len(order)} examples (keep_frac={keep_frac}"
+      f"{', per class' if labels is not None else ''}): nothing to train on"
+    )
   return np.sort(kept)
 
 
@@ -72,8 +73,9 @@ def by_threshold(*, scores, threshold: float, labels=None) -> np.ndarray:
   kept = np.flatnonzero(scores >= threshold)
   if len(kept) == 0:
     raise EmptySelectionError(
-        f"by_threshold kept 0 of {len(scores)} examples: none scores >= {threshold} "
-        f"(max score {scores.max() if len(scores) else 'n/a'})")
+      f"by_threshold kept 0 of {len(scores)} examples: none scores >= {threshold} "
+      f"(max score {scores.max() if len(scores) else 'n/a'})"
+    )
   if labels is None:
     return kept
   return top_fraction(scores=scores, keep_frac=len(kept) / len(scores), labels=labels)
@@ -83,6 +85,7 @@ def by_threshold(*, scores, threshold: float, labels=None) -> np.ndarray:
 class FilterConfig:
   """Which examples of the weak-labelled set (or of the weak responses, for a
   generative task) the strong model trains on."""
+
   criterion: str = "confidence"
   keep_frac: float = 1.0
   # Keep the weak labels' class balance; for a generative task, the balance of a

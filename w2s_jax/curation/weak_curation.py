@@ -38,11 +38,10 @@ keeps the weak labels' classes), else not stratified.
 import jax
 import numpy as np
 
-from w2s_jax.curation import scores
-from w2s_jax.models import scoring
-from w2s_jax.curation import selection
+from w2s_jax.curation import scores, selection
+from w2s_jax.curation.selection import CLASSIFICATION_CRITERIA, GENERATIVE_CRITERIA, FilterConfig
 from w2s_jax.data.dataset import Dataset
-from w2s_jax.curation.selection import CLASSIFICATION_CRITERIA, FilterConfig, GENERATIVE_CRITERIA
+from w2s_jax.models import scoring
 from w2s_jax.tasks import layout
 
 
@@ -61,23 +60,28 @@ def response_alone(prompt, prompt_mask, response, response_mask) -> Dataset:
   first = np.asarray(prompt)[np.arange(len(prompt)), np.argmax(np.asarray(prompt_mask) > 0, 1)]
   ones = np.ones((len(first), 1), np.int32)
   response_mask = np.asarray(response_mask).astype(np.int32)
-  return Dataset(tokens=np.concatenate([first[:, None], response], 1).astype(np.int32),
-                 mask=np.concatenate([ones, response_mask], 1),
-                 loss_mask=np.concatenate([0 * ones, response_mask], 1))
+  return Dataset(
+    tokens=np.concatenate([first[:, None], response], 1).astype(np.int32),
+    mask=np.concatenate([ones, response_mask], 1),
+    loss_mask=np.concatenate([0 * ones, response_mask], 1),
+  )
 
 
 def response_correct(*, task, tokens, mask, samples: int) -> np.ndarray:
   """The headline metric of each weak response to train_w2s: [seeds, N * samples]."""
   out = np.zeros(np.shape(tokens)[:2])
   for j in range(samples):  # rows are prompt-major: prompt i's j-th sample is row i * n + j
-    per_seed = [task.score("train_w2s", t, m)[task.metrics[0]]
-                for t, m in zip(tokens[:, j::samples], mask[:, j::samples])]
+    per_seed = [
+      task.score("train_w2s", t, m)[task.metrics[0]]
+      for t, m in zip(tokens[:, j::samples], mask[:, j::samples])
+    ]
     out[:, j::samples] = np.stack(per_seed)
   return out
 
 
-def score_responses(*, task, generation, model_cfg, params, prompts: Dataset, tokens, mask,
-                    batch_size: int, mesh) -> dict:
+def score_responses(
+  *, task, generation, model_cfg, params, prompts: Dataset, tokens, mask, batch_size: int, mesh
+) -> dict:
   """Per seed and response ([seeds, N * samples]): its correctness and the
   curation scores of response_fields, from the weak model's own params
   (stacked per seed). prompts: train_w2s as the weak model reads it."""
@@ -89,29 +93,41 @@ def score_responses(*, task, generation, model_cfg, params, prompts: Dataset, to
   for i in range(len(tokens)):
     seed_params = jax.tree.map(lambda x: x[i], params)
     given = run(seed_params, layout.sequences(repeated, tokens[i], mask[i]))
-    alone = run(seed_params, response_alone(repeated["prompt"], repeated["prompt_mask"],
-                                            tokens[i], mask[i]))
+    alone = run(
+      seed_params, response_alone(repeated["prompt"], repeated["prompt_mask"], tokens[i], mask[i])
+    )
     out["score_mean_logprob"].append(given["mean_logprob"])
     out["score_min_prob"].append(given["min_prob"])
-    out["score_ifd"].append(np.asarray(scores.ifd(
-        conditional_logprob=given["mean_logprob"],
-        unconditional_logprob=alone["mean_logprob"])))
+    out["score_ifd"].append(
+      np.asarray(
+        scores.ifd(
+          conditional_logprob=given["mean_logprob"], unconditional_logprob=alone["mean_logprob"]
+        )
+      )
+    )
     answers = task.answers(tokens[i], mask[i]) if task.answers is not None else None
     if "score_self_consistency" in out:
       grouped = answers.reshape(len(prompts), n, answers.shape[-1])
       out["score_self_consistency"].append(
-          np.asarray(scores.self_consistency(answers=grouped)).reshape(-1))
+        np.asarray(scores.self_consistency(answers=grouped)).reshape(-1)
+      )
     if "response_class" in out:
       out["response_class"].append(answers[:, task.answer_class])
-  return {"response_correct": response_correct(task=task, tokens=tokens, mask=mask, samples=n),
-          **{k: np.stack(v) for k, v in out.items()}}
+  return {
+    "response_correct": response_correct(task=task, tokens=tokens, mask=mask, samples=n),
+    **{k: np.stack(v) for k, v in out.items()},
+  }
 
 
 # --- Filters ----------------------------------------------------------------------
 
+
 def _kind(generative: bool):
-  return ("generative", GENERATIVE_CRITERIA) if generative else (
-      "classification", CLASSIFICATION_CRITERIA)
+  return (
+    ("generative", GENERATIVE_CRITERIA)
+    if generative
+    else ("classification", CLASSIFICATION_CRITERIA)
+  )
 
 
 def check_filter(filter_cfg: FilterConfig, *, generative: bool, weak_samples: int = 1) -> None:
@@ -119,23 +135,31 @@ def check_filter(filter_cfg: FilterConfig, *, generative: bool, weak_samples: in
   supervision, and self_consistency has samples to compare."""
   kind, criteria = _kind(generative)
   if filter_cfg.criterion not in criteria:
-    raise ValueError(f"FilterConfig.criterion={filter_cfg.criterion!r} does not apply to the "
-                     f"weak supervision of a {kind} task; expected one of {criteria}")
+    raise ValueError(
+      f"FilterConfig.criterion={filter_cfg.criterion!r} does not apply to the "
+      f"weak supervision of a {kind} task; expected one of {criteria}"
+    )
   if filter_cfg.criterion == "self_consistency" and weak_samples < 2:
-    raise ValueError(f"FilterConfig.criterion='self_consistency' compares the weak model's "
-                     f"samples of each prompt: GenerationConfig.weak_samples={weak_samples}; "
-                     "expected >= 2 (with weak_temperature > 0)")
+    raise ValueError(
+      f"FilterConfig.criterion='self_consistency' compares the weak model's "
+      f"samples of each prompt: GenerationConfig.weak_samples={weak_samples}; "
+      "expected >= 2 (with weak_temperature > 0)"
+    )
 
 
 def _response_scores(weak: dict, criterion: str) -> np.ndarray:
   key = f"score_{criterion}"
   if key not in weak:
     if criterion == "self_consistency":
-      raise ValueError("filter criterion 'self_consistency': the weak stage holds no "
-                       f"{key!r}; expected GenerationConfig.weak_samples >= 2 and a task "
-                       "that parses answers (Task.answers)")
-    raise ValueError(f"filter criterion {criterion!r}: the weak stage holds no {key!r} "
-                     f"(it has {sorted(weak)}); expected a weak stage scored by weak_curation")
+      raise ValueError(
+        "filter criterion 'self_consistency': the weak stage holds no "
+        f"{key!r}; expected GenerationConfig.weak_samples >= 2 and a task "
+        "that parses answers (Task.answers)"
+      )
+    raise ValueError(
+      f"filter criterion {criterion!r}: the weak stage holds no {key!r} "
+      f"(it has {sorted(weak)}); expected a weak stage scored by weak_curation"
+    )
   values = np.asarray(weak[key])
   return np.asarray(scores.ifd_selection(ifd=values)) if criterion == "ifd" else values
 
@@ -145,8 +169,10 @@ def filter_scores(weak: dict, criterion: str, generative: bool) -> np.ndarray:
   per train_w2s example, or responses per (prompt, sample)); higher is kept."""
   kind, criteria = _kind(generative)
   if criterion not in criteria:
-    raise ValueError(f"filter criterion {criterion!r} does not apply to the weak supervision "
-                     f"of a {kind} task; expected one of {', '.join(criteria)}")
+    raise ValueError(
+      f"filter criterion {criterion!r} does not apply to the weak supervision "
+      f"of a {kind} task; expected one of {', '.join(criteria)}"
+    )
   if generative:
     return _response_scores(weak, criterion)
   labels = np.asarray(weak["labels"])
@@ -162,9 +188,11 @@ def filter_scores(weak: dict, criterion: str, generative: bool) -> np.ndarray:
       return np.broadcast_to(np.asarray(scores.agreement(probs=labels)), labels.shape[:2])
     case "likelihood":  # the weak LM's log-likelihood of the example's text
       if np.isnan(weak["likelihood"]).all():
-        raise ValueError("filter criterion 'likelihood': the weak model is an encoder, which has "
-                         "no LM head and so no likelihood scores; expected a decoder weak model "
-                         "or another criterion")
+        raise ValueError(
+          "filter criterion 'likelihood': the weak model is an encoder, which has "
+          "no LM head and so no likelihood scores; expected a decoder weak model "
+          "or another criterion"
+        )
       return np.broadcast_to(weak["likelihood"], labels.shape[:2])
 
 
@@ -175,9 +203,14 @@ def filter_subsets(weak: dict, filter_cfg: FilterConfig, generative: bool) -> li
   strata = None
   if filter_cfg.stratified:
     strata = weak.get("response_class") if generative else np.argmax(weak["labels"], axis=-1)
-  return [selection.top_fraction(scores=seed_scores[i], keep_frac=filter_cfg.keep_frac,
-                                 labels=None if strata is None else strata[i])
-          for i in range(len(seed_scores))]
+  return [
+    selection.top_fraction(
+      scores=seed_scores[i],
+      keep_frac=filter_cfg.keep_frac,
+      labels=None if strata is None else strata[i],
+    )
+    for i in range(len(seed_scores))
+  ]
 
 
 def kept_label_accuracy(weak: dict, subsets, *, generative: bool, truth=None) -> np.ndarray:
@@ -185,5 +218,6 @@ def kept_label_accuracy(weak: dict, subsets, *, generative: bool, truth=None) ->
   accuracy against truth, or the kept responses' mean correctness."""
   if generative:
     return np.array([np.mean(weak["response_correct"][i][idx]) for i, idx in enumerate(subsets)])
-  return np.array([np.mean(np.argmax(weak["labels"][i][idx], -1) == truth[idx])
-                   for i, idx in enumerate(subsets)])
+  return np.array(
+    [np.mean(np.argmax(weak["labels"][i][idx], -1) == truth[idx]) for i, idx in enumerate(subsets)]
+  )

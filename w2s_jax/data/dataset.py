@@ -15,7 +15,8 @@ class Dataset(dict):
       raise ValueError(f"Dataset fields differ in length: {sizes}")
     if "mask" in self and "tokens" in self and self["mask"].shape != self["tokens"].shape:
       raise ValueError(
-          f"Dataset.mask shape {self['mask'].shape} != tokens shape {self['tokens'].shape}")
+        f"Dataset.mask shape {self['mask'].shape} != tokens shape {self['tokens'].shape}"
+      )
     if "mask" in self and len(self) and not (self["mask"].sum(axis=-1) > 0).all():
       empty = int(np.argmin(self["mask"].sum(axis=-1) > 0))
       raise ValueError(f"Dataset.mask: row {empty} has no real token")
@@ -38,7 +39,8 @@ def one_hot(labels, num_classes: int) -> np.ndarray:
   labels = np.asarray(labels)
   if labels.min() < 0 or labels.max() >= num_classes:
     raise ValueError(
-        f"labels span [{labels.min()}, {labels.max()}]: expected ints in [0, {num_classes})")
+      f"labels span [{labels.min()}, {labels.max()}]: expected ints in [0, {num_classes})"
+    )
   return np.eye(num_classes, dtype=np.float32)[labels]
 
 
@@ -52,8 +54,9 @@ def batch_indices(n: int, *, batch_size: int, seed: int, step: int) -> np.ndarra
   return idx
 
 
-def shuffled_batches(data: Dataset, *, batch_size: int, seed: int, start_step: int = 0,
-                     rows: slice | None = None) -> Iterator[Dataset]:
+def shuffled_batches(
+  data: Dataset, *, batch_size: int, seed: int, start_step: int = 0, rows: slice | None = None
+) -> Iterator[Dataset]:
   """An endless stream of batches, reshuffled each epoch; a deterministic
   function of (seed, step) so a resumed run sees the same batches.
 

@@ -19,36 +19,43 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from w2s_jax.data import text_files
+from w2s_jax.data import text_files, tfds_source
 from w2s_jax.data.dataset import Dataset
 from w2s_jax.data.text_files import TextFileError
-from w2s_jax.data import tfds_source
 from w2s_jax.data.tokenize import OVERFLOW, check_ids
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PromptResponses:
   """Prompts, their responses and each one's acceptable answers (references)."""
+
   prompts: list[str]
   responses: list[str]
   references: list[list[str]] | None = None  # None: [response] for each example
 
   def __post_init__(self):
     prompts, responses = list(self.prompts), list(self.responses)
-    references = ([[r] for r in responses] if self.references is None
-                  else [list(r) if isinstance(r, tuple | list) else r for r in self.references])
+    references = (
+      [[r] for r in responses]
+      if self.references is None
+      else [list(r) if isinstance(r, tuple | list) else r for r in self.references]
+    )
     if not len(prompts) == len(responses) == len(references):
-      raise ValueError(f"PromptResponses: {len(prompts)} prompts, {len(responses)} responses, "
-                       f"{len(references)} reference lists (expected equal lengths)")
+      raise ValueError(
+        f"PromptResponses: {len(prompts)} prompts, {len(responses)} responses, "
+        f"{len(references)} reference lists (expected equal lengths)"
+      )
     for name, values in (("prompts", prompts), ("responses", responses)):
       bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
       if bad is not None:
-        raise ValueError(f"PromptResponses.{name}[{bad}]: expected str, "
-                         f"got {type(values[bad]).__name__}")
+        raise ValueError(
+          f"PromptResponses.{name}[{bad}]: expected str, got {type(values[bad]).__name__}"
+        )
     for i, refs in enumerate(references):
       if not (isinstance(refs, list) and refs and all(isinstance(r, str) for r in refs)):
-        raise ValueError(f"PromptResponses.references[{i}]={refs!r}: "
-                         "expected a non-empty list of strings")
+        raise ValueError(
+          f"PromptResponses.references[{i}]={refs!r}: expected a non-empty list of strings"
+        )
     object.__setattr__(self, "prompts", prompts)
     object.__setattr__(self, "responses", responses)
     object.__setattr__(self, "references", references)
@@ -58,14 +65,23 @@ class PromptResponses:
 
   def take(self, index) -> "PromptResponses":
     index = np.asarray(index, dtype=np.int64).tolist()
-    return PromptResponses([self.prompts[i] for i in index], [self.responses[i] for i in index],
-                           [list(self.references[i]) for i in index])
+    return PromptResponses(
+      [self.prompts[i] for i in index],
+      [self.responses[i] for i in index],
+      [list(self.references[i]) for i in index],
+    )
 
 
 # --- JSONL files ----------------------------------------------------------------
 
-def read_jsonl_pairs(path, *, prompt_field: str = "prompt", response_field: str = "response",
-                     references_field: str | None = None) -> PromptResponses:
+
+def read_jsonl_pairs(
+  path,
+  *,
+  prompt_field: str = "prompt",
+  response_field: str = "response",
+  references_field: str | None = None,
+) -> PromptResponses:
   """All rows of a JSONL file (one object per line, blank lines skipped).
 
   Texts are kept exactly as written: a response that follows a prompt ending
@@ -92,8 +108,9 @@ def read_jsonl_pairs(path, *, prompt_field: str = "prompt", response_field: str 
     if references_field:
       refs = row[references_field]
       if not (isinstance(refs, list) and refs and all(isinstance(r, str) for r in refs)):
-        raise TextFileError(path, line, f"{references_field}={refs!r}: "
-                            "expected a non-empty list of strings")
+        raise TextFileError(
+          path, line, f"{references_field}={refs!r}: expected a non-empty list of strings"
+        )
       references.append(refs)
   if not prompts:
     raise TextFileError(path, None, "no examples (expected at least one JSON object)")
@@ -103,6 +120,7 @@ def read_jsonl_pairs(path, *, prompt_field: str = "prompt", response_field: str 
 # --- TFDS tasks -------------------------------------------------------------------
 # Formatters: TFDS example -> (prompt, response, references). Examples come as
 # numpy values from mock data, as bytes and lists from ArrayRecord files.
+
 
 class EmptyField(ValueError):
   """A source example whose text is empty: skipped (and counted), not formatted."""
@@ -124,8 +142,11 @@ def format_squad(ex) -> tuple[str, str, list[str]]:
   answers = [a for a in tfds_source.texts(ex["answers"]["text"]) if a.strip()]
   if not answers:
     raise EmptyField("no answers.text")
-  return (f"Context: {_field(ex, 'context')}\nQuestion: {_field(ex, 'question')}\nAnswer:",
-          " " + answers[0], answers)
+  return (
+    f"Context: {_field(ex, 'context')}\nQuestion: {_field(ex, 'question')}\nAnswer:",
+    " " + answers[0],
+    answers,
+  )
 
 
 def format_xsum(ex) -> tuple[str, str, list[str]]:
@@ -151,14 +172,26 @@ class GenTask:
 # TensorFlow (their builders read with tf.io.gfile), and xsum a manual download;
 # reading prepared ArrayRecord files needs neither.
 GEN_TASKS: dict[str, GenTask] = {
-    "gsm8k": GenTask(format_gsm8k, "gsm8k", ("train", "test", "train_socratic", "test_socratic"),
-                     "tensorflow_datasets.text.gsm8k"),
-    # token_f1 is the SQuAD score; the caller reports exact match beside it.
-    "squad": GenTask(format_squad, "token_f1", ("train", "validation"), config="v1.1"),
-    "xsum": GenTask(format_xsum, "rouge_l", ("train", "validation", "test"),
-                    "tensorflow_datasets.summarization.xsum"),
-    "cnn_dailymail": GenTask(format_cnn_dailymail, "rouge_l", ("train", "validation", "test"),
-                             "tensorflow_datasets.summarization.cnn_dailymail"),
+  "gsm8k": GenTask(
+    format_gsm8k,
+    "gsm8k",
+    ("train", "test", "train_socratic", "test_socratic"),
+    "tensorflow_datasets.text.gsm8k",
+  ),
+  # token_f1 is the SQuAD score; the caller reports exact match beside it.
+  "squad": GenTask(format_squad, "token_f1", ("train", "validation"), config="v1.1"),
+  "xsum": GenTask(
+    format_xsum,
+    "rouge_l",
+    ("train", "validation", "test"),
+    "tensorflow_datasets.summarization.xsum",
+  ),
+  "cnn_dailymail": GenTask(
+    format_cnn_dailymail,
+    "rouge_l",
+    ("train", "validation", "test"),
+    "tensorflow_datasets.summarization.cnn_dailymail",
+  ),
 }
 
 
@@ -176,8 +209,14 @@ def metric_of(name: str) -> str:
   return _check_gen_task(name).metric
 
 
-def pairs_from_source(source: Sequence, format_example: Callable, *, take: int | None,
-                      seed: int | Sequence[int], where: str = "source") -> PromptResponses:
+def pairs_from_source(
+  source: Sequence,
+  format_example: Callable,
+  *,
+  take: int | None,
+  seed: int | Sequence[int],
+  where: str = "source",
+) -> PromptResponses:
   """Format `take` examples of a random-access source, picked by a seeded shuffle.
 
   The same seed gives the same examples, and a smaller take a prefix of a
@@ -190,7 +229,7 @@ def pairs_from_source(source: Sequence, format_example: Callable, *, take: int |
   order = np.random.default_rng([*np.atleast_1d(seed).tolist(), 0]).permutation(size).tolist()
   prompts, responses, references, skipped, pos = [], [], [], [], 0
   while len(prompts) < want and pos < size:
-    keys = order[pos:pos + want - len(prompts)]
+    keys = order[pos : pos + want - len(prompts)]
     pos += len(keys)
     for i, example in tfds_source.read_rows(source, keys):
       try:
@@ -204,31 +243,56 @@ def pairs_from_source(source: Sequence, format_example: Callable, *, take: int |
       responses.append(response)
       references.append(refs)
   if take is not None and len(prompts) < take:
-    raise ValueError(f"{where}: only {len(prompts)} of {size} examples have text, expected "
-                     f"{want} (skipped examples {', '.join(skipped[:5])}...)")
+    raise ValueError(
+      f"{where}: only {len(prompts)} of {size} examples have text, expected "
+      f"{want} (skipped examples {', '.join(skipped[:5])}...)"
+    )
   if skipped:
-    warnings.warn(f"{where}: skipped {len(skipped)} examples with an empty text: "
-                  f"{', '.join(skipped[:5])}", stacklevel=2)
+    warnings.warn(
+      f"{where}: skipped {len(skipped)} examples with an empty text: {', '.join(skipped[:5])}",
+      stacklevel=2,
+    )
   return PromptResponses(prompts, responses, references)
 
 
-def load_gen_task(name: str, *, split: str, take: int | None = None, seed: int = 0,
-                  data_dir: str | None = None, download: bool = False) -> PromptResponses:
+def load_gen_task(
+  name: str,
+  *,
+  split: str,
+  take: int | None = None,
+  seed: int = 0,
+  data_dir: str | None = None,
+  download: bool = False,
+) -> PromptResponses:
   """One split of a TFDS generative task (arguments as text_tasks.load_task)."""
   task = _check_gen_task(name, split)
   tfds_source.check_take(take)
   tfds_name = f"{name}/{task.config}" if task.config else name
-  source = tfds_source.open_tfds_split(tfds_name, split=split, data_dir=data_dir, download=download,
-                           builder_module=task.builder_module)
-  return pairs_from_source(source, task.format, take=take, seed=tfds_source.split_seed(seed, split),
-                           where=f"{name}[{split}]")
+  source = tfds_source.open_tfds_split(
+    tfds_name, split=split, data_dir=data_dir, download=download, builder_module=task.builder_module
+  )
+  return pairs_from_source(
+    source,
+    task.format,
+    take=take,
+    seed=tfds_source.split_seed(seed, split),
+    where=f"{name}[{split}]",
+  )
 
 
 # --- Tokenisation -------------------------------------------------------------------
 
-def encode_pairs(pairs: PromptResponses, *, tokenizer, max_prompt_len: int,
-                 max_response_len: int, overflow: str = "truncate", add_bos: bool = True,
-                 add_eos: bool = True) -> tuple[Dataset, dict]:
+
+def encode_pairs(
+  pairs: PromptResponses,
+  *,
+  tokenizer,
+  max_prompt_len: int,
+  max_response_len: int,
+  overflow: str = "truncate",
+  add_bos: bool = True,
+  add_eos: bool = True,
+) -> tuple[Dataset, dict]:
   """Tokenize prompts and responses: Dataset(prompt, prompt_mask, response,
   response_mask, index) and counts.
 
@@ -257,15 +321,18 @@ def encode_pairs(pairs: PromptResponses, *, tokenizer, max_prompt_len: int,
   suffix = [tokenizer.eos_id] if add_eos else []
   room = max_prompt_len - len(prefix)
   if room < 1:
-    raise ValueError(f"max_prompt_len={max_prompt_len}: no room for a prompt after <bos>, "
-                     "expected >= 2")
+    raise ValueError(
+      f"max_prompt_len={max_prompt_len}: no room for a prompt after <bos>, expected >= 2"
+    )
   if len(pairs) == 0:
     raise ValueError("pairs: empty, nothing to encode")
 
   prompts = tokenizer.encode_batch(pairs.prompts)
   responses = [list(ids) + suffix for ids in tokenizer.encode_batch(pairs.responses)]
-  for what, encoded, texts in (("prompt", prompts, pairs.prompts),
-                               ("response", responses, pairs.responses)):
+  for what, encoded, texts in (
+    ("prompt", prompts, pairs.prompts),
+    ("response", responses, pairs.responses),
+  ):
     empty = next((i for i, ids in enumerate(encoded) if not ids), None)
     if empty is not None:
       raise ValueError(f"example {empty}: {what} {texts[empty]!r} encodes to no tokens")
@@ -275,27 +342,34 @@ def encode_pairs(pairs: PromptResponses, *, tokenizer, max_prompt_len: int,
   too_long = long_prompt | long_response
   keep = np.flatnonzero(~too_long) if overflow == "drop" else np.arange(len(pairs))
   if len(keep) == 0:
-    raise ValueError(f"overflow='drop' drops all {len(pairs)} examples: none has a prompt of "
-                     f"<= {max_prompt_len} and a response of <= {max_response_len} tokens")
+    raise ValueError(
+      f"overflow='drop' drops all {len(pairs)} examples: none has a prompt of "
+      f"<= {max_prompt_len} and a response of <= {max_response_len} tokens"
+    )
 
   prompt = np.full((len(keep), max_prompt_len), tokenizer.pad_id, np.int32)
   prompt_mask = np.zeros((len(keep), max_prompt_len), np.int32)
   response = np.full((len(keep), max_response_len), tokenizer.pad_id, np.int32)
   response_mask = np.zeros((len(keep), max_response_len), np.int32)
   for row, i in enumerate(keep):
-    ids = prefix + list(prompts[i][max(0, len(prompts[i]) - room):])  # the tail is kept
-    prompt[row, max_prompt_len - len(ids):] = ids
-    prompt_mask[row, max_prompt_len - len(ids):] = 1
+    ids = prefix + list(prompts[i][max(0, len(prompts[i]) - room) :])  # the tail is kept
+    prompt[row, max_prompt_len - len(ids) :] = ids
+    prompt_mask[row, max_prompt_len - len(ids) :] = 1
     ids = responses[i][:max_response_len]  # a cut response loses its <eos>
-    response[row, :len(ids)] = ids
-    response_mask[row, :len(ids)] = 1
-  data = Dataset(prompt=prompt, prompt_mask=prompt_mask, response=response,
-                 response_mask=response_mask, index=keep.astype(np.int32))
+    response[row, : len(ids)] = ids
+    response_mask[row, : len(ids)] = 1
+  data = Dataset(
+    prompt=prompt,
+    prompt_mask=prompt_mask,
+    response=response,
+    response_mask=response_mask,
+    index=keep.astype(np.int32),
+  )
   truncating = overflow == "truncate"
   counts = {
-      "examples": len(pairs),
-      "prompt_truncated": int(long_prompt.sum()) if truncating else 0,
-      "response_truncated": int(long_response.sum()) if truncating else 0,
-      "dropped": 0 if truncating else int(too_long.sum()),
+    "examples": len(pairs),
+    "prompt_truncated": int(long_prompt.sum()) if truncating else 0,
+    "response_truncated": int(long_response.sum()) if truncating else 0,
+    "dropped": 0 if truncating else int(too_long.sum()),
   }
   return data, counts

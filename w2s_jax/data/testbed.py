@@ -47,8 +47,14 @@ class WorldConfig:
   seed: int = 0
 
   def __post_init__(self):
-    for name in ("num_entities", "num_cities", "num_regions", "entities_per_split",
-                 "corpus_docs", "doc_len"):
+    for name in (
+      "num_entities",
+      "num_cities",
+      "num_regions",
+      "entities_per_split",
+      "corpus_docs",
+      "doc_len",
+    ):
       if getattr(self, name) < 1:
         raise ValueError(f"WorldConfig.{name}={getattr(self, name)}: expected >= 1")
     if self.zipf < 0:
@@ -56,23 +62,28 @@ class WorldConfig:
     if not 0 <= self.cue <= 1:
       raise ValueError(f"WorldConfig.cue={self.cue}: expected in [0, 1]")
     if self.num_regions != 2:
-      raise ValueError(f"WorldConfig.num_regions={self.num_regions}: the task is binary, expected 2")
-    if self.syllables ** 2 < self.num_entities:
       raise ValueError(
-          f"WorldConfig.syllables={self.syllables}: {self.syllables}**2 names cannot "
-          f"cover num_entities={self.num_entities}")
+        f"WorldConfig.num_regions={self.num_regions}: the task is binary, expected 2"
+      )
+    if self.syllables**2 < self.num_entities:
+      raise ValueError(
+        f"WorldConfig.syllables={self.syllables}: {self.syllables}**2 names cannot "
+        f"cover num_entities={self.num_entities}"
+      )
     if self.num_cities < self.num_regions:
       raise ValueError(
-          f"WorldConfig.num_cities={self.num_cities}: expected >= num_regions={self.num_regions}")
+        f"WorldConfig.num_cities={self.num_cities}: expected >= num_regions={self.num_regions}"
+      )
     needed = len(SPLITS) * self.entities_per_split
     if self.num_entities < needed:
       raise ValueError(
-          f"WorldConfig.num_entities={self.num_entities}: expected >= {needed} "
-          f"(3 splits of entities_per_split={self.entities_per_split})")
+        f"WorldConfig.num_entities={self.num_entities}: expected >= {needed} "
+        f"(3 splits of entities_per_split={self.entities_per_split})"
+      )
     if self.doc_len < 1 + SENTENCE_LEN:
       raise ValueError(
-          f"WorldConfig.doc_len={self.doc_len}: expected >= {1 + SENTENCE_LEN} to hold a sentence")
-
+        f"WorldConfig.doc_len={self.doc_len}: expected >= {1 + SENTENCE_LEN} to hold a sentence"
+      )
 
   def corpus_fields(self) -> dict:
     """The fields that determine the world and its corpus (not the task splits)."""
@@ -89,9 +100,9 @@ class World:
   vocab: tuple[str, ...]
   name_tokens: np.ndarray  # [entity, 2] token ids of its name
   frequency_rank: np.ndarray  # [entity] 0 = most frequent in the corpus
-  city_of: np.ndarray     # [relation, entity] -> city
-  region_of: np.ndarray   # [city] -> region
-  split_entities: dict    # split name -> entity ids
+  city_of: np.ndarray  # [relation, entity] -> city
+  region_of: np.ndarray  # [city] -> region
+  split_entities: dict  # split name -> entity ids
 
   def token(self, word: str) -> int:
     return self.vocab.index(word)
@@ -121,31 +132,41 @@ class World:
 # entity is in a split (800 each), so the test intervals are tight enough to
 # tell losses apart.
 # WorldConfig() itself is the world from before (the `facts` configs).
-CUE_WORLD = WorldConfig(num_entities=2400, syllables=50, corpus_docs=40_000, cue=0.4,
-                        entities_per_split=800)
+CUE_WORLD = WorldConfig(
+  num_entities=2400, syllables=50, corpus_docs=40_000, cue=0.4, entities_per_split=800
+)
 
 
 def make_world(cfg: WorldConfig) -> World:
   rng = np.random.default_rng(cfg.seed)
-  vocab = ((PAD, BOS, DOT, IN, IS) + RELATIONS
-           + tuple(f"r{r}" for r in range(cfg.num_regions))
-           + tuple(f"c{c}" for c in range(cfg.num_cities))
-           + tuple(f"a{i}" for i in range(cfg.syllables))
-           + tuple(f"b{i}" for i in range(cfg.syllables)))
-  names = rng.permutation(cfg.syllables ** 2)[:cfg.num_entities]
+  vocab = (
+    (PAD, BOS, DOT, IN, IS)
+    + RELATIONS
+    + tuple(f"r{r}" for r in range(cfg.num_regions))
+    + tuple(f"c{c}" for c in range(cfg.num_cities))
+    + tuple(f"a{i}" for i in range(cfg.syllables))
+    + tuple(f"b{i}" for i in range(cfg.syllables))
+  )
+  names = rng.permutation(cfg.syllables**2)[: cfg.num_entities]
   # Half the cities per region keeps the labels balanced.
   region_of = rng.permutation(np.arange(cfg.num_cities) % cfg.num_regions)
   city_of = rng.integers(0, cfg.num_cities, size=(len(RELATIONS), cfg.num_entities))
   order = rng.permutation(cfg.num_entities)
   n = cfg.entities_per_split
-  split_entities = {name: np.sort(order[i * n:(i + 1) * n]) for i, name in enumerate(SPLITS)}
-  name_tokens = np.stack([[vocab.index(f"a{n // cfg.syllables}") for n in names],
-                          [vocab.index(f"b{n % cfg.syllables}") for n in names]], axis=1)
+  split_entities = {name: np.sort(order[i * n : (i + 1) * n]) for i, name in enumerate(SPLITS)}
+  name_tokens = np.stack(
+    [
+      [vocab.index(f"a{n // cfg.syllables}") for n in names],
+      [vocab.index(f"b{n % cfg.syllables}") for n in names],
+    ],
+    axis=1,
+  )
   frequency_rank = rng.permutation(cfg.num_entities)
   if cfg.cue:  # drawn after everything else, so cue=0 is the world from before the cue
     city_of = _follow_cue(rng, cfg, names, region_of, city_of)
-  return World(cfg, vocab, name_tokens.astype(np.int32), frequency_rank, city_of, region_of,
-               split_entities)
+  return World(
+    cfg, vocab, name_tokens.astype(np.int32), frequency_rank, city_of, region_of, split_entities
+  )
 
 
 def cue_region(cfg: WorldConfig, first_syllable) -> np.ndarray:
@@ -161,8 +182,9 @@ def _follow_cue(rng, cfg, names, region_of, city_of):
   # Row r lists region r's cities (repeated to a common length); an entity
   # takes the (pick mod count)-th city of its cue region.
   counts = np.bincount(region_of, minlength=cfg.num_regions)
-  cities_in = np.stack([np.resize(np.flatnonzero(region_of == r), counts.max())
-                        for r in range(cfg.num_regions)])
+  cities_in = np.stack(
+    [np.resize(np.flatnonzero(region_of == r), counts.max()) for r in range(cfg.num_regions)]
+  )
   cue_city = cities_in[cue, pick % counts[cue]]
   return np.where(follows, cue_city, city_of)
 
@@ -180,34 +202,50 @@ def pretraining_corpus(world: World, *, seed: int | None = None) -> Dataset:
   relation = rng.integers(len(RELATIONS), size=shape)
   city = world.city_of[relation, entity]
   relation_token = np.array([world.token(r) for r in RELATIONS])[relation]
-  entity_sentences = np.stack([world.name_tokens[entity, 0], world.name_tokens[entity, 1],
-                               relation_token, world.city_tokens[city],
-                               np.full(shape, world.token(DOT))], axis=-1)
+  entity_sentences = np.stack(
+    [
+      world.name_tokens[entity, 0],
+      world.name_tokens[entity, 1],
+      relation_token,
+      world.city_tokens[city],
+      np.full(shape, world.token(DOT)),
+    ],
+    axis=-1,
+  )
   some_city = rng.integers(cfg.num_cities, size=shape)
-  city_sentences = np.stack([world.city_tokens[some_city], np.full(shape, world.token(IS)),
-                             np.full(shape, world.token(IN)),
-                             world.region_tokens[world.region_of[some_city]],
-                             np.full(shape, world.token(DOT))], axis=-1)
+  city_sentences = np.stack(
+    [
+      world.city_tokens[some_city],
+      np.full(shape, world.token(IS)),
+      np.full(shape, world.token(IN)),
+      world.region_tokens[world.region_of[some_city]],
+      np.full(shape, world.token(DOT)),
+    ],
+    axis=-1,
+  )
   is_city = rng.random(shape) < CITY_SENTENCE_RATE
   sentences = np.where(is_city[..., None], city_sentences, entity_sentences)
   body = sentences.reshape(cfg.corpus_docs, -1)
   tokens = np.zeros((cfg.corpus_docs, cfg.doc_len), np.int32)
   tokens[:, 0] = world.token(BOS)
-  tokens[:, 1:1 + body.shape[1]] = body
+  tokens[:, 1 : 1 + body.shape[1]] = body
   mask = np.zeros_like(tokens)
-  mask[:, :1 + body.shape[1]] = 1
+  mask[:, : 1 + body.shape[1]] = 1
   return Dataset(tokens=tokens, mask=mask)
 
 
 def question_dataset(world: World, entities, relation: int = 0) -> Dataset:
   """'<bos> eX lives' -> region of X's home city (or work city, relation=1)."""
   entities = np.asarray(entities)
-  tokens = np.stack([
+  tokens = np.stack(
+    [
       np.full_like(entities, world.token(BOS)),
       world.name_tokens[entities, 0],
       world.name_tokens[entities, 1],
       np.full_like(entities, world.token(RELATIONS[relation])),
-  ], axis=1).astype(np.int32)
+    ],
+    axis=1,
+  ).astype(np.int32)
   labels = world.region_of[world.city_of[relation, entities]].astype(np.int32)
   return Dataset(tokens=tokens, mask=np.ones_like(tokens), labels=labels)
 
@@ -232,8 +270,9 @@ def fact_probe(world: World) -> tuple[Dataset, np.ndarray]:
 BAD_KINDS = ("shuffled", "random", "false_facts")
 
 
-def corrupted_pool(world: World, corpus: Dataset, *, bad_frac: float = 0.2,
-                   seed: int = 0) -> tuple[Dataset, np.ndarray]:
+def corrupted_pool(
+  world: World, corpus: Dataset, *, bad_frac: float = 0.2, seed: int = 0
+) -> tuple[Dataset, np.ndarray]:
   """The corpus plus planted bad documents, so that bad_frac of the pool is bad.
 
   Bad documents come in three kinds, equally often: a real document with its
@@ -260,8 +299,9 @@ def corrupted_pool(world: World, corpus: Dataset, *, bad_frac: float = 0.2,
   # Shift every stated city (entity facts and city->region lines alike) to another city.
   city_index = np.searchsorted(world.city_tokens, bad_tokens[false_rows])
   shift = rng.integers(1, world.cfg.num_cities, size=city_index.shape)
-  wrong = world.city_tokens[(np.clip(city_index, 0, world.cfg.num_cities - 1) + shift)
-                            % world.cfg.num_cities]
+  wrong = world.city_tokens[
+    (np.clip(city_index, 0, world.cfg.num_cities - 1) + shift) % world.cfg.num_cities
+  ]
   bad_tokens[false_rows] = np.where(is_city, wrong, bad_tokens[false_rows])
   all_tokens = np.concatenate([tokens, bad_tokens])
   all_mask = np.concatenate([mask, bad_mask])

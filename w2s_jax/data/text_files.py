@@ -43,10 +43,15 @@ class TextFileError(ValueError):
     self.path, self.line, self.problem = str(path), line, problem
 
 
-def read_text_file(path, *, text_field: str = "text", label_field: str = "label",
-                   label_names: Sequence[str] | None = None,
-                   file_format: str | None = None,
-                   num_labels: int | None = None) -> TextExamples:
+def read_text_file(
+  path,
+  *,
+  text_field: str = "text",
+  label_field: str = "label",
+  label_names: Sequence[str] | None = None,
+  file_format: str | None = None,
+  num_labels: int | None = None,
+) -> TextExamples:
   """All rows of a TSV/CSV/JSONL file as TextExamples.
 
   num_labels: the task's number of classes; every label must then be an int in
@@ -56,21 +61,34 @@ def read_text_file(path, *, text_field: str = "text", label_field: str = "label"
   file_format = _file_format(path, file_format)
   if label_names is not None:
     label_names = list(label_names)
-    if not label_names or len(set(label_names)) != len(label_names) or not all(
-        isinstance(n, str) for n in label_names):
+    if (
+      not label_names
+      or len(set(label_names)) != len(label_names)
+      or not all(isinstance(n, str) for n in label_names)
+    ):
       raise ValueError(f"label_names={label_names!r}: expected distinct strings")
   if num_labels is not None:
     if not (isinstance(num_labels, int) and not isinstance(num_labels, bool) and num_labels >= 2):
       raise ValueError(f"num_labels={num_labels!r}: expected an int >= 2 (the number of classes)")
     if label_names is not None and len(label_names) != num_labels:
-      raise ValueError(f"label_names={label_names!r} has {len(label_names)} names but "
-                       f"num_labels={num_labels}: expected one name per class")
+      raise ValueError(
+        f"label_names={label_names!r} has {len(label_names)} names but "
+        f"num_labels={num_labels}: expected one name per class"
+      )
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such file")
   content = decode_bytes(path)
-  rows = jsonl_rows(path, content) if file_format == "jsonl" else _table_rows(
-      path, content, delimiter="\t" if file_format == "tsv" else ",",
-      quoted=file_format == "csv", fields=(text_field, label_field))
+  rows = (
+    jsonl_rows(path, content)
+    if file_format == "jsonl"
+    else _table_rows(
+      path,
+      content,
+      delimiter="\t" if file_format == "tsv" else ",",
+      quoted=file_format == "csv",
+      fields=(text_field, label_field),
+    )
+  )
   texts, labels = [], []
   for line, row in rows:
     for field in (text_field, label_field):
@@ -84,12 +102,20 @@ def read_text_file(path, *, text_field: str = "text", label_field: str = "label"
     texts.append(text)
     label = _label(path, line, row[label_field], label_field, label_names)
     if num_labels is not None and label >= num_labels:
-      raise TextFileError(path, line, f"{label_field} {label}: expected an int in "
-                          f"[0, {num_labels}) ({_task_kind(num_labels)})")
+      raise TextFileError(
+        path,
+        line,
+        f"{label_field} {label}: expected an int in [0, {num_labels}) ({_task_kind(num_labels)})",
+      )
     labels.append(label)
   if not texts:
-    raise TextFileError(path, None, "no examples (expected a header and at least one row)"
-                        if file_format != "jsonl" else "no examples")
+    raise TextFileError(
+      path,
+      None,
+      "no examples (expected a header and at least one row)"
+      if file_format != "jsonl"
+      else "no examples",
+    )
   return TextExamples(texts, np.asarray(labels, np.int64))
 
 
@@ -101,12 +127,15 @@ def _file_format(path, file_format: str | None) -> str:
   if file_format is not None:
     if file_format not in set(FORMATS.values()):
       raise ValueError(
-          f"file_format={file_format!r}: expected one of {sorted(set(FORMATS.values()))}")
+        f"file_format={file_format!r}: expected one of {sorted(set(FORMATS.values()))}"
+      )
     return file_format
   suffix = os.path.splitext(str(path))[1].lower()
   if suffix not in FORMATS:
-    raise ValueError(f"{path}: cannot tell the format from suffix {suffix!r}: expected one of "
-                     f"{sorted(FORMATS)} or pass file_format=")
+    raise ValueError(
+      f"{path}: cannot tell the format from suffix {suffix!r}: expected one of "
+      f"{sorted(FORMATS)} or pass file_format="
+    )
   return FORMATS[suffix]
 
 
@@ -118,15 +147,20 @@ def decode_bytes(path) -> str:
     # otherwise become part of the first column's name.
     return raw.decode("utf-8-sig")
   except UnicodeDecodeError as err:
-    line = raw[:err.start].count(b"\n") + 1
+    line = raw[: err.start].count(b"\n") + 1
     raise TextFileError(path, line, f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
 
 
-def _table_rows(path, content: str, *, delimiter: str, quoted: bool,
-                fields: tuple[str, str]) -> Iterator[tuple[int, dict]]:
+def _table_rows(
+  path, content: str, *, delimiter: str, quoted: bool, fields: tuple[str, str]
+) -> Iterator[tuple[int, dict]]:
   # newline="" lets the csv module see \r\n itself, and quoted newlines survive.
-  reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter, strict=True,
-                      quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
+  reader = csv.reader(
+    io.StringIO(content, newline=""),
+    delimiter=delimiter,
+    strict=True,
+    quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE,
+  )
   try:
     header = next(reader, None)
   except csv.Error as err:
@@ -149,8 +183,12 @@ def _table_rows(path, content: str, *, delimiter: str, quoted: bool,
       continue
     if len(values) != len(header):
       sep = "tab" if delimiter == "\t" else "comma"
-      raise TextFileError(path, start, f"malformed row: {len(values)} {sep}-separated fields, "
-                          f"expected {len(header)} as in the header {header}")
+      raise TextFileError(
+        path,
+        start,
+        f"malformed row: {len(values)} {sep}-separated fields, "
+        f"expected {len(header)} as in the header {header}",
+      )
     yield start, {f: values[i] for f, i in column.items()}
 
 
@@ -176,5 +214,8 @@ def _label(path, line: int, value, field: str, label_names: list[str] | None) ->
     return int(value)
   if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
     return value
-  raise TextFileError(path, line, f"unknown {field} {value!r}: expected an int >= 0 "
-                      "(or pass label_names= for string labels)")
+  raise TextFileError(
+    path,
+    line,
+    f"unknown {field} {value!r}: expected an int >= 0 (or pass label_names= for string labels)",
+  )

@@ -22,6 +22,7 @@ from w2s_jax.data import tfds_source
 @dataclasses.dataclass(frozen=True, eq=False)
 class TextExamples:
   """Texts and their integer labels (>= 0), one per example."""
+
   text: list[str]
   label: np.ndarray  # int64 [N]
 
@@ -66,13 +67,15 @@ def _label_in(value, num: int, *, field: str = "label") -> int:
     raise ValueError(f"{field}={value!r}: expected an int in [0, {num})")
   label = int(array)
   if not 0 <= label < num:
-    raise ValueError(f"{field}={label}: expected an int in [0, {num}) "
-                     "(-1 marks a split without labels)")
+    raise ValueError(
+      f"{field}={label}: expected an int in [0, {num}) (-1 marks a split without labels)"
+    )
   return label
 
 
-def _one_candidate(candidates: Sequence[str], correct: int, rng: np.random.Generator, *,
-                   force_wrong: bool = False) -> tuple[str, int]:
+def _one_candidate(
+  candidates: Sequence[str], correct: int, rng: np.random.Generator, *, force_wrong: bool = False
+) -> tuple[str, int]:
   """The true answer (label 1) with probability 1/2, else a random wrong one (label 0)."""
   true = candidates[correct]
   # Compared by text, not index: a wrong choice that repeats the true answer's
@@ -100,8 +103,10 @@ def format_imdb(ex, rng) -> tuple[str, int]:
 
 def format_boolq(ex, rng) -> tuple[str, int]:
   del rng
-  return (f"Passage: {tfds_source.text(ex['passage'])}\nQuestion: {tfds_source.text(ex['question'])}",
-          _label_in(ex["answer"], 2, field="answer"))
+  return (
+    f"Passage: {tfds_source.text(ex['passage'])}\nQuestion: {tfds_source.text(ex['question'])}",
+    _label_in(ex["answer"], 2, field="answer"),
+  )
 
 
 COSMOS_NONE_OF_THE_ABOVE = "None of the above choices"
@@ -114,15 +119,21 @@ def format_cosmos_qa(ex, rng) -> tuple[str, int]:
   # says nothing about the other choices, so such questions only give a wrong answer.
   none_is_true = answers[correct].startswith(COSMOS_NONE_OF_THE_ABOVE)
   answer, label = _one_candidate(answers, correct, rng, force_wrong=none_is_true)
-  return (f"Context: {tfds_source.text(ex['context'])}\nQuestion: {tfds_source.text(ex['question'])}\n"
-          f"Answer: {answer}", label)
+  return (
+    f"Context: {tfds_source.text(ex['context'])}\nQuestion: {tfds_source.text(ex['question'])}\n"
+    f"Answer: {answer}",
+    label,
+  )
 
 
 def format_hellaswag(ex, rng) -> tuple[str, int]:
   endings = tfds_source.texts(ex["endings"])
   ending, label = _one_candidate(endings, _label_in(ex["label"], len(endings)), rng)
-  return (f"Topic: {tfds_source.text(ex['activity_label'])}\nContext: {tfds_source.text(ex['context'])}\n"
-          f"Ending: {ending}", label)
+  return (
+    f"Topic: {tfds_source.text(ex['activity_label'])}\nContext: {tfds_source.text(ex['context'])}\n"
+    f"Ending: {ending}",
+    label,
+  )
 
 
 def format_piqa(ex, rng) -> tuple[str, int]:
@@ -134,8 +145,10 @@ def format_piqa(ex, rng) -> tuple[str, int]:
 def format_anli(ex, rng) -> tuple[str, int]:
   del rng
   # TFDS anli labels are (e, n, c): the binary question is "is it entailed?".
-  return (f"Premise: {tfds_source.text(ex['context'])}\nHypothesis: {tfds_source.text(ex['hypothesis'])}",
-          int(_label_in(ex["label"], 3) == 0))
+  return (
+    f"Premise: {tfds_source.text(ex['context'])}\nHypothesis: {tfds_source.text(ex['hypothesis'])}",
+    int(_label_in(ex["label"], 3) == 0),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,24 +160,31 @@ class TfdsTask:
   builder_module: str | None = None
 
 
-_HELLASWAG_SPLITS = ("train", "validation", "train_activitynet", "train_wikihow",
-                     "validation_ind_activitynet", "validation_ood_activitynet",
-                     "validation_ind_wikihow", "validation_ood_wikihow")
+_HELLASWAG_SPLITS = (
+  "train",
+  "validation",
+  "train_activitynet",
+  "train_wikihow",
+  "validation_ind_activitynet",
+  "validation_ood_activitynet",
+  "validation_ind_wikihow",
+  "validation_ood_wikihow",
+)
 
 # Keyed by TFDS name. super_glue/boolq is left out: its builder needs TensorFlow
 # even to be constructed; bool_q holds the same BoolQ data without it.
 TASKS: dict[str, TfdsTask] = {
-    "glue/sst2": TfdsTask(format_sst2, ("train", "validation"), "tensorflow_datasets.text.glue"),
-    "imdb_reviews": TfdsTask(format_imdb, ("train", "test")),
-    "bool_q": TfdsTask(format_boolq, ("train", "validation")),
-    "cosmos_qa": TfdsTask(format_cosmos_qa, ("train", "validation"),
-                          "tensorflow_datasets.question_answering.cosmos_qa"),
-    "hellaswag": TfdsTask(format_hellaswag, _HELLASWAG_SPLITS,
-                          "tensorflow_datasets.text.hellaswag"),
-    "piqa": TfdsTask(format_piqa, ("train", "validation")),
-    "anli/r1": TfdsTask(format_anli, ("train", "validation", "test")),
-    "anli/r2": TfdsTask(format_anli, ("train", "validation", "test")),
-    "anli/r3": TfdsTask(format_anli, ("train", "validation", "test")),
+  "glue/sst2": TfdsTask(format_sst2, ("train", "validation"), "tensorflow_datasets.text.glue"),
+  "imdb_reviews": TfdsTask(format_imdb, ("train", "test")),
+  "bool_q": TfdsTask(format_boolq, ("train", "validation")),
+  "cosmos_qa": TfdsTask(
+    format_cosmos_qa, ("train", "validation"), "tensorflow_datasets.question_answering.cosmos_qa"
+  ),
+  "hellaswag": TfdsTask(format_hellaswag, _HELLASWAG_SPLITS, "tensorflow_datasets.text.hellaswag"),
+  "piqa": TfdsTask(format_piqa, ("train", "validation")),
+  "anli/r1": TfdsTask(format_anli, ("train", "validation", "test")),
+  "anli/r2": TfdsTask(format_anli, ("train", "validation", "test")),
+  "anli/r3": TfdsTask(format_anli, ("train", "validation", "test")),
 }
 
 
@@ -175,17 +195,28 @@ def balance(texts: Sequence[str], labels, *, seed: int) -> tuple[list[str], np.n
     raise ValueError(f"balance: {len(texts)} texts but {len(labels)} labels")
   classes, counts = np.unique(labels, return_counts=True)
   if len(classes) < 2:
-    raise ValueError(f"balance: only label(s) {classes.tolist()} present, cannot balance "
-                     "(expected at least 2 classes)")
+    raise ValueError(
+      f"balance: only label(s) {classes.tolist()} present, cannot balance "
+      "(expected at least 2 classes)"
+    )
   rng = np.random.default_rng(seed)
-  keep = np.sort(np.concatenate([
-      rng.choice(np.flatnonzero(labels == c), size=counts.min(), replace=False) for c in classes]))
+  keep = np.sort(
+    np.concatenate(
+      [rng.choice(np.flatnonzero(labels == c), size=counts.min(), replace=False) for c in classes]
+    )
+  )
   return [texts[i] for i in keep], labels[keep]
 
 
-def examples_from_source(source: Sequence, format_example: Callable, *, take: int | None,
-                         seed: int | Sequence[int], balanced: bool = False,
-                         where: str = "source") -> TextExamples:
+def examples_from_source(
+  source: Sequence,
+  format_example: Callable,
+  *,
+  take: int | None,
+  seed: int | Sequence[int],
+  balanced: bool = False,
+  where: str = "source",
+) -> TextExamples:
   """Format `take` examples of a random-access source, picked by a seeded shuffle.
 
   The same seed gives the same examples, and a smaller take gives a prefix of
@@ -193,7 +224,8 @@ def examples_from_source(source: Sequence, format_example: Callable, *, take: in
   """
   size = tfds_source.check_source(source, take, where)
   order_rng, format_rng, balance_rng = (
-      np.random.default_rng([*np.atleast_1d(seed).tolist(), k]) for k in range(3))
+    np.random.default_rng([*np.atleast_1d(seed).tolist(), k]) for k in range(3)
+  )
   index = order_rng.permutation(size)[:take].tolist()
   texts, labels = [], []
   for i, example in tfds_source.read_rows(source, index):
@@ -202,8 +234,9 @@ def examples_from_source(source: Sequence, format_example: Callable, *, take: in
     except (KeyError, ValueError, TypeError) as err:
       raise ValueError(f"{where} example {i}: {type(err).__name__}: {err}") from err
     if isinstance(label, bool) or label not in (0, 1):
-      raise ValueError(f"{where} example {i}: formatted label {label!r}: expected 0 or 1 "
-                       "(every task is binary)")
+      raise ValueError(
+        f"{where} example {i}: formatted label {label!r}: expected 0 or 1 (every task is binary)"
+      )
     texts.append(text)
     labels.append(label)
   if balanced:
@@ -216,14 +249,23 @@ def _check_task(name: str, split: str) -> TfdsTask:
     raise ValueError(f"task {name!r}: expected one of {sorted(TASKS)}")
   task = TASKS[name]
   if split not in task.labeled_splits:
-    raise ValueError(f"split {split!r} of {name}: expected one of {list(task.labeled_splits)} "
-                     "(the splits that exist and carry labels)")
+    raise ValueError(
+      f"split {split!r} of {name}: expected one of {list(task.labeled_splits)} "
+      "(the splits that exist and carry labels)"
+    )
   return task
 
 
-def load_task(name: str, *, split: str, take: int | None = None, seed: int = 0,
-              balanced: bool = False, data_dir: str | None = None,
-              download: bool = False) -> TextExamples:
+def load_task(
+  name: str,
+  *,
+  split: str,
+  take: int | None = None,
+  seed: int = 0,
+  balanced: bool = False,
+  data_dir: str | None = None,
+  download: bool = False,
+) -> TextExamples:
   """One split of a TFDS task as binary TextExamples.
 
   take: how many examples to read (a seeded random subset), None for all.
@@ -234,22 +276,37 @@ def load_task(name: str, *, split: str, take: int | None = None, seed: int = 0,
   """
   task = _check_task(name, split)
   tfds_source.check_take(take)
-  source = tfds_source.open_tfds_split(name, split=split, data_dir=data_dir, download=download,
-                           builder_module=task.builder_module)
-  return examples_from_source(source, task.format, take=take, seed=tfds_source.split_seed(seed, split),
-                              balanced=balanced, where=f"{name}[{split}]")
+  source = tfds_source.open_tfds_split(
+    name, split=split, data_dir=data_dir, download=download, builder_module=task.builder_module
+  )
+  return examples_from_source(
+    source,
+    task.format,
+    take=take,
+    seed=tfds_source.split_seed(seed, split),
+    balanced=balanced,
+    where=f"{name}[{split}]",
+  )
 
 
-def load_task_splits(name: str, *, take: Mapping[str, int | None], seed: int = 0,
-                     balanced: bool = False, data_dir: str | None = None,
-                     download: bool = False) -> dict[str, TextExamples]:
+def load_task_splits(
+  name: str,
+  *,
+  take: Mapping[str, int | None],
+  seed: int = 0,
+  balanced: bool = False,
+  data_dir: str | None = None,
+  download: bool = False,
+) -> dict[str, TextExamples]:
   """Several splits at once, e.g. take={"train": 4000, "validation": None}."""
   if not take:
     raise ValueError("take: expected a mapping from split name to size (None for all)")
   for split, n in take.items():  # every split is checked before any is read
     _check_task(name, split)
     tfds_source.check_take(n)
-  return {split: load_task(name, split=split, take=n, seed=seed, balanced=balanced,
-                           data_dir=data_dir, download=download) for split, n in take.items()}
-
-
+  return {
+    split: load_task(
+      name, split=split, take=n, seed=seed, balanced=balanced, data_dir=data_dir, download=download
+    )
+    for split, n in take.items()
+  }

@@ -42,7 +42,7 @@ def read_rows(source, index: list[int], chunk: int = 4096):
   reads a batch about 4x faster than one record at a time)."""
   getitems = getattr(source, "__getitems__", None)
   for start in range(0, len(index), chunk):
-    keys = index[start:start + chunk]
+    keys = index[start : start + chunk]
     yield from zip(keys, getitems(keys) if getitems is not None else [source[i] for i in keys])
 
 
@@ -60,14 +60,16 @@ class MissingTfdsData(FileNotFoundError):
   pass
 
 
-def open_tfds_split(name: str, *, split: str, data_dir: str | None, download: bool,
-                    builder_module: str | None = None) -> Sequence:
+def open_tfds_split(
+  name: str, *, split: str, data_dir: str | None, download: bool, builder_module: str | None = None
+) -> Sequence:
   """A random-access sequence of the split's examples (dicts of numpy/bytes)."""
   try:
     import tensorflow_datasets as tfds
   except ImportError as err:
-    raise ImportError("reading TFDS tasks needs tensorflow-datasets: "
-                      "pip install tensorflow-datasets array_record") from err
+    raise ImportError(
+      "reading TFDS tasks needs tensorflow-datasets: pip install tensorflow-datasets array_record"
+    ) from err
   if builder_module is not None:
     importlib.import_module(builder_module)
   prepare = None
@@ -76,13 +78,19 @@ def open_tfds_split(name: str, *, split: str, data_dir: str | None, download: bo
     # TFRecord format, which random access cannot read without TensorFlow.
     prepare = {"download_config": tfds.download.DownloadConfig(try_download_gcs=False)}
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=download,
-                            builder_kwargs={"file_format": "array_record"},
-                            download_and_prepare_kwargs=prepare)
+    return tfds.data_source(
+      name,
+      split=split,
+      data_dir=data_dir,
+      download=download,
+      builder_kwargs={"file_format": "array_record"},
+      download_and_prepare_kwargs=prepare,
+    )
   except ModuleNotFoundError as err:
     if err.name and err.name.startswith("array_record"):
-      raise ImportError("tfds.data_source needs the array_record package: "
-                        "pip install array_record") from err
+      raise ImportError(
+        "tfds.data_source needs the array_record package: pip install array_record"
+      ) from err
     failure = err
   except Exception as err:  # noqa: BLE001 -- diagnosed below, re-raised if not understood
     failure = err
@@ -91,18 +99,20 @@ def open_tfds_split(name: str, *, split: str, data_dir: str | None, download: bo
   formats = prepared_formats(tfds, name, data_dir)
   if not formats:
     raise MissingTfdsData(
-        f"{name}: no prepared data in data_dir={data_dir or '(TFDS default)'}, and "
-        f"download=False so nothing is fetched at run time. Fetch it once beforehand with "
-        f"load_task({name!r}, split=..., download=True, data_dir=...) on a machine with internet, "
-        f"or `tfds build {name} --file_format=array_record`.") from failure
+      f"{name}: no prepared data in data_dir={data_dir or '(TFDS default)'}, and "
+      f"download=False so nothing is fetched at run time. Fetch it once beforehand with "
+      f"load_task({name!r}, split=..., download=True, data_dir=...) on a machine with internet, "
+      f"or `tfds build {name} --file_format=array_record`."
+    ) from failure
   if "array_record" in formats:
     raise failure  # prepared as it should be: the problem is elsewhere, keep TFDS's message
   if tensorflow_installed():
     return load_with_tensorflow(tfds, name, split=split, data_dir=data_dir)
   raise ImportError(
-      f"{name} is prepared in {sorted(formats)} format, which only TensorFlow can read. "
-      f"Either pip install tensorflow, or rebuild it for random access with "
-      f"`tfds build {name} --file_format=array_record` (needs array_record).") from failure
+    f"{name} is prepared in {sorted(formats)} format, which only TensorFlow can read. "
+    f"Either pip install tensorflow, or rebuild it for random access with "
+    f"`tfds build {name} --file_format=array_record` (needs array_record)."
+  ) from failure
 
 
 def prepared_formats(tfds, name: str, data_dir: str | None) -> set[str]:

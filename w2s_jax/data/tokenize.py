@@ -26,6 +26,7 @@ SIDES = ("left", "right")
 
 class ByteTokenizer:
   """UTF-8 bytes are ids 0-255 as they are; then <pad>, <bos>, <eos>."""
+
   pad_id, bos_id, eos_id = 256, 257, 258
 
   @property
@@ -46,9 +47,9 @@ class ByteTokenizer:
 # Conventional names, for a tokenizer.json that comes without its config files:
 # GPT-2 and Pythia use <|endoftext|> both to begin and to end a document.
 _CONVENTIONAL = {
-    "bos_token": ("<|endoftext|>", "<s>", "<bos>", "[CLS]"),
-    "eos_token": ("<|endoftext|>", "</s>", "<eos>", "[SEP]"),
-    "pad_token": ("<|padding|>", "<pad>", "[PAD]"),
+  "bos_token": ("<|endoftext|>", "<s>", "<bos>", "[CLS]"),
+  "eos_token": ("<|endoftext|>", "</s>", "<eos>", "[SEP]"),
+  "pad_token": ("<|padding|>", "<pad>", "[PAD]"),
 }
 
 
@@ -61,8 +62,14 @@ class HFTokenizer:
   pad_id: int  # what padding positions hold; always masked out, so any valid id
 
   @classmethod
-  def from_file(cls, path, *, bos_token: str | None = None, eos_token: str | None = None,
-                pad_token: str | None = None) -> "HFTokenizer":
+  def from_file(
+    cls,
+    path,
+    *,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+    pad_token: str | None = None,
+  ) -> "HFTokenizer":
     """Load tokenizer.json. Special tokens come from the arguments, else from the
     special_tokens_map.json / tokenizer_config.json beside it (as a Hugging Face
     checkpoint ships them), else from conventional names found in the vocab."""
@@ -90,8 +97,9 @@ class HFTokenizer:
         ids[role] = tokenizer.token_to_id(token)
         continue
       candidates = ((configured[role],) if role in configured else ()) + _CONVENTIONAL[role]
-      ids[role] = next((tokenizer.token_to_id(t) for t in candidates
-                        if tokenizer.token_to_id(t) is not None), None)
+      ids[role] = next(
+        (tokenizer.token_to_id(t) for t in candidates if tokenizer.token_to_id(t) is not None), None
+      )
     pad_id = next(i for i in (ids["pad_token"], ids["eos_token"], 0) if i is not None)
     return cls(tokenizer, ids["bos_token"], ids["eos_token"], pad_id)
 
@@ -117,12 +125,19 @@ def train_bpe(texts: Sequence[str], *, vocab_size: int) -> HFTokenizer:
   if vocab_size < 260:
     raise ValueError(f"train_bpe vocab_size={vocab_size}: expected >= 260 (256 bytes + specials)")
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
   tokenizer = Tokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
-  tokenizer.train_from_iterator(list(texts), trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<pad>"], show_progress=False,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tokenizer.train_from_iterator(
+    list(texts),
+    trainers.BpeTrainer(
+      vocab_size=vocab_size,
+      special_tokens=["<|endoftext|>", "<pad>"],
+      show_progress=False,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    ),
+  )
   eos = tokenizer.token_to_id("<|endoftext|>")
   return HFTokenizer(tokenizer, bos_id=eos, eos_id=eos, pad_id=tokenizer.token_to_id("<pad>"))
 
@@ -144,8 +159,9 @@ def _configured_special_tokens(directory: str) -> dict[str, str]:
   return found
 
 
-def check_vocabulary(*, tokenizer_vocab_size: int, model_vocab_size: int, model: str,
-                     tokenizer: str) -> None:
+def check_vocabulary(
+  *, tokenizer_vocab_size: int, model_vocab_size: int, model: str, tokenizer: str
+) -> None:
   """Every id the tokenizer gives must index the model's embedding matrix.
 
   A tokenizer with fewer ids than the model's vocabulary is fine (GPT-2's and
@@ -153,19 +169,23 @@ def check_vocabulary(*, tokenizer_vocab_size: int, model_vocab_size: int, model:
   more, e.g. another model's tokenizer.json, would read past the embeddings.
   model / tokenizer: names for the message (a size or path, a spec or path).
   """
-  for name, value in (("tokenizer_vocab_size", tokenizer_vocab_size),
-                      ("model_vocab_size", model_vocab_size)):
+  for name, value in (
+    ("tokenizer_vocab_size", tokenizer_vocab_size),
+    ("model_vocab_size", model_vocab_size),
+  ):
     if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1):
       raise ValueError(f"check_vocabulary {name}={value!r}: expected a positive int")
   if tokenizer_vocab_size > model_vocab_size:
     raise ValueError(
-        f"tokenizer {tokenizer} has {tokenizer_vocab_size} ids but model {model}'s vocabulary has "
-        f"{model_vocab_size}: expected a tokenizer whose ids fit the model "
-        "(the model's own tokenizer.json)")
+      f"tokenizer {tokenizer} has {tokenizer_vocab_size} ids but model {model}'s vocabulary has "
+      f"{model_vocab_size}: expected a tokenizer whose ids fit the model "
+      "(the model's own tokenizer.json)"
+    )
 
 
-def check_ids(tokenizer, encoded: list[list[int]], texts: Sequence[str], add_bos: bool,
-              add_eos: bool = False) -> None:
+def check_ids(
+  tokenizer, encoded: list[list[int]], texts: Sequence[str], add_bos: bool, add_eos: bool = False
+) -> None:
   """Every id written, the special ones included, within [0, tokenizer.vocab_size)."""
   vocab_size = tokenizer.vocab_size
   name = type(tokenizer).__name__
@@ -173,19 +193,31 @@ def check_ids(tokenizer, encoded: list[list[int]], texts: Sequence[str], add_bos
   for role in roles:
     value = getattr(tokenizer, role)
     if value is not None and not 0 <= value < vocab_size:
-      raise ValueError(f"{name}.{role}={value}: expected an id in [0, {vocab_size}) "
-                       "(its vocab_size): the tokenizer is corrupt or inconsistent")
+      raise ValueError(
+        f"{name}.{role}={value}: expected an id in [0, {vocab_size}) "
+        "(its vocab_size): the tokenizer is corrupt or inconsistent"
+      )
   for i, ids in enumerate(encoded):
     if ids and (max(ids) >= vocab_size or min(ids) < 0):  # builtins: fast on long corpora
       bad = next(t for t in ids if not 0 <= t < vocab_size)
-      raise ValueError(f"example {i} ({texts[i]!r}) encodes to token id {bad}: expected ids in "
-                       f"[0, {vocab_size}) ({name}.vocab_size): the tokenizer is corrupt or "
-                       "inconsistent")
+      raise ValueError(
+        f"example {i} ({texts[i]!r}) encodes to token id {bad}: expected ids in "
+        f"[0, {vocab_size}) ({name}.vocab_size): the tokenizer is corrupt or "
+        "inconsistent"
+      )
 
 
-def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow: str,
-                    truncate_side: str = "left", add_bos: bool = False,
-                    add_eos: bool = False, pad_side: str = "right") -> tuple[Dataset, dict]:
+def encode_examples(
+  examples: TextExamples,
+  tokenizer,
+  *,
+  max_len: int,
+  overflow: str,
+  truncate_side: str = "left",
+  add_bos: bool = False,
+  add_eos: bool = False,
+  pad_side: str = "right",
+) -> tuple[Dataset, dict]:
   """Tokenize, fit to max_len and pad: Dataset(tokens, mask, labels) and a report.
 
   overflow: what to do with a text longer than max_len: "truncate" it or
@@ -203,9 +235,11 @@ def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow
     raise TypeError(f"examples: expected TextExamples, got {type(examples).__name__}")
   if not (isinstance(max_len, int) and max_len >= 1):
     raise ValueError(f"max_len={max_len!r}: expected a positive int")
-  for name, value, allowed in (("overflow", overflow, OVERFLOW),
-                               ("truncate_side", truncate_side, SIDES),
-                               ("pad_side", pad_side, SIDES)):
+  for name, value, allowed in (
+    ("overflow", overflow, OVERFLOW),
+    ("truncate_side", truncate_side, SIDES),
+    ("pad_side", pad_side, SIDES),
+  ):
     if value not in allowed:
       raise ValueError(f"{name}={value!r}: expected one of {allowed}")
   if add_bos and tokenizer.bos_id is None:
@@ -216,8 +250,10 @@ def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow
   suffix = [tokenizer.eos_id] if add_eos else []
   room = max_len - len(prefix) - len(suffix)
   if room < 1:
-    raise ValueError(f"max_len={max_len}: no room for text between the special tokens, "
-                     f"expected >= {len(prefix) + len(suffix) + 1}")
+    raise ValueError(
+      f"max_len={max_len}: no room for text between the special tokens, "
+      f"expected >= {len(prefix) + len(suffix) + 1}"
+    )
   if len(examples) == 0:
     raise ValueError("examples: empty, nothing to encode")
 
@@ -230,34 +266,38 @@ def encode_examples(examples: TextExamples, tokenizer, *, max_len: int, overflow
   too_long = lengths > room
   keep = np.flatnonzero(~too_long) if overflow == "drop" else np.arange(len(encoded))
   if len(keep) == 0:
-    raise ValueError(f"overflow='drop' drops all {len(encoded)} examples: the shortest has "
-                     f"{lengths.min() + len(prefix) + len(suffix)} tokens, max_len={max_len}")
+    raise ValueError(
+      f"overflow='drop' drops all {len(encoded)} examples: the shortest has "
+      f"{lengths.min() + len(prefix) + len(suffix)} tokens, max_len={max_len}"
+    )
 
   tokens = np.full((len(keep), max_len), tokenizer.pad_id, np.int32)
   mask = np.zeros((len(keep), max_len), np.int32)
   for row, i in enumerate(keep):
     body = encoded[i]
     if len(body) > room:
-      body = body[len(body) - room:] if truncate_side == "left" else body[:room]
+      body = body[len(body) - room :] if truncate_side == "left" else body[:room]
     ids = prefix + list(body) + suffix
     start = 0 if pad_side == "right" else max_len - len(ids)
-    tokens[row, start:start + len(ids)] = ids
-    mask[row, start:start + len(ids)] = 1
+    tokens[row, start : start + len(ids)] = ids
+    mask[row, start : start + len(ids)] = 1
   data = Dataset(tokens=tokens, mask=mask, labels=examples.label[keep].astype(np.int32))
   report = {
-      "examples": len(encoded),
-      "kept_whole": int((~too_long).sum()),
-      "truncated": int(too_long.sum()) if overflow == "truncate" else 0,
-      "dropped": int(too_long.sum()) if overflow == "drop" else 0,
-      "max_len": max_len,
-      "longest": int(lengths.max()) + len(prefix) + len(suffix),
-      "mean_len": round(float(lengths.mean()) + len(prefix) + len(suffix), 1),
+    "examples": len(encoded),
+    "kept_whole": int((~too_long).sum()),
+    "truncated": int(too_long.sum()) if overflow == "truncate" else 0,
+    "dropped": int(too_long.sum()) if overflow == "drop" else 0,
+    "max_len": max_len,
+    "longest": int(lengths.max()) + len(prefix) + len(suffix),
+    "mean_len": round(float(lengths.mean()) + len(prefix) + len(suffix), 1),
   }
   return data, report
 
 
 def describe_encoding(report: dict) -> str:
-  return (f"{report['examples']} examples at max_len={report['max_len']}: "
-          f"{report['kept_whole']} kept whole, {report['truncated']} truncated, "
-          f"{report['dropped']} dropped (longest {report['longest']} tokens, "
-          f"mean {report['mean_len']})")
+  return (
+    f"{report['examples']} examples at max_len={report['max_len']}: "
+    f"{report['kept_whole']} kept whole, {report['truncated']} truncated, "
+    f"{report['dropped']} dropped (longest {report['longest']} tokens, "
+    f"mean {report['mean_len']})"
+  )

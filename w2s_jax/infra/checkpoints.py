@@ -15,11 +15,10 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from w2s_jax.infra import integrity
-from w2s_jax.infra import locks
+from w2s_jax.infra import integrity, locks
 from w2s_jax.infra import sharding as shd
-from w2s_jax.infra.integrity import CorruptFileError
 from w2s_jax.infra.files import write_json_atomic
+from w2s_jax.infra.integrity import CorruptFileError
 
 
 def abstract_like(tree, sharding=None):
@@ -28,10 +27,15 @@ def abstract_like(tree, sharding=None):
   none, never the topology the checkpoint was saved on)."""
   if sharding is None:
     here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        x.shape, x.dtype, sharding=getattr(x, "sharding", None) or here), tree)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, sharding)
+    return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=getattr(x, "sharding", None) or here
+      ),
+      tree,
+    )
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sharding
+  )
 
 
 def save_params(path: Path, params) -> list[int]:
@@ -53,8 +57,9 @@ def load_params(path: Path, like, checksum=None):
   except FileNotFoundError:
     raise
   except Exception as err:  # noqa: BLE001 -- TensorStore raises many kinds; named and re-raised
-    raise CorruptFileError(path, f"unreadable checkpoint ({type(err).__name__}: "
-                                 f"{str(err).splitlines()[0][:300]})") from err
+    raise CorruptFileError(
+      path, f"unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:300]})"
+    ) from err
   if checksum is not None:
     integrity.check_tree(params, checksum, path)
   return params
@@ -79,8 +84,15 @@ class TrainCheckpoints:
   the one before it is used.
   """
 
-  def __init__(self, directory: str | os.PathLike, *, every: int, keep: int = 2,
-               data: dict | None = None, async_save: bool = True):
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    *,
+    every: int,
+    keep: int = 2,
+    data: dict | None = None,
+    async_save: bool = True,
+  ):
     if every < 1:
       raise ValueError(f"checkpoint every={every}: expected >= 1")
     if keep < 1:
@@ -89,11 +101,12 @@ class TrainCheckpoints:
     self.every, self.data = every, dict(data or {})
     self.record = {}  # of the last checkpoint restored or saved
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                             enable_async_checkpointing=async_save,
-                                             cleanup_tmp_directories=True),
-        item_names=("state", "data"))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
+      ),
+      item_names=("state", "data"),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -118,11 +131,15 @@ class TrainCheckpoints:
         continue
       saved = {k: v for k, v in data.items() if k not in ("step", "checksum", "record", "shapes")}
       if saved != json.loads(json.dumps(self.data)):
-        raise ValueError(f"checkpoint {self.directory} step {step} was saved for data {saved}, "
-                         f"but this run reads {self.data}: refusing to resume on other data")
+        raise ValueError(
+          f"checkpoint {self.directory} step {step} was saved for data {saved}, "
+          f"but this run reads {self.data}: refusing to resume on other data"
+        )
       if data.get("shapes", _shapes(state)) != _shapes(state):
-        raise ValueError(f"checkpoint {where} holds a state of other shapes than this run's "
-                         "(another model or optimizer): refusing to resume from it")
+        raise ValueError(
+          f"checkpoint {where} holds a state of other shapes than this run's "
+          "(another model or optimizer): refusing to resume from it"
+        )
       try:
         restored = self._read(step, state=ocp.args.StandardRestore(abstract_like(state)))["state"]
         if "checksum" in data:
@@ -138,18 +155,29 @@ class TrainCheckpoints:
 
   def _discard(self, step, where, err):
     problem = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
-    integrity.warn_rebuild(where, f"corrupt checkpoint ({problem})",
-                           "deleting it and falling back to the one before")
+    integrity.warn_rebuild(
+      where, f"corrupt checkpoint ({problem})", "deleting it and falling back to the one before"
+    )
     self._manager.delete(step)
 
   def save(self, step: int, state, record: dict | None = None) -> None:
     """record: JSON-able facts about the run so far (its loss, its seconds)."""
     self.record = dict(record or {})
-    self._manager.save(step, args=ocp.args.Composite(
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave({**self.data, "step": step, "shapes": _shapes(state),
-                                "checksum": integrity.tree_checksum(state),
-                                "record": record or {}})))
+        data=ocp.args.JsonSave(
+          {
+            **self.data,
+            "step": step,
+            "shapes": _shapes(state),
+            "checksum": integrity.tree_checksum(state),
+            "record": record or {},
+          }
+        ),
+      ),
+    )
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -207,8 +235,9 @@ class PretrainedCache:
     try:
       info = integrity.read_json(info_path, "cache info")
       if "params_checksum" not in info:  # written before checksums: cannot be verified
-        raise CorruptFileError(info_path, "no params checksum (an entry written by an older "
-                                          "w2s_jax cannot be verified)")
+        raise CorruptFileError(
+          info_path, "no params checksum (an entry written by an older w2s_jax cannot be verified)"
+        )
       params = load_params(entry / "params", like, info.pop("params_checksum"))
       return params, info
     except (CorruptFileError, FileNotFoundError) as err:

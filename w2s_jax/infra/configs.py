@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def parse_arg(arg: str | None, **defaults) -> types.SimpleNamespace:
-  """"small,seeds=3" -> namespace(small=True, seeds=3), typed by the defaults."""
+  """ "small,seeds=3" -> namespace(small=True, seeds=3), typed by the defaults."""
   values = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
     key, eq, raw = item.partition("=")
@@ -44,8 +44,12 @@ def _importable_beside(folder: Path):
   fresh from that folder, whichever folder a previous config came from."""
   folder = str(folder.resolve())
   siblings = {p.stem for p in Path(folder).glob("*.py")}
-  stale = [name for name in siblings if name in sys.modules
-           and not str(getattr(sys.modules[name], "__file__", "") or "").startswith(folder)]
+  stale = [
+    name
+    for name in siblings
+    if name in sys.modules
+    and not str(getattr(sys.modules[name], "__file__", "") or "").startswith(folder)
+  ]
   for name in stale:
     del sys.modules[name]
   sys.path.insert(0, folder)
@@ -85,6 +89,7 @@ def use_compilation_cache(path) -> None:
   """Keep compiled XLA programs on disk, so a rerun (or a resumed sweep) skips
   most compilation. Programs are keyed by their HLO, flags and jax version."""
   import jax
+
   jax.config.update("jax_compilation_cache_dir", str(Path(path).absolute()))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
@@ -92,8 +97,9 @@ def use_compilation_cache(path) -> None:
 def add_run_args(parser) -> None:
   """The flags every experiment entry point shares."""
   parser.add_argument("--cache", default="runs/cache", help="pretrained-model cache directory")
-  parser.add_argument("--xla-cache", default="runs/cache/xla",
-                      help="persistent compilation cache ('' to disable)")
+  parser.add_argument(
+    "--xla-cache", default="runs/cache/xla", help="persistent compilation cache ('' to disable)"
+  )
   parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

@@ -13,8 +13,11 @@ import os
 
 import jax
 
-ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
-       "process_id": "JAX_PROCESS_ID"}
+ENV = {
+  "coordinator_address": "JAX_COORDINATOR_ADDRESS",
+  "num_processes": "JAX_NUM_PROCESSES",
+  "process_id": "JAX_PROCESS_ID",
+}
 CLUSTER_ENV = "W2S_CLUSTER"
 
 
@@ -51,13 +54,17 @@ def check(cfg: DistributedConfig) -> None:
   if cfg.cluster or len(missing) == len(ENV):
     return
   if missing:
-    raise ValueError(f"DistributedConfig: {', '.join(missing)} not set; a multi-process run "
-                     f"needs coordinator_address, num_processes and process_id (got {given})")
+    raise ValueError(
+      f"DistributedConfig: {', '.join(missing)} not set; a multi-process run "
+      f"needs coordinator_address, num_processes and process_id (got {given})"
+    )
   if not isinstance(cfg.num_processes, int) or cfg.num_processes < 1:
     raise ValueError(f"DistributedConfig.num_processes={cfg.num_processes!r}: expected an int >= 1")
   if not isinstance(cfg.process_id, int) or not 0 <= cfg.process_id < cfg.num_processes:
-    raise ValueError(f"DistributedConfig.process_id={cfg.process_id!r}: expected an int in "
-                     f"[0, {cfg.num_processes})")
+    raise ValueError(
+      f"DistributedConfig.process_id={cfg.process_id!r}: expected an int in "
+      f"[0, {cfg.num_processes})"
+    )
 
 
 def initialize(cfg: DistributedConfig = DistributedConfig()) -> DistributedConfig:
@@ -68,6 +75,9 @@ def initialize(cfg: DistributedConfig = DistributedConfig()) -> DistributedConfi
   if cfg.cluster:
     jax.distributed.initialize()
   elif cfg.coordinator_address is not None:
-    jax.distributed.initialize(coordinator_address=cfg.coordinator_address,
-                               num_processes=cfg.num_processes, process_id=cfg.process_id)
+    jax.distributed.initialize(
+      coordinator_address=cfg.coordinator_address,
+      num_processes=cfg.num_processes,
+      process_id=cfg.process_id,
+    )
   return cfg

@@ -22,8 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
-            "tensorflow-datasets")
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tensorflow-datasets")
 
 
 # Temp files in the naming used before the writer's host and PID were recorded
@@ -35,8 +34,10 @@ OLD_TEMP_MAX_AGE_S = 3600.0
 
 _TEMP_SUFFIX = ".tmp"
 # tempfile's random names: 8 characters of [a-z0-9_].
-TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)\.pid(?P<pid>\d+)"
-                       r"\.[a-z0-9_]+\.tmp$")
+TEMP_NAME = re.compile(
+  r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)\.pid(?P<pid>\d+)"
+  r"\.[a-z0-9_]+\.tmp$"
+)
 OLD_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 _PROC_STATUS = "/proc/self/status"
 _umask_lock = threading.Lock()
@@ -82,8 +83,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w"):
   never a partial one. The new file's mode is 0o666 & ~umask, as with open()."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name),
-                             suffix=_TEMP_SUFFIX)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=_TEMP_SUFFIX)
   try:
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0o600: unreadable to the lab
     with os.fdopen(fd, mode) as f:
@@ -131,11 +131,9 @@ def prepare_out_dir(path: str | os.PathLike, *, what: str = "--out") -> Path:
   try:
     p.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise _oserror(e, f"{label}: cannot create the directory "
-                      f"({type(e).__name__}: {e})") from e
+    raise _oserror(e, f"{label}: cannot create the directory ({type(e).__name__}: {e})") from e
   try:
-    fd, probe = tempfile.mkstemp(dir=p, prefix=temp_prefix("w2s-write-probe"),
-                                 suffix=_TEMP_SUFFIX)
+    fd, probe = tempfile.mkstemp(dir=p, prefix=temp_prefix("w2s-write-probe"), suffix=_TEMP_SUFFIX)
     try:
       with os.fdopen(fd, "wb") as f:
         f.write(b"w2s-jax write probe\n")
@@ -181,8 +179,7 @@ def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
   if not directory.exists():
     return []
   if not directory.is_dir():
-    raise NotADirectoryError(f"remove_stale_temp_files: {str(directory)!r} is not a "
-                             "directory")
+    raise NotADirectoryError(f"remove_stale_temp_files: {str(directory)!r} is not a directory")
   host, now, removed = host_token(), time.time(), []
   for root, _, files in os.walk(directory):
     for name in files:
@@ -216,5 +213,3 @@ def package_versions() -> dict:
     except importlib.metadata.PackageNotFoundError:
       versions[name] = None
   return versions
-
-

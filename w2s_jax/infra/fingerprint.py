@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 
-KEY_SCHEME = 2   # 1: config reprs (w2s_jax before the subpackages)
+KEY_SCHEME = 2  # 1: config reprs (w2s_jax before the subpackages)
 WHEN_SET = {"fingerprint": "when_set"}
 IGNORED = {"fingerprint": "ignored"}
 
@@ -32,7 +32,7 @@ def fingerprint(value):
       if mark == "ignored" or (mark == "when_set" and v == f.default):
         continue
       out[f.name] = fingerprint(v)
-    name = getattr(type(value), "name", None)   # a loss's registered name (a ClassVar)
+    name = getattr(type(value), "name", None)  # a loss's registered name (a ClassVar)
     if isinstance(name, str) and "name" not in out:
       out["name"] = name
     return out
@@ -41,11 +41,13 @@ def fingerprint(value):
   if isinstance(value, dict):
     return {str(k): fingerprint(v) for k, v in value.items()}
   if isinstance(value, float) and not math.isfinite(value):
-    return repr(value)   # JSON has no inf or nan
+    return repr(value)  # JSON has no inf or nan
   if value is None or isinstance(value, (bool, int, float, str)):
     return value
-  raise TypeError(f"fingerprint: {type(value).__name__} value {value!r} is not config data "
-                  "(dataclasses, tuples, dicts, numbers, strings)")
+  raise TypeError(
+    f"fingerprint: {type(value).__name__} value {value!r} is not config data "
+    "(dataclasses, tuples, dicts, numbers, strings)"
+  )
 
 
 def digest(value, length: int = 16) -> str:

@@ -55,7 +55,7 @@ def _glibc():
     return None
   libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
   if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
-    return None   # e.g. musl: its allocator has no such knobs
+    return None  # e.g. musl: its allocator has no such knobs
   return libc
 
 
@@ -68,6 +68,7 @@ def release_freed_memory() -> None:
 
 def _backend_started() -> bool:
   from jax._src import xla_bridge
+
   return xla_bridge.backends_are_initialized()
 
 
@@ -84,14 +85,22 @@ def keep_freed_memory() -> str:
   elif libc is None:
     _status = "not glibc"
   elif _backend_started():
-    warnings.warn("host_memory.keep_freed_memory() was called after JAX's backend started; "
-                  "its threads keep their own malloc arenas, so nothing was changed. Call it "
-                  "before the first JAX computation.", stacklevel=2)
+    warnings.warn(
+      "host_memory.keep_freed_memory() was called after JAX's backend started; "
+      "its threads keep their own malloc arenas, so nothing was changed. Call it "
+      "before the first JAX computation.",
+      stacklevel=2,
+    )
     _status = "too late"
-  elif not (libc.mallopt(_M_ARENA_MAX, 1) and libc.mallopt(_M_MMAP_MAX, 0)
-            and libc.mallopt(_M_TRIM_THRESHOLD, -1)):
-    raise RuntimeError("glibc mallopt refused the host-memory settings "
-                       f"(arena_max=1, mmap_max=0, trim_threshold=-1); set {ENV}=0 to skip them")
+  elif not (
+    libc.mallopt(_M_ARENA_MAX, 1)
+    and libc.mallopt(_M_MMAP_MAX, 0)
+    and libc.mallopt(_M_TRIM_THRESHOLD, -1)
+  ):
+    raise RuntimeError(
+      "glibc mallopt refused the host-memory settings "
+      f"(arena_max=1, mmap_max=0, trim_threshold=-1); set {ENV}=0 to skip them"
+    )
   else:
     _status = "kept"
   return _status

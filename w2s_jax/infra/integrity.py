@@ -49,6 +49,7 @@ def warn_rebuild(path, problem: str, action: str = "rebuilding it") -> None:
 
 # --- Arrays on devices ------------------------------------------------------------
 
+
 def _words(x):
   """A leaf's raw bits as a flat uint32 vector."""
   x = jnp.asarray(x)
@@ -88,6 +89,7 @@ def check_tree(tree, expected, path) -> None:
 
 
 # --- JSON records -----------------------------------------------------------------
+
 
 def _canonical(obj) -> str:
   return json.dumps(obj, sort_keys=True, allow_nan=True)
@@ -130,6 +132,7 @@ def read_json_checked(path, what: str = "record") -> dict:
 
 
 # --- Stage arrays -----------------------------------------------------------------
+
 
 def _arrays_digest(arrays: dict) -> str:
   digest = hashlib.sha256()

@@ -34,7 +34,7 @@ import threading
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _interrupted: signal.Signals | None = None  # the last signal received, within a context
-_depth = 0                                  # nesting of handle_interrupts contexts
+_depth = 0  # nesting of handle_interrupts contexts
 
 
 def on_signal(signum, frame):
@@ -63,8 +63,9 @@ def raise_if_interrupted() -> None:
   handle_interrupts(), whose handler is the only thing that sets the flag.
   """
   if _interrupted is not None:
-    raise KeyboardInterrupt(f"{_interrupted.name} received earlier (the first "
-                            "KeyboardInterrupt was swallowed)")
+    raise KeyboardInterrupt(
+      f"{_interrupted.name} received earlier (the first KeyboardInterrupt was swallowed)"
+    )
 
 
 @contextlib.contextmanager

@@ -66,8 +66,10 @@ def parse_value(raw: str, t, path: str):
       return _parse_one(raw, member, path)
     except (ValueError, TypeError) as e:
       errors.append(str(e))
-  raise OverrideError(f"--set {path}={raw!r}: expected {_type_name(t)}"
-                      + (f" ({'; '.join(errors)})" if errors else ""))
+  raise OverrideError(
+    f"--set {path}={raw!r}: expected {_type_name(t)}"
+    + (f" ({'; '.join(errors)})" if errors else "")
+  )
 
 
 def _parse_one(raw: str, t, path: str):
@@ -93,8 +95,9 @@ def _parse_one(raw: str, t, path: str):
   if isinstance(t, type) and hasattr(t, "from_string"):
     return t.from_string(raw)
   if isinstance(t, type) and dataclasses.is_dataclass(t):
-    raise ValueError(f"a whole {t.__name__} cannot be read from a string: set its fields "
-                     f"({path}.<field>=...)")
+    raise ValueError(
+      f"a whole {t.__name__} cannot be read from a string: set its fields ({path}.<field>=...)"
+    )
   raise ValueError(f"{_type_name(t)} cannot be read from the command line")
 
 
@@ -156,24 +159,29 @@ def _set(node, parts, raw, path, where):
   head, rest = parts[0], parts[1:]
   if isinstance(node, tuple):
     if not head.isdigit() or int(head) >= len(node):
-      raise OverrideError(f"--set {path}={raw!r}: {where} has {len(node)} items; expected an "
-                          f"index in [0, {len(node)}) at {head!r}")
+      raise OverrideError(
+        f"--set {path}={raw!r}: {where} has {len(node)} items; expected an "
+        f"index in [0, {len(node)}) at {head!r}"
+      )
     i = int(head)
     if not rest:
       raise OverrideError(f"--set {path}={raw!r}: set a field of {where}[{i}] or the whole tuple")
-    return node[:i] + (_set(node[i], rest, raw, path, f"{where}[{i}]"),) + node[i + 1:]
+    return node[:i] + (_set(node[i], rest, raw, path, f"{where}[{i}]"),) + node[i + 1 :]
   if not dataclasses.is_dataclass(node):
     raise OverrideError(f"--set {path}={raw!r}: {where} is {node!r}, which has no field {head!r}")
   fields = {f.name: f for f in dataclasses.fields(node) if f.init}
   if head not in fields:
-    raise OverrideError(f"--set {path}={raw!r}: {type(node).__name__} has no field {head!r}; "
-                        f"expected one of {sorted(fields)}")
+    raise OverrideError(
+      f"--set {path}={raw!r}: {type(node).__name__} has no field {head!r}; "
+      f"expected one of {sorted(fields)}"
+    )
   hint = _hints(type(node))[head]
   if rest:
     child = getattr(node, head)
     if child is None:
-      raise OverrideError(f"--set {path}={raw!r}: {where}.{head} is None, so it has no "
-                          f"{rest[0]!r} to set")
+      raise OverrideError(
+        f"--set {path}={raw!r}: {where}.{head} is None, so it has no {rest[0]!r} to set"
+      )
     value = _set(child, rest, raw, path, f"{where}.{head}")
   else:
     value = parse_value(raw, hint, path)

@@ -18,19 +18,20 @@ import math
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA, FSDP = "data", "fsdp"
 BATCH_AXES = (DATA, FSDP)
 # Leaves smaller than this stay replicated: splitting biases and norms saves
 # nothing and costs a collective each.
-MIN_SHARDED_SIZE = 2 ** 14
+MIN_SHARDED_SIZE = 2**14
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
   devices: int | None = None  # None: every device of every process
-  fsdp: int = 1               # devices along the fsdp axis; the rest form the data axis
+  fsdp: int = 1  # devices along the fsdp axis; the rest form the data axis
 
   def __post_init__(self):
     if self.devices is not None and (not isinstance(self.devices, int) or self.devices < 1):
@@ -47,13 +48,16 @@ def make_mesh(num_devices: int | None = None, *, fsdp: int = 1) -> jax.sharding.
   devices = jax.devices()
   if num_devices is not None:
     if not 1 <= num_devices <= len(devices):
-      raise ValueError(
-          f"num_devices={num_devices}: expected 1..{len(devices)} (devices available)")
+      raise ValueError(f"num_devices={num_devices}: expected 1..{len(devices)} (devices available)")
     devices = devices[:num_devices]
   if len(devices) % fsdp:
     raise ValueError(f"MeshConfig.fsdp={fsdp}: expected a divisor of the {len(devices)} devices")
-  return jax.make_mesh((len(devices) // fsdp, fsdp), BATCH_AXES,
-                       axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+  return jax.make_mesh(
+    (len(devices) // fsdp, fsdp),
+    BATCH_AXES,
+    axis_types=(AxisType.Auto, AxisType.Auto),
+    devices=devices,
+  )
 
 
 def replicated(mesh) -> NamedSharding:
@@ -80,15 +84,17 @@ def state_sharding(abstract_tree, mesh, *, seed_axis: bool = False):
   """Shardings for a pytree of arrays or ShapeDtypeStructs (params, train state)."""
   fsdp = mesh.shape[FSDP]
   return jax.tree.map(
-      lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp, seed_axis=seed_axis)),
-      abstract_tree)
+    lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp, seed_axis=seed_axis)), abstract_tree
+  )
 
 
 def check_batch_size(batch_size: int, mesh, field: str = "batch_size"):
   n = mesh.size
   if batch_size % n:
-    raise ValueError(f"{field}={batch_size}: expected a multiple of the {n} devices "
-                     f"(data x fsdp = {mesh.shape[DATA]} x {mesh.shape[FSDP]})")
+    raise ValueError(
+      f"{field}={batch_size}: expected a multiple of the {n} devices "
+      f"(data x fsdp = {mesh.shape[DATA]} x {mesh.shape[FSDP]})"
+    )
 
 
 def process_rows(mesh, batch_size: int) -> slice:
@@ -106,8 +112,10 @@ def process_rows(mesh, batch_size: int) -> slice:
   rows = slice(starts[0], stops[-1])
   per_device = batch_size // mesh.size
   if rows.stop - rows.start != per_device * len(index_map):
-    raise ValueError(f"process {jax.process_index()} holds non-contiguous batch rows "
-                     f"{sorted(zip(starts, stops))}: expected one block per process")
+    raise ValueError(
+      f"process {jax.process_index()} holds non-contiguous batch rows "
+      f"{sorted(zip(starts, stops))}: expected one block per process"
+    )
   return rows
 
 
@@ -119,8 +127,9 @@ def put_batch(batch: dict, mesh, *, seed_axis: bool = False) -> dict:
   sharding = batch_sharding(mesh, seed_axis=seed_axis)
   if jax.process_count() == 1:
     return {k: jax.device_put(np.asarray(v), sharding) for k, v in batch.items()}
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }
 
 
 def to_host(tree):

@@ -63,8 +63,9 @@ class Store:
     stored = arrays.pop(IDENTITY, None)
     problem = _identity_problem(None if stored is None else json.loads(str(stored)), identity)
     if problem:
-      integrity.warn_rebuild(path, f"not the stage this run asks for ({problem})",
-                             "computing it again")
+      integrity.warn_rebuild(
+        path, f"not the stage this run asks for ({problem})", "computing it again"
+      )
       return None
     missing = [f for f in fields if f not in arrays]
     if missing:
@@ -74,8 +75,9 @@ class Store:
 
   def save_arrays(self, name: str, arrays: dict, *, identity) -> None:
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    integrity.save_npz_checked(self.path(name),
-                               {**arrays, IDENTITY: np.array(_canonical(identity))})
+    integrity.save_npz_checked(
+      self.path(name), {**arrays, IDENTITY: np.array(_canonical(identity))}
+    )
 
   def arrays(self, name: str, compute: Callable[[], dict], *, identity, fields=()) -> dict:
     """The arrays stored under `name` for this identity, or compute() stored
@@ -103,16 +105,18 @@ class Store:
       return None
     problem = _identity_problem(record.pop(IDENTITY, None), identity)
     if problem:
-      integrity.warn_rebuild(path, f"not the record this run asks for ({problem})",
-                             "computing it again")
+      integrity.warn_rebuild(
+        path, f"not the record this run asks for ({problem})", "computing it again"
+      )
       return None
     return record
 
   def save_record(self, name: str, record: dict, *, identity) -> None:
     integrity.write_json_checked(self.path(name), {**record, IDENTITY: identity})
 
-  def record(self, name: str, compute: Callable[[], dict], *, identity, wait: bool = True
-             ) -> dict | None:
+  def record(
+    self, name: str, compute: Callable[[], dict], *, identity, wait: bool = True
+  ) -> dict | None:
     """The record stored under `name` for this identity, or compute() stored
     there first. With wait=False, None at once when another process holds it."""
     record = self.load_record(name, identity=identity)

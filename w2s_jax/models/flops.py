@@ -8,8 +8,10 @@ def forward_flops(*, num_params, tokens):
   parameter per token, leaving out attention's context term (small here)."""
   tokens = np.asarray(tokens, np.float64)
   if not num_params > 0 or not np.isfinite(tokens).all() or (tokens < 0).any():
-    raise ValueError(f"forward_flops num_params={num_params}, tokens={tokens}: expected "
-                     "num_params > 0 and finite token counts >= 0")
+    raise ValueError(
+      f"forward_flops num_params={num_params}, tokens={tokens}: expected "
+      "num_params > 0 and finite token counts >= 0"
+    )
   return 2.0 * num_params * tokens
 
 
@@ -22,7 +24,11 @@ def model_flops(*, config, tokens, include_embeddings: bool = False):
   matters for small models with large vocabularies; include_embeddings=True
   counts every parameter."""
   d, v = config.width, config.vocab_size
-  embedding = (v * d + (config.max_len * d if config.positions == "learned" else 0)
-               + (0 if config.tie_embeddings else v * d))
-  return forward_flops(num_params=config.num_params - (0 if include_embeddings else embedding),
-                       tokens=tokens)
+  embedding = (
+    v * d
+    + (config.max_len * d if config.positions == "learned" else 0)
+    + (0 if config.tie_embeddings else v * d)
+  )
+  return forward_flops(
+    num_params=config.num_params - (0 if include_embeddings else embedding), tokens=tokens
+  )

@@ -39,11 +39,12 @@ _PREFIX = {"gpt2": "transformer.", "gpt_neox": "gpt_neox.", "bert": "bert.", "ll
 # Non-persistent buffers (causal masks, rotary frequencies) that older
 # transformers versions wrote into checkpoints; they carry no learned weights.
 _BUFFERS = re.compile(
-    r"(h\.\d+\.attn\.(bias|masked_bias)"
-    r"|layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)"
-    r"|rotary_emb\.inv_freq"
-    r"|layers\.\d+\.self_attn\.rotary_emb\.inv_freq"
-    r"|embeddings\.position_ids)")
+  r"(h\.\d+\.attn\.(bias|masked_bias)"
+  r"|layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)"
+  r"|rotary_emb\.inv_freq"
+  r"|layers\.\d+\.self_attn\.rotary_emb\.inv_freq"
+  r"|embeddings\.position_ids)"
+)
 
 
 def _strip_prefix(tensors: dict, prefix: str) -> dict:
@@ -63,8 +64,10 @@ def _reader(tensors: dict):
 
   def take(name, shape):
     if name not in tensors:
-      raise ValueError(f"checkpoint is missing tensor {name!r}: expected shape {shape} "
-                       f"(it holds {len(tensors)} tensors, e.g. {sorted(tensors)[:3]})")
+      raise ValueError(
+        f"checkpoint is missing tensor {name!r}: expected shape {shape} "
+        f"(it holds {len(tensors)} tensors, e.g. {sorted(tensors)[:3]})"
+      )
     array = tensors[name]
     if tuple(array.shape) != tuple(shape):
       raise ValueError(f"tensor {name!r} has shape {tuple(array.shape)}: expected {tuple(shape)}")
@@ -83,8 +86,7 @@ def _conv1d(take, name, d_in, d_out):
 
 
 def _linear(take, name, d_in, d_out):
-  return {"kernel": take(f"{name}.weight", (d_out, d_in)).T,
-          "bias": take(f"{name}.bias", (d_out,))}
+  return {"kernel": take(f"{name}.weight", (d_out, d_in)).T, "bias": take(f"{name}.bias", (d_out,))}
 
 
 def neox_qkv_to_blocks(weight: np.ndarray, bias: np.ndarray, heads: int):
@@ -101,38 +103,45 @@ def _gpt2_body(take, tensors, cfg):
   d, m = cfg.width, cfg.hidden_mlp
   # A max_len shorter than the checkpoint's context keeps the first rows of wpe.
   rows = getattr(tensors.get("wpe.weight"), "shape", (cfg.max_len,))[0]
-  pos_embed = take("wpe.weight", (max(rows, cfg.max_len), d))[:cfg.max_len]
-  params = {"embed": {"embedding": take("wte.weight", (cfg.vocab_size, d))},
-            "pos_embed": pos_embed, "ln_final": _layer_norm(take, "ln_f", d)}
+  pos_embed = take("wpe.weight", (max(rows, cfg.max_len), d))[: cfg.max_len]
+  params = {
+    "embed": {"embedding": take("wte.weight", (cfg.vocab_size, d))},
+    "pos_embed": pos_embed,
+    "ln_final": _layer_norm(take, "ln_f", d),
+  }
   for i in range(cfg.depth):
     p = f"h.{i}."
     params[f"block_{i}"] = {
-        "ln_attn": _layer_norm(take, p + "ln_1", d),
-        "qkv": _conv1d(take, p + "attn.c_attn", d, 3 * d),
-        "attn_out": _conv1d(take, p + "attn.c_proj", d, d),
-        "ln_mlp": _layer_norm(take, p + "ln_2", d),
-        "mlp_in": _conv1d(take, p + "mlp.c_fc", d, m),
-        "mlp_out": _conv1d(take, p + "mlp.c_proj", m, d),
+      "ln_attn": _layer_norm(take, p + "ln_1", d),
+      "qkv": _conv1d(take, p + "attn.c_attn", d, 3 * d),
+      "attn_out": _conv1d(take, p + "attn.c_proj", d, d),
+      "ln_mlp": _layer_norm(take, p + "ln_2", d),
+      "mlp_in": _conv1d(take, p + "mlp.c_fc", d, m),
+      "mlp_out": _conv1d(take, p + "mlp.c_proj", m, d),
     }
   return params, ("lm_head.weight",), "wte.weight"
 
 
 def _neox_body(take, tensors, cfg):
   d, m = cfg.width, cfg.hidden_mlp
-  params = {"embed": {"embedding": take("embed_in.weight", (cfg.vocab_size, d))},
-            "ln_final": _layer_norm(take, "final_layer_norm", d)}
+  params = {
+    "embed": {"embedding": take("embed_in.weight", (cfg.vocab_size, d))},
+    "ln_final": _layer_norm(take, "final_layer_norm", d),
+  }
   for i in range(cfg.depth):
     p = f"layers.{i}."
     kernel, bias = neox_qkv_to_blocks(
-        take(p + "attention.query_key_value.weight", (3 * d, d)),
-        take(p + "attention.query_key_value.bias", (3 * d,)), cfg.heads)
+      take(p + "attention.query_key_value.weight", (3 * d, d)),
+      take(p + "attention.query_key_value.bias", (3 * d,)),
+      cfg.heads,
+    )
     params[f"block_{i}"] = {
-        "ln_attn": _layer_norm(take, p + "input_layernorm", d),
-        "qkv": {"kernel": kernel, "bias": bias},
-        "attn_out": _linear(take, p + "attention.dense", d, d),
-        "ln_mlp": _layer_norm(take, p + "post_attention_layernorm", d),
-        "mlp_in": _linear(take, p + "mlp.dense_h_to_4h", d, m),
-        "mlp_out": _linear(take, p + "mlp.dense_4h_to_h", m, d),
+      "ln_attn": _layer_norm(take, p + "input_layernorm", d),
+      "qkv": {"kernel": kernel, "bias": bias},
+      "attn_out": _linear(take, p + "attention.dense", d, d),
+      "ln_mlp": _layer_norm(take, p + "post_attention_layernorm", d),
+      "mlp_in": _linear(take, p + "mlp.dense_h_to_4h", d, m),
+      "mlp_out": _linear(take, p + "mlp.dense_4h_to_h", m, d),
     }
   # transformers 4.x and 5.x both write `embed_out`; 5.x's module is `lm_head`.
   return params, ("embed_out.weight", "lm_head.weight"), "embed_in.weight"
@@ -142,37 +151,49 @@ def _bert_body(take, tensors, cfg):
   d, m = cfg.width, cfg.hidden_mlp
   rows = getattr(tensors.get("embeddings.position_embeddings.weight"), "shape", (cfg.max_len,))[0]
   e = "embeddings."
-  params = {"embed": {"embedding": take(e + "word_embeddings.weight", (cfg.vocab_size, d))},
-            "pos_embed": take(e + "position_embeddings.weight", (max(rows, cfg.max_len), d))[
-                :cfg.max_len],
-            "type_embed": take(e + "token_type_embeddings.weight", (cfg.type_vocab_size, d)),
-            "ln_embed": _layer_norm(take, e + "LayerNorm", d)}
+  params = {
+    "embed": {"embedding": take(e + "word_embeddings.weight", (cfg.vocab_size, d))},
+    "pos_embed": take(e + "position_embeddings.weight", (max(rows, cfg.max_len), d))[: cfg.max_len],
+    "type_embed": take(e + "token_type_embeddings.weight", (cfg.type_vocab_size, d)),
+    "ln_embed": _layer_norm(take, e + "LayerNorm", d),
+  }
   for i in range(cfg.depth):
     p = f"encoder.layer.{i}."
-    q, k, v = (_linear(take, f"{p}attention.self.{name}", d, d) for name in ("query", "key", "value"))
+    q, k, v = (
+      _linear(take, f"{p}attention.self.{name}", d, d) for name in ("query", "key", "value")
+    )
     params[f"block_{i}"] = {
-        "qkv": {"kernel": np.concatenate([q["kernel"], k["kernel"], v["kernel"]], axis=1),
-                "bias": np.concatenate([q["bias"], k["bias"], v["bias"]])},
-        "attn_out": _linear(take, p + "attention.output.dense", d, d),
-        "ln_attn": _layer_norm(take, p + "attention.output.LayerNorm", d),
-        "mlp_in": _linear(take, p + "intermediate.dense", d, m),
-        "mlp_out": _linear(take, p + "output.dense", m, d),
-        "ln_mlp": _layer_norm(take, p + "output.LayerNorm", d),
+      "qkv": {
+        "kernel": np.concatenate([q["kernel"], k["kernel"], v["kernel"]], axis=1),
+        "bias": np.concatenate([q["bias"], k["bias"], v["bias"]]),
+      },
+      "attn_out": _linear(take, p + "attention.output.dense", d, d),
+      "ln_attn": _layer_norm(take, p + "attention.output.LayerNorm", d),
+      "mlp_in": _linear(take, p + "intermediate.dense", d, m),
+      "mlp_out": _linear(take, p + "output.dense", m, d),
+      "ln_mlp": _layer_norm(take, p + "output.LayerNorm", d),
     }
   if cfg.pooling == "cls":
     params["pooler"] = _linear(take, "pooler.dense", d, d)
   elif "classifier.weight" in tensors:
-    raise ValueError(f"checkpoint has a 'classifier' head, which reads BERT's pooler, but "
-                     f"ModelConfig.pooling={cfg.pooling!r}: expected 'cls'")
+    raise ValueError(
+      f"checkpoint has a 'classifier' head, which reads BERT's pooler, but "
+      f"ModelConfig.pooling={cfg.pooling!r}: expected 'cls'"
+    )
   if "classifier.weight" in tensors:
     params["cls_head"] = _linear(take, "classifier", d, cfg.num_classes)
   else:
-    params["cls_head"] = {"kernel": np.zeros((d, cfg.num_classes), np.float32),
-                          "bias": np.zeros((cfg.num_classes,), np.float32)}
+    params["cls_head"] = {
+      "kernel": np.zeros((d, cfg.num_classes), np.float32),
+      "bias": np.zeros((cfg.num_classes,), np.float32),
+    }
   # Unused by a classifier: BERT's pretraining heads, and the pooler when
   # the model pools by mean.
-  ignored = [name for name in tensors if name.startswith("cls.")
-             or (cfg.pooling != "cls" and name.startswith("pooler."))]
+  ignored = [
+    name
+    for name in tensors
+    if name.startswith("cls.") or (cfg.pooling != "cls" and name.startswith("pooler."))
+  ]
   return params, ignored
 
 
@@ -182,8 +203,10 @@ def _llama_body(take, tensors, cfg):
   d, m = cfg.width, cfg.hidden_mlp
   q_dim, kv_dim = cfg.heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
   rms = lambda name: {"scale": take(f"{name}.weight", (d,))}
-  params = {"embed": {"embedding": take("embed_tokens.weight", (cfg.vocab_size, d))},
-            "ln_final": rms("norm")}
+  params = {
+    "embed": {"embedding": take("embed_tokens.weight", (cfg.vocab_size, d))},
+    "ln_final": rms("norm"),
+  }
 
   def dense(name, d_in, d_out, bias):
     out = {"kernel": take(f"{name}.weight", (d_out, d_in)).T}
@@ -193,8 +216,10 @@ def _llama_body(take, tensors, cfg):
 
   for i in range(cfg.depth):
     p = f"layers.{i}."
-    q, k, v = (dense(f"{p}self_attn.{n}_proj", d, size, cfg.qkv_bias)
-               for n, size in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)))
+    q, k, v = (
+      dense(f"{p}self_attn.{n}_proj", d, size, cfg.qkv_bias)
+      for n, size in (("q", q_dim), ("k", kv_dim), ("v", kv_dim))
+    )
     qkv = {"kernel": np.concatenate([q["kernel"], k["kernel"], v["kernel"]], axis=1)}
     if cfg.qkv_bias:
       qkv["bias"] = np.concatenate([q["bias"], k["bias"], v["bias"]])
@@ -203,10 +228,12 @@ def _llama_body(take, tensors, cfg):
     if cfg.mlp_bias:
       mlp_in["bias"] = np.concatenate([gate["bias"], up["bias"]])
     params[f"block_{i}"] = {
-        "ln_attn": rms(p + "input_layernorm"), "qkv": qkv,
-        "attn_out": dense(p + "self_attn.o_proj", q_dim, d, cfg.attn_out_bias),
-        "ln_mlp": rms(p + "post_attention_layernorm"), "mlp_in": mlp_in,
-        "mlp_out": dense(p + "mlp.down_proj", m, d, cfg.mlp_bias),
+      "ln_attn": rms(p + "input_layernorm"),
+      "qkv": qkv,
+      "attn_out": dense(p + "self_attn.o_proj", q_dim, d, cfg.attn_out_bias),
+      "ln_mlp": rms(p + "post_attention_layernorm"),
+      "mlp_in": mlp_in,
+      "mlp_out": dense(p + "mlp.down_proj", m, d, cfg.mlp_bias),
     }
   return params, ("lm_head.weight",), "embed_tokens.weight"
 
@@ -219,16 +246,20 @@ def _lm_head(take, tensors, cfg, head_names, embed_name):
   if cfg.tie_embeddings:
     # Some writers keep the tied copy; accept it only if it really is tied.
     if present and not np.array_equal(take(present[0], shape), tensors[embed_name]):
-      raise ValueError(f"tensor {present[0]!r} differs from {embed_name!r}, but HF config "
-                       "tie_word_embeddings=True: expected them equal")
+      raise ValueError(
+        f"tensor {present[0]!r} differs from {embed_name!r}, but HF config "
+        "tie_word_embeddings=True: expected them equal"
+      )
     return {}
   if present:
-    return {"lm_head": {"kernel": take(present[0], shape).T}}   # nn.Linear: (out, in)
+    return {"lm_head": {"kernel": take(present[0], shape).T}}  # nn.Linear: (out, in)
   if "score.weight" not in tensors:
-    take(head_names[0], shape)   # raises the missing-tensor error
+    take(head_names[0], shape)  # raises the missing-tensor error
   if cfg.head_input == "lm_probs":
-    raise ValueError(f"checkpoint has no LM head ({' or '.join(head_names)}): "
-                     "expected one for ModelConfig.head_input='lm_probs'")
+    raise ValueError(
+      f"checkpoint has no LM head ({' or '.join(head_names)}): "
+      "expected one for ModelConfig.head_input='lm_probs'"
+    )
   # A sequence-classification checkpoint dropped its LM head: start it at zero,
   # as a fresh classifier head starts.
   return {"lm_head": {"kernel": np.zeros((cfg.width, cfg.vocab_size), np.float32)}}
@@ -236,12 +267,14 @@ def _lm_head(take, tensors, cfg, head_names, embed_name):
 
 def _cls_head(take, tensors, cfg):
   features = cfg.vocab_size if cfg.head_input == "lm_probs" else cfg.width
-  bias = np.zeros((cfg.num_classes,), np.float32)   # HF's score has no bias
+  bias = np.zeros((cfg.num_classes,), np.float32)  # HF's score has no bias
   if "score.weight" not in tensors:
     return {"kernel": np.zeros((features, cfg.num_classes), np.float32), "bias": bias}
   if cfg.head_input != "hidden":
-    raise ValueError(f"checkpoint has a 'score' head, which reads the hidden state, but "
-                     f"ModelConfig.head_input={cfg.head_input!r}: expected 'hidden'")
+    raise ValueError(
+      f"checkpoint has a 'score' head, which reads the hidden state, but "
+      f"ModelConfig.head_input={cfg.head_input!r}: expected 'hidden'"
+    )
   return {"kernel": take("score.weight", (cfg.num_classes, cfg.width)).T, "bias": bias}
 
 
@@ -267,13 +300,17 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig):
     params["cls_head"] = _cls_head(take, tensors, cfg)
   unexpected = sorted(name for name in set(tensors) - used if not _BUFFERS.fullmatch(name))
   if unexpected:
-    raise ValueError(f"checkpoint has unexpected tensors {unexpected[:5]} "
-                     f"({len(unexpected)} in all): expected none beyond a {family} model's")
+    raise ValueError(
+      f"checkpoint has unexpected tensors {unexpected[:5]} "
+      f"({len(unexpected)} in all): expected none beyond a {family} model's"
+    )
   params = jax.tree.map(jnp.asarray, params)
   # The model, not this file, defines the pytree: a mismatch is a bug here.
   expected = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
   if jax.tree.structure(params) != jax.tree.structure(expected) or any(
-      a.shape != b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected))):
-    raise AssertionError(f"converted params do not match Transformer({cfg}): "
-                         f"got {jax.tree.map(jnp.shape, params)}")
+    a.shape != b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected))
+  ):
+    raise AssertionError(
+      f"converted params do not match Transformer({cfg}): got {jax.tree.map(jnp.shape, params)}"
+    )
   return params

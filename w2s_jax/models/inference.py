@@ -5,8 +5,8 @@ import functools
 import jax
 import numpy as np
 
-from w2s_jax.infra import sharding as shd
 from w2s_jax.data.dataset import Dataset, padded_batches
+from w2s_jax.infra import sharding as shd
 from w2s_jax.models.model_config import ModelConfig
 from w2s_jax.models.transformer import Transformer
 
@@ -33,12 +33,24 @@ def jit_batched(fn, mesh, *, seed_axis: bool = False, num_inputs: int = 2):
   per-example outputs: params keep their own (replicated or FSDP) sharding,
   examples split over the mesh."""
   data = shd.batch_sharding(mesh)
-  return jax.jit(fn, in_shardings=(None, *[data] * num_inputs),
-                 out_shardings=shd.batch_sharding(mesh, seed_axis=seed_axis))
+  return jax.jit(
+    fn,
+    in_shardings=(None, *[data] * num_inputs),
+    out_shardings=shd.batch_sharding(mesh, seed_axis=seed_axis),
+  )
 
 
-def map_batches(fn, params, data: Dataset, *, batch_size: int, mesh, field: str,
-                seed_axis: bool = False, inputs=("tokens", "mask")):
+def map_batches(
+  fn,
+  params,
+  data: Dataset,
+  *,
+  batch_size: int,
+  mesh,
+  field: str,
+  seed_axis: bool = False,
+  inputs=("tokens", "mask"),
+):
   """fn (from jit_batched) over every example of data, in padded batches:
   fn(params, *the batch's `inputs` fields) -> per-example outputs (an array
   or a tuple of them, split like the batch).
@@ -56,25 +68,55 @@ def map_batches(fn, params, data: Dataset, *, batch_size: int, mesh, field: str,
   outputs = shd.to_host(outputs)
   axis = 1 if seed_axis else 0
   trim = lambda o, r: np.take(o, np.arange(r), axis=axis)
-  return jax.tree.map(lambda *parts: np.concatenate(parts, axis=axis),
-                      *[jax.tree.map(lambda o: trim(o, r), out) for out, r in zip(outputs, reals)])
+  return jax.tree.map(
+    lambda *parts: np.concatenate(parts, axis=axis),
+    *[jax.tree.map(lambda o: trim(o, r), out) for out, r in zip(outputs, reals)],
+  )
 
 
 def _batched(params, model_cfg, data: Dataset, *, batch_size, mesh, fn_name, seed_axis):
-  return map_batches(compiled_softmax(model_cfg, fn_name, mesh, seed_axis), params, data,
-                     batch_size=batch_size, mesh=mesh, field="inference batch_size",
-                     seed_axis=seed_axis)
+  return map_batches(
+    compiled_softmax(model_cfg, fn_name, mesh, seed_axis),
+    params,
+    data,
+    batch_size=batch_size,
+    mesh=mesh,
+    field="inference batch_size",
+    seed_axis=seed_axis,
+  )
 
 
-def soft_labels(params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256,
-                mesh, seed_axis: bool = False) -> np.ndarray:
+def soft_labels(
+  params,
+  model_cfg: ModelConfig,
+  data: Dataset,
+  *,
+  batch_size: int = 256,
+  mesh,
+  seed_axis: bool = False,
+) -> np.ndarray:
   """Class probabilities [N, classes] (or [seeds, N, classes]), one row per example."""
-  return _batched(params, model_cfg, data, batch_size=batch_size, mesh=mesh,
-                  fn_name="class_logits", seed_axis=seed_axis)
+  return _batched(
+    params,
+    model_cfg,
+    data,
+    batch_size=batch_size,
+    mesh=mesh,
+    fn_name="class_logits",
+    seed_axis=seed_axis,
+  )
 
 
-def next_token_probs(params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256,
-                     mesh) -> np.ndarray:
+def next_token_probs(
+  params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256, mesh
+) -> np.ndarray:
   """The LM's next-token distribution at each example's last real token: [N, vocab]."""
-  return _batched(params, model_cfg, data, batch_size=batch_size, mesh=mesh,
-                  fn_name="last_token_lm_logits", seed_axis=False)
+  return _batched(
+    params,
+    model_cfg,
+    data,
+    batch_size=batch_size,
+    mesh=mesh,
+    fn_name="last_token_lm_logits",
+    seed_axis=False,
+  )

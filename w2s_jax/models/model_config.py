@@ -14,17 +14,17 @@ from w2s_jax.infra.fingerprint import IGNORED, WHEN_SET
 # about 1e4 to 1e9 parameters: the large rows exist for scaling studies on
 # accelerators and are not trained on a laptop.
 SIZES = {
-    "pico": (24, 1, 2),
-    "nano": (32, 1, 2),
-    "micro": (48, 1, 4),
-    "mini": (64, 2, 4),
-    "tiny": (128, 4, 4),
-    "small": (256, 4, 4),
-    "medium": (384, 6, 6),
-    "base": (768, 12, 12),
-    "large": (1024, 24, 16),
-    "xl": (1536, 24, 16),
-    "xxl": (2048, 20, 16),
+  "pico": (24, 1, 2),
+  "nano": (32, 1, 2),
+  "micro": (48, 1, 4),
+  "mini": (64, 2, 4),
+  "tiny": (128, 4, 4),
+  "small": (256, 4, 4),
+  "medium": (384, 6, 6),
+  "base": (768, 12, 12),
+  "large": (1024, 24, 16),
+  "xl": (1536, 24, 16),
+  "xxl": (2048, 20, 16),
 }
 HEAD_INPUTS = ("hidden", "lm_probs")
 ATTENTIONS = ("explicit", "fused")
@@ -39,6 +39,7 @@ MLPS = ("gelu", "swiglu")
 # Fields added after pretrained caches existed: shown in repr, hence in cache
 # keys, only when set away from their default, so older entries stay valid.
 
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   vocab_size: int
@@ -47,7 +48,7 @@ class ModelConfig:
   heads: int
   max_len: int = 64
   mlp_ratio: int = 4
-  mlp_dim: int | None = None      # None: mlp_ratio * width
+  mlp_dim: int | None = None  # None: mlp_ratio * width
   num_classes: int = 2
   # "lm_probs": the classifier is linear in the LM's next-token distribution at
   # the last real token, so fine-tuning reads what pretraining put in the LM
@@ -55,16 +56,16 @@ class ModelConfig:
   # testbed). "hidden": linear in the final hidden state, as in
   # GPT2ForSequenceClassification.
   head_input: str = "lm_probs"
-  positions: str = "learned"      # "rotary": GPT-NeoX rotary embeddings
-  rotary_frac: float = 0.25       # share of each head's dims that rotate
+  positions: str = "learned"  # "rotary": GPT-NeoX rotary embeddings
+  rotary_frac: float = 0.25  # share of each head's dims that rotate
   rotary_base: float = 10000.0
   parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln2 x), as GPT-NeoX
   tie_embeddings: bool = True
-  ln_eps: float = 1e-6            # GPT-2 and GPT-NeoX use 1e-5
-  gelu_approximate: bool = True   # tanh GELU (GPT-2's gelu_new); False: exact (NeoX)
-  dropout: float = 0.0            # embedding, attention and residual dropout
-  dtype: str = "float32"          # compute dtype; params stay float32
-  remat: bool = False             # recompute each block in the backward pass
+  ln_eps: float = 1e-6  # GPT-2 and GPT-NeoX use 1e-5
+  gelu_approximate: bool = True  # tanh GELU (GPT-2's gelu_new); False: exact (NeoX)
+  dropout: float = 0.0  # embedding, attention and residual dropout
+  dtype: str = "float32"  # compute dtype; params stay float32
+  remat: bool = False  # recompute each block in the backward pass
   # "fused": jax.nn.dot_product_attention (cuDNN flash attention on GPU where
   # it applies); "explicit": einsums and a softmax, which attention dropout
   # needs (a dropout-training call takes it either way). How attention is
@@ -100,45 +101,62 @@ class ModelConfig:
     if self.mlp_dim is not None and (not isinstance(self.mlp_dim, int) or self.mlp_dim < 1):
       raise ValueError(f"ModelConfig.mlp_dim={self.mlp_dim!r}: expected a positive int or None")
     if self.width % self.heads:
-      raise ValueError(
-          f"ModelConfig.width={self.width} must be divisible by heads={self.heads}")
+      raise ValueError(f"ModelConfig.width={self.width} must be divisible by heads={self.heads}")
     if self.num_classes < 2:
       raise ValueError(f"ModelConfig.num_classes={self.num_classes}: expected >= 2")
-    for name, allowed in (("head_input", HEAD_INPUTS), ("positions", POSITIONS),
-                          ("dtype", DTYPES), ("attention", ATTENTIONS)):
+    for name, allowed in (
+      ("head_input", HEAD_INPUTS),
+      ("positions", POSITIONS),
+      ("dtype", DTYPES),
+      ("attention", ATTENTIONS),
+    ):
       if getattr(self, name) not in allowed:
-        raise ValueError(
-            f"ModelConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
+        raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
     if self.positions == "rotary" and int(self.head_dim * self.rotary_frac) % 2:
-      raise ValueError(f"ModelConfig.rotary_frac={self.rotary_frac}: rotary dims "
-                       f"{self.head_dim} * {self.rotary_frac} must be an even integer")
+      raise ValueError(
+        f"ModelConfig.rotary_frac={self.rotary_frac}: rotary dims "
+        f"{self.head_dim} * {self.rotary_frac} must be an even integer"
+      )
     if not 0 <= self.dropout < 1:
       raise ValueError(f"ModelConfig.dropout={self.dropout}: expected in [0, 1)")
     if self.pooling not in POOLINGS:
       raise ValueError(f"ModelConfig.pooling={self.pooling!r}: expected one of {POOLINGS}")
     if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
-      raise ValueError(f"ModelConfig.type_vocab_size={self.type_vocab_size!r}: expected an int >= 0")
+      raise ValueError(
+        f"ModelConfig.type_vocab_size={self.type_vocab_size!r}: expected an int >= 0"
+      )
     if self.causal and self.pooling != "last":
-      raise ValueError(f"ModelConfig.pooling={self.pooling!r} with causal=True: expected 'last' "
-                       "(a decoder's last real token is the only one that has seen the whole text)")
+      raise ValueError(
+        f"ModelConfig.pooling={self.pooling!r} with causal=True: expected 'last' "
+        "(a decoder's last real token is the only one that has seen the whole text)"
+      )
     if not self.causal and self.pooling == "last":
-      raise ValueError("ModelConfig.pooling='last' with causal=False: expected 'mean' or 'cls' "
-                       "(an encoder pools its tokens)")
+      raise ValueError(
+        "ModelConfig.pooling='last' with causal=False: expected 'mean' or 'cls' "
+        "(an encoder pools its tokens)"
+      )
     if self.rope_scaling is not None and (
-        len(self.rope_scaling) != 5 or self.rope_scaling[0] != "llama3"):
-      raise ValueError(f"ModelConfig.rope_scaling={self.rope_scaling!r}: expected None or "
-                       "('llama3', factor, low_freq_factor, high_freq_factor, original length)")
+      len(self.rope_scaling) != 5 or self.rope_scaling[0] != "llama3"
+    ):
+      raise ValueError(
+        f"ModelConfig.rope_scaling={self.rope_scaling!r}: expected None or "
+        "('llama3', factor, low_freq_factor, high_freq_factor, original length)"
+      )
     for name, allowed in (("norm", NORMS), ("mlp", MLPS)):
       if getattr(self, name) not in allowed:
-        raise ValueError(
-            f"ModelConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
-    if self.kv_heads is not None and (not isinstance(self.kv_heads, int) or self.kv_heads < 1
-                                      or self.heads % self.kv_heads):
-      raise ValueError(f"ModelConfig.kv_heads={self.kv_heads!r}: expected a positive int that "
-                       f"divides heads={self.heads} (or None)")
+        raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
+    if self.kv_heads is not None and (
+      not isinstance(self.kv_heads, int) or self.kv_heads < 1 or self.heads % self.kv_heads
+    ):
+      raise ValueError(
+        f"ModelConfig.kv_heads={self.kv_heads!r}: expected a positive int that "
+        f"divides heads={self.heads} (or None)"
+      )
     if not self.causal and self.head_input != "hidden":
-      raise ValueError(f"ModelConfig.head_input={self.head_input!r} with causal=False: expected "
-                       "'hidden' (an encoder has no LM head)")
+      raise ValueError(
+        f"ModelConfig.head_input={self.head_input!r} with causal=False: expected "
+        "'hidden' (an encoder has no LM head)"
+      )
 
   @property
   def head_dim(self) -> int:
@@ -172,8 +190,17 @@ class ModelConfig:
     positions = self.max_len * d if self.positions == "learned" else 0
     unembed = 0 if self.tie_embeddings or not self.causal else v * d
     pooler = d * d + d if self.pooling == "cls" else 0
-    return (v * d + positions + self.type_vocab_size * d + self.depth * block + norm + unembed
-            + pooler + feats * self.num_classes + self.num_classes)
+    return (
+      v * d
+      + positions
+      + self.type_vocab_size * d
+      + self.depth * block
+      + norm
+      + unembed
+      + pooler
+      + feats * self.num_classes
+      + self.num_classes
+    )
 
 
 def decode_size(name: str, **overrides) -> ModelConfig:
@@ -186,5 +213,6 @@ def decode_size(name: str, **overrides) -> ModelConfig:
     heads = max(h for h in range(1, max(1, width // 16) + 1) if width % h == 0)
   else:
     raise ValueError(
-        f"model size {name!r}: expected one of {sorted(SIZES)} or 'WIDTHxDEPTH' like '64x2'")
+      f"model size {name!r}: expected one of {sorted(SIZES)} or 'WIDTHxDEPTH' like '64x2'"
+    )
   return ModelConfig(width=width, depth=depth, heads=heads, **overrides)

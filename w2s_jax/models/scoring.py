@@ -18,8 +18,7 @@ def mean_logprob(*, logprobs, mask):
   empty mask): the per-token log-likelihood."""
   weight = mask.astype(jnp.float32)
   # where, not a product: a padding position's log-prob may be -inf.
-  return (jnp.sum(jnp.where(mask > 0, logprobs, 0.0), -1)
-          / jnp.maximum(jnp.sum(weight, -1), 1.0))
+  return jnp.sum(jnp.where(mask > 0, logprobs, 0.0), -1) / jnp.maximum(jnp.sum(weight, -1), 1.0)
 
 
 @jax.jit
@@ -38,14 +37,17 @@ def _token_scores_fn(model_cfg: ModelConfig, mesh):
     logits = model.apply({"params": params}, tokens, mask, method=Transformer.lm_logits)
     target_logp, weight = next_token_log_probs(logits=logits, tokens=tokens, mask=mask)
     scored = weight * loss_mask[:, 1:]
-    return (mean_logprob(logprobs=target_logp, mask=scored),
-            min_prob(logprobs=target_logp, mask=scored))
+    return (
+      mean_logprob(logprobs=target_logp, mask=scored),
+      min_prob(logprobs=target_logp, mask=scored),
+    )
 
   return inference.jit_batched(score, mesh, num_inputs=3)
 
 
-def token_scores(params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256,
-                 mesh) -> dict:
+def token_scores(
+  params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256, mesh
+) -> dict:
   """{"mean_logprob", "min_prob"}: [N] each, over the tokens each example
   scores: its loss_mask (a response after its prompt), or without one every
   real token after the first (a whole document). A token counts when it and
@@ -53,20 +55,33 @@ def token_scores(params, model_cfg: ModelConfig, data: Dataset, *, batch_size: i
   if "loss_mask" not in data:
     data = data.with_fields(loss_mask=data["mask"])
   mean, low = inference.map_batches(
-      _token_scores_fn(model_cfg, mesh), params, data, batch_size=batch_size, mesh=mesh,
-      field="likelihood batch_size", inputs=("tokens", "mask", "loss_mask"))
+    _token_scores_fn(model_cfg, mesh),
+    params,
+    data,
+    batch_size=batch_size,
+    mesh=mesh,
+    field="likelihood batch_size",
+    inputs=("tokens", "mask", "loss_mask"),
+  )
   return {"mean_logprob": mean, "min_prob": low}
 
 
-def sequence_log_likelihood(params, model_cfg: ModelConfig, data: Dataset, *,
-                            batch_size: int = 256, mesh) -> np.ndarray:
+def sequence_log_likelihood(
+  params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256, mesh
+) -> np.ndarray:
   """Mean per-token log-likelihood of each example's text under an LM: [N]."""
-  return token_scores(params, model_cfg, Dataset(tokens=data["tokens"], mask=data["mask"]),
-                      batch_size=batch_size, mesh=mesh)["mean_logprob"]
+  return token_scores(
+    params,
+    model_cfg,
+    Dataset(tokens=data["tokens"], mask=data["mask"]),
+    batch_size=batch_size,
+    mesh=mesh,
+  )["mean_logprob"]
 
 
-def cross_entropy(params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256,
-                  mesh) -> np.ndarray:
+def cross_entropy(
+  params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256, mesh
+) -> np.ndarray:
   """Mean per-token cross-entropy (nats): minus the log-likelihood. Lower is likelier."""
   return -sequence_log_likelihood(params, model_cfg, data, batch_size=batch_size, mesh=mesh)
 

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 
 from w2s_jax.models.model_config import ModelConfig
 
-
 # The classifier head's name among the params: what a linear probe trains,
 # and what LoRA trains beside its adapters.
 HEAD = "cls_head"
@@ -53,8 +52,9 @@ def rotary(x, positions, *, frac, base, scaling=None):
   inv_freq = 1.0 / (base ** (jnp.arange(0, dims, 2, dtype=jnp.float32) / dims))
   if scaling is not None:
     _, factor, low, high, original = scaling
-    inv_freq = llama3_frequencies(inv_freq, factor=factor, low_freq_factor=low,
-                                  high_freq_factor=high, original=original)
+    inv_freq = llama3_frequencies(
+      inv_freq, factor=factor, low_freq_factor=low, high_freq_factor=high, original=original
+    )
   angles = positions.astype(jnp.float32)[:, None, :, None] * inv_freq
   angles = jnp.concatenate([angles, angles], axis=-1)
   rot, keep = x[..., :dims].astype(jnp.float32), x[..., dims:]
@@ -88,6 +88,7 @@ class QKV(nn.Module):
   process count). Held constant, training is the same function in exact
   arithmetic and reproducible across layouts.
   """
+
   q_features: int
   kv_features: int
   dtype: jnp.dtype
@@ -114,6 +115,7 @@ class Block(nn.Module):
   3-D activations, XLA:CPU copied a transpose of each activation gradient
   before every weight-gradient product (measured 1.29x slower fwd+bwd).
   """
+
   cfg: ModelConfig
 
   def _attention(self, h, attn_bias, positions, batch, cache=None, cache_index=None):
@@ -133,10 +135,8 @@ class Block(nn.Module):
       q = heads_of(qkv[:, :q_end], cfg.heads)
       k, v = heads_of(qkv[:, q_end:k_end], kv_heads), heads_of(qkv[:, k_end:], kv_heads)
     if cfg.positions == "rotary":
-      q = rotary(q, positions, frac=cfg.rotary_frac, base=cfg.rotary_base,
-                 scaling=cfg.rope_scaling)
-      k = rotary(k, positions, frac=cfg.rotary_frac, base=cfg.rotary_base,
-                 scaling=cfg.rope_scaling)
+      q = rotary(q, positions, frac=cfg.rotary_frac, base=cfg.rotary_base, scaling=cfg.rope_scaling)
+      k = rotary(k, positions, frac=cfg.rotary_frac, base=cfg.rotary_base, scaling=cfg.rope_scaling)
     if cache is not None:
       # Decoding: this call's keys and values go into their cache slots, and
       # the queries attend to every slot (attn_bias masks the empty ones).
@@ -150,8 +150,9 @@ class Block(nn.Module):
       # grouped-query attention); the same additive bias, so padding and fully
       # masked rows behave as on the explicit path.
       q, k, v = (x.transpose(0, 2, 1, 3).astype(dtype) for x in (q, k, v))
-      attn = jax.nn.dot_product_attention(q, k, v, bias=attn_bias.astype(dtype),
-                                          scale=1.0 / cfg.head_dim ** 0.5).reshape(n, d)
+      attn = jax.nn.dot_product_attention(
+        q, k, v, bias=attn_bias.astype(dtype), scale=1.0 / cfg.head_dim**0.5
+      ).reshape(n, d)
     else:
       if kv_heads == cfg.heads:
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
@@ -176,9 +177,12 @@ class Block(nn.Module):
   def _mlp(self, h):
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
-    if cfg.mlp == "swiglu":   # one [gate | up] projection
-      gate, up = jnp.split(nn.Dense(2 * cfg.hidden_mlp, dtype=dtype, use_bias=cfg.mlp_bias,
-                                    name="mlp_in")(h), 2, axis=-1)
+    if cfg.mlp == "swiglu":  # one [gate | up] projection
+      gate, up = jnp.split(
+        nn.Dense(2 * cfg.hidden_mlp, dtype=dtype, use_bias=cfg.mlp_bias, name="mlp_in")(h),
+        2,
+        axis=-1,
+      )
       h = nn.silu(gate) * up
     else:
       h = nn.Dense(cfg.hidden_mlp, dtype=dtype, use_bias=cfg.mlp_bias, name="mlp_in")(h)
@@ -196,8 +200,9 @@ class Block(nn.Module):
       attn, _ = self._attention(x, attn_bias, positions, batch)
       x = norm("ln_attn")(x + attn)
       return norm("ln_mlp")(x + self._mlp(x))
-    attn, new_cache = self._attention(norm("ln_attn")(x), attn_bias, positions, batch, cache,
-                                      cache_index)
+    attn, new_cache = self._attention(
+      norm("ln_attn")(x), attn_bias, positions, batch, cache, cache_index
+    )
     if cfg.parallel_residual:
       x = x + attn + self._mlp(norm("ln_mlp")(x))
     else:
@@ -209,6 +214,7 @@ class Block(nn.Module):
 class Transformer(nn.Module):
   """Pre-LN decoder (GPT-2 or GPT-NeoX flavoured) or post-LN encoder (BERT),
   by the config."""
+
   cfg: ModelConfig
 
   def setup(self):
@@ -231,8 +237,7 @@ class Transformer(nn.Module):
       self.pooler = nn.Dense(cfg.width, kernel_init=init, name="pooler")
     if cfg.causal and not cfg.tie_embeddings:
       self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=init, name="lm_head")
-    self.cls_head = nn.Dense(cfg.num_classes, kernel_init=nn.initializers.zeros,
-                             name=HEAD)
+    self.cls_head = nn.Dense(cfg.num_classes, kernel_init=nn.initializers.zeros, name=HEAD)
     self.embed_dropout = _dropout(self, cfg.dropout)
 
   def _embed(self, tokens, positions):
@@ -243,7 +248,7 @@ class Transformer(nn.Module):
     if cfg.positions == "learned":
       x = x + self.pos_embed[positions]
     if cfg.type_vocab_size:
-      x = x + self.type_embed[0]   # single-sentence input: token type 0 throughout
+      x = x + self.type_embed[0]  # single-sentence input: token type 0 throughout
     if cfg.post_ln:
       x = self.ln_embed(x)
     return self.embed_dropout(x).astype(jnp.dtype(cfg.dtype)).reshape(b * t, cfg.width)
@@ -253,7 +258,8 @@ class Transformer(nn.Module):
     cfg = self.cfg
     if tokens.shape[-1] > cfg.max_len:
       raise ValueError(
-          f"sequence length {tokens.shape[-1]} exceeds ModelConfig.max_len={cfg.max_len}")
+        f"sequence length {tokens.shape[-1]} exceeds ModelConfig.max_len={cfg.max_len}"
+      )
     b, t = tokens.shape
     mask = mask.astype(jnp.int32)
     positions = positions_from_mask(mask)
@@ -273,8 +279,10 @@ class Transformer(nn.Module):
 
   def _require_lm_head(self):
     if not self.cfg.causal:
-      raise ValueError("this model is an encoder (ModelConfig.causal=False): it has no LM head, "
-                       "so it is not used for generation, likelihood scores or LM logits")
+      raise ValueError(
+        "this model is an encoder (ModelConfig.causal=False): it has no LM head, "
+        "so it is not used for generation, likelihood scores or LM logits"
+      )
 
   def decode(self, tokens, positions, key_mask, cache, cache_index):
     """One decoding call with an explicit KV cache (see `init_cache`).
@@ -294,7 +302,7 @@ class Transformer(nn.Module):
       raise ValueError(f"KV cache length {length} exceeds ModelConfig.max_len={cfg.max_len}")
     x = self._embed(tokens, positions)
     slot = jnp.arange(length)
-    causal = slot[None, :] <= cache_index + jnp.arange(t)[:, None]            # [t, length]
+    causal = slot[None, :] <= cache_index + jnp.arange(t)[:, None]  # [t, length]
     allowed = causal[None, None] & (key_mask[:, None, None, :] > 0)
     attn_bias = jnp.where(allowed, 0.0, -1e9).astype(jnp.float32)
     new_cache = []
@@ -354,7 +362,7 @@ class Transformer(nn.Module):
     return self.cls_head(features)
 
   def __call__(self, tokens, mask):
-    if not self.cfg.causal:   # no LM head: init touches the encoder's params here
+    if not self.cfg.causal:  # no LM head: init touches the encoder's params here
       return self.class_logits(tokens, mask)
     return self.lm_logits(tokens, mask), self.class_logits(tokens, mask)
 

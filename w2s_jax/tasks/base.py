@@ -25,10 +25,10 @@ class Task(Protocol):
   eval_splits: tuple[str, ...]
   vocab_size: int
   max_len: int
-  fingerprint: dict          # what determines pretraining; part of cache keys
-  encoding: dict             # per split: examples truncated or dropped
-  tokenizer: str | None      # the spec the splits were encoded with
-  metrics: tuple[str, ...]   # the first is the headline one
+  fingerprint: dict  # what determines pretraining; part of cache keys
+  encoding: dict  # per split: examples truncated or dropped
+  tokenizer: str | None  # the spec the splits were encoded with
+  metrics: tuple[str, ...]  # the first is the headline one
 
   @property
   def generative(self) -> bool: ...
@@ -65,8 +65,11 @@ def split_train(train, test, cfg) -> dict:
   task config with gt_examples, w2s_examples (None: see split_sizes) and seed."""
   gt, w2s = split_sizes(cfg, len(train))
   order = np.random.default_rng([cfg.seed, 0]).permutation(len(train))
-  return {"train_gt": train.take(order[:gt]), "train_w2s": train.take(order[gt:gt + w2s]),
-          "test": test}
+  return {
+    "train_gt": train.take(order[:gt]),
+    "train_w2s": train.take(order[gt : gt + w2s]),
+    "test": test,
+  }
 
 
 def split_sizes(cfg, num_train: int) -> tuple[int, int]:
@@ -79,9 +82,11 @@ def split_sizes(cfg, num_train: int) -> tuple[int, int]:
     w2s = num_train - gt
   name = type(cfg).__name__
   if gt < 1 or w2s < 1 or gt + w2s > num_train:
-    raise ValueError(f"{name}: gt_examples={cfg.gt_examples}, w2s_examples={cfg.w2s_examples} "
-                     f"need {max(gt, 1) + max(w2s, 1)} examples (at least one each), but the "
-                     f"train split has {num_train}")
+    raise ValueError(
+      f"{name}: gt_examples={cfg.gt_examples}, w2s_examples={cfg.w2s_examples} "
+      f"need {max(gt, 1) + max(w2s, 1)} examples (at least one each), but the "
+      f"train split has {num_train}"
+    )
   return gt, w2s
 
 

@@ -25,12 +25,13 @@ class TextTaskConfig:
   into train_gt (the weak model's and the ceiling's ground truth) and
   train_w2s (what the weak model labels); all train texts, without labels,
   are the pretraining corpus of from-scratch models."""
-  tfds_name: str | None = None   # a text_tasks TFDS task ("glue/sst2", "bool_q", ...)
+
+  tfds_name: str | None = None  # a text_tasks TFDS task ("glue/sst2", "bool_q", ...)
   train_file: str | None = None  # or local TSV/CSV/JSONL files with text and label fields
   test_file: str | None = None
   tfds_train_split: str = "train"
   tfds_test_split: str = "validation"
-  data_dir: str | None = None    # TFDS data directory; data is never downloaded at run time
+  data_dir: str | None = None  # TFDS data directory; data is never downloaded at run time
   text_field: str = "text"
   label_field: str = "label"
   # "bytes"; "bpe:N", a byte-level BPE of N tokens learnt from the train texts;
@@ -41,7 +42,7 @@ class TextTaskConfig:
   # tokens, its dev sentences 25: a shorter train length cuts the padding a
   # fine-tune computes on, while every split is still scored whole.
   train_max_len: int | None = None
-  overflow: str = "truncate"     # or "drop" (text_tasks counts either)
+  overflow: str = "truncate"  # or "drop" (text_tasks counts either)
   add_bos: bool = True
   # None: half the train split each (train_gt the first half of the shuffle,
   # train_w2s the rest), or what the other leaves when only one is set.
@@ -54,31 +55,43 @@ class TextTaskConfig:
   def __post_init__(self):
     files = (self.train_file, self.test_file)
     if (self.tfds_name is None) == (files == (None, None)):
-      raise ValueError("TextTaskConfig: set tfds_name or both train_file and test_file, "
-                       f"not {'both' if self.tfds_name else 'neither'}")
+      raise ValueError(
+        "TextTaskConfig: set tfds_name or both train_file and test_file, "
+        f"not {'both' if self.tfds_name else 'neither'}"
+      )
     if self.tfds_name is None and None in files:
-      raise ValueError(f"TextTaskConfig: train_file={self.train_file!r}, "
-                       f"test_file={self.test_file!r}: expected both")
+      raise ValueError(
+        f"TextTaskConfig: train_file={self.train_file!r}, "
+        f"test_file={self.test_file!r}: expected both"
+      )
     if not isinstance(self.max_len, int) or self.max_len < 1:
       raise ValueError(f"TextTaskConfig.max_len={self.max_len!r}: expected an int >= 1")
-    if self.train_max_len is not None and (not isinstance(self.train_max_len, int)
-                                           or not 1 <= self.train_max_len <= self.max_len):
-      raise ValueError(f"TextTaskConfig.train_max_len={self.train_max_len!r}: expected None or an "
-                       f"int in [1, max_len={self.max_len}]")
+    if self.train_max_len is not None and (
+      not isinstance(self.train_max_len, int) or not 1 <= self.train_max_len <= self.max_len
+    ):
+      raise ValueError(
+        f"TextTaskConfig.train_max_len={self.train_max_len!r}: expected None or an "
+        f"int in [1, max_len={self.max_len}]"
+      )
     for name in ("gt_examples", "w2s_examples"):
       value = getattr(self, name)
       if value is not None and (not isinstance(value, int) or value < 1):
-        raise ValueError(f"TextTaskConfig.{name}={value!r}: expected an int >= 1 or None "
-                         "(a split of the train examples)")
+        raise ValueError(
+          f"TextTaskConfig.{name}={value!r}: expected an int >= 1 or None "
+          "(a split of the train examples)"
+        )
     if self.overflow not in tokenize.OVERFLOW:
-      raise ValueError(f"TextTaskConfig.overflow={self.overflow!r}: expected one of "
-                       f"{tokenize.OVERFLOW}")
+      raise ValueError(
+        f"TextTaskConfig.overflow={self.overflow!r}: expected one of {tokenize.OVERFLOW}"
+      )
 
   def corpus_fields(self) -> dict:
     """What determines the pretraining corpus."""
-    return {k: v for k, v in dataclasses.asdict(self).items()
-            if k not in ("gt_examples", "w2s_examples", "test_examples", "balanced",
-                         "train_max_len")}
+    return {
+      k: v
+      for k, v in dataclasses.asdict(self).items()
+      if k not in ("gt_examples", "w2s_examples", "test_examples", "balanced", "train_max_len")
+    }
 
   def split_len(self, split: str) -> int:
     return self.train_max_len or self.max_len if split.startswith("train") else self.max_len
@@ -87,6 +100,7 @@ class TextTaskConfig:
 @dataclasses.dataclass
 class ClassificationTask:
   """A `base.Task` whose splits hold labels (Dataset tokens, mask, labels)."""
+
   name: str
   splits: dict[str, Dataset]
   eval_splits: tuple[str, ...]
@@ -102,7 +116,7 @@ class ClassificationTask:
   # encode_fn(tokenizer_file, *, encoder) -> (splits, encoding): the same examples in
   # the same order through another model's tokenizer.json; None where it cannot.
   encode_fn: Callable | None = None
-  tokenizer: str | None = None   # the spec `splits` were encoded with
+  tokenizer: str | None = None  # the spec `splits` were encoded with
   metrics: tuple[str, ...] = ("accuracy",)
 
   @property
@@ -118,8 +132,10 @@ class ClassificationTask:
 
   def encode_with(self, tokenizer_file: str, *, encoder: bool) -> tuple[dict, dict]:
     if self.encode_fn is None:
-      raise ValueError(f"the {self.name} task encodes every model with one tokenizer "
-                       f"({self.tokenizer or 'its own vocabulary'})")
+      raise ValueError(
+        f"the {self.name} task encodes every model with one tokenizer "
+        f"({self.tokenizer or 'its own vocabulary'})"
+      )
     return self.encode_fn(tokenizer_file, encoder=encoder)
 
 
@@ -130,7 +146,7 @@ def fact_accuracy(params, model_cfg, world, mesh) -> dict:
   cities = world.city_tokens
   known = cities[np.argmax(probs[:, cities], axis=-1)] == answers
   n = world.cfg.num_entities
-  out = {rel: float(known[i * n:(i + 1) * n].mean()) for i, rel in enumerate(testbed.RELATIONS)}
+  out = {rel: float(known[i * n : (i + 1) * n].mean()) for i, rel in enumerate(testbed.RELATIONS)}
   for split, ents in world.split_entities.items():
     out[f"lives/{split}"] = float(known[ents].mean())
   return out
@@ -139,22 +155,28 @@ def fact_accuracy(params, model_cfg, world, mesh) -> dict:
 def testbed_task(world_cfg: testbed.WorldConfig) -> ClassificationTask:
   world = testbed.make_world(world_cfg)
   return ClassificationTask(
-      name="testbed", splits=testbed.task_splits(world), eval_splits=("test", "heldout"),
-      vocab_size=len(world.vocab), max_len=world_cfg.doc_len,
-      fingerprint=world_cfg.corpus_fields(),
-      make_corpus=lambda: testbed.pretraining_corpus(world),
-      probe_fn=lambda params, model_cfg, mesh, test: fact_accuracy(params, model_cfg, world, mesh),
-      world=world)
+    name="testbed",
+    splits=testbed.task_splits(world),
+    eval_splits=("test", "heldout"),
+    vocab_size=len(world.vocab),
+    max_len=world_cfg.doc_len,
+    fingerprint=world_cfg.corpus_fields(),
+    make_corpus=lambda: testbed.pretraining_corpus(world),
+    probe_fn=lambda params, model_cfg, mesh, test: fact_accuracy(params, model_cfg, world, mesh),
+    world=world,
+  )
 
 
 def _read_examples(cfg: TextTaskConfig) -> tuple[text_tasks.TextExamples, text_tasks.TextExamples]:
   if cfg.tfds_name is not None:
-    read = lambda split, take: text_tasks.load_task(cfg.tfds_name, split=split, take=take,
-                                                    seed=cfg.seed, data_dir=cfg.data_dir)
+    read = lambda split, take: text_tasks.load_task(
+      cfg.tfds_name, split=split, take=take, seed=cfg.seed, data_dir=cfg.data_dir
+    )
     return read(cfg.tfds_train_split, None), read(cfg.tfds_test_split, cfg.test_examples)
   # Every split's labels are checked against the task's two classes, with file and line.
-  read = lambda path: text_files.read_text_file(path, text_field=cfg.text_field,
-                                                label_field=cfg.label_field, num_labels=2)
+  read = lambda path: text_files.read_text_file(
+    path, text_field=cfg.text_field, label_field=cfg.label_field, num_labels=2
+  )
   test = read(cfg.test_file)
   if cfg.test_examples is not None and cfg.test_examples < len(test):
     rng = np.random.default_rng([cfg.seed, 1])
@@ -174,41 +196,67 @@ def text_task(cfg: TextTaskConfig) -> ClassificationTask:
   if cfg.balanced:
     parts = {name: _balanced(ex, cfg.seed) for name, ex in parts.items()}
   tokenizer = make_tokenizer(cfg.tokenizer, train.text)
-  encode = functools.partial(tokenize.encode_examples, tokenizer=tokenizer,
-                             overflow=cfg.overflow, add_bos=cfg.add_bos)
+  encode = functools.partial(
+    tokenize.encode_examples, tokenizer=tokenizer, overflow=cfg.overflow, add_bos=cfg.add_bos
+  )
   splits, encoding = {}, {}
   for name, examples in parts.items():
     splits[name], encoding[name] = encode(examples, max_len=cfg.split_len(name))
 
   def corpus() -> Dataset:
     # Next-token training reads the start of each text: truncate on the right.
-    data, _ = tokenize.encode_examples(train, tokenizer, max_len=cfg.max_len, overflow="truncate",
-                                       truncate_side="right", add_bos=cfg.add_bos)
+    data, _ = tokenize.encode_examples(
+      train,
+      tokenizer,
+      max_len=cfg.max_len,
+      overflow="truncate",
+      truncate_side="right",
+      add_bos=cfg.add_bos,
+    )
     return Dataset(tokens=data["tokens"], mask=data["mask"])
 
   def probe(params, model_cfg, mesh, test) -> dict:
-    test_xent = scoring.cross_entropy(params, model_cfg, splits["test"] if test is None else test,
-                                      batch_size=probe_batch(mesh), mesh=mesh)
+    test_xent = scoring.cross_entropy(
+      params,
+      model_cfg,
+      splits["test"] if test is None else test,
+      batch_size=probe_batch(mesh),
+      mesh=mesh,
+    )
     return {"test_lm_xent": float(np.mean(test_xent))}
 
   def encode_with(tokenizer_file, *, encoder: bool):
     """The splits through a model's own tokenizer.json. Encoders read
     [CLS] text [SEP], as BERT was trained."""
     if cfg.overflow == "drop":
-      raise ValueError("TextTaskConfig.overflow='drop' with a model that brings its own "
-                       f"tokenizer ({tokenizer_file}): expected 'truncate', so that every "
-                       "tokenizer keeps the same examples and labels pass between models by index")
+      raise ValueError(
+        "TextTaskConfig.overflow='drop' with a model that brings its own "
+        f"tokenizer ({tokenizer_file}): expected 'truncate', so that every "
+        "tokenizer keeps the same examples and labels pass between models by index"
+      )
     own = tokenize.HFTokenizer.from_file(tokenizer_file)
-    encode_own = functools.partial(tokenize.encode_examples, tokenizer=own,
-                                   overflow=cfg.overflow, add_bos=encoder or cfg.add_bos,
-                                   add_eos=encoder)
+    encode_own = functools.partial(
+      tokenize.encode_examples,
+      tokenizer=own,
+      overflow=cfg.overflow,
+      add_bos=encoder or cfg.add_bos,
+      add_eos=encoder,
+    )
     out, report = {}, {}
     for name, examples in parts.items():
       out[name], report[name] = encode_own(examples, max_len=cfg.split_len(name))
     return out, report
 
   return ClassificationTask(
-      name=cfg.tfds_name or str(cfg.train_file), splits=splits, eval_splits=("test",),
-      vocab_size=tokenizer.vocab_size, max_len=cfg.max_len, fingerprint=cfg.corpus_fields(),
-      make_corpus=corpus, probe_fn=probe, encoding=encoding, encode_fn=encode_with,
-      tokenizer=cfg.tokenizer)
+    name=cfg.tfds_name or str(cfg.train_file),
+    splits=splits,
+    eval_splits=("test",),
+    vocab_size=tokenizer.vocab_size,
+    max_len=cfg.max_len,
+    fingerprint=cfg.corpus_fields(),
+    make_corpus=corpus,
+    probe_fn=probe,
+    encoding=encoding,
+    encode_fn=encode_with,
+    tokenizer=cfg.tokenizer,
+  )

@@ -15,10 +15,9 @@ choice (testbed_formats.FORMATS).
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import numpy as np
-
-from collections.abc import Callable
 
 from w2s_jax.data import gen_text, testbed
 from w2s_jax.data.dataset import Dataset
@@ -32,28 +31,34 @@ from w2s_jax.tasks.testbed_formats import FORMATS, testbed_split
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
   """What makes an experiment generative, and how its models generate."""
-  format: str = "city_region"     # testbed response format (FORMATS); text tasks ignore it
+
+  format: str = "city_region"  # testbed response format (FORMATS); text tasks ignore it
   max_new_tokens: int | None = None  # None: the longest ground-truth response
-  weak_samples: int = 1           # weak responses per train_w2s prompt (> 1 needs a temperature)
-  weak_temperature: float = 0.0   # 0: the weak model writes its greedy response
+  weak_samples: int = 1  # weak responses per train_w2s prompt (> 1 needs a temperature)
+  weak_temperature: float = 0.0  # 0: the weak model writes its greedy response
   weak_top_p: float | None = None
 
   def __post_init__(self):
     if self.format not in FORMATS:
-      raise ValueError(f"GenerationConfig.format={self.format!r}: expected one of {sorted(FORMATS)}")
+      raise ValueError(
+        f"GenerationConfig.format={self.format!r}: expected one of {sorted(FORMATS)}"
+      )
     if self.max_new_tokens is not None and self.max_new_tokens < 1:
       raise ValueError(f"GenerationConfig.max_new_tokens={self.max_new_tokens}: expected >= 1")
     if self.weak_samples < 1:
       raise ValueError(f"GenerationConfig.weak_samples={self.weak_samples}: expected >= 1")
     if self.weak_samples > 1 and self.weak_temperature == 0:
-      raise ValueError(f"GenerationConfig.weak_samples={self.weak_samples} with "
-                       "weak_temperature=0: greedy decoding gives one response per prompt; "
-                       "expected a temperature > 0")
+      raise ValueError(
+        f"GenerationConfig.weak_samples={self.weak_samples} with "
+        "weak_temperature=0: greedy decoding gives one response per prompt; "
+        "expected a temperature > 0"
+      )
 
 
 @dataclasses.dataclass
 class GenerationTask:
   """A `base.Task` whose splits hold prompts and responses, scored on generations."""
+
   name: str
   splits: dict[str, Dataset]
   eval_splits: tuple[str, ...]
@@ -61,7 +66,7 @@ class GenerationTask:
   max_len: int
   fingerprint: dict  # what determines pretraining; part of cache keys
   make_corpus: Callable[[], Dataset]
-  probe_fn: Callable[..., dict]   # as ClassificationTask.probe_fn
+  probe_fn: Callable[..., dict]  # as ClassificationTask.probe_fn
   # score(split, tokens, mask) -> {metric: [N]} for each metric (the first is the headline).
   score: Callable[..., dict]
   metrics: tuple[str, ...]
@@ -90,8 +95,10 @@ class GenerationTask:
 
   def encode_with(self, tokenizer_file: str, *, encoder: bool) -> tuple[dict, dict]:
     del encoder
-    raise ValueError(f"the {self.name} task (generative) encodes every model with one tokenizer "
-                     f"({self.tokenizer or 'its own vocabulary'}), not {tokenizer_file}")
+    raise ValueError(
+      f"the {self.name} task (generative) encodes every model with one tokenizer "
+      f"({self.tokenizer or 'its own vocabulary'}), not {tokenizer_file}"
+    )
 
 
 def score_fields(*, tokens, mask, truth, fields: dict) -> dict:
@@ -113,8 +120,15 @@ def answer_fields(tokens, mask, *, fields: dict) -> np.ndarray:
   """Each generation's token in each field's column, -1 where none was
   generated there: [N, fields], comparable across generations (no truth)."""
   tokens, mask = np.asarray(tokens), np.asarray(mask)
-  return np.stack([np.where(mask[:, col] > 0, tokens[:, col], -1) if col < tokens.shape[1]
-                   else np.full(len(tokens), -1) for col in fields.values()], axis=1)
+  return np.stack(
+    [
+      np.where(mask[:, col] > 0, tokens[:, col], -1)
+      if col < tokens.shape[1]
+      else np.full(len(tokens), -1)
+      for col in fields.values()
+    ],
+    axis=1,
+  )
 
 
 def testbed_generative_task(world_cfg: testbed.WorldConfig, gen_cfg: GenerationConfig):
@@ -128,28 +142,41 @@ def testbed_generative_task(world_cfg: testbed.WorldConfig, gen_cfg: GenerationC
     splits[name], fields[name] = testbed_split(world, fmt, world.split_entities[name])
   eval_splits = ("test",)
   if fmt.heldout:
-    splits["heldout"], fields["heldout"] = testbed_split(world, fmt, world.split_entities["test"],
-                                                         relation=1)
+    splits["heldout"], fields["heldout"] = testbed_split(
+      world, fmt, world.split_entities["test"], relation=1
+    )
     eval_splits = ("test", "heldout")
 
   def score(split, tokens, mask):
-    return score_fields(tokens=tokens, mask=mask, truth=splits[split]["response"],
-                        fields=fields[split])
+    return score_fields(
+      tokens=tokens, mask=mask, truth=splits[split]["response"], fields=fields[split]
+    )
 
   return GenerationTask(
-      name=f"testbed-generative-{gen_cfg.format}", splits=splits, eval_splits=eval_splits,
-      vocab_size=base.vocab_size, max_len=base.max_len, fingerprint=base.fingerprint,
-      make_corpus=base.make_corpus, probe_fn=base.probe_fn, world=world,
-      metrics=("fields", "exact"), score=score,
-      # Every split's response has the same columns; the region is the class-like field.
-      answers=functools.partial(answer_fields, fields=fields["train_w2s"]),
-      answer_class=list(fields["train_w2s"]).index("{region}")
-      if "{region}" in fields["train_w2s"] else None,
-      eos_id=world.token(testbed.DOT) if fmt.stop_at_dot else None, pad_id=world.token(testbed.PAD),
-      encoding={"format": " ".join(fmt.prompt) + " -> " + " ".join(fmt.response)})
+    name=f"testbed-generative-{gen_cfg.format}",
+    splits=splits,
+    eval_splits=eval_splits,
+    vocab_size=base.vocab_size,
+    max_len=base.max_len,
+    fingerprint=base.fingerprint,
+    make_corpus=base.make_corpus,
+    probe_fn=base.probe_fn,
+    world=world,
+    metrics=("fields", "exact"),
+    score=score,
+    # Every split's response has the same columns; the region is the class-like field.
+    answers=functools.partial(answer_fields, fields=fields["train_w2s"]),
+    answer_class=list(fields["train_w2s"]).index("{region}")
+    if "{region}" in fields["train_w2s"]
+    else None,
+    eos_id=world.token(testbed.DOT) if fmt.stop_at_dot else None,
+    pad_id=world.token(testbed.PAD),
+    encoding={"format": " ".join(fmt.prompt) + " -> " + " ".join(fmt.response)},
+  )
 
 
 # --- Real text ----------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class GenTextTaskConfig:
@@ -157,10 +184,11 @@ class GenTextTaskConfig:
   Its train split is divided, after a seeded shuffle, into train_gt and
   train_w2s; all train prompts and responses are the pretraining corpus of
   from-scratch models."""
+
   tfds_name: str | None = None
   train_file: str | None = None
   test_file: str | None = None
-  metric: str = "exact_match"     # files only (a TFDS task has its own); text_metrics.METRICS
+  metric: str = "exact_match"  # files only (a TFDS task has its own); text_metrics.METRICS
   prompt_field: str = "prompt"
   response_field: str = "response"
   references_field: str | None = None
@@ -171,7 +199,7 @@ class GenTextTaskConfig:
   tfds_train_split: str = "train"
   tfds_test_split: str | None = None  # None: "test" or "validation", whichever the task has
   data_dir: str | None = None
-  tokenizer: str = "bytes"        # as TextTaskConfig.tokenizer
+  tokenizer: str = "bytes"  # as TextTaskConfig.tokenizer
   max_prompt_len: int = 96
   max_response_len: int = 32
   overflow: str = "truncate"
@@ -183,18 +211,24 @@ class GenTextTaskConfig:
   def __post_init__(self):
     files = (self.train_file, self.test_file)
     if (self.tfds_name is None) == (files == (None, None)) or (
-        self.tfds_name is None and None in files):
-      raise ValueError("GenTextTaskConfig: set tfds_name, or both train_file and test_file "
-                       f"(got tfds_name={self.tfds_name!r}, train_file={self.train_file!r}, "
-                       f"test_file={self.test_file!r})")
+      self.tfds_name is None and None in files
+    ):
+      raise ValueError(
+        "GenTextTaskConfig: set tfds_name, or both train_file and test_file "
+        f"(got tfds_name={self.tfds_name!r}, train_file={self.train_file!r}, "
+        f"test_file={self.test_file!r})"
+      )
     if self.tfds_name is not None:
       gen_text.metric_of(self.tfds_name)  # an unknown task is an error now, not after loading
     if "{prompt}" not in self.prompt_template:
-      raise ValueError(f"GenTextTaskConfig.prompt_template={self.prompt_template!r}: expected "
-                       "a '{prompt}' placeholder")
+      raise ValueError(
+        f"GenTextTaskConfig.prompt_template={self.prompt_template!r}: expected "
+        "a '{prompt}' placeholder"
+      )
     if self.metric not in text_metrics.METRICS:
-      raise ValueError(f"GenTextTaskConfig.metric={self.metric!r}: expected one of "
-                       f"{sorted(text_metrics.METRICS)}")
+      raise ValueError(
+        f"GenTextTaskConfig.metric={self.metric!r}: expected one of {sorted(text_metrics.METRICS)}"
+      )
     for name in ("max_prompt_len", "max_response_len", "gt_examples", "w2s_examples"):
       if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
         raise ValueError(f"GenTextTaskConfig.{name}={getattr(self, name)!r}: expected an int >= 1")
@@ -204,25 +238,35 @@ class GenTextTaskConfig:
     return gen_text.metric_of(self.tfds_name) if self.tfds_name else self.metric
 
   def corpus_fields(self) -> dict:
-    return {k: v for k, v in dataclasses.asdict(self).items()
-            if k not in ("gt_examples", "w2s_examples", "test_examples", "metric")}
+    return {
+      k: v
+      for k, v in dataclasses.asdict(self).items()
+      if k not in ("gt_examples", "w2s_examples", "test_examples", "metric")
+    }
 
 
 def _read_pairs(cfg: GenTextTaskConfig):
   if cfg.tfds_name is not None:
     splits = gen_text.GEN_TASKS[cfg.tfds_name].labeled_splits
     test_split = cfg.tfds_test_split or ("test" if "test" in splits else "validation")
-    read = lambda split, take: gen_text.load_gen_task(cfg.tfds_name, split=split, take=take,
-                                                      seed=cfg.seed, data_dir=cfg.data_dir)
+    read = lambda split, take: gen_text.load_gen_task(
+      cfg.tfds_name, split=split, take=take, seed=cfg.seed, data_dir=cfg.data_dir
+    )
     return read(cfg.tfds_train_split, None), read(test_split, cfg.test_examples)
-  read = functools.partial(gen_text.read_jsonl_pairs, prompt_field=cfg.prompt_field,
-                           response_field=cfg.response_field,
-                           references_field=cfg.references_field)
+  read = functools.partial(
+    gen_text.read_jsonl_pairs,
+    prompt_field=cfg.prompt_field,
+    response_field=cfg.response_field,
+    references_field=cfg.references_field,
+  )
+
   def read_templated(path):
     pairs = read(path)
     return gen_text.PromptResponses(
-        [cfg.prompt_template.replace("{prompt}", p) for p in pairs.prompts],
-        [cfg.response_prefix + r for r in pairs.responses], pairs.references)
+      [cfg.prompt_template.replace("{prompt}", p) for p in pairs.prompts],
+      [cfg.response_prefix + r for r in pairs.responses],
+      pairs.references,
+    )
 
   test = read_templated(cfg.test_file)
   if cfg.test_examples is not None and cfg.test_examples < len(test):
@@ -240,45 +284,73 @@ def text_generative_task(cfg: GenTextTaskConfig):
   splits, references, encoding = {}, {}, {}
   for name, pairs in parts.items():
     data, encoding[name] = gen_text.encode_pairs(
-        pairs, tokenizer=tokenizer, max_prompt_len=cfg.max_prompt_len,
-        max_response_len=cfg.max_response_len, overflow=cfg.overflow)
+      pairs,
+      tokenizer=tokenizer,
+      max_prompt_len=cfg.max_prompt_len,
+      max_response_len=cfg.max_response_len,
+      overflow=cfg.overflow,
+    )
     splits[name] = data
     references[name] = [pairs.references[i] for i in data["index"]]
-  metrics = (cfg.headline_metric,) + (("exact_match",) if cfg.headline_metric != "exact_match"
-                                      else ())
+  metrics = (cfg.headline_metric,) + (
+    ("exact_match",) if cfg.headline_metric != "exact_match" else ()
+  )
 
   def decode_all(tokens, mask):
     return [tokenizer.decode(row[m > 0]) for row, m in zip(np.asarray(tokens), np.asarray(mask))]
 
   def score(split, tokens, mask):
     texts = decode_all(tokens, mask)
-    return {m: text_metrics.score_all(metric=m, predictions=texts, references=references[split])
-            for m in metrics}
+    return {
+      m: text_metrics.score_all(metric=m, predictions=texts, references=references[split])
+      for m in metrics
+    }
 
   def answers(tokens, mask):
     """One field: GSM8K's final number, else the SQuAD-normalized text; -1 if empty."""
-    parse = (text_metrics.gsm8k_final_answer if cfg.headline_metric == "gsm8k"
-             else text_metrics.normalize_answer)
+    parse = (
+      text_metrics.gsm8k_final_answer
+      if cfg.headline_metric == "gsm8k"
+      else text_metrics.normalize_answer
+    )
     keys = [parse(t) or None for t in decode_all(tokens, mask)]
     ids = {k: i for i, k in enumerate(dict.fromkeys(k for k in keys if k is not None))}
     return np.array([ids.get(k, -1) for k in keys], np.int64).reshape(-1, 1)
 
   def corpus() -> Dataset:
-    data, _ = gen_text.encode_pairs(train, tokenizer=tokenizer, max_prompt_len=cfg.max_prompt_len,
-                                    max_response_len=cfg.max_response_len, overflow="truncate")
+    data, _ = gen_text.encode_pairs(
+      train,
+      tokenizer=tokenizer,
+      max_prompt_len=cfg.max_prompt_len,
+      max_response_len=cfg.max_response_len,
+      overflow="truncate",
+    )
     data = sequences(data)
     return Dataset(tokens=data["tokens"], mask=data["mask"])
 
   def probe(params, model_cfg, mesh, test) -> dict:
-    del test   # every model reads a generative task through its one tokenizer
-    test_xent = scoring.cross_entropy(params, model_cfg, sequences(splits["test"]),
-                                     batch_size=probe_batch(mesh), mesh=mesh)
+    del test  # every model reads a generative task through its one tokenizer
+    test_xent = scoring.cross_entropy(
+      params, model_cfg, sequences(splits["test"]), batch_size=probe_batch(mesh), mesh=mesh
+    )
     return {"test_lm_xent": float(np.mean(test_xent))}
 
   max_len = cfg.max_prompt_len + cfg.max_response_len
-  return GenerationTask(name=cfg.tfds_name or str(cfg.train_file), splits=splits,
-                        eval_splits=("test",), vocab_size=tokenizer.vocab_size, max_len=max_len,
-                        fingerprint=cfg.corpus_fields(), make_corpus=corpus, probe_fn=probe,
-                        encoding=encoding, metrics=metrics, score=score, answers=answers,
-                        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, decode=tokenizer.decode,
-                        tokenizer=cfg.tokenizer)
+  return GenerationTask(
+    name=cfg.tfds_name or str(cfg.train_file),
+    splits=splits,
+    eval_splits=("test",),
+    vocab_size=tokenizer.vocab_size,
+    max_len=max_len,
+    fingerprint=cfg.corpus_fields(),
+    make_corpus=corpus,
+    probe_fn=probe,
+    encoding=encoding,
+    metrics=metrics,
+    score=score,
+    answers=answers,
+    eos_id=tokenizer.eos_id,
+    pad_id=tokenizer.pad_id,
+    decode=tokenizer.decode,
+    tokenizer=cfg.tokenizer,
+  )

@@ -23,10 +23,11 @@ def sequences(data: Dataset, response=None, response_mask=None) -> Dataset:
   response_mask = data["response_mask"] if response_mask is None else np.asarray(response_mask)
   prompt_mask = data["prompt_mask"]
   example_id = data["example_id"] if "example_id" in data else np.arange(len(prompt_mask))
-  return Dataset(tokens=np.concatenate([data["prompt"], response], axis=1).astype(np.int32),
-                 mask=np.concatenate([prompt_mask, response_mask], axis=1).astype(np.int32),
-                 loss_mask=np.concatenate([np.zeros_like(prompt_mask), response_mask],
-                                          axis=1).astype(np.int32),
-                 prompt=np.asarray(data["prompt"], np.int32),
-                 prompt_mask=np.asarray(prompt_mask, np.int32),
-                 example_id=np.asarray(example_id, np.int32))
+  return Dataset(
+    tokens=np.concatenate([data["prompt"], response], axis=1).astype(np.int32),
+    mask=np.concatenate([prompt_mask, response_mask], axis=1).astype(np.int32),
+    loss_mask=np.concatenate([np.zeros_like(prompt_mask), response_mask], axis=1).astype(np.int32),
+    prompt=np.asarray(data["prompt"], np.int32),
+    prompt_mask=np.asarray(prompt_mask, np.int32),
+    example_id=np.asarray(example_id, np.int32),
+  )

@@ -16,7 +16,7 @@ import collections
 import functools
 import re
 import string
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -69,8 +69,9 @@ def _f1(prediction_tokens: list[str], reference_tokens: list[str]) -> float:
     return float(prediction_tokens == reference_tokens)
   # Counter intersection: a word repeated in the prediction counts only as often
   # as it appears in the reference.
-  num_same = sum((collections.Counter(prediction_tokens)
-                  & collections.Counter(reference_tokens)).values())
+  num_same = sum(
+    (collections.Counter(prediction_tokens) & collections.Counter(reference_tokens)).values()
+  )
   if num_same == 0:
     return 0.0
   precision = num_same / len(prediction_tokens)
@@ -90,8 +91,7 @@ def token_f1(*, prediction: str, references: Sequence[str]) -> float:
   have none and 0.0 otherwise. So exact_match 1.0 always implies token_f1 1.0.
   """
   predicted = normalize_answer(_check_text("prediction", prediction)).split()
-  return max(_f1(predicted, normalize_answer(ref).split())
-             for ref in _check_references(references))
+  return max(_f1(predicted, normalize_answer(ref).split()) for ref in _check_references(references))
 
 
 @functools.cache
@@ -99,6 +99,7 @@ def rouge_l_scorer():
   # Built once: the scorer holds a Porter stemmer. Imported here because rouge_score
   # pulls in nltk, which only ROUGE callers need.
   from rouge_score import rouge_scorer
+
   return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
@@ -112,8 +113,9 @@ def rouge_l(*, prediction: str, references: Sequence[str]) -> float:
   """
   scorer = rouge_l_scorer()
   _check_text("prediction", prediction)
-  return max(float(scorer.score(ref, prediction)["rougeL"].fmeasure)
-             for ref in _check_references(references))
+  return max(
+    float(scorer.score(ref, prediction)["rougeL"].fmeasure) for ref in _check_references(references)
+  )
 
 
 def gsm8k_final_answer(text: str) -> str | None:
@@ -150,8 +152,10 @@ def _gsm8k_reference_answer(index: int, reference: str) -> str:
   answer = gsm8k_final_answer(text)
   if answer is None:
     # A reference with no answer is a data bug; scoring it 0.0 would hide it.
-    raise ValueError(f"references[{index}]={reference!r:.100}: expected a GSM8K solution "
-                     f"ending in '#### <number>', or a bare number")
+    raise ValueError(
+      f"references[{index}]={reference!r:.100}: expected a GSM8K solution "
+      f"ending in '#### <number>', or a bare number"
+    )
   return answer
 
 
@@ -164,25 +168,32 @@ def gsm8k_match(*, prediction: str, references: Sequence[str]) -> float:
   "18.0" matches "18" and "1,000" matches "1000".
   """
   predicted = gsm8k_final_answer(_check_text("prediction", prediction))
-  answers = {_gsm8k_reference_answer(i, ref)
-             for i, ref in enumerate(_check_references(references))}
+  answers = {_gsm8k_reference_answer(i, ref) for i, ref in enumerate(_check_references(references))}
   return float(predicted is not None and predicted in answers)
 
 
-METRICS = {"exact_match": exact_match, "token_f1": token_f1, "rouge_l": rouge_l,
-           "gsm8k": gsm8k_match}
+METRICS = {
+  "exact_match": exact_match,
+  "token_f1": token_f1,
+  "rouge_l": rouge_l,
+  "gsm8k": gsm8k_match,
+}
 
 
-def score_all(*, metric: str, predictions: Sequence[str],
-              references: Sequence[Sequence[str]]) -> np.ndarray:
+def score_all(
+  *, metric: str, predictions: Sequence[str], references: Sequence[Sequence[str]]
+) -> np.ndarray:
   """METRICS[metric] of each (prediction, its references) pair: float64 [N]."""
   if metric not in METRICS:
     raise ValueError(f"metric={metric!r}: expected one of {sorted(METRICS)}")
   if isinstance(predictions, str):
     raise ValueError(f"predictions={predictions!r:.100}: expected a sequence of str, not one str")
   if len(predictions) != len(references):
-    raise ValueError(f"predictions and references must have the same length: "
-                     f"{len(predictions)} predictions, {len(references)} reference lists")
+    raise ValueError(
+      f"predictions and references must have the same length: "
+      f"{len(predictions)} predictions, {len(references)} reference lists"
+    )
   score = METRICS[metric]
-  return np.array([score(prediction=p, references=r) for p, r in zip(predictions, references)],
-                  dtype=np.float64)
+  return np.array(
+    [score(prediction=p, references=r) for p, r in zip(predictions, references)], dtype=np.float64
+  )

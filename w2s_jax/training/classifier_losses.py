@@ -11,6 +11,7 @@ from w2s_jax.training.objectives import ClassifierLoss, register
 @dataclasses.dataclass(frozen=True)
 class Xent(ClassifierLoss):
   """Naive KD: cross-entropy against the soft labels, at a temperature."""
+
   name: ClassVar[str] = "xent"
   temperature: float = 1.0
 
@@ -26,6 +27,7 @@ class Xent(ClassifierLoss):
 @dataclasses.dataclass(frozen=True)
 class Kl(ClassifierLoss):
   """KL(labels || student)."""
+
   name: ClassVar[str] = "kl"
 
   def loss(self, *, logits, labels, step_frac):
@@ -37,6 +39,7 @@ class Kl(ClassifierLoss):
 @dataclasses.dataclass(frozen=True)
 class Product(ClassifierLoss):
   """Cross-entropy against student^beta * labels^alpha, normalised."""
+
   name: ClassVar[str] = "product"
   alpha: float = 1.0
   beta: float = 1.0
@@ -52,6 +55,7 @@ class LogConf(ClassifierLoss):
   """Burns et al.'s auxiliary confidence loss: the labels mixed with the
   student's own hardened predictions, the mix ramping up to aux_coef over
   the first warmup_frac of training."""
+
   name: ClassVar[str] = "logconf"
   warmup_frac: float = 0.1
   aux_coef: float = 0.5
@@ -61,5 +65,10 @@ class LogConf(ClassifierLoss):
     self._check("aux_coef", 0 <= self.aux_coef <= 1, "in [0, 1]")
 
   def loss(self, *, logits, labels, step_frac):
-    return losses.logconf(logits=logits, labels=labels, step_frac=step_frac,
-                          warmup_frac=self.warmup_frac, aux_coef=self.aux_coef)
+    return losses.logconf(
+      logits=logits,
+      labels=labels,
+      step_frac=step_frac,
+      warmup_frac=self.warmup_frac,
+      aux_coef=self.aux_coef,
+    )

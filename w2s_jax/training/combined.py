@@ -15,8 +15,15 @@ from w2s_jax.models.model_config import ModelConfig
 from w2s_jax.models.transformer import Transformer
 from w2s_jax.training import losses
 from w2s_jax.training.generative_losses import sft_objective
-from w2s_jax.training.objectives import (CLASSIFICATION, GENERATION, Loss, class_logits,
-                                         label_agreement, register, split_batch)
+from w2s_jax.training.objectives import (
+  CLASSIFICATION,
+  GENERATION,
+  Loss,
+  class_logits,
+  label_agreement,
+  register,
+  split_batch,
+)
 
 
 @register
@@ -54,9 +61,15 @@ def combined_classifier_objective(model_cfg: ModelConfig, *, alpha: float):
     weak_rng, gt_rng = jax.random.split(rng)
     weak_logits = class_logits(model, params, weak, weak_rng)
     gt_logits = class_logits(model, params, gt, gt_rng)
-    loss = losses.combined(weak_logits=weak_logits, weak_labels=weak["labels"],
-                           gt_logits=gt_logits, gt_labels=gt["labels"], alpha=alpha)
+    loss = losses.combined(
+      weak_logits=weak_logits,
+      weak_labels=weak["labels"],
+      gt_logits=gt_logits,
+      gt_labels=gt["labels"],
+      alpha=alpha,
+    )
     return loss, {"label_agreement": label_agreement(weak_logits, weak["labels"])}
+
   return loss_fn
 
 
@@ -69,4 +82,5 @@ def combined_generative_objective(model_cfg: ModelConfig, *, alpha: float):
     weak_loss, aux = sft(params, split_batch(batch, "weak_"), step_frac, weak_rng)
     gt_loss, _ = sft(params, split_batch(batch, "gt_"), step_frac, gt_rng)
     return alpha * weak_loss + (1.0 - alpha) * gt_loss, aux
+
   return loss_fn

@@ -10,85 +10,131 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax.training import lora
-from w2s_jax.models import transformer
-from w2s_jax.training import train
-from w2s_jax.infra import sharding as shd
 from w2s_jax.data.dataset import Dataset, shuffled_batches
+from w2s_jax.infra import sharding as shd
+from w2s_jax.models import transformer
+from w2s_jax.training import lora, train
 from w2s_jax.training.objectives import Loss
 from w2s_jax.training.train import OptimConfig
 
 
-def seed_stream(per_seed: list[Dataset], *, batch_size, seeds, rows,
-                 gt_data: Dataset | None = None):
+def seed_stream(
+  per_seed: list[Dataset], *, batch_size, seeds, rows, gt_data: Dataset | None = None
+):
   """Batches with a leading seed axis; each seed has its own data and order.
 
   With gt_data, each batch also carries a ground-truth batch under gt_* keys
   (and the weak-supervised one under weak_*), for the combined objective.
   """
+
   def stacked(streams):
     while True:
       parts = [next(s) for s in streams]
       yield {k: np.stack([p[k] for p in parts]) for k in parts[0]}
 
-  weak = stacked([shuffled_batches(data, batch_size=batch_size, seed=s, rows=rows)
-                  for data, s in zip(per_seed, seeds)])
+  weak = stacked(
+    [
+      shuffled_batches(data, batch_size=batch_size, seed=s, rows=rows)
+      for data, s in zip(per_seed, seeds)
+    ]
+  )
   if gt_data is None:
     yield from weak
     return
   # Another seed stream than the weak one's, so the two orders are independent.
-  gt = stacked([shuffled_batches(gt_data, batch_size=batch_size, seed=s + 7919, rows=rows)
-                for s in seeds])
+  gt = stacked(
+    [shuffled_batches(gt_data, batch_size=batch_size, seed=s + 7919, rows=rows) for s in seeds]
+  )
   while True:
-    yield {**{f"weak_{k}": v for k, v in next(weak).items()},
-           **{f"gt_{k}": v for k, v in next(gt).items()}}
+    yield {
+      **{f"weak_{k}": v for k, v in next(weak).items()},
+      **{f"gt_{k}": v for k, v in next(gt).items()},
+    }
 
 
 def seed_stacked_abstract(cfg, num_seeds):
   """Shapes of one params copy per seed."""
-  return jax.eval_shape(lambda: jax.vmap(lambda k: transformer.init_params(cfg, k))(
-      jax.random.split(jax.random.key(0), num_seeds)))
+  return jax.eval_shape(
+    lambda: jax.vmap(lambda k: transformer.init_params(cfg, k))(
+      jax.random.split(jax.random.key(0), num_seeds)
+    )
+  )
 
 
 @functools.lru_cache(maxsize=64)
-def finetune_step(model_cfg, loss_cfg, optim_cfg, mesh, num_seeds, generative=False,
-                   teacher_cfg=None, sampling_cfg=None):
+def finetune_step(
+  model_cfg,
+  loss_cfg,
+  optim_cfg,
+  mesh,
+  num_seeds,
+  generative=False,
+  teacher_cfg=None,
+  sampling_cfg=None,
+):
   """One compiled step per (model, loss, optimizer, mesh, seeds, teacher,
   sampling config of the live loss): sweep cells that share a strong size
   and a loss reuse it."""
   optimizer = train.make_optimizer(optim_cfg)
   base_sharding = None
   trainable = lambda k: transformer.init_params(model_cfg, k)
-  if optim_cfg.lora_rank:   # the state holds the adapters and the head; the base is frozen
+  if optim_cfg.lora_rank:  # the state holds the adapters and the head; the base is frozen
     base = jax.eval_shape(lambda: transformer.init_params(model_cfg, jax.random.key(0)))
     base_sharding = shd.state_sharding(base, mesh)
-    trainable = lambda k: lora.trainable_params(transformer.init_params(model_cfg, k), model_cfg,
-                                                rank=optim_cfg.lora_rank,
-                                                targets=optim_cfg.lora_targets, rng=k)
-  abstract = jax.eval_shape(lambda: jax.vmap(lambda k: train.init_state(
-      trainable(k), optimizer, k))(jax.random.split(jax.random.key(0), num_seeds)))
+    trainable = lambda k: lora.trainable_params(
+      transformer.init_params(model_cfg, k),
+      model_cfg,
+      rank=optim_cfg.lora_rank,
+      targets=optim_cfg.lora_targets,
+      rng=k,
+    )
+  abstract = jax.eval_shape(
+    lambda: jax.vmap(lambda k: train.init_state(trainable(k), optimizer, k))(
+      jax.random.split(jax.random.key(0), num_seeds)
+    )
+  )
   teacher_sharding = None
   if teacher_cfg is not None:
-    teacher_sharding = shd.state_sharding(seed_stacked_abstract(teacher_cfg, num_seeds), mesh,
-                                          seed_axis=True)
-  loss_fn = loss_cfg.objective(model_cfg, generative=generative,
-                                 teacher_cfg=teacher_cfg, sampling_cfg=sampling_cfg)
+    teacher_sharding = shd.state_sharding(
+      seed_stacked_abstract(teacher_cfg, num_seeds), mesh, seed_axis=True
+    )
+  loss_fn = loss_cfg.objective(
+    model_cfg, generative=generative, teacher_cfg=teacher_cfg, sampling_cfg=sampling_cfg
+  )
   if optim_cfg.lora_rank:
     loss_fn = lora.lora_loss(loss_fn, model_cfg, optim_cfg.lora_alpha)
-  step = train.compile_train_step(loss_fn=loss_fn, optimizer=optimizer,
-                                  total_steps=optim_cfg.steps, mesh=mesh,
-                                  state_sharding=shd.state_sharding(abstract, mesh, seed_axis=True),
-                                  vmap_seeds=True, accum_steps=optim_cfg.grad_accum_steps,
-                                  linear_probe=optim_cfg.linear_probe,
-                                  teacher_sharding=teacher_sharding,
-                                  base_sharding=base_sharding)
+  step = train.compile_train_step(
+    loss_fn=loss_fn,
+    optimizer=optimizer,
+    total_steps=optim_cfg.steps,
+    mesh=mesh,
+    state_sharding=shd.state_sharding(abstract, mesh, seed_axis=True),
+    vmap_seeds=True,
+    accum_steps=optim_cfg.grad_accum_steps,
+    linear_probe=optim_cfg.linear_probe,
+    teacher_sharding=teacher_sharding,
+    base_sharding=base_sharding,
+  )
   return optimizer, step, teacher_sharding
 
 
-def finetune(params, model_cfg, per_seed: list[Dataset], *, loss_cfg: Loss,
-             optim_cfg: OptimConfig, seeds, mesh, desc, progress=True,
-             params_per_seed: bool = False, gt_data: Dataset | None = None,
-             generative: bool = False, teacher=None, sampling_cfg=None):
+def finetune(
+  params,
+  model_cfg,
+  per_seed: list[Dataset],
+  *,
+  loss_cfg: Loss,
+  optim_cfg: OptimConfig,
+  seeds,
+  mesh,
+  desc,
+  progress=True,
+  params_per_seed: bool = False,
+  gt_data: Dataset | None = None,
+  generative: bool = False,
+  teacher=None,
+  sampling_cfg=None,
+):
   """Fine-tunes one copy of `params` per seed, all seeds in one vmapped program.
 
   per_seed: each seed's training examples (classification: tokens, mask and
@@ -103,41 +149,61 @@ def finetune(params, model_cfg, per_seed: list[Dataset], *, loss_cfg: Loss,
   if len(per_seed) != num_seeds:
     raise ValueError(f"finetune: data for {len(per_seed)} seeds, expected {num_seeds}")
   if loss_cfg.needs_gt_data != (gt_data is not None):
-    raise ValueError(f"finetune: gt_data is needed by the combined loss and live with "
-                     f"live_gt_weight > 0 only, got loss {loss_cfg.tag!r} with "
-                     f"gt_data={'set' if gt_data is not None else None}")
+    raise ValueError(
+      f"finetune: gt_data is needed by the combined loss and live with "
+      f"live_gt_weight > 0 only, got loss {loss_cfg.tag!r} with "
+      f"gt_data={'set' if gt_data is not None else None}"
+    )
   if loss_cfg.needs_teacher != (teacher is not None):
-    raise ValueError(f"finetune: a teacher is needed by token-level KD and live only, got loss "
-                     f"{loss_cfg.name!r} with teacher={'set' if teacher is not None else None}")
+    raise ValueError(
+      f"finetune: a teacher is needed by token-level KD and live only, got loss "
+      f"{loss_cfg.name!r} with teacher={'set' if teacher is not None else None}"
+    )
   if loss_cfg.name != "live":
     sampling_cfg = None  # one compiled step per loss, whatever the caller passed
   base = None
   if optim_cfg.lora_rank:
     if params_per_seed:
-      raise ValueError("finetune: OptimConfig.lora_rank > 0 adapts one shared base, got "
-                       "params_per_seed=True")
+      raise ValueError(
+        "finetune: OptimConfig.lora_rank > 0 adapts one shared base, got params_per_seed=True"
+      )
     base = jax.device_put(params, shd.state_sharding(params, mesh))
     params = _lora_trainable(params, model_cfg, optim_cfg, seeds)
   elif not params_per_seed:
     params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds, *x.shape)), params)
   teacher_cfg, teacher_params = teacher if teacher is not None else (None, None)
-  optimizer, step, teacher_sharding = finetune_step(model_cfg, loss_cfg, optim_cfg, mesh,
-                                                     num_seeds, generative, teacher_cfg,
-                                                     sampling_cfg)
-  state = train.initial_state(train.from_params, params, optimizer=optimizer, mesh=mesh,
-                              rng=train.seed_keys(seeds), per_seed=True)
+  optimizer, step, teacher_sharding = finetune_step(
+    model_cfg, loss_cfg, optim_cfg, mesh, num_seeds, generative, teacher_cfg, sampling_cfg
+  )
+  state = train.initial_state(
+    train.from_params,
+    params,
+    optimizer=optimizer,
+    mesh=mesh,
+    rng=train.seed_keys(seeds),
+    per_seed=True,
+  )
   frozen = ((base,) if base is not None else ()) + (
-      (jax.device_put(teacher_params, teacher_sharding),) if teacher is not None else ())
+    (jax.device_put(teacher_params, teacher_sharding),) if teacher is not None else ()
+  )
   if frozen:
     compiled = step
     step = lambda state, batch: compiled(state, batch, *frozen)
-  batches = seed_stream(per_seed, batch_size=optim_cfg.batch_size, seeds=seeds,
-                         rows=shd.process_rows(mesh, optim_cfg.batch_size), gt_data=gt_data)
-  state, _ = train.fit(state, step, batches, num_steps=optim_cfg.steps, mesh=mesh, desc=desc,
-                       progress=progress)
-  if base is not None:   # each seed's adapters merged into the shared base, for evaluation
-    merge = jax.vmap(lambda t, b: lora.merge(b, t, model_cfg=model_cfg,
-                                             alpha=optim_cfg.lora_alpha), in_axes=(0, None))
+  batches = seed_stream(
+    per_seed,
+    batch_size=optim_cfg.batch_size,
+    seeds=seeds,
+    rows=shd.process_rows(mesh, optim_cfg.batch_size),
+    gt_data=gt_data,
+  )
+  state, _ = train.fit(
+    state, step, batches, num_steps=optim_cfg.steps, mesh=mesh, desc=desc, progress=progress
+  )
+  if base is not None:  # each seed's adapters merged into the shared base, for evaluation
+    merge = jax.vmap(
+      lambda t, b: lora.merge(b, t, model_cfg=model_cfg, alpha=optim_cfg.lora_alpha),
+      in_axes=(0, None),
+    )
     out = shd.state_sharding(seed_stacked_abstract(model_cfg, num_seeds), mesh, seed_axis=True)
     return jax.jit(merge, out_shardings=out)(state.params, base)
   return state.params
@@ -146,5 +212,8 @@ def finetune(params, model_cfg, per_seed: list[Dataset], *, loss_cfg: Loss,
 def _lora_trainable(base, model_cfg, optim_cfg, seeds):
   """Per seed (stacked), fresh adapters from the seed's own key and the base's head."""
   keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 0x10A) for s in seeds])
-  return jax.vmap(lambda k: lora.trainable_params(base, model_cfg, rank=optim_cfg.lora_rank,
-                                                  targets=optim_cfg.lora_targets, rng=k))(keys)
+  return jax.vmap(
+    lambda k: lora.trainable_params(
+      base, model_cfg, rank=optim_cfg.lora_rank, targets=optim_cfg.lora_targets, rng=k
+    )
+  )(keys)

@@ -17,8 +17,14 @@ from w2s_jax.models import sampling
 from w2s_jax.models.model_config import ModelConfig
 from w2s_jax.models.transformer import Transformer
 from w2s_jax.training import losses
-from w2s_jax.training.objectives import (GENERATION, Loss, check_teacher, lm_logits, register,
-                                         teacher_logits)
+from w2s_jax.training.objectives import (
+  GENERATION,
+  Loss,
+  check_teacher,
+  lm_logits,
+  register,
+  teacher_logits,
+)
 
 
 def token_accuracy(logits, batch):
@@ -38,9 +44,9 @@ def sft_objective(model_cfg: ModelConfig):
   def loss_fn(params, batch, step_frac, rng):
     del step_frac
     logits = lm_logits(model, params, batch, rng)
-    loss = losses.response_xent(logits=logits, tokens=batch["tokens"],
-                                loss_mask=batch["loss_mask"])
+    loss = losses.response_xent(logits=logits, tokens=batch["tokens"], loss_mask=batch["loss_mask"])
     return loss, {"token_agreement": token_accuracy(logits, batch)}
+
   return loss_fn
 
 
@@ -48,6 +54,7 @@ def sft_objective(model_cfg: ModelConfig):
 @dataclasses.dataclass(frozen=True)
 class Sft(Loss):
   """Sequence-level KD: the LM loss on the weak model's responses."""
+
   name: ClassVar[str] = "sft"
   kinds: ClassVar[tuple[str, ...]] = (GENERATION,)
 
@@ -59,6 +66,7 @@ class Sft(Loss):
 class TokenKD(Loss):
   """Token-level KD: a divergence between the student's and the frozen
   teacher's next-token distributions at every response position."""
+
   kinds: ClassVar[tuple[str, ...]] = (GENERATION,)
   needs_teacher: ClassVar[bool] = True
 
@@ -83,6 +91,7 @@ def token_kd_objective(model_cfg: ModelConfig, teacher_cfg: ModelConfig, loss: T
     target = teacher_logits(teacher_model, teacher_params, batch["tokens"], batch["mask"])
     value = divergence(logits=logits, teacher_logits=target, loss_mask=batch["loss_mask"])
     return value, {"token_agreement": token_accuracy(logits, batch)}
+
   return loss_fn
 
 
@@ -90,6 +99,7 @@ def token_kd_objective(model_cfg: ModelConfig, teacher_cfg: ModelConfig, loss: T
 @dataclasses.dataclass(frozen=True)
 class ForwardKl(TokenKD):
   """KL(teacher || student) per token."""
+
   name: ClassVar[str] = "forward_kl"
   temperature: float = 1.0
 
@@ -104,6 +114,7 @@ class ForwardKl(TokenKD):
 @dataclasses.dataclass(frozen=True)
 class ReverseKl(TokenKD):
   """KL(student || teacher) per token."""
+
   name: ClassVar[str] = "reverse_kl"
   temperature: float = 1.0
 
@@ -118,6 +129,7 @@ class ReverseKl(TokenKD):
 @dataclasses.dataclass(frozen=True)
 class Jsd(TokenKD):
   """Generalized JSD per token; jsd_beta is the teacher's weight in the mixture."""
+
   name: ClassVar[str] = "jsd"
   temperature: float = 1.0
   jsd_beta: float = 0.5
@@ -127,8 +139,9 @@ class Jsd(TokenKD):
     self._check("jsd_beta", 0 < self.jsd_beta < 1, "in (0, 1)")
 
   def divergence(self):
-    return functools.partial(losses.generalized_jsd, beta=self.jsd_beta,
-                             temperature=self.temperature)
+    return functools.partial(
+      losses.generalized_jsd, beta=self.jsd_beta, temperature=self.temperature
+    )
 
 
 DIVERGENCES = {cls.name: cls for cls in (ForwardKl, ReverseKl, Jsd)}

@@ -41,9 +41,16 @@ import numpy as np
 from w2s_jax.models import sampling
 from w2s_jax.models.model_config import ModelConfig
 from w2s_jax.models.transformer import Transformer
-from w2s_jax.training.generative_losses import (DIVERGENCES, sft_objective, token_kd_objective)
-from w2s_jax.training.objectives import (GENERATION, Loss, check_teacher, dropout_rngs,
-                                         register, split_batch, teacher_logits)
+from w2s_jax.training.generative_losses import DIVERGENCES, sft_objective, token_kd_objective
+from w2s_jax.training.objectives import (
+  GENERATION,
+  Loss,
+  check_teacher,
+  dropout_rngs,
+  register,
+  split_batch,
+  teacher_logits,
+)
 
 PROMPT_FIELDS = ("prompt", "prompt_mask", "example_id")
 
@@ -74,29 +81,41 @@ def sample_rows(params, batch, rng, *, model_cfg: ModelConfig, sampling_cfg, fra
   prompt_mask and example_id); rng: a key or raw key data."""
   missing = [f for f in PROMPT_FIELDS if f not in batch]
   if missing:
-    raise ValueError(f"loss 'live': the batch has no {missing} field(s); expected "
-                     "gen_tasks.sequences rows, which keep each row's prompt, prompt_mask and "
-                     "example_id")
+    raise ValueError(
+      f"loss 'live': the batch has no {missing} field(s); expected "
+      "gen_tasks.sequences rows, which keep each row's prompt, prompt_mask and "
+      "example_id"
+    )
   rows, width = batch["tokens"].shape
   prompt_len = batch["prompt"].shape[1]
   room = width - prompt_len
   if sampling_cfg.max_new_tokens > room:
-    raise ValueError(f"loss 'live': SamplingConfig.max_new_tokens="
-                     f"{sampling_cfg.max_new_tokens} exceeds the batch's response width {room} "
-                     f"(tokens {width} - prompt {prompt_len}); expected at most {room}")
+    raise ValueError(
+      f"loss 'live': SamplingConfig.max_new_tokens="
+      f"{sampling_cfg.max_new_tokens} exceeds the batch's response width {room} "
+      f"(tokens {width} - prompt {prompt_len}); expected at most {room}"
+    )
   sampling_cfg.check(model_cfg, prompt_len)
   period, per = live_layout(rows, fraction)
   take = lambda x: _flat(_grouped(x, period)[:, :per])
   prompt, prompt_mask = take(batch["prompt"]), take(batch["prompt_mask"]).astype(jnp.int32)
   tokens, response_mask, _ = sampling.sample(
-      jax.lax.stop_gradient(params), prompt, prompt_mask, take(batch["example_id"]), rng,
-      model_cfg=model_cfg, cfg=sampling_cfg)
+    jax.lax.stop_gradient(params),
+    prompt,
+    prompt_mask,
+    take(batch["example_id"]),
+    rng,
+    model_cfg=model_cfg,
+    cfg=sampling_cfg,
+  )
   pad = ((0, 0), (0, room - sampling_cfg.max_new_tokens))
   tokens = jnp.pad(tokens, pad, constant_values=sampling_cfg.pad_id)
   response_mask = jnp.pad(response_mask, pad)
-  live = {"tokens": jnp.concatenate([prompt.astype(jnp.int32), tokens], axis=1),
-          "mask": jnp.concatenate([prompt_mask, response_mask], axis=1),
-          "loss_mask": jnp.concatenate([jnp.zeros_like(prompt_mask), response_mask], axis=1)}
+  live = {
+    "tokens": jnp.concatenate([prompt.astype(jnp.int32), tokens], axis=1),
+    "mask": jnp.concatenate([prompt_mask, response_mask], axis=1),
+    "loss_mask": jnp.concatenate([jnp.zeros_like(prompt_mask), response_mask], axis=1),
+  }
 
   def put(name):
     grouped = _grouped(batch[name], period)
@@ -104,8 +123,7 @@ def sample_rows(params, batch, rng, *, model_cfg: ModelConfig, sampling_cfg, fra
     return _flat(jnp.concatenate([sampled, grouped[:, per:]], axis=1))
 
   is_live = np.tile(np.arange(period) < per, rows // period).astype(np.float32)
-  return ({name: put(name) for name in live}, jnp.asarray(is_live),
-          jnp.sum(response_mask, axis=1))
+  return ({name: put(name) for name in live}, jnp.asarray(is_live), jnp.sum(response_mask, axis=1))
 
 
 def _row_weights(loss_mask, is_live, share):
@@ -128,6 +146,7 @@ class Live(Loss):
   live_temperature: the student's sampling temperature (1: on-policy, 0: greedy);
   live_gt_weight: (1 - w) * live + w * LM on gt_examples ground truths.
   """
+
   name: ClassVar[str] = "live"
   kinds: ClassVar[tuple[str, ...]] = (GENERATION,)
   needs_teacher: ClassVar[bool] = True
@@ -144,8 +163,9 @@ class Live(Loss):
     self._check("gt_examples", self.gt_examples >= 1, ">= 1")
     self._check("jsd_beta", 0 < self.jsd_beta < 1, "in (0, 1)")
     self._check("live_fraction", 0 <= self.live_fraction <= 1, "in [0, 1]")
-    self._check("live_divergence", self.live_divergence in DIVERGENCES,
-                f"one of {tuple(DIVERGENCES)}")
+    self._check(
+      "live_divergence", self.live_divergence in DIVERGENCES, f"one of {tuple(DIVERGENCES)}"
+    )
     self._check("live_temperature", self.live_temperature >= 0, ">= 0 (0: greedy)")
     self._check("live_gt_weight", 0 <= self.live_gt_weight <= 1, "in [0, 1]")
 
@@ -164,13 +184,19 @@ class Live(Loss):
     return live_objective(model_cfg, teacher_cfg, self, sampling_cfg)
 
 
-def live_objective(model_cfg: ModelConfig, teacher_cfg: ModelConfig | None, loss_cfg: Live,
-                   sampling_cfg: sampling.SamplingConfig | None):
+def live_objective(
+  model_cfg: ModelConfig,
+  teacher_cfg: ModelConfig | None,
+  loss_cfg: Live,
+  sampling_cfg: sampling.SamplingConfig | None,
+):
   """loss_fn(params, batch, step_frac, rng, teacher_params) for a Live loss."""
   check_teacher(loss_cfg, model_cfg, teacher_cfg)
   if sampling_cfg is None:
-    raise ValueError("loss 'live' needs the task's SamplingConfig (max_new_tokens, EOS and pad "
-                     "ids of the student's samples)")
+    raise ValueError(
+      "loss 'live' needs the task's SamplingConfig (max_new_tokens, EOS and pad "
+      "ids of the student's samples)"
+    )
   kd = loss_cfg.token_kd()
   offpolicy = token_kd_objective(model_cfg, teacher_cfg, kd)
   divergence = kd.divergence()
@@ -184,20 +210,33 @@ def live_objective(model_cfg: ModelConfig, teacher_cfg: ModelConfig | None, loss
       loss, aux = offpolicy(params, batch, step_frac, rng, teacher_params)
       return loss, {**aux, "live_response_len": jnp.zeros((), jnp.float32)}
     sample_key, rng = jax.random.split(rng)
-    seqs, is_live, lengths = sample_rows(params, batch, sample_key, model_cfg=model_cfg,
-                                         sampling_cfg=sampling_cfg,
-                                         fraction=loss_cfg.live_fraction)
-    logits = model.apply({"params": params}, seqs["tokens"], seqs["mask"],
-                         method=Transformer.lm_logits, rngs=dropout_rngs(model_cfg, rng))
+    seqs, is_live, lengths = sample_rows(
+      params,
+      batch,
+      sample_key,
+      model_cfg=model_cfg,
+      sampling_cfg=sampling_cfg,
+      fraction=loss_cfg.live_fraction,
+    )
+    logits = model.apply(
+      {"params": params},
+      seqs["tokens"],
+      seqs["mask"],
+      method=Transformer.lm_logits,
+      rngs=dropout_rngs(model_cfg, rng),
+    )
     target = teacher_logits(teacher_model, teacher_params, seqs["tokens"], seqs["mask"])
     weights = _row_weights(seqs["loss_mask"], is_live, per / period)
     loss = divergence(logits=logits, teacher_logits=target, loss_mask=weights)
     # How often the student's greedy token is the teacher's, at every response position.
-    agree = (sampling.greedy_token(logits[:, :-1])
-             == sampling.greedy_token(target[:, :-1])).astype(jnp.float32)
+    agree = (sampling.greedy_token(logits[:, :-1]) == sampling.greedy_token(target[:, :-1])).astype(
+      jnp.float32
+    )
     counted = seqs["loss_mask"][:, 1:].astype(jnp.float32)
-    return loss, {"token_agreement": jnp.sum(agree * counted) / jnp.maximum(jnp.sum(counted), 1.0),
-                  "live_response_len": jnp.mean(lengths.astype(jnp.float32))}
+    return loss, {
+      "token_agreement": jnp.sum(agree * counted) / jnp.maximum(jnp.sum(counted), 1.0),
+      "live_response_len": jnp.mean(lengths.astype(jnp.float32)),
+    }
 
   gt_weight = loss_cfg.live_gt_weight
   if gt_weight == 0:
@@ -209,4 +248,5 @@ def live_objective(model_cfg: ModelConfig, teacher_cfg: ModelConfig | None, loss
     loss, aux = live_loss(params, split_batch(batch, "weak_"), step_frac, weak_rng, teacher_params)
     gt_loss, _ = sft(params, split_batch(batch, "gt_"), step_frac, gt_rng)
     return (1.0 - gt_weight) * loss + gt_weight * gt_loss, aux
+
   return with_ground_truth

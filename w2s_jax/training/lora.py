@@ -19,8 +19,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from w2s_jax.infra import checkpoints
-from w2s_jax.infra import integrity
+from w2s_jax.infra import checkpoints, integrity
 from w2s_jax.models.transformer import HEAD
 
 TARGETS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_out")
@@ -30,8 +29,9 @@ QKV_PARTS = ("q", "k", "v")
 def check_targets(targets, field: str = "OptimConfig.lora_targets") -> None:
   unknown = [t for t in targets if t not in TARGETS]
   if unknown:
-    raise ValueError(f"{field}={tuple(targets)!r}: {unknown} names no layer; expected names "
-                     f"among {TARGETS}")
+    raise ValueError(
+      f"{field}={tuple(targets)!r}: {unknown} names no layer; expected names among {TARGETS}"
+    )
   if not targets or len(set(targets)) != len(targets):
     raise ValueError(f"{field}={tuple(targets)!r}: expected distinct names, at least one")
 
@@ -60,8 +60,10 @@ def init_adapters(model_cfg, *, rank: int, targets, rng: jax.Array) -> dict:
   keys = jax.random.split(rng, len(flat))
   out = {b: {} for b in shapes}
   for key, (block, target, (d_in, d_out)) in zip(keys, flat):
-    out[block][target] = {"a": jax.random.normal(key, (d_in, rank)) / jnp.sqrt(d_in),
-                          "b": jnp.zeros((rank, d_out))}
+    out[block][target] = {
+      "a": jax.random.normal(key, (d_in, rank)) / jnp.sqrt(d_in),
+      "b": jnp.zeros((rank, d_out)),
+    }
   return out
 
 
@@ -78,8 +80,9 @@ def merge(base: dict, trainable: dict, *, model_cfg, alpha: float) -> dict:
       kernel = layer[name]["kernel"]
       if target in QKV_PARTS:
         start, _ = qkv_columns(model_cfg, target)
-        delta = jax.lax.dynamic_update_slice(jnp.zeros_like(kernel), delta.astype(kernel.dtype),
-                                             (0, start))
+        delta = jax.lax.dynamic_update_slice(
+          jnp.zeros_like(kernel), delta.astype(kernel.dtype), (0, start)
+        )
       layer[name] = {**layer[name], "kernel": kernel + delta.astype(kernel.dtype)}
     params[block] = layer
   return params
@@ -87,31 +90,42 @@ def merge(base: dict, trainable: dict, *, model_cfg, alpha: float) -> dict:
 
 def trainable_params(base: dict, model_cfg, *, rank: int, targets, rng: jax.Array) -> dict:
   """A LoRA run's trainable state: fresh adapters and the base's head."""
-  return {"lora": init_adapters(model_cfg, rank=rank, targets=targets, rng=rng),
-          HEAD: base[HEAD]}
+  return {"lora": init_adapters(model_cfg, rank=rank, targets=targets, rng=rng), HEAD: base[HEAD]}
 
 
 def lora_loss(loss_fn, model_cfg, alpha: float):
   """loss_fn(params, batch, step_frac, rng[, teacher]) as a loss of the
   trainable state, the base its first frozen argument:
   (trainable, batch, step_frac, rng, base[, teacher])."""
+
   def wrapped(trainable, batch, step_frac, rng, base, *teacher):
-    return loss_fn(merge(base, trainable, model_cfg=model_cfg, alpha=alpha), batch, step_frac,
-                   rng, *teacher)
+    return loss_fn(
+      merge(base, trainable, model_cfg=model_cfg, alpha=alpha), batch, step_frac, rng, *teacher
+    )
+
   return wrapped
 
 
-def save(path, trainable: dict, *, base: dict, base_name: str, rank: int, alpha: float,
-         targets) -> None:
+def save(
+  path, trainable: dict, *, base: dict, base_name: str, rank: int, alpha: float, targets
+) -> None:
   """A LoRA run's checkpoint: <path>/adapters, an orbax checkpoint of the
   adapters and the head only, and <path>/lora.json: rank, alpha, targets, and
   the identity of the base (its name and checksum), written last."""
   path = Path(path)
   path.mkdir(parents=True, exist_ok=True)
   adapters_sum = checkpoints.save_params(path / "adapters", trainable)
-  integrity.write_json_checked(path / "lora.json", {
-      "rank": rank, "alpha": alpha, "targets": list(targets), "base": base_name,
-      "base_checksum": integrity.tree_checksum(base), "adapters_checksum": adapters_sum})
+  integrity.write_json_checked(
+    path / "lora.json",
+    {
+      "rank": rank,
+      "alpha": alpha,
+      "targets": list(targets),
+      "base": base_name,
+      "base_checksum": integrity.tree_checksum(base),
+      "adapters_checksum": adapters_sum,
+    },
+  )
 
 
 def load(path, *, base: dict, model_cfg) -> tuple[dict, dict]:
@@ -121,11 +135,15 @@ def load(path, *, base: dict, model_cfg) -> tuple[dict, dict]:
   path = Path(path)
   record = integrity.read_json_checked(path / "lora.json", "LoRA record")
   if integrity.tree_checksum(base) != record["base_checksum"]:
-    raise ValueError(f"{path}: adapters trained on base {record['base']!r} (checksum "
-                     f"{record['base_checksum']}), but the base given has checksum "
-                     f"{integrity.tree_checksum(base)}: expected the base they were trained on")
-  like = jax.eval_shape(lambda: trainable_params(base, model_cfg, rank=record["rank"],
-                                                 targets=tuple(record["targets"]),
-                                                 rng=jax.random.key(0)))
+    raise ValueError(
+      f"{path}: adapters trained on base {record['base']!r} (checksum "
+      f"{record['base_checksum']}), but the base given has checksum "
+      f"{integrity.tree_checksum(base)}: expected the base they were trained on"
+    )
+  like = jax.eval_shape(
+    lambda: trainable_params(
+      base, model_cfg, rank=record["rank"], targets=tuple(record["targets"]), rng=jax.random.key(0)
+    )
+  )
   trainable = checkpoints.load_params(path / "adapters", like, record["adapters_checksum"])
   return trainable, record

@@ -76,8 +76,9 @@ def logconf(*, logits, labels, step_frac, warmup_frac=0.1, aux_coef=0.5):
 
 def combined(*, weak_logits, weak_labels, gt_logits, gt_labels, alpha):
   """alpha * KD on a weak-labelled batch + (1 - alpha) * xent on a ground-truth batch."""
-  return (alpha * xent(logits=weak_logits, labels=weak_labels)
-          + (1.0 - alpha) * xent(logits=gt_logits, labels=gt_labels))
+  return alpha * xent(logits=weak_logits, labels=weak_labels) + (1.0 - alpha) * xent(
+    logits=gt_logits, labels=gt_labels
+  )
 
 
 def lm_xent(*, logits, tokens, mask):
@@ -94,6 +95,7 @@ def lm_xent(*, logits, tokens, mask):
 # Each loss is the mean over the counted positions of the whole batch. loss_mask
 # may also hold float weights w: the loss is then sum(w * d) / max(sum(w), 1)
 # (live.py weights two groups of rows so).
+
 
 def _response_mean(values, loss_mask):
   weight = loss_mask[:, 1:].astype(jnp.float32)
@@ -145,8 +147,10 @@ def generalized_jsd(*, logits, teacher_logits, loss_mask, beta, temperature=1.0)
   forward_kl / reverse_kl for the end points.
   """
   if not 0 < beta < 1:
-    raise ValueError(f"generalized_jsd beta={beta}: expected in (0, 1) (the end points are "
-                     "forward_kl and reverse_kl)")
+    raise ValueError(
+      f"generalized_jsd beta={beta}: expected in (0, 1) (the end points are "
+      "forward_kl and reverse_kl)"
+    )
   teacher = jax.lax.stop_gradient(_log_probs(teacher_logits, temperature))
   student = _log_probs(logits, temperature)
   mixture = jnp.logaddexp(jnp.log(beta) + teacher, jnp.log1p(-beta) + student)

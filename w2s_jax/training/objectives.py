@@ -40,8 +40,9 @@ def register(cls: type["Loss"]) -> type["Loss"]:
   if not isinstance(name, str) or not name:
     raise TypeError(f"register({cls.__name__}): expected a class attribute name: ClassVar[str]")
   if name in _KNOWN and _KNOWN[name] is not cls:
-    raise ValueError(f"register({cls.__name__}): the name {name!r} is taken by "
-                     f"{_KNOWN[name].__name__}")
+    raise ValueError(
+      f"register({cls.__name__}): the name {name!r} is taken by {_KNOWN[name].__name__}"
+    )
   _KNOWN[name] = cls
   return cls
 
@@ -54,8 +55,9 @@ def known_losses(kind: str | None = None) -> tuple[str, ...]:
 class Loss:
   """Base of every loss (see the module docstring). Subclasses are frozen
   dataclasses; their fields are the loss's own hyperparameters."""
+
   name: ClassVar[str]
-  kinds: ClassVar[tuple[str, ...]]      # CLASSIFICATION and/or GENERATION
+  kinds: ClassVar[tuple[str, ...]]  # CLASSIFICATION and/or GENERATION
   needs_teacher: ClassVar[bool] = False
 
   @classmethod
@@ -75,42 +77,52 @@ class Loss:
   def tag(self) -> str:
     """A short name for tables and folders: the name and what differs from the defaults."""
     default = type(self)()
-    changed = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-               if getattr(self, f.name) != getattr(default, f.name)]
+    changed = [
+      f"{f.name}={getattr(self, f.name)}"
+      for f in dataclasses.fields(self)
+      if getattr(self, f.name) != getattr(default, f.name)
+    ]
     return ",".join([self.name, *changed])
 
   def check_kind(self, generative: bool, field: str = "loss") -> None:
     kind = GENERATION if generative else CLASSIFICATION
     if kind not in self.kinds:
-      raise ValueError(f"{field}={self.name!r} does not apply to a {kind} task: expected one of "
-                       f"{known_losses(kind)}")
+      raise ValueError(
+        f"{field}={self.name!r} does not apply to a {kind} task: expected one of "
+        f"{known_losses(kind)}"
+      )
 
-  def objective(self, model_cfg: ModelConfig, *, generative: bool, teacher_cfg=None,
-                sampling_cfg=None):
+  def objective(
+    self, model_cfg: ModelConfig, *, generative: bool, teacher_cfg=None, sampling_cfg=None
+  ):
     """The loss_fn of a fine-tune with this loss (see the module docstring)."""
     raise NotImplementedError(f"{type(self).__name__}.objective")
 
   def _check(self, field: str, ok: bool, expected: str) -> None:
     """A ValueError naming the class, the field, its value and what was expected."""
     if not ok:
-      raise ValueError(f"{type(self).__name__}.{field}={getattr(self, field)!r}: "
-                       f"expected {expected}")
+      raise ValueError(
+        f"{type(self).__name__}.{field}={getattr(self, field)!r}: expected {expected}"
+      )
 
 
 class ClassifierLoss(Loss):
   """A classification loss: subclasses define loss(logits=, labels=, step_frac=)."""
+
   kinds = (CLASSIFICATION,)
 
   def loss(self, *, logits, labels, step_frac):
     raise NotImplementedError(f"{type(self).__name__}.loss")
 
-  def objective(self, model_cfg: ModelConfig, *, generative: bool = False, teacher_cfg=None,
-                sampling_cfg=None):
+  def objective(
+    self, model_cfg: ModelConfig, *, generative: bool = False, teacher_cfg=None, sampling_cfg=None
+  ):
     self.check_kind(generative)
     return classifier_objective(model_cfg, self)
 
 
 # --- What every objective shares --------------------------------------------------
+
 
 def dropout_rngs(model_cfg: ModelConfig, rng) -> dict:
   return {"dropout": rng} if model_cfg.dropout > 0 else {}
@@ -118,7 +130,7 @@ def dropout_rngs(model_cfg: ModelConfig, rng) -> dict:
 
 def split_batch(batch: dict, prefix: str) -> dict:
   """The fields of a two-part batch (weak_*, gt_*) under one prefix, unprefixed."""
-  return {k[len(prefix):]: v for k, v in batch.items() if k.startswith(prefix)}
+  return {k[len(prefix) :]: v for k, v in batch.items() if k.startswith(prefix)}
 
 
 def lm_objective(model_cfg: ModelConfig):
@@ -127,16 +139,27 @@ def lm_objective(model_cfg: ModelConfig):
 
   def loss_fn(params, batch, step_frac, rng):
     del step_frac
-    logits = model.apply({"params": params}, batch["tokens"], batch["mask"],
-                         method=Transformer.lm_logits, rngs=dropout_rngs(model_cfg, rng))
+    logits = model.apply(
+      {"params": params},
+      batch["tokens"],
+      batch["mask"],
+      method=Transformer.lm_logits,
+      rngs=dropout_rngs(model_cfg, rng),
+    )
     loss = losses.lm_xent(logits=logits, tokens=batch["tokens"], mask=batch["mask"])
     return loss, {}
+
   return loss_fn
 
 
 def class_logits(model: Transformer, params, batch, rng):
-  return model.apply({"params": params}, batch["tokens"], batch["mask"],
-                     method=Transformer.class_logits, rngs=dropout_rngs(model.cfg, rng))
+  return model.apply(
+    {"params": params},
+    batch["tokens"],
+    batch["mask"],
+    method=Transformer.class_logits,
+    rngs=dropout_rngs(model.cfg, rng),
+  )
 
 
 def label_agreement(logits, labels):
@@ -152,26 +175,35 @@ def classifier_objective(model_cfg: ModelConfig, loss: ClassifierLoss):
     logits = class_logits(model, params, batch, rng)
     value = loss.loss(logits=logits, labels=batch["labels"], step_frac=step_frac)
     return value, {"label_agreement": label_agreement(logits, batch["labels"])}
+
   return loss_fn
 
 
 def lm_logits(model: Transformer, params, batch, rng):
-  return model.apply({"params": params}, batch["tokens"], batch["mask"],
-                     method=Transformer.lm_logits, rngs=dropout_rngs(model.cfg, rng))
+  return model.apply(
+    {"params": params},
+    batch["tokens"],
+    batch["mask"],
+    method=Transformer.lm_logits,
+    rngs=dropout_rngs(model.cfg, rng),
+  )
 
 
 def check_teacher(loss: Loss, model_cfg: ModelConfig, teacher_cfg: ModelConfig | None) -> None:
   """A loss reading the weak model needs its config, over the student's vocabulary."""
   if teacher_cfg is None:
-    raise ValueError(f"loss {loss.name!r} needs the teacher's model config (the weak model "
-                     "scores the student's tokens)")
+    raise ValueError(
+      f"loss {loss.name!r} needs the teacher's model config (the weak model "
+      "scores the student's tokens)"
+    )
   if teacher_cfg.vocab_size != model_cfg.vocab_size:
-    raise ValueError(f"loss {loss.name!r}: teacher vocab_size={teacher_cfg.vocab_size} != "
-                     f"student vocab_size={model_cfg.vocab_size}; expected one shared vocabulary")
+    raise ValueError(
+      f"loss {loss.name!r}: teacher vocab_size={teacher_cfg.vocab_size} != "
+      f"student vocab_size={model_cfg.vocab_size}; expected one shared vocabulary"
+    )
 
 
 def teacher_logits(teacher_model: Transformer, teacher_params, tokens, mask):
   """The frozen teacher's next-token logits (the train step differentiates the
   student's params only)."""
-  return teacher_model.apply({"params": teacher_params}, tokens, mask,
-                             method=Transformer.lm_logits)
+  return teacher_model.apply({"params": teacher_params}, tokens, mask, method=Transformer.lm_logits)

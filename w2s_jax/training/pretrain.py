@@ -22,42 +22,84 @@ from w2s_jax.training import objectives, train
 from w2s_jax.training.train import OptimConfig
 
 
-def train_lm(model_cfg: ModelConfig, corpus: Dataset, optim: OptimConfig, *, seed: int,
-             mesh, checkpoint_dir, checkpoint_every: int, checkpoint_keep: int = 2,
-             corpus_tag: str = "corpus", progress: bool = True, desc: str = "pretrain"):
+def train_lm(
+  model_cfg: ModelConfig,
+  corpus: Dataset,
+  optim: OptimConfig,
+  *,
+  seed: int,
+  mesh,
+  checkpoint_dir,
+  checkpoint_every: int,
+  checkpoint_keep: int = 2,
+  corpus_tag: str = "corpus",
+  progress: bool = True,
+  desc: str = "pretrain",
+):
   """Next-token training from a fresh init; resumes from checkpoint_dir if it
   holds a checkpoint of this run. Returns (state, record, resumed step): the
   record holds the final loss and the training seconds of every run that
   reached the final checkpoint, killed ones included."""
   # Each micro-batch is split over every device.
-  shd.check_batch_size(optim.batch_size // optim.grad_accum_steps, mesh,
-                       "batch_size / grad_accum_steps")
+  shd.check_batch_size(
+    optim.batch_size // optim.grad_accum_steps, mesh, "batch_size / grad_accum_steps"
+  )
   optimizer = train.make_optimizer(optim)
   key = jax.random.key(seed)
-  state = train.initial_state(lambda k: transformer.init_params(model_cfg, k), key,
-                              optimizer=optimizer, mesh=mesh, rng=jax.random.key_data(key))
+  state = train.initial_state(
+    lambda k: transformer.init_params(model_cfg, k),
+    key,
+    optimizer=optimizer,
+    mesh=mesh,
+    rng=jax.random.key_data(key),
+  )
   ckpts = checkpoints.TrainCheckpoints(
-      checkpoint_dir, every=checkpoint_every, keep=checkpoint_keep,
-      data={"corpus": corpus_tag, "examples": len(corpus), "seed": seed,
-            "batch_size": optim.batch_size})
+    checkpoint_dir,
+    every=checkpoint_every,
+    keep=checkpoint_keep,
+    data={
+      "corpus": corpus_tag,
+      "examples": len(corpus),
+      "seed": seed,
+      "batch_size": optim.batch_size,
+    },
+  )
   state = ckpts.restore(state)
   resumed_from = train.first_step(state)
-  step = train.compile_train_step(loss_fn=objectives.lm_objective(model_cfg), optimizer=optimizer,
-                                  total_steps=optim.steps, mesh=mesh,
-                                  state_sharding=train.sharding_of(state),
-                                  accum_steps=optim.grad_accum_steps)
-  batches = shuffled_batches(corpus, batch_size=optim.batch_size, seed=seed,
-                             start_step=resumed_from, rows=shd.process_rows(mesh, optim.batch_size))
+  step = train.compile_train_step(
+    loss_fn=objectives.lm_objective(model_cfg),
+    optimizer=optimizer,
+    total_steps=optim.steps,
+    mesh=mesh,
+    state_sharding=train.sharding_of(state),
+    accum_steps=optim.grad_accum_steps,
+  )
+  batches = shuffled_batches(
+    corpus,
+    batch_size=optim.batch_size,
+    seed=seed,
+    start_step=resumed_from,
+    rows=shd.process_rows(mesh, optim.batch_size),
+  )
   try:
-    state, _ = train.fit(state, step, batches, num_steps=optim.steps, mesh=mesh, desc=desc,
-                         progress=progress, checkpoints=ckpts)
+    state, _ = train.fit(
+      state,
+      step,
+      batches,
+      num_steps=optim.steps,
+      mesh=mesh,
+      desc=desc,
+      progress=progress,
+      checkpoints=ckpts,
+    )
   finally:
     ckpts.close()
   return state, ckpts.record, resumed_from
 
 
-def pretrained_model(cfg, size: str, task, corpus, mesh, cache,
-                     progress=True, corpus_tag: str = "clean", splits=None):
+def pretrained_model(
+  cfg, size: str, task, corpus, mesh, cache, progress=True, corpus_tag: str = "clean", splits=None
+):
   """Params for `size` of an ExperimentConfig after LM pretraining on the
   task's corpus; cached with orbax (a PretrainedCache).
   A size named in cfg.pretrained_dirs is imported from its folder instead.
@@ -72,20 +114,33 @@ def pretrained_model(cfg, size: str, task, corpus, mesh, cache,
     params = hf_import.load_params(folder, model_cfg)
     params = jax.device_put(params, shd.state_sharding(params, mesh))
     if not model_cfg.causal:
-      probe = {}   # an encoder has no LM head to probe
+      probe = {}  # an encoder has no LM head to probe
     elif splits is not None and splits is not task.splits:
       probe = task.probe(params, model_cfg, mesh, test=splits["test"])
     else:
       probe = task.probe(params, model_cfg, mesh)
-    return params, model_cfg, {"pretrained": f"imported from {folder}", "size": size,
-                               "corpus": None, **probe}
+    return (
+      params,
+      model_cfg,
+      {"pretrained": f"imported from {folder}", "size": size, "corpus": None, **probe},
+    )
   if not cfg.use_pretraining:
     params = init()
-    return params, model_cfg, {"pretrained": False, "corpus": None,
-                               **task.probe(params, model_cfg, mesh)}
-  key = digest({"model": model_cfg, "corpus": task.fingerprint, "optim": cfg.pretrain,
-                "seed": cfg.pretrain_seed, "key_scheme": KEY_SCHEME,
-                **({} if corpus_tag == "clean" else {"corpus_tag": corpus_tag})})
+    return (
+      params,
+      model_cfg,
+      {"pretrained": False, "corpus": None, **task.probe(params, model_cfg, mesh)},
+    )
+  key = digest(
+    {
+      "model": model_cfg,
+      "corpus": task.fingerprint,
+      "optim": cfg.pretrain,
+      "seed": cfg.pretrain_seed,
+      "key_scheme": KEY_SCHEME,
+      **({} if corpus_tag == "clean" else {"corpus_tag": corpus_tag}),
+    }
+  )
   abstract = jax.eval_shape(init)
   like = checkpoints.abstract_like(abstract, shd.state_sharding(abstract, mesh))
   # One process builds an entry; another run that wants it waits, then reads it.
@@ -95,20 +150,37 @@ def pretrained_model(cfg, size: str, task, corpus, mesh, cache,
       return params, model_cfg, {**info, "cached": True}
     older = cache.older_entries(size, KEY_SCHEME)
     if older and shd.is_main_process():
-      print(f"pretrained cache {cache.root}: {len(older)} entr{'y' if len(older) == 1 else 'ies'} "
-            f"of {size!r} written by an older w2s_jax (keyed another way) are not used; "
-            f"pretraining {size!r} again (the old entries stay: remove them when done)")
+      print(
+        f"pretrained cache {cache.root}: {len(older)} entr{'y' if len(older) == 1 else 'ies'} "
+        f"of {size!r} written by an older w2s_jax (keyed another way) are not used; "
+        f"pretraining {size!r} again (the old entries stay: remove them when done)"
+      )
     # An interrupted pretraining resumes from its last checkpoint, on the same batches.
     train_dir = cache.entry(size, key) / "train"
-    state, record, _ = train_lm(model_cfg, corpus, cfg.pretrain, seed=cfg.pretrain_seed,
-                                mesh=mesh, checkpoint_dir=train_dir,
-                                checkpoint_every=cfg.checkpoint_every, corpus_tag=corpus_tag,
-                                progress=progress, desc=f"pretrain {size}")
-    info = {"pretrained": True, "size": size, "corpus": corpus_tag, "key_scheme": KEY_SCHEME,
-            "params": transformer.count_params(state.params), "steps": cfg.pretrain.steps,
-            "tokens": int(cfg.pretrain.steps * cfg.pretrain.batch_size * task.max_len),
-            "seconds": record["seconds"], "final_lm_loss": record["loss"],
-            **task.probe(state.params, model_cfg, mesh)}
+    state, record, _ = train_lm(
+      model_cfg,
+      corpus,
+      cfg.pretrain,
+      seed=cfg.pretrain_seed,
+      mesh=mesh,
+      checkpoint_dir=train_dir,
+      checkpoint_every=cfg.checkpoint_every,
+      corpus_tag=corpus_tag,
+      progress=progress,
+      desc=f"pretrain {size}",
+    )
+    info = {
+      "pretrained": True,
+      "size": size,
+      "corpus": corpus_tag,
+      "key_scheme": KEY_SCHEME,
+      "params": transformer.count_params(state.params),
+      "steps": cfg.pretrain.steps,
+      "tokens": int(cfg.pretrain.steps * cfg.pretrain.batch_size * task.max_len),
+      "seconds": record["seconds"],
+      "final_lm_loss": record["loss"],
+      **task.probe(state.params, model_cfg, mesh),
+    }
     cache.save(size, key, state.params, info)
     if shd.is_main_process():
       shutil.rmtree(train_dir, ignore_errors=True)  # the cache entry is complete

@@ -18,26 +18,25 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from w2s_jax.infra import host_memory
-from w2s_jax.infra import interrupts
-from w2s_jax.infra.fingerprint import WHEN_SET
+from w2s_jax.infra import host_memory, interrupts
 from w2s_jax.infra import sharding as shd
-from w2s_jax.training import lora
+from w2s_jax.infra.fingerprint import WHEN_SET
 from w2s_jax.models.transformer import HEAD
+from w2s_jax.training import lora
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
   steps: int = 200
   batch_size: int = 32
-  lr: float = 1e-3               # body
-  head_lr: float | None = None   # classification head; None means lr
+  lr: float = 1e-3  # body
+  head_lr: float | None = None  # classification head; None means lr
   warmup_frac: float = 0.05
   weight_decay: float = 0.01
   clip_norm: float = 1.0
   end_lr_frac: float = 0.1
-  grad_accum_steps: int = 1      # micro-batches per step: same update, less activation memory
-  linear_probe: bool = False     # train the classification head only; the body stays frozen
+  grad_accum_steps: int = 1  # micro-batches per step: same update, less activation memory
+  linear_probe: bool = False  # train the classification head only; the body stays frozen
   # LoRA (lora.py): rank > 0 trains low-rank adapters on lora_targets and the
   # head; the base stays frozen. The update of an adapter is scaled by alpha / rank.
   lora_rank: int = dataclasses.field(default=0, metadata=WHEN_SET)
@@ -56,15 +55,18 @@ class OptimConfig:
     if not 0 <= self.warmup_frac < 1:
       raise ValueError(f"OptimConfig.warmup_frac={self.warmup_frac}: expected in [0, 1)")
     if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
-      raise ValueError(f"OptimConfig.lora_rank={self.lora_rank!r}: expected an int >= 0 "
-                       "(0: full fine-tuning)")
+      raise ValueError(
+        f"OptimConfig.lora_rank={self.lora_rank!r}: expected an int >= 0 (0: full fine-tuning)"
+      )
     if self.lora_rank:
       lora.check_targets(self.lora_targets)
       if self.linear_probe:
         raise ValueError("OptimConfig.lora_rank > 0 with linear_probe=True: expected one of them")
     if self.batch_size % self.grad_accum_steps:
-      raise ValueError(f"OptimConfig.grad_accum_steps={self.grad_accum_steps}: expected a "
-                       f"divisor of batch_size={self.batch_size}")
+      raise ValueError(
+        f"OptimConfig.grad_accum_steps={self.grad_accum_steps}: expected a "
+        f"divisor of batch_size={self.batch_size}"
+      )
 
 
 @flax.struct.dataclass
@@ -85,20 +87,27 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
   fresh head unmoved, so the head gets its own. A linear probe never updates
   the body (nor decays it).
   """
+
   def adamw(peak):
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, peak, max(1, int(cfg.warmup_frac * cfg.steps)), cfg.steps,
-        end_value=peak * cfg.end_lr_frac)
+      0.0,
+      peak,
+      max(1, int(cfg.warmup_frac * cfg.steps)),
+      cfg.steps,
+      end_value=peak * cfg.end_lr_frac,
+    )
     return optax.adamw(schedule, weight_decay=cfg.weight_decay)
 
   def labels(params):
-    return {k: jax.tree.map(lambda _: "head" if k == HEAD else "body", v)
-            for k, v in params.items()}
+    return {
+      k: jax.tree.map(lambda _: "head" if k == HEAD else "body", v) for k, v in params.items()
+    }
 
   body = optax.set_to_zero() if cfg.linear_probe else adamw(cfg.lr)
   return optax.chain(
-      optax.clip_by_global_norm(cfg.clip_norm),
-      optax.multi_transform({"body": body, "head": adamw(cfg.head_lr or cfg.lr)}, labels))
+    optax.clip_by_global_norm(cfg.clip_norm),
+    optax.multi_transform({"body": body, "head": adamw(cfg.head_lr or cfg.lr)}, labels),
+  )
 
 
 def init_state(params, optimizer, rng=None) -> TrainState:
@@ -106,9 +115,13 @@ def init_state(params, optimizer, rng=None) -> TrainState:
   rng = jax.random.key(0) if rng is None else rng
   if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.key_data(rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params), rng=jnp.asarray(rng, jnp.uint32),
-                    bad_step=-jnp.ones((), jnp.int32))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=optimizer.init(params),
+    rng=jnp.asarray(rng, jnp.uint32),
+    bad_step=-jnp.ones((), jnp.int32),
+  )
 
 
 def seed_keys(seeds) -> np.ndarray:
@@ -116,8 +129,9 @@ def seed_keys(seeds) -> np.ndarray:
   return np.stack([np.asarray(jax.random.key_data(jax.random.key(s))) for s in seeds])
 
 
-def initial_state(init_params: Callable, *args, optimizer, mesh, rng=None,
-                  per_seed: bool = False) -> TrainState:
+def initial_state(
+  init_params: Callable, *args, optimizer, mesh, rng=None, per_seed: bool = False
+) -> TrainState:
   """The train state built by init_params(*args), born sharded on the mesh.
 
   Shapes come from eval_shape, shardings from the shapes, and the state is
@@ -163,8 +177,8 @@ def _loss_and_grads(loss_fn, params, batch, step_frac, rng, accum_steps, frozen=
     (loss, aux), grads = grad_fn(params, batch, step_frac, rng)
     return loss, aux, grads
   micro = jax.tree.map(
-      lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1),
-      batch)
+    lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1), batch
+  )
 
   def add_micro(total, xs):
     i, mb = xs
@@ -172,16 +186,24 @@ def _loss_and_grads(loss_fn, params, batch, step_frac, rng, accum_steps, frozen=
     return jax.tree.map(jnp.add, total, (loss, aux, grads)), None
 
   first = jax.tree.map(lambda x: x[0], micro)
-  shapes = jax.eval_shape(lambda: (lambda o: (o[0][0], o[0][1], o[1]))(
-      grad_fn(params, first, step_frac, rng)))
+  shapes = jax.eval_shape(
+    lambda: (lambda o: (o[0][0], o[0][1], o[1]))(grad_fn(params, first, step_frac, rng))
+  )
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   total, _ = jax.lax.scan(add_micro, zeros, (jnp.arange(accum_steps), micro))
   return jax.tree.map(lambda x: x / accum_steps, total)
 
 
-def train_step(state: TrainState, batch: dict, *frozen, loss_fn: LossFn,
-               optimizer: optax.GradientTransformation, total_steps: int,
-               accum_steps: int = 1, linear_probe: bool = False):
+def train_step(
+  state: TrainState,
+  batch: dict,
+  *frozen,
+  loss_fn: LossFn,
+  optimizer: optax.GradientTransformation,
+  total_steps: int,
+  accum_steps: int = 1,
+  linear_probe: bool = False,
+):
   """One update. frozen: further arguments of loss_fn after (params, batch,
   step_frac, rng): a LoRA base's params, a frozen teacher's; never
   differentiated, never part of the state."""
@@ -190,10 +212,12 @@ def train_step(state: TrainState, batch: dict, *frozen, loss_fn: LossFn,
   if linear_probe:  # no gradient reaches the body, so XLA drops its backward pass
     probe_loss = loss_fn
     loss_fn = lambda p, *a: probe_loss(
-        {k: v if k == HEAD else jax.lax.stop_gradient(v) for k, v in p.items()}, *a)
+      {k: v if k == HEAD else jax.lax.stop_gradient(v) for k, v in p.items()}, *a
+    )
   frozen = tuple(jax.lax.stop_gradient(f) for f in frozen)
-  loss, aux, grads = _loss_and_grads(loss_fn, state.params, batch, step_frac, step_key,
-                                     accum_steps, frozen)
+  loss, aux, grads = _loss_and_grads(
+    loss_fn, state.params, batch, step_frac, step_key, accum_steps, frozen
+  )
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss)
@@ -202,18 +226,29 @@ def train_step(state: TrainState, batch: dict, *frozen, loss_fn: LossFn,
   ok = finite & (state.bad_step < 0)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
   new_state = TrainState(
-      step=state.step + 1,
-      params=keep(params, state.params),
-      opt_state=keep(opt_state, state.opt_state),
-      rng=jax.random.key_data(key),
-      bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step))
+    step=state.step + 1,
+    params=keep(params, state.params),
+    opt_state=keep(opt_state, state.opt_state),
+    rng=jax.random.key_data(key),
+    bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step),
+  )
   metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
   return new_state, metrics
 
 
-def compile_train_step(*, loss_fn: LossFn, optimizer, total_steps: int, mesh, state_sharding,
-                       vmap_seeds: bool = False, accum_steps: int = 1,
-                       linear_probe: bool = False, teacher_sharding=None, base_sharding=None):
+def compile_train_step(
+  *,
+  loss_fn: LossFn,
+  optimizer,
+  total_steps: int,
+  mesh,
+  state_sharding,
+  vmap_seeds: bool = False,
+  accum_steps: int = 1,
+  linear_probe: bool = False,
+  teacher_sharding=None,
+  base_sharding=None,
+):
   """The one place the train step is jitted: sharded state and batch, donated state.
 
   state_sharding: the state's shardings (`sharding_of(state)` of a state from
@@ -225,18 +260,29 @@ def compile_train_step(*, loss_fn: LossFn, optimizer, total_steps: int, mesh, st
   base_sharding: a LoRA run's frozen base params, shared by every seed; the
   step is then step(state, batch, base[, teacher]).
   """
-  step = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
-                           total_steps=total_steps, accum_steps=accum_steps,
-                           linear_probe=linear_probe)
-  frozen = [(base_sharding, None), (teacher_sharding, 0)]   # (sharding, seed axis)
+  step = functools.partial(
+    train_step,
+    loss_fn=loss_fn,
+    optimizer=optimizer,
+    total_steps=total_steps,
+    accum_steps=accum_steps,
+    linear_probe=linear_probe,
+  )
+  frozen = [(base_sharding, None), (teacher_sharding, 0)]  # (sharding, seed axis)
   frozen = [(sharding, axis) for sharding, axis in frozen if sharding is not None]
   if vmap_seeds:
     step = jax.vmap(step, in_axes=(0, 0, *(axis for _, axis in frozen)))
-  in_shardings = (state_sharding, shd.batch_sharding(mesh, seed_axis=vmap_seeds),
-                  *(sharding for sharding, _ in frozen))
-  return jax.jit(step, in_shardings=in_shardings,
-                 out_shardings=(state_sharding, shd.replicated(mesh)),
-                 donate_argnums=0)
+  in_shardings = (
+    state_sharding,
+    shd.batch_sharding(mesh, seed_axis=vmap_seeds),
+    *(sharding for sharding, _ in frozen),
+  )
+  return jax.jit(
+    step,
+    in_shardings=in_shardings,
+    out_shardings=(state_sharding, shd.replicated(mesh)),
+    donate_argnums=0,
+  )
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -248,8 +294,9 @@ def _check_finite(state: TrainState, what: str):
   if (bad >= 0).any():
     step = int(bad[bad >= 0].min())
     raise NonFiniteLossError(
-        f"{what}: loss became NaN or infinite at step {step}; training stopped "
-        f"(params are those from before step {step})")
+      f"{what}: loss became NaN or infinite at step {step}; training stopped "
+      f"(params are those from before step {step})"
+    )
 
 
 def first_step(state: TrainState) -> int:
@@ -257,9 +304,19 @@ def first_step(state: TrainState) -> int:
   return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
 
 
-def fit(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int, mesh,
-        desc: str, check_every: int = 100, progress: bool = True,
-        max_in_flight: int = 8, checkpoints=None) -> tuple[TrainState, dict]:
+def fit(
+  state: TrainState,
+  step_fn,
+  batches: Iterator[dict],
+  *,
+  num_steps: int,
+  mesh,
+  desc: str,
+  check_every: int = 100,
+  progress: bool = True,
+  max_in_flight: int = 8,
+  checkpoints=None,
+) -> tuple[TrainState, dict]:
   """Runs step_fn from state.step up to num_steps. Host syncs only every check_every steps.
 
   batches must start at state.step (a resumed state continues where it
@@ -280,9 +337,15 @@ def fit(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int, 
   started = time.perf_counter()
   seconds_before = float(getattr(checkpoints, "record", {}).get("seconds", 0.0))
   in_flight = collections.deque()
-  with tqdm(total=num_steps, initial=start, desc=desc, unit="step",
-            disable=not progress or not shd.is_main_process(), leave=False,
-            dynamic_ncols=True) as bar:
+  with tqdm(
+    total=num_steps,
+    initial=start,
+    desc=desc,
+    unit="step",
+    disable=not progress or not shd.is_main_process(),
+    leave=False,
+    dynamic_ncols=True,
+  ) as bar:
     for i in range(start, num_steps):
       # A Ctrl-C swallowed somewhere (a JAX callback) still stops the run here.
       interrupts.raise_if_interrupted()
@@ -297,11 +360,16 @@ def fit(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int, 
         bar.set_postfix(loss=f"{float(np.mean(shd.to_host(metrics['loss']))):.4f}")
       if checkpoints is not None and (done % checkpoints.every == 0 or done == num_steps):
         _check_finite(state, desc)  # never checkpoint a state that stopped on a NaN
-        checkpoints.save(done, state, record={
+        checkpoints.save(
+          done,
+          state,
+          record={
             "loss": float(np.mean(shd.to_host(metrics["loss"]))),
-            "seconds": seconds_before + time.perf_counter() - started})
+            "seconds": seconds_before + time.perf_counter() - started,
+          },
+        )
   if checkpoints is not None:
     checkpoints.wait()
-  metrics = shd.to_host(metrics)   # waits for the last step
-  host_memory.release_freed_memory()   # this loop's scratch pages back to the system
+  metrics = shd.to_host(metrics)  # waits for the last step
+  host_memory.release_freed_memory()  # this loop's scratch pages back to the system
   return state, metrics

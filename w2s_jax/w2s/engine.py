@@ -28,8 +28,13 @@ from tqdm.auto import tqdm
 
 from w2s_jax.infra import checkpoints, integrity, interrupts, locks
 from w2s_jax.infra import sharding as shd
-from w2s_jax.infra.files import (atomic_write, package_versions, prepare_out_dir,
-                                 remove_stale_temp_files, write_json_atomic)
+from w2s_jax.infra.files import (
+  atomic_write,
+  package_versions,
+  prepare_out_dir,
+  remove_stale_temp_files,
+  write_json_atomic,
+)
 from w2s_jax.infra.fingerprint import KEY_SCHEME, digest, fingerprint
 from w2s_jax.infra.store import Store
 from w2s_jax.models.transformer import count_params
@@ -46,6 +51,7 @@ NOT_IN_STAGES = ("name", "losses", "bootstrap_resamples", "distributed", "checkp
 @dataclasses.dataclass(frozen=True)
 class Outcome:
   """What a run leaves: its rows (one per cell, in grid order) and records."""
+
   rows: list
   records: list
   results: dict
@@ -54,8 +60,7 @@ class Outcome:
 def stage_identity(cfg: ExperimentConfig, stage: str, size: str) -> dict:
   """What a shared stage is the result of: the experiment minus what stages ignore."""
   experiment = {k: v for k, v in fingerprint(cfg).items() if k not in NOT_IN_STAGES}
-  return {"stage": stage, "size": size, "experiment": digest(experiment),
-          "key_scheme": KEY_SCHEME}
+  return {"stage": stage, "size": size, "experiment": digest(experiment), "key_scheme": KEY_SCHEME}
 
 
 class Engine:
@@ -76,19 +81,21 @@ class Engine:
       weak = stages.weak_stage(parts, size)
       arrays = weak.arrays()
       if weak.params is not None:
-        arrays["params_checksum"] = np.array(checkpoints.save_params(params_dir, weak.params),
-                                             np.int64)
+        arrays["params_checksum"] = np.array(
+          checkpoints.save_params(params_dir, weak.params), np.int64
+        )
       return arrays
 
     fields = stages.WeakStage.fields(parts) + (("params_checksum",) if parts.generative else ())
-    if parts.generative and not params_dir.exists():   # stored without its params: incomplete
+    if parts.generative and not params_dir.exists():  # stored without its params: incomplete
       self.store.path(name).unlink(missing_ok=True)
     arrays = self.store.arrays(name, compute, identity=identity, fields=fields)
     params = None
     if with_params:
       abstract = seed_stacked_abstract(parts.models.get(size).model_cfg, len(parts.seeds))
-      like = checkpoints.abstract_like(abstract,
-                                       shd.state_sharding(abstract, parts.mesh, seed_axis=True))
+      like = checkpoints.abstract_like(
+        abstract, shd.state_sharding(abstract, parts.mesh, seed_axis=True)
+      )
       try:
         params = checkpoints.load_params(params_dir, like, arrays["params_checksum"])
       except (integrity.CorruptFileError, FileNotFoundError) as err:
@@ -100,32 +107,46 @@ class Engine:
 
   def ceiling(self, size: str) -> stages.Evaluated:
     parts = self.parts
-    arrays = self.store.arrays(f"shared/ceiling-{size}.npz",
-                               lambda: stages.ceiling_stage(parts, size).arrays(),
-                               identity=stage_identity(parts.cfg, "ceiling", size),
-                               fields=stages.Evaluated.fields(parts))
+    arrays = self.store.arrays(
+      f"shared/ceiling-{size}.npz",
+      lambda: stages.ceiling_stage(parts, size).arrays(),
+      identity=stage_identity(parts.cfg, "ceiling", size),
+      fields=stages.Evaluated.fields(parts),
+    )
     return stages.Evaluated.from_arrays(arrays)
 
   def cell_identity(self, cell: Cell) -> dict:
-    return {"cell": fingerprint(cell),
-            "experiment": stage_identity(self.parts.cfg, "cell", "")["experiment"],
-            "bootstrap_resamples": self.parts.cfg.bootstrap_resamples,
-            "key_scheme": KEY_SCHEME}
+    return {
+      "cell": fingerprint(cell),
+      "experiment": stage_identity(self.parts.cfg, "cell", "")["experiment"],
+      "bootstrap_resamples": self.parts.cfg.bootstrap_resamples,
+      "key_scheme": KEY_SCHEME,
+    }
 
   def compute_cell(self, cell: Cell) -> dict:
     parts, cfg = self.parts, self.parts.cfg
     started = time.perf_counter()
     weak = self.weak(cell.weak, with_params=cell.loss.needs_teacher)
     ceiling = self.ceiling(cell.strong)
-    w2s = stages.w2s_stage(parts, cell.strong, weak, cell.loss, cell.finetune, cell.filter,
-                           weak_size=cell.weak)
+    w2s = stages.w2s_stage(
+      parts, cell.strong, weak, cell.loss, cell.finetune, cell.filter, weak_size=cell.weak
+    )
     keys = parts.evaluator.eval_keys
-    summary = stages.summarize(weak, w2s, ceiling, keys=keys,
-                               num_resamples=cfg.bootstrap_resamples)
-    models = {size: (count_params(parts.models.get(size).params), parts.models.get(size).info)
-              for size in (cell.weak, cell.strong)}
-    record = records.cell_record(cell, seeds=parts.seeds, weak=weak, w2s=w2s, ceiling=ceiling,
-                                 summary=summary, models=models, keys=keys)
+    summary = stages.summarize(weak, w2s, ceiling, keys=keys, num_resamples=cfg.bootstrap_resamples)
+    models = {
+      size: (count_params(parts.models.get(size).params), parts.models.get(size).info)
+      for size in (cell.weak, cell.strong)
+    }
+    record = records.cell_record(
+      cell,
+      seeds=parts.seeds,
+      weak=weak,
+      w2s=w2s,
+      ceiling=ceiling,
+      summary=summary,
+      models=models,
+      keys=keys,
+    )
     record["seconds"] = time.perf_counter() - started
     return record
 
@@ -152,30 +173,42 @@ def _claim_folder(out: Path, sweep: SweepConfig) -> None:
     if (out / "sweep.json").exists():
       previous = integrity.read_json(out / "sweep.json", "sweep config")
       if previous.get("key_scheme") != KEY_SCHEME:
-        raise ValueError(f"sweep directory {str(out)!r} was written by an older w2s_jax, whose "
-                         "stages and cells are keyed differently: its results stay as they are; "
-                         "use another --out")
+        raise ValueError(
+          f"sweep directory {str(out)!r} was written by an older w2s_jax, whose "
+          "stages and cells are keyed differently: its results stay as they are; "
+          "use another --out"
+        )
       if previous.get("base") != base:
         old = previous.get("base") or {}
         changed = sorted(k for k in set(base) | set(old) if base.get(k) != old.get(k))
-        raise ValueError(f"sweep directory {str(out)!r} holds a sweep with another base config "
-                         f"(fields {changed} differ): its finished work does not apply; "
-                         f"use another --out")
-    write_json_atomic(out / "sweep.json", {"key_scheme": KEY_SCHEME, "base": base,
-                                           "cells": [fingerprint(c) for c in sweep.cells],
-                                           "versions": package_versions()})
+        raise ValueError(
+          f"sweep directory {str(out)!r} holds a sweep with another base config "
+          f"(fields {changed} differ): its finished work does not apply; "
+          f"use another --out"
+        )
+    write_json_atomic(
+      out / "sweep.json",
+      {
+        "key_scheme": KEY_SCHEME,
+        "base": base,
+        "cells": [fingerprint(c) for c in sweep.cells],
+        "versions": package_versions(),
+      },
+    )
 
 
-def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress: bool = True,
-              config=None) -> Outcome:
+def run_sweep(
+  sweep: SweepConfig, *, out_dir, cache_dir=None, progress: bool = True, config=None
+) -> Outcome:
   """Runs every unfinished cell; returns the rows, records and run record
   (also written to out_dir/results.json, whose "config" is `config`, by
   default the sweep's)."""
   started = time.perf_counter()
   check_mesh(sweep.base)  # a config error leaves no folder behind
   out = prepare_out_dir(out_dir)
-  parts = parts_lib.build(sweep.base, cache_dir=cache_dir or out / "shared" / "pretrained",
-                          progress=progress)
+  parts = parts_lib.build(
+    sweep.base, cache_dir=cache_dir or out / "shared" / "pretrained", progress=progress
+  )
   sizes = list(dict.fromkeys(size for cell in sweep.cells for size in (cell.weak, cell.strong)))
   parts.check(sizes)
   _claim_folder(out, sweep)
@@ -190,8 +223,9 @@ def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress: bool = T
 
   done = {}
   for cell in sweep.cells:
-    record = engine.store.load_record(f"cells/{cell.id}/results.json",
-                                      identity=engine.cell_identity(cell))
+    record = engine.store.load_record(
+      f"cells/{cell.id}/results.json", identity=engine.cell_identity(cell)
+    )
     if record is not None:
       done[cell.id] = (records.sweep_row(cell, record), record)
   rows = [done[c.id][0] for c in sweep.cells if c.id in done]
@@ -200,14 +234,23 @@ def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress: bool = T
     integrity.warn_rebuild(jsonl, "unreadable rows", "rebuilding it from the finished cells")
   if stored is None or json.dumps(stored) != json.dumps(rows):  # NaN-safe comparison
     write_rows(done)
-  bar = tqdm(total=len(sweep.cells), initial=len(done), desc="cells", unit="cell",
-             disable=not progress or not shd.is_main_process(), dynamic_ncols=True)
+  bar = tqdm(
+    total=len(sweep.cells),
+    initial=len(done),
+    desc="cells",
+    unit="cell",
+    disable=not progress or not shd.is_main_process(),
+    dynamic_ncols=True,
+  )
 
   def finish(cell, *, wait: bool) -> bool:
     """Reads or computes the cell under its lock; False if another process holds it."""
-    record = engine.store.record(f"cells/{cell.id}/results.json",
-                                 lambda: engine.compute_cell(cell),
-                                 identity=engine.cell_identity(cell), wait=wait)
+    record = engine.store.record(
+      f"cells/{cell.id}/results.json",
+      lambda: engine.compute_cell(cell),
+      identity=engine.cell_identity(cell),
+      wait=wait,
+    )
     if record is None:
       return False
     done[cell.id] = (records.sweep_row(cell, record), record)
@@ -225,9 +268,13 @@ def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress: bool = T
     finish(cell, wait=True)
   bar.close()
   cells = [done[c.id][1] for c in sweep.cells]
-  results = records.run_record(config=sweep if config is None else config, parts=parts,
-                               sizes=sizes, cells=cells,
-                               seconds=time.perf_counter() - started)
+  results = records.run_record(
+    config=sweep if config is None else config,
+    parts=parts,
+    sizes=sizes,
+    cells=cells,
+    seconds=time.perf_counter() - started,
+  )
   if shd.is_main_process():
     write_json_atomic(out / "results.json", results)
   return Outcome(rows=[done[c.id][0] for c in sweep.cells], records=cells, results=results)
@@ -236,5 +283,6 @@ def run_sweep(sweep: SweepConfig, *, out_dir, cache_dir=None, progress: bool = T
 def run_experiment(cfg: ExperimentConfig, *, out_dir, cache_dir, progress: bool = True) -> dict:
   """One experiment: the sweep of its pair over its losses. Returns its run
   record (out_dir/results.json)."""
-  return run_sweep(single_cell_sweep(cfg), out_dir=out_dir, cache_dir=cache_dir,
-                   progress=progress, config=cfg).results
+  return run_sweep(
+    single_cell_sweep(cfg), out_dir=out_dir, cache_dir=cache_dir, progress=progress, config=cfg
+  ).results

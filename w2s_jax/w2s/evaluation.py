@@ -19,12 +19,15 @@ def sampling_config(task, generation, **overrides) -> sampling.SamplingConfig:
   """A generative task's sampler: max_new_tokens from the config (None: the
   longest ground-truth response), the task's EOS and pad ids."""
   longest = max(int(d["response_mask"].sum(1).max()) for d in task.splits.values())
-  return sampling.SamplingConfig(max_new_tokens=generation.max_new_tokens or longest,
-                                 eos_id=task.eos_id, pad_id=task.pad_id, **overrides)
+  return sampling.SamplingConfig(
+    max_new_tokens=generation.max_new_tokens or longest,
+    eos_id=task.eos_id,
+    pad_id=task.pad_id,
+    **overrides,
+  )
 
 
 class Evaluator:
-
   def __init__(self, cfg, task, views: ModelViews, models: PretrainedModels, mesh, seeds):
     self.cfg, self.task, self.views, self.models, self.mesh = cfg, task, views, models, mesh
     self.seeds = tuple(seeds)
@@ -44,21 +47,32 @@ class Evaluator:
 
   def predict(self, size: str, params, split: str) -> np.ndarray:
     """Class probabilities [seeds, N, classes]."""
-    return inference.soft_labels(params, self.models.get(size).model_cfg,
-                                 self.views.data(size, split),
-                                 batch_size=self.cfg.eval_batch_size, mesh=self.mesh,
-                                 seed_axis=True)
+    return inference.soft_labels(
+      params,
+      self.models.get(size).model_cfg,
+      self.views.data(size, split),
+      batch_size=self.cfg.eval_batch_size,
+      mesh=self.mesh,
+      seed_axis=True,
+    )
 
-  def generate(self, size: str, params, split: str, sampling_cfg=None, samples: int = 1,
-               rng_offset: int = 0):
+  def generate(
+    self, size: str, params, split: str, sampling_cfg=None, samples: int = 1, rng_offset: int = 0
+  ):
     """Every seed's generations for the split's prompts: (tokens, mask,
     logprobs), each [seeds, N * samples, max_new_tokens]."""
     keys = train.seed_keys([s + rng_offset for s in self.seeds])
-    return sampling.generate(params, self.models.get(size).model_cfg,
-                             self.views.data(size, split),
-                             cfg=sampling_cfg or self.sampling, mesh=self.mesh,
-                             batch_size=self.cfg.eval_batch_size, rng=keys, seed_axis=True,
-                             samples=samples)
+    return sampling.generate(
+      params,
+      self.models.get(size).model_cfg,
+      self.views.data(size, split),
+      cfg=sampling_cfg or self.sampling,
+      mesh=self.mesh,
+      batch_size=self.cfg.eval_batch_size,
+      rng=keys,
+      seed_axis=True,
+      samples=samples,
+    )
 
   def score(self, split: str, tokens, mask) -> dict:
     """{metric: [seeds, N]} for generations with a seed axis."""
@@ -68,9 +82,12 @@ class Evaluator:
   def evaluate(self, size: str, params) -> dict:
     """Per seed and example, the score on every evaluation key: {key: [seeds, examples]}."""
     if not self.task.generative:
-      return {split: metrics.correct(probs=self.predict(size, params, split),
-                                     labels=self.task.splits[split]["labels"])
-              for split in self.task.eval_splits}
+      return {
+        split: metrics.correct(
+          probs=self.predict(size, params, split), labels=self.task.splits[split]["labels"]
+        )
+        for split in self.task.eval_splits
+      }
     out = {}
     for split in self.task.eval_splits:
       tokens, mask, _ = self.generate(size, params, split)

@@ -17,6 +17,7 @@ from w2s_jax.models.model_config import DTYPES, ModelConfig, decode_size
 from w2s_jax.tasks.base import Task
 from w2s_jax.tasks.classification import TextTaskConfig
 from w2s_jax.tasks.generation import GenerationConfig, GenTextTaskConfig
+
 # Every built-in loss module, so that each loss is known by its name (Loss.from_string).
 from w2s_jax.training import combined, generative_losses, live  # noqa: F401
 from w2s_jax.training.classifier_losses import LogConf, Xent
@@ -30,9 +31,10 @@ class ExperimentConfig:
   world: testbed.WorldConfig = testbed.WorldConfig()
   weak_size: str = "pico"
   strong_size: str = "mini"
-  use_pretraining: bool = True   # False: the no-pretraining ablation
-  pretrain: OptimConfig = OptimConfig(steps=6000, batch_size=32, lr=3e-3, warmup_frac=0.02,
-                                      weight_decay=0.0)
+  use_pretraining: bool = True  # False: the no-pretraining ablation
+  pretrain: OptimConfig = OptimConfig(
+    steps=6000, batch_size=32, lr=3e-3, warmup_frac=0.02, weight_decay=0.0
+  )
   pretrain_seed: int = 0
   finetune: OptimConfig = OptimConfig(steps=50, batch_size=32, lr=3e-5, head_lr=5e-2)
   # The weak model's own schedule on ground truth (None: `finetune`), for a
@@ -44,12 +46,12 @@ class ExperimentConfig:
   bootstrap_resamples: int = 2000
   mesh: MeshConfig = MeshConfig()
   distributed: DistributedConfig = DistributedConfig()  # or JAX_COORDINATOR_ADDRESS etc.
-  checkpoint_every: int = 1000   # pretraining steps between checkpoints
+  checkpoint_every: int = 1000  # pretraining steps between checkpoints
   # A real text task instead of the testbed world: classification
   # (TextTaskConfig) or prompt -> response (GenTextTaskConfig, with generation set).
   text_task: TextTaskConfig | GenTextTaskConfig | None = None
   generation: GenerationConfig | None = None  # set: a generative experiment
-  head_input: str = "lm_probs"   # ModelConfig.head_input; "hidden" as GPT2ForSequenceClassification
+  head_input: str = "lm_probs"  # ModelConfig.head_input; "hidden" as GPT2ForSequenceClassification
   # (name, local Hugging Face folder): models imported pretrained, named by
   # weak_size/strong_size, instead of pretrained here.
   pretrained_dirs: tuple[tuple[str, str], ...] = ()
@@ -70,23 +72,30 @@ class ExperimentConfig:
       except ValueError as e:
         raise ValueError(f"ExperimentConfig.{field}: {e} (or a name in pretrained_dirs)") from None
     if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-      raise ValueError(f"ExperimentConfig.seeds={self.seeds!r}: expected distinct ints, at least one")
+      raise ValueError(
+        f"ExperimentConfig.seeds={self.seeds!r}: expected distinct ints, at least one"
+      )
     tags = [l.tag for l in self.losses]
     if not tags or len(set(tags)) != len(tags):
       raise ValueError(f"ExperimentConfig.losses={tags}: expected distinct losses, at least one")
     if isinstance(self.text_task, GenTextTaskConfig) and self.generation is None:
-      raise ValueError("ExperimentConfig.text_task is a GenTextTaskConfig but generation=None: "
-                       "expected a GenerationConfig for a generative task")
+      raise ValueError(
+        "ExperimentConfig.text_task is a GenTextTaskConfig but generation=None: "
+        "expected a GenerationConfig for a generative task"
+      )
     if isinstance(self.text_task, TextTaskConfig) and self.generation is not None:
-      raise ValueError("ExperimentConfig.generation is set but text_task is a (classification) "
-                       "TextTaskConfig: expected a GenTextTaskConfig")
+      raise ValueError(
+        "ExperimentConfig.generation is set but text_task is a (classification) "
+        "TextTaskConfig: expected a GenTextTaskConfig"
+      )
     for i, loss in enumerate(self.losses):
       loss.check_kind(self.generative, f"ExperimentConfig.losses[{i}]")
     if self.dtype not in DTYPES:
       raise ValueError(f"ExperimentConfig.dtype={self.dtype!r}: expected one of {DTYPES}")
     if self.bootstrap_resamples < 100:
       raise ValueError(
-          f"ExperimentConfig.bootstrap_resamples={self.bootstrap_resamples}: expected >= 100")
+        f"ExperimentConfig.bootstrap_resamples={self.bootstrap_resamples}: expected >= 100"
+      )
 
   @property
   def generative(self) -> bool:
@@ -102,11 +111,15 @@ class ExperimentConfig:
     if size in dict(self.pretrained_dirs):
       folder = dict(self.pretrained_dirs)[size]
       encoder = hf_files.read_config(folder).get("model_type") == "bert"
-      return hf_import.folder_config(folder, head_input="hidden" if encoder else self.head_input,
-                                     max_len=task.max_len,
-                                     pooling=self.pooling if encoder else None)
-    return decode_size(size, vocab_size=task.vocab_size, max_len=task.max_len,
-                              head_input=self.head_input)
+      return hf_import.folder_config(
+        folder,
+        head_input="hidden" if encoder else self.head_input,
+        max_len=task.max_len,
+        pooling=self.pooling if encoder else None,
+      )
+    return decode_size(
+      size, vocab_size=task.vocab_size, max_len=task.max_len, head_input=self.head_input
+    )
 
 
 def check_mesh(cfg: ExperimentConfig):

@@ -22,11 +22,12 @@ from w2s_jax.w2s.experiment import ExperimentConfig
 @dataclasses.dataclass(frozen=True)
 class Cell:
   """One point of the grid: a weak and a strong size, a loss, a fine-tune config."""
+
   weak: str
   strong: str
   loss: Loss = Xent()
   finetune: OptimConfig | None = None  # None: the sweep's base fine-tune config
-  filter: FilterConfig | None = None   # None: train on every weak-labelled example
+  filter: FilterConfig | None = None  # None: train on every weak-labelled example
 
   @property
   def id(self) -> str:
@@ -60,15 +61,25 @@ def pairs(sizes, pretrained_dirs=(), weak_sizes=None) -> list[tuple[str, str]]:
   if unknown:
     raise ValueError(f"weak_sizes {unknown}: expected a subset of sizes {list(sizes)}")
   ordered = sorted(sizes, key=lambda s: size_order(s, pretrained_dirs))
-  return [(w, s) for i, w in enumerate(ordered) for s in ordered[i + 1:]
-          if weak_sizes is None or w in weak_sizes]
+  return [
+    (w, s)
+    for i, w in enumerate(ordered)
+    for s in ordered[i + 1 :]
+    if weak_sizes is None or w in weak_sizes
+  ]
 
 
-def grid(sizes, losses, finetunes=(None,), filters=(None,), pretrained_dirs=(),
-         weak_sizes=None) -> list[Cell]:
+def grid(
+  sizes, losses, finetunes=(None,), filters=(None,), pretrained_dirs=(), weak_sizes=None
+) -> list[Cell]:
   """The product of pairs(sizes, weak_sizes=...), losses, fine-tune configs and filters."""
-  return [Cell(w, s, loss, ft, flt) for w, s in pairs(sizes, pretrained_dirs, weak_sizes)
-          for loss in losses for ft in finetunes for flt in filters]
+  return [
+    Cell(w, s, loss, ft, flt)
+    for w, s in pairs(sizes, pretrained_dirs, weak_sizes)
+    for loss in losses
+    for ft in finetunes
+    for flt in filters
+  ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,13 +109,17 @@ class SweepConfig:
         raise ValueError(f"Cell weak={cell.weak!r} is not smaller than strong={cell.strong!r}")
       if cell.filter is not None:
         try:
-          weak_curation.check_filter(cell.filter, generative=self.base.generative, weak_samples=(
-              self.base.generation.weak_samples if self.base.generative else 1))
+          weak_curation.check_filter(
+            cell.filter,
+            generative=self.base.generative,
+            weak_samples=(self.base.generation.weak_samples if self.base.generative else 1),
+          )
         except ValueError as e:
           raise ValueError(f"Cell.filter in {cell}: {e}") from None
 
 
 def single_cell_sweep(cfg: ExperimentConfig) -> SweepConfig:
   """One experiment as a sweep: its weak and strong sizes, once per loss."""
-  return SweepConfig(cfg, tuple(Cell(cfg.weak_size, cfg.strong_size, loss) for loss in cfg.losses),
-                     ordered=False)
+  return SweepConfig(
+    cfg, tuple(Cell(cfg.weak_size, cfg.strong_size, loss) for loss in cfg.losses), ordered=False
+  )

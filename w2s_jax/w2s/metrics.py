@@ -35,8 +35,15 @@ def _resampled_means(per_seed_correct, ex_counts, seed_counts):
   return (per_seed * seed_counts).sum(1) / seed_counts.sum(1)
 
 
-def bootstrap_w2s(*, weak_correct, w2s_correct, ceiling_correct, num_resamples: int = 2000,
-                  level: float = 0.95, seed: int = 0) -> dict:
+def bootstrap_w2s(
+  *,
+  weak_correct,
+  w2s_correct,
+  ceiling_correct,
+  num_resamples: int = 2000,
+  level: float = 0.95,
+  seed: int = 0,
+) -> dict:
   """Point estimates and percentile intervals for Pweak, Pw2s, Pceiling and PGR.
 
   Inputs are [seeds, examples] arrays of 0/1 correctness on one shared test
@@ -45,8 +52,9 @@ def bootstrap_w2s(*, weak_correct, w2s_correct, ceiling_correct, num_resamples: 
   test-set noise and seed-to-seed variation together. PGR's point estimate is
   the PGR of the seed-mean accuracies.
   """
-  arrays = [np.atleast_2d(np.asarray(a, np.float64))
-            for a in (weak_correct, w2s_correct, ceiling_correct)]
+  arrays = [
+    np.atleast_2d(np.asarray(a, np.float64)) for a in (weak_correct, w2s_correct, ceiling_correct)
+  ]
   shapes = {a.shape for a in arrays}
   if len(shapes) != 1:
     raise ValueError(f"bootstrap_w2s: correctness arrays differ in shape: {sorted(shapes)}")
@@ -56,11 +64,13 @@ def bootstrap_w2s(*, weak_correct, w2s_correct, ceiling_correct, num_resamples: 
   if not 0 < level < 1:
     raise ValueError(f"bootstrap_w2s level={level}: expected in (0, 1)")
   rng = np.random.default_rng(seed)
-  ex_counts = rng.multinomial(num_examples, np.full(num_examples, 1 / num_examples),
-                              size=num_resamples).astype(np.float64)
+  ex_counts = rng.multinomial(
+    num_examples, np.full(num_examples, 1 / num_examples), size=num_resamples
+  ).astype(np.float64)
   if num_seeds > 1:
-    seed_counts = rng.multinomial(num_seeds, np.full(num_seeds, 1 / num_seeds),
-                                  size=num_resamples).astype(np.float64)
+    seed_counts = rng.multinomial(
+      num_seeds, np.full(num_seeds, 1 / num_seeds), size=num_resamples
+    ).astype(np.float64)
   else:
     seed_counts = np.ones((num_resamples, 1))
   reps = [_resampled_means(a, ex_counts, seed_counts) for a in arrays]
@@ -71,8 +81,9 @@ def bootstrap_w2s(*, weak_correct, w2s_correct, ceiling_correct, num_resamples: 
   out = {}
   for name, point, rep in zip(("weak", "w2s", "ceiling", "pgr"), points, reps):
     finite = rep[np.isfinite(rep)]
-    lo, hi = (np.percentile(finite, [tail, 100 - tail]) if len(finite)
-              else (float("nan"), float("nan")))
+    lo, hi = (
+      np.percentile(finite, [tail, 100 - tail]) if len(finite) else (float("nan"), float("nan"))
+    )
     out[name] = {"mean": float(point), "lo": float(lo), "hi": float(hi)}
   per_seed = [a.mean(1) for a in arrays]
   out["pgr"]["per_seed"] = [pgr(weak=w, w2s=s, ceiling=c) for w, s, c in zip(*per_seed)]
@@ -80,10 +91,17 @@ def bootstrap_w2s(*, weak_correct, w2s_correct, ceiling_correct, num_resamples: 
   return out
 
 
-def accuracy_interval(correct_matrix, *, num_resamples: int = 2000, level: float = 0.95,
-                      seed: int = 0) -> dict:
+def accuracy_interval(
+  correct_matrix, *, num_resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> dict:
   """Mean accuracy with a bootstrap interval over seeds and examples."""
   c = np.atleast_2d(np.asarray(correct_matrix, np.float64))
-  r = bootstrap_w2s(weak_correct=c, w2s_correct=c, ceiling_correct=c,
-                    num_resamples=num_resamples, level=level, seed=seed)
+  r = bootstrap_w2s(
+    weak_correct=c,
+    w2s_correct=c,
+    ceiling_correct=c,
+    num_resamples=num_resamples,
+    level=level,
+    seed=seed,
+  )
   return r["weak"]

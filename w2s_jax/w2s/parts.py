@@ -46,7 +46,16 @@ def build(cfg: ExperimentConfig, *, cache_dir, progress: bool = True) -> Parts:
   views = ModelViews(cfg, task)
   models = PretrainedModels(cfg, task, views, mesh, cache_dir=cache_dir, progress=progress)
   evaluator = Evaluator(cfg, task, views, models, mesh, seeds)
-  trainer = Trainer(cfg, task, views, models, mesh, seeds, sampling_cfg=evaluator.sampling,
-                    progress=progress)
-  return Parts(cfg=cfg, mesh=mesh, task=task, seeds=seeds, views=views, models=models,
-               trainer=trainer, evaluator=evaluator)
+  trainer = Trainer(
+    cfg, task, views, models, mesh, seeds, sampling_cfg=evaluator.sampling, progress=progress
+  )
+  return Parts(
+    cfg=cfg,
+    mesh=mesh,
+    task=task,
+    seeds=seeds,
+    views=views,
+    models=models,
+    trainer=trainer,
+    evaluator=evaluator,
+  )

@@ -21,8 +21,16 @@ from w2s_jax.w2s import records, stages
 from w2s_jax.w2s.tables import summary_table
 
 
-def run(cfg, *, keep: float, out_dir: Path, cache_dir, progress=True, bad_frac=0.2,
-        criterion: str = "likelihood") -> dict:
+def run(
+  cfg,
+  *,
+  keep: float,
+  out_dir: Path,
+  cache_dir,
+  progress=True,
+  bad_frac=0.2,
+  criterion: str = "likelihood",
+) -> dict:
   """Removal by every criterion; the strong model pretrained on the clean
   corpus, the pool and the pool filtered by `criterion` at `keep`."""
   criterion = pool_lib.pool_criterion(criterion)
@@ -30,23 +38,38 @@ def run(cfg, *, keep: float, out_dir: Path, cache_dir, progress=True, bad_frac=0
   out_dir = prepare_out_dir(out_dir)
   parts = parts_lib.build(cfg, cache_dir=cache_dir, progress=progress)
   if parts.task.world is None:
-    raise ValueError(f"the pool curation experiment plants bad documents in the testbed's "
-                     f"corpus: the {parts.task.name} task has no testbed world")
+    raise ValueError(
+      f"the pool curation experiment plants bad documents in the testbed's "
+      f"corpus: the {parts.task.name} task has no testbed world"
+    )
   clean = parts.task.corpus
   pool, kind = testbed.corrupted_pool(parts.task.world, clean, bad_frac=bad_frac)
   pool_tag = f"pool-bad{bad_frac:g}"
   ref_params, ref_cfg, _ = pretrain.pretrained_model(
-      cfg, cfg.weak_size, parts.task, pool, parts.mesh, parts.models.cache, progress,
-      corpus_tag=pool_tag)
+    cfg,
+    cfg.weak_size,
+    parts.task,
+    pool,
+    parts.mesh,
+    parts.models.cache,
+    progress,
+    corpus_tag=pool_tag,
+  )
   weak_params, weak_cfg, _ = parts.models.get(cfg.weak_size)
-  criteria = pool_lib.pool_scores(params=weak_params, model_cfg=weak_cfg, pool=pool,
-                              batch_size=cfg.eval_batch_size, mesh=parts.mesh,
-                              reference=(ref_params, ref_cfg))
-  removal = pool_lib.removal_table(kind, criteria, sorted({*pool_lib.KEEP_FRACS, keep}, reverse=True))
+  criteria = pool_lib.pool_scores(
+    params=weak_params,
+    model_cfg=weak_cfg,
+    pool=pool,
+    batch_size=cfg.eval_batch_size,
+    mesh=parts.mesh,
+    reference=(ref_params, ref_cfg),
+  )
+  removal = pool_lib.removal_table(
+    kind, criteria, sorted({*pool_lib.KEEP_FRACS, keep}, reverse=True)
+  )
 
   kept = selection.top_fraction(scores=criteria[criterion], keep_frac=keep)
-  corpora = {"clean": None, "pool": pool,
-             f"pool, {criterion}@{keep:g}": pool.take(kept)}
+  corpora = {"clean": None, "pool": pool, f"pool, {criterion}@{keep:g}": pool.take(kept)}
   weak = stages.weak_stage(parts, cfg.weak_size)
   w2s = {}
   for name, corpus in corpora.items():
@@ -54,32 +77,51 @@ def run(cfg, *, keep: float, out_dir: Path, cache_dir, progress=True, bad_frac=0
       parts.models.pretrain_on(cfg.strong_size, corpus, f"{pool_tag}/{name}")
     ceiling = stages.ceiling_stage(parts, cfg.strong_size)
     result = stages.w2s_stage(parts, cfg.strong_size, weak, Xent())
-    summary = stages.summarize(weak, result, ceiling, keys=parts.evaluator.eval_keys,
-                               num_resamples=cfg.bootstrap_resamples)
+    summary = stages.summarize(
+      weak, result, ceiling, keys=parts.evaluator.eval_keys, num_resamples=cfg.bootstrap_resamples
+    )
     info = parts.models.get(cfg.strong_size).info
-    w2s[name] = {"summary": summary, "strong_facts": info["lives"],
-                 "docs": len(clean if corpus is None else corpus)}
-  results = {"schema": records.SCHEMA, "config": fingerprint(cfg),
-             "environment": records.environment(), "keep": keep, "criterion": criterion,
-             "bad_frac": bad_frac, "removal": removal, "w2s": w2s,
-             "seconds": time.perf_counter() - started}
+    w2s[name] = {
+      "summary": summary,
+      "strong_facts": info["lives"],
+      "docs": len(clean if corpus is None else corpus),
+    }
+  results = {
+    "schema": records.SCHEMA,
+    "config": fingerprint(cfg),
+    "environment": records.environment(),
+    "keep": keep,
+    "criterion": criterion,
+    "bad_frac": bad_frac,
+    "removal": removal,
+    "w2s": w2s,
+    "seconds": time.perf_counter() - started,
+  }
   write_json_atomic(Path(out_dir) / "results.json", results)
   return results
 
 
 def format_report(results: dict) -> str:
-  lines = [f"bad documents removed (pool: {results['bad_frac']:.0%} bad, kinds "
-           f"{', '.join(testbed.BAD_KINDS)})",
-           f"{'criterion':18s} {'keep':>5s} {'bad removed':>12s} {'clean kept':>11s}  per kind"]
+  lines = [
+    f"bad documents removed (pool: {results['bad_frac']:.0%} bad, kinds "
+    f"{', '.join(testbed.BAD_KINDS)})",
+    f"{'criterion':18s} {'keep':>5s} {'bad removed':>12s} {'clean kept':>11s}  per kind",
+  ]
   for r in results["removal"]:
     kinds = "  ".join(f"{k} {r[f'removed/{k}']:.0%}" for k in testbed.BAD_KINDS)
-    lines.append(f"{r['criterion']:18s} {r['keep_frac']:5.2f} {r['bad_removed']:12.1%} "
-                 f"{r['clean_kept']:11.1%}  {kinds}")
+    lines.append(
+      f"{r['criterion']:18s} {r['keep_frac']:5.2f} {r['bad_removed']:12.1%} "
+      f"{r['clean_kept']:11.1%}  {kinds}"
+    )
   lines.append("\nstrong model pretrained on each corpus, then W2S with naive KD (test split)")
   rows = []
   for name, r in results["w2s"].items():
-    rows.append({"corpus": f"{name} ({r['docs']} docs, facts {r['strong_facts']:.0%})",
-                 **r["summary"]["test"]})
+    rows.append(
+      {
+        "corpus": f"{name} ({r['docs']} docs, facts {r['strong_facts']:.0%})",
+        **r["summary"]["test"],
+      }
+    )
   lines.append(summary_table(rows, ("corpus",)))
   lines.append(f"\ntotal {results['seconds']:.0f}s")
   return "\n".join(lines)

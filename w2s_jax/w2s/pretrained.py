@@ -24,7 +24,7 @@ from w2s_jax.w2s.views import ModelViews
 class Pretrained(typing.NamedTuple):
   params: typing.Any
   model_cfg: ModelConfig
-  info: dict   # how it was made: pretrained here (steps, seconds, loss, probe), cached, imported
+  info: dict  # how it was made: pretrained here (steps, seconds, loss, probe), cached, imported
 
 
 class PretrainedModels:
@@ -40,12 +40,21 @@ class PretrainedModels:
   def get(self, size: str) -> Pretrained:
     if size not in self._got:
       tag, corpus = self._corpus_of.get(size, ("clean", None))
-      if (corpus is None and self.cfg.use_pretraining
-          and size not in dict(self.cfg.pretrained_dirs)):
+      if corpus is None and self.cfg.use_pretraining and size not in dict(self.cfg.pretrained_dirs):
         corpus = self.task.corpus
-      self._got[size] = Pretrained(*pretrain.pretrained_model(
-          self.cfg, size, self.task, corpus, self.mesh, self.cache, self.progress,
-          corpus_tag=tag, splits=self.views.splits_of(size)))
+      self._got[size] = Pretrained(
+        *pretrain.pretrained_model(
+          self.cfg,
+          size,
+          self.task,
+          corpus,
+          self.mesh,
+          self.cache,
+          self.progress,
+          corpus_tag=tag,
+          splits=self.views.splits_of(size),
+        )
+      )
     return self._got[size]
 
   def pretrain_on(self, size: str, corpus: Dataset, tag: str) -> None:
@@ -63,15 +72,17 @@ class PretrainedModels:
     for size in sizes:
       model_cfg = self.cfg.model_config(size, self.task)
       if size in dict(self.cfg.pretrained_dirs):
-        self.views.splits_of(size)   # an encoding the model can't read fails here, named
+        self.views.splits_of(size)  # an encoding the model can't read fails here, named
         own = self.views.tokenizer_file(size)
         folder = dict(self.cfg.pretrained_dirs)[size]
         tokenize.check_vocabulary(
-            tokenizer_vocab_size=self.task.vocab_size if own is None else
-            tokenize.HFTokenizer.from_file(own).vocab_size,
-            model_vocab_size=model_cfg.vocab_size,
-            model=f"{size} ({Path(folder) / 'config.json'})",
-            tokenizer=own or getattr(self.cfg.text_task, "tokenizer", "the task's tokenizer"))
+          tokenizer_vocab_size=self.task.vocab_size
+          if own is None
+          else tokenize.HFTokenizer.from_file(own).vocab_size,
+          model_vocab_size=model_cfg.vocab_size,
+          model=f"{size} ({Path(folder) / 'config.json'})",
+          tokenizer=own or getattr(self.cfg.text_task, "tokenizer", "the task's tokenizer"),
+        )
       if sampling_cfg is not None:
         try:
           sampling_cfg.check(model_cfg, width)

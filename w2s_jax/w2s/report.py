@@ -12,7 +12,6 @@ import numpy as np  # noqa: E402
 from w2s_jax.w2s.tables import median_pgr  # noqa: E402
 
 
-
 def load_rows(path) -> list[dict]:
   path = Path(path)
   if not path.is_file():
@@ -44,8 +43,9 @@ def _interval(rows, split, metric):
 
 def _weak_sizes(rows):
   """Weak sizes from smallest to largest, with a color each."""
-  weaks = sorted({r["weak"] for r in rows},
-                 key=lambda w: min(r["weak_params"] for r in rows if r["weak"] == w))
+  weaks = sorted(
+    {r["weak"] for r in rows}, key=lambda w: min(r["weak_params"] for r in rows if r["weak"] == w)
+  )
   return weaks, plt.cm.viridis(np.linspace(0, 0.85, max(len(weaks), 1)))
 
 
@@ -61,8 +61,15 @@ def accuracy_vs_compute(rows, out_dir, loss, split="test"):
     mean, err = _interval(sub, split, "w2s")
     ax.errorbar(x, mean, yerr=err, color=color, marker="o", capsize=3, label=f"weak {weak}")
     w = sub[0]
-    ax.scatter([w["weak_compute"]], [w[f"{split}/weak/mean"]], color=color, marker="s",
-               s=60, edgecolor="black", zorder=5)
+    ax.scatter(
+      [w["weak_compute"]],
+      [w[f"{split}/weak/mean"]],
+      color=color,
+      marker="s",
+      s=60,
+      edgecolor="black",
+      zorder=5,
+    )
     for r in sub:
       ceiling[r["strong"]] = (r["strong_compute"], r[f"{split}/ceiling/mean"])
   if ceiling:
@@ -84,12 +91,18 @@ def pgr_vs_strong(rows, out_dir, loss, split="test"):
   for weak, color in zip(weaks, colors):
     sub = sorted((r for r in rows if r["weak"] == weak), key=lambda r: r["strong_params"])
     mean, err = _interval(sub, split, "pgr")
-    ax.errorbar([r["strong_params"] for r in sub], mean, yerr=err, color=color, marker="o",
-                capsize=3, label=f"weak {weak}")
+    ax.errorbar(
+      [r["strong_params"] for r in sub],
+      mean,
+      yerr=err,
+      color=color,
+      marker="o",
+      capsize=3,
+      label=f"weak {weak}",
+    )
   ax.axhline(0, color="gray", lw=0.8)
   ax.axhline(1, color="gray", lw=0.8, ls="--")
-  _log_x_if_positive(ax, [r["strong_params"] for r in rows
-                          if np.isfinite(r[f"{split}/pgr/mean"])])
+  _log_x_if_positive(ax, [r["strong_params"] for r in rows if np.isfinite(r[f"{split}/pgr/mean"])])
   ax.set_xlabel("strong-model parameters")
   ax.set_ylabel("PGR (95% interval)")
   ax.set_title(f"Performance gap recovered ({loss})")
@@ -100,8 +113,9 @@ def pgr_vs_strong(rows, out_dir, loss, split="test"):
 
 def pgr_heatmap(rows, out_dir, loss, split="test"):
   rows = [r for r in rows if r["loss"] == loss]
-  order = lambda key, params: sorted({r[key] for r in rows},
-                                     key=lambda s: min(r[params] for r in rows if r[key] == s))
+  order = lambda key, params: sorted(
+    {r[key] for r in rows}, key=lambda s: min(r[params] for r in rows if r[key] == s)
+  )
   weaks, strongs = order("weak", "weak_params"), order("strong", "strong_params")
   grid = np.full((len(weaks), len(strongs)), np.nan)
   for r in rows:
@@ -137,8 +151,7 @@ def pgr_by_loss(rows, out_dir, split="test"):
       continue
     xs, rs = zip(*present)
     mean, err = _interval(rs, split, "pgr")
-    ax.bar(xs, mean, width, yerr=err, capsize=2,
-           label=f"{loss} (median {medians[loss]:.2f})")
+    ax.bar(xs, mean, width, yerr=err, capsize=2, label=f"{loss} (median {medians[loss]:.2f})")
   ax.axhline(0, color="gray", lw=0.8)
   ax.set_xticks(range(len(pairs)), [f"{w}\n→{s}" for w, s in pairs], fontsize=8)
   ax.set_ylabel("PGR (95% interval)")
@@ -155,11 +168,20 @@ def pgr_vs_keep_frac(rows, out_dir, split="test"):
   criteria = [c for c in dict.fromkeys(r["criterion"] for r in rows) if c != "none"]
   colors = plt.cm.tab10(np.arange(len(criteria)))
   for criterion, color in zip(criteria, colors):
-    sub = sorted([r for r in rows if r["criterion"] == criterion] + base,
-                 key=lambda r: r["keep_frac"])
+    sub = sorted(
+      [r for r in rows if r["criterion"] == criterion] + base, key=lambda r: r["keep_frac"]
+    )
     mean, err = _interval(sub, split, "pgr")
-    ax.errorbar([r["keep_frac"] for r in sub], mean, yerr=err, color=color, marker="o",
-                capsize=3, label=criterion, alpha=0.85)
+    ax.errorbar(
+      [r["keep_frac"] for r in sub],
+      mean,
+      yerr=err,
+      color=color,
+      marker="o",
+      capsize=3,
+      label=criterion,
+      alpha=0.85,
+    )
   if base:
     ax.axhline(base[0][f"{split}/pgr/mean"], color="black", ls="--", lw=1, label="no filter")
   ax.set_xlabel("fraction of weak-labelled examples kept")
@@ -180,8 +202,15 @@ def pgr_vs_kd_weight(rows, out_dir, split="test"):
   for n, color in zip(sizes, colors):
     sub = sorted((r for r in rows if r["gt_examples"] == n), key=lambda r: r["kd_weight"])
     mean, err = _interval(sub, split, "pgr")
-    ax.errorbar([r["kd_weight"] for r in sub], mean, yerr=err, color=color, marker="o",
-                capsize=3, label=f"{n} ground-truth examples")
+    ax.errorbar(
+      [r["kd_weight"] for r in sub],
+      mean,
+      yerr=err,
+      color=color,
+      marker="o",
+      capsize=3,
+      label=f"{n} ground-truth examples",
+    )
   ax.set_xlabel("kd_weight (1 = weak supervision only, 0 = ground truth only)")
   ax.set_ylabel("PGR (95% interval)")
   ax.set_title("Combined objective")

@@ -35,7 +35,7 @@ def _eval_arrays(scores: dict) -> dict:
 
 
 def _eval_scores(arrays: dict) -> dict:
-  return {k[len(EVAL):]: v for k, v in arrays.items() if k.startswith(EVAL)}
+  return {k[len(EVAL) :]: v for k, v in arrays.items() if k.startswith(EVAL)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,7 @@ class WeakStage:
   params: generation, its fine-tuned params per seed: token-level KD's teacher
     (stored apart from the arrays).
   """
+
   label_accuracy: np.ndarray
   scores: dict
   labels: np.ndarray | None = None
@@ -84,18 +85,26 @@ class WeakStage:
   @classmethod
   def from_arrays(cls, arrays: dict, params=None) -> "WeakStage":
     known = {"label_accuracy", "labels", "likelihood", "responses", "response_mask", "logprobs"}
-    return cls(**{k: arrays[k] for k in known if k in arrays}, scores=_eval_scores(arrays),
-               curation={k: v for k, v in arrays.items()
-                         if k not in known and not k.startswith(EVAL)},
-               params=params)
+    return cls(
+      **{k: arrays[k] for k in known if k in arrays},
+      scores=_eval_scores(arrays),
+      curation={k: v for k, v in arrays.items() if k not in known and not k.startswith(EVAL)},
+      params=params,
+    )
 
   @staticmethod
   def fields(parts: Parts) -> tuple[str, ...]:
     """The arrays a stored weak stage of this experiment holds."""
     evals = tuple(EVAL + k for k in parts.evaluator.eval_keys)
     if parts.generative:
-      return ("responses", "response_mask", "logprobs", "label_accuracy",
-              *weak_curation.response_fields(parts.task, parts.cfg.generation), *evals)
+      return (
+        "responses",
+        "response_mask",
+        "logprobs",
+        "label_accuracy",
+        *weak_curation.response_fields(parts.task, parts.cfg.generation),
+        *evals,
+      )
     return ("labels", "label_accuracy", "likelihood", *evals)
 
 
@@ -103,6 +112,7 @@ class WeakStage:
 class Evaluated:
   """A strong model's scores: {eval key: [seeds, N]}; after a filter, also how
   right the weak supervision it kept was, per seed."""
+
   scores: dict
   kept_label_accuracy: np.ndarray | None = None
 
@@ -124,84 +134,142 @@ class Evaluated:
 def weak_stage(parts: Parts, size: str) -> WeakStage:
   """The weak model on ground truth; its supervision of train_w2s, scored."""
   trainer, evaluator, cfg = parts.trainer, parts.evaluator, parts.cfg
-  params = trainer.tune(size, trainer.supervised("train_gt", size=size),
-                        trainer.ground_truth_loss(), f"weak {size} on ground truth",
-                        cfg.weak_finetune)
+  params = trainer.tune(
+    size,
+    trainer.supervised("train_gt", size=size),
+    trainer.ground_truth_loss(),
+    f"weak {size} on ground truth",
+    cfg.weak_finetune,
+  )
   if parts.generative:
     gen = cfg.generation
-    weak_sampling = dataclasses.replace(evaluator.sampling, temperature=gen.weak_temperature,
-                                        top_p=gen.weak_top_p)
-    tokens, mask, logprobs = evaluator.generate(size, params, "train_w2s", weak_sampling,
-                                                samples=gen.weak_samples, rng_offset=104729)
+    weak_sampling = dataclasses.replace(
+      evaluator.sampling, temperature=gen.weak_temperature, top_p=gen.weak_top_p
+    )
+    tokens, mask, logprobs = evaluator.generate(
+      size, params, "train_w2s", weak_sampling, samples=gen.weak_samples, rng_offset=104729
+    )
     curation = weak_curation.score_responses(
-        task=parts.task, generation=gen, model_cfg=parts.models.get(size).model_cfg,
-        params=params, prompts=parts.views.data(size, "train_w2s"), tokens=tokens, mask=mask,
-        batch_size=cfg.eval_batch_size, mesh=parts.mesh)
-    return WeakStage(label_accuracy=curation["response_correct"].mean(1),
-                     scores=evaluator.evaluate(size, params), responses=tokens,
-                     response_mask=mask, logprobs=logprobs, curation=curation, params=params)
+      task=parts.task,
+      generation=gen,
+      model_cfg=parts.models.get(size).model_cfg,
+      params=params,
+      prompts=parts.views.data(size, "train_w2s"),
+      tokens=tokens,
+      mask=mask,
+      batch_size=cfg.eval_batch_size,
+      mesh=parts.mesh,
+    )
+    return WeakStage(
+      label_accuracy=curation["response_correct"].mean(1),
+      scores=evaluator.evaluate(size, params),
+      responses=tokens,
+      response_mask=mask,
+      logprobs=logprobs,
+      curation=curation,
+      params=params,
+    )
   labels = evaluator.predict(size, params, "train_w2s")
   label_acc = metrics.correct(probs=labels, labels=parts.task.splits["train_w2s"]["labels"]).mean(1)
   pretrained, model_cfg, _ = parts.models.get(size)
   if model_cfg.causal:
-    likelihood = scoring.sequence_log_likelihood(pretrained, model_cfg,
-                                                 parts.views.data(size, "train_w2s"),
-                                                 batch_size=cfg.eval_batch_size, mesh=parts.mesh)
-  else:   # an encoder has no LM head: a likelihood filter then says so (weak_curation.py)
+    likelihood = scoring.sequence_log_likelihood(
+      pretrained,
+      model_cfg,
+      parts.views.data(size, "train_w2s"),
+      batch_size=cfg.eval_batch_size,
+      mesh=parts.mesh,
+    )
+  else:  # an encoder has no LM head: a likelihood filter then says so (weak_curation.py)
     likelihood = np.full(len(labels[0]), np.nan, np.float32)
-  return WeakStage(label_accuracy=label_acc, scores=evaluator.evaluate(size, params),
-                   labels=labels, likelihood=likelihood)
+  return WeakStage(
+    label_accuracy=label_acc,
+    scores=evaluator.evaluate(size, params),
+    labels=labels,
+    likelihood=likelihood,
+  )
 
 
 def ceiling_stage(parts: Parts, size: str) -> Evaluated:
   """The strong model on ground truth: Pceiling's scores."""
   trainer = parts.trainer
-  params = trainer.tune(size, trainer.supervised("train_gt", size=size),
-                        trainer.ground_truth_loss(), f"ceiling {size} on ground truth")
+  params = trainer.tune(
+    size,
+    trainer.supervised("train_gt", size=size),
+    trainer.ground_truth_loss(),
+    f"ceiling {size} on ground truth",
+  )
   return Evaluated(parts.evaluator.evaluate(size, params))
 
 
-def w2s_stage(parts: Parts, strong: str, weak: WeakStage, loss: Loss,
-              finetune_cfg: OptimConfig | None = None, filter_cfg: FilterConfig | None = None,
-              weak_size: str | None = None) -> Evaluated:
+def w2s_stage(
+  parts: Parts,
+  strong: str,
+  weak: WeakStage,
+  loss: Loss,
+  finetune_cfg: OptimConfig | None = None,
+  filter_cfg: FilterConfig | None = None,
+  weak_size: str | None = None,
+) -> Evaluated:
   """The strong model trained on the weak stage's supervision, evaluated.
   weak_size names the weak model, for token-level KD (its params are in weak)."""
   generative = parts.generative
   loss.check_kind(generative)
   subsets = None
   if filter_cfg is not None:  # per seed, the rows kept (weak_curation.py)
-    weak_curation.check_filter(filter_cfg, generative=generative, weak_samples=(
-        parts.cfg.generation.weak_samples if generative else 1))
+    weak_curation.check_filter(
+      filter_cfg,
+      generative=generative,
+      weak_samples=(parts.cfg.generation.weak_samples if generative else 1),
+    )
     subsets = weak_curation.filter_subsets(weak.arrays(), filter_cfg, generative)
   tag = loss.tag + (f", {filter_cfg.tag}" if filter_cfg else "")
   teacher = None
   if loss.needs_teacher:
     if weak_size is None or weak.params is None:
-      raise ValueError(f"loss {loss.name!r} trains against the weak model itself: expected "
-                       "weak_size and the weak stage's params")
+      raise ValueError(
+        f"loss {loss.name!r} trains against the weak model itself: expected "
+        "weak_size and the weak stage's params"
+      )
     if parts.views.splits_of(weak_size) is not parts.views.splits_of(strong):
-      raise ValueError(f"loss {loss.name!r} feeds the strong model's tokens to the weak model, "
-                       f"but {weak_size!r} and {strong!r} read the task through different "
-                       "tokenizers: expected models that share one")
+      raise ValueError(
+        f"loss {loss.name!r} feeds the strong model's tokens to the weak model, "
+        f"but {weak_size!r} and {strong!r} read the task through different "
+        "tokenizers: expected models that share one"
+      )
     teacher = (parts.models.get(weak_size).model_cfg, weak.params)
   what = "responses" if generative else "labels"
   trainer = parts.trainer
-  params = trainer.tune(strong, trainer.supervised("train_w2s", weak.targets, subsets, size=strong),
-                        loss, f"strong {strong} on weak {what} ({tag})", finetune_cfg,
-                        teacher=teacher)
+  params = trainer.tune(
+    strong,
+    trainer.supervised("train_w2s", weak.targets, subsets, size=strong),
+    loss,
+    f"strong {strong} on weak {what} ({tag})",
+    finetune_cfg,
+    teacher=teacher,
+  )
   kept = None
   if subsets is not None:  # how right the kept weak labels (or responses) are, per seed
     kept = weak_curation.kept_label_accuracy(
-        weak.arrays(), subsets, generative=generative,
-        truth=None if generative else parts.task.splits["train_w2s"]["labels"])
+      weak.arrays(),
+      subsets,
+      generative=generative,
+      truth=None if generative else parts.task.splits["train_w2s"]["labels"],
+    )
   return Evaluated(parts.evaluator.evaluate(strong, params), kept_label_accuracy=kept)
 
 
-def summarize(weak: WeakStage, w2s: Evaluated, ceiling: Evaluated, *, keys,
-              num_resamples: int) -> dict:
+def summarize(
+  weak: WeakStage, w2s: Evaluated, ceiling: Evaluated, *, keys, num_resamples: int
+) -> dict:
   """Per eval key: Pweak, Pweak->strong, Pceiling and PGR, each a mean with its
   paired bootstrap interval over seeds and examples (metrics.bootstrap_w2s)."""
-  return {key: metrics.bootstrap_w2s(weak_correct=weak.scores[key], w2s_correct=w2s.scores[key],
-                                     ceiling_correct=ceiling.scores[key],
-                                     num_resamples=num_resamples)
-          for key in keys}
+  return {
+    key: metrics.bootstrap_w2s(
+      weak_correct=weak.scores[key],
+      w2s_correct=w2s.scores[key],
+      ceiling_correct=ceiling.scores[key],
+      num_resamples=num_resamples,
+    )
+    for key in keys
+  }

@@ -20,9 +20,17 @@ from w2s_jax.w2s.views import ModelViews
 
 
 class Trainer:
-
-  def __init__(self, cfg, task, views: ModelViews, models: PretrainedModels, mesh, seeds,
-               sampling_cfg=None, progress=True):
+  def __init__(
+    self,
+    cfg,
+    task,
+    views: ModelViews,
+    models: PretrainedModels,
+    mesh,
+    seeds,
+    sampling_cfg=None,
+    progress=True,
+  ):
     self.cfg, self.task, self.views, self.models, self.mesh = cfg, task, views, models, mesh
     self.seeds, self.sampling, self.progress = tuple(seeds), sampling_cfg, progress
 
@@ -41,8 +49,9 @@ class Trainer:
         prompts = data.take(np.repeat(np.arange(len(data)), self.cfg.generation.weak_samples))
         per_seed = [layout.sequences(prompts, r, m) for r, m in zip(*targets)]
     else:
-      labels = (one_hot(data["labels"], 2)[None].repeat(len(self.seeds), 0)
-                if targets is None else targets)
+      labels = (
+        one_hot(data["labels"], 2)[None].repeat(len(self.seeds), 0) if targets is None else targets
+      )
       per_seed = [data.with_fields(labels=labels[i]) for i in range(len(self.seeds))]
     if subsets is not None:
       if len(subsets) != len(self.seeds):
@@ -50,19 +59,32 @@ class Trainer:
       per_seed = [d.take(idx) for d, idx in zip(per_seed, subsets)]
     return per_seed
 
-  def tune(self, size: str, per_seed: list[Dataset], loss: Loss, desc: str, finetune_cfg=None,
-           teacher=None):
+  def tune(
+    self, size: str, per_seed: list[Dataset], loss: Loss, desc: str, finetune_cfg=None, teacher=None
+  ):
     """Params stacked per seed, fine-tuned from `size`'s pretrained ones."""
     params, model_cfg, _ = self.models.get(size)
     gt_data = None
     if loss.needs_gt_data:
       available = len(self.task.splits["train_gt"])
       if loss.gt_examples > available:
-        raise ValueError(f"{type(loss).__name__}.gt_examples={loss.gt_examples}: train_gt has "
-                         f"only {available} examples")
+        raise ValueError(
+          f"{type(loss).__name__}.gt_examples={loss.gt_examples}: train_gt has "
+          f"only {available} examples"
+        )
       gt_data = self.supervised("train_gt", size=size)[0].take(np.arange(loss.gt_examples))
-    return finetune(params, model_cfg, per_seed, loss_cfg=loss,
-                    optim_cfg=finetune_cfg or self.cfg.finetune, seeds=self.seeds,
-                    mesh=self.mesh, desc=desc, progress=self.progress, gt_data=gt_data,
-                    generative=self.task.generative, teacher=teacher,
-                    sampling_cfg=self.sampling)
+    return finetune(
+      params,
+      model_cfg,
+      per_seed,
+      loss_cfg=loss,
+      optim_cfg=finetune_cfg or self.cfg.finetune,
+      seeds=self.seeds,
+      mesh=self.mesh,
+      desc=desc,
+      progress=self.progress,
+      gt_data=gt_data,
+      generative=self.task.generative,
+      teacher=teacher,
+      sampling_cfg=self.sampling,
+    )

@@ -61,8 +61,9 @@ def _fmt(stat: dict, digits: int = 3) -> str:
 
 
 def _fmt_pgr(stat: dict) -> str:
-  return format_pgr(mean=stat["mean"], lo=stat["lo"], hi=stat["hi"],
-                    undefined_frac=stat.get("undefined_frac"))
+  return format_pgr(
+    mean=stat["mean"], lo=stat["lo"], hi=stat["hi"], undefined_frac=stat.get("undefined_frac")
+  )
 
 
 def text_table(header, lines) -> str:
@@ -75,9 +76,11 @@ def text_table(header, lines) -> str:
 def summary_table(rows: list[dict], labels=("method",)) -> str:
   """rows: the label columns (by name) and {"weak", "w2s", "ceiling", "pgr"}
   stats (mean/lo/hi; pgr may also hold undefined_frac)."""
-  lines = [[str(r[label]) for label in labels]
-           + [_fmt(r["weak"]), _fmt(r["w2s"]), _fmt(r["ceiling"]), _fmt_pgr(r["pgr"])]
-           for r in rows]
+  lines = [
+    [str(r[label]) for label in labels]
+    + [_fmt(r["weak"]), _fmt(r["w2s"]), _fmt(r["ceiling"]), _fmt_pgr(r["pgr"])]
+    for r in rows
+  ]
   return text_table((*labels, "Pweak", "Pweak->strong", "Pceiling", "PGR"), lines)
 
 
@@ -112,18 +115,34 @@ def format_results(results: dict) -> str:
   for size, info in results["models"].items():
     if info.get("encoding"):
       lines.append(f"{size} reads the task through {info['encoding']['tokenizer']}")
-      lines.extend(f"  {split:9s} {counts}" for split, counts in info["encoding"].items()
-                   if split != "tokenizer")
+      lines.extend(
+        f"  {split:9s} {counts}"
+        for split, counts in info["encoding"].items()
+        if split != "tokenizer"
+      )
   cells = results["cells"]
   pairs = {(c["cell"]["weak"], c["cell"]["strong"]) for c in cells}
   labels = ("method",) if len(pairs) == 1 else ("weak", "strong", "method")
   seeds = cells[0]["seeds"] if cells else []
   for key in results["task"]["eval_keys"]:
-    lines.append(f"\n{key} ({len(seeds)} seeds; mean [95% bootstrap interval over seeds and "
-                 "examples])")
-    lines.append(summary_table([{"method": c["label"], "weak": c["cell"]["weak"],
-                                 "strong": c["cell"]["strong"], **c["summary"][key]}
-                                for c in cells], labels))
+    lines.append(
+      f"\n{key} ({len(seeds)} seed{'' if len(seeds) == 1 else 's'}; "
+      "mean [95% bootstrap interval over seeds and examples])"
+    )
+    lines.append(
+      summary_table(
+        [
+          {
+            "method": c["label"],
+            "weak": c["cell"]["weak"],
+            "strong": c["cell"]["strong"],
+            **c["summary"][key],
+          }
+          for c in cells
+        ],
+        labels,
+      )
+    )
   lines.append(f"\ntotal {results['seconds']:.0f}s")
   return "\n".join(lines)
 
@@ -133,8 +152,10 @@ def median_pgr(rows, split="test") -> dict:
   by_loss = collections.defaultdict(list)
   for r in rows:
     by_loss[r["loss"]].append(r[f"{split}/pgr/mean"])
-  return {loss: float(np.nanmedian(v)) if not all(map(math.isnan, v)) else float("nan")
-          for loss, v in by_loss.items()}
+  return {
+    loss: float(np.nanmedian(v)) if not all(map(math.isnan, v)) else float("nan")
+    for loss, v in by_loss.items()
+  }
 
 
 def sweep_table(rows, split="test") -> str:
@@ -151,7 +172,11 @@ def sweep_table(rows, split="test") -> str:
       entry["label acc"] = f"{r['kept_label_accuracy'] or r['weak_label_accuracy']:.3f}"
     table.append(entry)
   labels = ("weak", "strong", "loss", *(("filter", "label acc") if filtered else ()))
-  medians = text_table(("loss", "median PGR"),
-                       [[loss, PGR_UNDEFINED if math.isnan(v) else f"{v:.2f}"]
-                        for loss, v in median_pgr(rows, split).items()])
+  medians = text_table(
+    ("loss", "median PGR"),
+    [
+      [loss, PGR_UNDEFINED if math.isnan(v) else f"{v:.2f}"]
+      for loss, v in median_pgr(rows, split).items()
+    ],
+  )
   return f"{summary_table(table, labels)}\n\n{medians}"

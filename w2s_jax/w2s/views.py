@@ -54,23 +54,26 @@ class ModelViews:
     encoder = not self.cfg.model_config(size, self.task).causal
     if own is None:
       if encoder:
-        raise ValueError(f"model {size!r} is an encoder without a tokenizer.json in "
-                         f"{dict(self.cfg.pretrained_dirs).get(size)}: expected its own tokenizer "
-                         "(an encoder reads [CLS] text [SEP] in its own vocabulary)")
+        raise ValueError(
+          f"model {size!r} is an encoder without a tokenizer.json in "
+          f"{dict(self.cfg.pretrained_dirs).get(size)}: expected its own tokenizer "
+          "(an encoder reads [CLS] text [SEP] in its own vocabulary)"
+        )
       return self.task.splits, None
     key = (file_digest(own), encoder)
     task_file = self.task.tokenizer
-    if (not encoder and task_file and Path(task_file).is_file()
-        and file_digest(task_file) == key[0]):
-      return self.task.splits, None   # the task's tokenizer is this model's own
+    if not encoder and task_file and Path(task_file).is_file() and file_digest(task_file) == key[0]:
+      return self.task.splits, None  # the task's tokenizer is this model's own
     if key not in self._encoded:
       try:
         self._encoded[key] = self.task.encode_with(own, encoder=encoder)
       except ValueError as e:
         if "encodes every model with one tokenizer" not in str(e):
           raise
-        raise ValueError(f"model {size!r} brings its own tokenizer {own}, but {e}: expected "
-                         "models that share it (per-model tokenizers are supported for text "
-                         "classification tasks)") from None
+        raise ValueError(
+          f"model {size!r} brings its own tokenizer {own}, but {e}: expected "
+          "models that share it (per-model tokenizers are supported for text "
+          "classification tasks)"
+        ) from None
     splits, report = self._encoded[key]
     return splits, {"tokenizer": own, **report}
