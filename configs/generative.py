@@ -23,7 +23,7 @@ of it), under 1 minute cached; test field accuracy Pweak 0.44, sft 0.74,
 ceiling 0.99, sft's PGR 0.54 [0.47, 0.60] (docs/generative.md has every table).
 
 Args (comma-separated): `small` for a seconds-long smoke run, `scratch` for
-the no-pretraining ablation, `seeds=N`, `format=NAME` (gen_tasks.FORMATS:
+the no-pretraining ablation, `seeds=N`, `format=NAME` (tasks/testbed_formats.FORMATS:
 city_region, city, two_facts, new_token), `losses=sft` (only sft, for the
 format ablation), `lr=X` (the fine-tuning rate of every stage). sweep():
 kd_weight in {0, .25, .5, .75, 1} x gt_examples in {10, 30}, plus sft.

@@ -54,6 +54,9 @@ def test_summary_table_has_every_pair_and_median_pgr(rows_file):
   assert table.count("\n") >= len(rows) + 2
   assert tables.median_pgr(rows) == pytest.approx({"xent": 0.5, "logconf": 0.7})
   assert "0.50 [0.45, 0.55]" in table
+  # Each row names its pair and loss in the label columns.
+  first = table.splitlines()[2].split()
+  assert first[:3] == [rows[0]["weak"], rows[0]["strong"], rows[0]["loss"]]
 
 
 def test_every_chart_is_rendered_as_png_and_svg(rows_file, tmp_path):

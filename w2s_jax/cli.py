@@ -82,7 +82,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load_config(command: str, spec: str, assignments) -> object:
-  """The command's config from its file, with the --set overrides, checked."""
+  """The config a command runs.
+
+  Args:
+    command: one of COMMANDS.
+    spec: "path/to/config.py[:arg]".
+    assignments: the --set overrides ("path=value").
+
+  Returns:
+    The config, of the command's type, overridden and type-checked.
+  """
   _, kind, function, _ = COMMANDS[command]
   cfg = configs.load_sweep(spec) if function == "sweep" else configs.load(spec)
   if not isinstance(cfg, kind):

@@ -51,6 +51,15 @@ def fingerprint(value):
 
 
 def digest(value, length: int = 16) -> str:
-  """A stable hex digest of fingerprint(value)."""
+  """A cache key.
+
+  Args:
+    value: config data (see fingerprint).
+    length: hex digits kept.
+
+  Returns:
+    The first `length` hex digits of the sha256 of fingerprint(value) as
+    canonical JSON.
+  """
   blob = json.dumps(fingerprint(value), sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(blob.encode()).hexdigest()[:length]

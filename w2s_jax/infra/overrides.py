@@ -192,7 +192,18 @@ def _set(node, parts, raw, path, where):
 
 
 def apply(config, assignments: Sequence[str]):
-  """Each "path=value" in turn (later ones win), then the whole config's type check."""
+  """The --set overrides of the command line.
+
+  Args:
+    config: a frozen config dataclass.
+    assignments: "path=value" strings, applied in turn (later ones win).
+
+  Returns:
+    A new config, type-checked whole (check_types).
+
+  Raises:
+    OverrideError: a path, value or type that does not fit, named.
+  """
   for assignment in assignments:
     path, eq, raw = assignment.partition("=")
     if not eq:

@@ -80,8 +80,18 @@ class Store:
     )
 
   def arrays(self, name: str, compute: Callable[[], dict], *, identity, fields=()) -> dict:
-    """The arrays stored under `name` for this identity, or compute() stored
-    there first; one process at a time."""
+    """Compute once, read ever after.
+
+    Args:
+      name: the file, relative to the store's folder (an .npz).
+      compute: () -> {name: array}, called only when nothing valid is stored.
+      identity: JSON data saying what the arrays are the result of.
+      fields: arrays a valid stored file must hold.
+
+    Returns:
+      The stored arrays for this identity (computed and stored first, under
+      a lock, when absent or invalid).
+    """
     arrays = self.load_arrays(name, identity=identity, fields=fields)
     if arrays is not None:
       return arrays

@@ -95,7 +95,19 @@ def soft_labels(
   mesh,
   seed_axis: bool = False,
 ) -> np.ndarray:
-  """Class probabilities [N, classes] (or [seeds, N, classes]), one row per example."""
+  """Weak inference: the model's class probabilities for every example.
+
+  Args:
+    params: the model's params (stacked per seed with seed_axis).
+    model_cfg: its config.
+    data: tokens and mask (any padding side).
+    batch_size: examples per batch, a multiple of the mesh's devices.
+    mesh: the device mesh.
+    seed_axis: params carry a leading seed axis.
+
+  Returns:
+    numpy [N, classes], or [seeds, N, classes], one row per example in order.
+  """
   return _batched(
     params,
     model_cfg,

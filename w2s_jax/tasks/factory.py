@@ -5,9 +5,16 @@ from w2s_jax.tasks import classification, generation
 
 
 def make_task(*, world: testbed.WorldConfig, text=None, gen_cfg=None):
-  """A `base.Task`: the testbed or a text task (text: a TextTaskConfig or a
-  GenTextTaskConfig), classifying, or generating with gen_cfg (a
-  generation.GenerationConfig)."""
+  """The task an experiment runs on.
+
+  Args:
+    world: the testbed world (used when text is None).
+    text: a classification.TextTaskConfig or a generation.GenTextTaskConfig.
+    gen_cfg: a generation.GenerationConfig: the testbed's generative task.
+
+  Returns:
+    A base.Task: a ClassificationTask or a GenerationTask.
+  """
   if isinstance(text, generation.GenTextTaskConfig):
     return generation.text_generative_task(text)
   if text is not None:

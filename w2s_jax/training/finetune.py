@@ -137,13 +137,25 @@ def finetune(
 ):
   """Fine-tunes one copy of `params` per seed, all seeds in one vmapped program.
 
-  per_seed: each seed's training examples (classification: tokens, mask and
-  soft labels; generation: gen_tasks.sequences). params: one shared starting
-  point, or (params_per_seed) one per seed, stacked on a leading axis.
-  gt_data is required by, and only by, the combined loss and live with
-  live_gt_weight > 0. teacher: (model_cfg, params stacked per seed),
-  required by, and only by, token-level KD and live. sampling_cfg: the
-  task's, for the live loss's samples (ignored by the other losses).
+  Args:
+    params: one shared starting point, or (params_per_seed) one per seed,
+      stacked on a leading axis.
+    model_cfg: the model's config.
+    per_seed: each seed's training examples (classification: tokens, mask
+      and soft labels; generation: tasks.layout.sequences).
+    loss_cfg: the loss (objectives.Loss).
+    optim_cfg: steps, batch, learning rates, LoRA or linear probe.
+    seeds: one int per seed: its data order, dropout and init of new heads.
+    mesh: the device mesh; batches split over it, state sharded (FSDP).
+    desc, progress: the progress bar.
+    gt_data: the ground-truth set of a loss that asks for one (needs_gt_data).
+    generative: the task kind the loss trains for.
+    teacher: (model_cfg, params stacked per seed), for a loss that reads the
+      frozen weak model (needs_teacher); an undonated argument of the step.
+    sampling_cfg: the task's, for the live loss's samples.
+
+  Returns:
+    The fine-tuned params, stacked per seed (device arrays).
   """
   num_seeds = len(seeds)
   if len(per_seed) != num_seeds:

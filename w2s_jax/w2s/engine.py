@@ -200,9 +200,20 @@ def _claim_folder(out: Path, sweep: SweepConfig) -> None:
 def run_sweep(
   sweep: SweepConfig, *, out_dir, cache_dir=None, progress: bool = True, config=None
 ) -> Outcome:
-  """Runs every unfinished cell; returns the rows, records and run record
-  (also written to out_dir/results.json, whose "config" is `config`, by
-  default the sweep's)."""
+  """Runs every unfinished cell of a sweep, resumably (the module docstring).
+
+  Args:
+    sweep: the grid; checked whole, with the mesh and the models' fit to the
+      task, before any compute.
+    out_dir: the sweep folder (created; a folder of another sweep is refused).
+    cache_dir: the pretrained-model cache (default out_dir/shared/pretrained).
+    progress: show progress bars.
+    config: what results.json records as the config (default the sweep).
+
+  Returns:
+    An Outcome: the rows (sweep.jsonl's), the cell records and the run
+    record (results.json's), each cell in grid order.
+  """
   started = time.perf_counter()
   check_mesh(sweep.base)  # a config error leaves no folder behind
   out = prepare_out_dir(out_dir)
@@ -281,8 +292,17 @@ def run_sweep(
 
 
 def run_experiment(cfg: ExperimentConfig, *, out_dir, cache_dir, progress: bool = True) -> dict:
-  """One experiment: the sweep of its pair over its losses. Returns its run
-  record (out_dir/results.json)."""
+  """One experiment: the sweep of its weak and strong pair over its losses.
+
+  Args:
+    cfg: the experiment.
+    out_dir: its folder (the layout of a sweep's; results.json at the end).
+    cache_dir: the pretrained-model cache, shared between runs.
+    progress: show progress bars.
+
+  Returns:
+    The run record written to out_dir/results.json (docs/outputs.md).
+  """
   return run_sweep(
     single_cell_sweep(cfg), out_dir=out_dir, cache_dir=cache_dir, progress=progress, config=cfg
   ).results

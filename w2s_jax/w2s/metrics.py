@@ -51,6 +51,18 @@ def bootstrap_w2s(
   the same draw for all three models (paired), so the PGR interval reflects
   test-set noise and seed-to-seed variation together. PGR's point estimate is
   the PGR of the seed-mean accuracies.
+
+  Args:
+    weak_correct, w2s_correct, ceiling_correct: [seeds, examples] scores.
+    num_resamples: bootstrap replicates.
+    level: the intervals' coverage.
+    seed: the resampling's seed (the intervals are reproducible).
+
+  Returns:
+    {"weak", "w2s", "ceiling", "pgr"}: each {mean, lo, hi}; "pgr" also
+    per_seed (each seed's own PGR) and undefined_frac (the share of
+    replicates where the ceiling does not beat the weak model, left out of
+    its interval).
   """
   arrays = [
     np.atleast_2d(np.asarray(a, np.float64)) for a in (weak_correct, w2s_correct, ceiling_correct)

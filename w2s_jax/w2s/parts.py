@@ -39,7 +39,17 @@ class Parts:
 
 
 def build(cfg: ExperimentConfig, *, cache_dir, progress: bool = True) -> Parts:
-  """The task is read and tokenized here; nothing is trained until a stage asks."""
+  """The parts of one experiment; the task is read and tokenized here.
+
+  Args:
+    cfg: the experiment (its mesh's batch sizes are checked first).
+    cache_dir: the pretrained-model cache; nothing is pretrained until a stage asks.
+    progress: show progress bars.
+
+  Returns:
+    Parts: the task, each model's view of it, the pretrained models, the
+    trainer and the evaluator, sharing one mesh and the experiment's seeds.
+  """
   mesh = check_mesh(cfg)
   task = factory.make_task(world=cfg.world, text=cfg.text_task, gen_cfg=cfg.generation)
   seeds = tuple(cfg.seeds)

@@ -132,7 +132,16 @@ class Evaluated:
 
 
 def weak_stage(parts: Parts, size: str) -> WeakStage:
-  """The weak model on ground truth; its supervision of train_w2s, scored."""
+  """The weak model fine-tuned on ground truth, per seed.
+
+  Args:
+    parts: the experiment's parts.
+    size: the weak model (a size of the table, or an imported name).
+
+  Returns:
+    WeakStage: its soft labels (or responses) for train_w2s with their
+    accuracy, its curation scores, and its scores on every evaluation key.
+  """
   trainer, evaluator, cfg = parts.trainer, parts.evaluator, parts.cfg
   params = trainer.tune(
     size,
@@ -191,7 +200,15 @@ def weak_stage(parts: Parts, size: str) -> WeakStage:
 
 
 def ceiling_stage(parts: Parts, size: str) -> Evaluated:
-  """The strong model on ground truth: Pceiling's scores."""
+  """The strong model fine-tuned on ground truth, per seed.
+
+  Args:
+    parts: the experiment's parts.
+    size: the strong model.
+
+  Returns:
+    Evaluated: its scores on every evaluation key (Pceiling's).
+  """
   trainer = parts.trainer
   params = trainer.tune(
     size,
@@ -211,8 +228,21 @@ def w2s_stage(
   filter_cfg: FilterConfig | None = None,
   weak_size: str | None = None,
 ) -> Evaluated:
-  """The strong model trained on the weak stage's supervision, evaluated.
-  weak_size names the weak model, for token-level KD (its params are in weak)."""
+  """The strong model fine-tuned on the weak stage's supervision, per seed.
+
+  Args:
+    parts: the experiment's parts.
+    strong: the strong model.
+    weak: the weak stage (its params too, for a loss that reads the teacher).
+    loss: the loss the student trains with.
+    finetune_cfg: its fine-tuning (default the experiment's).
+    filter_cfg: keep only the rows this filter selects, per seed.
+    weak_size: the weak model's name, for a loss that reads the teacher.
+
+  Returns:
+    Evaluated: its scores on every evaluation key (Pweak->strong's) and,
+    with a filter, how right the kept supervision was.
+  """
   generative = parts.generative
   loss.check_kind(generative)
   subsets = None
@@ -262,8 +292,17 @@ def w2s_stage(
 def summarize(
   weak: WeakStage, w2s: Evaluated, ceiling: Evaluated, *, keys, num_resamples: int
 ) -> dict:
-  """Per eval key: Pweak, Pweak->strong, Pceiling and PGR, each a mean with its
-  paired bootstrap interval over seeds and examples (metrics.bootstrap_w2s)."""
+  """PGR and the three accuracies with their intervals.
+
+  Args:
+    weak, w2s, ceiling: the three stages' outputs.
+    keys: the evaluation keys to summarize.
+    num_resamples: bootstrap resamples.
+
+  Returns:
+    {key: {"weak", "w2s", "ceiling", "pgr": {mean, lo, hi, ...}}}, each a
+    paired bootstrap over seeds and examples (metrics.bootstrap_w2s).
+  """
   return {
     key: metrics.bootstrap_w2s(
       weak_correct=weak.scores[key],

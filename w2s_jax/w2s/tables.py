@@ -74,8 +74,12 @@ def text_table(header, lines) -> str:
 
 
 def summary_table(rows: list[dict], labels=("method",)) -> str:
-  """rows: the label columns (by name) and {"weak", "w2s", "ceiling", "pgr"}
-  stats (mean/lo/hi; pgr may also hold undefined_frac)."""
+  """rows: the label columns (by name; not "weak", "w2s", "ceiling" or "pgr")
+  and {"weak", "w2s", "ceiling", "pgr"} stats (mean/lo/hi; pgr may also hold
+  undefined_frac)."""
+  clash = set(labels) & {"weak", "w2s", "ceiling", "pgr"}
+  if clash:
+    raise ValueError(f"summary_table labels {sorted(clash)}: the statistics' own names")
   lines = [
     [str(r[label]) for label in labels]
     + [_fmt(r["weak"]), _fmt(r["w2s"]), _fmt(r["ceiling"]), _fmt_pgr(r["pgr"])]
@@ -122,7 +126,7 @@ def format_results(results: dict) -> str:
       )
   cells = results["cells"]
   pairs = {(c["cell"]["weak"], c["cell"]["strong"]) for c in cells}
-  labels = ("method",) if len(pairs) == 1 else ("weak", "strong", "method")
+  labels = ("method",) if len(pairs) == 1 else ("weak model", "strong model", "method")
   seeds = cells[0]["seeds"] if cells else []
   for key in results["task"]["eval_keys"]:
     lines.append(
@@ -134,8 +138,8 @@ def format_results(results: dict) -> str:
         [
           {
             "method": c["label"],
-            "weak": c["cell"]["weak"],
-            "strong": c["cell"]["strong"],
+            "weak model": c["cell"]["weak"],
+            "strong model": c["cell"]["strong"],
             **c["summary"][key],
           }
           for c in cells
@@ -166,12 +170,12 @@ def sweep_table(rows, split="test") -> str:
   table = []
   for r in rows:
     stats = row_summary(r, split)
-    entry = {"weak": r["weak"], "strong": r["strong"], "loss": r["loss"], **stats}
+    entry = {"weak model": r["weak"], "strong model": r["strong"], "loss": r["loss"], **stats}
     if filtered:
       entry["filter"] = r["filter"]
       entry["label acc"] = f"{r['kept_label_accuracy'] or r['weak_label_accuracy']:.3f}"
     table.append(entry)
-  labels = ("weak", "strong", "loss", *(("filter", "label acc") if filtered else ()))
+  labels = ("weak model", "strong model", "loss", *(("filter", "label acc") if filtered else ()))
   medians = text_table(
     ("loss", "median PGR"),
     [
