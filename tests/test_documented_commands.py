@@ -366,7 +366,17 @@ def documented_out(command: str, workspace: Path) -> list[str]:
     "w2s.py": f"runs/{name}",
     "cascade.py": f"runs/{name}",
   }.get(Path(argv[1]).name)
-  return [] if folder is None else ["--out", folder]
+  if folder is None:
+    return []
+  # Two documented variants of one config (its files or TFDS) share a default
+  # folder, which refuses a second base config: each variant gets its own.
+  config = argv[argv.index("--config") + 1]
+  while OUT_FOLDERS.setdefault((workspace, folder), config) != config:
+    folder += "+"
+  return ["--out", folder]
+
+
+OUT_FOLDERS: dict[tuple[Path, str], str] = {}  # (workspace, folder) -> the config writing it
 
 
 def run_documented(argv: list[str], workspace: Path, monkeypatch) -> str:

@@ -54,7 +54,7 @@ VARIANTS = {
 }
 
 
-QUICK = dict(config="configs/generative.py:small", rounds=2, steps=2)
+QUICK = dict(config=f"{harness.CONFIGS / 'generative.py'}:small", rounds=2, steps=2)
 
 
 def _stacked_init(cfg, seeds):
@@ -66,7 +66,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawTextHelpFormatter
   )
-  parser.add_argument("--config", default="configs/generative.py")
+  parser.add_argument("--config", default=str(harness.CONFIGS / "generative.py"))
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
   parser.add_argument("--json", help="write the numbers here")

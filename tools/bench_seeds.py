@@ -31,14 +31,14 @@ from w2s_jax.w2s import parts as parts_lib
 
 import harness  # noqa: E402
 
-QUICK = dict(config="configs/sweep.py:tiny", size="micro", reps=2)
+QUICK = dict(config=f"{harness.CONFIGS / 'sweep.py'}:tiny", size="micro", reps=2)
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawTextHelpFormatter
   )
-  parser.add_argument("--config", default="configs/sweep.py:facts")
+  parser.add_argument("--config", default=f"{harness.CONFIGS / 'sweep.py'}:facts")
   parser.add_argument("--size", default="mini", help="model size to fine-tune")
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--cache", default="runs/cache")

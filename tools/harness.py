@@ -28,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from w2s_jax.infra import host_memory  # noqa: E402
 
+# The project's config folder: tools find their default configs from any cwd.
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
 VECTOR_FLAGS = (
   "avx2",
   "fma",

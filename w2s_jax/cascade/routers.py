@@ -13,10 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax.curation.scores import confidence as max_prob  # noqa: F401
+from w2s_jax.curation import scores
 from w2s_jax.models.scoring import mean_logprob as _mean_token_logprob
 
 BASES = ("cascade", "strong_only")
+
+# The classification routers are the curation scores (higher: more confident).
+max_prob = scores.confidence
+margin = scores.margin
+neg_entropy = scores.neg_entropy
 
 
 def _token_args(logprobs, mask):

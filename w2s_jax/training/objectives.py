@@ -87,8 +87,9 @@ class Loss:
   def check_kind(self, generative: bool, field: str = "loss") -> None:
     kind = GENERATION if generative else CLASSIFICATION
     if kind not in self.kinds:
+      described = "generative" if generative else "classification"
       raise ValueError(
-        f"{field}={self.name!r} does not apply to a {kind} task: expected one of "
+        f"{field}={self.name!r} does not apply to a {described} task: expected one of "
         f"{known_losses(kind)}"
       )
 
