@@ -3,10 +3,12 @@
   python experiments/w2s.py --config configs/default.py
 
 Pretrains a weak (pico) and a strong (mini) model on the testbed corpus
-(testbed.CUE_WORLD, cached in runs/cache), then trains the weak model on
+(testbed.CUE_WORLD, cached in runs/cache), three times each (pretraining
+seeds 0, 1, 2), then, on each pretraining draw, trains the weak model on
 ground truth, the strong model on the weak model's labels (naive KD and
-logconf) and the ceiling, over 5 seeds, and prints Pweak, Pweak->strong,
-Pceiling and PGR with 95% intervals. The weak model's errors are
+logconf) and the ceiling, over 5 fine-tuning seeds, and prints Pweak,
+Pweak->strong, Pceiling and PGR with 95% intervals that resample the
+pretraining draws, the seeds and the examples. The weak model's errors are
 systematic: on entities it does not know it answers by the name's cue.
 
 Expected, on a 2-core CPU: 71 s with pretraining, 18 s cached; naive KD's
@@ -15,7 +17,8 @@ PGR 0.54 [0.47, 0.62], logconf 0.44 [0.34, 0.53] (the README has the table).
 Args (comma-separated): `facts` for the world from before the cue (the
 README's earlier table), `small` for a smoke run of seconds (a 60-entity
 world; weak pico, strong micro), `scratch` for the no-pretraining ablation,
-`seeds=N`, `lora=R` to fine-tune the strong model (W2S and ceiling) with
+`seeds=N` (fine-tuning seeds per pretraining draw), `pretrain_seeds=N` (pretraining
+draws: default 3, 1 with `small`), `lora=R` to fine-tune the strong model (W2S and ceiling) with
 rank-R adapters on q and v (`lora_lr=X`, default 3e-3; the weak model keeps
 full fine-tuning).
 """
@@ -32,10 +35,14 @@ import common  # configs/common.py, beside this file
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, facts=False, small=False, scratch=False, seeds=5, lora=0, lora_lr=3e-3)
+  arg = parse_arg(
+    arg, facts=False, small=False, scratch=False, seeds=5, pretrain_seeds=0, lora=0, lora_lr=3e-3
+  )
+  draws = arg.pretrain_seeds or (1 if arg.small else 3)
   cfg = ExperimentConfig(
     name="default",
     seeds=tuple(range(arg.seeds)),
+    pretrain_seeds=tuple(range(draws)),
     losses=(Xent(), LogConf()),
     use_pretraining=not arg.scratch,
   )

@@ -47,11 +47,11 @@ LOSSES = (
 
 def get_config(arg=None) -> ExperimentConfig:
   """The base experiment every cell shares (configs/generative.py's, 3 seeds)."""
-  arg = parse_arg(arg, tiny=False, seeds=3)
+  arg = parse_arg(arg, tiny=False, seeds=0)  # seeds 0: 3, or 2 with tiny
   cfg = ExperimentConfig(
     name="generative-sweep",
     generation=GenerationConfig(),
-    seeds=tuple(range(arg.seeds)),
+    seeds=tuple(range(arg.seeds or (2 if arg.tiny else 3))),
     finetune=OptimConfig(steps=200, batch_size=32, lr=3e-4, warmup_frac=0.05),
     losses=(Sft(),),
   )

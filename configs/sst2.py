@@ -37,7 +37,7 @@ def get_config(arg=None):
   arg = parse_arg(
     arg,
     files="",
-    seeds=3,
+    seeds=0,  # 0: 3, or 2 with small
     weak="pico",
     strong="small",
     pretrain_steps=4000,
@@ -60,7 +60,7 @@ def get_config(arg=None):
     strong=arg.strong,
     pretrain_steps=arg.pretrain_steps,
     finetune_steps=arg.finetune_steps,
-    seeds=arg.seeds,
+    seeds=arg.seeds or (2 if arg.small else 3),
   )
   if arg.small:
     cfg = dataclasses.replace(

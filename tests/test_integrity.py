@@ -212,7 +212,7 @@ def test_stage_cell_and_rows_corruption_is_recomputed_with_warnings(tmp_path):
   values = [r["test/w2s/mean"] for r in rows] + [rows[0]["test/weak/mean"]]
   assert len(set(values)) > 1  # the tiny sweep's numbers vary: equality below means something
   out = tmp_path / "s"
-  flip_byte(out / "shared" / f"weak-{small_grid.cells[0].weak}.npz", at=0.7)
+  flip_byte(out / "shared" / "pretrain0" / f"weak-{small_grid.cells[0].weak}.npz", at=0.7)
   cell = out / "cells" / small_grid.cells[1].id / "results.json"
   cell.write_text(cell.read_text()[:100])
   (out / "sweep.jsonl").write_text((out / "sweep.jsonl").read_text()[:50])

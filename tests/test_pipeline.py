@@ -112,6 +112,39 @@ def test_second_run_reuses_cache_and_reproduces(two_runs):
   assert "pretrained (cached)" in text and "weak   pico" in text
 
 
+def test_a_second_pretraining_draw_extends_the_runs(two_runs):
+  """pretrain_seeds=(0, 1): draw 0's runs are the one-draw run's, bit for bit
+  (its pretrained models come from the same cache entries); draw 1 pretrains
+  its own; the intervals resample both levels and the table says so."""
+  cfg, tmp, first, _ = two_runs
+  both = engine.run_experiment(
+    dataclasses.replace(cfg, pretrain_seeds=(0, 1)),
+    out_dir=tmp / "two_draws",
+    cache_dir=tmp / "cache",
+    progress=False,
+  )
+  for one, two in zip(first["cells"], both["cells"]):
+    assert two["pretrain_seeds"] == [0, 1] and two["seeds"] == list(SEEDS)
+    assert two["runs"] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    for key, per_model in two["per_seed"].items():
+      for model, values in per_model.items():
+        assert values[:2] == one["per_seed"][key][model], (key, model)
+    assert [info["seed"] for info in two["pretraining"]["strong"]] == [0, 1]
+    assert two["pretraining"]["strong"][0]["cached"] is True
+    assert two["pretraining"]["strong"][1]["cached"] is False
+    stats = two["summary"]["test"]
+    assert stats["draws"] == {"pretraining": 2, "runs": 4, "examples": 20}
+    for model in ("weak", "w2s", "ceiling"):
+      assert stats[model]["lo"] <= stats[model]["mean"] <= stats[model]["hi"]
+      fixed = stats["fixed_pretraining"][model]
+      assert fixed["lo"] <= stats[model]["mean"] <= fixed["hi"]
+  assert [d["seed"] for d in both["models"][cfg.strong_size]["draws"]] == [0, 1]
+  assert (tmp / "two_draws/shared/pretrain1").is_dir()
+  text = tables.format_results(both)
+  assert "2 pretraining draws x 2 seeds, 20 examples" in text
+  assert "PGR, pretraining fixed" in text and "imitation" in text
+
+
 def test_a_single_run_is_a_sweep_of_its_pair_and_resumes_from_its_store(two_runs, monkeypatch):
   """The run's folder is a sweep folder: a rerun into it computes nothing and
   gives the same record; the rows are the cells'."""

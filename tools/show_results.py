@@ -16,10 +16,10 @@ from w2s_jax.w2s import pool_curation, records, tables  # noqa: E402
 
 
 def format_any(results: dict, path: Path) -> str:
-  if results.get("schema") != records.SCHEMA:
+  if results.get("schema") not in records.READABLE:
     raise ValueError(
-      f"{path}: results of schema {results.get('schema')!r}, expected "
-      f"{records.SCHEMA!r} (written by an older w2s_jax: rerun it, or read the "
+      f"{path}: results of schema {results.get('schema')!r}, expected one of "
+      f"{records.READABLE} (written by an older w2s_jax: rerun it, or read the "
       "JSON itself)"
     )
   if results.get("kind") == "cascade":

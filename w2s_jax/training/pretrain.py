@@ -98,7 +98,17 @@ def train_lm(
 
 
 def pretrained_model(
-  cfg, size: str, task, corpus, mesh, cache, progress=True, corpus_tag: str = "clean", splits=None
+  cfg,
+  size: str,
+  task,
+  corpus,
+  mesh,
+  cache,
+  progress=True,
+  corpus_tag: str = "clean",
+  splits=None,
+  *,
+  seed: int,
 ):
   """Params for `size` of an ExperimentConfig after LM pretraining on the
   task's corpus; cached with orbax (a PretrainedCache).
@@ -106,9 +116,10 @@ def pretrained_model(
 
   corpus_tag names a corpus other than the task's own (e.g. a filtered
   pool); it is part of the cache key. splits: the task as an imported model
-  reads it through its own tokenizer (its LM probe runs on those tokens)."""
+  reads it through its own tokenizer (its LM probe runs on those tokens).
+  seed: the pretraining draw (its init and its batches)."""
   model_cfg = cfg.model_config(size, task)
-  init = lambda: transformer.init_params(model_cfg, jax.random.key(cfg.pretrain_seed))
+  init = lambda: transformer.init_params(model_cfg, jax.random.key(seed))
   if size in dict(cfg.pretrained_dirs):
     folder = dict(cfg.pretrained_dirs)[size]
     params = hf_import.load_params(folder, model_cfg)
@@ -136,7 +147,7 @@ def pretrained_model(
       "model": model_cfg,
       "corpus": task.fingerprint,
       "optim": cfg.pretrain,
-      "seed": cfg.pretrain_seed,
+      "seed": seed,
       "key_scheme": KEY_SCHEME,
       **({} if corpus_tag == "clean" else {"corpus_tag": corpus_tag}),
     }
@@ -161,7 +172,7 @@ def pretrained_model(
       model_cfg,
       corpus,
       cfg.pretrain,
-      seed=cfg.pretrain_seed,
+      seed=seed,
       mesh=mesh,
       checkpoint_dir=train_dir,
       checkpoint_every=cfg.checkpoint_every,
@@ -172,6 +183,7 @@ def pretrained_model(
     info = {
       "pretrained": True,
       "size": size,
+      "seed": seed,
       "corpus": corpus_tag,
       "key_scheme": KEY_SCHEME,
       "params": transformer.count_params(state.params),

@@ -4,12 +4,17 @@ A single experiment is the sweep of its own pair over its losses
 (grid.single_cell_sweep); both write the same folder:
 
   sweep.json                      the sweep's config (a different one is refused)
-  shared/weak-<size>.npz          a weak model's supervision and scores, per seed
-  shared/weak-<size>-params/      a generative weak model's params (token-level KD's teacher)
-  shared/ceiling-<size>.npz       a ceiling's scores, per seed
+  shared/pretrain<p>/weak-<size>.npz      a weak model's supervision and scores, per seed,
+                                          on pretraining draw p
+  shared/pretrain<p>/weak-<size>-params/  a generative weak model's params (token-level KD's teacher)
+  shared/pretrain<p>/ceiling-<size>.npz   a ceiling's scores, per seed
   cells/<cell id>/results.json    one cell's record (records.cell_record)
   sweep.jsonl                     one row per finished cell, in grid order
   results.json                    the run record (records.run_record), when every cell is done
+
+A cell runs its stages on every pretraining draw (ExperimentConfig.pretrain_seeds)
+and pools the runs: its intervals resample the draws, the seeds within each,
+and the examples (metrics.bootstrap_w2s).
 
 Every stage and cell lives in one store (infra/store.py): checksummed,
 written atomically, tied to its identity (what it was computed from), and
@@ -57,8 +62,11 @@ class Outcome:
   results: dict
 
 
-def stage_identity(cfg: ExperimentConfig, stage: str, size: str) -> dict:
-  """What a shared stage is the result of: the experiment minus what stages ignore."""
+def stage_identity(cfg: ExperimentConfig, stage: str, size: str, draw: int | None = None) -> dict:
+  """What a shared stage is the result of: the experiment minus what stages
+  ignore, on one pretraining draw (None: the experiment as a whole)."""
+  if draw is not None:
+    cfg = dataclasses.replace(cfg, pretrain_seeds=(draw,))
   experiment = {k: v for k, v in fingerprint(cfg).items() if k not in NOT_IN_STAGES}
   return {"stage": stage, "size": size, "experiment": digest(experiment), "key_scheme": KEY_SCHEME}
 
@@ -68,14 +76,16 @@ class Engine:
 
   def __init__(self, parts: parts_lib.Parts, out: Path):
     self.parts, self.store = parts, Store(out)
+    self.draws = {seed: parts.for_draw(seed) for seed in parts.cfg.pretrain_seeds}
 
-  def weak(self, size: str, *, with_params: bool) -> stages.WeakStage:
-    """The stored weak stage of `size`. A generative weak stage also keeps the
-    weak model's fine-tuned params (orbax, written before the .npz that marks
-    the stage complete), read only when a cell needs them as its teacher."""
-    parts, name = self.parts, f"shared/weak-{size}.npz"
-    params_dir = self.store.path(f"shared/weak-{size}-params")
-    identity = stage_identity(parts.cfg, "weak", size)
+  def weak(self, size: str, draw: int, *, with_params: bool) -> stages.WeakStage:
+    """The stored weak stage of `size` on pretraining draw `draw`. A
+    generative weak stage also keeps the weak model's fine-tuned params
+    (orbax, written before the .npz that marks the stage complete), read
+    only when a cell needs them as its teacher."""
+    parts, name = self.draws[draw], f"shared/pretrain{draw}/weak-{size}.npz"
+    params_dir = self.store.path(f"shared/pretrain{draw}/weak-{size}-params")
+    identity = stage_identity(parts.cfg, "weak", size, draw)
 
     def compute():
       weak = stages.weak_stage(parts, size)
@@ -101,16 +111,16 @@ class Engine:
       except (integrity.CorruptFileError, FileNotFoundError) as err:
         integrity.warn_rebuild(params_dir, str(err), "computing the weak stage again")
         self.store.path(name).unlink(missing_ok=True)
-        return self.weak(size, with_params=with_params)
+        return self.weak(size, draw, with_params=with_params)
     arrays = {k: v for k, v in arrays.items() if k != "params_checksum"}
     return stages.WeakStage.from_arrays(arrays, params=params)
 
-  def ceiling(self, size: str) -> stages.Evaluated:
-    parts = self.parts
+  def ceiling(self, size: str, draw: int) -> stages.Evaluated:
+    parts = self.draws[draw]
     arrays = self.store.arrays(
-      f"shared/ceiling-{size}.npz",
+      f"shared/pretrain{draw}/ceiling-{size}.npz",
       lambda: stages.ceiling_stage(parts, size).arrays(),
-      identity=stage_identity(parts.cfg, "ceiling", size),
+      identity=stage_identity(parts.cfg, "ceiling", size, draw),
       fields=stages.Evaluated.fields(parts),
     )
     return stages.Evaluated.from_arrays(arrays)
@@ -126,27 +136,25 @@ class Engine:
   def compute_cell(self, cell: Cell) -> dict:
     parts, cfg = self.parts, self.parts.cfg
     started = time.perf_counter()
-    weak = self.weak(cell.weak, with_params=cell.loss.needs_teacher)
-    ceiling = self.ceiling(cell.strong)
-    w2s = stages.w2s_stage(
-      parts, cell.strong, weak, cell.loss, cell.finetune, cell.filter, weak_size=cell.weak
-    )
+    runs = []
+    for draw, draw_parts in self.draws.items():
+      weak = self.weak(cell.weak, draw, with_params=cell.loss.needs_teacher)
+      ceiling = self.ceiling(cell.strong, draw)
+      w2s = stages.w2s_stage(
+        draw_parts, cell.strong, weak, cell.loss, cell.finetune, cell.filter, weak_size=cell.weak
+      )
+      runs.append(stages.Runs.of(weak, w2s, ceiling, draw=draw, seeds=parts.seeds))
+    runs = stages.Runs.pooled(runs)
     keys = parts.evaluator.eval_keys
-    summary = stages.summarize(weak, w2s, ceiling, keys=keys, num_resamples=cfg.bootstrap_resamples)
+    summary = stages.summarize(runs, keys=keys, num_resamples=cfg.bootstrap_resamples)
     models = {
-      size: (count_params(parts.models.get(size).params), parts.models.get(size).info)
+      size: (
+        count_params(parts.models.get(size).params),
+        [p.models.get(size).info for p in self.draws.values()],
+      )
       for size in (cell.weak, cell.strong)
     }
-    record = records.cell_record(
-      cell,
-      seeds=parts.seeds,
-      weak=weak,
-      w2s=w2s,
-      ceiling=ceiling,
-      summary=summary,
-      models=models,
-      keys=keys,
-    )
+    record = records.cell_record(cell, runs=runs, summary=summary, models=models, keys=keys)
     record["seconds"] = time.perf_counter() - started
     return record
 
@@ -285,6 +293,7 @@ def run_sweep(
     sizes=sizes,
     cells=cells,
     seconds=time.perf_counter() - started,
+    draws=engine.draws,
   )
   if shd.is_main_process():
     write_json_atomic(out / "results.json", results)

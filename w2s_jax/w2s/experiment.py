@@ -35,7 +35,9 @@ class ExperimentConfig:
   pretrain: OptimConfig = OptimConfig(
     steps=6000, batch_size=32, lr=3e-3, warmup_frac=0.02, weight_decay=0.0
   )
-  pretrain_seed: int = 0
+  # Pretraining draws: each size is pretrained once per seed, and every
+  # fine-tuning seed runs on each draw, so intervals cover pretraining too.
+  pretrain_seeds: tuple[int, ...] = (0,)
   finetune: OptimConfig = OptimConfig(steps=50, batch_size=32, lr=3e-5, head_lr=5e-2)
   # The weak model's own schedule on ground truth (None: `finetune`), for a
   # weak model trained from scratch beside a pretrained strong one.
@@ -75,6 +77,11 @@ class ExperimentConfig:
       raise ValueError(
         f"ExperimentConfig.seeds={self.seeds!r}: expected distinct ints, at least one"
       )
+    if not self.pretrain_seeds or len(set(self.pretrain_seeds)) != len(self.pretrain_seeds):
+      raise ValueError(
+        f"ExperimentConfig.pretrain_seeds={self.pretrain_seeds!r}: expected distinct ints, "
+        "at least one"
+      )
     tags = [l.tag for l in self.losses]
     if not tags or len(set(tags)) != len(tags):
       raise ValueError(f"ExperimentConfig.losses={tags}: expected distinct losses, at least one")
@@ -100,6 +107,13 @@ class ExperimentConfig:
   @property
   def generative(self) -> bool:
     return self.generation is not None
+
+  @property
+  def pretraining_varies(self) -> bool:
+    """Whether the intervals cover pretraining: more than one draw of a model
+    pretrained here (imported models and the no-pretraining ablation are one
+    fixed draw each, however many seeds)."""
+    return len(self.pretrain_seeds) > 1 and self.use_pretraining
 
   def model_config(self, size: str, task: Task) -> ModelConfig:
     cfg = self._model_config(size, task)

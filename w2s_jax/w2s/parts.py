@@ -27,6 +27,19 @@ class Parts:
   models: PretrainedModels
   trainer: Trainer
   evaluator: Evaluator
+  cache_dir: object = None
+  progress: bool = True
+
+  @property
+  def draw(self) -> int:
+    """The pretraining seed of these parts' models."""
+    return self.models.seed
+
+  def for_draw(self, seed: int) -> "Parts":
+    """The same task and views, with the models of pretraining draw `seed`."""
+    if seed == self.draw:
+      return self
+    return _with_models(self, seed)
 
   @property
   def generative(self) -> bool:
@@ -38,6 +51,25 @@ class Parts:
     self.models.check(sizes, self.evaluator.sampling)
 
 
+def _with_models(parts: Parts, seed: int) -> Parts:
+  cfg, task, views, mesh = parts.cfg, parts.task, parts.views, parts.mesh
+  models = PretrainedModels(
+    cfg, task, views, mesh, cache_dir=parts.cache_dir, seed=seed, progress=parts.progress
+  )
+  evaluator = Evaluator(cfg, task, views, models, mesh, parts.seeds)
+  trainer = Trainer(
+    cfg,
+    task,
+    views,
+    models,
+    mesh,
+    parts.seeds,
+    sampling_cfg=evaluator.sampling,
+    progress=parts.progress,
+  )
+  return dataclasses.replace(parts, models=models, trainer=trainer, evaluator=evaluator)
+
+
 def build(cfg: ExperimentConfig, *, cache_dir, progress: bool = True) -> Parts:
   """The parts of one experiment; the task is read and tokenized here.
 
@@ -47,14 +79,18 @@ def build(cfg: ExperimentConfig, *, cache_dir, progress: bool = True) -> Parts:
     progress: show progress bars.
 
   Returns:
-    Parts: the task, each model's view of it, the pretrained models, the
-    trainer and the evaluator, sharing one mesh and the experiment's seeds.
+    Parts: the task, each model's view of it, the pretrained models (of the
+    first pretraining draw; `for_draw` gives another's), the trainer and the
+    evaluator, sharing one mesh and the experiment's seeds.
   """
   mesh = check_mesh(cfg)
   task = factory.make_task(world=cfg.world, text=cfg.text_task, gen_cfg=cfg.generation)
   seeds = tuple(cfg.seeds)
   views = ModelViews(cfg, task)
-  models = PretrainedModels(cfg, task, views, mesh, cache_dir=cache_dir, progress=progress)
+  draw = cfg.pretrain_seeds[0]
+  models = PretrainedModels(
+    cfg, task, views, mesh, cache_dir=cache_dir, seed=draw, progress=progress
+  )
   evaluator = Evaluator(cfg, task, views, models, mesh, seeds)
   trainer = Trainer(
     cfg, task, views, models, mesh, seeds, sampling_cfg=evaluator.sampling, progress=progress
@@ -68,4 +104,6 @@ def build(cfg: ExperimentConfig, *, cache_dir, progress: bool = True) -> Parts:
     models=models,
     trainer=trainer,
     evaluator=evaluator,
+    cache_dir=cache_dir,
+    progress=progress,
   )

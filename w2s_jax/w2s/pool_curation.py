@@ -9,6 +9,8 @@ followed by the weak, ceiling and W2S (naive KD) stages.
 import time
 from pathlib import Path
 
+import numpy as np
+
 from w2s_jax.curation import pool as pool_lib
 from w2s_jax.curation import selection
 from w2s_jax.data import testbed
@@ -45,47 +47,61 @@ def run(
   clean = parts.task.corpus
   pool, kind = testbed.corrupted_pool(parts.task.world, clean, bad_frac=bad_frac)
   pool_tag = f"pool-bad{bad_frac:g}"
-  ref_params, ref_cfg, _ = pretrain.pretrained_model(
-    cfg,
-    cfg.weak_size,
-    parts.task,
-    pool,
-    parts.mesh,
-    parts.models.cache,
-    progress,
-    corpus_tag=pool_tag,
-  )
-  weak_params, weak_cfg, _ = parts.models.get(cfg.weak_size)
-  criteria = pool_lib.pool_scores(
-    params=weak_params,
-    model_cfg=weak_cfg,
-    pool=pool,
-    batch_size=cfg.eval_batch_size,
-    mesh=parts.mesh,
-    reference=(ref_params, ref_cfg),
-  )
-  removal = pool_lib.removal_table(
-    kind, criteria, sorted({*pool_lib.KEEP_FRACS, keep}, reverse=True)
-  )
-
-  kept = selection.top_fraction(scores=criteria[criterion], keep_frac=keep)
-  corpora = {"clean": None, "pool": pool, f"pool, {criterion}@{keep:g}": pool.take(kept)}
-  weak = stages.weak_stage(parts, cfg.weak_size)
-  w2s = {}
-  for name, corpus in corpora.items():
-    if corpus is not None:
-      parts.models.pretrain_on(cfg.strong_size, corpus, f"{pool_tag}/{name}")
-    ceiling = stages.ceiling_stage(parts, cfg.strong_size)
-    result = stages.w2s_stage(parts, cfg.strong_size, weak, Xent())
-    summary = stages.summarize(
-      weak, result, ceiling, keys=parts.evaluator.eval_keys, num_resamples=cfg.bootstrap_resamples
+  runs, removal = {}, None
+  # Every pretraining draw filters with its own weak model and pretrains its
+  # own strong models: the intervals cover the curation's draw too.
+  for draw in cfg.pretrain_seeds:
+    draw_parts = parts.for_draw(draw)
+    ref_params, ref_cfg, _ = pretrain.pretrained_model(
+      cfg,
+      cfg.weak_size,
+      draw_parts.task,
+      pool,
+      draw_parts.mesh,
+      draw_parts.models.cache,
+      progress,
+      corpus_tag=pool_tag,
+      seed=draw,
     )
-    info = parts.models.get(cfg.strong_size).info
-    w2s[name] = {
-      "summary": summary,
-      "strong_facts": info["lives"],
-      "docs": len(clean if corpus is None else corpus),
+    weak_params, weak_cfg, _ = draw_parts.models.get(cfg.weak_size)
+    criteria = pool_lib.pool_scores(
+      params=weak_params,
+      model_cfg=weak_cfg,
+      pool=pool,
+      batch_size=cfg.eval_batch_size,
+      mesh=draw_parts.mesh,
+      reference=(ref_params, ref_cfg),
+    )
+    if removal is None:  # the first draw's; a table per draw would repeat it closely
+      removal = pool_lib.removal_table(
+        kind, criteria, sorted({*pool_lib.KEEP_FRACS, keep}, reverse=True)
+      )
+    kept = selection.top_fraction(scores=criteria[criterion], keep_frac=keep)
+    corpora = {"clean": None, "pool": pool, f"pool, {criterion}@{keep:g}": pool.take(kept)}
+    weak = stages.weak_stage(draw_parts, cfg.weak_size)
+    for name, corpus in corpora.items():
+      if corpus is not None:
+        draw_parts.models.pretrain_on(cfg.strong_size, corpus, f"{pool_tag}/{name}")
+      ceiling = stages.ceiling_stage(draw_parts, cfg.strong_size)
+      result = stages.w2s_stage(draw_parts, cfg.strong_size, weak, Xent())
+      info = draw_parts.models.get(cfg.strong_size).info
+      entry = runs.setdefault(
+        name, {"runs": [], "facts": [], "docs": len(clean if corpus is None else corpus)}
+      )
+      entry["runs"].append(stages.Runs.of(weak, result, ceiling, draw=draw, seeds=parts.seeds))
+      entry["facts"].append(info["lives"])
+  w2s = {
+    name: {
+      "summary": stages.summarize(
+        stages.Runs.pooled(entry["runs"]),
+        keys=parts.evaluator.eval_keys,
+        num_resamples=cfg.bootstrap_resamples,
+      ),
+      "strong_facts": float(np.mean(entry["facts"])),
+      "docs": entry["docs"],
     }
+    for name, entry in runs.items()
+  }
   results = {
     "schema": records.SCHEMA,
     "config": fingerprint(cfg),

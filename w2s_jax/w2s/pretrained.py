@@ -28,10 +28,13 @@ class Pretrained(typing.NamedTuple):
 
 
 class PretrainedModels:
-  """models.get(size) -> Pretrained."""
+  """models.get(size) -> Pretrained, of one pretraining draw (`seed`)."""
 
-  def __init__(self, cfg, task: Task, views: ModelViews, mesh, *, cache_dir, progress=True):
+  def __init__(
+    self, cfg, task: Task, views: ModelViews, mesh, *, cache_dir, seed: int, progress=True
+  ):
     self.cfg, self.task, self.views, self.mesh, self.progress = cfg, task, views, mesh, progress
+    self.seed = seed
     self.cache = PretrainedCache(cache_dir)
     if shd.is_main_process():
       remove_stale_temp_files(cache_dir)  # a cache record whose writer was killed
@@ -53,6 +56,7 @@ class PretrainedModels:
           self.progress,
           corpus_tag=tag,
           splits=self.views.splits_of(size),
+          seed=self.seed,
         )
       )
     return self._got[size]

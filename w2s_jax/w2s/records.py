@@ -17,37 +17,48 @@ from w2s_jax.infra.files import package_versions
 from w2s_jax.infra.fingerprint import fingerprint
 from w2s_jax.w2s.grid import Cell
 
-SCHEMA = "w2s-jax/results/2"
+SCHEMA = "w2s-jax/results/3"  # 3: pretraining draws (runs), imitation, misfit
 STATS = ("mean", "lo", "hi", "undefined_frac")
+METRICS = ("weak", "w2s", "ceiling", "pgr")
+# What the tables still read: results/2 has one pretraining draw and no imitation.
+READABLE = ("w2s-jax/results/2", SCHEMA)
 
 
-def cell_record(cell: Cell, *, seeds, weak, w2s, ceiling, summary, models, keys) -> dict:
-  """weak: stages.WeakStage; w2s, ceiling: stages.Evaluated; models: {size: (params count,
-  pretraining info)} for the cell's two sizes; summary: stages.summarize's."""
+def cell_record(cell: Cell, *, runs, summary, models, keys) -> dict:
+  """runs: stages.Runs (every pretraining draw's); models: {size: (params
+  count, [pretraining info per draw])} for the cell's two sizes; summary:
+  stages.summarize's."""
   n_weak, info_weak = models[cell.weak]
   n_strong, info_strong = models[cell.strong]
+
+  def listed(values):
+    return None if values is None else np.asarray(values).tolist()
+
   return {
     "cell": fingerprint(cell),
     "id": cell.id,
     "label": cell.label,
-    "seeds": list(seeds),
+    "seeds": sorted(set(runs.seeds.tolist())),
+    "pretrain_seeds": list(dict.fromkeys(runs.draws.tolist())),
+    # Run r: fine-tuning seed runs[r][1] on pretraining draw runs[r][0]; the
+    # per-run lists below follow this order.
+    "runs": [[int(d), int(s)] for d, s in zip(runs.draws, runs.seeds)],
     "params": {"weak": n_weak, "strong": n_strong},
     # Parameters x pretraining tokens, the x-axis of Burns et al.'s charts.
-    "strong_compute": float(n_strong) * info_strong.get("tokens", 0),
-    "weak_compute": float(n_weak) * info_weak.get("tokens", 0),
+    "strong_compute": float(n_strong) * info_strong[0].get("tokens", 0),
+    "weak_compute": float(n_weak) * info_weak[0].get("tokens", 0),
     "pretraining": {"weak": info_weak, "strong": info_strong},
     "per_seed": {
       key: {
-        "weak": weak.scores[key].mean(1).tolist(),
-        "w2s": w2s.scores[key].mean(1).tolist(),
-        "ceiling": ceiling.scores[key].mean(1).tolist(),
+        "weak": runs.weak[key].mean(1).tolist(),
+        "w2s": runs.w2s[key].mean(1).tolist(),
+        "ceiling": runs.ceiling[key].mean(1).tolist(),
       }
       for key in keys
     },
-    "weak_label_accuracy": np.asarray(weak.label_accuracy).tolist(),
-    "kept_label_accuracy": (
-      None if w2s.kept_label_accuracy is None else np.asarray(w2s.kept_label_accuracy).tolist()
-    ),
+    "weak_label_accuracy": listed(runs.weak_label_accuracy),
+    "kept_label_accuracy": listed(runs.kept_label_accuracy),
+    "misfit": listed(runs.misfit),
     "summary": summary,
   }
 
@@ -70,23 +81,34 @@ def sweep_row(cell: Cell, record: dict) -> dict:
     "strong_compute": record["strong_compute"],
     "weak_compute": record["weak_compute"],
     "seeds": record["seeds"],
+    "pretrain_seeds": record["pretrain_seeds"],
     "weak_label_accuracy": float(np.mean(record["weak_label_accuracy"])),
+    "misfit": float(np.mean(record["misfit"])) if record.get("misfit") else None,
     "kept_label_accuracy": (
       float(np.mean(record["kept_label_accuracy"])) if record.get("kept_label_accuracy") else None
     ),
   }
   for key, stats in record["summary"].items():
-    for metric, s in stats.items():
+    for metric in METRICS:
       for k in STATS:
-        if k in s:
-          row[f"{key}/{metric}/{k}"] = s[k]
+        if k in stats[metric]:
+          row[f"{key}/{metric}/{k}"] = stats[metric][k]
+      for k, v in stats["fixed_pretraining"][metric].items():
+        row[f"{key}/{metric}/fixed_{k}"] = v
+    for k, v in stats["draws"].items():
+      row[f"{key}/draws/{k}"] = v
+    imitation = stats["imitation"]
+    for student in ("w2s", "ceiling"):
+      for k, v in imitation[student].items():
+        row[f"{key}/{student}/{k}"] = v
+    row[f"{key}/error_consistency"] = imitation["error_consistency"]
   return row
 
 
 def row_summary(row: dict, key: str) -> dict:
   """A sweep row's {weak, w2s, ceiling, pgr} stats for one key, as in a cell record."""
   out = {}
-  for metric in ("weak", "w2s", "ceiling", "pgr"):
+  for metric in METRICS:
     out[metric] = {k: row[f"{key}/{metric}/{k}"] for k in STATS if f"{key}/{metric}/{k}" in row}
   return out
 
@@ -101,10 +123,24 @@ def environment() -> dict:
   }
 
 
-def run_record(*, config, parts, sizes, cells: list[dict], seconds: float) -> dict:
-  """results.json: config is the ExperimentConfig (single run) or the SweepConfig."""
+def split_sanity(task) -> dict:
+  """Per split of a classification task: its examples, majority-class rate and
+  chance level (what an accuracy has to beat); a generative task's: examples."""
+  out = {}
+  for name, data in task.splits.items():
+    out[name] = {"examples": len(data)}
+    if not task.generative:
+      counts = np.bincount(np.asarray(data["labels"]), minlength=2)
+      out[name].update(majority=float(counts.max() / counts.sum()), chance=1 / len(counts))
+  return out
+
+
+def run_record(*, config, parts, sizes, cells: list[dict], seconds: float, draws=None) -> dict:
+  """results.json: config is the ExperimentConfig (single run) or the SweepConfig;
+  draws: {pretraining seed: Parts} (default: parts' own draw)."""
   models = {}
   encodings = parts.views.encodings(sizes)
+  draws = draws or {parts.draw: parts}
   for size in sizes:
     _, model_cfg, info = parts.models.get(size)
     models[size] = {
@@ -113,6 +149,8 @@ def run_record(*, config, parts, sizes, cells: list[dict], seconds: float) -> di
       "num_params": model_cfg.num_params,
       "encoding": encodings.get(size),
     }
+    if len(draws) > 1:
+      models[size]["draws"] = [p.models.get(size).info for p in draws.values()]
   return {
     "schema": SCHEMA,
     "config": fingerprint(config),
@@ -121,6 +159,7 @@ def run_record(*, config, parts, sizes, cells: list[dict], seconds: float) -> di
       "name": parts.task.name,
       "eval_keys": list(parts.evaluator.eval_keys),
       "encoding": parts.task.encoding,
+      "splits": split_sanity(parts.task),
     },
     "models": models,
     "cells": cells,

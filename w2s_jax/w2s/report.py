@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from w2s_jax.w2s.tables import median_pgr  # noqa: E402
+from w2s_jax.w2s.tables import median_pgr, misfit_correlation  # noqa: E402
 
 
 def load_rows(path) -> list[dict]:
@@ -219,8 +219,32 @@ def pgr_vs_kd_weight(rows, out_dir, split="test"):
   return _save(fig, Path(out_dir), "pgr_vs_kd_weight")
 
 
+def gain_vs_misfit(rows, out_dir, split="test"):
+  """Each cell's gain over its weak model against the student's misfit to the
+  weak labels (Charikar et al. 2024): a point per cell, a color per loss."""
+  rows = [r for r in rows if r.get("misfit") is not None]
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  losses = list(dict.fromkeys(r["loss"] for r in rows))
+  for loss, color in zip(losses, plt.cm.tab10(np.arange(len(losses)))):
+    sub = [r for r in rows if r["loss"] == loss]
+    gain = [r[f"{split}/w2s/mean"] - r[f"{split}/weak/mean"] for r in sub]
+    ax.scatter([r["misfit"] for r in sub], gain, color=color, label=loss)
+  corr = misfit_correlation(rows, split)
+  ax.axhline(0, color="gray", lw=0.8)
+  ax.set_xlabel("misfit: KL(weak labels || W2S student) on train_w2s")
+  ax.set_ylabel(f"gain: Pweak->strong - Pweak ({split})")
+  ax.set_title(
+    f"Gain vs misfit: r = {corr['r']:.2f} [{corr['lo']:.2f}, {corr['hi']:.2f}], {corr['n']} cells"
+  )
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return _save(fig, Path(out_dir), "gain_vs_misfit")
+
+
 def all_charts(rows, out_dir, split="test") -> list[Path]:
   paths = []
+  if sum(r.get("misfit") is not None for r in rows) >= 3:
+    paths += gain_vs_misfit(rows, out_dir, split)
   if any(r.get("filter", "none") != "none" for r in rows):
     paths += pgr_vs_keep_frac(rows, out_dir, split)
   if len({r.get("kd_weight") for r in rows} - {None}) > 1:

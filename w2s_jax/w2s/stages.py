@@ -111,10 +111,13 @@ class WeakStage:
 @dataclasses.dataclass(frozen=True)
 class Evaluated:
   """A strong model's scores: {eval key: [seeds, N]}; after a filter, also how
-  right the weak supervision it kept was, per seed."""
+  right the weak supervision it kept was, per seed; trained on weak labels
+  (classification), its misfit to them on train_w2s, per seed
+  (metrics.misfit)."""
 
   scores: dict
   kept_label_accuracy: np.ndarray | None = None
+  misfit: np.ndarray | None = None
 
   def arrays(self) -> dict:
     out = _eval_arrays(self.scores)
@@ -129,6 +132,58 @@ class Evaluated:
   @staticmethod
   def fields(parts: Parts) -> tuple[str, ...]:
     return tuple(EVAL + k for k in parts.evaluator.eval_keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runs:
+  """A cell's runs pooled over pretraining draws: run r is fine-tuning seed
+  seeds[r] on pretraining draw draws[r]. weak, w2s, ceiling: {eval key:
+  [runs, N]}; the rest [runs] (kept_label_accuracy and misfit None where
+  the cell has none)."""
+
+  draws: np.ndarray
+  seeds: np.ndarray
+  weak: dict
+  w2s: dict
+  ceiling: dict
+  weak_label_accuracy: np.ndarray
+  kept_label_accuracy: np.ndarray | None
+  misfit: np.ndarray | None
+
+  @classmethod
+  def of(cls, weak: WeakStage, w2s: Evaluated, ceiling: Evaluated, *, draw: int, seeds) -> "Runs":
+    """One pretraining draw's stages."""
+    return cls(
+      draws=np.full(len(seeds), draw),
+      seeds=np.asarray(seeds),
+      weak=weak.scores,
+      w2s=w2s.scores,
+      ceiling=ceiling.scores,
+      weak_label_accuracy=np.asarray(weak.label_accuracy),
+      kept_label_accuracy=w2s.kept_label_accuracy,
+      misfit=w2s.misfit,
+    )
+
+  @classmethod
+  def pooled(cls, runs: list["Runs"]) -> "Runs":
+    """Every draw's runs, draw-major."""
+
+    def cat(values):
+      return None if values[0] is None else np.concatenate([np.asarray(v) for v in values])
+
+    def cat_scores(dicts):
+      return {k: np.concatenate([d[k] for d in dicts]) for k in dicts[0]}
+
+    return cls(
+      draws=cat([r.draws for r in runs]),
+      seeds=cat([r.seeds for r in runs]),
+      weak=cat_scores([r.weak for r in runs]),
+      w2s=cat_scores([r.w2s for r in runs]),
+      ceiling=cat_scores([r.ceiling for r in runs]),
+      weak_label_accuracy=cat([r.weak_label_accuracy for r in runs]),
+      kept_label_accuracy=cat([r.kept_label_accuracy for r in runs]),
+      misfit=cat([r.misfit for r in runs]),
+    )
 
 
 def weak_stage(parts: Parts, size: str) -> WeakStage:
@@ -286,29 +341,40 @@ def w2s_stage(
       generative=generative,
       truth=None if generative else parts.task.splits["train_w2s"]["labels"],
     )
-  return Evaluated(parts.evaluator.evaluate(strong, params), kept_label_accuracy=kept)
+  misfit = None
+  if not generative:  # how far the student lands from the labels it was taught
+    student = parts.evaluator.predict(strong, params, "train_w2s")
+    misfit = metrics.misfit(student_probs=student, weak_probs=weak.labels)
+  return Evaluated(
+    parts.evaluator.evaluate(strong, params), kept_label_accuracy=kept, misfit=misfit
+  )
 
 
-def summarize(
-  weak: WeakStage, w2s: Evaluated, ceiling: Evaluated, *, keys, num_resamples: int
-) -> dict:
-  """PGR and the three accuracies with their intervals.
+def summarize(runs: Runs, *, keys, num_resamples: int) -> dict:
+  """PGR and the three accuracies with their intervals, and the imitation diagnostics.
 
   Args:
-    weak, w2s, ceiling: the three stages' outputs.
+    runs: a cell's runs over every pretraining draw.
     keys: the evaluation keys to summarize.
     num_resamples: bootstrap resamples.
 
   Returns:
-    {key: {"weak", "w2s", "ceiling", "pgr": {mean, lo, hi, ...}}}, each a
-    paired bootstrap over seeds and examples (metrics.bootstrap_w2s).
+    {key: {"weak", "w2s", "ceiling", "pgr": {mean, lo, hi, ...},
+    "fixed_pretraining", "draws", "imitation"}}: a paired, hierarchical
+    bootstrap over pretraining draws, seeds and examples
+    (metrics.bootstrap_w2s), and how the student and the ceiling follow the
+    weak model (metrics.imitation).
   """
-  return {
-    key: metrics.bootstrap_w2s(
-      weak_correct=weak.scores[key],
-      w2s_correct=w2s.scores[key],
-      ceiling_correct=ceiling.scores[key],
+  out = {}
+  for key in keys:
+    out[key] = metrics.bootstrap_w2s(
+      weak_correct=runs.weak[key],
+      w2s_correct=runs.w2s[key],
+      ceiling_correct=runs.ceiling[key],
+      pretraining=runs.draws,
       num_resamples=num_resamples,
     )
-    for key in keys
-  }
+    out[key]["imitation"] = metrics.imitation(
+      weak_correct=runs.weak[key], w2s_correct=runs.w2s[key], ceiling_correct=runs.ceiling[key]
+    )
+  return out

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from w2s_jax.w2s import metrics
 from w2s_jax.w2s.records import row_summary
 
 # PGR's interval is a percentile interval over the bootstrap resamples where PGR is
@@ -73,19 +74,75 @@ def text_table(header, lines) -> str:
   return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
 
 
-def summary_table(rows: list[dict], labels=("method",)) -> str:
+def summary_table(rows: list[dict], labels=("method",), *, fixed_pretraining: bool = False) -> str:
   """rows: the label columns (by name; not "weak", "w2s", "ceiling" or "pgr")
   and {"weak", "w2s", "ceiling", "pgr"} stats (mean/lo/hi; pgr may also hold
-  undefined_frac)."""
+  undefined_frac). fixed_pretraining: a last column with PGR's interval
+  within the pretrained models at hand (rows' "fixed_pretraining")."""
   clash = set(labels) & {"weak", "w2s", "ceiling", "pgr"}
   if clash:
     raise ValueError(f"summary_table labels {sorted(clash)}: the statistics' own names")
-  lines = [
-    [str(r[label]) for label in labels]
-    + [_fmt(r["weak"]), _fmt(r["w2s"]), _fmt(r["ceiling"]), _fmt_pgr(r["pgr"])]
-    for r in rows
-  ]
-  return text_table((*labels, "Pweak", "Pweak->strong", "Pceiling", "PGR"), lines)
+  lines = []
+  for r in rows:
+    line = [str(r[label]) for label in labels]
+    line += [_fmt(r["weak"]), _fmt(r["w2s"]), _fmt(r["ceiling"]), _fmt_pgr(r["pgr"])]
+    if fixed_pretraining:
+      line.append(_fmt_pgr({**r["pgr"], **r["fixed_pretraining"]["pgr"]}))
+    lines.append(line)
+  header = (*labels, "Pweak", "Pweak->strong", "Pceiling", "PGR")
+  return text_table((*header, "PGR, pretraining fixed") if fixed_pretraining else header, lines)
+
+
+def coverage(cfg_record: dict, draws: dict) -> str:
+  """What an interval covers, for a table's title: draws = a summary's "draws"."""
+  cfg_record = cfg_record.get("base", cfg_record)  # a sweep's record: its base experiment
+  runs, n, p = draws["runs"], draws["examples"], draws["pretraining"]
+  seeds = runs // max(p, 1)
+  n = "?" if n is None else n
+  imported = bool(cfg_record.get("pretrained_dirs")) or not cfg_record.get("use_pretraining", True)
+  if p > 1:
+    what = (
+      f"{p} pretraining draws x {seeds} seeds, {n} examples; resampling pretraining "
+      "draws, seeds within each, and examples"
+    )
+  elif imported:
+    what = (
+      f"{seeds} seed{'s' * (seeds != 1)}, {n} examples; over seeds and examples: the "
+      "models are imported or not pretrained, one fixed draw"
+    )
+  else:
+    what = (
+      f"{seeds} seed{'s' * (seeds != 1)}, {n} examples; over seeds and examples only: "
+      "ONE pretraining draw, not covered"
+    )
+  return f"mean [95% bootstrap interval]; {what}"
+
+
+def imitation_table(rows: list[dict], labels=("method",)) -> str:
+  """How the W2S student and the ceiling follow the weak model: rows hold the
+  label columns, "imitation" (metrics.imitation) and "misfit" (or None)."""
+  lines = []
+  for r in rows:
+    im = r["imitation"]
+    line = [str(r[label]) for label in labels]
+    for student in ("w2s", "ceiling"):
+      a = im[student]
+      line.append(
+        f"{a['agreement']:.3f} / {a['agreement_weak_right']:.3f} / {a['agreement_weak_wrong']:.3f}"
+      )
+    line.append("-" if r.get("misfit") is None else f"{r['misfit']:.4f}")
+    line.append(f"{im['error_consistency']:.3f}")
+    lines.append(line)
+  return text_table(
+    (
+      *labels,
+      "W2S agrees with weak: all / weak right / weak wrong",
+      "ceiling agrees: all / weak right / weak wrong",
+      "misfit KL(weak||W2S)",
+      "weak-ceiling error consistency",
+    ),
+    lines,
+  )
 
 
 def _models_lines(results: dict) -> list[str]:
@@ -93,18 +150,24 @@ def _models_lines(results: dict) -> list[str]:
   pairs = {(c["cell"]["weak"], c["cell"]["strong"]) for c in results["cells"]}
   roles = dict(zip(next(iter(pairs)), ("weak", "strong"))) if len(pairs) == 1 else {}
   for size, info in results["models"].items():
+    per_draw = info.get("draws") or [info]
     if "lives" in info:
-      facts = f"facts known: lives {info['lives']:.0%}, works {info['works']:.0%}"
+      lives = "/".join(f"{d['lives']:.0%}" for d in per_draw)
+      works = "/".join(f"{d['works']:.0%}" for d in per_draw)
+      facts = f"facts known: lives {lives}, works {works}"
+      if len(per_draw) > 1:
+        facts += f" (pretraining draws {'/'.join(str(d.get('seed')) for d in per_draw)})"
     else:
       facts = ", ".join(f"{k} {v:.3f}" for k, v in info.items() if k.startswith("test_lm"))
     if not info.get("pretrained"):
       origin = "not pretrained"
     elif isinstance(info["pretrained"], str):
       origin = "imported"
-    elif info.get("cached"):
+    elif all(d.get("cached") for d in per_draw):
       origin = "pretrained (cached)"
     else:
-      origin = f"pretrained in {info['seconds']:.0f}s"
+      seconds = sum(d.get("seconds", 0) for d in per_draw if not d.get("cached"))
+      origin = f"pretrained in {seconds:.0f}s"
     role = f"{roles[size]:6s} " if roles else ""
     lines.append(f"{role}{size:8s} {origin:22s} {facts}")
   return lines
@@ -127,26 +190,37 @@ def format_results(results: dict) -> str:
   cells = results["cells"]
   pairs = {(c["cell"]["weak"], c["cell"]["strong"]) for c in cells}
   labels = ("method",) if len(pairs) == 1 else ("weak model", "strong model", "method")
-  seeds = cells[0]["seeds"] if cells else []
+  sanity = results["task"].get("splits", {})
   for key in results["task"]["eval_keys"]:
-    lines.append(
-      f"\n{key} ({len(seeds)} seed{'' if len(seeds) == 1 else 's'}; "
-      "mean [95% bootstrap interval over seeds and examples])"
-    )
-    lines.append(
-      summary_table(
-        [
-          {
-            "method": c["label"],
-            "weak model": c["cell"]["weak"],
-            "strong model": c["cell"]["strong"],
-            **c["summary"][key],
-          }
-          for c in cells
-        ],
-        labels,
+    rows = [
+      {
+        "method": c["label"],
+        "weak model": c["cell"]["weak"],
+        "strong model": c["cell"]["strong"],
+        "misfit": float(np.mean(c["misfit"])) if c.get("misfit") else None,
+        **c["summary"][key],
+      }
+      for c in cells
+    ]
+    if not rows:
+      continue
+    # Records written before pretraining draws (schema results/2) name none.
+    draws = rows[0].get("draws") or {
+      "pretraining": 1,
+      "runs": len(cells[0]["seeds"]),
+      "examples": None,
+    }
+    lines.append(f"\n{key}: {coverage(results.get('config', {}), draws)}")
+    split = key.partition(":")[0]
+    if split in sanity and "majority" in sanity[split]:
+      lines.append(
+        f"  {split}: majority class {sanity[split]['majority']:.3f}, chance "
+        f"{sanity[split]['chance']:.3f}, {sanity[split]['examples']} examples"
       )
-    )
+    lines.append(summary_table(rows, labels, fixed_pretraining=draws["pretraining"] > 1))
+    if all("imitation" in r for r in rows):
+      lines.append(f"\n{key}: imitation (Burns et al. 2023, section 5), mean over runs")
+      lines.append(imitation_table(rows, labels))
   lines.append(f"\ntotal {results['seconds']:.0f}s")
   return "\n".join(lines)
 
@@ -160,6 +234,16 @@ def median_pgr(rows, split="test") -> dict:
     loss: float(np.nanmedian(v)) if not all(map(math.isnan, v)) else float("nan")
     for loss, v in by_loss.items()
   }
+
+
+def misfit_correlation(rows, split="test") -> dict:
+  """Over a sweep's cells with a misfit (classification): Pearson's r of the
+  gain (Pw2s - Pweak) with the misfit, with a bootstrap interval over cells."""
+  rows = [r for r in rows if r.get("misfit") is not None]
+  return metrics.correlation_interval(
+    x=[r["misfit"] for r in rows],
+    y=[r[f"{split}/w2s/mean"] - r[f"{split}/weak/mean"] for r in rows],
+  )
 
 
 def sweep_table(rows, split="test") -> str:
@@ -183,4 +267,23 @@ def sweep_table(rows, split="test") -> str:
       for loss, v in median_pgr(rows, split).items()
     ],
   )
-  return f"{summary_table(table, labels)}\n\n{medians}"
+  draws = {r.get(f"{split}/draws/pretraining") for r in rows} - {None}
+  if draws:  # rows written before pretraining draws name none
+    p = max(draws)
+    title = (
+      f"{split}: mean [95% bootstrap interval over {p} pretraining draws, seeds and examples]"
+      if p > 1
+      else f"{split}: mean [95% bootstrap interval over seeds and examples; ONE pretraining "
+      "draw, its variance not covered]"
+    )
+    table_text = f"{title}\n{summary_table(table, labels)}"
+  else:
+    table_text = summary_table(table, labels)
+  text = f"{table_text}\n\n{medians}"
+  corr = misfit_correlation(rows, split)
+  if corr["n"] >= 3:
+    text += (
+      f"\n\ngain (Pweak->strong - Pweak) vs misfit over {corr['n']} cells: Pearson r "
+      f"{corr['r']:.2f} [{corr['lo']:.2f}, {corr['hi']:.2f}] (95% bootstrap over cells)"
+    )
+  return text
