@@ -418,8 +418,31 @@ def runnable() -> list[tuple[str, str]]:
 
 RUNNABLE = runnable()
 
+# Variants of a config whose own quick form runs in the default suite: each
+# runs under -m slow (CI's time budget), named here with what covers its base.
+SLOW_VARIANTS = {
+  r"configs/generative\.py:scratch$": "configs/generative.py's run: tests/test_gen_pipeline.py",
+  r"configs/generative\.py:format=NAME,losses=sft$": "the formats: tests/test_gen_pipeline.py",
+  r"^python experiments/sweep\.py --config configs/generative\.py$": (
+    "the combined loss on generation: tests/test_gen_pipeline.py"
+  ),
+  r"configs/sst2_minilm\.py$": "the same run on files: configs/sst2_minilm.py:files=DIR",
+  r"configs/sst2_minilm\.py:files=DIR,probe$": "the linear probe: tests/test_scale.py",
+}
 
-@pytest.mark.parametrize("doc,command", RUNNABLE, ids=[c for _, c in RUNNABLE])
+
+def slow_variant(command: str) -> str | None:
+  return next((why for pattern, why in SLOW_VARIANTS.items() if re.search(pattern, command)), None)
+
+
+@pytest.mark.parametrize(
+  "doc,command",
+  [
+    pytest.param(doc, command, marks=[pytest.mark.slow] if slow_variant(command) else [])
+    for doc, command in RUNNABLE
+  ],
+  ids=[c for _, c in RUNNABLE],
+)
 def test_documented_command_runs_in_quick_form(doc, command, workspace, monkeypatch):
   # The session's compilation cache (conftest.py): programs other tests compiled are reused.
   quick = disposition(command) + documented_out(command, workspace)
@@ -440,5 +463,6 @@ def test_listing(capsys):
         f"covered by {found.by} ({found.why})"
         if isinstance(found, Covered)
         else f"runs as: {shlex.join(found)}"
+        + (f" (-m slow; its base: {slow_variant(command)})" if slow_variant(command) else "")
       )
       print(f"  {doc}: {command}\n      {how}")

@@ -193,6 +193,9 @@ def _mixed_experiment(files, folder, **changes):
   )
 
 
+# A minute; the documented configs/sst2_minilm.py run (a BPE weak model, a
+# WordPiece strong one) covers the same path in the default suite.
+@pytest.mark.slow
 def test_weak_and_strong_with_different_tokenizers_run_end_to_end(files, tmp_path):
   folder, _ = _tiny_bert(tmp_path / "bert")
   cfg = _mixed_experiment(files, folder, losses=(Xent(), LogConf()))

@@ -234,6 +234,7 @@ def test_jsonl_generative_task_through_the_pipeline(tmp_path):
   assert results["task"]["encoding"]["test"]["examples"] == 16
 
 
+@pytest.mark.slow  # a minute; the TFDS path itself: tests/test_gen_text.py
 def test_squad_under_mock_data_through_the_pipeline(tmp_path, monkeypatch):
   from tensorflow_datasets.testing import mocking
 

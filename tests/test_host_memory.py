@@ -80,6 +80,7 @@ def test_kept_memory_is_not_faulted_in_again_each_step():
   assert abs(default["released_mib"]) < 16, default  # nothing was kept
 
 
+@pytest.mark.slow  # a minute and a half of subprocesses; the main path is the test above
 def test_opt_out_and_too_late_change_nothing():
   assert run("keep", W2S_JAX_KEEP_HOST_MEMORY="0")["status"] == (
     "disabled by W2S_JAX_KEEP_HOST_MEMORY=0"

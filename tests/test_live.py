@@ -308,6 +308,10 @@ def weak_stage(tmp_path_factory):
   return ctx, stages.weak_stage(ctx, cfg.weak_size)
 
 
+# Minutes: three live fine-tunes through the stages. Default-suite coverage of
+# the same: test_fraction_zero_is_token_kd_exactly (the loss), and the live
+# cells of configs/generative_sweep.py:tiny (the stages, the documented command).
+@pytest.mark.slow
 def test_live_through_the_stages(weak_stage):
   """w2s_stage with live at lambda = 0.5 (seeds vmapped, the weak model as a
   sharded teacher); at lambda = 0 the same results as reverse_kl; with grad
