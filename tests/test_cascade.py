@@ -244,10 +244,11 @@ def test_mean_logprob_and_defer_mask():
 
 def test_classification_routers_and_sample_agreement():
   probs = jnp.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]])
-  assert routers.max_prob is scores.confidence
-  np.testing.assert_allclose(routers.max_prob(probs=probs), [0.7, 0.4])
-  np.testing.assert_allclose(routers.margin(probs=probs), [0.5, 0.05], rtol=1e-5)
-  assert routers.neg_entropy is scores.neg_entropy
+  # A classifier's routers are the curation scores (cascade/per_query.py).
+  np.testing.assert_allclose(scores.confidence(probs=probs), [0.7, 0.4])
+  np.testing.assert_allclose(scores.margin(probs=probs), [0.5, 0.05], rtol=1e-5)
+  expected = -(probs * jnp.log(probs)).sum(-1)
+  np.testing.assert_allclose(scores.neg_entropy(probs=probs), -expected, rtol=1e-5)
   answers = jnp.array([[1, 2, 3], [1, 2, 4], [5, 2, 4], [1, 2, 4]])
   np.testing.assert_allclose(
     jax.jit(lambda a: routers.sample_agreement(answers=a))(answers), [0.75, 1.0, 0.75]

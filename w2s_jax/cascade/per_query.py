@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from w2s_jax.cascade import calibration, routers
+from w2s_jax.curation import scores
 from w2s_jax.infra.files import atomic_write
 from w2s_jax.models.flops import model_flops
 from w2s_jax.w2s import metrics
@@ -101,9 +102,10 @@ def _weak_columns(parts, cfg, size, weak, split, temps) -> dict:
   if not parts.generative:
     probs = weak[f"probs:{split}"]
     return {
-      "max_prob": routers.max_prob(probs=probs),
-      "margin": routers.margin(probs=probs),
-      "neg_entropy": routers.neg_entropy(probs=probs),
+      # A classifier's routers are the curation scores (higher: more confident).
+      "max_prob": scores.confidence(probs=probs),
+      "margin": scores.margin(probs=probs),
+      "neg_entropy": scores.neg_entropy(probs=probs),
       "max_prob_calibrated": _calibrated(probs, temps).max(-1),
       "weak_correct": metrics.correct(probs=probs, labels=data["labels"]),
       "weak_flops": model_flops(config=model_cfg, tokens=data["mask"].sum(-1)),

@@ -2,8 +2,9 @@
 
 A query whose router score is below a threshold is answered by the strong model
 and pays for both passes. Routers are jnp (callable inside jit) and, like
-`w2s_jax.scores`, higher means "keep the weak answer"; curves, baselines and
-summaries work on a per-query table on host (numpy).
+`w2s_jax.curation.scores` (a classifier's routers: per_query.py), higher
+means "keep the weak answer"; curves, baselines and summaries work on a
+per-query table on host (numpy).
 """
 
 import math
@@ -13,15 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax.curation import scores
 from w2s_jax.models.scoring import mean_logprob as _mean_token_logprob
 
 BASES = ("cascade", "strong_only")
-
-# The classification routers are the curation scores (higher: more confident).
-max_prob = scores.confidence
-margin = scores.margin
-neg_entropy = scores.neg_entropy
 
 
 def _token_args(logprobs, mask):
