@@ -74,5 +74,5 @@ def sweep(arg=None) -> SweepConfig:
   """The grid: every pair of SIZES with weak < strong, times LOSSES."""
   base = get_config(arg)
   if base.name.endswith("-tiny"):
-    return SweepConfig(base, tuple(grid(("pico", "micro", "mini"), (Sft(), LOSSES[3]))))
+    return SweepConfig(base, tuple(grid(("pico", "micro"), (Sft(), LOSSES[3]))))
   return SweepConfig(base, tuple(grid(SIZES, LOSSES)))

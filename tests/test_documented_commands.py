@@ -426,6 +426,9 @@ SLOW_VARIANTS = {
   r"^python experiments/sweep\.py --config configs/generative\.py$": (
     "the combined loss on generation: tests/test_gen_pipeline.py"
   ),
+  r"^python tools/sweep_report\.py runs/sweeps/generative$": (
+    "it reads the generative sweep above; sweep_report runs on the other sweeps"
+  ),
   r"configs/sst2_minilm\.py$": "the same run on files: configs/sst2_minilm.py:files=DIR",
   r"configs/sst2_minilm\.py:files=DIR,probe$": "the linear probe: tests/test_scale.py",
 }

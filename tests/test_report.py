@@ -184,3 +184,33 @@ def test_median_pgr_line_for_a_loss_undefined_everywhere(rows_file):
   assert any(
     l.split()[0] == "logconf" and l.rstrip().endswith("0.70") for l in medians.splitlines()
   )
+
+
+def test_gain_vs_misfit_correlation_and_chart(rows_file, tmp_path):
+  rows = report.load_rows(rows_file)
+  misfits = [0.01 * (i + 1) for i in range(len(rows))]
+  for r, m in zip(rows, misfits):
+    r["misfit"] = m
+  gains = [r["test/w2s/mean"] - r["test/weak/mean"] for r in rows]
+  corr = tables.misfit_correlation(rows)
+  assert corr["r"] == pytest.approx(np.corrcoef(misfits, gains)[0, 1])
+  assert corr["n"] == len(rows) and corr["lo"] <= corr["r"] <= corr["hi"]
+  assert f"vs misfit over {len(rows)} cells: Pearson r {corr['r']:.2f}" in tables.sweep_table(rows)
+  paths = report.all_charts(rows, tmp_path / "charts")
+  assert tmp_path / "charts" / "gain_vs_misfit.png" in paths
+  # Without misfits (generation, older rows): no chart and no line, not an error.
+  for r in rows:
+    r.pop("misfit")
+  assert "misfit" not in tables.sweep_table(rows)
+  assert not any("misfit" in p.name for p in report.all_charts(rows, tmp_path / "c2"))
+
+
+def test_correlation_interval_limits():
+  from w2s_jax.w2s import metrics
+
+  x = np.arange(10.0)
+  perfect = metrics.correlation_interval(x=x, y=2 * x + 1)
+  assert perfect["r"] == pytest.approx(1.0) and perfect["lo"] == pytest.approx(1.0)
+  assert np.isnan(metrics.correlation_interval(x=x[:2], y=x[:2])["r"])
+  with pytest.raises(ValueError, match="expected equal 1-D shapes"):
+    metrics.correlation_interval(x=x, y=x[:5])

@@ -121,8 +121,9 @@ def test_sigkill_at_random_moments_loses_and_corrupts_nothing(tmp_path, config):
   assert json.dumps(_rows(tmp_path / "cold")) == json.dumps(expected)
   num_cells = len(configs.load_sweep(config).cells)
   assert len(expected) == num_cells
-  # Not vacuous: the tiny sweep's cells differ, so equal rows below mean equal work.
-  assert len({r["test/w2s/mean"] for r in expected}) > 2
+  # Not vacuous: the tiny sweep's cells differ (at least 3 of them; both, in
+  # the two-cell generative grid), so equal rows below mean equal work.
+  assert len({r["test/w2s/mean"] for r in expected}) >= min(3, num_cells)
 
   # Two processes started together on one folder and one empty cache: no
   # crash, and the rows of a run alone.
