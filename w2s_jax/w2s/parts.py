@@ -51,23 +51,32 @@ class Parts:
     self.models.check(sizes, self.evaluator.sampling)
 
 
-def _with_models(parts: Parts, seed: int) -> Parts:
-  cfg, task, views, mesh = parts.cfg, parts.task, parts.views, parts.mesh
+def _draw_parts(cfg, task, views, mesh, seeds, *, cache_dir, progress, seed):
+  """The pretrained models of draw `seed`, and the evaluator and trainer reading them."""
   models = PretrainedModels(
-    cfg, task, views, mesh, cache_dir=parts.cache_dir, seed=seed, progress=parts.progress
+    cfg, task, views, mesh, cache_dir=cache_dir, seed=seed, progress=progress
   )
-  evaluator = Evaluator(cfg, task, views, models, mesh, parts.seeds)
+  evaluator = Evaluator(cfg, task, views, models, mesh, seeds)
   trainer = Trainer(
-    cfg,
-    task,
-    views,
-    models,
-    mesh,
-    parts.seeds,
-    sampling_cfg=evaluator.sampling,
-    progress=parts.progress,
+    cfg, task, views, models, mesh, seeds, sampling_cfg=evaluator.sampling, progress=progress
   )
-  return dataclasses.replace(parts, models=models, trainer=trainer, evaluator=evaluator)
+  return {"models": models, "evaluator": evaluator, "trainer": trainer}
+
+
+def _with_models(parts: Parts, seed: int) -> Parts:
+  return dataclasses.replace(
+    parts,
+    **_draw_parts(
+      parts.cfg,
+      parts.task,
+      parts.views,
+      parts.mesh,
+      parts.seeds,
+      cache_dir=parts.cache_dir,
+      progress=parts.progress,
+      seed=seed,
+    ),
+  )
 
 
 def build(cfg: ExperimentConfig, *, cache_dir, progress: bool = True) -> Parts:
@@ -87,23 +96,22 @@ def build(cfg: ExperimentConfig, *, cache_dir, progress: bool = True) -> Parts:
   task = factory.make_task(world=cfg.world, text=cfg.text_task, gen_cfg=cfg.generation)
   seeds = tuple(cfg.seeds)
   views = ModelViews(cfg, task)
-  draw = cfg.pretrain_seeds[0]
-  models = PretrainedModels(
-    cfg, task, views, mesh, cache_dir=cache_dir, seed=draw, progress=progress
-  )
-  evaluator = Evaluator(cfg, task, views, models, mesh, seeds)
-  trainer = Trainer(
-    cfg, task, views, models, mesh, seeds, sampling_cfg=evaluator.sampling, progress=progress
-  )
   return Parts(
     cfg=cfg,
     mesh=mesh,
     task=task,
     seeds=seeds,
     views=views,
-    models=models,
-    trainer=trainer,
-    evaluator=evaluator,
     cache_dir=cache_dir,
     progress=progress,
+    **_draw_parts(
+      cfg,
+      task,
+      views,
+      mesh,
+      seeds,
+      cache_dir=cache_dir,
+      progress=progress,
+      seed=cfg.pretrain_seeds[0],
+    ),
   )
