@@ -89,7 +89,7 @@ def test_kept_memory_is_not_faulted_in_again_each_step():
   assert kept["faults_per_step"] < 0.05 * default["faults_per_step"], (default, kept)
   assert kept["grew_mib"] < 16, kept  # steady: the same pages, step after step
   assert default["checksum"] == kept["checksum"]  # where buffers live changes no number
-  # What train.fit does when its loop ends: the kept scratch pages go back.
+  # What loop.fit does when its loop ends: the kept scratch pages go back.
   assert kept["released_mib"] > 32, kept
   assert abs(default["released_mib"]) < 16, default  # nothing was kept
 

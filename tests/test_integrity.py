@@ -18,7 +18,7 @@ from w2s_jax.data.dataset import Dataset, shuffled_batches
 from w2s_jax.infra import checkpoints, configs, integrity, sharding
 from w2s_jax.infra.sharding import MeshConfig
 from w2s_jax.models import model_config, transformer
-from w2s_jax.training import objectives, train
+from w2s_jax.training import loop, objectives, train
 from w2s_jax.training.train import OptimConfig
 from w2s_jax.w2s import engine
 from w2s_jax.w2s import grid as sweep_grid
@@ -141,7 +141,7 @@ def _train(tmp_path, steps, *, keep=3):
   )
   ckpts = checkpoints.TrainCheckpoints(tmp_path / "ckpt", every=3, keep=keep, data={"seed": 0})
   state = ckpts.restore(state)
-  start = train.first_step(state)
+  start = loop.first_step(state)
   rng = np.random.default_rng(0)
   data = Dataset(
     tokens=rng.integers(1, 16, (64, 8)).astype(np.int32), mask=np.ones((64, 8), np.int32)
@@ -153,7 +153,7 @@ def _train(tmp_path, steps, *, keep=3):
     mesh=mesh,
     state_sharding=train.sharding_of(state),
   )
-  state, _ = train.fit(
+  state, _ = loop.fit(
     state,
     step,
     shuffled_batches(data, batch_size=8, seed=0, start_step=start),

@@ -17,7 +17,7 @@ from w2s_jax.infra import checkpoints, configs, sharding
 from w2s_jax.models import model_config, sampling, transformer
 from w2s_jax.models.sampling import SamplingConfig
 from w2s_jax.tasks import layout
-from w2s_jax.training import finetune, live, losses, train
+from w2s_jax.training import finetune, live, loop, losses, train
 from w2s_jax.training.generative_losses import DIVERGENCES, ReverseKl, Sft
 from w2s_jax.training.live import Live
 from w2s_jax.training.train import OptimConfig
@@ -243,8 +243,8 @@ def test_resume_equals_uninterrupted_and_the_teacher_stays_out(mesh4, tmp_path):
     structure = jax.tree.structure(state)
     if ckpts is not None:
       state = ckpts.restore(state)
-    start = train.first_step(state)
-    state, metrics = train.fit(
+    start = loop.first_step(state)
+    state, metrics = loop.fit(
       state,
       lambda s, b: step(s, b, teacher),
       _stream(data, seeds, optim.batch_size, start),

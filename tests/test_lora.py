@@ -71,7 +71,7 @@ def test_only_adapters_and_head_train_and_the_base_is_untouched(mesh4):
       mesh=mesh4,
       desc="t",
       progress=False,
-    )
+    )[0]
   )
   jax.tree.map(np.testing.assert_array_equal, base, before)  # the base itself: bitwise
   q_end = cfg.heads * cfg.head_dim

@@ -93,6 +93,37 @@ def test_results_json_written_and_complete(two_runs):
   assert not list((tmp / "run1").glob("*.tmp"))
 
 
+def test_every_stage_has_a_training_curve_ending_at_its_scores(two_runs):
+  """Curves for the weak model, the ceiling and each W2S cell, per seed, in
+  the record and in curves/ (JSONL and TensorBoard events); each curve's last
+  point is the final params' score, as evaluate() gives it."""
+  from tensorboard.backend.event_processing import event_accumulator
+
+  cfg, tmp, first, _ = two_runs
+  steps = cfg.finetune.steps
+  for cell in first["cells"]:
+    assert set(cell["curves"]) == {"weak", "w2s", "ceiling"}
+    for stage, curve in cell["curves"].items():
+      assert curve["step"][-1] == steps and len(curve["step"]) == cfg.curve_points
+      for split in ("test", "heldout"):
+        last = curve[f"{split}/accuracy"][-1]
+        np.testing.assert_allclose(last, cell["per_seed"][split][stage], atol=1e-6)
+    assert "test/agreement" in cell["curves"]["w2s"]  # the student's imitation, as it trains
+    oracle = cell["oracle"]["w2s"]
+    assert (
+      oracle["best"] >= oracle["final"] == pytest.approx(cell["summary"]["test"]["w2s"]["mean"])
+    )
+    folder = tmp / "run1" / "curves" / "pretrain0" / f"w2s-{cell['id']}"
+    for seed in SEEDS:
+      events = event_accumulator.EventAccumulator(str(folder / f"seed{seed}"))
+      events.Reload()
+      assert [e.step for e in events.Tensors("test/accuracy")] == cell["curves"]["w2s"]["step"]
+  for stage in (f"weak-{cfg.weak_size}", f"ceiling-{cfg.strong_size}"):
+    assert (tmp / "run1" / "curves" / "pretrain0" / stage / "seed1" / "curve.jsonl").is_file()
+  assert (tmp / "run1" / "curves" / f"{cfg.weak_size}_{cfg.strong_size}.png").is_file()
+  assert "ORACLE-picked" in tables.format_results(first)
+
+
 def test_second_run_reuses_cache_and_reproduces(two_runs):
   cfg, tmp, first, second = two_runs
   assert all(second["models"][size]["cached"] is True for size in second["models"])
@@ -179,7 +210,7 @@ def _finetune(params, cfg, data, labels, seeds, optim, mesh, params_per_seed=Fal
       desc="t",
       progress=False,
       params_per_seed=params_per_seed,
-    )
+    )[0]
   )
 
 

@@ -11,7 +11,7 @@ import pytest
 from w2s_jax.data.dataset import Dataset, shuffled_batches
 from w2s_jax.infra import sharding
 from w2s_jax.models import model_config, transformer
-from w2s_jax.training import objectives, train
+from w2s_jax.training import loop, objectives, train
 from w2s_jax.training.classifier_losses import Xent
 from w2s_jax.training.objectives import Loss
 from w2s_jax.training.train import OptimConfig
@@ -56,7 +56,7 @@ def _train(mesh, *, steps=5, optim=None, model_cfg=MODEL, loss="xent"):
   batches = shuffled_batches(
     _data(), batch_size=optim.batch_size, seed=0, rows=sharding.process_rows(mesh, optim.batch_size)
   )
-  state, metrics = train.fit(
+  state, metrics = loop.fit(
     state, step, batches, num_steps=optim.steps, mesh=mesh, desc="scale-test", progress=False
   )
   return state, metrics, initial_params
@@ -262,21 +262,21 @@ def test_resume_onto_another_mesh(single_device, tmp_path, devices, fsdp):
       mesh=mesh,
       state_sharding=train.sharding_of(state),
     )
-    batches = shuffled_batches(_data(), batch_size=16, seed=0, start_step=train.first_step(state))
+    batches = shuffled_batches(_data(), batch_size=16, seed=0, start_step=loop.first_step(state))
     return state, step, batches, ckpts
 
   first = sharding.make_mesh(8, fsdp=8)
   state, step, batches, ckpts = start(first)
-  state, _ = train.fit(
+  state, _ = loop.fit(
     state, step, batches, num_steps=3, mesh=first, desc="part 1", progress=False, checkpoints=ckpts
   )
   ckpts.close()
 
   second = sharding.make_mesh(devices, fsdp=fsdp)
   state, step, batches, ckpts = start(second)
-  assert train.first_step(state) == 3
+  assert loop.first_step(state) == 3
   assert {leaf.sharding.mesh for leaf in jax.tree.leaves(state.params)} == {second}
-  state, _ = train.fit(
+  state, _ = loop.fit(
     state, step, batches, num_steps=5, mesh=second, desc="part 2", progress=False, checkpoints=ckpts
   )
   ckpts.close()

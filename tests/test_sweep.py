@@ -224,11 +224,11 @@ def test_seeds_under_vmap_equal_seeds_one_at_a_time_on_tiny_config(tmp_path, los
   )
   per_seed = [data.with_fields(labels=l) for l in labels]
   together = jax.device_get(
-    finetune.finetune(params, model_cfg, per_seed, seeds=(0, 1, 2), **kwargs)
+    finetune.finetune(params, model_cfg, per_seed, seeds=(0, 1, 2), **kwargs)[0]
   )
   for i, seed in enumerate((0, 1, 2)):
     alone = jax.device_get(
-      finetune.finetune(params, model_cfg, per_seed[i : i + 1], seeds=(seed,), **kwargs)
+      finetune.finetune(params, model_cfg, per_seed[i : i + 1], seeds=(seed,), **kwargs)[0]
     )
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a[i] - b[0])), together, alone))
     assert max(diffs) <= 1e-5

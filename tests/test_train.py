@@ -9,7 +9,7 @@ import pytest
 from w2s_jax.data.dataset import Dataset, shuffled_batches
 from w2s_jax.infra import sharding
 from w2s_jax.models import transformer
-from w2s_jax.training import objectives, train
+from w2s_jax.training import loop, objectives, train
 from w2s_jax.training.classifier_losses import LogConf, Xent
 from w2s_jax.training.train import OptimConfig
 
@@ -64,8 +64,8 @@ def _run_with_nan(mesh, num_steps, bad_step=7, check_every=100):
     history.append(jax.device_get(state.params))
     return state, metrics
 
-  with pytest.raises(train.NonFiniteLossError) as err:
-    train.fit(
+  with pytest.raises(loop.NonFiniteLossError) as err:
+    loop.fit(
       state,
       recording_step,
       _nan_stream(bad_step),
@@ -145,7 +145,7 @@ def _finetune_flat(mesh, cfg, data, params, steps=5):
     mesh=mesh,
     state_sharding=train.sharding_of(state),
   )
-  state, metrics = train.fit(
+  state, metrics = loop.fit(
     state,
     step,
     shuffled_batches(data, batch_size=8, seed=0),
@@ -231,7 +231,7 @@ def test_train_step_traces_once(mesh4, vmap_seeds):
     state_sharding=train.sharding_of(state),
     vmap_seeds=vmap_seeds,
   )
-  state, _ = train.fit(
+  state, _ = loop.fit(
     state, step, stream, num_steps=4, mesh=mesh4, desc="trace", check_every=1, progress=False
   )
   np.testing.assert_array_equal(np.asarray(state.step), 4)

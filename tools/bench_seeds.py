@@ -66,7 +66,7 @@ def main(argv=None):
       mesh=parts.mesh,
       desc="bench",
       progress=False,
-    )
+    )[0]
   )
   contenders = {
     "together": lambda n: [run(seeds, per_seed) for _ in range(n)],

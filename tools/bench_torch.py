@@ -34,7 +34,7 @@ and each contender's minor page faults per step.
 
 Like w2s_jax's entry points, it first has glibc keep freed memory for reuse
 (w2s_jax/host_memory.py), which both libraries then share; after each
-contender's warm-up the free pages are handed back, as train.fit does when
+contender's warm-up the free pages are handed back, as loop.fit does when
 its loop ends. W2S_JAX_KEEP_HOST_MEMORY=0 measures without it.
 
 torch and transformers are not dependencies of w2s_jax:

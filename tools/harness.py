@@ -88,7 +88,7 @@ def peak_rss_mb() -> float:
 def warm_up(contenders: dict[Hashable, Callable[[int], object]], calls: int) -> tuple[dict, dict]:
   """Times each contender's first call (compile included), then runs `calls`
   more untimed; a contender that raises is removed from `contenders`, its
-  error kept. Freed host memory is handed back after each (as train.fit does
+  error kept. Freed host memory is handed back after each (as loop.fit does
   when its loop ends). Returns (first-call seconds, errors), by key."""
   first, errors = {}, {}
   for key, run in list(contenders.items()):

@@ -140,7 +140,7 @@ def weak_stage(parts: Parts, cfg: CascadeConfig, size: str) -> dict:
   trainer, evaluator = parts.trainer, parts.evaluator
   n = len(parts.task.splits["train_gt"])
   fit = calibration_split(n, cfg.calibration_examples)[0] if not parts.generative else np.arange(n)
-  params = trainer.tune(
+  params, _ = trainer.tune(
     size,
     trainer.supervised("train_gt", subsets=[fit] * len(parts.seeds), size=size),
     trainer.ground_truth_loss(),
@@ -180,7 +180,7 @@ def strong_stage(
       parts.cfg.losses[0],
     )
     desc = f"strong {cfg.strong_size} on weak {weak_size}'s labels ({loss.tag})"
-  params = trainer.tune(cfg.strong_size, per_seed, loss, desc)
+  params, _ = trainer.tune(cfg.strong_size, per_seed, loss, desc)
   return answers(parts, cfg.strong_size, params, parts.task.eval_splits)
 
 

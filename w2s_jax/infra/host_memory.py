@@ -18,7 +18,7 @@ creates its CPU backend (threads that already hold an arena keep it).
 The cost is memory: freed scratch stays resident, and one heap can
 fragment when workloads of different sizes interleave (a long-lived buffer
 allocated into a freed scratch block makes the next large block extend the
-heap). So `train.fit` hands free pages back (`release_freed_memory`, glibc's
+heap). So `loop.fit` hands free pages back (`release_freed_memory`, glibc's
 malloc_trim) when its loop ends: within a loop, steps reuse pages; between
 stages, memory is returned.
 

@@ -15,7 +15,7 @@ place that cannot swallow it. Usage:
     with interrupts.handle_interrupts():
       ...
 
-  # Loops: once per iteration (train.fit: once per step).
+  # Loops: once per iteration (loop.fit: once per step).
   for i in range(start, num_steps):
     interrupts.raise_if_interrupted()
     ...

@@ -13,7 +13,7 @@ import numpy as np
 from w2s_jax.data.dataset import Dataset, shuffled_batches
 from w2s_jax.infra import sharding as shd
 from w2s_jax.models import transformer
-from w2s_jax.training import lora, train
+from w2s_jax.training import loop, lora, train
 from w2s_jax.training.objectives import Loss
 from w2s_jax.training.train import OptimConfig
 
@@ -134,6 +134,8 @@ def finetune(
   generative: bool = False,
   teacher=None,
   sampling_cfg=None,
+  measure=None,
+  measure_every: int = 0,
 ):
   """Fine-tunes one copy of `params` per seed, all seeds in one vmapped program.
 
@@ -153,9 +155,14 @@ def finetune(
     teacher: (model_cfg, params stacked per seed), for a loss that reads the
       frozen weak model (needs_teacher); an undonated argument of the step.
     sampling_cfg: the task's, for the live loss's samples.
+    measure: (params stacked per seed) -> {name: device array [seeds]}, the
+      training curve's evaluation (LoRA adapters merged first); with
+      measure_every, taken every that many steps and after the last
+      (loop.Watch: no host sync in the loop).
 
   Returns:
-    The fine-tuned params, stacked per seed (device arrays).
+    (params, curve): the fine-tuned params, stacked per seed (device arrays),
+    and the curve's points (loop.curve_points; [] without measure).
   """
   num_seeds = len(seeds)
   if len(per_seed) != num_seeds:
@@ -170,6 +177,11 @@ def finetune(
     raise ValueError(
       f"finetune: a teacher is needed by token-level KD and live only, got loss "
       f"{loss_cfg.name!r} with teacher={'set' if teacher is not None else None}"
+    )
+  if (measure is None) != (measure_every == 0):
+    raise ValueError(
+      f"finetune: measure and measure_every go together, got measure="
+      f"{'set' if measure is not None else None} with measure_every={measure_every}"
     )
   if loss_cfg.name != "live":
     sampling_cfg = None  # one compiled step per loss, whatever the caller passed
@@ -208,17 +220,33 @@ def finetune(
     rows=shd.process_rows(mesh, optim_cfg.batch_size),
     gt_data=gt_data,
   )
-  state, _ = train.fit(
-    state, step, batches, num_steps=optim_cfg.steps, mesh=mesh, desc=desc, progress=progress
+  # The params a model is evaluated with: each seed's adapters merged into the base.
+  merged = (lambda p: p) if base is None else _merger(model_cfg, optim_cfg, mesh, num_seeds, base)
+  watch = None
+  if measure is not None:
+    watch = loop.Watch(every=measure_every, measure=lambda state: measure(merged(state.params)))
+  state, metrics = loop.fit(
+    state,
+    step,
+    batches,
+    num_steps=optim_cfg.steps,
+    mesh=mesh,
+    desc=desc,
+    progress=progress,
+    watch=watch,
   )
-  if base is not None:  # each seed's adapters merged into the shared base, for evaluation
-    merge = jax.vmap(
-      lambda t, b: lora.merge(b, t, model_cfg=model_cfg, alpha=optim_cfg.lora_alpha),
-      in_axes=(0, None),
-    )
-    out = shd.state_sharding(seed_stacked_abstract(model_cfg, num_seeds), mesh, seed_axis=True)
-    return jax.jit(merge, out_shardings=out)(state.params, base)
-  return state.params
+  return merged(state.params), metrics.get("curve", [])
+
+
+def _merger(model_cfg, optim_cfg, mesh, num_seeds, base):
+  """trainable params stacked per seed -> each seed's adapters merged into `base`."""
+  merge = jax.vmap(
+    lambda t, b: lora.merge(b, t, model_cfg=model_cfg, alpha=optim_cfg.lora_alpha),
+    in_axes=(0, None),
+  )
+  out = shd.state_sharding(seed_stacked_abstract(model_cfg, num_seeds), mesh, seed_axis=True)
+  merge = jax.jit(merge, out_shardings=out)
+  return lambda trainable: merge(trainable, base)
 
 
 def _lora_trainable(base, model_cfg, optim_cfg, seeds):

@@ -18,7 +18,7 @@ from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.fingerprint import KEY_SCHEME, digest
 from w2s_jax.models import hf_import, transformer
 from w2s_jax.models.model_config import ModelConfig
-from w2s_jax.training import objectives, train
+from w2s_jax.training import loop, objectives, train
 from w2s_jax.training.train import OptimConfig
 
 
@@ -65,7 +65,7 @@ def train_lm(
     },
   )
   state = ckpts.restore(state)
-  resumed_from = train.first_step(state)
+  resumed_from = loop.first_step(state)
   step = train.compile_train_step(
     loss_fn=objectives.lm_objective(model_cfg),
     optimizer=optimizer,
@@ -82,7 +82,7 @@ def train_lm(
     rows=shd.process_rows(mesh, optim.batch_size),
   )
   try:
-    state, _ = train.fit(
+    state, _ = loop.fit(
       state,
       step,
       batches,

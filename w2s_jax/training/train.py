@@ -1,24 +1,21 @@
-"""Optimizer, pure train step, and the loop that runs it.
+"""Optimizer, train state and the pure train step.
 
 `train_step(state, batch) -> (state, metrics)` is pure; `compile_train_step`
 is the one place it is jitted, sharded and donated. LM pretraining and
-classifier fine-tuning differ only in the loss function they pass in.
+classifier fine-tuning differ only in the loss function they pass in. The
+loop that runs a compiled step is loop.py.
 """
 
-import collections
 import dataclasses
 import functools
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from w2s_jax.infra import host_memory, interrupts
 from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.fingerprint import WHEN_SET
 from w2s_jax.models.transformer import HEAD
@@ -283,93 +280,3 @@ def compile_train_step(
     out_shardings=(state_sharding, shd.replicated(mesh)),
     donate_argnums=0,
   )
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
-
-
-def _check_finite(state: TrainState, what: str):
-  bad = np.asarray(jax.device_get(state.bad_step))
-  if (bad >= 0).any():
-    step = int(bad[bad >= 0].min())
-    raise NonFiniteLossError(
-      f"{what}: loss became NaN or infinite at step {step}; training stopped "
-      f"(params are those from before step {step})"
-    )
-
-
-def first_step(state: TrainState) -> int:
-  """The step a (possibly restored) state resumes from."""
-  return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
-
-
-def fit(
-  state: TrainState,
-  step_fn,
-  batches: Iterator[dict],
-  *,
-  num_steps: int,
-  mesh,
-  desc: str,
-  check_every: int = 100,
-  progress: bool = True,
-  max_in_flight: int = 8,
-  checkpoints=None,
-) -> tuple[TrainState, dict]:
-  """Runs step_fn from state.step up to num_steps. Host syncs only every check_every steps.
-
-  batches must start at state.step (a resumed state continues where it
-  stopped). checkpoints: a `checkpoints.TrainCheckpoints`, saved to every
-  `checkpoints.every` steps and at the end.
-
-  At most max_in_flight steps are dispatched ahead of the device: an unbounded
-  queue buys nothing once the device is busy, and on XLA:CPU with several
-  (simulated) devices on few cores, a deep queue of collectives was measured
-  to starve an all-reduce rendezvous into a deadlock abort.
-
-  Each checkpoint records the loss and the training seconds so far (those of
-  earlier, interrupted runs included), so a resumed run reports the same.
-  """
-  metrics = {}
-  seed_axis = state.step.ndim > 0
-  start = first_step(state)
-  started = time.perf_counter()
-  seconds_before = float(getattr(checkpoints, "record", {}).get("seconds", 0.0))
-  in_flight = collections.deque()
-  with tqdm(
-    total=num_steps,
-    initial=start,
-    desc=desc,
-    unit="step",
-    disable=not progress or not shd.is_main_process(),
-    leave=False,
-    dynamic_ncols=True,
-  ) as bar:
-    for i in range(start, num_steps):
-      # A Ctrl-C swallowed somewhere (a JAX callback) still stops the run here.
-      interrupts.raise_if_interrupted()
-      state, metrics = step_fn(state, shd.put_batch(next(batches), mesh, seed_axis=seed_axis))
-      in_flight.append(metrics["loss"])
-      if len(in_flight) > max_in_flight:
-        in_flight.popleft().block_until_ready()
-      bar.update(1)
-      done = i + 1
-      if done % check_every == 0 or done == num_steps:
-        _check_finite(state, desc)
-        bar.set_postfix(loss=f"{float(np.mean(shd.to_host(metrics['loss']))):.4f}")
-      if checkpoints is not None and (done % checkpoints.every == 0 or done == num_steps):
-        _check_finite(state, desc)  # never checkpoint a state that stopped on a NaN
-        checkpoints.save(
-          done,
-          state,
-          record={
-            "loss": float(np.mean(shd.to_host(metrics["loss"]))),
-            "seconds": seconds_before + time.perf_counter() - started,
-          },
-        )
-  if checkpoints is not None:
-    checkpoints.wait()
-  metrics = shd.to_host(metrics)  # waits for the last step
-  host_memory.release_freed_memory()  # this loop's scratch pages back to the system
-  return state, metrics

@@ -11,6 +11,9 @@ A single experiment is the sweep of its own pair over its losses
   cells/<cell id>/results.json    one cell's record (records.cell_record)
   sweep.jsonl                     one row per finished cell, in grid order
   results.json                    the run record (records.run_record), when every cell is done
+  curves/pretrain<p>/<stage>/seed<s>/   each fine-tune's training curve: curve.jsonl and
+                                        TensorBoard events (curves.py), when every cell is done
+  curves/<weak>_<strong>.png      test accuracy against step: W2S beside the ceiling
 
 A cell runs its stages on every pretraining draw (ExperimentConfig.pretrain_seeds)
 and pools the runs: its intervals resample the draws, the seeds within each,
@@ -44,8 +47,9 @@ from w2s_jax.infra.fingerprint import KEY_SCHEME, digest, fingerprint
 from w2s_jax.infra.store import Store
 from w2s_jax.models.transformer import count_params
 from w2s_jax.training.finetune import seed_stacked_abstract
+from w2s_jax.w2s import curves, records, report, stages
 from w2s_jax.w2s import parts as parts_lib
-from w2s_jax.w2s import records, stages
+from w2s_jax.w2s import runs as runs_lib
 from w2s_jax.w2s.experiment import ExperimentConfig, check_mesh
 from w2s_jax.w2s.grid import Cell, SweepConfig, single_cell_sweep
 
@@ -143,10 +147,10 @@ class Engine:
       w2s = stages.w2s_stage(
         draw_parts, cell.strong, weak, cell.loss, cell.finetune, cell.filter, weak_size=cell.weak
       )
-      runs.append(stages.Runs.of(weak, w2s, ceiling, draw=draw, seeds=parts.seeds))
-    runs = stages.Runs.pooled(runs)
+      runs.append(runs_lib.Runs.of(weak, w2s, ceiling, draw=draw, seeds=parts.seeds))
+    runs = runs_lib.Runs.pooled(runs)
     keys = parts.evaluator.eval_keys
-    summary = stages.summarize(runs, keys=keys, num_resamples=cfg.bootstrap_resamples)
+    summary = runs_lib.summarize(runs, keys=keys, num_resamples=cfg.bootstrap_resamples)
     models = {
       size: (
         count_params(parts.models.get(size).params),
@@ -297,6 +301,8 @@ def run_sweep(
   )
   if shd.is_main_process():
     write_json_atomic(out / "results.json", results)
+    curves.write(out / "curves", curves.of_cells(cells))
+    report.training_curves(cells, out / "curves")
   return Outcome(rows=[done[c.id][0] for c in sweep.cells], records=cells, results=results)
 
 

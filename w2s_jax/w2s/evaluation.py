@@ -10,7 +10,7 @@ import numpy as np
 
 from w2s_jax.models import inference, sampling
 from w2s_jax.training import train
-from w2s_jax.w2s import metrics
+from w2s_jax.w2s import curves
 from w2s_jax.w2s.pretrained import PretrainedModels
 from w2s_jax.w2s.views import ModelViews
 
@@ -79,15 +79,44 @@ class Evaluator:
     per_seed = [self.task.score(split, t, m) for t, m in zip(tokens, mask)]
     return {m: np.stack([s[m] for s in per_seed]) for m in self.task.metrics}
 
+  def predictions(self, size: str, params) -> dict:
+    """Classification: each evaluation split's predicted class per seed and example."""
+    return {s: self.predict(size, params, s).argmax(-1) for s in self.task.eval_splits}
+
+  def scores_of(self, predictions: dict) -> dict:
+    """Classification: {split: [seeds, examples]} correct (1) or not (0)."""
+    return {
+      split: (predicted == self.task.splits[split]["labels"][None]).astype(np.float64)
+      for split, predicted in predictions.items()
+    }
+
+  def curve_measure(self, size: str, reference: dict | None = None):
+    """The training curve's measure for `size` on the evaluation splits
+    (curves.make_measure), or None when the config asks for no curves.
+    reference: {split: [seeds, examples]} classes to measure agreement with."""
+    if not self.cfg.curve_points:
+      return None
+    return curves.make_measure(
+      model_cfg=self.models.get(size).model_cfg,
+      splits={s: self.views.data(size, s) for s in self.task.eval_splits},
+      generative=self.task.generative,
+      batch_size=self.cfg.eval_batch_size,
+      mesh=self.mesh,
+      reference=reference,
+    )
+
+  def curve_names(self, *, agreement: bool) -> tuple[str, ...]:
+    """The arrays a stage's stored curve has (none without curves)."""
+    if not self.cfg.curve_points:
+      return ()
+    return curves.names(
+      eval_splits=self.task.eval_splits, generative=self.task.generative, agreement=agreement
+    )
+
   def evaluate(self, size: str, params) -> dict:
     """Per seed and example, the score on every evaluation key: {key: [seeds, examples]}."""
     if not self.task.generative:
-      return {
-        split: metrics.correct(
-          probs=self.predict(size, params, split), labels=self.task.splits[split]["labels"]
-        )
-        for split in self.task.eval_splits
-      }
+      return self.scores_of(self.predictions(size, params))
     out = {}
     for split in self.task.eval_splits:
       tokens, mask, _ = self.generate(size, params, split)

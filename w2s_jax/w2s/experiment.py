@@ -45,6 +45,9 @@ class ExperimentConfig:
   losses: tuple[Loss, ...] = (Xent(), LogConf())
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
   eval_batch_size: int = 200
+  # Each fine-tune's training curve: this many evenly spaced evaluations of
+  # the evaluation splits (w2s/curves.py); 0: none.
+  curve_points: int = 10
   bootstrap_resamples: int = 2000
   mesh: MeshConfig = MeshConfig()
   distributed: DistributedConfig = DistributedConfig()  # or JAX_COORDINATOR_ADDRESS etc.
@@ -99,6 +102,11 @@ class ExperimentConfig:
       loss.check_kind(self.generative, f"ExperimentConfig.losses[{i}]")
     if self.dtype not in DTYPES:
       raise ValueError(f"ExperimentConfig.dtype={self.dtype!r}: expected one of {DTYPES}")
+    if self.curve_points < 0:
+      raise ValueError(
+        f"ExperimentConfig.curve_points={self.curve_points}: expected evaluations "
+        "per fine-tune >= 0 (0: no training curves)"
+      )
     if self.bootstrap_resamples < 100:
       raise ValueError(
         f"ExperimentConfig.bootstrap_resamples={self.bootstrap_resamples}: expected >= 100"

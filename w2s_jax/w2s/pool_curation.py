@@ -20,6 +20,7 @@ from w2s_jax.training import pretrain
 from w2s_jax.training.classifier_losses import Xent
 from w2s_jax.w2s import parts as parts_lib
 from w2s_jax.w2s import records, stages
+from w2s_jax.w2s import runs as runs_lib
 from w2s_jax.w2s.tables import summary_table
 
 
@@ -88,12 +89,12 @@ def run(
       entry = runs.setdefault(
         name, {"runs": [], "facts": [], "docs": len(clean if corpus is None else corpus)}
       )
-      entry["runs"].append(stages.Runs.of(weak, result, ceiling, draw=draw, seeds=parts.seeds))
+      entry["runs"].append(runs_lib.Runs.of(weak, result, ceiling, draw=draw, seeds=parts.seeds))
       entry["facts"].append(info["lives"])
   w2s = {
     name: {
-      "summary": stages.summarize(
-        stages.Runs.pooled(entry["runs"]),
+      "summary": runs_lib.summarize(
+        runs_lib.Runs.pooled(entry["runs"]),
         keys=parts.evaluator.eval_keys,
         num_resamples=cfg.bootstrap_resamples,
       ),

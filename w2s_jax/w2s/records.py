@@ -15,6 +15,7 @@ import numpy as np
 
 from w2s_jax.infra.files import package_versions
 from w2s_jax.infra.fingerprint import fingerprint
+from w2s_jax.w2s import curves
 from w2s_jax.w2s.grid import Cell
 
 SCHEMA = "w2s-jax/results/3"  # 3: pretraining draws (runs), imitation, misfit
@@ -25,9 +26,9 @@ READABLE = ("w2s-jax/results/2", SCHEMA)
 
 
 def cell_record(cell: Cell, *, runs, summary, models, keys) -> dict:
-  """runs: stages.Runs (every pretraining draw's); models: {size: (params
+  """runs: runs.Runs (every pretraining draw's); models: {size: (params
   count, [pretraining info per draw])} for the cell's two sizes; summary:
-  stages.summarize's."""
+  runs.summarize's."""
   n_weak, info_weak = models[cell.weak]
   n_strong, info_strong = models[cell.strong]
 
@@ -60,6 +61,17 @@ def cell_record(cell: Cell, *, runs, summary, models, keys) -> dict:
     "kept_label_accuracy": listed(runs.kept_label_accuracy),
     "misfit": listed(runs.misfit),
     "summary": summary,
+    # Each stage's training curve, values [points][runs] (curves.py), and
+    # the final point beside the best one (an oracle: picked on test data).
+    "curves": {
+      stage: {k[len(curves.PREFIX) :]: np.asarray(v).tolist() for k, v in curve.items()}
+      for stage, curve in runs.curves.items()
+    },
+    "oracle": {
+      stage: curves.oracle(curve, curves.headline(keys[0], curve))
+      for stage, curve in runs.curves.items()
+      if stage != "weak"
+    },
   }
 
 

@@ -256,3 +256,45 @@ def all_charts(rows, out_dir, split="test") -> list[Path]:
       paths += pgr_heatmap(rows, out_dir, loss, split)
   paths += pgr_by_loss(rows, out_dir, split)
   return paths
+
+
+def training_curves(records: list[dict], out_dir) -> list[Path]:
+  """Per (weak, strong) pair of a run's cell records: the headline accuracy
+  against fine-tuning step, each W2S cell beside the ceiling, the weak
+  model's as a dashed line; the mean over runs (pretraining draws x seeds),
+  shaded over the runs' range. Cells without curves draw nothing."""
+  pairs = {}
+  for record in records:
+    if record.get("curves", {}).get("w2s"):
+      pairs.setdefault((record["cell"]["weak"], record["cell"]["strong"]), []).append(record)
+  paths = []
+  for (weak, strong), cells in pairs.items():
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    first = cells[0]["curves"]
+    name = _headline(first["w2s"], split=next(iter(cells[0]["summary"])).partition(":")[0])
+    series = [(f"ceiling {strong}", first["ceiling"], "black")]
+    colors = plt.cm.tab10(np.arange(len(cells)))
+    series += [(f"W2S {c['label']}", c["curves"]["w2s"], col) for c, col in zip(cells, colors)]
+    for label, curve, color in series:
+      values = np.asarray(curve[name])
+      ax.plot(curve["step"], values.mean(1), color=color, marker="o", ms=3, label=label)
+      ax.fill_between(curve["step"], values.min(1), values.max(1), color=color, alpha=0.12)
+    if "weak" in first:
+      weak_values = np.asarray(first["weak"][name])
+      ax.axhline(weak_values[-1].mean(), color="gray", ls="--", label=f"weak {weak} (final)")
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel(name.replace("/", " "))
+    runs = np.asarray(first["ceiling"][name]).shape[1]
+    ax.set_title(f"{weak} -> {strong}: mean of {runs} runs, band: their range", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths += _save(fig, Path(out_dir), f"{weak}_{strong}")
+  return paths
+
+
+def _headline(curve: dict, split: str) -> str:
+  """The accuracy a chart plots: the table's first split's (class or token) accuracy."""
+  for name in (f"{split}/accuracy", f"{split}/token_accuracy"):
+    if name in curve:
+      return name
+  raise KeyError(f"training curve without an accuracy of {split!r}: {sorted(curve)}")

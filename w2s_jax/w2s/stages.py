@@ -11,7 +11,9 @@ models are scored on their greedy generations. All seeds of a stage train
 together under jax.vmap, as one compiled program.
 
 Stage outputs convert to and from flat named arrays (`arrays`, `from_arrays`)
-for the store (infra/store.py): eval scores under "eval:<key>".
+for the store (infra/store.py): eval scores under "eval:<key>", a
+classifier's predicted classes under "predicted:<split>", the training
+curve under "curve:<name>" (curves.py).
 """
 
 import dataclasses
@@ -24,10 +26,11 @@ from w2s_jax.curation.selection import FilterConfig
 from w2s_jax.models import scoring
 from w2s_jax.training.objectives import Loss
 from w2s_jax.training.train import OptimConfig
-from w2s_jax.w2s import metrics
+from w2s_jax.w2s import curves, metrics
 from w2s_jax.w2s.parts import Parts
 
 EVAL = "eval:"
+PREDICTED = "predicted:"
 
 
 def _eval_arrays(scores: dict) -> dict:
@@ -47,6 +50,9 @@ class WeakStage:
   labels: classification, its soft labels of train_w2s [seeds, N, classes];
   likelihood: classification, the pretrained weak LM's mean log-likelihood of
     each train_w2s text [N] (NaN for an encoder);
+  predictions: classification, its predicted class on each evaluation split
+    {split: [seeds, N]} (what a student's agreement is measured against);
+  curve: its training curve (curves.py; {} without one);
   responses, response_mask, logprobs: generation, its responses to train_w2s
     [seeds, N * weak_samples, max_new_tokens], prompt-major;
   curation: generation, each response's correctness and curation scores
@@ -59,6 +65,8 @@ class WeakStage:
   scores: dict
   labels: np.ndarray | None = None
   likelihood: np.ndarray | None = None
+  predictions: dict = dataclasses.field(default_factory=dict)
+  curve: dict = dataclasses.field(default_factory=dict)
   responses: np.ndarray | None = None
   response_mask: np.ndarray | None = None
   logprobs: np.ndarray | None = None
@@ -76,7 +84,13 @@ class WeakStage:
 
   def arrays(self) -> dict:
     """Flat named arrays (what curation reads, and the store keeps); not the params."""
-    named = {"label_accuracy": self.label_accuracy, **self.curation, **_eval_arrays(self.scores)}
+    named = {
+      "label_accuracy": self.label_accuracy,
+      **self.curation,
+      **_eval_arrays(self.scores),
+      **{PREDICTED + k: v for k, v in self.predictions.items()},
+      **self.curve,
+    }
     for field in ("labels", "likelihood", "responses", "response_mask", "logprobs"):
       if getattr(self, field) is not None:
         named[field] = getattr(self, field)
@@ -85,10 +99,13 @@ class WeakStage:
   @classmethod
   def from_arrays(cls, arrays: dict, params=None) -> "WeakStage":
     known = {"label_accuracy", "labels", "likelihood", "responses", "response_mask", "logprobs"}
+    prefixed = (EVAL, PREDICTED, curves.PREFIX)
     return cls(
       **{k: arrays[k] for k in known if k in arrays},
       scores=_eval_scores(arrays),
-      curation={k: v for k, v in arrays.items() if k not in known and not k.startswith(EVAL)},
+      predictions={k[len(PREDICTED) :]: v for k, v in arrays.items() if k.startswith(PREDICTED)},
+      curve=curves.from_arrays(arrays),
+      curation={k: v for k, v in arrays.items() if k not in known and not k.startswith(prefixed)},
       params=params,
     )
 
@@ -96,6 +113,7 @@ class WeakStage:
   def fields(parts: Parts) -> tuple[str, ...]:
     """The arrays a stored weak stage of this experiment holds."""
     evals = tuple(EVAL + k for k in parts.evaluator.eval_keys)
+    curve = parts.evaluator.curve_names(agreement=False)
     if parts.generative:
       return (
         "responses",
@@ -104,8 +122,10 @@ class WeakStage:
         "label_accuracy",
         *weak_curation.response_fields(parts.task, parts.cfg.generation),
         *evals,
+        *curve,
       )
-    return ("labels", "label_accuracy", "likelihood", *evals)
+    predicted = tuple(PREDICTED + s for s in parts.task.eval_splits)
+    return ("labels", "label_accuracy", "likelihood", *evals, *predicted, *curve)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,77 +133,32 @@ class Evaluated:
   """A strong model's scores: {eval key: [seeds, N]}; after a filter, also how
   right the weak supervision it kept was, per seed; trained on weak labels
   (classification), its misfit to them on train_w2s, per seed
-  (metrics.misfit)."""
+  (metrics.misfit); and its training curve (curves.py; {} without one)."""
 
   scores: dict
   kept_label_accuracy: np.ndarray | None = None
   misfit: np.ndarray | None = None
+  curve: dict = dataclasses.field(default_factory=dict)
 
   def arrays(self) -> dict:
-    out = _eval_arrays(self.scores)
+    out = {**_eval_arrays(self.scores), **self.curve}
     if self.kept_label_accuracy is not None:
       out["kept_label_accuracy"] = np.asarray(self.kept_label_accuracy)
     return out
 
   @classmethod
   def from_arrays(cls, arrays: dict) -> "Evaluated":
-    return cls(scores=_eval_scores(arrays), kept_label_accuracy=arrays.get("kept_label_accuracy"))
+    return cls(
+      scores=_eval_scores(arrays),
+      kept_label_accuracy=arrays.get("kept_label_accuracy"),
+      curve=curves.from_arrays(arrays),
+    )
 
   @staticmethod
   def fields(parts: Parts) -> tuple[str, ...]:
-    return tuple(EVAL + k for k in parts.evaluator.eval_keys)
-
-
-@dataclasses.dataclass(frozen=True)
-class Runs:
-  """A cell's runs pooled over pretraining draws: run r is fine-tuning seed
-  seeds[r] on pretraining draw draws[r]. weak, w2s, ceiling: {eval key:
-  [runs, N]}; the rest [runs] (kept_label_accuracy and misfit None where
-  the cell has none)."""
-
-  draws: np.ndarray
-  seeds: np.ndarray
-  weak: dict
-  w2s: dict
-  ceiling: dict
-  weak_label_accuracy: np.ndarray
-  kept_label_accuracy: np.ndarray | None
-  misfit: np.ndarray | None
-
-  @classmethod
-  def of(cls, weak: WeakStage, w2s: Evaluated, ceiling: Evaluated, *, draw: int, seeds) -> "Runs":
-    """One pretraining draw's stages."""
-    return cls(
-      draws=np.full(len(seeds), draw),
-      seeds=np.asarray(seeds),
-      weak=weak.scores,
-      w2s=w2s.scores,
-      ceiling=ceiling.scores,
-      weak_label_accuracy=np.asarray(weak.label_accuracy),
-      kept_label_accuracy=w2s.kept_label_accuracy,
-      misfit=w2s.misfit,
-    )
-
-  @classmethod
-  def pooled(cls, runs: list["Runs"]) -> "Runs":
-    """Every draw's runs, draw-major."""
-
-    def cat(values):
-      return None if values[0] is None else np.concatenate([np.asarray(v) for v in values])
-
-    def cat_scores(dicts):
-      return {k: np.concatenate([d[k] for d in dicts]) for k in dicts[0]}
-
-    return cls(
-      draws=cat([r.draws for r in runs]),
-      seeds=cat([r.seeds for r in runs]),
-      weak=cat_scores([r.weak for r in runs]),
-      w2s=cat_scores([r.w2s for r in runs]),
-      ceiling=cat_scores([r.ceiling for r in runs]),
-      weak_label_accuracy=cat([r.weak_label_accuracy for r in runs]),
-      kept_label_accuracy=cat([r.kept_label_accuracy for r in runs]),
-      misfit=cat([r.misfit for r in runs]),
-    )
+    """A stored ceiling's arrays."""
+    curve = parts.evaluator.curve_names(agreement=False)
+    return tuple(EVAL + k for k in parts.evaluator.eval_keys) + curve
 
 
 def weak_stage(parts: Parts, size: str) -> WeakStage:
@@ -198,12 +173,13 @@ def weak_stage(parts: Parts, size: str) -> WeakStage:
     accuracy, its curation scores, and its scores on every evaluation key.
   """
   trainer, evaluator, cfg = parts.trainer, parts.evaluator, parts.cfg
-  params = trainer.tune(
+  params, curve = trainer.tune(
     size,
     trainer.supervised("train_gt", size=size),
     trainer.ground_truth_loss(),
     f"weak {size} on ground truth",
     cfg.weak_finetune,
+    measure=evaluator.curve_measure(size),
   )
   if parts.generative:
     gen = cfg.generation
@@ -232,6 +208,7 @@ def weak_stage(parts: Parts, size: str) -> WeakStage:
       logprobs=logprobs,
       curation=curation,
       params=params,
+      curve=curves.to_arrays(curve),
     )
   labels = evaluator.predict(size, params, "train_w2s")
   label_acc = metrics.correct(probs=labels, labels=parts.task.splits["train_w2s"]["labels"]).mean(1)
@@ -246,11 +223,14 @@ def weak_stage(parts: Parts, size: str) -> WeakStage:
     )
   else:  # an encoder has no LM head: a likelihood filter then says so (weak_curation.py)
     likelihood = np.full(len(labels[0]), np.nan, np.float32)
+  predictions = evaluator.predictions(size, params)
   return WeakStage(
     label_accuracy=label_acc,
-    scores=evaluator.evaluate(size, params),
+    scores=evaluator.scores_of(predictions),
     labels=labels,
     likelihood=likelihood,
+    predictions=predictions,
+    curve=curves.to_arrays(curve),
   )
 
 
@@ -265,13 +245,14 @@ def ceiling_stage(parts: Parts, size: str) -> Evaluated:
     Evaluated: its scores on every evaluation key (Pceiling's).
   """
   trainer = parts.trainer
-  params = trainer.tune(
+  params, curve = trainer.tune(
     size,
     trainer.supervised("train_gt", size=size),
     trainer.ground_truth_loss(),
     f"ceiling {size} on ground truth",
+    measure=parts.evaluator.curve_measure(size),
   )
-  return Evaluated(parts.evaluator.evaluate(size, params))
+  return Evaluated(parts.evaluator.evaluate(size, params), curve=curves.to_arrays(curve))
 
 
 def w2s_stage(
@@ -325,13 +306,15 @@ def w2s_stage(
     teacher = (parts.models.get(weak_size).model_cfg, weak.params)
   what = "responses" if generative else "labels"
   trainer = parts.trainer
-  params = trainer.tune(
+  params, curve = trainer.tune(
     strong,
     trainer.supervised("train_w2s", weak.targets, subsets, size=strong),
     loss,
     f"strong {strong} on weak {what} ({tag})",
     finetune_cfg,
     teacher=teacher,
+    # Its agreement with the weak model's predicted classes, as training goes.
+    measure=parts.evaluator.curve_measure(strong, reference=weak.predictions or None),
   )
   kept = None
   if subsets is not None:  # how right the kept weak labels (or responses) are, per seed
@@ -346,35 +329,8 @@ def w2s_stage(
     student = parts.evaluator.predict(strong, params, "train_w2s")
     misfit = metrics.misfit(student_probs=student, weak_probs=weak.labels)
   return Evaluated(
-    parts.evaluator.evaluate(strong, params), kept_label_accuracy=kept, misfit=misfit
+    parts.evaluator.evaluate(strong, params),
+    kept_label_accuracy=kept,
+    misfit=misfit,
+    curve=curves.to_arrays(curve),
   )
-
-
-def summarize(runs: Runs, *, keys, num_resamples: int) -> dict:
-  """PGR and the three accuracies with their intervals, and the imitation diagnostics.
-
-  Args:
-    runs: a cell's runs over every pretraining draw.
-    keys: the evaluation keys to summarize.
-    num_resamples: bootstrap resamples.
-
-  Returns:
-    {key: {"weak", "w2s", "ceiling", "pgr": {mean, lo, hi, ...},
-    "fixed_pretraining", "draws", "imitation"}}: a paired, hierarchical
-    bootstrap over pretraining draws, seeds and examples
-    (metrics.bootstrap_w2s), and how the student and the ceiling follow the
-    weak model (metrics.imitation).
-  """
-  out = {}
-  for key in keys:
-    out[key] = metrics.bootstrap_w2s(
-      weak_correct=runs.weak[key],
-      w2s_correct=runs.w2s[key],
-      ceiling_correct=runs.ceiling[key],
-      pretraining=runs.draws,
-      num_resamples=num_resamples,
-    )
-    out[key]["imitation"] = metrics.imitation(
-      weak_correct=runs.weak[key], w2s_correct=runs.w2s[key], ceiling_correct=runs.ceiling[key]
-    )
-  return out

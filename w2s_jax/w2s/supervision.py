@@ -15,6 +15,7 @@ from w2s_jax.training.classifier_losses import Xent
 from w2s_jax.training.finetune import finetune
 from w2s_jax.training.generative_losses import Sft
 from w2s_jax.training.objectives import Loss
+from w2s_jax.w2s import curves
 from w2s_jax.w2s.pretrained import PretrainedModels
 from w2s_jax.w2s.views import ModelViews
 
@@ -60,9 +61,18 @@ class Trainer:
     return per_seed
 
   def tune(
-    self, size: str, per_seed: list[Dataset], loss: Loss, desc: str, finetune_cfg=None, teacher=None
+    self,
+    size: str,
+    per_seed: list[Dataset],
+    loss: Loss,
+    desc: str,
+    finetune_cfg=None,
+    teacher=None,
+    measure=None,
   ):
-    """Params stacked per seed, fine-tuned from `size`'s pretrained ones."""
+    """(params stacked per seed, fine-tuned from `size`'s pretrained ones, and
+    their training curve: `measure` at the config's curve_points, or [])."""
+    optim_cfg = finetune_cfg or self.cfg.finetune
     params, model_cfg, _ = self.models.get(size)
     gt_data = None
     if loss.needs_gt_data:
@@ -78,7 +88,7 @@ class Trainer:
       model_cfg,
       per_seed,
       loss_cfg=loss,
-      optim_cfg=finetune_cfg or self.cfg.finetune,
+      optim_cfg=optim_cfg,
       seeds=self.seeds,
       mesh=self.mesh,
       desc=desc,
@@ -87,4 +97,6 @@ class Trainer:
       generative=self.task.generative,
       teacher=teacher,
       sampling_cfg=self.sampling,
+      measure=measure,
+      measure_every=curves.every(optim_cfg.steps, self.cfg.curve_points) if measure else 0,
     )

@@ -221,8 +221,60 @@ def format_results(results: dict) -> str:
     if all("imitation" in r for r in rows):
       lines.append(f"\n{key}: imitation (Burns et al. 2023, section 5), mean over runs")
       lines.append(imitation_table(rows, labels))
+  if any(c.get("oracle") for c in cells):
+    lines.append(oracle_table(cells, labels))
   lines.append(f"\ntotal {results['seconds']:.0f}s")
   return "\n".join(lines)
+
+
+def oracle_table(cells: list[dict], labels=("method",)) -> str:
+  """The training curves' final step beside their best one (curves.oracle),
+  for each cell with curves: the best step is picked on the evaluation data,
+  Burns et al.'s early-stopping upper bound, not a result one can get."""
+  lines = []
+  for c in cells:
+    oracle = c.get("oracle")
+    if not oracle:
+      continue
+    key = next(iter(c["summary"]))
+    weak = c["summary"][key]["weak"]["mean"]
+    w2s, ceiling = oracle["w2s"], oracle["ceiling"]
+    gap = ceiling["final"] - weak
+    pgr = lambda x: "-" if gap == 0 else f"{(x - weak) / gap:.2f}"
+    named = {
+      "method": c["label"],
+      "weak model": c["cell"]["weak"],
+      "strong model": c["cell"]["strong"],
+    }
+    lines.append(
+      [
+        *(str(named[label]) for label in labels),
+        f"{w2s['final']:.3f}",
+        f"{w2s['best']:.3f} @ {w2s['best_step']}",
+        f"{ceiling['final']:.3f}",
+        f"{ceiling['best']:.3f} @ {ceiling['best_step']}",
+        f"{pgr(w2s['final'])} / {pgr(w2s['best'])}",
+      ]
+    )
+  first = next(c for c in cells if c.get("oracle"))
+  key = next(iter(first["summary"]))
+  title = (
+    f"\n{key}: training curves (curves/), mean over runs: the final step, and the best "
+    "step ORACLE-picked on this split (Burns et al.'s early-stopping upper bound, "
+    "not an achievable result)"
+  )
+  table = text_table(
+    (
+      *labels,
+      "W2S final",
+      "W2S oracle best @ step",
+      "ceiling final",
+      "ceiling oracle best @ step",
+      "PGR final / oracle (means)",
+    ),
+    lines,
+  )
+  return f"{title}\n{table}"
 
 
 def median_pgr(rows, split="test") -> dict:
