@@ -129,6 +129,15 @@ def test_generative_pipeline_end_to_end(small_run):
   acc = results["cells"][0]["weak_label_accuracy"]
   assert len(acc) == 3 and all(0 < a < 1 for a in acc)
   assert "facts known" in tables.format_results(results)
+  # Imitation by answer, field by field; curves of the teacher-forced response scores.
+  cell = results["cells"][0]
+  answers = cell["summary"]["test"]["imitation"]["answers"]
+  assert list(answers["w2s"]["fields"]) == ["{city}", "{region}"]
+  assert 0 <= answers["w2s"]["all"]["agreement_weak_wrong"] <= 1
+  assert "answers" not in cell["summary"]["test:exact"]["imitation"]  # one per split
+  curve = cell["curves"]["w2s"]
+  assert curve["step"][-1] == cfg.finetune.steps and "test/token_accuracy" in curve
+  assert "copied errors per field" in tables.format_results(results)
 
 
 def test_combined_at_alpha_one_reproduces_sft_exactly(small_run):

@@ -348,3 +348,26 @@ def test_misfit_by_hand_and_limits():
   )
   with pytest.raises(ValueError, match="expected equal shapes"):
     metrics.misfit(student_probs=weak, weak_probs=weak[:, :1])
+
+
+def test_answer_imitation_by_hand():
+  # 2 runs, 3 examples, 2 fields; -1: no answer given.
+  truth = np.array([[1, 5], [2, 6], [3, 7]])
+  weak = np.array([[[1, 5], [9, 6], [8, -1]], [[1, 4], [2, 6], [3, 7]]])
+  student = np.array([[[1, 5], [9, 0], [3, -1]], [[0, 4], [2, 6], [3, 0]]])
+  out = metrics.answer_imitation(weak=weak, student=student, truth=truth, names=("a", "b"))
+  # run 0: same answers 1,1,0 / 1,0,1 -> 4 of 6; run 1: 0,1,1 / 1,1,0 -> 4 of 6
+  assert out["all"]["agreement"] == pytest.approx(4 / 6)
+  # weak right, run 0: (0,a) (0,b) (1,b) -> same 1,1,0 = 2/3; run 1: (0,a) (1,a) (2,a)
+  # (1,b) (2,b) -> same 0,1,1,1,0 = 3/5
+  assert out["all"]["agreement_weak_right"] == pytest.approx((2 / 3 + 3 / 5) / 2)
+  # weak wrong, run 0: (1,a)=9 copied, (2,a)=8 not, (2,b)=-1 copied -> 2/3; run 1: (0,b)=4
+  # copied -> 1
+  assert out["all"]["agreement_weak_wrong"] == pytest.approx((2 / 3 + 1) / 2)
+  # field a, weak wrong: run 0 examples 1, 2 -> 1/2; run 1 has none (NaN, left out)
+  assert out["fields"]["a"]["agreement_weak_wrong"] == pytest.approx(0.5)
+  same = metrics.answer_imitation(weak=weak, student=weak, truth=truth)
+  assert same["all"] == {"agreement": 1.0, "agreement_weak_right": 1.0, "agreement_weak_wrong": 1.0}
+  assert list(same["fields"]) == ["field0", "field1"]
+  with pytest.raises(ValueError, match=r"expected \[runs, examples, fields\] twice"):
+    metrics.answer_imitation(weak=weak, student=student[:, :2], truth=truth)

@@ -384,3 +384,11 @@ def test_filtered_generative_w2s_trains_on_the_kept_responses_only(tiny_weak, mo
     stages.w2s_stage(
       ctx, ctx.cfg.strong_size, stage, Sft(), filter_cfg=FilterConfig("confidence", 0.5)
     )
+
+
+def test_parsed_answers_keep_their_ids_across_calls():
+  """A text task's answers are compared across models and runs: the same text,
+  the same id, whatever else the call parsed (ids from a hash, not an enumeration)."""
+  ids = [generation.stable_id(t) for t in ("42", "17", "42")]
+  assert ids[0] == ids[2] != ids[1] and all(0 <= i < 2**62 for i in ids)
+  assert generation.stable_id("42") == ids[0]  # another call, the same id

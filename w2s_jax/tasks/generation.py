@@ -15,6 +15,7 @@ choice (testbed_formats.FORMATS).
 
 import dataclasses
 import functools
+import hashlib
 from collections.abc import Callable
 
 import numpy as np
@@ -74,9 +75,11 @@ class GenerationTask:
   pad_id: int = 0
   decode: Callable | None = None  # token ids -> text, where the task has a tokenizer
   # answers(tokens, mask) -> int [N, fields]: each generation's parsed answer per
-  # field (ids comparable within one call; -1: none), without the references;
-  # answer_class: the column of a class-like field (a few values), or None.
+  # field (ids comparable across calls; -1: none), without the references;
+  # answer_names: the fields' names; answer_class: the column of a class-like
+  # field (a few values), or None.
   answers: Callable | None = None
+  answer_names: tuple[str, ...] = ()
   answer_class: int | None = None
   world: testbed.World | None = None
   encoding: dict = dataclasses.field(default_factory=dict)
@@ -114,6 +117,12 @@ def score_fields(*, tokens, mask, truth, fields: dict) -> dict:
   per_field = np.stack([generated[:, col] == truth[:, col] for col in fields.values()], axis=1)
   exact = (generated == truth).all(1) & (mask.sum(1) == width)
   return {"fields": per_field.mean(1), "exact": exact.astype(np.float64)}
+
+
+def stable_id(text: str) -> int:
+  """A parsed answer as a non-negative int64, the same in every call and process."""
+  digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+  return int.from_bytes(digest, "little") & (2**62 - 1)
 
 
 def answer_fields(tokens, mask, *, fields: dict) -> np.ndarray:
@@ -166,6 +175,7 @@ def testbed_generative_task(world_cfg: testbed.WorldConfig, gen_cfg: GenerationC
     score=score,
     # Every split's response has the same columns; the region is the class-like field.
     answers=functools.partial(answer_fields, fields=fields["train_w2s"]),
+    answer_names=tuple(fields["train_w2s"]),
     answer_class=list(fields["train_w2s"]).index("{region}")
     if "{region}" in fields["train_w2s"]
     else None,
@@ -314,8 +324,7 @@ def text_generative_task(cfg: GenTextTaskConfig):
       else text_metrics.normalize_answer
     )
     keys = [parse(t) or None for t in decode_all(tokens, mask)]
-    ids = {k: i for i, k in enumerate(dict.fromkeys(k for k in keys if k is not None))}
-    return np.array([ids.get(k, -1) for k in keys], np.int64).reshape(-1, 1)
+    return np.array([-1 if k is None else stable_id(k) for k in keys], np.int64).reshape(-1, 1)
 
   def corpus() -> Dataset:
     data, _ = gen_text.encode_pairs(
@@ -349,6 +358,7 @@ def text_generative_task(cfg: GenTextTaskConfig):
     metrics=metrics,
     score=score,
     answers=answers,
+    answer_names=("answer",),
     eos_id=tokenizer.eos_id,
     pad_id=tokenizer.pad_id,
     decode=tokenizer.decode,

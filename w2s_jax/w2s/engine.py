@@ -150,7 +150,13 @@ class Engine:
       runs.append(runs_lib.Runs.of(weak, w2s, ceiling, draw=draw, seeds=parts.seeds))
     runs = runs_lib.Runs.pooled(runs)
     keys = parts.evaluator.eval_keys
-    summary = runs_lib.summarize(runs, keys=keys, num_resamples=cfg.bootstrap_resamples)
+    summary = runs_lib.summarize(
+      runs,
+      keys=keys,
+      num_resamples=cfg.bootstrap_resamples,
+      truth=parts.evaluator.truth_answers() if parts.generative else None,
+      answer_names=parts.evaluator.answer_names,
+    )
     models = {
       size: (
         count_params(parts.models.get(size).params),

@@ -79,17 +79,6 @@ class Evaluator:
     per_seed = [self.task.score(split, t, m) for t, m in zip(tokens, mask)]
     return {m: np.stack([s[m] for s in per_seed]) for m in self.task.metrics}
 
-  def predictions(self, size: str, params) -> dict:
-    """Classification: each evaluation split's predicted class per seed and example."""
-    return {s: self.predict(size, params, s).argmax(-1) for s in self.task.eval_splits}
-
-  def scores_of(self, predictions: dict) -> dict:
-    """Classification: {split: [seeds, examples]} correct (1) or not (0)."""
-    return {
-      split: (predicted == self.task.splits[split]["labels"][None]).astype(np.float64)
-      for split, predicted in predictions.items()
-    }
-
   def curve_measure(self, size: str, reference: dict | None = None):
     """The training curve's measure for `size` on the evaluation splits
     (curves.make_measure), or None when the config asks for no curves.
@@ -115,11 +104,42 @@ class Evaluator:
 
   def evaluate(self, size: str, params) -> dict:
     """Per seed and example, the score on every evaluation key: {key: [seeds, examples]}."""
-    if not self.task.generative:
-      return self.scores_of(self.predictions(size, params))
-    out = {}
-    for split in self.task.eval_splits:
+    return self.assess(size, params)[0]
+
+  def assess(self, size: str, params) -> tuple[dict, dict]:
+    """(scores, answers): evaluate()'s scores, and each evaluation split's
+    answers {split: [seeds, examples, fields]}: a classifier's predicted
+    class (one field), a generation's parsed fields (task.answers; none
+    for a task without), what imitation compares (metrics.answer_imitation)."""
+    task = self.task
+    if not task.generative:
+      answers = {s: self.predict(size, params, s).argmax(-1)[..., None] for s in task.eval_splits}
+      scores = {
+        s: (a[..., 0] == task.splits[s]["labels"][None]).astype(np.float64)
+        for s, a in answers.items()
+      }
+      return scores, answers
+    scores, answers = {}, {}
+    for split in task.eval_splits:
       tokens, mask, _ = self.generate(size, params, split)
       for metric, values in self.score(split, tokens, mask).items():
-        out[self.eval_key(split, metric)] = values
-    return out
+        scores[self.eval_key(split, metric)] = values
+      if task.answers is not None:
+        answers[split] = np.stack([task.answers(t, m) for t, m in zip(tokens, mask)])
+    return scores, answers
+
+  def truth_answers(self) -> dict:
+    """The right answers of each evaluation split, as assess() gives them: {split: [examples, fields]}."""
+    task = self.task
+    if not task.generative:
+      return {s: np.asarray(task.splits[s]["labels"])[:, None] for s in task.eval_splits}
+    if task.answers is None:
+      return {}
+    return {
+      s: task.answers(task.splits[s]["response"], task.splits[s]["response_mask"])
+      for s in task.eval_splits
+    }
+
+  @property
+  def answer_names(self) -> tuple[str, ...]:
+    return self.task.answer_names if self.task.generative else ("class",)

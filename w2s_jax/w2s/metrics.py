@@ -230,6 +230,49 @@ def imitation(*, weak_correct, w2s_correct, ceiling_correct) -> dict:
   return out
 
 
+def answer_imitation(*, weak, student, truth, names=None) -> dict:
+  """How often a student gives the weak model's own answer, field by field.
+
+  Unlike imitation(), which compares right and wrong, this compares the
+  answers themselves: on a generative task two wrong answers differ, and
+  only the same wrong answer is a copied error.
+
+  Args:
+    weak, student: answers [runs, examples, fields] (Evaluator.assess; -1:
+      none given), run r of the student trained on run r of the weak model.
+    truth: the right answers [examples, fields].
+    names: the fields' names (default field0, field1, ...).
+
+  Returns:
+    {"all": rates over every field, "fields": {name: rates}}, rates being
+    "agreement" (the same answer), "agreement_weak_right" (the same answer
+    where the weak model's is right) and "agreement_weak_wrong" (the same
+    answer where the weak model's is wrong: its error copied), each the
+    mean over runs of the per-run rate (NaN where a run has no such field).
+  """
+  weak, student, truth = np.asarray(weak), np.asarray(student), np.asarray(truth)
+  if weak.shape != student.shape or weak.shape[1:] != truth.shape:
+    raise ValueError(
+      f"answer_imitation: weak {weak.shape}, student {student.shape}, truth {truth.shape}: "
+      "expected [runs, examples, fields] twice and [examples, fields]"
+    )
+  names = list(names or (f"field{i}" for i in range(truth.shape[-1])))
+  same, right = student == weak, weak == truth[None]
+
+  def rates(same, right):  # [runs, n]
+    return {
+      "agreement": float(np.mean(same)),
+      "agreement_weak_right": _mean_of_defined(_conditional(same, right)),
+      "agreement_weak_wrong": _mean_of_defined(_conditional(same, ~right)),
+    }
+
+  runs = len(weak)
+  return {
+    "all": rates(same.reshape(runs, -1), right.reshape(runs, -1)),
+    "fields": {name: rates(same[..., i], right[..., i]) for i, name in enumerate(names)},
+  }
+
+
 def correlation_interval(*, x, y, num_resamples: int = 2000, level: float = 0.95, seed=0):
   """Pearson's r of paired points with a percentile bootstrap interval over the
   points: {r, lo, hi, n}; NaN with fewer than 3 points."""

@@ -62,7 +62,8 @@ def cell_record(cell: Cell, *, runs, summary, models, keys) -> dict:
     "misfit": listed(runs.misfit),
     "summary": summary,
     # Each stage's training curve, values [points][runs] (curves.py), and
-    # the final point beside the best one (an oracle: picked on test data).
+    # the final point beside the best one (an oracle: picked on test data),
+    # by the curve's accuracy (curves.headline).
     "curves": {
       stage: {k[len(curves.PREFIX) :]: np.asarray(v).tolist() for k, v in curve.items()}
       for stage, curve in runs.curves.items()
@@ -70,7 +71,6 @@ def cell_record(cell: Cell, *, runs, summary, models, keys) -> dict:
     "oracle": {
       stage: curves.oracle(curve, curves.headline(keys[0], curve))
       for stage, curve in runs.curves.items()
-      if stage != "weak"
     },
   }
 

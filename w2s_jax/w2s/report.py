@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from w2s_jax.w2s.tables import median_pgr, misfit_correlation  # noqa: E402
+from w2s_jax.w2s.tables import curve_accuracy, median_pgr, misfit_correlation  # noqa: E402
 
 
 def load_rows(path) -> list[dict]:
@@ -271,7 +271,7 @@ def training_curves(records: list[dict], out_dir) -> list[Path]:
   for (weak, strong), cells in pairs.items():
     fig, ax = plt.subplots(figsize=(6, 4.2))
     first = cells[0]["curves"]
-    name = _headline(first["w2s"], split=next(iter(cells[0]["summary"])).partition(":")[0])
+    name = curve_accuracy(first["w2s"], next(iter(cells[0]["summary"])).partition(":")[0])
     series = [(f"ceiling {strong}", first["ceiling"], "black")]
     colors = plt.cm.tab10(np.arange(len(cells)))
     series += [(f"W2S {c['label']}", c["curves"]["w2s"], col) for c, col in zip(cells, colors)]
@@ -290,11 +290,3 @@ def training_curves(records: list[dict], out_dir) -> list[Path]:
     ax.legend(fontsize=8)
     paths += _save(fig, Path(out_dir), f"{weak}_{strong}")
   return paths
-
-
-def _headline(curve: dict, split: str) -> str:
-  """The accuracy a chart plots: the table's first split's (class or token) accuracy."""
-  for name in (f"{split}/accuracy", f"{split}/token_accuracy"):
-    if name in curve:
-      return name
-  raise KeyError(f"training curve without an accuracy of {split!r}: {sorted(curve)}")

@@ -12,7 +12,7 @@ together under jax.vmap, as one compiled program.
 
 Stage outputs convert to and from flat named arrays (`arrays`, `from_arrays`)
 for the store (infra/store.py): eval scores under "eval:<key>", a
-classifier's predicted classes under "predicted:<split>", the training
+model's answers under "answers:<split>", the training
 curve under "curve:<name>" (curves.py).
 """
 
@@ -30,11 +30,26 @@ from w2s_jax.w2s import curves, metrics
 from w2s_jax.w2s.parts import Parts
 
 EVAL = "eval:"
-PREDICTED = "predicted:"
+ANSWERS = "answers:"
 
 
 def _eval_arrays(scores: dict) -> dict:
   return {EVAL + k: np.asarray(v) for k, v in scores.items()}
+
+
+def _answer_arrays(answers: dict) -> dict:
+  return {ANSWERS + k: np.asarray(v) for k, v in answers.items()}
+
+
+def _answers(arrays: dict) -> dict:
+  return {k[len(ANSWERS) :]: v for k, v in arrays.items() if k.startswith(ANSWERS)}
+
+
+def _answer_fields(parts: Parts) -> tuple[str, ...]:
+  """The answers a stored stage holds: every evaluation split's, where the task parses them."""
+  if parts.generative and parts.task.answers is None:
+    return ()
+  return tuple(ANSWERS + s for s in parts.task.eval_splits)
 
 
 def _eval_scores(arrays: dict) -> dict:
@@ -50,8 +65,8 @@ class WeakStage:
   labels: classification, its soft labels of train_w2s [seeds, N, classes];
   likelihood: classification, the pretrained weak LM's mean log-likelihood of
     each train_w2s text [N] (NaN for an encoder);
-  predictions: classification, its predicted class on each evaluation split
-    {split: [seeds, N]} (what a student's agreement is measured against);
+  answers: its answers on each evaluation split {split: [seeds, N, fields]}
+    (Evaluator.assess: what a student's agreement is measured against);
   curve: its training curve (curves.py; {} without one);
   responses, response_mask, logprobs: generation, its responses to train_w2s
     [seeds, N * weak_samples, max_new_tokens], prompt-major;
@@ -65,7 +80,7 @@ class WeakStage:
   scores: dict
   labels: np.ndarray | None = None
   likelihood: np.ndarray | None = None
-  predictions: dict = dataclasses.field(default_factory=dict)
+  answers: dict = dataclasses.field(default_factory=dict)
   curve: dict = dataclasses.field(default_factory=dict)
   responses: np.ndarray | None = None
   response_mask: np.ndarray | None = None
@@ -88,7 +103,7 @@ class WeakStage:
       "label_accuracy": self.label_accuracy,
       **self.curation,
       **_eval_arrays(self.scores),
-      **{PREDICTED + k: v for k, v in self.predictions.items()},
+      **_answer_arrays(self.answers),
       **self.curve,
     }
     for field in ("labels", "likelihood", "responses", "response_mask", "logprobs"):
@@ -99,11 +114,11 @@ class WeakStage:
   @classmethod
   def from_arrays(cls, arrays: dict, params=None) -> "WeakStage":
     known = {"label_accuracy", "labels", "likelihood", "responses", "response_mask", "logprobs"}
-    prefixed = (EVAL, PREDICTED, curves.PREFIX)
+    prefixed = (EVAL, ANSWERS, curves.PREFIX)
     return cls(
       **{k: arrays[k] for k in known if k in arrays},
       scores=_eval_scores(arrays),
-      predictions={k[len(PREDICTED) :]: v for k, v in arrays.items() if k.startswith(PREDICTED)},
+      answers=_answers(arrays),
       curve=curves.from_arrays(arrays),
       curation={k: v for k, v in arrays.items() if k not in known and not k.startswith(prefixed)},
       params=params,
@@ -112,7 +127,7 @@ class WeakStage:
   @staticmethod
   def fields(parts: Parts) -> tuple[str, ...]:
     """The arrays a stored weak stage of this experiment holds."""
-    evals = tuple(EVAL + k for k in parts.evaluator.eval_keys)
+    evals = tuple(EVAL + k for k in parts.evaluator.eval_keys) + _answer_fields(parts)
     curve = parts.evaluator.curve_names(agreement=False)
     if parts.generative:
       return (
@@ -124,8 +139,7 @@ class WeakStage:
         *evals,
         *curve,
       )
-    predicted = tuple(PREDICTED + s for s in parts.task.eval_splits)
-    return ("labels", "label_accuracy", "likelihood", *evals, *predicted, *curve)
+    return ("labels", "label_accuracy", "likelihood", *evals, *curve)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,15 +147,17 @@ class Evaluated:
   """A strong model's scores: {eval key: [seeds, N]}; after a filter, also how
   right the weak supervision it kept was, per seed; trained on weak labels
   (classification), its misfit to them on train_w2s, per seed
-  (metrics.misfit); and its training curve (curves.py; {} without one)."""
+  (metrics.misfit); its answers (Evaluator.assess) and its training curve
+  (curves.py; {} without one)."""
 
   scores: dict
   kept_label_accuracy: np.ndarray | None = None
   misfit: np.ndarray | None = None
+  answers: dict = dataclasses.field(default_factory=dict)
   curve: dict = dataclasses.field(default_factory=dict)
 
   def arrays(self) -> dict:
-    out = {**_eval_arrays(self.scores), **self.curve}
+    out = {**_eval_arrays(self.scores), **_answer_arrays(self.answers), **self.curve}
     if self.kept_label_accuracy is not None:
       out["kept_label_accuracy"] = np.asarray(self.kept_label_accuracy)
     return out
@@ -151,6 +167,7 @@ class Evaluated:
     return cls(
       scores=_eval_scores(arrays),
       kept_label_accuracy=arrays.get("kept_label_accuracy"),
+      answers=_answers(arrays),
       curve=curves.from_arrays(arrays),
     )
 
@@ -158,7 +175,7 @@ class Evaluated:
   def fields(parts: Parts) -> tuple[str, ...]:
     """A stored ceiling's arrays."""
     curve = parts.evaluator.curve_names(agreement=False)
-    return tuple(EVAL + k for k in parts.evaluator.eval_keys) + curve
+    return tuple(EVAL + k for k in parts.evaluator.eval_keys) + _answer_fields(parts) + curve
 
 
 def weak_stage(parts: Parts, size: str) -> WeakStage:
@@ -200,9 +217,11 @@ def weak_stage(parts: Parts, size: str) -> WeakStage:
       batch_size=cfg.eval_batch_size,
       mesh=parts.mesh,
     )
+    scores, answers = evaluator.assess(size, params)
     return WeakStage(
       label_accuracy=curation["response_correct"].mean(1),
-      scores=evaluator.evaluate(size, params),
+      scores=scores,
+      answers=answers,
       responses=tokens,
       response_mask=mask,
       logprobs=logprobs,
@@ -223,13 +242,13 @@ def weak_stage(parts: Parts, size: str) -> WeakStage:
     )
   else:  # an encoder has no LM head: a likelihood filter then says so (weak_curation.py)
     likelihood = np.full(len(labels[0]), np.nan, np.float32)
-  predictions = evaluator.predictions(size, params)
+  scores, answers = evaluator.assess(size, params)
   return WeakStage(
     label_accuracy=label_acc,
-    scores=evaluator.scores_of(predictions),
+    scores=scores,
     labels=labels,
     likelihood=likelihood,
-    predictions=predictions,
+    answers=answers,
     curve=curves.to_arrays(curve),
   )
 
@@ -252,7 +271,8 @@ def ceiling_stage(parts: Parts, size: str) -> Evaluated:
     f"ceiling {size} on ground truth",
     measure=parts.evaluator.curve_measure(size),
   )
-  return Evaluated(parts.evaluator.evaluate(size, params), curve=curves.to_arrays(curve))
+  scores, answers = parts.evaluator.assess(size, params)
+  return Evaluated(scores, answers=answers, curve=curves.to_arrays(curve))
 
 
 def w2s_stage(
@@ -314,7 +334,9 @@ def w2s_stage(
     finetune_cfg,
     teacher=teacher,
     # Its agreement with the weak model's predicted classes, as training goes.
-    measure=parts.evaluator.curve_measure(strong, reference=weak.predictions or None),
+    measure=parts.evaluator.curve_measure(
+      strong, reference=None if generative else {s: a[..., 0] for s, a in weak.answers.items()}
+    ),
   )
   kept = None
   if subsets is not None:  # how right the kept weak labels (or responses) are, per seed
@@ -328,8 +350,10 @@ def w2s_stage(
   if not generative:  # how far the student lands from the labels it was taught
     student = parts.evaluator.predict(strong, params, "train_w2s")
     misfit = metrics.misfit(student_probs=student, weak_probs=weak.labels)
+  scores, answers = parts.evaluator.assess(strong, params)
   return Evaluated(
-    parts.evaluator.evaluate(strong, params),
+    scores,
+    answers=answers,
     kept_label_accuracy=kept,
     misfit=misfit,
     curve=curves.to_arrays(curve),

@@ -145,6 +145,37 @@ def imitation_table(rows: list[dict], labels=("method",)) -> str:
   )
 
 
+def answer_imitation_table(rows: list[dict], labels=("method",)) -> str:
+  """A generative task's answer imitation (metrics.answer_imitation): over
+  every field, then the W2S student's copied errors field by field."""
+  rate = lambda r: (
+    f"{r['agreement']:.3f} / {r['agreement_weak_right']:.3f} / {r['agreement_weak_wrong']:.3f}"
+  )
+  lines = []
+  for r in rows:
+    answers = r["imitation"]["answers"]
+    copied = ", ".join(
+      f"{name} {v['agreement_weak_wrong']:.3f}" for name, v in answers["w2s"]["fields"].items()
+    )
+    lines.append(
+      [
+        *(str(r[label]) for label in labels),
+        rate(answers["w2s"]["all"]),
+        rate(answers["ceiling"]["all"]),
+        copied,
+      ]
+    )
+  return text_table(
+    (
+      *labels,
+      "W2S, same answer: all / weak right / weak wrong",
+      "ceiling, same answer: all / weak right / weak wrong",
+      "W2S copied errors per field",
+    ),
+    lines,
+  )
+
+
 def _models_lines(results: dict) -> list[str]:
   lines = []
   pairs = {(c["cell"]["weak"], c["cell"]["strong"]) for c in results["cells"]}
@@ -221,10 +252,25 @@ def format_results(results: dict) -> str:
     if all("imitation" in r for r in rows):
       lines.append(f"\n{key}: imitation (Burns et al. 2023, section 5), mean over runs")
       lines.append(imitation_table(rows, labels))
+    if all("answers" in r.get("imitation", {}) for r in rows):
+      lines.append(
+        f"\n{key}: the weak model's own answers given, mean over runs (a copied error "
+        "is the same wrong answer)"
+      )
+      lines.append(answer_imitation_table(rows, labels))
   if any(c.get("oracle") for c in cells):
     lines.append(oracle_table(cells, labels))
   lines.append(f"\ntotal {results['seconds']:.0f}s")
   return "\n".join(lines)
+
+
+def curve_accuracy(curve: dict, split: str) -> str:
+  """The accuracy a stored curve ({name: values}) has for a split: its
+  class accuracy, or a generative curve's token accuracy."""
+  for name in (f"{split}/accuracy", f"{split}/token_accuracy"):
+    if name in curve:
+      return name
+  raise KeyError(f"training curve without an accuracy of {split!r}: {sorted(curve)}")
 
 
 def oracle_table(cells: list[dict], labels=("method",)) -> str:
@@ -236,8 +282,8 @@ def oracle_table(cells: list[dict], labels=("method",)) -> str:
     oracle = c.get("oracle")
     if not oracle:
       continue
-    key = next(iter(c["summary"]))
-    weak = c["summary"][key]["weak"]["mean"]
+    # PGR from the curves' own measure (a generative curve's is teacher forced).
+    weak = oracle["weak"]["final"]
     w2s, ceiling = oracle["w2s"], oracle["ceiling"]
     gap = ceiling["final"] - weak
     pgr = lambda x: "-" if gap == 0 else f"{(x - weak) / gap:.2f}"
@@ -257,11 +303,13 @@ def oracle_table(cells: list[dict], labels=("method",)) -> str:
       ]
     )
   first = next(c for c in cells if c.get("oracle"))
-  key = next(iter(first["summary"]))
+  split = next(iter(first["summary"])).partition(":")[0]
+  name = curve_accuracy(first["curves"]["w2s"], split)
+  forced = " (teacher forced on the right responses)" if "token" in name else ""
   title = (
-    f"\n{key}: training curves (curves/), mean over runs: the final step, and the best "
-    "step ORACLE-picked on this split (Burns et al.'s early-stopping upper bound, "
-    "not an achievable result)"
+    f"\n{name}{forced}: training curves (curves/), mean over runs: the final step, and "
+    "the best step ORACLE-picked on this split (Burns et al.'s early-stopping upper "
+    "bound, not an achievable result)"
   )
   table = text_table(
     (
