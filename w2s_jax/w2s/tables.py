@@ -283,10 +283,10 @@ def oracle_table(cells: list[dict], labels=("method",)) -> str:
     if not oracle:
       continue
     # PGR from the curves' own measure (a generative curve's is teacher forced).
-    weak = oracle["weak"]["final"]
+    weak = oracle.get("weak", {}).get("final")  # a record from before weak curves: none
     w2s, ceiling = oracle["w2s"], oracle["ceiling"]
-    gap = ceiling["final"] - weak
-    pgr = lambda x: "-" if gap == 0 else f"{(x - weak) / gap:.2f}"
+    gap = None if weak is None else ceiling["final"] - weak
+    pgr = lambda x: "-" if not gap else f"{(x - weak) / gap:.2f}"
     named = {
       "method": c["label"],
       "weak model": c["cell"]["weak"],
