@@ -431,6 +431,14 @@ SLOW_VARIANTS = {
   ),
   r"configs/sst2_minilm\.py$": "the same run on files: configs/sst2_minilm.py:files=DIR",
   r"configs/sst2_minilm\.py:files=DIR,probe$": "the linear probe: tests/test_scale.py",
+  r"configs/sst2\.py:files=DIR$": (
+    "text files through the pipeline: configs/text.py's documented run and "
+    "tests/test_text_pipeline.py; the SST-2 TSV reader: tests/test_text_files.py"
+  ),
+  r"^python experiments/sweep\.py --config configs/generative_curation\.py$": (
+    "the generative filters through the W2S stage: tests/test_weak_curation.py "
+    "(its tiny config); the sweep engine: configs/sweep.py's documented run"
+  ),
 }
 
 
