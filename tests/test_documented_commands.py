@@ -435,6 +435,10 @@ SLOW_VARIANTS = {
     "text files through the pipeline: configs/text.py's documented run and "
     "tests/test_text_pipeline.py; the SST-2 TSV reader: tests/test_text_files.py"
   ),
+  r"^python experiments/sweep\.py --config configs/gpt2_sst2\.py:models=\$W2S_MODELS$": (
+    "imported GPT-2 checkpoints through the pipeline: tests/test_text_pipeline.py; "
+    "a sweep over imported models: configs/pythia_boolq.py's documented run"
+  ),
   r"^python experiments/sweep\.py --config configs/generative_curation\.py$": (
     "the generative filters through the W2S stage: tests/test_weak_curation.py "
     "(its tiny config); the sweep engine: configs/sweep.py's documented run"

@@ -61,6 +61,7 @@ SCRIPT = textwrap.dedent("""
     held = rss()
     host_memory.release_freed_memory()
     print(json.dumps({{"status": status, "faults_per_step": sorted(faults)[10],
+                      "faulting_steps": sum(f > 1000 for f in faults),
                       "grew_mib": grew / 2 ** 20, "steps_to_settle": steps_to_settle, "released_mib": (held - rss()) / 2 ** 20,
                       "checksum": checksum}}))
 """).format(root=str(ROOT))
@@ -87,7 +88,14 @@ def test_kept_memory_is_not_faulted_in_again_each_step():
   # pages); with it, the pages of earlier steps are reused.
   assert default["faults_per_step"] > 10_000, default
   assert kept["faults_per_step"] < 0.05 * default["faults_per_step"], (default, kept)
-  assert kept["grew_mib"] < 16, kept  # steady: the same pages, step after step
+  # Steady: the same pages, step after step. Every default step maps its
+  # scratch afresh; a kept heap at most rarely extends by one scratch block
+  # (host_memory's docstring: a long-lived output landing in freed scratch,
+  # as thread timing has it; seen on CI with two test workers), and grows by
+  # nothing else.
+  assert default["faulting_steps"] == 20, default
+  assert kept["faulting_steps"] <= 2, kept
+  assert kept["grew_mib"] < 16 + 140 * kept["faulting_steps"], kept
   assert default["checksum"] == kept["checksum"]  # where buffers live changes no number
   # What loop.fit does when its loop ends: the kept scratch pages go back.
   assert kept["released_mib"] > 32, kept

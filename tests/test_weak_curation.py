@@ -257,9 +257,9 @@ def test_criteria_of_the_other_kind_and_missing_samples_are_clear_errors():
 def test_stored_weak_stage_without_the_scores_is_recomputed(tmp_path):
   parts = types.SimpleNamespace(
     generative=True,
-    task=types.SimpleNamespace(answers=lambda t, m: t, answer_class=1),
+    task=types.SimpleNamespace(answers=lambda t, m: t, answer_class=1, eval_splits=("test",)),
     cfg=configs.load(TINY),
-    evaluator=types.SimpleNamespace(eval_keys=("test",)),
+    evaluator=types.SimpleNamespace(eval_keys=("test",), curve_names=lambda agreement: ()),
   )
   fields = stages.WeakStage.fields(parts)
   assert {
