@@ -201,3 +201,13 @@ def test_bad_num_labels_fails_before_reading(tmp_path, kwargs, match):
   # The file does not exist: the argument is checked before the file is opened.
   with pytest.raises(ValueError, match=match):
     read_text_file(tmp_path / "missing.tsv", **kwargs)
+
+
+def test_jsonl_text_may_hold_any_unicode_line_separator(tmp_path):
+  """U+2028, U+2029 and U+0085 are legal unescaped inside a JSON string; only
+  "\n" (or "\r\n") ends a JSON line."""
+  texts = ["a\u2028b", "c\u0085d", "e\u2029f\x1cg"]
+  body = "\r\n".join(json.dumps({"text": t, "label": 1}, ensure_ascii=False) for t in texts)
+  path = _write(tmp_path, "u.jsonl", body + "\n")
+  assert "\u2028" in path.read_text(encoding="utf-8")  # written raw, not escaped
+  assert read_text_file(path).text == texts

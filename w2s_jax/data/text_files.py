@@ -193,7 +193,10 @@ def _table_rows(
 
 
 def jsonl_rows(path, content: str) -> Iterator[tuple[int, dict]]:
-  for line, text in enumerate(content.splitlines(), start=1):
+  # JSON Lines end at "\n" only: str.splitlines() would also split at U+2028,
+  # U+0085 and the like, which a JSON string may hold unescaped.
+  for line, text in enumerate(content.split("\n"), start=1):
+    text = text.removesuffix("\r")
     if not text.strip():
       continue
     try:
