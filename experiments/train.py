@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from w2s_jax.infra import host_memory  # noqa: E402
 
 if __name__ == "__main__":
-  host_memory.keep_freed_memory()  # before JAX starts: see host_memory
+  host_memory.keep_freed_memory(by_default=False)  # before JAX starts: see host_memory
 
 from w2s_jax import cli  # noqa: E402
 from w2s_jax.infra import interrupts  # noqa: E402

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from w2s_jax.infra import host_memory  # noqa: E402
 
 if __name__ == "__main__":
-  host_memory.keep_freed_memory()  # before JAX starts: see host_memory
+  host_memory.keep_freed_memory(by_default=False)  # before JAX starts: see host_memory
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402

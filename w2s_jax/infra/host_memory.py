@@ -11,9 +11,21 @@ tensor by tensor, below glibc's mmap threshold, and reuses its pages.
 
 `keep_freed_memory()` tells glibc (mallopt) to serve every thread from the
 main heap, never to mmap, and not to return freed memory to the system on
-its own: the second step reuses the first step's pages. Entry points call it
-first thing under `if __name__ == "__main__"`: it must come before JAX
-creates its CPU backend (threads that already hold an arena keep it).
+its own: the second step reuses the first step's pages. It must come before
+JAX creates its CPU backend (threads that already hold an arena keep it), so
+it is called first thing under `if __name__ == "__main__"`.
+
+It pays only for large steps, and it costs small ones. One arena means one
+lock for every malloc of every thread, and XLA:CPU's runtime allocates from
+its worker threads all the time: the default experiment's 110K-parameter
+model pretrained 1.45x slower with kept memory (1500 steps: 40.6 and 47.5 s
+kept, 27.9 and 32.1 s not, alternating runs, identical losses), whereas the
+benchmark's 6 x 384 step ran 1.2 s -> 0.92-0.95 s with it (docs/performance.md).
+Hence two callers: the benchmarks of large steps (tools/bench_torch.py,
+tools/profile_step.py) keep memory unless W2S_JAX_KEEP_HOST_MEMORY=0; the
+experiments and the pipeline's benchmarks, whose models are small on a CPU,
+keep it only with W2S_JAX_KEEP_HOST_MEMORY=1 (`keep_freed_memory(by_default=False)`).
+On an accelerator none of this matters: the scratch lives on the device.
 
 The cost is memory: freed scratch stays resident, and one heap can
 fragment when workloads of different sizes interleave (a long-lived buffer
@@ -25,10 +37,11 @@ stages, memory is returned.
 Glibc's huge-page tunable (glibc.malloc.hugetlb=1, read at process start
 only) also cut the faults, 512-fold, but the pages are still zeroed on every
 step and in tools/bench_torch.py the step was slower than with kept memory
-(fwd+bwd 1613 vs 995-1013 ms); it is not used.
+(fwd+bwd 1613 vs 995-1013 ms); it is not used. Per-thread arenas with mmap
+off and trimming off do not keep the pages either (a thread's heap is
+unmapped when it empties): every step still faulted its scratch in.
 
-Opt out with W2S_JAX_KEEP_HOST_MEMORY=0. It changes no numbers, only where
-buffers live.
+It changes no numbers, only where buffers live.
 """
 
 import ctypes
@@ -72,16 +85,26 @@ def _backend_started() -> bool:
   return xla_bridge.backends_are_initialized()
 
 
-def keep_freed_memory() -> str:
-  """Applies the malloc settings above if it can; returns what happened, one
-  of "kept", "disabled by W2S_JAX_KEEP_HOST_MEMORY=0", "not glibc" or "too late"
-  (JAX's backend already started: a warning says so; nothing changes)."""
+def keep_freed_memory(*, by_default: bool = True) -> str:
+  """Applies the malloc settings above if asked and able; returns what
+  happened, one of "kept", "disabled by W2S_JAX_KEEP_HOST_MEMORY=0", "not
+  kept (...)", "not glibc" or "too late" (JAX's backend already started: a
+  warning says so; nothing changes).
+
+  by_default: whether to keep memory when W2S_JAX_KEEP_HOST_MEMORY is unset
+  (True for benchmarks of large steps, False for the experiments); "1"
+  keeps it and "0" does not, whatever the default."""
   global _status
   if _status == "kept":
     return _status
   libc = _glibc()
-  if os.environ.get(ENV, "1") == "0":
+  asked = os.environ.get(ENV, "")
+  if asked not in ("", "0", "1"):
+    raise ValueError(f"{ENV}={asked!r}: expected 1 (keep freed host memory) or 0 (do not)")
+  if asked == "0":
     _status = f"disabled by {ENV}=0"
+  elif asked == "" and not by_default:
+    _status = f"not kept (the default here: small steps run faster without it; {ENV}=1 keeps it)"
   elif libc is None:
     _status = "not glibc"
   elif _backend_started():
