@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from w2s_jax.infra import host_memory
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
@@ -114,3 +116,36 @@ def test_opt_out_and_too_late_change_nothing():
       and "before the first JAX computation" in (late["status"])
     )
     assert late["faults_per_step"] > 10_000
+
+
+def test_experiments_keep_memory_only_when_asked(monkeypatch):
+  # Decided before any malloc setting, so it can run in this process.
+  monkeypatch.setattr(host_memory, "_status", host_memory.status())  # restored afterwards
+  monkeypatch.delenv(host_memory.ENV, raising=False)
+  status = host_memory.keep_freed_memory(by_default=False)
+  assert status.startswith("not kept") and f"{host_memory.ENV}=1 keeps it" in status
+  monkeypatch.setenv(host_memory.ENV, "0")
+  assert host_memory.keep_freed_memory() == f"disabled by {host_memory.ENV}=0"
+  monkeypatch.setenv(host_memory.ENV, "yes")
+  with pytest.raises(ValueError, match=r"W2S_JAX_KEEP_HOST_MEMORY='yes': expected 1 .* or 0"):
+    host_memory.keep_freed_memory(by_default=False)
+
+
+def test_entry_points_keep_memory_by_the_rule():
+  """Experiments and the pipeline's benchmarks (small models on a CPU) keep
+  freed memory only when asked; the benchmarks of large steps by default."""
+  large_steps = {"tools/bench_torch.py", "tools/profile_step.py"}
+  callers = [
+    p
+    for p in [
+      *ROOT.glob("experiments/*.py"),
+      *ROOT.glob("tools/*.py"),
+      ROOT / "w2s_jax/__main__.py",
+    ]
+    if "keep_freed_memory(" in p.read_text()
+  ]
+  assert len(callers) >= 10
+  for p in callers:
+    name = str(p.relative_to(ROOT))
+    small = "keep_freed_memory(by_default=False)" in p.read_text()
+    assert small != (name in large_steps), name

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from w2s_jax.data.dataset import Dataset, shuffled_batches
-from w2s_jax.infra import checkpoints, configs, integrity, sharding
+from w2s_jax.infra import checkpoints, configs, integrity, locks, sharding
 from w2s_jax.infra.sharding import MeshConfig
 from w2s_jax.models import model_config, transformer
 from w2s_jax.training import loop, objectives, train
@@ -180,6 +180,46 @@ def test_corrupt_latest_train_checkpoint_falls_back_to_the_one_before(tmp_path, 
     resumed, start = _train(tmp_path / "cut", 9)
   assert start == 6  # the step-9 checkpoint was not trusted
   assert _same(resumed.params, whole.params)  # and training from 6 ends where it should
+
+
+def test_another_entry_copied_over_this_one_is_rebuilt_not_used(small, tmp_path):
+  """Issue 28's probe: another config's entry copied over pico-<key>. Each
+  entry records its name and key; a mismatch is corruption, named both ways."""
+  cfg, root, params, info = small
+  cache = tmp_path / "cache"
+  subprocess.run(["cp", "-r", str(root / "cache"), str(cache)], check=True)
+  entry = next(cache.glob("pico-*"))
+  other = dataclasses.replace(cfg, pretrain_seeds=(1,))
+  wanted = parts_lib.build(other, cache_dir=tmp_path / "c1", progress=False).models.get("pico")
+  target = next((tmp_path / "c1").glob("pico-*")).name
+  subprocess.run(["cp", "-r", str(entry), str(cache / target)], check=True)
+  with pytest.warns(UserWarning, match=f"it holds {entry.name}, this run asks for {target}"):
+    got = parts_lib.build(other, cache_dir=cache, progress=False).models.get("pico")
+  assert not got[2]["cached"] and _same(got[0], wanted[0]) and not _same(got[0], params)
+
+
+def test_a_read_only_cache_serves_complete_entries_without_a_lock(small, tmp_path, monkeypatch):
+  """Labs share caches read-only: a complete entry is read without taking
+  its write lock; building a missing one names the folder it cannot write."""
+  cfg, root, params, _ = small
+  cache = tmp_path / "cache"
+  subprocess.run(["cp", "-r", str(root / "cache"), str(cache)], check=True)
+  for lock in cache.glob(".*.lock"):
+    lock.unlink()
+  real_open = locks.os.open
+
+  def read_only(path, flags, *a):
+    if flags & locks.os.O_CREAT:
+      raise PermissionError(13, "Permission denied", str(path))
+    return real_open(path, flags, *a)
+
+  monkeypatch.setattr(locks.os, "open", read_only)
+  got = parts_lib.build(cfg, cache_dir=cache, progress=False).models.get("pico")
+  assert got[2]["cached"] and _same(got[0], params)
+  assert not list(cache.glob(".*.lock"))
+  other = dataclasses.replace(cfg, pretrain_seeds=(1,))
+  with pytest.raises(PermissionError, match=r"pico-\w+: cannot write here .*use a writable folder"):
+    parts_lib.build(other, cache_dir=cache, progress=False).models.get("pico")
 
 
 def test_checkpoint_of_another_model_is_refused_not_deleted(tmp_path):

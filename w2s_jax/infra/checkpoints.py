@@ -227,7 +227,13 @@ class PretrainedCache:
   def lock(self, name, key):
     return locks.exclusive(self.entry(name, key))
 
-  def load(self, name: str, key: str, like):
+  def load(self, name: str, key: str, like, *, repair: bool = True):
+    """(params, info) of a complete entry of this name and key, else (None,
+    None). An entry that holds another identity (copied over from another
+    entry, or written without one) is treated as corrupt: a warning naming
+    both identities, and it is rebuilt. repair=False (a read without the
+    entry's lock): a bad entry is left alone and silently reported absent,
+    for the caller to look again under the lock."""
     entry = self.entry(name, key)
     info_path = entry / "info.json"
     if not info_path.exists():
@@ -238,9 +244,19 @@ class PretrainedCache:
         raise CorruptFileError(
           info_path, "no params checksum (an entry written by an older w2s_jax cannot be verified)"
         )
+      held = (info.pop("entry_name", None), info.pop("entry_key", None))
+      if held != (name, key):
+        raise CorruptFileError(
+          info_path,
+          f"not the entry asked for: it holds {held[0]}-{held[1]}, this run asks for "
+          f"{name}-{key}"
+          + (" (an entry written by an older w2s_jax, without its key)" if held[1] is None else ""),
+        )
       params = load_params(entry / "params", like, info.pop("params_checksum"))
       return params, info
     except (CorruptFileError, FileNotFoundError) as err:
+      if not repair:
+        return None, None
       integrity.warn_rebuild(entry, f"corrupt cache entry ({err})", "deleting it to rebuild")
       if shd.is_main_process():
         (entry / "info.json").unlink(missing_ok=True)  # first: an entry without it is incomplete
@@ -252,4 +268,7 @@ class PretrainedCache:
     entry.mkdir(parents=True, exist_ok=True)
     checksum = save_params(entry / "params", params)
     if shd.is_main_process():
-      write_json_atomic(entry / "info.json", {**info, "params_checksum": checksum})
+      write_json_atomic(
+        entry / "info.json",
+        {**info, "params_checksum": checksum, "entry_name": name, "entry_key": key},
+      )

@@ -16,10 +16,52 @@ import dataclasses
 import hashlib
 import json
 import math
+from pathlib import Path
 
 KEY_SCHEME = 2  # 1: config reprs (w2s_jax before the subpackages)
 WHEN_SET = {"fingerprint": "when_set"}
 IGNORED = {"fingerprint": "ignored"}
+CONTENTS = {"fingerprint": "contents"}
+_CHUNK = 1 << 22
+_digests: dict = {}  # (path, size, mtime, inode) -> sha256: each file is read once per run
+
+
+def _file_digest(path: Path) -> str:
+  st = path.stat()
+  memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+  if memo not in _digests:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+      while chunk := f.read(_CHUNK):
+        h.update(chunk)
+    _digests[memo] = h.hexdigest()
+  return _digests[memo]
+
+
+def contents_digest(path) -> str:
+  """The sha256 of a file's bytes, or of a folder's files (their relative
+  paths and digests, sorted; hidden files and lock files left out). Each
+  file is read once per process while its size and mtime stay the same."""
+  path = Path(path)
+  if path.is_file():
+    return _file_digest(path)
+  h = hashlib.sha256()
+  for f in sorted(p for p in path.rglob("*") if p.is_file()):
+    rel = f.relative_to(path)
+    if any(part.startswith(".") for part in rel.parts) or f.suffix == ".lock":
+      continue
+    h.update(f"{rel.as_posix()}\0{_file_digest(f)}\n".encode())
+  return h.hexdigest()
+
+
+def _contents(value):
+  """A CONTENTS field's value with every string naming a file or folder
+  replaced by {"contents": its digest}."""
+  if isinstance(value, str) and value and Path(value).exists():
+    return {"contents": contents_digest(value)}
+  if isinstance(value, (tuple, list)):
+    return [_contents(v) for v in value]
+  return fingerprint(value)
 
 
 def fingerprint(value):
@@ -31,7 +73,7 @@ def fingerprint(value):
       mark = f.metadata.get("fingerprint")
       if mark == "ignored" or (mark == "when_set" and v == f.default):
         continue
-      out[f.name] = fingerprint(v)
+      out[f.name] = _contents(v) if mark == "contents" else fingerprint(v)
     name = getattr(type(value), "name", None)  # a loss's registered name (a ClassVar)
     if isinstance(name, str) and "name" not in out:
       out["name"] = name

@@ -31,8 +31,15 @@ def exclusive(path, *, wait: bool = True, say=print):
     return
   path = Path(path)
   lock_path = path.parent / f".{path.name}.lock"
-  lock_path.parent.mkdir(parents=True, exist_ok=True)
-  fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+  except PermissionError as err:
+    raise PermissionError(
+      f"{path}: cannot write here ({err.strerror}: {lock_path}), and what is stored there "
+      "is absent or incomplete, so it would have to be built; use a writable folder "
+      "(a read-only folder serves only complete entries)"
+    ) from None
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

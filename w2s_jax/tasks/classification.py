@@ -15,6 +15,7 @@ import numpy as np
 
 from w2s_jax.data import testbed, text_files, text_tasks, tokenize
 from w2s_jax.data.dataset import Dataset
+from w2s_jax.infra.fingerprint import CONTENTS, fingerprint
 from w2s_jax.models import inference, scoring
 from w2s_jax.tasks.base import BYTES, make_tokenizer, probe_batch, split_train
 
@@ -27,8 +28,9 @@ class TextTaskConfig:
   are the pretraining corpus of from-scratch models."""
 
   tfds_name: str | None = None  # a text_tasks TFDS task ("glue/sst2", "bool_q", ...)
-  train_file: str | None = None  # or local TSV/CSV/JSONL files with text and label fields
-  test_file: str | None = None
+  # or local TSV/CSV/JSONL files with text and label fields (keyed by their contents)
+  train_file: str | None = dataclasses.field(default=None, metadata=CONTENTS)
+  test_file: str | None = dataclasses.field(default=None, metadata=CONTENTS)
   tfds_train_split: str = "train"
   tfds_test_split: str = "validation"
   data_dir: str | None = None  # TFDS data directory; data is never downloaded at run time
@@ -36,7 +38,7 @@ class TextTaskConfig:
   label_field: str = "label"
   # "bytes"; "bpe:N", a byte-level BPE of N tokens learnt from the train texts;
   # or the path of a checkpoint's tokenizer.json
-  tokenizer: str = BYTES
+  tokenizer: str = dataclasses.field(default=BYTES, metadata=CONTENTS)
   max_len: int = 64
   # The train splits' length (None: max_len). SST-2's train phrases average 13
   # tokens, its dev sentences 25: a shorter train length cuts the padding a
@@ -86,11 +88,12 @@ class TextTaskConfig:
       )
 
   def corpus_fields(self) -> dict:
-    """What determines the pretraining corpus."""
+    """What determines the pretraining corpus (files by their contents)."""
     return {
       k: v
-      for k, v in dataclasses.asdict(self).items()
-      if k not in ("gt_examples", "w2s_examples", "test_examples", "balanced", "train_max_len")
+      for k, v in fingerprint(self).items()
+      if k
+      not in ("type", "gt_examples", "w2s_examples", "test_examples", "balanced", "train_max_len")
     }
 
   def split_len(self, split: str) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 
 from w2s_jax.data import gen_text, testbed
 from w2s_jax.data.dataset import Dataset
+from w2s_jax.infra.fingerprint import CONTENTS, fingerprint
 from w2s_jax.models import scoring
 from w2s_jax.tasks import classification, text_metrics
 from w2s_jax.tasks.base import make_tokenizer, probe_batch, split_train
@@ -196,8 +197,8 @@ class GenTextTaskConfig:
   from-scratch models."""
 
   tfds_name: str | None = None
-  train_file: str | None = None
-  test_file: str | None = None
+  train_file: str | None = dataclasses.field(default=None, metadata=CONTENTS)  # keyed by contents
+  test_file: str | None = dataclasses.field(default=None, metadata=CONTENTS)
   metric: str = "exact_match"  # files only (a TFDS task has its own); text_metrics.METRICS
   prompt_field: str = "prompt"
   response_field: str = "response"
@@ -209,7 +210,7 @@ class GenTextTaskConfig:
   tfds_train_split: str = "train"
   tfds_test_split: str | None = None  # None: "test" or "validation", whichever the task has
   data_dir: str | None = None
-  tokenizer: str = "bytes"  # as TextTaskConfig.tokenizer
+  tokenizer: str = dataclasses.field(default="bytes", metadata=CONTENTS)  # as TextTaskConfig
   max_prompt_len: int = 96
   max_response_len: int = 32
   overflow: str = "truncate"
@@ -248,10 +249,11 @@ class GenTextTaskConfig:
     return gen_text.metric_of(self.tfds_name) if self.tfds_name else self.metric
 
   def corpus_fields(self) -> dict:
+    """What determines the pretraining corpus (files by their contents)."""
     return {
       k: v
-      for k, v in dataclasses.asdict(self).items()
-      if k not in ("gt_examples", "w2s_examples", "test_examples", "metric")
+      for k, v in fingerprint(self).items()
+      if k not in ("type", "gt_examples", "w2s_examples", "test_examples", "metric")
     }
 
 

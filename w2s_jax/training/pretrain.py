@@ -154,7 +154,11 @@ def pretrained_model(
   )
   abstract = jax.eval_shape(init)
   like = checkpoints.abstract_like(abstract, shd.state_sharding(abstract, mesh))
-  # One process builds an entry; another run that wants it waits, then reads it.
+  # A complete entry is read without its lock (a read-only shared cache
+  # serves); otherwise one process builds it, and another that wants it waits, then reads it.
+  params, info = cache.load(size, key, like, repair=False)
+  if params is not None:
+    return params, model_cfg, {**info, "cached": True}
   with cache.lock(size, key):
     params, info = cache.load(size, key, like)
     if params is not None:

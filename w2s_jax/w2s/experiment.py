@@ -11,6 +11,7 @@ import dataclasses
 from w2s_jax.data import testbed
 from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.distributed import DistributedConfig
+from w2s_jax.infra.fingerprint import CONTENTS
 from w2s_jax.infra.sharding import MeshConfig
 from w2s_jax.models import hf_files, hf_import
 from w2s_jax.models.model_config import DTYPES, ModelConfig, decode_size
@@ -59,7 +60,7 @@ class ExperimentConfig:
   head_input: str = "lm_probs"  # ModelConfig.head_input; "hidden" as GPT2ForSequenceClassification
   # (name, local Hugging Face folder): models imported pretrained, named by
   # weak_size/strong_size, instead of pretrained here.
-  pretrained_dirs: tuple[tuple[str, str], ...] = ()
+  pretrained_dirs: tuple[tuple[str, str], ...] = dataclasses.field(default=(), metadata=CONTENTS)
   # How imported encoders pool ("mean", "cls"); None: as the folder declares
   # (1_Pooling/config.json), else BERT's pooler ("cls").
   pooling: str | None = None
