@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,24 @@ def test_rerun_resumes_without_training(run, monkeypatch):
 
   monkeypatch.setattr(supervision.Trainer, "tune", no_training)
   again = cascade_experiment.run(cfg, out_dir=out, cache_dir=tmp / "cache", progress=False)
+  assert json.dumps(again["summary"]) == json.dumps(results["summary"])  # NaN-safe
+
+
+def test_swapped_stage_files_are_computed_again_not_used(run, tmp_path):
+  """Issue 28's probe: two stage files of one folder swapped. Each holds its
+  stage's identity, compared on load: both are computed again, same results."""
+  cfg, tmp, out, results, _, _ = run
+  copy = tmp_path / "run"
+  shutil.copytree(out, copy)
+  folder = next((copy / "stages").glob("classification-*"))
+  weak, ceiling = folder / "weak-pico.npz", folder / f"ceiling-{cfg.strong_size}.npz"
+  weak_bytes, ceiling_bytes = weak.read_bytes(), ceiling.read_bytes()
+  weak.write_bytes(ceiling_bytes)
+  ceiling.write_bytes(weak_bytes)
+  with pytest.warns(UserWarning, match="not the stage this run asks for") as caught:
+    again = cascade_experiment.run(cfg, out_dir=copy, cache_dir=tmp / "cache", progress=False)
+  named = "\n".join(str(w.message) for w in caught)
+  assert "weak-pico.npz" in named and f"ceiling-{cfg.strong_size}.npz" in named
   assert json.dumps(again["summary"]) == json.dumps(results["summary"])  # NaN-safe
 
 

@@ -167,6 +167,19 @@ def test_rerun_of_a_finished_sweep_recomputes_nothing(tmp_path):
   assert stamp == cells() and len(stamp) == 2
   # The run record holds every cell's record, as stored.
   assert [c["id"] for c in again.results["cells"]] == [c.id for c in small.cells]
+  # Issue 28's probe: two cells' records swapped. Each holds its cell, compared
+  # with the cell asked for: both are computed again, and the rows stay put.
+  a, b = (tmp_path / "s" / "cells" / c.id / "results.json" for c in small.cells)
+  a_text, b_text = a.read_text(), b.read_text()
+  a.write_text(b_text)
+  b.write_text(a_text)
+  with pytest.warns(UserWarning, match="not the record this run asks for") as caught:
+    swapped = engine.run_sweep(
+      small, out_dir=tmp_path / "s", cache_dir=tmp_path / "c", progress=False
+    )
+  named = "\n".join(str(w.message) for w in caught)
+  assert all(c.id in named for c in small.cells)
+  assert json.dumps(swapped.rows) == json.dumps(rows)
 
 
 def test_sweep_directory_refuses_another_base_config(tmp_path):
