@@ -235,6 +235,27 @@ def test_swapped_stage_files_are_computed_again_not_used(run, tmp_path):
   assert json.dumps(again["summary"]) == json.dumps(results["summary"])  # NaN-safe
 
 
+def test_a_folder_of_another_cascade_config_is_refused_unless_overwrite(run, tmp_path):
+  """Issue 28: a second run with the same --out and another config replaced
+  results.json without a word."""
+  cfg, tmp, out, _, _, _ = run
+  copy = tmp_path / "run"
+  shutil.copytree(out, copy)
+  before = (copy / "results.json").read_bytes()
+  other = dataclasses.replace(cfg, target_fraction=0.9)  # not in any stage's key: nothing retrains
+  with pytest.raises(
+    ValueError, match=r"another config \(fields \['target_fraction'\].*--overwrite"
+  ):
+    cascade_experiment.run(other, out_dir=copy, cache_dir=tmp / "cache", progress=False)
+  assert (copy / "results.json").read_bytes() == before
+  again = cascade_experiment.run(
+    other, out_dir=copy, cache_dir=tmp / "cache", progress=False, overwrite=True
+  )
+  assert json.loads((copy / "results.json").read_text())["config"] == json.loads(
+    json.dumps(again["config"])
+  )
+
+
 def test_bad_config_fails_before_compute(run, tmp_path):
   cfg, tmp, _, _, _, _ = run
   with pytest.raises(

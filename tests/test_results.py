@@ -188,7 +188,7 @@ def test_prepare_out_dir_creates_parents_and_returns_absolute(tmp_path, monkeypa
   monkeypatch.chdir(tmp_path)
   out = files.prepare_out_dir("runs/a/b")
   assert out == tmp_path / "runs" / "a" / "b" and out.is_absolute() and out.is_dir()
-  assert list(out.iterdir()) == []  # the probe is gone
+  assert [p.name for p in out.iterdir()] == [files.OUT_MARK]  # the probe is gone; the mark stays
   assert files.prepare_out_dir(out) == out  # an existing folder is fine
 
 
@@ -259,54 +259,54 @@ def _dead_pid() -> int:
 
 
 def _temp_name(name, host, pid, rand="ab12cd_9"):
-  return f".{name}.{host}.pid{pid}.{rand}.tmp"
+  return f".{name}.{files.TEMP_MARK}.{host}.pid{pid}.{rand}.tmp"
 
 
-def test_atomic_write_temp_name_records_host_and_pid(tmp_path):
+def test_atomic_write_temp_name_records_marker_host_and_pid(tmp_path):
   with files.atomic_write(tmp_path / "results.json") as f:
     f.write("{}")
     (tmp,) = [p.name for p in tmp_path.iterdir()]
   host = files.host_token()
-  assert tmp.startswith(f".results.json.{host}.pid{os.getpid()}.") and tmp.endswith(".tmp")
-  assert "." not in host
+  assert tmp.startswith(f".results.json.w2s-jax-tmp.{host}.pid{os.getpid()}.")
+  assert tmp.endswith(".tmp") and "." not in host
   assert files.TEMP_NAME.match(tmp)["pid"] == str(os.getpid())
   assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
-def test_remove_stale_temp_files_removes_only_dead_writers_on_this_host(tmp_path):
+def test_a_write_removes_only_its_own_files_dead_writers_on_this_host(tmp_path):
+  """Issue 28's decoy probe: nothing but this project's temp files of the
+  file being written, in its own folder, is ever removed."""
   host, dead = files.host_token(), _dead_pid()
-  sub = tmp_path / "cell" / "seed0"
-  sub.mkdir(parents=True)
-  stale = [
-    sub / _temp_name("preds.npz", host, dead),
-    tmp_path / _temp_name("sweep.jsonl", host, dead),
-    tmp_path / ".old.results.json.k2j4h5l1.tmp",
-  ]  # old naming, two hours old
+  sub = tmp_path / "cell"
+  sub.mkdir()
+  stale = tmp_path / _temp_name("results.json", host, dead)
   kept = [
     tmp_path / _temp_name("results.json", host, os.getpid()),  # live writer
-    sub / _temp_name("results.json", "other-host", dead),  # another host
-    tmp_path / ".fresh.json.a1b2c3d4.tmp",  # old naming, fresh
-    tmp_path / ".notes.tmp",  # not ours
-    tmp_path / "results.json",
-    tmp_path / f"{_temp_name('x', host, dead)[1:]}",
-  ]  # no leading dot
-  for p in stale + kept:
+    tmp_path / _temp_name("results.json", "other-host", dead),  # another host
+    tmp_path / _temp_name("sweep.jsonl", host, dead),  # another file's: its own write cleans it
+    sub / _temp_name("results.json", host, dead),  # another folder: never walked
+    tmp_path / ".chapter3.autosave.tmp",  # a user's, in the naming before the marker
+    tmp_path / f".results.json.{host}.pid{dead}.ab12cd_9.tmp",  # no marker: not provably ours
+    tmp_path / ".notes.tmp",
+  ]
+  for p in [stale, *kept]:
     p.write_text("x")
   two_hours_ago = time.time() - 7200
-  os.utime(stale[2], (two_hours_ago, two_hours_ago))
-  removed = files.remove_stale_temp_files(tmp_path)
-  assert sorted(removed) == sorted(stale)
-  assert not any(p.exists() for p in stale)
+  for p in kept:
+    os.utime(p, (two_hours_ago, two_hours_ago))
+  with files.atomic_write(tmp_path / "results.json") as f:
+    f.write("{}")
+  assert not stale.exists()
   assert all(p.exists() for p in kept)
-  assert files.remove_stale_temp_files(tmp_path) == []
+  assert files.remove_stale_temps_of(tmp_path / "results.json") == []
 
 
-def test_remove_stale_temp_files_of_a_killed_writer(tmp_path):
-  """End to end: a run killed inside atomic_write leaves its temp file; cleanup finds it."""
+def test_the_next_write_removes_a_killed_writers_temp_file(tmp_path):
+  """End to end: a run killed inside atomic_write leaves its temp file; the
+  next write of that file removes it."""
   code = textwrap.dedent(f"""
     import sys, time
     from w2s_jax.infra import files
-    from w2s_jax.w2s import tables
     with files.atomic_write({str(tmp_path / "results.json")!r}) as f:
       f.write("partial")
       print("writing", flush=True)
@@ -323,27 +323,51 @@ def test_remove_stale_temp_files_of_a_killed_writer(tmp_path):
     assert proc.stdout.readline().strip() == "writing"
     (tmp,) = list(tmp_path.iterdir())
     assert f".pid{proc.pid}." in tmp.name
-    assert files.remove_stale_temp_files(tmp_path) == []  # writer alive: kept
+    assert files.remove_stale_temps_of(tmp_path / "results.json") == []  # writer alive: kept
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
   finally:
     proc.kill()
     proc.stdout.close()
   assert tmp.exists() and not (tmp_path / "results.json").exists()
-  assert files.remove_stale_temp_files(tmp_path) == [tmp]
-  assert list(tmp_path.iterdir()) == []
+  files.write_json_atomic(tmp_path / "results.json", {})
+  assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
-def test_remove_stale_temp_files_missing_or_not_a_directory(tmp_path):
-  assert files.remove_stale_temp_files(tmp_path / "nope") == []
-  (tmp_path / "f").write_text("x")
-  with pytest.raises(NotADirectoryError, match=r"f' is not a directory"):
-    files.remove_stale_temp_files(tmp_path / "f")
+def test_remove_stale_temps_of_a_missing_folder(tmp_path):
+  assert files.remove_stale_temps_of(tmp_path / "nope" / "results.json") == []
+
+
+def test_out_refuses_home_root_and_a_folder_of_other_files(tmp_path, monkeypatch):
+  """Issue 28: `--out ~` would have put results among the user's files."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  (tmp_path / "home").mkdir()
+  with pytest.raises(ValueError, match=r"^--out .*/home: is your home folder; expected"):
+    files.prepare_out_dir(tmp_path / "home")
+  with pytest.raises(ValueError, match=r"^--out /: is the root folder"):
+    files.prepare_out_dir("/")
+  thesis = tmp_path / "thesis"
+  thesis.mkdir()
+  (thesis / "chapter3.tex").write_text("x")
+  with pytest.raises(FileExistsError, match=r"thesis: holds 1 entries \(chapter3.tex\) and no run"):
+    files.prepare_out_dir(thesis)
+  assert sorted(p.name for p in thesis.iterdir()) == ["chapter3.tex"]
+  # New, empty, marked, or holding a run from before the marker: all fine.
+  for folder, content in [("new", None), ("empty", ""), ("old", "results.json")]:
+    if content is not None:
+      (tmp_path / folder).mkdir()
+      if content:
+        (tmp_path / folder / content).write_text("{}")
+    out = files.prepare_out_dir(tmp_path / folder)
+    assert (out / files.OUT_MARK).is_file()
+    (out / "notes.txt").write_text("the user's own note beside the results")
+    assert files.prepare_out_dir(out) == out  # marked: the run's folder
 
 
 def test_host_token_is_one_name_field(monkeypatch):
   monkeypatch.setattr(socket, "gethostname", lambda: "node-7.cluster.example.org")
   assert files.host_token() == "node-7_cluster_example_org"
   name = files.temp_prefix("results.json") + "abcd1234.tmp"
+  assert files.TEMP_MARK in name
   m = files.TEMP_NAME.match(name)
   assert m["host"] == "node-7_cluster_example_org" and m["name"] == "results.json"

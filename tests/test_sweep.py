@@ -191,13 +191,25 @@ def test_sweep_directory_refuses_another_base_config(tmp_path):
     progress=False,
   )
   other = configs.load_sweep(TINY + ",seeds=2")
-  with pytest.raises(ValueError, match="another base config.*seeds"):
+  with pytest.raises(
+    ValueError, match=r"another config \(fields \['seeds'\] differ\).*--overwrite"
+  ):
     engine.run_sweep(
       sweep_grid.SweepConfig(other.base, other.cells[:1]),
       out_dir=tmp_path / "s",
       cache_dir=tmp_path / "c",
       progress=False,
     )
+  stored = (tmp_path / "s" / "sweep.json").read_text()
+  assert '"seeds"' in stored  # refused: the folder still names the first config
+  rows = engine.run_sweep(
+    sweep_grid.SweepConfig(other.base, other.cells[:1]),
+    out_dir=tmp_path / "s",
+    cache_dir=tmp_path / "c",
+    progress=False,
+    overwrite=True,
+  ).rows
+  assert (tmp_path / "s" / "sweep.json").read_text() != stored and len(rows) == 1
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,12 @@ def parser() -> argparse.ArgumentParser:
       help="override a config field, e.g. finetune.lr=1e-4 (repeatable)",
     )
     p.add_argument("--out", default=None, help="output folder (default runs/<config name>)")
+    if name in ("run", "sweep", "cascade"):
+      p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="run in an --out holding another config's results (refused otherwise)",
+      )
     configs.add_run_args(p)
     if name == "filter-corpus":
       p.add_argument("--keep", type=float, default=0.8, help="keep fraction for the strong corpus")
@@ -119,12 +125,16 @@ def main(argv=None) -> None:
   out = Path(args.out or default_out)
   main_process = sharding.is_main_process()
   if args.command == "run":
-    results = engine.run_experiment(cfg, out_dir=out, cache_dir=args.cache, progress=progress)
+    results = engine.run_experiment(
+      cfg, out_dir=out, cache_dir=args.cache, progress=progress, overwrite=args.overwrite
+    )
     if main_process:
       print(tables.format_results(results))
       print(f"\nwrote {out / 'results.json'}")
   elif args.command == "sweep":
-    outcome = engine.run_sweep(cfg, out_dir=out, cache_dir=args.cache, progress=progress)
+    outcome = engine.run_sweep(
+      cfg, out_dir=out, cache_dir=args.cache, progress=progress, overwrite=args.overwrite
+    )
     if main_process:
       print(tables.sweep_table(outcome.rows))
       print(
@@ -132,7 +142,9 @@ def main(argv=None) -> None:
         f"python tools/sweep_report.py {out}"
       )
   elif args.command == "cascade":
-    results = cascade.run(cfg, out_dir=out, cache_dir=args.cache, progress=progress)
+    results = cascade.run(
+      cfg, out_dir=out, cache_dir=args.cache, progress=progress, overwrite=args.overwrite
+    )
     if main_process:
       print(cascade_summary.format_results(results))
       print(

@@ -13,6 +13,7 @@ summaries and the chart.
 """
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -22,9 +23,9 @@ from tqdm.auto import tqdm
 from w2s_jax.cascade import per_query, summary
 from w2s_jax.cascade.per_query import TASKS, calibration_split
 from w2s_jax.infra import sharding as shd
-from w2s_jax.infra.files import prepare_out_dir, remove_stale_temp_files, write_json_atomic
+from w2s_jax.infra.files import prepare_out_dir, write_json_atomic
 from w2s_jax.infra.fingerprint import KEY_SCHEME, digest, fingerprint
-from w2s_jax.infra.store import Store
+from w2s_jax.infra.store import Store, claim_folder
 from w2s_jax.models.flops import model_flops
 from w2s_jax.models.model_config import decode_size
 from w2s_jax.w2s import parts as parts_lib
@@ -226,10 +227,13 @@ def _models(parts: Parts, cfg) -> dict:
   return out
 
 
-def run(cfg: CascadeConfig, *, out_dir, cache_dir, progress: bool = True) -> dict:
+def run(
+  cfg: CascadeConfig, *, out_dir, cache_dir, progress: bool = True, overwrite: bool = False
+) -> dict:
   """Every stage (stored ones loaded), then out_dir/per_query.csv,
   accuracy_vs_cost.png and results.json. Returns the results. Configs, the
-  output folder and the calibration slice are checked before any training."""
+  output folder and the calibration slice are checked before any training;
+  a folder holding another cascade config's results is refused unless overwrite."""
   started = time.perf_counter()
   kinds = tuple(cfg.experiments())
   for kind in kinds:
@@ -242,7 +246,13 @@ def run(cfg: CascadeConfig, *, out_dir, cache_dir, progress: bool = True) -> dic
       calibration_split(len(parts.task.splits["train_gt"]), cfg.calibration_examples)
     all_parts[kind] = parts
   out_dir = prepare_out_dir(out_dir)
-  remove_stale_temp_files(out_dir)  # left by a run killed inside a write
+  claim_folder(
+    out_dir,
+    record="cascade.json",
+    identity={"key_scheme": KEY_SCHEME, **json.loads(json.dumps(fingerprint(cfg)))},
+    what="a cascade",
+    overwrite=overwrite,
+  )
   bar = tqdm(
     total=len(kinds) * (2 * len(cfg.weak_sizes) + 1),
     desc="cascade stages",

@@ -5,9 +5,12 @@ then renamed over it, so a reader or a killed run never sees half a file. The
 final file gets the mode a plain `open(path, "w")` would give (0o666 & ~umask),
 so a shared results folder stays readable by the lab.
 
-Temp files are named `.<name>.<host>.pid<pid>.<random>.tmp`, so that
-`remove_stale_temp_files` can tell the leftovers of a killed writer (same host,
-PID gone) from the file of a writer still at work.
+Temp files are named `.<name>.w2s-jax-tmp.<host>.pid<pid>.<random>.tmp`: the
+marker is a name only this project writes, and host and PID let the next write
+of the same file tell the leftover of a killed writer (same host, PID gone)
+from the file of a writer still at work (`remove_stale_temps_of`). Nothing
+else is ever deleted, and no folder tree is walked: a user's `.notes.tmp` or
+`.chapter3.autosave.tmp` is never touched.
 """
 
 import contextlib
@@ -19,26 +22,18 @@ import re
 import socket
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tensorflow-datasets")
 
 
-# Temp files in the naming used before the writer's host and PID were recorded
-# (`.<name>.<8 random>.tmp`) are removed by remove_stale_temp_files once they are
-# this old. Their writer cannot be checked; atomic_write keeps a temp file only for
-# the seconds a write takes, and a file still being written has a fresh mtime, so an
-# hour-old one is a leftover of a killed run.
-OLD_TEMP_MAX_AGE_S = 3600.0
-
 _TEMP_SUFFIX = ".tmp"
+TEMP_MARK = "w2s-jax-tmp"  # in every temp file name this project writes, and in no other
 # tempfile's random names: 8 characters of [a-z0-9_].
 TEMP_NAME = re.compile(
-  r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)\.pid(?P<pid>\d+)"
+  rf"^\.(?P<name>.+)\.{TEMP_MARK}\.(?P<host>[A-Za-z0-9_-]+)\.pid(?P<pid>\d+)"
   r"\.[a-z0-9_]+\.tmp$"
 )
-OLD_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 _PROC_STATUS = "/proc/self/status"
 _umask_lock = threading.Lock()
 
@@ -73,7 +68,7 @@ def host_token() -> str:
 
 def temp_prefix(name: str) -> str:
   # The name is cut so the whole temp name stays well under the usual 255-byte limit.
-  return f".{name[:120]}.{host_token()}.pid{os.getpid()}."
+  return f".{name[:120]}.{TEMP_MARK}.{host_token()}.pid{os.getpid()}."
 
 
 @contextlib.contextmanager
@@ -83,6 +78,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w"):
   never a partial one. The new file's mode is 0o666 & ~umask, as with open()."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
+  remove_stale_temps_of(path)  # a killed writer's leftover of this very file
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=_TEMP_SUFFIX)
   try:
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0o600: unreadable to the lab
@@ -110,30 +106,72 @@ def _oserror(e: OSError, message: str) -> OSError:
     return OSError(message)
 
 
+OUT_MARK = ".w2s-jax-out"  # written in every output folder this project prepares
+# What a run of this project leaves at the top of its folder (folders from
+# before OUT_MARK was written are recognised by these).
+RUN_FILES = (
+  "results.json",
+  "sweep.json",
+  "cascade.json",
+  "sweep.jsonl",
+  "per_query.csv",
+  "stages",
+  "cells",
+  "shared",
+  "checkpoints",
+  "params",
+)
+
+
+def _check_out_folder(p: Path, label: str) -> None:
+  """An output folder is new, empty, or one this project wrote: never a home
+  folder, the root, or someone's folder of other files."""
+  resolved = Path(os.path.abspath(p)).resolve()
+  if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+    raise ValueError(
+      f"{label}: is {'the root folder' if resolved == Path(resolved.anchor) else 'your home folder'}; "
+      "expected a folder of its own for the run's results (e.g. runs/NAME)"
+    )
+  if not p.is_dir():
+    return
+  entries = {e.name for e in p.iterdir()}
+  if entries and OUT_MARK not in entries and not entries & set(RUN_FILES):
+    shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+    raise FileExistsError(
+      f"{label}: holds {len(entries)} entries ({shown}) and no run of w2s_jax; "
+      "expected a new or empty folder, or one a run wrote (it is left as it is)"
+    )
+
+
 def prepare_out_dir(path: str | os.PathLike, *, what: str = "--out") -> Path:
   """Creates the output folder (and its parents) and proves it writable; returns it absolute.
 
-  Call it before any compute, so that an unwritable folder (permissions, read-only
+  A folder that is the root, the home folder, or non-empty without a run of
+  this project in it is refused (ValueError, FileExistsError), so results
+  never mix with a user's files. Call it before any compute, so that an unwritable folder (permissions, read-only
   file system, full disk) or a path naming an existing file fails at once rather
   than when the first result is written. A small probe file is written and
   removed; it is named like atomic_write's temp files, so a run killed in between
-  leaves nothing that remove_stale_temp_files would not clean up. `what` names the
+  leaves nothing that the next probe would not clean up. `what` names the
   folder in errors, e.g. "--out runs/x: is an existing file, expected a directory".
   """
   label = f"{what} {os.fspath(path)}" if what else os.fspath(path)
   p = Path(path)
+  probe_name = "w2s-write-probe"
   try:
     is_file = p.exists() and not p.is_dir()
   except OSError as e:  # e.g. a parent folder that may not be searched
     raise _oserror(e, f"{label}: cannot be checked ({type(e).__name__}: {e})") from e
   if is_file:
     raise NotADirectoryError(f"{label}: is an existing file, expected a directory")
+  _check_out_folder(p, label)
   try:
     p.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise _oserror(e, f"{label}: cannot create the directory ({type(e).__name__}: {e})") from e
+  remove_stale_temps_of(p / probe_name)
   try:
-    fd, probe = tempfile.mkstemp(dir=p, prefix=temp_prefix("w2s-write-probe"), suffix=_TEMP_SUFFIX)
+    fd, probe = tempfile.mkstemp(dir=p, prefix=temp_prefix(probe_name), suffix=_TEMP_SUFFIX)
     try:
       with os.fdopen(fd, "wb") as f:
         f.write(b"w2s-jax write probe\n")
@@ -141,6 +179,9 @@ def prepare_out_dir(path: str | os.PathLike, *, what: str = "--out") -> Path:
         os.fsync(f.fileno())
     finally:
       Path(probe).unlink(missing_ok=True)
+    if not (p / OUT_MARK).exists():
+      with atomic_write(p / OUT_MARK) as f:
+        f.write("w2s_jax writes its results in this folder\n")
   except OSError as e:
     raise _oserror(e, f"{label}: not writable ({type(e).__name__}: {e})") from e
   return Path(os.path.abspath(p))
@@ -159,49 +200,38 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
-def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-  """Deletes atomic_write temp files, anywhere under `directory`, whose writer is gone.
+def remove_stale_temps_of(path: str | os.PathLike) -> list[Path]:
+  """Deletes the temp files atomic_write left for `path` in its folder when
+  their writer is gone; returns them.
 
-  A temp file `.<name>.<host>.pid<pid>.<random>.tmp` is removed when <host> is
-  this host and no process <pid> is alive here. Files of another host (its PIDs
-  cannot be checked from here) or of a live PID are kept; a PID reused by an
-  unrelated process only keeps a leftover longer. Files in the older naming
-  `.<name>.<random>.tmp`, whose writer is unknown, are removed once older than
-  OLD_TEMP_MAX_AGE_S (one hour). Other files are never touched. Symlinked folders
-  are not followed. Returns the removed paths; a folder that does not exist has none.
+  Only names `.<path's name>.w2s-jax-tmp.<host>.pid<pid>.<random>.tmp` are
+  considered (the marker is this project's alone), only in path's own
+  folder (no tree is walked), and only when <host> is this host and no
+  process <pid> is alive here. Files of another host (its PIDs cannot be
+  checked from here) or of a live PID are kept; a PID reused by an
+  unrelated process only keeps a leftover longer. Symlinks are never removed.
 
-  Limitation: two containers sharing a host name and a results folder but not a
-  PID namespace see each other's writers as dead. Call this at the start of a
-  run, never while another run on this host may be writing with the same host name
-  from another PID namespace.
+  Limitation: two containers sharing a host name and a results folder but not
+  a PID namespace see each other's writers as dead.
   """
-  directory = Path(directory)
-  if not directory.exists():
+  path = Path(path)
+  prefix = f".{path.name[:120]}.{TEMP_MARK}."
+  try:
+    candidates = [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
+  except (FileNotFoundError, NotADirectoryError):
     return []
-  if not directory.is_dir():
-    raise NotADirectoryError(f"remove_stale_temp_files: {str(directory)!r} is not a directory")
-  host, now, removed = host_token(), time.time(), []
-  for root, _, files in os.walk(directory):
-    for name in files:
-      if not (name.startswith(".") and name.endswith(_TEMP_SUFFIX)):
-        continue
-      path = Path(root) / name
-      new = TEMP_NAME.match(name)
-      if new:
-        stale = new["host"] == host and not _pid_alive(int(new["pid"]))
-      elif OLD_TEMP_NAME.match(name):
-        try:
-          stale = now - path.lstat().st_mtime > OLD_TEMP_MAX_AGE_S
-        except FileNotFoundError:
-          continue
-      else:
-        continue
-      if stale and path.is_file() and not path.is_symlink():
-        try:
-          path.unlink()
-        except FileNotFoundError:  # another cleaner was first
-          continue
-        removed.append(path)
+  host, removed = host_token(), []
+  for p in candidates:
+    m = TEMP_NAME.match(p.name)
+    if not m or m["name"] != path.name[:120] or m["host"] != host or _pid_alive(int(m["pid"])):
+      continue
+    if p.is_symlink() or not p.is_file():
+      continue
+    try:
+      p.unlink()
+    except FileNotFoundError:  # another cleaner was first
+      continue
+    removed.append(p)
   return removed
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from w2s_jax.infra import integrity, locks
+from w2s_jax.infra.files import write_json_atomic
 
 IDENTITY = "_identity"
 
@@ -140,3 +141,26 @@ class Store:
         record = compute()
         self.save_record(name, record, identity=identity)
     return record
+
+
+def claim_folder(
+  folder: Path, *, record: str, identity: dict, what: str, overwrite: bool = False, extra=None
+) -> None:
+  """folder/record says which config a folder's results belong to; a folder
+  holding another config's results is refused (a ValueError naming the fields
+  that differ), unless overwrite, which hands the folder to this config.
+
+  identity: JSON data of the config (compared field by field); extra: more
+  data stored beside it, not compared."""
+  path = Path(folder) / record
+  with locks.exclusive(path):
+    if path.exists() and not overwrite:
+      previous = integrity.read_json(path, f"{what} config")
+      if previous.get("identity") != identity:
+        old = previous.get("identity") or {}
+        changed = sorted(k for k in set(identity) | set(old) if identity.get(k) != old.get(k))
+        raise ValueError(
+          f"{folder}: holds the results of {what} with another config (fields {changed} "
+          "differ), which this run would replace; use another --out, or pass --overwrite"
+        )
+    write_json_atomic(path, {"identity": identity, **(extra or {})})

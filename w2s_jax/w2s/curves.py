@@ -28,7 +28,7 @@ import numpy as np
 
 from w2s_jax.data.dataset import padded_batches
 from w2s_jax.infra import sharding as shd
-from w2s_jax.infra.files import atomic_write
+from w2s_jax.infra.files import TEMP_MARK, atomic_write
 from w2s_jax.models import sampling
 from w2s_jax.models.transformer import Transformer
 from w2s_jax.tasks import layout
@@ -312,7 +312,7 @@ def write(folder, runs: dict) -> list[Path]:
           f"curves: {str(target)!r} exists without a curve.jsonl: it was not "
           "written here, so it is left alone; move it away"
         )
-      staging = target.with_name(target.name + ".tmp")
+      staging = target.with_name(f".{target.name}.{TEMP_MARK}")  # a name only we write
       shutil.rmtree(staging, ignore_errors=True)
       staging.mkdir(parents=True)
       writer = Writer(str(staging))

@@ -40,11 +40,10 @@ from w2s_jax.infra.files import (
   atomic_write,
   package_versions,
   prepare_out_dir,
-  remove_stale_temp_files,
   write_json_atomic,
 )
 from w2s_jax.infra.fingerprint import KEY_SCHEME, digest, fingerprint
-from w2s_jax.infra.store import Store
+from w2s_jax.infra.store import Store, claim_folder
 from w2s_jax.models.transformer import count_params
 from w2s_jax.training.finetune import seed_stacked_abstract
 from w2s_jax.w2s import curves, records, report, stages
@@ -184,39 +183,28 @@ def _write_jsonl_atomic(path: Path, rows: list[dict]):
     f.writelines(json.dumps(row, allow_nan=True) + "\n" for row in rows)
 
 
-def _claim_folder(out: Path, sweep: SweepConfig) -> None:
-  """sweep.json names the sweep a folder holds; another sweep's folder is refused."""
-  base = json.loads(json.dumps(fingerprint(sweep.base)))
-  with locks.exclusive(out / "sweep.json"):
-    if (out / "sweep.json").exists():
-      previous = integrity.read_json(out / "sweep.json", "sweep config")
-      if previous.get("key_scheme") != KEY_SCHEME:
-        raise ValueError(
-          f"sweep directory {str(out)!r} was written by an older w2s_jax, whose "
-          "stages and cells are keyed differently: its results stay as they are; "
-          "use another --out"
-        )
-      if previous.get("base") != base:
-        old = previous.get("base") or {}
-        changed = sorted(k for k in set(base) | set(old) if base.get(k) != old.get(k))
-        raise ValueError(
-          f"sweep directory {str(out)!r} holds a sweep with another base config "
-          f"(fields {changed} differ): its finished work does not apply; "
-          f"use another --out"
-        )
-    write_json_atomic(
-      out / "sweep.json",
-      {
-        "key_scheme": KEY_SCHEME,
-        "base": base,
-        "cells": [fingerprint(c) for c in sweep.cells],
-        "versions": package_versions(),
-      },
-    )
+def _claim_folder(out: Path, sweep: SweepConfig, overwrite: bool) -> None:
+  """sweep.json names the sweep a folder holds; another sweep's folder is
+  refused (unless overwrite). The key scheme is part of what is compared: a
+  folder written by an older w2s_jax, keyed differently, is another config."""
+  claim_folder(
+    out,
+    record="sweep.json",
+    identity={"key_scheme": KEY_SCHEME, **json.loads(json.dumps(fingerprint(sweep.base)))},
+    what="a sweep",
+    overwrite=overwrite,
+    extra={"cells": [fingerprint(c) for c in sweep.cells], "versions": package_versions()},
+  )
 
 
 def run_sweep(
-  sweep: SweepConfig, *, out_dir, cache_dir=None, progress: bool = True, config=None
+  sweep: SweepConfig,
+  *,
+  out_dir,
+  cache_dir=None,
+  progress: bool = True,
+  config=None,
+  overwrite: bool = False,
 ) -> Outcome:
   """Runs every unfinished cell of a sweep, resumably (the module docstring).
 
@@ -240,8 +228,7 @@ def run_sweep(
   )
   sizes = list(dict.fromkeys(size for cell in sweep.cells for size in (cell.weak, cell.strong)))
   parts.check(sizes)
-  _claim_folder(out, sweep)
-  remove_stale_temp_files(out)  # left by writers killed before their rename
+  _claim_folder(out, sweep, overwrite)
   engine = Engine(parts, out)
   jsonl = out / "sweep.jsonl"
 
@@ -312,7 +299,9 @@ def run_sweep(
   return Outcome(rows=[done[c.id][0] for c in sweep.cells], records=cells, results=results)
 
 
-def run_experiment(cfg: ExperimentConfig, *, out_dir, cache_dir, progress: bool = True) -> dict:
+def run_experiment(
+  cfg: ExperimentConfig, *, out_dir, cache_dir, progress: bool = True, overwrite: bool = False
+) -> dict:
   """One experiment: the sweep of its weak and strong pair over its losses.
 
   Args:
@@ -320,10 +309,16 @@ def run_experiment(cfg: ExperimentConfig, *, out_dir, cache_dir, progress: bool 
     out_dir: its folder (the layout of a sweep's; results.json at the end).
     cache_dir: the pretrained-model cache, shared between runs.
     progress: show progress bars.
+    overwrite: run in a folder that holds another config's results (refused otherwise).
 
   Returns:
     The run record written to out_dir/results.json (docs/outputs.md).
   """
   return run_sweep(
-    single_cell_sweep(cfg), out_dir=out_dir, cache_dir=cache_dir, progress=progress, config=cfg
+    single_cell_sweep(cfg),
+    out_dir=out_dir,
+    cache_dir=cache_dir,
+    progress=progress,
+    config=cfg,
+    overwrite=overwrite,
   ).results

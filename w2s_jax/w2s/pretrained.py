@@ -11,9 +11,7 @@ from pathlib import Path
 
 from w2s_jax.data import tokenize
 from w2s_jax.data.dataset import Dataset
-from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.checkpoints import PretrainedCache
-from w2s_jax.infra.files import remove_stale_temp_files
 from w2s_jax.models import sampling
 from w2s_jax.models.model_config import ModelConfig
 from w2s_jax.tasks.base import Task
@@ -36,8 +34,6 @@ class PretrainedModels:
     self.cfg, self.task, self.views, self.mesh, self.progress = cfg, task, views, mesh, progress
     self.seed = seed
     self.cache = PretrainedCache(cache_dir)
-    if shd.is_main_process():
-      remove_stale_temp_files(cache_dir)  # a cache record whose writer was killed
     self._got, self._corpus_of = {}, {}
 
   def get(self, size: str) -> Pretrained:
