@@ -42,6 +42,11 @@ def get_config(arg=None):
   arg = parse_arg(
     arg, facts=False, small=False, scratch=False, seeds=5, pretrain_seeds=0, lora=0, lora_lr=3e-3
   )
+  if arg.small and arg.scratch:
+    raise ValueError(
+      "configs/default.py: config args small and scratch each set the fine-tuning "
+      "schedule (20 steps at 1e-3, 200 steps at 1e-3 on a fresh body): expected one of them"
+    )
   draws = arg.pretrain_seeds or (1 if arg.small else 3)
   cfg = ExperimentConfig(
     name="default",

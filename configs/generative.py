@@ -55,15 +55,20 @@ LOSSES = (
 
 def get_config(arg=None) -> ExperimentConfig:
   arg = parse_arg(
-    arg, small=False, scratch=False, seeds=0, format="city_region", losses="all", lr=3e-4
-  )  # seeds 0: 5, or 2 with small
+    arg, small=False, scratch=False, seeds=0, format="city_region", losses="all", lr=0.0
+  )  # seeds 0: 5, or 2 with small; lr 0: 3e-4, 3e-3 with small, 1e-3 with scratch
+  if arg.small and arg.scratch:
+    raise ValueError(
+      "configs/generative.py: config args small and scratch each set the fine-tuning "
+      "schedule (30 steps at 3e-3, 800 steps at 1e-3): expected one of them"
+    )
   cfg = ExperimentConfig(
     name="generative"
     + ("" if arg.format == "city_region" else f"-{arg.format}")
-    + ("" if arg.lr == 3e-4 else f"-lr{arg.lr:g}"),
+    + (f"-lr{arg.lr:g}" if arg.lr else ""),
     generation=GenerationConfig(format=arg.format),
     seeds=tuple(range(arg.seeds or (2 if arg.small else 5))),
-    finetune=OptimConfig(steps=200, batch_size=32, lr=arg.lr, warmup_frac=0.05),
+    finetune=OptimConfig(steps=200, batch_size=32, lr=arg.lr or 3e-4, warmup_frac=0.05),
     losses=LOSSES if arg.losses == "all" else (Loss.from_string(arg.losses),),
     use_pretraining=not arg.scratch,
   )
@@ -72,7 +77,7 @@ def get_config(arg=None) -> ExperimentConfig:
     cfg = dataclasses.replace(
       cfg,
       name=cfg.name + "-scratch",
-      finetune=dataclasses.replace(cfg.finetune, steps=800, lr=1e-3),
+      finetune=dataclasses.replace(cfg.finetune, steps=800, lr=arg.lr or 1e-3),
     )
   if arg.small:
     cfg = dataclasses.replace(
@@ -82,7 +87,7 @@ def get_config(arg=None) -> ExperimentConfig:
       weak_size="pico",
       strong_size="micro",
       pretrain=common.SMALL_PRETRAIN,
-      finetune=OptimConfig(steps=30, batch_size=8, lr=3e-3),
+      finetune=OptimConfig(steps=30, batch_size=8, lr=arg.lr or 3e-3),  # an explicit lr wins
       # An explicit `losses=NAME` stays; "all" is three losses here.
       losses=(Sft(), ForwardKl(), Combined(kd_weight=0.5, gt_examples=8))
       if arg.losses == "all"

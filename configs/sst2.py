@@ -37,15 +37,17 @@ def get_config(arg=None):
   arg = parse_arg(
     arg,
     files="",
-    seeds=0,  # 0: 3, or 2 with small
+    # 0 or empty: the default, or the `small` preset's; an explicit arg wins over the preset.
+    seeds=0,  # 3, or 2 with small
     weak="pico",
-    strong="small",
-    pretrain_steps=4000,
+    strong="",  # small, or nano with small
+    pretrain_steps=0,  # 4000, or 50 with small
     tokenizer="bpe:4096",
-    finetune_steps=400,
-    gt=4000,
+    finetune_steps=0,  # 400, or 20 with small
+    gt=0,  # 4000, or 256 with small
     small=False,
   )
+  preset = lambda given, default, small: given or (small if arg.small else default)
   source = (
     dict(train_file=f"{arg.files}/sst2_train.tsv", test_file=f"{arg.files}/sst2_dev.tsv")
     if arg.files
@@ -54,25 +56,25 @@ def get_config(arg=None):
   cfg = common.scratch_text_experiment(
     "sst2",
     TextTaskConfig(
-      **source, tokenizer=arg.tokenizer, max_len=64, gt_examples=arg.gt, w2s_examples=8000
+      **source,
+      tokenizer=arg.tokenizer,
+      max_len=64,
+      gt_examples=preset(arg.gt, 4000, 256),
+      w2s_examples=8000,
     ),
     weak=arg.weak,
-    strong=arg.strong,
-    pretrain_steps=arg.pretrain_steps,
-    finetune_steps=arg.finetune_steps,
+    strong=preset(arg.strong, "small", "nano"),
+    pretrain_steps=preset(arg.pretrain_steps, 4000, 50),
+    finetune_steps=preset(arg.finetune_steps, 400, 20),
     seeds=arg.seeds or (2 if arg.small else 3),
   )
   if arg.small:
     cfg = dataclasses.replace(
       cfg,
       name="sst2-small",
-      weak_size="pico",
-      strong_size="nano",
-      text_task=dataclasses.replace(
-        cfg.text_task, max_len=32, gt_examples=256, w2s_examples=256, test_examples=128
-      ),
-      pretrain=dataclasses.replace(cfg.pretrain, steps=50, batch_size=16),
-      finetune=dataclasses.replace(cfg.finetune, steps=20, batch_size=16),
+      text_task=dataclasses.replace(cfg.text_task, max_len=32, w2s_examples=256, test_examples=128),
+      pretrain=dataclasses.replace(cfg.pretrain, batch_size=16),
+      finetune=dataclasses.replace(cfg.finetune, batch_size=16),
       eval_batch_size=32,
       bootstrap_resamples=200,
     )

@@ -40,13 +40,15 @@ def get_config(arg=None) -> ExperimentConfig:
     models="runs/models",
     seeds=0,  # 0: 5, or 1 with small
     weak="pico",
-    gt=2000,
-    w2s=2000,
-    steps=125,
+    # 0: the default, or the `small` preset's; an explicit arg wins over the preset.
+    gt=0,  # 2000, or 64 with small
+    w2s=0,  # 2000, or 64 with small
+    steps=0,  # 125, or 4 with small
     pooling="",
     probe=False,
     small=False,
   )
+  preset = lambda given, default, small: given or (small if arg.small else default)
   source = (
     dict(train_file=f"{arg.files}/sst2_train.tsv", test_file=f"{arg.files}/sst2_dev.tsv")
     if arg.files
@@ -59,12 +61,12 @@ def get_config(arg=None) -> ExperimentConfig:
       tokenizer="bpe:4096",
       max_len=64,
       train_max_len=32,
-      gt_examples=arg.gt,
-      w2s_examples=arg.w2s,
+      gt_examples=preset(arg.gt, 2000, 64),
+      w2s_examples=preset(arg.w2s, 2000, 64),
     ),
     weak=arg.weak,
     models_dir=arg.models,
-    steps=arg.steps,
+    steps=preset(arg.steps, 125, 4),
     seeds=arg.seeds or (1 if arg.small else 5),
     probe=arg.probe,
     pooling=arg.pooling or None,
@@ -78,13 +80,11 @@ def get_config(arg=None) -> ExperimentConfig:
         cfg.text_task,
         max_len=32,
         train_max_len=16,
-        gt_examples=64,
-        w2s_examples=64,
         test_examples=32,
       ),
       pretrain=dataclasses.replace(cfg.pretrain, steps=30, batch_size=16),
       weak_finetune=dataclasses.replace(cfg.weak_finetune, steps=10, batch_size=16),
-      finetune=dataclasses.replace(cfg.finetune, steps=4, batch_size=16),
+      finetune=dataclasses.replace(cfg.finetune, batch_size=16),
       eval_batch_size=32,
       bootstrap_resamples=200,
     )

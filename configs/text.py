@@ -24,7 +24,8 @@ Args (comma-separated): `train=PATH`, `test=PATH` (required), `text=FIELD`,
 `strong=SIZE|minilm`, `models=DIR`, `tokenizer=bytes|bpe:N|PATH`, `max_len=N`,
 `pretrain_steps=N`, `finetune_steps=N` (the strong model's; default 400, or
 125 for minilm: 2 epochs of 2,000), `seeds=N`, `name=NAME`, `small` (a
-seconds-long smoke run: tiny models, few steps).
+seconds-long smoke run: weak pico, strong nano, bytes, 32 tokens, 30
+pretraining and 10 fine-tuning steps; an arg given explicitly wins over it).
 """
 
 import dataclasses
@@ -45,11 +46,13 @@ def get_config(arg=None):
     label="label",
     gt=0,
     w2s=0,
-    weak="pico",
-    strong="small",
-    tokenizer="bpe:4096",
-    max_len=64,
-    pretrain_steps=4000,
+    # Empty or 0: the default, or the `small` preset's value; an arg given
+    # explicitly wins over the preset.
+    weak="",
+    strong="",
+    tokenizer="",
+    max_len=0,
+    pretrain_steps=0,
     finetune_steps=0,
     seeds=3,
     name="",
@@ -62,22 +65,24 @@ def get_config(arg=None):
         f"configs/text.py: {field}=PATH is required, e.g. "
         "configs/text.py:train=data/train.tsv,test=data/dev.tsv"
       )
+  preset = lambda given, default, small: given or (small if arg.small else default)
+  strong = preset(arg.strong, "small", "nano")
   task = TextTaskConfig(
     train_file=arg.train,
     test_file=arg.test,
     text_field=arg.text,
     label_field=arg.label,
-    tokenizer=arg.tokenizer,
-    max_len=arg.max_len,
+    tokenizer=preset(arg.tokenizer, "bpe:4096", "bytes"),
+    max_len=preset(arg.max_len, 64, 32),
     gt_examples=arg.gt or None,
     w2s_examples=arg.w2s or None,
   )
   name = arg.name or f"text-{Path(arg.train).stem}"
-  if arg.strong == "minilm":
+  if strong == "minilm":
     cfg = common.minilm_text_experiment(
       name,
       task,
-      weak=arg.weak,
+      weak=arg.weak or "pico",
       models_dir=arg.models,
       steps=arg.finetune_steps or 125,
       seeds=arg.seeds,
@@ -86,9 +91,9 @@ def get_config(arg=None):
     cfg = common.scratch_text_experiment(
       name,
       task,
-      weak=arg.weak,
-      strong=arg.strong,
-      pretrain_steps=arg.pretrain_steps,
+      weak=arg.weak or "pico",
+      strong=strong,
+      pretrain_steps=arg.pretrain_steps or 4000,
       finetune_steps=arg.finetune_steps or 400,
       seeds=arg.seeds,
     )
@@ -96,11 +101,8 @@ def get_config(arg=None):
     cfg = dataclasses.replace(
       cfg,
       name=cfg.name + "-small",
-      weak_size="pico",
-      strong_size=cfg.strong_size if arg.strong == "minilm" else "nano",
-      text_task=dataclasses.replace(cfg.text_task, tokenizer="bytes", max_len=32),
-      pretrain=dataclasses.replace(cfg.pretrain, steps=30, batch_size=16),
-      finetune=dataclasses.replace(cfg.finetune, steps=10, batch_size=16),
+      pretrain=dataclasses.replace(cfg.pretrain, steps=arg.pretrain_steps or 30, batch_size=16),
+      finetune=dataclasses.replace(cfg.finetune, steps=arg.finetune_steps or 10, batch_size=16),
       eval_batch_size=32,
       bootstrap_resamples=200,
     )

@@ -214,3 +214,31 @@ def test_pipeline_rejects_bad_batch_size_before_compute(tmp_path, monkeypatch, f
     )
   assert f"{field}=" in _message(e)
   assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_explicit_args_win_over_the_small_preset():
+  """Issue 28: `small` silently replaced what the user asked for (the run was
+  even named after the ignored lr). An explicit arg now wins; two presets
+  that set the same thing are an error naming both."""
+  load = lambda spec: configs.load(str(ROOT / "configs" / spec))
+  gen = load("generative.py:small,lr=1e9")
+  assert gen.finetune.lr == 1e9 and gen.name == "generative-lr1e+09-small"
+  assert load("generative.py:small").finetune.lr == 3e-3  # the preset, when not overridden
+  assert load("generative.py:small,losses=sft").losses == (Loss.from_string("sft"),)
+  for spec in ("generative.py:small,scratch", "default.py:small,scratch"):
+    with pytest.raises(ValueError, match="small and scratch each set the fine-tuning schedule"):
+      load(spec)
+  text = load(
+    "text.py:train=a.csv,test=b.csv,small,tokenizer=bpe:300,max_len=48,weak=nano,"
+    "strong=micro,pretrain_steps=7,finetune_steps=3"
+  )
+  assert (text.text_task.tokenizer, text.text_task.max_len) == ("bpe:300", 48)
+  assert (text.weak_size, text.strong_size) == ("nano", "micro")
+  assert (text.pretrain.steps, text.finetune.steps) == (7, 3)
+  preset = load("text.py:train=a.csv,test=b.csv,small")
+  assert (preset.text_task.tokenizer, preset.text_task.max_len) == ("bytes", 32)
+  assert (preset.weak_size, preset.strong_size, preset.pretrain.steps) == ("pico", "nano", 30)
+  sst2 = load("sst2.py:small,gt=100,strong=micro,finetune_steps=5")
+  assert (sst2.text_task.gt_examples, sst2.strong_size, sst2.finetune.steps) == (100, "micro", 5)
+  minilm = load("sst2_minilm.py:small,steps=9,gt=70")
+  assert (minilm.finetune.steps, minilm.text_task.gt_examples) == (9, 70)
