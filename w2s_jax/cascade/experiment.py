@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from w2s_jax.cascade import per_query, summary
 from w2s_jax.cascade.per_query import TASKS, calibration_split
 from w2s_jax.infra import sharding as shd
-from w2s_jax.infra.files import prepare_out_dir, write_json_atomic
+from w2s_jax.infra.files import check_run_name, prepare_out_dir, write_json_atomic
 from w2s_jax.infra.fingerprint import KEY_SCHEME, digest, fingerprint
 from w2s_jax.infra.store import Store, claim_folder
 from w2s_jax.models.flops import model_flops
@@ -51,6 +51,7 @@ class CascadeConfig:
   ibc_resamples: int = 1000  # bootstrap resamples of the IBC lift's interval
 
   def __post_init__(self):
+    check_run_name(self.name, "CascadeConfig.name")
     if self.classification is None and self.generative is None:
       raise ValueError(
         "CascadeConfig: classification and generative are both None: expected "

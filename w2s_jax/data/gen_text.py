@@ -89,6 +89,8 @@ def read_jsonl_pairs(
   references_field: a field holding a non-empty list of strings, the answers a
   generation is scored against; None scores against the response alone.
   """
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{path}: is a folder, expected a JSONL file")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such file")
   prompts, responses, references = [], [], []

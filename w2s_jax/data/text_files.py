@@ -75,6 +75,8 @@ def read_text_file(
         f"label_names={label_names!r} has {len(label_names)} names but "
         f"num_labels={num_labels}: expected one name per class"
       )
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{path}: is a folder, expected a TSV, CSV or JSONL file")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such file")
   content = decode_bytes(path)
@@ -154,6 +156,10 @@ def decode_bytes(path) -> str:
 def _table_rows(
   path, content: str, *, delimiter: str, quoted: bool, fields: tuple[str, str]
 ) -> Iterator[tuple[int, dict]]:
+  # No field is longer than the file: the csv module's default cap (131,072
+  # characters) would call a long valid field malformed. The cap is process-wide
+  # and is only ever raised here.
+  csv.field_size_limit(max(csv.field_size_limit(), len(content) + 1))
   # newline="" lets the csv module see \r\n itself, and quoted newlines survive.
   reader = csv.reader(
     io.StringIO(content, newline=""),

@@ -73,6 +73,8 @@ class HFTokenizer:
     """Load tokenizer.json. Special tokens come from the arguments, else from the
     special_tokens_map.json / tokenizer_config.json beside it (as a Hugging Face
     checkpoint ships them), else from conventional names found in the vocab."""
+    if os.path.isdir(path):
+      raise IsADirectoryError(f"{path}: is a folder, expected its tokenizer.json")
     if not os.path.isfile(path):
       raise FileNotFoundError(f"{path}: no such tokenizer file (expected a tokenizer.json)")
     try:

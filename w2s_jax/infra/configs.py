@@ -105,5 +105,12 @@ def add_run_args(parser) -> None:
 
 def start_run(args) -> None:
   """What every entry point does with those flags before any work."""
+  for flag in ("cache", "out"):
+    value = getattr(args, flag, None)
+    if value is not None and not str(value).strip():
+      raise ValueError(
+        f"--{flag} {value!r}: expected a folder; an empty path would fill the working folder"
+        + (" (the pretrained-model cache cannot be turned off)" if flag == "cache" else "")
+      )
   if args.xla_cache:
     use_compilation_cache(args.xla_cache)

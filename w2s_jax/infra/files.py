@@ -143,6 +143,16 @@ def _check_out_folder(p: Path, label: str) -> None:
     )
 
 
+def check_run_name(name, field: str) -> None:
+  """A run's name becomes its default folder, runs/<name>: one folder name,
+  never a path that leads elsewhere."""
+  if not isinstance(name, str) or name in ("", ".", "..") or re.search(r"[/\\\0]", name):
+    raise ValueError(
+      f"{field}={name!r}: expected a folder name (no '/', '\\', NUL, '.' or '..'); "
+      "the run's default folder is runs/<name>"
+    )
+
+
 def prepare_out_dir(path: str | os.PathLike, *, what: str = "--out") -> Path:
   """Creates the output folder (and its parents) and proves it writable; returns it absolute.
 

@@ -49,6 +49,15 @@ class GenerationConfig:
       raise ValueError(f"GenerationConfig.max_new_tokens={self.max_new_tokens}: expected >= 1")
     if self.weak_samples < 1:
       raise ValueError(f"GenerationConfig.weak_samples={self.weak_samples}: expected >= 1")
+    # Checked here, before any compute (they are used only once the weak model is trained).
+    if not self.weak_temperature >= 0:
+      raise ValueError(
+        f"GenerationConfig.weak_temperature={self.weak_temperature!r}: expected >= 0 (0: greedy)"
+      )
+    if self.weak_top_p is not None and not 0 < self.weak_top_p <= 1:
+      raise ValueError(
+        f"GenerationConfig.weak_top_p={self.weak_top_p!r}: expected None or in (0, 1]"
+      )
     if self.weak_samples > 1 and self.weak_temperature == 0:
       raise ValueError(
         f"GenerationConfig.weak_samples={self.weak_samples} with "

@@ -8,6 +8,7 @@ model config, the task's corpus fingerprint, the optimizer, the seed,
 fingerprint.KEY_SCHEME); see infra/checkpoints.PretrainedCache.
 """
 
+import contextlib
 import shutil
 
 import jax
@@ -172,18 +173,28 @@ def pretrained_model(
       )
     # An interrupted pretraining resumes from its last checkpoint, on the same batches.
     train_dir = cache.entry(size, key) / "train"
-    state, record, _ = train_lm(
-      model_cfg,
-      corpus,
-      cfg.pretrain,
-      seed=seed,
-      mesh=mesh,
-      checkpoint_dir=train_dir,
-      checkpoint_every=cfg.checkpoint_every,
-      corpus_tag=corpus_tag,
-      progress=progress,
-      desc=f"pretrain {size}",
-    )
+    new_entry = not cache.entry(size, key).exists()
+    try:
+      state, record, _ = train_lm(
+        model_cfg,
+        corpus,
+        cfg.pretrain,
+        seed=seed,
+        mesh=mesh,
+        checkpoint_dir=train_dir,
+        checkpoint_every=cfg.checkpoint_every,
+        corpus_tag=corpus_tag,
+        progress=progress,
+        desc=f"pretrain {size}",
+      )
+    except loop.NonFiniteLossError:
+      # A deterministic failure: its checkpoints would only lead to it again.
+      # The folders this call created go; anything else found there stays.
+      if new_entry and shd.is_main_process():
+        shutil.rmtree(train_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+          cache.entry(size, key).rmdir()  # only if empty
+      raise
     info = {
       "pretrained": True,
       "size": size,

@@ -12,7 +12,7 @@ from w2s_jax.data import testbed
 from w2s_jax.infra import checkpoints, integrity
 from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.distributed import DistributedConfig
-from w2s_jax.infra.files import package_versions, prepare_out_dir, write_json_atomic
+from w2s_jax.infra.files import check_run_name, package_versions, prepare_out_dir, write_json_atomic
 from w2s_jax.infra.sharding import MeshConfig
 from w2s_jax.models import transformer
 from w2s_jax.models.model_config import ModelConfig, decode_size
@@ -40,6 +40,7 @@ class PretrainConfig:
   checkpoint_keep: int = 2
 
   def __post_init__(self):
+    check_run_name(self.name, "PretrainConfig.name")
     try:
       self.model_config(vocab_size=1)
     except ValueError as e:

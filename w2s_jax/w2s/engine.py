@@ -29,6 +29,7 @@ own cache (`cache_dir`, shared between runs).
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +229,8 @@ def run_sweep(
   )
   sizes = list(dict.fromkeys(size for cell in sweep.cells for size in (cell.weak, cell.strong)))
   parts.check(sizes)
+  for warning in records.data_warnings(records.split_sanity(parts.task)):
+    warnings.warn(f"the task's data: {warning}", stacklevel=2)  # before any compute
   _claim_folder(out, sweep, overwrite)
   engine = Engine(parts, out)
   jsonl = out / "sweep.jsonl"

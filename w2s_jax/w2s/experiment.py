@@ -11,6 +11,7 @@ import dataclasses
 from w2s_jax.data import testbed
 from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.distributed import DistributedConfig
+from w2s_jax.infra.files import check_run_name
 from w2s_jax.infra.fingerprint import CONTENTS
 from w2s_jax.infra.sharding import MeshConfig
 from w2s_jax.models import hf_files, hf_import
@@ -70,6 +71,7 @@ class ExperimentConfig:
   remat: bool = False
 
   def __post_init__(self):
+    check_run_name(self.name, "ExperimentConfig.name")
     for field in ("weak_size", "strong_size"):
       if getattr(self, field) in dict(self.pretrained_dirs):
         continue

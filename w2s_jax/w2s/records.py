@@ -147,6 +147,24 @@ def split_sanity(task) -> dict:
   return out
 
 
+def data_warnings(sanity: dict) -> list[str]:
+  """What makes a split's readings meaningless or degenerate (split_sanity's
+  output): a split of one class, or of fewer than two examples."""
+  out = []
+  for name, s in sanity.items():
+    if s["examples"] < 2:
+      out.append(
+        f"{name}: {s['examples']} example(s): accuracy over it is 0 or 1 and an "
+        "interval over examples says nothing"
+      )
+    elif s.get("majority") == 1.0:
+      out.append(
+        f"{name}: every one of its {s['examples']} examples has the same label: a "
+        "classifier trained or scored on it learns or shows nothing about the other class"
+      )
+  return out
+
+
 def run_record(*, config, parts, sizes, cells: list[dict], seconds: float, draws=None) -> dict:
   """results.json: config is the ExperimentConfig (single run) or the SweepConfig;
   draws: {pretraining seed: Parts} (default: parts' own draw)."""
@@ -172,6 +190,7 @@ def run_record(*, config, parts, sizes, cells: list[dict], seconds: float, draws
       "eval_keys": list(parts.evaluator.eval_keys),
       "encoding": parts.task.encoding,
       "splits": split_sanity(parts.task),
+      "warnings": data_warnings(split_sanity(parts.task)),
     },
     "models": models,
     "cells": cells,

@@ -13,10 +13,30 @@ from w2s_jax.w2s.tables import curve_accuracy, median_pgr, misfit_correlation  #
 
 
 def load_rows(path) -> list[dict]:
+  """A sweep's rows; a missing, empty or damaged file is a ValueError naming
+  it (and the line), never a bare parse error."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"sweep rows {str(path)!r} do not exist")
-  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+  rows = []
+  for number, line in enumerate(path.read_text().split("\n"), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(
+        f"sweep rows {str(path)!r}, line {number}: not a JSON row ({e.msg}); the sweep "
+        "rewrites this file from its finished cells when it runs again"
+      ) from None
+    if not isinstance(row, dict):
+      raise ValueError(
+        f"sweep rows {str(path)!r}, line {number}: a {type(row).__name__}, expected a JSON object"
+      )
+    rows.append(row)
+  if not rows:
+    raise ValueError(f"sweep rows {str(path)!r}: no rows (no cell has finished yet)")
+  return rows
 
 
 def _log_x_if_positive(ax, xs):

@@ -208,6 +208,7 @@ def format_results(results: dict) -> str:
   """A run record (records.run_record) as text: each model's pretraining, the
   task's encoding, then per evaluation key a table with a row per cell."""
   lines = _models_lines(results)
+  lines.extend(f"WARNING (data) {w}" for w in results["task"].get("warnings", []))
   for split, counts in results["task"].get("encoding", {}).items():
     lines.append(f"{split:9s} {counts}")
   for size, info in results["models"].items():
