@@ -2,14 +2,18 @@
 answer before any compute, naming what it is about."""
 
 import dataclasses
+import errno
+import json
+import os
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from w2s_jax import cli
 from w2s_jax.data import text_files
-from w2s_jax.infra import configs
+from w2s_jax.infra import checkpoints, configs, files
 from w2s_jax.infra.sharding import MeshConfig
 from w2s_jax.tasks.generation import GenerationConfig
 from w2s_jax.training import loop
@@ -100,3 +104,121 @@ def test_degenerate_splits_are_warned_of_and_recorded():
 def test_split_sanity_of_a_one_class_split():
   task = types.SimpleNamespace(generative=False, splits={"test": {"labels": np.zeros(3, np.int32)}})
   assert records.split_sanity(task)["test"]["majority"] == 1.0
+
+
+# --- a full disk ------------------------------------------------------------------------
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_free_space(tmp_path):
+  err = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "cells" / "x.json"))
+  assert files.disk_full(RuntimeError("another failure")) is None
+  wrapped = RuntimeError("while saving")
+  wrapped.__cause__ = err
+  message = files.disk_full(wrapped)
+  assert message.startswith(f"no space left on the device writing {tmp_path}/cells/x.json: ")
+  assert "MiB free of" in message and "\n" not in message
+  # TensorStore's error from an orbax save: a ValueError whose text names the file.
+  orbax = ValueError(
+    f'RESOURCE_EXHAUSTED: Error writing local file "{tmp_path}/c/pico-1/train/400": '
+    "Failed writing: No space left on device [os_error_code='28']"
+  )
+  assert f"writing {tmp_path}/c/pico-1/train/400: " in files.disk_full(orbax)
+
+
+def test_files_written_together_are_all_replaced_or_none(tmp_path, monkeypatch):
+  for name in ("per_query.csv", "results.json"):
+    (tmp_path / name).write_text("old")
+  real_fsync, calls = os.fsync, []
+
+  def fsync_then_full(fd):
+    calls.append(fd)
+    if len(calls) == 2:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_fsync(fd)
+
+  monkeypatch.setattr(files.os, "fsync", fsync_then_full)
+  with pytest.raises(OSError), files.atomic_files():
+    with files.atomic_write(tmp_path / "per_query.csv") as f:
+      f.write("new")
+    with files.atomic_write(tmp_path / "results.json") as f:
+      f.write("new")
+  assert [(tmp_path / n).read_text() for n in ("per_query.csv", "results.json")] == ["old", "old"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["per_query.csv", "results.json"]
+  monkeypatch.setattr(files.os, "fsync", real_fsync)
+  with files.atomic_files():
+    for name in ("per_query.csv", "results.json"):
+      files.write_json_atomic(tmp_path / name, {"new": True})
+  assert json.loads((tmp_path / "results.json").read_text()) == {"new": True}
+
+
+def test_the_command_line_ends_a_full_disk_with_one_line(tmp_path, monkeypatch, capsys):
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "results.json"))
+
+  monkeypatch.setattr(cli.engine, "run_experiment", full)
+  exits = []
+  with pytest.raises(SystemExit):
+    cli.main(
+      ["run", "--config", f"{ROOT / 'configs/default.py'}:small", "--out", str(tmp_path / "o")],
+      exit_now=exits.append,
+    )
+  assert exits == [1]
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(
+    f"w2s_jax: no space left on the device writing {tmp_path}"
+  )
+
+
+@pytest.mark.slow  # three small runs per write site
+@pytest.mark.parametrize("site", ["cache", "first_file", "last_file"])
+def test_a_full_disk_at_a_write_site_is_one_line_and_the_rerun_completes(
+  tmp_path, monkeypatch, capsys, site
+):
+  """ENOSPC injected where a run writes: the pretrained cache (orbax), the
+  first file a run writes (its folder's mark), or its last (results.json). One
+  line, exit 1, no results.json; with space again the run resumes and gives
+  the numbers of a run that never failed."""
+  spec = f"{ROOT / 'configs/default.py'}:small"
+  run = lambda out, cache: cli.main(
+    [
+      "run",
+      "--config",
+      spec,
+      "--out",
+      str(out),
+      "--cache",
+      str(cache),
+      "--xla-cache",
+      "",
+      "--no-progress",
+    ],
+    exit_now=lambda code: None,
+  )
+  run(tmp_path / "clean", tmp_path / "clean_cache")
+  clean = json.loads((tmp_path / "clean" / "results.json").read_text())
+  capsys.readouterr()
+  full = OSError(errno.ENOSPC, "No space left on device")
+  if site == "cache":
+    monkeypatch.setattr(checkpoints, "save_params", lambda *a, **k: (_ for _ in ()).throw(full))
+  else:
+    real = files.os.replace
+
+    def replace(src, dst):
+      name = Path(dst).name
+      if name == {"first_file": ".w2s-jax-out", "last_file": "results.json"}[site]:
+        full.filename = str(dst)
+        raise full
+      return real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+  with pytest.raises(SystemExit):
+    run(tmp_path / "o", tmp_path / "cache")
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("w2s_jax: no space left on the device writing"), err
+  assert not (tmp_path / "o" / "results.json").exists()
+  monkeypatch.undo()
+  run(tmp_path / "o", tmp_path / "cache")
+  again = json.loads((tmp_path / "o" / "results.json").read_text())
+  assert json.dumps([c["summary"] for c in again["cells"]]) == json.dumps(
+    [c["summary"] for c in clean["cells"]]
+  )

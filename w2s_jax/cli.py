@@ -15,12 +15,15 @@ of these commands.
 """
 
 import argparse
+import logging
+import os
+import sys
 from pathlib import Path
 
 from w2s_jax.cascade import experiment as cascade
 from w2s_jax.cascade import summary as cascade_summary
 from w2s_jax.curation.pool import ALIASES, POOL_CRITERIA
-from w2s_jax.infra import configs, distributed, overrides, sharding
+from w2s_jax.infra import configs, distributed, files, overrides, sharding
 from w2s_jax.training import pretrain_job
 from w2s_jax.w2s import engine, pool_curation, tables
 from w2s_jax.w2s.experiment import ExperimentConfig
@@ -111,7 +114,40 @@ def _name(cfg) -> str:
   return cfg.base.name if isinstance(cfg, SweepConfig) else cfg.name
 
 
-def main(argv=None) -> None:
+class _QuietDiskFull(logging.Filter):
+  """orbax's writer threads log each failed write of a full disk with its
+  traceback (hundreds of lines); main() reports it once, in one line."""
+
+  def filter(self, record):
+    text = record.getMessage()
+    return (
+      files.disk_full(Exception(text)) is None
+      and "background save thread" not in text
+      and ("Save Finalize thread" not in text)
+    )
+
+
+def main(argv=None, *, exit_now=os._exit) -> None:
+  """Runs a command. A full disk ends it with one line naming the file and the
+  free space, and exit status 1: exit_now(1) at once, since orbax's background
+  writers would otherwise print their tracebacks while Python shuts down."""
+  quiet = _QuietDiskFull()
+  logging.getLogger("absl").addFilter(quiet)
+  try:
+    _main(argv)
+  except Exception as err:
+    message = files.disk_full(err)
+    if message is None:
+      raise
+    sys.stdout.flush()
+    print(f"w2s_jax: {message}", file=sys.stderr, flush=True)
+    exit_now(1)
+    raise SystemExit(1) from None
+  finally:
+    logging.getLogger("absl").removeFilter(quiet)
+
+
+def _main(argv=None) -> None:
   args = parser().parse_args(argv)
   cfg = load_config(args.command, args.config, args.set)
   if args.command in ("run", "sweep", "pretrain"):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from w2s_jax.cascade import per_query, summary
 from w2s_jax.cascade.per_query import TASKS, calibration_split
 from w2s_jax.infra import sharding as shd
-from w2s_jax.infra.files import check_run_name, prepare_out_dir, write_json_atomic
+from w2s_jax.infra.files import atomic_files, check_run_name, prepare_out_dir, write_json_atomic
 from w2s_jax.infra.fingerprint import KEY_SCHEME, digest, fingerprint
 from w2s_jax.infra.store import Store, claim_folder
 from w2s_jax.models.flops import model_flops
@@ -280,9 +280,10 @@ def run(
     "summary": summary.summarize(table, cfg),
   }
   if shd.is_main_process():
-    per_query.write_csv(out_dir / "per_query.csv", table)
-    summary.plot(table, out_dir / "accuracy_vs_cost.png")
-    results["seconds"] = time.perf_counter() - started
-    write_json_atomic(out_dir / "results.json", results)
+    with atomic_files():  # all three, or none (a full disk leaves the folder as it was)
+      per_query.write_csv(out_dir / "per_query.csv", table)
+      summary.plot(table, out_dir / "accuracy_vs_cost.png")
+      results["seconds"] = time.perf_counter() - started
+      write_json_atomic(out_dir / "results.json", results)
   results.setdefault("seconds", time.perf_counter() - started)
   return results

@@ -14,11 +14,14 @@ else is ever deleted, and no folder tree is walked: a user's `.notes.tmp` or
 """
 
 import contextlib
+import contextvars
+import errno
 import importlib.metadata
 import json
 import os
 import platform
 import re
+import shutil
 import socket
 import tempfile
 import threading
@@ -71,25 +74,58 @@ def temp_prefix(name: str) -> str:
   return f".{name[:120]}.{TEMP_MARK}.{host_token()}.pid{os.getpid()}."
 
 
+_group = contextvars.ContextVar("atomic_files_group", default=None)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w"):
   """Yields a file that replaces `path` only once closed, fsynced and renamed:
   a reader, or a run killed at any moment, sees the old file or the new one,
-  never a partial one. The new file's mode is 0o666 & ~umask, as with open()."""
+  never a partial one. The new file's mode is 0o666 & ~umask, as with open().
+  Inside `atomic_files()`, the rename waits for the group's end."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   remove_stale_temps_of(path)  # a killed writer's leftover of this very file
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=_TEMP_SUFFIX)
+  group = _group.get()
   try:
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0o600: unreadable to the lab
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if group is None:
+      os.replace(tmp, path)
+    else:
+      group.append((tmp, path))
+  except OSError as err:
+    Path(tmp).unlink(missing_ok=True)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT) and not err.filename:
+      raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+    raise
   except BaseException:
     Path(tmp).unlink(missing_ok=True)
     raise
+
+
+@contextlib.contextmanager
+def atomic_files():
+  """Files that belong together (a table, its chart, the record naming them):
+  every atomic_write inside goes to its temp file, and all are renamed at the
+  end, after the last one is written. If any write fails (a full disk), none
+  replaces what was there: no new table beside an old or absent record."""
+  pending = []
+  token = _group.set(pending)
+  try:
+    yield
+  except BaseException:
+    for tmp, _ in pending:
+      Path(tmp).unlink(missing_ok=True)
+    raise
+  finally:
+    _group.reset(token)
+  for tmp, path in pending:
+    os.replace(tmp, path)
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
@@ -243,6 +279,45 @@ def remove_stale_temps_of(path: str | os.PathLike) -> list[Path]:
       continue
     removed.append(p)
   return removed
+
+
+_FULL = ("No space left on device", "RESOURCE_EXHAUSTED", "Disk quota exceeded")
+_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
+
+
+def _chain(err: BaseException):
+  seen = set()
+  while err is not None and id(err) not in seen:
+    seen.add(id(err))
+    yield err
+    err = err.__cause__ or err.__context__
+
+
+def disk_full(err: BaseException) -> str | None:
+  """One line for a write that failed on a full disk (ENOSPC or EDQUOT, or
+  TensorStore's RESOURCE_EXHAUSTED from an orbax save), anywhere in err's
+  chain: the file and the free space on its file system. None otherwise."""
+  for e in _chain(err):
+    errno_full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(e)
+    if not errno_full and not any(m in text for m in _FULL):
+      continue
+    path = getattr(e, "filename", None) or next(iter(_QUOTED_PATH.findall(text)), None)
+    where = Path(path) if path else None
+    probe = where
+    while probe is not None and not probe.exists() and probe != probe.parent:
+      probe = probe.parent
+    free = ""
+    if probe is not None:
+      usage = shutil.disk_usage(probe)
+      free = (
+        f": {usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB on its file system"
+      )
+    return (
+      f"no space left on the device writing {where or 'a result file'}{free}; free some "
+      "space and run again: finished stages and cache entries are kept, and the run resumes"
+    )
+  return None
 
 
 def package_versions() -> dict:

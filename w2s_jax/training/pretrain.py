@@ -33,6 +33,7 @@ def train_lm(
   checkpoint_dir,
   checkpoint_every: int,
   checkpoint_keep: int = 2,
+  async_save: bool = True,
   corpus_tag: str = "corpus",
   progress: bool = True,
   desc: str = "pretrain",
@@ -58,6 +59,7 @@ def train_lm(
     checkpoint_dir,
     every=checkpoint_every,
     keep=checkpoint_keep,
+    async_save=async_save,
     data={
       "corpus": corpus_tag,
       "examples": len(corpus),
@@ -183,6 +185,9 @@ def pretrained_model(
         mesh=mesh,
         checkpoint_dir=train_dir,
         checkpoint_every=cfg.checkpoint_every,
+        # The cached models are small: a synchronous save costs little, and a
+        # write that fails (a full disk) fails here, once, not in writer threads.
+        async_save=False,
         corpus_tag=corpus_tag,
         progress=progress,
         desc=f"pretrain {size}",

@@ -296,9 +296,9 @@ def run_sweep(
     draws=engine.draws,
   )
   if shd.is_main_process():
-    write_json_atomic(out / "results.json", results)
     curves.write(out / "curves", curves.of_cells(cells))
     report.training_curves(cells, out / "curves")
+    write_json_atomic(out / "results.json", results)  # last: it says the run is complete
   return Outcome(rows=[done[c.id][0] for c in sweep.cells], records=cells, results=results)
 
 

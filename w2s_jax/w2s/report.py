@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from w2s_jax.infra.files import atomic_write  # noqa: E402
 from w2s_jax.w2s.tables import curve_accuracy, median_pgr, misfit_correlation  # noqa: E402
 
 
@@ -49,7 +50,8 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = [out_dir / f"{name}.{ext}" for ext in ("png", "svg")]
   for p in paths:
-    fig.savefig(p, dpi=130, bbox_inches="tight")
+    with atomic_write(p, "wb") as f:  # a full disk leaves no half chart
+      fig.savefig(f, format=p.suffix[1:], dpi=130, bbox_inches="tight")
   plt.close(fig)
   return paths
 
