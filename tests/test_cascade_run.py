@@ -276,3 +276,43 @@ def test_bad_config_fails_before_compute(run, tmp_path):
       progress=False,
     )
   assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow  # minutes: the small cascade run five times in subprocesses
+def test_sigkill_at_random_moments_gives_the_uninterrupted_results(tmp_path):
+  """Issue 28: the cascade killed at random moments, rerun after each, ends with
+  the uninterrupted run's table and summary; a user's file in its folder stays."""
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  def start(out):
+    cmd = [sys.executable, str(ROOT / "experiments" / "cascade.py"), "--config", SPEC]
+    cmd += ["--set", "weak_sizes=pico", "--out", str(out), "--cache", str(tmp_path / "cache")]
+    cmd += ["--xla-cache", str(tmp_path / "xla"), "--no-progress"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+  began = time.perf_counter()
+  whole = start(tmp_path / "whole")
+  assert whole.wait() == 0, whole.stderr.read().decode()[-3000:]
+  seconds = time.perf_counter() - began  # with pretraining: later runs are shorter
+  expected = (tmp_path / "whole" / "per_query.csv").read_text()
+  summary = json.loads((tmp_path / "whole" / "results.json").read_text())["summary"]
+  out, rng, kills = tmp_path / "killed", np.random.default_rng(1), 0
+  for _ in range(4):
+    proc = start(out)
+    time.sleep(rng.uniform(0.1, 0.6) * seconds)
+    if proc.poll() is None:
+      proc.send_signal(signal.SIGKILL)
+      kills += 1
+    proc.wait()
+    if (out / ".w2s-jax-out").exists() and not (out / "notes.txt").exists():
+      (out / "notes.txt").write_text("mine")
+  assert kills >= 2, f"only {kills} of 4 runs were still going when killed"
+  proc = start(out)
+  assert proc.wait() == 0, proc.stderr.read().decode()[-3000:]
+  assert (out / "per_query.csv").read_text() == expected
+  got = json.loads((out / "results.json").read_text())["summary"]
+  assert json.dumps(got) == json.dumps(summary)  # NaN-safe
+  assert (out / "notes.txt").read_text() == "mine"
