@@ -2,13 +2,19 @@
 of the files a run reads, not their paths, and a stored artefact of another
 identity is rebuilt, not used."""
 
+import dataclasses
 import os
 import shutil
+from pathlib import Path
+
+import numpy as np
 
 from w2s_jax.infra import fingerprint as fp
 from w2s_jax.tasks.classification import TextTaskConfig
 from w2s_jax.tasks.generation import GenTextTaskConfig
 from w2s_jax.w2s.experiment import ExperimentConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write(path, text):
@@ -103,3 +109,40 @@ def test_each_file_is_read_once_while_it_is_unchanged(tmp_path, monkeypatch):
   import hashlib
 
   assert first == hashlib.sha256(b"x" * (3 << 22)).hexdigest()
+
+
+def test_the_rerun_after_editing_the_train_file_pretrains_again(tmp_path):
+  """Issue 28's probe as written: configs/text.py on two small files, the train
+  file rewritten with other text, the same command again: no stale cache hit."""
+  from w2s_jax.infra import configs
+  from w2s_jax.infra.sharding import MeshConfig
+  from w2s_jax.w2s import parts as parts_lib
+
+  rng = np.random.default_rng(0)
+  words = ["good", "bad", "film", "play", "plot", "cast", "dull", "fine"]
+
+  def write(name, rows, shift):
+    lines = ["text,label"] + [
+      " ".join(words[(i + shift + j) % len(words)] for j in range(5)) + f",{int(rng.integers(2))}"
+      for i in range(rows)
+    ]
+    (tmp_path / name).write_text("\n".join(lines) + "\n")
+
+  write("train.csv", 64, 0)
+  write("test.csv", 16, 3)
+  spec = (
+    f"{ROOT / 'configs/text.py'}:train={tmp_path / 'train.csv'},test={tmp_path / 'test.csv'},"
+    "weak=pico,strong=nano,tokenizer=bpe:300,pretrain_steps=30,finetune_steps=10,seeds=1,max_len=32"
+  )
+  pico = lambda: parts_lib.build(
+    dataclasses.replace(configs.load(spec), mesh=MeshConfig(devices=1)),
+    cache_dir=tmp_path / "cache",
+    progress=False,
+  ).models.get("pico")
+  first = pico()
+  assert not first.info["cached"] and pico().info["cached"]
+  write("train.csv", 64, 5)  # other text, same path
+  again = pico()
+  assert not again.info["cached"]
+  assert again.info["test_lm_xent"] != first.info["test_lm_xent"]
+  assert len(list((tmp_path / "cache").glob("pico-*"))) == 2  # the old entry stays, unused
