@@ -7,6 +7,11 @@ _existing = os.environ.get("XLA_FLAGS", "")
 if _FLAG not in _existing:
   os.environ["XLA_FLAGS"] = (_existing + " " + _FLAG).strip()
 
+# CPU tests: with libtpu installed (the `tpu` extra, for the planner), JAX would
+# otherwise probe for a TPU in every process and log its absence. The planner's
+# tests compile for TPU topologies through libtpu all the same.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import atexit  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -1,10 +1,11 @@
-"""The one command line: python -m w2s_jax run|sweep|cascade|pretrain|filter-corpus.
+"""The one command line: python -m w2s_jax run|sweep|cascade|pretrain|filter-corpus|plan.
 
   python -m w2s_jax run --config configs/default.py:small --set finetune.lr=1e-3 --set seeds=0,1
   python -m w2s_jax sweep --config configs/sweep.py:tiny --set base.bootstrap_resamples=500
   python -m w2s_jax cascade --config configs/cascade.py:small
   python -m w2s_jax pretrain --config configs/scale.py:tiny
   python -m w2s_jax filter-corpus --config configs/default.py:facts,small --keep 0.8
+  python -m w2s_jax plan --config configs/default.py:small --topology v5e:2x2
 
 Every command loads a config file (`get_config(arg)`, or `sweep(arg)` for
 sweeps), applies each `--set path=value` to the frozen dataclasses it returns
@@ -24,6 +25,7 @@ from w2s_jax.cascade import experiment as cascade
 from w2s_jax.cascade import summary as cascade_summary
 from w2s_jax.curation.pool import ALIASES, POOL_CRITERIA
 from w2s_jax.infra import configs, distributed, files, overrides, sharding
+from w2s_jax.plans import planner
 from w2s_jax.training import pretrain_job
 from w2s_jax.w2s import engine, pool_curation, tables
 from w2s_jax.w2s.experiment import ExperimentConfig
@@ -87,7 +89,27 @@ def parser() -> argparse.ArgumentParser:
         choices=(*POOL_CRITERIA, *ALIASES),
         help="what filters the strong corpus (mean_logprob = likelihood)",
       )
+  p = sub.add_parser(
+    "plan",
+    help="compile a run's programs for a TPU topology (libtpu, no TPU needed)",
+    description=planner.__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument("--config", default="configs/default.py", help="an ExperimentConfig file[:arg]")
+  p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+  p.add_argument("--topology", required=True, help="a TPU topology, e.g. v5e:4x4, v5p:2x2x2")
+  p.add_argument("--fsdp", type=_ints, help="fsdp sizes to try, e.g. 1,8 (default: every divisor)")
+  p.add_argument("--per-device-batch", type=_ints, default=(1, 2, 4, 8), help="default 1,2,4,8")
+  p.add_argument("--programs", default="", help="only programs whose name contains this")
+  p.add_argument("--json", help="write every plan here")
   return top
+
+
+def _ints(text: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(x) for x in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated ints") from None
 
 
 def load_config(command: str, spec: str, assignments) -> object:
@@ -149,6 +171,21 @@ def main(argv=None, *, exit_now=os._exit) -> None:
 
 def _main(argv=None) -> None:
   args = parser().parse_args(argv)
+  if args.command == "plan":
+    cfg = overrides.apply(configs.load(args.config), args.set)
+    if not isinstance(cfg, ExperimentConfig):
+      raise TypeError(
+        f"--config {args.config}: gives a {type(cfg).__name__}; `plan` expects an ExperimentConfig"
+      )
+    planner.run(
+      cfg,
+      topology=args.topology,
+      fsdp=args.fsdp,
+      per_device_batch=args.per_device_batch,
+      only=args.programs,
+      json_path=args.json,
+    )
+    return
   cfg = load_config(args.command, args.config, args.set)
   if args.command in ("run", "sweep", "pretrain"):
     dist = cfg.base.distributed if isinstance(cfg, SweepConfig) else cfg.distributed

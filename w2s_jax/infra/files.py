@@ -247,8 +247,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps_of(path: str | os.PathLike) -> list[Path]:
-  """Deletes the temp files atomic_write left for `path` in its folder when
-  their writer is gone; returns them.
+  """Deletes the temp files atomic_write left for `path` in its folder (and
+  the staging folders named the same way) when their writer is gone;
+  returns them.
 
   Only names `.<path's name>.w2s-jax-tmp.<host>.pid<pid>.<random>.tmp` are
   considered (the marker is this project's alone), only in path's own
@@ -271,10 +272,13 @@ def remove_stale_temps_of(path: str | os.PathLike) -> list[Path]:
     m = TEMP_NAME.match(p.name)
     if not m or m["name"] != path.name[:120] or m["host"] != host or _pid_alive(int(m["pid"])):
       continue
-    if p.is_symlink() or not p.is_file():
+    if p.is_symlink() or not (p.is_file() or p.is_dir()):
       continue
     try:
-      p.unlink()
+      if p.is_dir():  # a staging folder (curves.write)
+        shutil.rmtree(p)
+      else:
+        p.unlink()
     except FileNotFoundError:  # another cleaner was first
       continue
     removed.append(p)

@@ -61,6 +61,29 @@ def seed_stacked_abstract(cfg, num_seeds):
   )
 
 
+def abstract_state(model_cfg, optim_cfg, num_seeds):
+  """Shapes of the seed-stacked train state a fine-tune holds, and of a LoRA
+  run's frozen base params (None for full fine-tuning): nothing allocated."""
+  optimizer = train.make_optimizer(optim_cfg)
+  trainable = lambda k: transformer.init_params(model_cfg, k)
+  base = None
+  if optim_cfg.lora_rank:  # the state holds the adapters and the head; the base is frozen
+    base = jax.eval_shape(lambda: transformer.init_params(model_cfg, jax.random.key(0)))
+    trainable = lambda k: lora.trainable_params(
+      transformer.init_params(model_cfg, k),
+      model_cfg,
+      rank=optim_cfg.lora_rank,
+      targets=optim_cfg.lora_targets,
+      rng=k,
+    )
+  abstract = jax.eval_shape(
+    lambda: jax.vmap(lambda k: train.init_state(trainable(k), optimizer, k))(
+      jax.random.split(jax.random.key(0), num_seeds)
+    )
+  )
+  return abstract, base
+
+
 @functools.lru_cache(maxsize=64)
 def finetune_step(
   model_cfg,
@@ -76,23 +99,8 @@ def finetune_step(
   sampling config of the live loss): sweep cells that share a strong size
   and a loss reuse it."""
   optimizer = train.make_optimizer(optim_cfg)
-  base_sharding = None
-  trainable = lambda k: transformer.init_params(model_cfg, k)
-  if optim_cfg.lora_rank:  # the state holds the adapters and the head; the base is frozen
-    base = jax.eval_shape(lambda: transformer.init_params(model_cfg, jax.random.key(0)))
-    base_sharding = shd.state_sharding(base, mesh)
-    trainable = lambda k: lora.trainable_params(
-      transformer.init_params(model_cfg, k),
-      model_cfg,
-      rank=optim_cfg.lora_rank,
-      targets=optim_cfg.lora_targets,
-      rng=k,
-    )
-  abstract = jax.eval_shape(
-    lambda: jax.vmap(lambda k: train.init_state(trainable(k), optimizer, k))(
-      jax.random.split(jax.random.key(0), num_seeds)
-    )
-  )
+  abstract, base = abstract_state(model_cfg, optim_cfg, num_seeds)
+  base_sharding = None if base is None else shd.state_sharding(base, mesh)
   teacher_sharding = None
   if teacher_cfg is not None:
     teacher_sharding = shd.state_sharding(

@@ -20,6 +20,7 @@ in curves/<run>/seed<s>/: curve.jsonl and a TensorBoard event file
 import functools
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -28,7 +29,7 @@ import numpy as np
 
 from w2s_jax.data.dataset import padded_batches
 from w2s_jax.infra import sharding as shd
-from w2s_jax.infra.files import TEMP_MARK, atomic_write
+from w2s_jax.infra.files import atomic_write, remove_stale_temps_of, temp_prefix
 from w2s_jax.models import sampling
 from w2s_jax.models.transformer import Transformer
 from w2s_jax.tasks import layout
@@ -312,20 +313,31 @@ def write(folder, runs: dict) -> list[Path]:
           f"curves: {str(target)!r} exists without a curve.jsonl: it was not "
           "written here, so it is left alone; move it away"
         )
-      staging = target.with_name(f".{target.name}.{TEMP_MARK}")  # a name only we write
-      shutil.rmtree(staging, ignore_errors=True)
-      staging.mkdir(parents=True)
-      writer = Writer(str(staging))
-      for row in rows(curve, i):
-        for name, value in row.items():
-          if name != "step":
-            writer.add_scalar(name, value, step=row["step"])
-      writer.close()
-      with atomic_write(staging / "curve.jsonl") as f:
-        f.write(lines)
-      if target.exists():
-        shutil.rmtree(target)
-      staging.rename(target)
+      # Our own staging folder (two processes writing one run's curves each
+      # stage their own); a killed writer's is removed by the next write.
+      target.parent.mkdir(parents=True, exist_ok=True)
+      remove_stale_temps_of(target)
+      staging = Path(
+        tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent)
+      )
+      try:
+        writer = Writer(str(staging))
+        for row in rows(curve, i):
+          for name, value in row.items():
+            if name != "step":
+              writer.add_scalar(name, value, step=row["step"])
+        writer.close()
+        with atomic_write(staging / "curve.jsonl") as f:
+          f.write(lines)
+        if target.exists():
+          shutil.rmtree(target, ignore_errors=True)
+        try:
+          staging.rename(target)
+        except OSError:  # another process placed its folder first: equal rows are kept
+          if not (jsonl.is_file() and jsonl.read_text() == lines):
+            raise
+      finally:
+        shutil.rmtree(staging, ignore_errors=True)
   return out
 
 
