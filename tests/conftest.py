@@ -11,6 +11,9 @@ if _FLAG not in _existing:
 # otherwise probe for a TPU in every process and log its absence. The planner's
 # tests compile for TPU topologies through libtpu all the same.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# libtpu lets one process per host compile unless told otherwise; two xdist
+# workers may both compile for a topology (test_plans, memory_lora --quick).
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import atexit  # noqa: E402
 import sys  # noqa: E402

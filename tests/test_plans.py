@@ -141,3 +141,21 @@ def test_plan_command_prints_a_table_and_writes_json(tmp_path, capsys):
   record = json.loads(out.read_text())
   assert [p["program"] for p in record["plans"]] == ["weak xent (ground truth)", "weak soft labels"]
   assert all(p["fits"] and p["mesh"] == {"data": 1, "fsdp": 4} for p in record["plans"])
+
+
+def test_train_flops_by_hand():
+  """PaLM's accounting on a hand-sized config: non-embedding params, the
+  unembedding only when the LM head runs, attention's 2 x depth x T x d."""
+  from w2s_jax.models import flops
+  from w2s_jax.models.model_config import ModelConfig
+
+  cfg = ModelConfig(vocab_size=100, width=8, depth=2, heads=2, max_len=16, positions="learned",
+                    tie_embeddings=True)  # fmt: skip
+  non_embedding = cfg.num_params - 100 * 8 - 16 * 8
+  attention = 2 * 2 * 16 * 8
+  assert flops.train_flops(config=cfg, rows=3, seq_len=16, lm_head=False) == pytest.approx(
+    6 * (non_embedding + attention) * 3 * 16
+  )
+  assert flops.train_flops(
+    config=cfg, rows=3, seq_len=16, lm_head=True, backward=False
+  ) == pytest.approx(2 * (non_embedding + 100 * 8 + attention) * 3 * 16)

@@ -1,15 +1,19 @@
 """Per-device memory of a train step, LoRA beside full fine-tuning, from
-ahead-of-time compilation: nothing is allocated, so a 7B model's numbers come
-from a laptop.
+ahead-of-time compilation by the TPU compiler: nothing is allocated, so a 7B
+model's numbers come from a laptop.
 
-  python tools/memory_lora.py                      # a Qwen2.5-7B-shaped model, FSDP over 8
+  python tools/memory_lora.py                      # a Qwen2.5-7B-shaped model on a v5p-8 slice
+  python tools/memory_lora.py --depth 4 --depth 8  # slices of it: does remat hold per layer?
   python tools/memory_lora.py --quick              # seconds: a check of the tool itself
 
-Simulates 8 devices (XLA_FLAGS) unless more are present. For each variant it
-prints, per device: LoRA's frozen base, the trainable params (all of them,
-or adapters + head), their Adam moments, the compiled step's temporaries and
-its argument total, at batch 8 x 512, with bf16 compute and per-block
-rematerialisation as a GPU or TPU run would use.
+Compiles for --topology (default v5p:2x2x2, 8 chips, FSDP over all of them)
+with libtpu (the `tpu` extra), and without it, for 8 simulated CPU devices
+(--topology cpu), whose temporaries are XLA:CPU's and no accelerator's
+estimate. For each variant it prints, per device: LoRA's frozen base, the
+trainable params (all of them, or adapters + head), their Adam moments, the
+compiled step's temporaries and its argument total, at batch 8 x 512, with
+bf16 compute and per-block rematerialisation. The whole run's programs, with
+predicted time and MFU, are `python -m w2s_jax plan` (docs/pods.md).
 """
 
 import argparse
@@ -30,6 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 from w2s_jax.infra import sharding
 from w2s_jax.models import transformer
 from w2s_jax.models.model_config import ATTENTIONS, DTYPES, ModelConfig
+from w2s_jax.plans import chips
 from w2s_jax.training import (
   lora,  # noqa: E402
   objectives,
@@ -58,9 +63,10 @@ SHAPES = {
 }
 
 
-def model_config(shape: str, seq: int, dtype: str, remat: bool) -> ModelConfig:
+def model_config(shape: str, seq: int, dtype: str, remat: bool, depth=None) -> ModelConfig:
+  layers = {} if depth is None else {"depth": depth}
   return ModelConfig(
-    **SHAPES[shape],
+    **{**SHAPES[shape], **layers},
     max_len=seq,
     positions="rotary",
     rotary_frac=1.0,
@@ -149,6 +155,14 @@ def main(argv=None):
   )
   parser.add_argument("--shape", default="qwen2.5-7b", choices=sorted(SHAPES))
   parser.add_argument("--fsdp", type=int, default=8)
+  parser.add_argument(
+    "--topology",
+    default="v5p:2x2x2",
+    help="a TPU topology (libtpu compiles for it), or cpu: the simulated CPU devices",
+  )
+  parser.add_argument(
+    "--depth", type=int, action="append", help="layers instead of the shape's own (repeatable)"
+  )
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq", type=int, default=512)
   parser.add_argument("--rank", type=int, default=16)
@@ -163,16 +177,34 @@ def main(argv=None):
   )
   args = parser.parse_args(argv)
   if args.quick:
-    parser.set_defaults(shape="tiny", seq=32)
+    parser.set_defaults(shape="tiny", seq=32, topology="v5e:2x2", fsdp=4)
+    if not chips.libtpu_available():
+      parser.set_defaults(topology="cpu")
     args = parser.parse_args(argv)
-  cfg = dataclasses.replace(
-    model_config(args.shape, args.seq, args.dtype, args.remat), attention=args.attention
-  )
-  mesh = sharding.make_mesh(args.fsdp, fsdp=args.fsdp)
+  if args.topology == "cpu":
+    mesh = sharding.make_mesh(args.fsdp, fsdp=args.fsdp)
+    compiler = f"XLA:CPU, {args.fsdp} simulated devices (not an accelerator's estimate)"
+  else:
+    devices = chips.topology_devices(args.topology)
+    mesh = chips.topology_mesh(devices, fsdp=args.fsdp)
+    compiler = f"TPU compiler, {args.topology} ({len(devices)} x {devices[0].device_kind})"
+  rows = {}
+  for depth in args.depth or [None]:
+    cfg = dataclasses.replace(
+      model_config(args.shape, args.seq, args.dtype, args.remat, depth), attention=args.attention
+    )
+    rows[cfg.depth] = _variants(args, cfg, mesh, compiler)
+  if args.json:
+    harness.write_record(
+      args.json, {"config": vars(args), **harness.machine(), "bytes_per_device": rows}
+    )
+
+
+def _variants(args, cfg, mesh, compiler) -> dict:
   print(
-    f"{args.shape}: {cfg.num_params:,} params, FSDP over {args.fsdp} devices, batch "
-    f"{args.batch} x {args.seq}, {args.dtype} compute, remat {args.remat}, {args.attention} "
-    "attention; bytes per device"
+    f"\n{args.shape}, {cfg.depth} layers: {cfg.num_params:,} params, FSDP over {args.fsdp} "
+    f"devices, batch {args.batch} x {args.seq}, {args.dtype} compute, remat {args.remat}, "
+    f"{args.attention} attention; {compiler}; bytes per device"
   )
   variants = {
     "full fine-tuning": OptimConfig(steps=10, batch_size=args.batch),
@@ -192,10 +224,7 @@ def main(argv=None):
       + " ".join(f"{m[c] / 1e9:>14.3f}" for c in columns)
       + f" {m['compile s']:>10.1f}"
     )
-  if args.json:
-    harness.write_record(
-      args.json, {"config": vars(args), **harness.machine(), "bytes_per_device": rows}
-    )
+  return rows
 
 
 if __name__ == "__main__":

@@ -140,6 +140,36 @@ def to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def under_mesh(fn, mesh):
+  """fn traced with mesh as the abstract mesh in context, so the model's
+  activation constraints (batch_constrained) apply; jit the result."""
+
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+
+  return traced
+
+
+def batch_constrained(x):
+  """x with its leading (example or token) axis split over every device, as
+  the batch is. Inside programs jitted through under_mesh only; elsewhere,
+  or for a leading axis the devices do not divide, x as it is.
+
+  Without it, XLA's SPMD partitioner lets FSDP's split of a weight's output
+  columns (the fused q/k/v kernel's, for one) spread into the activations:
+  heads split over devices on one side of a reshape and examples on the
+  other, which it can only resolve by replicating the activation ("involuntary
+  full rematerialization", seen by the TPU compiler for Qwen2.5-7B; plans/).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+    return x
+  if x.shape[0] % math.prod(mesh.shape[a] for a in BATCH_AXES):
+    return x
+  return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, *[None] * (x.ndim - 1)))
+
+
 def is_main_process() -> bool:
   """Only process 0 writes results and logs."""
   return jax.process_index() == 0

@@ -32,3 +32,23 @@ def model_flops(*, config, tokens, include_embeddings: bool = False):
   return forward_flops(
     num_params=config.num_params - (0 if include_embeddings else embedding), tokens=tokens
   )
+
+
+def train_flops(*, config, rows, seq_len, lm_head: bool, backward: bool = True):
+  """Model FLOPs of a forward (and backward) pass over `rows` sequences of
+  seq_len tokens, by PaLM's MFU accounting (Chowdhery et al. 2022, app. B):
+  per token 2 N (forward) or 6 N (with backward) for the non-embedding
+  params N, plus 2 (or 6) x 2 x depth x seq_len x width for attention's
+  scores and values. lm_head: the unembedding matmul runs too (generation,
+  or a classifier on LM probabilities); a classifier on the hidden state
+  skips it. Rematerialised forward passes are not counted (as in MFU)."""
+  d, v = config.width, config.vocab_size
+  embedding = (
+    v * d
+    + (config.max_len * d if config.positions == "learned" else 0)
+    + (0 if config.tie_embeddings else v * d)
+  )
+  per_token = config.num_params - embedding + (v * d if lm_head else 0)
+  per_token += 2 * config.depth * seq_len * d  # attention: q.k and p.v
+  multiplier = 6.0 if backward else 2.0
+  return multiplier * per_token * rows * seq_len

@@ -34,7 +34,7 @@ def jit_batched(fn, mesh, *, seed_axis: bool = False, num_inputs: int = 2):
   examples split over the mesh."""
   data = shd.batch_sharding(mesh)
   return jax.jit(
-    fn,
+    shd.under_mesh(fn, mesh),
     in_shardings=(None, *[data] * num_inputs),
     out_shardings=shd.batch_sharding(mesh, seed_axis=seed_axis),
   )

@@ -242,7 +242,7 @@ def compiled_sampler(model_cfg: ModelConfig, cfg: SamplingConfig, mesh, seed_axi
     fn = jax.vmap(fn, in_axes=(0, None, None, None, 0))
   data = shd.batch_sharding(mesh)
   return jax.jit(
-    fn,
+    shd.under_mesh(fn, mesh),
     in_shardings=(None, data, data, data, shd.replicated(mesh)),
     out_shardings=shd.batch_sharding(mesh, seed_axis=seed_axis),
   )

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from w2s_jax.infra.sharding import batch_constrained
 from w2s_jax.models.model_config import ModelConfig
 
 # The classifier head's name among the params: what a linear probe trains,
@@ -124,7 +125,7 @@ class Block(nn.Module):
     n, d = h.shape
     t = n // batch
     kv_heads, hd = cfg.num_kv_heads, cfg.head_dim
-    qkv = QKV(cfg.heads * hd, kv_heads * hd, dtype, cfg.qkv_bias, name="qkv")(h)
+    qkv = batch_constrained(QKV(cfg.heads * hd, kv_heads * hd, dtype, cfg.qkv_bias, name="qkv")(h))
     if kv_heads == cfg.heads:
       # (batch, heads, seq, head_dim): measured faster on XLA:CPU than (b, s, h, d).
       qkv = qkv.reshape(batch, t, 3, cfg.heads, hd).transpose(2, 0, 3, 1, 4)
@@ -137,6 +138,7 @@ class Block(nn.Module):
     if cfg.positions == "rotary":
       q = rotary(q, positions, frac=cfg.rotary_frac, base=cfg.rotary_base, scaling=cfg.rope_scaling)
       k = rotary(k, positions, frac=cfg.rotary_frac, base=cfg.rotary_base, scaling=cfg.rope_scaling)
+    q, k, v = batch_constrained(q), batch_constrained(k), batch_constrained(v)
     if cache is not None:
       # Decoding: this call's keys and values go into their cache slots, and
       # the queries attend to every slot (attn_bias masks the empty ones).
@@ -171,6 +173,7 @@ class Block(nn.Module):
         grouped = probs.reshape(q.shape[0], kv_heads, cfg.heads // kv_heads, t, k.shape[2])
         attn = jnp.einsum("bkgqs,bksd->bkgqd", grouped, v).reshape(q.shape[0], cfg.heads, t, hd)
       attn = attn.transpose(0, 2, 1, 3).reshape(n, d)
+    attn = batch_constrained(attn)
     out = nn.Dense(d, dtype=dtype, use_bias=cfg.attn_out_bias, name="attn_out")(attn)
     return _dropout(self, cfg.dropout)(out), cache
 
@@ -187,7 +190,9 @@ class Block(nn.Module):
     else:
       h = nn.Dense(cfg.hidden_mlp, dtype=dtype, use_bias=cfg.mlp_bias, name="mlp_in")(h)
       h = nn.gelu(h, approximate=cfg.gelu_approximate)
-    out = nn.Dense(cfg.width, dtype=dtype, use_bias=cfg.mlp_bias, name="mlp_out")(h)
+    out = nn.Dense(cfg.width, dtype=dtype, use_bias=cfg.mlp_bias, name="mlp_out")(
+      batch_constrained(h)
+    )
     return _dropout(self, cfg.dropout)(out)
 
   @nn.compact

@@ -56,7 +56,10 @@ def topology_devices(name: str) -> list:
   try:
     return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
   except Exception as e:  # libtpu's own message names what it could not parse
-    raise ValueError(f"--topology={name!r}: libtpu cannot build it ({e})") from None
+    hint = ""
+    if "lockfile" in str(e):  # one process per host holds libtpu unless told otherwise
+      hint = "; another process holds libtpu: ALLOW_MULTIPLE_LIBTPU_LOAD=1 compiles beside it"
+    raise ValueError(f"--topology={name!r}: libtpu cannot build it ({e}){hint}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """What the TPU compiler says of one compiled program: memory, predicted
 time, collectives, and any rematerialisation the SPMD partitioner forced.
 
-`compile_and_read` compiles a lowered program with its stderr captured,
-because the partitioner reports "Involuntary full rematerialization" only
-as a log line, and reads the rest from the compiled executable:
+`compile_and_read` compiles a lowered program and reads the partitioner's
+"Involuntary full rematerialization" warnings, which exist only as log
+lines: libtpu writes them to its own log files (TPU_LOG_DIR, by default
+/tmp/tpu_logs, one WARNING file per process), other backends to stderr, so
+both are read. The rest comes from the compiled executable:
 memory_analysis (bytes per device), cost_analysis (per-device FLOPs, bytes
 accessed and the compiler's own `optimal_seconds`) and the optimized HLO
 (collectives, counted and sized by their result shapes).
@@ -15,6 +17,7 @@ import os
 import re
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -101,9 +104,29 @@ def captured_stderr():
       lines.extend(sink.read().decode(errors="replace").splitlines())
 
 
+def libtpu_warning_logs() -> list[Path]:
+  """This process's libtpu WARNING log files (glog names them by PID)."""
+  folder = Path(os.environ.get("TPU_LOG_DIR") or "/tmp/tpu_logs")
+  return sorted(folder.glob(f"*.log.WARNING.*.{os.getpid()}"))
+
+
+@contextlib.contextmanager
+def new_log_lines():
+  """Lines this process writes to stderr or to its libtpu WARNING logs meanwhile."""
+  before = {p: p.stat().st_size for p in libtpu_warning_logs()}
+  lines: list[str] = []
+  with captured_stderr() as err:
+    yield lines
+  lines.extend(err)
+  for p in libtpu_warning_logs():
+    with open(p, "rb") as f:
+      f.seek(before.get(p, 0))
+      lines.extend(f.read().decode(errors="replace").splitlines())
+
+
 def compile_and_read(lowered) -> Compiled:
   started = time.perf_counter()
-  with captured_stderr() as log:
+  with new_log_lines() as log:
     executable = lowered.compile()
   seconds = time.perf_counter() - started
   memory = executable.memory_analysis()

@@ -21,6 +21,7 @@ import numpy as np
 
 from w2s_jax.data.dataset import Dataset
 from w2s_jax.infra import sharding as shd
+from w2s_jax.models import flops as flops_lib
 from w2s_jax.models import inference, sampling
 from w2s_jax.models.model_config import ModelConfig
 from w2s_jax.tasks import layout
@@ -178,12 +179,22 @@ def train_program(
     return out
 
   def flops(batch):
-    # 6 N D: forward and backward over every row of every seed; the live
-    # supervisor's sampling and a teacher's forward pass come on top.
-    tokens = seeds * batch * shape.train_len
-    return 6.0 * model_cfg.num_params * tokens
+    # Forward and backward over every row of every seed; a teacher's forward
+    # pass and the live supervisor's sampling are not model FLOPs of the student.
+    return flops_lib.train_flops(
+      config=model_cfg,
+      rows=seeds * batch,
+      seq_len=shape.train_len,
+      lm_head=lm_head(model_cfg, shape),
+    )
 
   return Program(name, TRAIN, model_cfg, lower, parts, flops, seeds)
+
+
+def lm_head(model_cfg: ModelConfig, shape: TaskShape) -> bool:
+  """Whether the unembedding matmul runs: generation, or a classifier on LM
+  probabilities (head_input "lm_probs"); a classifier on the hidden state skips it."""
+  return shape.generative or model_cfg.head_input != "hidden"
 
 
 def _params(model_cfg, seeds, mesh):
@@ -204,7 +215,10 @@ def labels_program(name, model_cfg, *, shape: TaskShape, seeds: int) -> Program:
     params, shardings = _params(model_cfg, seeds, mesh)
     return {"params": per_device_bytes(params, shardings)}
 
-  flops = lambda batch: 2.0 * model_cfg.num_params * seeds * batch * shape.max_len
+  flops = lambda batch: flops_lib.train_flops(
+    config=model_cfg, rows=seeds * batch, seq_len=shape.max_len, lm_head=lm_head(model_cfg, shape),
+    backward=False,
+  )  # fmt: skip
   return Program(name, INFERENCE, model_cfg, lower, parts, flops, seeds)
 
 
@@ -223,8 +237,12 @@ def sampler_program(name, model_cfg, sampling_cfg, *, shape: TaskShape, seeds: i
     params, shardings = _params(model_cfg, seeds, mesh)
     return {"params": per_device_bytes(params, shardings)}
 
+  # The prefill over the prompt, then one token per step attending to the
+  # cache (counted at the full length: an upper bound on the model FLOPs).
   tokens = shape.prompt_len + sampling_cfg.max_new_tokens
-  flops = lambda batch: 2.0 * model_cfg.num_params * seeds * batch * tokens
+  flops = lambda batch: flops_lib.train_flops(
+    config=model_cfg, rows=seeds * batch, seq_len=tokens, lm_head=True, backward=False
+  )
   return Program(name, SAMPLING, model_cfg, lower, parts, flops, seeds)
 
 

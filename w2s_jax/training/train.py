@@ -275,7 +275,7 @@ def compile_train_step(
     *(sharding for sharding, _ in frozen),
   )
   return jax.jit(
-    step,
+    shd.under_mesh(step, mesh),
     in_shardings=in_shardings,
     out_shardings=(state_sharding, shd.replicated(mesh)),
     donate_argnums=0,
