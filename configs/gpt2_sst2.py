@@ -6,7 +6,7 @@ Fetch weights and data once, on a machine with internet (nothing is fetched at r
     huggingface-cli download openai-community/$m config.json model.safetensors tokenizer.json \
         --local-dir $W2S_MODELS/$m
   done
-  python -c "from w2s_jax import text_tasks as t; t.load_task('glue/sst2', split='train', download=True)"
+  python -c "from w2s_jax.data import text_tasks as t; t.load_task('glue/sst2', split='train', download=True)"
 
 Then, on a GPU or TPU host:
   python experiments/w2s.py --config configs/gpt2_sst2.py:models=$W2S_MODELS,weak=gpt2,strong=gpt2-xl

@@ -6,7 +6,7 @@ Fetch weights and data once, on a machine with internet (nothing is fetched at r
     huggingface-cli download EleutherAI/$m config.json model.safetensors tokenizer.json \
         --local-dir $W2S_MODELS/$m            # add --revision step71000 for a pretraining checkpoint
   done
-  python -c "from w2s_jax import text_tasks as t; t.load_task('bool_q', split='train', download=True)"
+  python -c "from w2s_jax.data import text_tasks as t; t.load_task('bool_q', split='train', download=True)"
 
 Then, on a GPU or TPU host:
   python experiments/w2s.py --config configs/pythia_boolq.py:models=$W2S_MODELS,weak=pythia-160m,strong=pythia-1.4b

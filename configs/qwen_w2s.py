@@ -6,7 +6,7 @@ Fetch weights and data once, on a machine with internet (nothing is fetched at r
     huggingface-cli download Qwen/$m config.json tokenizer.json tokenizer_config.json \
         'model*.safetensors' model.safetensors.index.json --local-dir $W2S_MODELS/$m
   done
-  python -c "from w2s_jax import text_tasks as t; t.load_task('glue/sst2', split='train', download=True)"
+  python -c "from w2s_jax.data import text_tasks as t; t.load_task('glue/sst2', split='train', download=True)"
 
 Then, on a GPU host (8 GPUs) or a TPU slice, on every host:
   python experiments/w2s.py --config configs/qwen_w2s.py:models=$W2S_MODELS,fsdp=8

@@ -127,6 +127,7 @@ TOOL_QUICK = {
   "memory_lora.py": ["--quick"],
   "sweep_report.py": [],
   "show_results.py": [],
+  "hub_configs.py": [],  # seconds: writes config.json files, keeps any already there
 }
 # Experiments without a --config in their documented form get this one.
 DEFAULT_QUICK_CONFIG = {"filter_corpus.py": "configs/default.py:facts,small"}
@@ -218,6 +219,22 @@ COVERED = [
     Covered(
       "tests/test_multiprocess.py::test_two_processes_match_one_process",
       "the same environment variables, two processes on 127.0.0.1",
+    ),
+  ),
+  (
+    r"^python -m w2s_jax plan\b",
+    Covered(
+      "tests/test_plans.py::test_plan_command_prints_a_table_and_writes_json",
+      "the plan command on configs/default.py:small for a v5e 2x2 slice (libtpu, the tpu "
+      "extra CI installs); a real pair's programs take minutes each to compile",
+    ),
+  ),
+  (r"^pip install -e \"\.\[tpu\]\"$", Covered(CI, "CI installs the tpu extra")),
+  (
+    r"^gcloud compute tpus tpu-vm create ",
+    Covered(
+      "tests/test_plans.py::test_train_step_sampler_and_live_step_compile_for_v5e_2x2",
+      "creating a slice needs a cloud project; what runs on it is compiled for one here",
     ),
   ),
   (

@@ -3,7 +3,6 @@ libtpu with no TPU attached, and what it reads off them."""
 
 import json
 import os
-import time
 
 import pytest
 
@@ -82,7 +81,6 @@ def test_bad_topology_name_is_libtpus_message():
 def test_train_step_sampler_and_live_step_compile_for_v5e_2x2():
   """A tiny run's programs on a v5e 2x2 slice: memory within HBM, MFU in (0, 1),
   parameters gathered under FSDP and not without it, no involuntary remat."""
-  started = time.perf_counter()
   devices = chips.topology_devices("v5e:2x2")
   assert len(devices) == 4 and chips.describe(devices).chip.name == "v5e"
   gen = tiny_config(generation=GenerationConfig(), losses=(Sft(), Live()))
@@ -124,7 +122,6 @@ def test_train_step_sampler_and_live_step_compile_for_v5e_2x2():
   for name in ("strong live (w2s)", "xent"):
     assert plans[name, 4].parts["params"] < plans[name, 1].parts["params"] / 2
     assert plans[name, 4].compiled.collectives["all-gather"]["count"] > 0
-  assert time.perf_counter() - started < 60
 
 
 @needs_libtpu
@@ -159,3 +156,35 @@ def test_train_flops_by_hand():
   assert flops.train_flops(
     config=cfg, rows=3, seq_len=16, lm_head=True, backward=False
   ) == pytest.approx(2 * (non_embedding + 100 * 8 + attention) * 3 * 16)
+
+
+def test_new_log_lines_reads_this_process_libtpu_warning_log(tmp_path, monkeypatch):
+  """libtpu logs the partitioner's warnings to its own files, never stderr."""
+  monkeypatch.setenv("TPU_LOG_DIR", str(tmp_path))
+  log = tmp_path / f"tpu_driver.host.user.log.WARNING.20261207-000000.{os.getpid()}"
+  other = tmp_path / "tpu_driver.host.user.log.WARNING.20261207-000000.1"  # another process's
+  log.write_text("old line\n")
+  with compiled.new_log_lines() as lines:
+    with open(log, "a") as f:
+      f.write("W [SPMD] Involuntary full rematerialization of %reshape.1\n")
+    other.write_text("W [SPMD] Involuntary full rematerialization of %theirs\n")
+  assert lines == ["W [SPMD] Involuntary full rematerialization of %reshape.1"]
+
+
+@needs_libtpu
+def test_an_involuntary_rematerialisation_is_reported():
+  """Not vacuous: a reshape the partitioner cannot reshard efficiently (split
+  examples -> a transposed split) is found in the compile's log."""
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  mesh = chips.topology_mesh(chips.topology_devices("v5e:2x2"), fsdp=4)
+  split = lambda *spec: NamedSharding(mesh, P(*spec))
+  fn = lambda x: jax.lax.with_sharding_constraint(
+    x.reshape(2, 4, 4, 2).transpose(1, 0, 2, 3).reshape(8, 8), split(None, "fsdp")
+  )
+  lowered = jax.jit(fn, in_shardings=split("fsdp")).lower(jax.ShapeDtypeStruct((8, 8), jnp.float32))
+  found = compiled.compile_and_read(lowered).remat_warnings
+  assert len(found) == 1 and compiled.REMAT_MARK in found[0]

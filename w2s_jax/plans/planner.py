@@ -77,13 +77,13 @@ class Plan:
 
   @property
   def flops_seconds(self) -> float:
-    """The compiler's per-device FLOPs at the chip's peak."""
-    return self.compiled.flops / self.device.flops
+    """The compiler's FLOPs (counted per TensorCore) at a core's share of the peak."""
+    return self.compiled.flops / (self.device.flops / self.device.cores)
 
   @property
   def hbm_seconds(self) -> float:
-    """The compiler's per-device bytes accessed at the chip's HBM bandwidth."""
-    return self.compiled.bytes_accessed / self.device.hbm_bandwidth
+    """The compiler's bytes accessed (per TensorCore) at a core's share of HBM bandwidth."""
+    return self.compiled.bytes_accessed / (self.device.hbm_bandwidth / self.device.cores)
 
   def record(self) -> dict:
     c = self.compiled
