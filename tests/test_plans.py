@@ -153,9 +153,13 @@ def test_train_flops_by_hand():
   assert flops.train_flops(config=cfg, rows=3, seq_len=16, lm_head=False) == pytest.approx(
     6 * (non_embedding + attention) * 3 * 16
   )
-  assert flops.train_flops(
-    config=cfg, rows=3, seq_len=16, lm_head=True, backward=False
-  ) == pytest.approx(2 * (non_embedding + 100 * 8 + attention) * 3 * 16)
+  assert flops.train_flops(config=cfg, rows=3, seq_len=16, lm_head=True, passes=1) == pytest.approx(
+    2 * (non_embedding + 100 * 8 + attention) * 3 * 16
+  )
+  lora = flops.train_flops(config=cfg, rows=3, seq_len=16, lm_head=False, passes=2)
+  assert lora == pytest.approx(4 * (non_embedding + attention) * 3 * 16)
+  with pytest.raises(ValueError, match="passes=4"):
+    flops.train_flops(config=cfg, rows=1, seq_len=1, lm_head=False, passes=4)
 
 
 def test_new_log_lines_reads_this_process_libtpu_warning_log(tmp_path, monkeypatch):

@@ -34,14 +34,18 @@ def model_flops(*, config, tokens, include_embeddings: bool = False):
   )
 
 
-def train_flops(*, config, rows, seq_len, lm_head: bool, backward: bool = True):
-  """Model FLOPs of a forward (and backward) pass over `rows` sequences of
-  seq_len tokens, by PaLM's MFU accounting (Chowdhery et al. 2022, app. B):
-  per token 2 N (forward) or 6 N (with backward) for the non-embedding
-  params N, plus 2 (or 6) x 2 x depth x seq_len x width for attention's
-  scores and values. lm_head: the unembedding matmul runs too (generation,
-  or a classifier on LM probabilities); a classifier on the hidden state
-  skips it. Rematerialised forward passes are not counted (as in MFU)."""
+def train_flops(*, config, rows, seq_len, lm_head: bool, passes: int = 3):
+  """Model FLOPs over `rows` sequences of seq_len tokens, by PaLM's MFU
+  accounting (Chowdhery et al. 2022, app. B): a forward pass costs 2 N per
+  token for the non-embedding params N, plus 2 x 2 x depth x seq_len x width
+  for attention's scores and values. passes: forward-pass multiples run: 3
+  for training (forward, activation and weight gradients: 6 N), 2 for a
+  frozen base (LoRA: no weight gradients of the base), 1 for inference.
+  lm_head: the unembedding matmul runs too (generation, or a classifier on
+  LM probabilities); a classifier on the hidden state skips it.
+  Rematerialised forward passes are not counted (as in MFU)."""
+  if passes not in (1, 2, 3):
+    raise ValueError(f"train_flops passes={passes!r}: expected 1, 2 or 3")
   d, v = config.width, config.vocab_size
   embedding = (
     v * d
@@ -50,5 +54,4 @@ def train_flops(*, config, rows, seq_len, lm_head: bool, backward: bool = True):
   )
   per_token = config.num_params - embedding + (v * d if lm_head else 0)
   per_token += 2 * config.depth * seq_len * d  # attention: q.k and p.v
-  multiplier = 6.0 if backward else 2.0
-  return multiplier * per_token * rows * seq_len
+  return 2.0 * passes * per_token * rows * seq_len

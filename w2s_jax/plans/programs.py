@@ -179,13 +179,16 @@ def train_program(
     return out
 
   def flops(batch):
-    # Forward and backward over every row of every seed; a teacher's forward
-    # pass and the live supervisor's sampling are not model FLOPs of the student.
+    # Every row of every seed; a teacher's forward pass and the live
+    # supervisor's sampling are not model FLOPs of the student. A frozen
+    # base (LoRA) has no weight gradients; a linear probe no backward pass.
+    passes = 1 if optim.linear_probe else 2 if optim.lora_rank else 3
     return flops_lib.train_flops(
       config=model_cfg,
       rows=seeds * batch,
       seq_len=shape.train_len,
       lm_head=lm_head(model_cfg, shape),
+      passes=passes,
     )
 
   return Program(name, TRAIN, model_cfg, lower, parts, flops, seeds)
@@ -217,7 +220,7 @@ def labels_program(name, model_cfg, *, shape: TaskShape, seeds: int) -> Program:
 
   flops = lambda batch: flops_lib.train_flops(
     config=model_cfg, rows=seeds * batch, seq_len=shape.max_len, lm_head=lm_head(model_cfg, shape),
-    backward=False,
+    passes=1,
   )  # fmt: skip
   return Program(name, INFERENCE, model_cfg, lower, parts, flops, seeds)
 
@@ -241,7 +244,7 @@ def sampler_program(name, model_cfg, sampling_cfg, *, shape: TaskShape, seeds: i
   # cache (counted at the full length: an upper bound on the model FLOPs).
   tokens = shape.prompt_len + sampling_cfg.max_new_tokens
   flops = lambda batch: flops_lib.train_flops(
-    config=model_cfg, rows=seeds * batch, seq_len=tokens, lm_head=True, backward=False
+    config=model_cfg, rows=seeds * batch, seq_len=tokens, lm_head=True, passes=1
   )
   return Program(name, SAMPLING, model_cfg, lower, parts, flops, seeds)
 
