@@ -13,6 +13,7 @@ import pytest
 
 from w2s_jax import cli
 from w2s_jax.data import text_files
+from w2s_jax.data.dataset import Dataset
 from w2s_jax.infra import checkpoints, configs, files
 from w2s_jax.infra.sharding import MeshConfig
 from w2s_jax.tasks.generation import GenerationConfig
@@ -99,6 +100,28 @@ def test_degenerate_splits_are_warned_of_and_recorded():
   assert records.data_warnings({"test": {"examples": 800, "majority": 0.5, "chance": 0.5}}) == []
   results = {"task": {"warnings": warned, "eval_keys": []}, "models": {}, "cells": [], "seconds": 1}
   assert "WARNING (data) train_gt: every one" in tables.format_results(results)
+
+
+def test_repeated_and_leaked_examples_are_counted_and_warned_of():
+  """Equal real tokens are one example whatever the padding; an evaluation
+  example found in a train split is a leak."""
+  rows = lambda *r: np.array(r, np.int32)
+  splits = {
+    "train_gt": Dataset(tokens=rows([5, 6, 0], [5, 6, 9], [5, 6, 7]), mask=rows([1, 1, 0], [1, 1, 0], [1, 1, 1]), labels=rows(0, 1, 1)),
+    "train_w2s": Dataset(tokens=rows([1, 2, 3], [3, 2, 1]), mask=rows([1, 1, 1], [1, 1, 1]), labels=rows(0, 1)),
+    "test": Dataset(tokens=rows([1, 2, 3], [4, 4, 4], [8, 0, 0]), mask=rows([1, 1, 1], [1, 1, 1], [1, 0, 0]), labels=rows(0, 1, 0)),
+  }  # fmt: skip
+  sanity = records.split_sanity(types.SimpleNamespace(generative=False, splits=splits))
+  assert sanity["train_gt"]["duplicates"] == 1  # rows 0 and 1: [5, 6] once padding is masked
+  assert sanity["test"]["duplicates"] == 0 and sanity["test"]["in_train"] == 1
+  assert "in_train" not in sanity["train_gt"]
+  warned = records.data_warnings(sanity)
+  assert warned == [
+    "train_gt: 1 of its 3 examples repeat an earlier one: they count more than once in "
+    "its readings (and intervals treat them as independent)",
+    "test: 1 of its 3 examples also appear in a train split: readings on them measure "
+    "memory, not generalisation",
+  ]
 
 
 def test_split_sanity_of_a_one_class_split():

@@ -135,12 +135,29 @@ def environment() -> dict:
   }
 
 
+def _row_keys(data) -> list[bytes]:
+  """Each example's content (its real tokens: text, or prompt and response),
+  as bytes, so equal examples compare equal whatever their padding."""
+  fields = [("tokens", "mask"), ("prompt", "prompt_mask"), ("response", "response_mask")]
+  parts = [np.asarray(data[f]) * np.asarray(data[m]) for f, m in fields if f in data and m in data]
+  if not parts:
+    return []
+  rows = np.concatenate([p.reshape(len(p), -1) for p in parts], axis=1)
+  return [np.ascontiguousarray(r).tobytes() for r in rows]
+
+
 def split_sanity(task) -> dict:
   """Per split of a classification task: its examples, majority-class rate and
-  chance level (what an accuracy has to beat); a generative task's: examples."""
-  out = {}
+  chance level (what an accuracy has to beat); a generative task's: examples.
+  Every split: how many of its examples repeat an earlier one of the split
+  (`duplicates`); an evaluation split: how many also appear in a train split
+  (`in_train`, a leak that flatters every stage)."""
+  out, keys = {}, {name: _row_keys(data) for name, data in task.splits.items()}
+  train = set().union(*[set(k) for name, k in keys.items() if name.startswith("train")])
   for name, data in task.splits.items():
-    out[name] = {"examples": len(data)}
+    out[name] = {"examples": len(data), "duplicates": len(keys[name]) - len(set(keys[name]))}
+    if not name.startswith("train"):
+      out[name]["in_train"] = sum(k in train for k in keys[name])
     if not task.generative:
       counts = np.bincount(np.asarray(data["labels"]), minlength=2)
       out[name].update(majority=float(counts.max() / counts.sum()), chance=1 / len(counts))
@@ -148,8 +165,9 @@ def split_sanity(task) -> dict:
 
 
 def data_warnings(sanity: dict) -> list[str]:
-  """What makes a split's readings meaningless or degenerate (split_sanity's
-  output): a split of one class, or of fewer than two examples."""
+  """What makes a split's readings meaningless, degenerate or flattered
+  (split_sanity's output): a split of one class, or of fewer than two
+  examples; repeated examples; evaluation examples also in a train split."""
   out = []
   for name, s in sanity.items():
     if s["examples"] < 2:
@@ -161,6 +179,16 @@ def data_warnings(sanity: dict) -> list[str]:
       out.append(
         f"{name}: every one of its {s['examples']} examples has the same label: a "
         "classifier trained or scored on it learns or shows nothing about the other class"
+      )
+    if s.get("duplicates"):
+      out.append(
+        f"{name}: {s['duplicates']} of its {s['examples']} examples repeat an earlier one: "
+        "they count more than once in its readings (and intervals treat them as independent)"
+      )
+    if s.get("in_train"):
+      out.append(
+        f"{name}: {s['in_train']} of its {s['examples']} examples also appear in a train "
+        "split: readings on them measure memory, not generalisation"
       )
   return out
 
