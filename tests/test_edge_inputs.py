@@ -245,3 +245,70 @@ def test_a_full_disk_at_a_write_site_is_one_line_and_the_rerun_completes(
   assert json.dumps([c["summary"] for c in again["cells"]]) == json.dumps(
     [c["summary"] for c in clean["cells"]]
   )
+
+
+@pytest.mark.slow  # two small runs per file a run writes (minutes)
+def test_a_full_disk_at_every_file_a_run_writes_is_one_line_and_the_rerun_completes(
+  tmp_path, monkeypatch, capsys
+):
+  """ENOSPC injected at each file a run moves into place in turn (every
+  os.replace / os.rename of a cached run: its folder's mark, stage arrays, cell
+  records, curves, charts, results.json). Each time: one line, exit 1, no
+  results.json unless the failure came after it; then the rerun with space
+  again gives the numbers of a run that never failed."""
+  spec = f"{ROOT / 'configs/default.py'}:small"
+  cache = tmp_path / "cache"
+  run = lambda out: cli.main(
+    ["run", "--config", spec, "--out", str(out), "--cache", str(cache), "--no-progress",
+     "--xla-cache", str(tmp_path / "xla")],
+    exit_now=lambda code: None,
+  )  # fmt: skip
+  real = {name: getattr(files.os, name) for name in ("replace", "rename")}
+  written: list[str] = []
+
+  def recording(name):
+    def move(src, dst, *args, **kwargs):
+      written.append(Path(dst).name)
+      return real[name](src, dst, *args, **kwargs)
+
+    return move
+
+  for name in real:
+    monkeypatch.setattr(files.os, name, recording(name))
+  run(tmp_path / "clean")  # fills the pretrained cache: the runs below write their own files only
+  written.clear()
+  run(tmp_path / "clean2")
+  monkeypatch.undo()
+  clean = json.loads((tmp_path / "clean2" / "results.json").read_text())
+  targets = list(dict.fromkeys(written))
+  # The run's own results.json is the last file it writes (a cell's record, of the
+  # same name, comes earlier: failing the name fails both).
+  assert ".w2s-jax-out" in targets and written[-1] == "results.json" and len(targets) > 5, targets
+  capsys.readouterr()
+  for i, target in enumerate(targets):
+
+    def failing(name):
+      def move(src, dst, *args, **kwargs):
+        if Path(dst).name == target:
+          raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real[name](src, dst, *args, **kwargs)
+
+      return move
+
+    for name in real:
+      monkeypatch.setattr(files.os, name, failing(name))
+    out = tmp_path / f"o{i}"
+    with pytest.raises(SystemExit):
+      run(out)
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("w2s_jax: no space left on the device writing"), (
+      target,
+      err,
+    )
+    assert not (out / "results.json").exists(), target
+    run(out)
+    again = json.loads((out / "results.json").read_text())
+    assert json.dumps([c["summary"] for c in again["cells"]]) == json.dumps(
+      [c["summary"] for c in clean["cells"]]
+    ), target

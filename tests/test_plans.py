@@ -93,7 +93,19 @@ def test_train_step_sampler_and_live_step_compile_for_v5e_2x2():
       plans[name, fsdp] = planner.plan_program(
         found[name], devices, topology="v5e:2x2", fsdp=fsdp, per_device_batch=2
       )
-  (step,) = [p for p in programs.run_programs(tiny_config()) if p.name.startswith("strong xent")]
+  classification = {p.name: p for p in programs.run_programs(tiny_config())}
+  assert set(classification) == {"weak xent (ground truth)", "weak soft labels",
+                                 "strong xent (w2s, ceiling)", "cascade weak step (serving)",
+                                 "cascade strong step, every query deferred (serving)"}  # fmt: skip
+  step = classification["strong xent (w2s, ceiling)"]
+  serving = planner.plan_program(
+    classification["cascade strong step, every query deferred (serving)"],
+    devices,
+    topology="v5e:2x2",
+    fsdp=4,
+    per_device_batch=2,
+  )
+  assert serving.fits and 0 < serving.mfu < 1 and serving.parts["params"] > 0
   for fsdp in (1, 4):
     plans["xent", fsdp] = planner.plan_program(
       step, devices, topology="v5e:2x2", fsdp=fsdp, per_device_batch=2
@@ -136,7 +148,11 @@ def test_plan_command_prints_a_table_and_writes_json(tmp_path, capsys):
   text = capsys.readouterr().out
   assert "| program | mesh (data x fsdp) |" in text and "**(recommended)**" in text
   record = json.loads(out.read_text())
-  assert [p["program"] for p in record["plans"]] == ["weak xent (ground truth)", "weak soft labels"]
+  assert [p["program"] for p in record["plans"]] == [
+    "weak xent (ground truth)",
+    "weak soft labels",
+    "cascade weak step (serving)",
+  ]
   assert all(p["fits"] and p["mesh"] == {"data": 1, "fsdp": 4} for p in record["plans"])
 
 

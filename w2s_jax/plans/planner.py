@@ -38,6 +38,7 @@ class Plan:
   compiled: Compiled
   device: chips.Device
   model_flops: float  # one execution, all devices
+  loop_trips: int = 1  # the compiler prices a loop's body once (programs.Program)
 
   @property
   def batch(self) -> int:
@@ -60,10 +61,14 @@ class Plan:
   @property
   def seconds(self) -> float:
     """The compiler's predicted time of one execution, or where it gives
-    none, the roofline bound max(FLOPs at peak, bytes at HBM bandwidth)."""
+    none, the roofline bound max(FLOPs at peak, bytes at HBM bandwidth);
+    times the trip count of the program's loop, whose body the compiler
+    prices once (work outside the loop is then counted that many times too:
+    an upper bound, close for grad accumulation, loose for the sampler's
+    prefill)."""
     if self.predicted_by_compiler:
-      return self.compiled.optimal_seconds
-    return max(self.flops_seconds, self.hbm_seconds)
+      return self.compiled.optimal_seconds * self.loop_trips
+    return max(self.flops_seconds, self.hbm_seconds) * self.loop_trips
 
   @property
   def mfu(self) -> float:
@@ -109,6 +114,7 @@ class Plan:
       "optimal_seconds": c.optimal_seconds,
       "seconds": self.seconds,
       "seconds_from": "compiler" if self.predicted_by_compiler else "roofline",
+      "loop_trips": self.loop_trips,
       "model_flops": self.model_flops,
       "mfu": self.mfu,
       "examples_per_second": self.examples_per_second,
@@ -141,6 +147,7 @@ def plan_program(
     compiled=compiled,
     device=chips.describe(devices),
     model_flops=program.model_flops(batch),
+    loop_trips=program.loop_trips,
   )
 
 
@@ -220,7 +227,10 @@ def table(plans: list[Plan], *, recommended=()) -> str:
 
 
 def _ms(p: Plan) -> str:
-  return f"{p.seconds * 1e3:.2f} ms" + ("" if p.predicted_by_compiler else " (roofline)")
+  notes = [] if p.predicted_by_compiler else ["roofline"]
+  if p.loop_trips > 1:
+    notes.append(f"x{p.loop_trips} loop trips")
+  return f"{p.seconds * 1e3:.2f} ms" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _pct(x: float) -> str:

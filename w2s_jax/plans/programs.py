@@ -3,9 +3,10 @@ lowered on abstract arguments (nothing allocated), for any mesh.
 
 For an ExperimentConfig: the weak model's ground-truth fine-tune, the strong
 model's step for each W2S loss (token-level KD and the live supervisor with
-the frozen weak model as an undonated argument), the ceiling's, and the weak
+the frozen weak model as an undonated argument), the ceiling's, the weak
 model's inference over train_w2s: its soft labels (classification) or its
-sampler (generation). Each is `finetune.finetune_step`,
+sampler (generation), and for classification the pair as a cascade: the
+serving path's weak step and strong step (cascade/serving.py). Each is `finetune.finetune_step`,
 `inference.compiled_softmax` or `sampling.compiled_sampler` itself, the
 programs the run compiles, at the config's seeds (all seeds are one vmapped
 program) and at a batch size the planner chooses.
@@ -19,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from w2s_jax.cascade import serving
 from w2s_jax.data.dataset import Dataset
 from w2s_jax.infra import sharding as shd
 from w2s_jax.models import flops as flops_lib
-from w2s_jax.models import inference, sampling
+from w2s_jax.models import inference, sampling, transformer
 from w2s_jax.models.model_config import ModelConfig
 from w2s_jax.tasks import layout
 from w2s_jax.tasks.classification import TextTaskConfig
@@ -61,6 +63,9 @@ class Program:
   parts: Callable  # (mesh) -> {part: bytes per device} of its arguments
   model_flops: Callable  # (batch) -> FLOPs of one execution, all devices together
   seeds: int
+  # The compiler prices a loop's body once: the trip count of the loop that
+  # holds the work (grad accumulation's micro-batches; the sampler's tokens).
+  loop_trips: int = 1
 
 
 def task_shape(cfg: ExperimentConfig) -> TaskShape:
@@ -191,7 +196,7 @@ def train_program(
       passes=passes,
     )
 
-  return Program(name, TRAIN, model_cfg, lower, parts, flops, seeds)
+  return Program(name, TRAIN, model_cfg, lower, parts, flops, seeds, optim.grad_accum_steps)
 
 
 def lm_head(model_cfg: ModelConfig, shape: TaskShape) -> bool:
@@ -246,7 +251,66 @@ def sampler_program(name, model_cfg, sampling_cfg, *, shape: TaskShape, seeds: i
   flops = lambda batch: flops_lib.train_flops(
     config=model_cfg, rows=seeds * batch, seq_len=tokens, lm_head=True, passes=1
   )
-  return Program(name, SAMPLING, model_cfg, lower, parts, flops, seeds)
+  return Program(name, SAMPLING, model_cfg, lower, parts, flops, seeds, sampling_cfg.max_new_tokens)
+
+
+def cascade_programs(weak_cfg, strong_cfg, *, shape: TaskShape) -> list[Program]:
+  """The classification cascade's serving path (cascade/serving.py): the weak
+  model's step over a batch of queries with the router, and the strong
+  model's step on the deferred rows at the largest bucket (every query
+  deferred), each with one params copy (FSDP-sharded as the run holds it)."""
+
+  def cascade(mesh, batch):
+    return serving.classification_cascade(weak_cfg, strong_cfg, mesh=mesh, batch_size=batch)
+
+  def single(model_cfg, mesh):
+    params = jax.eval_shape(lambda: transformer.init_params(model_cfg, jax.random.key(0)))
+    return params, shd.state_sharding(params, mesh)
+
+  def queries(batch):
+    rows = jax.ShapeDtypeStruct((batch, shape.max_len), jnp.int32)
+    return {"tokens": rows, "mask": rows, "valid": jax.ShapeDtypeStruct((batch,), jnp.bool_)}
+
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+  def lower_weak(mesh, batch):
+    params, shardings = single(weak_cfg, mesh)
+    threshold = jax.ShapeDtypeStruct((), jnp.float32)
+    return cascade(mesh, batch).weak_step.lower(
+      _abstract(params, shardings), queries(batch), threshold, rng
+    )
+
+  def lower_strong(mesh, batch):
+    params, shardings = single(strong_cfg, mesh)
+    answers = {
+      "answer": jax.ShapeDtypeStruct((batch,), jnp.int32),
+      "probs": jax.ShapeDtypeStruct((batch, strong_cfg.num_classes), jnp.float32),
+    }
+    order = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    count = jax.ShapeDtypeStruct((), jnp.int32)
+    return cascade(mesh, batch).strong_step.lower(
+      batch, _abstract(params, shardings), queries(batch), order, count, answers, rng
+    )
+
+  def parts_of(model_cfg):
+    def parts(mesh):
+      params, shardings = single(model_cfg, mesh)
+      return {"params": per_device_bytes(params, shardings)}
+
+    return parts
+
+  def flops_of(model_cfg):
+    return lambda batch: flops_lib.train_flops(
+      config=model_cfg, rows=batch, seq_len=shape.max_len, lm_head=lm_head(model_cfg, shape),
+      passes=1,
+    )  # fmt: skip
+
+  return [
+    Program("cascade weak step (serving)", INFERENCE, weak_cfg, lower_weak, parts_of(weak_cfg),
+            flops_of(weak_cfg), 1),
+    Program("cascade strong step, every query deferred (serving)", INFERENCE, strong_cfg,
+            lower_strong, parts_of(strong_cfg), flops_of(strong_cfg), 1),
+  ]  # fmt: skip
 
 
 def run_programs(cfg: ExperimentConfig) -> list[Program]:
@@ -294,4 +358,8 @@ def run_programs(cfg: ExperimentConfig) -> list[Program]:
         sampling_cfg=live_sampling if loss.name == "live" else None,
       )
     )
+  if (
+    not shape.generative
+  ):  # the W2S pair as a cascade: the weak model answers, the strong one on deferral
+    out += cascade_programs(weak, strong, shape=shape)
   return out
