@@ -81,13 +81,6 @@ def model_config(shape: str, seq: int, dtype: str, remat: bool, depth=None) -> M
   )
 
 
-def _per_device(abstract, shardings) -> int:
-  return sum(
-    math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
-    for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings))
-  )
-
-
 def step_memory(cfg, optim: OptimConfig, mesh, batch: int) -> dict:
   """Bytes per device of one compiled train step (nothing allocated)."""
   optimizer = train.make_optimizer(optim)
@@ -139,9 +132,9 @@ def step_memory(cfg, optim: OptimConfig, mesh, batch: int) -> dict:
   started = time.perf_counter()
   memory = step.lower(state, data, *frozen).compile().memory_analysis()
   return {
-    "frozen base": _per_device(base, base_sharding) if optim.lora_rank else 0,
-    "trainable": _per_device(abstract.params, state_sharding.params),
-    "Adam": _per_device(abstract.opt_state, state_sharding.opt_state),
+    "frozen base": sharding.per_device_bytes(base, base_sharding) if optim.lora_rank else 0,
+    "trainable": sharding.per_device_bytes(abstract.params, state_sharding.params),
+    "Adam": sharding.per_device_bytes(abstract.opt_state, state_sharding.opt_state),
     "temporaries": memory.temp_size_in_bytes,
     "compiled arguments": memory.argument_size_in_bytes,
     "compile s": time.perf_counter() - started,

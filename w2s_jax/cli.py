@@ -56,6 +56,10 @@ COMMANDS = {
 }
 
 
+# Compiles a run's programs for a TPU topology: no run folder, cache or progress.
+PLAN = ("compile a run's programs for a TPU topology", ExperimentConfig, "get_config", None)
+
+
 def parser() -> argparse.ArgumentParser:
   top = argparse.ArgumentParser(
     prog="python -m w2s_jax",
@@ -91,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
       )
   p = sub.add_parser(
     "plan",
-    help="compile a run's programs for a TPU topology (libtpu, no TPU needed)",
+    help=f"{PLAN[0]} (libtpu, no TPU needed)",
     description=planner.__doc__,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
@@ -123,7 +127,7 @@ def load_config(command: str, spec: str, assignments) -> object:
   Returns:
     The config, of the command's type, overridden and type-checked.
   """
-  _, kind, function, _ = COMMANDS[command]
+  _, kind, function, _ = {**COMMANDS, "plan": PLAN}[command]
   cfg = configs.load_sweep(spec) if function == "sweep" else configs.load(spec)
   if not isinstance(cfg, kind):
     raise TypeError(
@@ -171,12 +175,8 @@ def main(argv=None, *, exit_now=os._exit) -> None:
 
 def _main(argv=None) -> None:
   args = parser().parse_args(argv)
+  cfg = load_config(args.command, args.config, args.set)
   if args.command == "plan":
-    cfg = overrides.apply(configs.load(args.config), args.set)
-    if not isinstance(cfg, ExperimentConfig):
-      raise TypeError(
-        f"--config {args.config}: gives a {type(cfg).__name__}; `plan` expects an ExperimentConfig"
-      )
     planner.run(
       cfg,
       topology=args.topology,
@@ -186,7 +186,6 @@ def _main(argv=None) -> None:
       json_path=args.json,
     )
     return
-  cfg = load_config(args.command, args.config, args.set)
   if args.command in ("run", "sweep", "pretrain"):
     dist = cfg.base.distributed if isinstance(cfg, SweepConfig) else cfg.distributed
     distributed.initialize(dist)  # before anything asks JAX for devices

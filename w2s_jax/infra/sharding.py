@@ -43,9 +43,12 @@ class MeshConfig:
     return make_mesh(self.devices, fsdp=self.fsdp)
 
 
-def make_mesh(num_devices: int | None = None, *, fsdp: int = 1) -> jax.sharding.Mesh:
-  """A (data, fsdp) mesh over the first num_devices devices (all by default)."""
-  devices = jax.devices()
+def make_mesh(num_devices: int | None = None, *, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
+  """A (data, fsdp) mesh over the first num_devices devices (all by default)
+  of `devices` (default jax.devices(); a TPU topology's for ahead-of-time
+  compilation, plans/chips.py). jax.make_mesh puts the fsdp axis on devices
+  that are neighbours on the interconnect."""
+  devices = jax.devices() if devices is None else list(devices)
   if num_devices is not None:
     if not 1 <= num_devices <= len(devices):
       raise ValueError(f"num_devices={num_devices}: expected 1..{len(devices)} (devices available)")
@@ -85,6 +88,15 @@ def state_sharding(abstract_tree, mesh, *, seed_axis: bool = False):
   fsdp = mesh.shape[FSDP]
   return jax.tree.map(
     lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp, seed_axis=seed_axis)), abstract_tree
+  )
+
+
+def per_device_bytes(tree, shardings) -> int:
+  """Bytes one device holds of a pytree of arrays or ShapeDtypeStructs under
+  these shardings (nothing allocated)."""
+  return sum(
+    math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
+    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings))
   )
 
 

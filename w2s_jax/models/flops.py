@@ -23,14 +23,21 @@ def model_flops(*, config, tokens, include_embeddings: bool = False):
   lookups cost nothing, though this also drops the unembedding matmul, which
   matters for small models with large vocabularies; include_embeddings=True
   counts every parameter."""
+  return forward_flops(
+    num_params=config.num_params - (0 if include_embeddings else embedding_params(config)),
+    tokens=tokens,
+  )
+
+
+def embedding_params(config) -> int:
+  """The params ModelConfig.num_params counts that no matmul per token uses
+  as a weight: token and learned position embeddings, and an untied
+  unembedding matrix."""
   d, v = config.width, config.vocab_size
-  embedding = (
+  return (
     v * d
     + (config.max_len * d if config.positions == "learned" else 0)
     + (0 if config.tie_embeddings else v * d)
-  )
-  return forward_flops(
-    num_params=config.num_params - (0 if include_embeddings else embedding), tokens=tokens
   )
 
 
@@ -46,12 +53,8 @@ def train_flops(*, config, rows, seq_len, lm_head: bool, passes: int = 3):
   Rematerialised forward passes are not counted (as in MFU)."""
   if passes not in (1, 2, 3):
     raise ValueError(f"train_flops passes={passes!r}: expected 1, 2 or 3")
-  d, v = config.width, config.vocab_size
-  embedding = (
-    v * d
-    + (config.max_len * d if config.positions == "learned" else 0)
-    + (0 if config.tie_embeddings else v * d)
-  )
-  per_token = config.num_params - embedding + (v * d if lm_head else 0)
+  d = config.width
+  per_token = config.num_params - embedding_params(config)
+  per_token += config.vocab_size * d if lm_head else 0
   per_token += 2 * config.depth * seq_len * d  # attention: q.k and p.v
   return 2.0 * passes * per_token * rows * seq_len

@@ -101,17 +101,10 @@ def describe(devices) -> Device:
 
 
 def topology_mesh(devices, *, fsdp: int) -> jax.sharding.Mesh:
-  """A (data, fsdp) mesh over a topology's devices (jax.make_mesh: the
-  fsdp axis on devices that are neighbours on the interconnect)."""
-  n = len(devices)
-  if fsdp < 1 or n % fsdp:
-    raise ValueError(f"fsdp={fsdp}: expected a divisor of the topology's {n} devices")
-  return jax.make_mesh(
-    (n // fsdp, fsdp),
-    shd.BATCH_AXES,
-    axis_types=(jax.sharding.AxisType.Auto,) * 2,
-    devices=devices,
-  )
+  """The (data, fsdp) mesh a run builds (sharding.make_mesh), over a topology's devices."""
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f"fsdp={fsdp}: expected a divisor of the topology's {len(devices)} devices")
+  return shd.make_mesh(fsdp=fsdp, devices=devices)
 
 
 def divisors(n: int) -> list[int]:

@@ -13,7 +13,6 @@ program) and at a batch size the planner chooses.
 """
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import jax
@@ -112,13 +111,6 @@ def _abstract(tree, shardings):
   )
 
 
-def per_device_bytes(tree, shardings) -> int:
-  return sum(
-    math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
-    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings))
-  )
-
-
 def _rows(shape: TaskShape, n: int) -> Dataset:
   """n rows laid out as the run's fine-tuning data (values do not matter)."""
   if not shape.generative:
@@ -173,14 +165,18 @@ def train_program(
     abstract, base = finetune.abstract_state(model_cfg, optim, seeds)
     state = shd.state_sharding(abstract, mesh, seed_axis=True)
     out = {
-      "params": per_device_bytes(abstract.params, state.params),
-      "optimizer": per_device_bytes(abstract.opt_state, state.opt_state),
-      "frozen base": 0 if base is None else per_device_bytes(base, shd.state_sharding(base, mesh)),
+      "params": shd.per_device_bytes(abstract.params, state.params),
+      "optimizer": shd.per_device_bytes(abstract.opt_state, state.opt_state),
+      "frozen base": 0
+      if base is None
+      else shd.per_device_bytes(base, shd.state_sharding(base, mesh)),
       "teacher": 0,
     }
     if teacher_cfg is not None:
       teacher = finetune.seed_stacked_abstract(teacher_cfg, seeds)
-      out["teacher"] = per_device_bytes(teacher, shd.state_sharding(teacher, mesh, seed_axis=True))
+      out["teacher"] = shd.per_device_bytes(
+        teacher, shd.state_sharding(teacher, mesh, seed_axis=True)
+      )
     return out
 
   def flops(batch):
@@ -221,7 +217,7 @@ def labels_program(name, model_cfg, *, shape: TaskShape, seeds: int) -> Program:
 
   def parts(mesh):
     params, shardings = _params(model_cfg, seeds, mesh)
-    return {"params": per_device_bytes(params, shardings)}
+    return {"params": shd.per_device_bytes(params, shardings)}
 
   flops = lambda batch: flops_lib.train_flops(
     config=model_cfg, rows=seeds * batch, seq_len=shape.max_len, lm_head=lm_head(model_cfg, shape),
@@ -243,7 +239,7 @@ def sampler_program(name, model_cfg, sampling_cfg, *, shape: TaskShape, seeds: i
 
   def parts(mesh):
     params, shardings = _params(model_cfg, seeds, mesh)
-    return {"params": per_device_bytes(params, shardings)}
+    return {"params": shd.per_device_bytes(params, shardings)}
 
   # The prefill over the prompt, then one token per step attending to the
   # cache (counted at the full length: an upper bound on the model FLOPs).
@@ -295,7 +291,7 @@ def cascade_programs(weak_cfg, strong_cfg, *, shape: TaskShape) -> list[Program]
   def parts_of(model_cfg):
     def parts(mesh):
       params, shardings = single(model_cfg, mesh)
-      return {"params": per_device_bytes(params, shardings)}
+      return {"params": shd.per_device_bytes(params, shardings)}
 
     return parts
 

@@ -209,6 +209,7 @@ def run_record(*, config, parts, sizes, cells: list[dict], seconds: float, draws
     }
     if len(draws) > 1:
       models[size]["draws"] = [p.models.get(size).info for p in draws.values()]
+  sanity = split_sanity(parts.task)
   return {
     "schema": SCHEMA,
     "config": fingerprint(config),
@@ -217,8 +218,8 @@ def run_record(*, config, parts, sizes, cells: list[dict], seconds: float, draws
       "name": parts.task.name,
       "eval_keys": list(parts.evaluator.eval_keys),
       "encoding": parts.task.encoding,
-      "splits": split_sanity(parts.task),
-      "warnings": data_warnings(split_sanity(parts.task)),
+      "splits": sanity,
+      "warnings": data_warnings(sanity),
     },
     "models": models,
     "cells": cells,
