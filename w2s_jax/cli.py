@@ -16,6 +16,7 @@ of these commands.
 """
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -85,6 +86,20 @@ def parser() -> argparse.ArgumentParser:
         help="run in an --out holding another config's results (refused otherwise)",
       )
     configs.add_run_args(p)
+    if name == "sweep":
+      p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: every cell in this process (default); ray: each stage and cell a Ray "
+        "task, on this machine or a cluster (docs/sweeps.md)",
+      )
+      p.add_argument(
+        "--address",
+        default=None,
+        help="with --executor ray: the cluster to join ('auto', or the head's HOST:PORT); "
+        "default: a Ray instance on this machine alone",
+      )
     if name == "filter-corpus":
       p.add_argument("--keep", type=float, default=0.8, help="keep fraction for the strong corpus")
       p.add_argument(
@@ -186,6 +201,15 @@ def _main(argv=None) -> None:
       json_path=args.json,
     )
     return
+  if args.command == "sweep" and args.executor == "local" and args.address is not None:
+    raise ValueError(f"--address {args.address!r}: expected only with --executor ray")
+  if args.command == "sweep" and args.executor == "ray":
+    dist = distributed.from_environment(cfg.base.distributed)
+    if dist.cluster or dist.coordinator_address is not None:
+      raise ValueError(
+        f"base.distributed={dist}: a multi-process JAX run cannot be a --executor ray "
+        "sweep (each Ray task is one process; docs/sweeps.md)"
+      )
   if args.command in ("run", "sweep", "pretrain"):
     dist = cfg.base.distributed if isinstance(cfg, SweepConfig) else cfg.distributed
     distributed.initialize(dist)  # before anything asks JAX for devices
@@ -204,15 +228,28 @@ def _main(argv=None) -> None:
       print(tables.format_results(results))
       print(f"\nwrote {out / 'results.json'}")
   elif args.command == "sweep":
-    outcome = engine.run_sweep(
+    if args.executor == "ray":
+      from w2s_jax.w2s import ray_executor  # imported here: the local executor never imports Ray
+
+      run = functools.partial(ray_executor.run_sweep, address=args.address)
+    else:
+      run = engine.run_sweep
+    outcome = run(
       cfg, out_dir=out, cache_dir=args.cache, progress=progress, overwrite=args.overwrite
     )
     if main_process:
-      print(tables.sweep_table(outcome.rows))
+      if outcome.rows:
+        print(tables.sweep_table(outcome.rows))
       print(
         f"\n{len(outcome.rows)} cells in {out / 'sweep.jsonl'}; charts: "
         f"python tools/sweep_report.py {out}"
       )
+      if outcome.failed:
+        print(f"\n{len(outcome.failed)} of {len(cfg.cells)} cells failed (rerun to retry them):")
+        for cell, error in outcome.failed.items():
+          print(f"  {cell}: {error}")
+        print(f"their logs: {out / 'logs'}")
+        raise SystemExit(1)
   elif args.command == "cascade":
     results = cascade.run(
       cfg, out_dir=out, cache_dir=args.cache, progress=progress, overwrite=args.overwrite

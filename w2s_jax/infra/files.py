@@ -128,6 +128,58 @@ def atomic_files():
     os.replace(tmp, path)
 
 
+def staging_dir(target: str | os.PathLike) -> Path:
+  """A new, empty folder beside `target`, named as this project's temp files
+  (so a killed writer's is removed by the next call for the same target), in
+  which a folder is built before it is renamed into place."""
+  target = Path(target)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  remove_stale_temps_of(target)
+  return Path(
+    tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=_TEMP_SUFFIX, dir=target.parent)
+  )
+
+
+def write_tree_atomic(target: str | os.PathLike, files: dict[str, bytes]) -> None:
+  """Writes a folder of files ({relative path: contents}) in place of
+  `target`, at once: built in a staging folder, then renamed. A reader sees
+  the old folder or the new one. An existing `target` is removed first: call
+  this only on folders this project writes."""
+  target = Path(target)
+  staging = staging_dir(target)
+  try:
+    for name, data in files.items():
+      path = staging / name
+      if (
+        path.resolve().parent != staging.resolve()
+        and staging.resolve() not in path.resolve().parents
+      ):
+        raise ValueError(f"write_tree_atomic: {name!r} is outside {target}")
+      path.parent.mkdir(parents=True, exist_ok=True)
+      with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0o700: unreadable to the lab
+    if target.exists():
+      shutil.rmtree(target)
+    staging.rename(target)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_tree(folder: str | os.PathLike, *, skip=()) -> dict[str, bytes]:
+  """Every file under `folder`, {path relative to it: contents}, in sorted
+  order; folders named in `skip` (relative paths) are left out."""
+  folder = Path(folder)
+  out = {}
+  for path in sorted(folder.rglob("*")):
+    rel = path.relative_to(folder).as_posix()
+    if path.is_file() and not any(rel == s or rel.startswith(s + "/") for s in skip):
+      out[rel] = path.read_bytes()
+  return out
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
   with atomic_write(path) as f:
     json.dump(obj, f, indent=2, allow_nan=True)

@@ -100,6 +100,37 @@ def train_lm(
   return state, ckpts.record, resumed_from
 
 
+def cache_key(cfg, size: str, task, *, seed: int, corpus_tag: str = "clean") -> str:
+  """The pretrained cache's key of `size` (an ExperimentConfig's size): what
+  its params are the result of (the model, the corpus's contents, the
+  pretraining config, the draw)."""
+  return digest(
+    {
+      "model": cfg.model_config(size, task),
+      "corpus": task.fingerprint,
+      "optim": cfg.pretrain,
+      "seed": seed,
+      "key_scheme": KEY_SCHEME,
+      **({} if corpus_tag == "clean" else {"corpus_tag": corpus_tag}),
+    }
+  )
+
+
+def is_cached(cfg, size: str, task, mesh, cache, *, seed: int, corpus_tag: str = "clean") -> bool:
+  """Whether the cache holds a complete, valid entry of `size`, which
+  pretrained_model would read (a corrupt one is reported and removed, as
+  pretrained_model does)."""
+  model_cfg = cfg.model_config(size, task)
+  key = cache_key(cfg, size, task, seed=seed, corpus_tag=corpus_tag)
+  abstract = jax.eval_shape(lambda: transformer.init_params(model_cfg, jax.random.key(seed)))
+  like = checkpoints.abstract_like(abstract, shd.state_sharding(abstract, mesh))
+  params, _ = cache.load(size, key, like, repair=False)
+  if params is None and cache.entry(size, key).exists():
+    with cache.lock(size, key):
+      params, _ = cache.load(size, key, like)
+  return params is not None
+
+
 def pretrained_model(
   cfg,
   size: str,
@@ -145,16 +176,7 @@ def pretrained_model(
       model_cfg,
       {"pretrained": False, "corpus": None, **task.probe(params, model_cfg, mesh)},
     )
-  key = digest(
-    {
-      "model": model_cfg,
-      "corpus": task.fingerprint,
-      "optim": cfg.pretrain,
-      "seed": seed,
-      "key_scheme": KEY_SCHEME,
-      **({} if corpus_tag == "clean" else {"corpus_tag": corpus_tag}),
-    }
-  )
+  key = cache_key(cfg, size, task, seed=seed, corpus_tag=corpus_tag)
   abstract = jax.eval_shape(init)
   like = checkpoints.abstract_like(abstract, shd.state_sharding(abstract, mesh))
   # A complete entry is read without its lock (a read-only shared cache

@@ -20,7 +20,6 @@ in curves/<run>/seed<s>/: curve.jsonl and a TensorBoard event file
 import functools
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -29,7 +28,7 @@ import numpy as np
 
 from w2s_jax.data.dataset import padded_batches
 from w2s_jax.infra import sharding as shd
-from w2s_jax.infra.files import atomic_write, remove_stale_temps_of, temp_prefix
+from w2s_jax.infra.files import atomic_write, staging_dir
 from w2s_jax.models import sampling
 from w2s_jax.models.transformer import Transformer
 from w2s_jax.tasks import layout
@@ -315,11 +314,7 @@ def write(folder, runs: dict) -> list[Path]:
         )
       # Our own staging folder (two processes writing one run's curves each
       # stage their own); a killed writer's is removed by the next write.
-      target.parent.mkdir(parents=True, exist_ok=True)
-      remove_stale_temps_of(target)
-      staging = Path(
-        tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent)
-      )
+      staging = staging_dir(target)
       try:
         writer = Writer(str(staging))
         for row in rows(curve, i):

@@ -59,11 +59,14 @@ NOT_IN_STAGES = ("name", "losses", "bootstrap_resamples", "distributed", "checkp
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-  """What a run leaves: its rows (one per cell, in grid order) and records."""
+  """What a run leaves: its rows (one per finished cell, in grid order) and
+  records; records and results are None while any cell failed (an executor
+  that records failures: `failed`, {cell id: its error})."""
 
   rows: list
-  records: list
-  results: dict
+  records: list | None
+  results: dict | None
+  failed: dict = dataclasses.field(default_factory=dict)
 
 
 def stage_identity(cfg: ExperimentConfig, stage: str, size: str, draw: int | None = None) -> dict:
@@ -82,13 +85,62 @@ class Engine:
     self.parts, self.store = parts, Store(out)
     self.draws = {seed: parts.for_draw(seed) for seed in parts.cfg.pretrain_seeds}
 
+  @property
+  def folder(self) -> Path:
+    return self.store.folder
+
+  @staticmethod
+  def weak_file(size: str, draw: int) -> str:
+    return f"shared/pretrain{draw}/weak-{size}.npz"
+
+  @staticmethod
+  def weak_params_folder(size: str, draw: int) -> str:
+    return f"shared/pretrain{draw}/weak-{size}-params"
+
+  @staticmethod
+  def ceiling_file(size: str, draw: int) -> str:
+    return f"shared/pretrain{draw}/ceiling-{size}.npz"
+
+  @staticmethod
+  def cell_file(cell: Cell) -> str:
+    return f"cells/{cell.id}/results.json"
+
+  def _weak_fields(self, draw: int) -> tuple:
+    parts = self.draws[draw]
+    return stages.WeakStage.fields(parts) + (("params_checksum",) if parts.generative else ())
+
+  def has_weak(self, size: str, draw: int) -> bool:
+    """Whether the weak stage is stored, complete and valid (else weak() computes it)."""
+    if self.parts.generative and not self.store.path(self.weak_params_folder(size, draw)).exists():
+      return False
+    return (
+      self.store.load_arrays(
+        self.weak_file(size, draw),
+        identity=stage_identity(self.draws[draw].cfg, "weak", size, draw),
+        fields=self._weak_fields(draw),
+      )
+      is not None
+    )
+
+  def has_ceiling(self, size: str, draw: int) -> bool:
+    """Whether the ceiling stage is stored, complete and valid."""
+    parts = self.draws[draw]
+    return (
+      self.store.load_arrays(
+        self.ceiling_file(size, draw),
+        identity=stage_identity(parts.cfg, "ceiling", size, draw),
+        fields=stages.Evaluated.fields(parts),
+      )
+      is not None
+    )
+
   def weak(self, size: str, draw: int, *, with_params: bool) -> stages.WeakStage:
     """The stored weak stage of `size` on pretraining draw `draw`. A
     generative weak stage also keeps the weak model's fine-tuned params
     (orbax, written before the .npz that marks the stage complete), read
     only when a cell needs them as its teacher."""
-    parts, name = self.draws[draw], f"shared/pretrain{draw}/weak-{size}.npz"
-    params_dir = self.store.path(f"shared/pretrain{draw}/weak-{size}-params")
+    parts, name = self.draws[draw], self.weak_file(size, draw)
+    params_dir = self.store.path(self.weak_params_folder(size, draw))
     identity = stage_identity(parts.cfg, "weak", size, draw)
 
     def compute():
@@ -100,7 +152,7 @@ class Engine:
         )
       return arrays
 
-    fields = stages.WeakStage.fields(parts) + (("params_checksum",) if parts.generative else ())
+    fields = self._weak_fields(draw)
     if parts.generative and not params_dir.exists():  # stored without its params: incomplete
       self.store.path(name).unlink(missing_ok=True)
     arrays = self.store.arrays(name, compute, identity=identity, fields=fields)
@@ -122,7 +174,7 @@ class Engine:
   def ceiling(self, size: str, draw: int) -> stages.Evaluated:
     parts = self.draws[draw]
     arrays = self.store.arrays(
-      f"shared/pretrain{draw}/ceiling-{size}.npz",
+      self.ceiling_file(size, draw),
       lambda: stages.ceiling_stage(parts, size).arrays(),
       identity=stage_identity(parts.cfg, "ceiling", size, draw),
       fields=stages.Evaluated.fields(parts),
@@ -136,6 +188,20 @@ class Engine:
       "bootstrap_resamples": self.parts.cfg.bootstrap_resamples,
       "key_scheme": KEY_SCHEME,
     }
+
+  def stored_cell(self, cell: Cell) -> dict | None:
+    """The cell's stored record, or None (absent, or invalid: a warning says why)."""
+    return self.store.load_record(self.cell_file(cell), identity=self.cell_identity(cell))
+
+  def cell(self, cell: Cell, *, wait: bool = True) -> dict | None:
+    """The cell's record, computed and stored first under its lock when
+    absent; with wait=False, None at once when another process holds it."""
+    return self.store.record(
+      self.cell_file(cell),
+      lambda: self.compute_cell(cell),
+      identity=self.cell_identity(cell),
+      wait=wait,
+    )
 
   def compute_cell(self, cell: Cell) -> dict:
     parts, cfg = self.parts, self.parts.cfg
@@ -198,29 +264,64 @@ def _claim_folder(out: Path, sweep: SweepConfig, overwrite: bool) -> None:
   )
 
 
-def run_sweep(
-  sweep: SweepConfig,
-  *,
-  out_dir,
-  cache_dir=None,
-  progress: bool = True,
-  config=None,
-  overwrite: bool = False,
-) -> Outcome:
-  """Runs every unfinished cell of a sweep, resumably (the module docstring).
+@dataclasses.dataclass
+class OpenSweep:
+  """A sweep folder ready for its unfinished cells: checked, claimed, with
+  the finished cells read. Executors (run_sweep's loop here, the Ray
+  executor) compute the rest, `finish` each, then `close`."""
 
-  Args:
-    sweep: the grid; checked whole, with the mesh and the models' fit to the
-      task, before any compute.
-    out_dir: the sweep folder (created; a folder of another sweep is refused).
-    cache_dir: the pretrained-model cache (default out_dir/shared/pretrained).
-    progress: show progress bars.
-    config: what results.json records as the config (default the sweep).
+  sweep: SweepConfig
+  engine: Engine
+  done: dict  # cell id -> (row, record)
+  started: float
+  sizes: list
 
-  Returns:
-    An Outcome: the rows (sweep.jsonl's), the cell records and the run
-    record (results.json's), each cell in grid order.
-  """
+  @property
+  def todo(self) -> list[Cell]:
+    return [c for c in self.sweep.cells if c.id not in self.done]
+
+  def rows(self) -> list[dict]:
+    return [self.done[c.id][0] for c in self.sweep.cells if c.id in self.done]
+
+  def write_rows(self) -> None:
+    """sweep.jsonl: the finished cells' rows, in grid order (atomic)."""
+    if shd.is_main_process():
+      jsonl = self.engine.folder / "sweep.jsonl"
+      with locks.exclusive(jsonl):
+        _write_jsonl_atomic(jsonl, self.rows())
+
+  def finish(self, cell: Cell, record: dict) -> None:
+    self.done[cell.id] = (records.sweep_row(cell, record), record)
+    self.write_rows()
+
+  def close(self, *, config=None, failed=None) -> "Outcome":
+    """The outcome; with every cell done, results.json and the curves too
+    (results.json last: it says the sweep is complete)."""
+    if failed:
+      return Outcome(rows=self.rows(), records=None, results=None, failed=dict(failed))
+    cells = [self.done[c.id][1] for c in self.sweep.cells]
+    results = records.run_record(
+      config=self.sweep if config is None else config,
+      parts=self.engine.parts,
+      sizes=self.sizes,
+      cells=cells,
+      seconds=time.perf_counter() - self.started,
+      draws=self.engine.draws,
+    )
+    if shd.is_main_process():
+      out = self.engine.folder
+      curves.write(out / "curves", curves.of_cells(cells))
+      report.training_curves(cells, out / "curves")
+      write_json_atomic(out / "results.json", results)
+    return Outcome(rows=self.rows(), records=cells, results=results)
+
+
+def open_sweep(
+  sweep: SweepConfig, *, out_dir, cache_dir=None, progress: bool = True, overwrite: bool = False
+) -> OpenSweep:
+  """Checks a sweep whole (the mesh, the models' fit to the task, the data)
+  before any compute, claims its folder and reads its finished cells (the
+  arguments: run_sweep's)."""
   started = time.perf_counter()
   check_mesh(sweep.base)  # a config error leaves no folder behind
   out = prepare_out_dir(out_dir)
@@ -230,32 +331,54 @@ def run_sweep(
   sizes = list(dict.fromkeys(size for cell in sweep.cells for size in (cell.weak, cell.strong)))
   parts.check(sizes)
   for warning in records.data_warnings(records.split_sanity(parts.task)):
-    warnings.warn(f"the task's data: {warning}", stacklevel=2)  # before any compute
+    warnings.warn(f"the task's data: {warning}", stacklevel=3)  # before any compute
   _claim_folder(out, sweep, overwrite)
   engine = Engine(parts, out)
-  jsonl = out / "sweep.jsonl"
-
-  def write_rows(done):
-    if shd.is_main_process():
-      with locks.exclusive(jsonl):
-        _write_jsonl_atomic(jsonl, [done[c.id][0] for c in sweep.cells if c.id in done])
-
-  done = {}
+  opened = OpenSweep(sweep=sweep, engine=engine, done={}, started=started, sizes=sizes)
   for cell in sweep.cells:
-    record = engine.store.load_record(
-      f"cells/{cell.id}/results.json", identity=engine.cell_identity(cell)
-    )
+    record = engine.stored_cell(cell)
     if record is not None:
-      done[cell.id] = (records.sweep_row(cell, record), record)
-  rows = [done[c.id][0] for c in sweep.cells if c.id in done]
+      opened.done[cell.id] = (records.sweep_row(cell, record), record)
+  jsonl = out / "sweep.jsonl"
   stored = _read_jsonl(jsonl)
   if stored is None:
     integrity.warn_rebuild(jsonl, "unreadable rows", "rebuilding it from the finished cells")
-  if stored is None or json.dumps(stored) != json.dumps(rows):  # NaN-safe comparison
-    write_rows(done)
+  if stored is None or json.dumps(stored) != json.dumps(opened.rows()):  # NaN-safe comparison
+    opened.write_rows()
+  return opened
+
+
+def run_sweep(
+  sweep: SweepConfig,
+  *,
+  out_dir,
+  cache_dir=None,
+  progress: bool = True,
+  config=None,
+  overwrite: bool = False,
+) -> Outcome:
+  """Runs every unfinished cell of a sweep in this process, resumably (the
+  module docstring; several processes may share the folder on one host).
+
+  Args:
+    sweep: the grid; checked whole, with the mesh and the models' fit to the
+      task, before any compute.
+    out_dir: the sweep folder (created; a folder of another sweep is refused).
+    cache_dir: the pretrained-model cache (default out_dir/shared/pretrained).
+    progress: show progress bars.
+    config: what results.json records as the config (default the sweep).
+    overwrite: run in a folder that holds another sweep's results.
+
+  Returns:
+    An Outcome: the rows (sweep.jsonl's), the cell records and the run
+    record (results.json's), each cell in grid order.
+  """
+  opened = open_sweep(
+    sweep, out_dir=out_dir, cache_dir=cache_dir, progress=progress, overwrite=overwrite
+  )
   bar = tqdm(
     total=len(sweep.cells),
-    initial=len(done),
+    initial=len(opened.done),
     desc="cells",
     unit="cell",
     disable=not progress or not shd.is_main_process(),
@@ -264,21 +387,15 @@ def run_sweep(
 
   def finish(cell, *, wait: bool) -> bool:
     """Reads or computes the cell under its lock; False if another process holds it."""
-    record = engine.store.record(
-      f"cells/{cell.id}/results.json",
-      lambda: engine.compute_cell(cell),
-      identity=engine.cell_identity(cell),
-      wait=wait,
-    )
+    record = opened.engine.cell(cell, wait=wait)
     if record is None:
       return False
-    done[cell.id] = (records.sweep_row(cell, record), record)
-    write_rows(done)
+    opened.finish(cell, record)
     bar.update(1)
     return True
 
   held_elsewhere = []
-  for cell in [c for c in sweep.cells if c.id not in done]:
+  for cell in opened.todo:
     interrupts.raise_if_interrupted()
     if not finish(cell, wait=False):
       print(f"cell {cell.id}: another process is computing it; skipping it for now")
@@ -286,20 +403,7 @@ def run_sweep(
   for cell in held_elsewhere:  # wait for the other process, then read its result
     finish(cell, wait=True)
   bar.close()
-  cells = [done[c.id][1] for c in sweep.cells]
-  results = records.run_record(
-    config=sweep if config is None else config,
-    parts=parts,
-    sizes=sizes,
-    cells=cells,
-    seconds=time.perf_counter() - started,
-    draws=engine.draws,
-  )
-  if shd.is_main_process():
-    curves.write(out / "curves", curves.of_cells(cells))
-    report.training_curves(cells, out / "curves")
-    write_json_atomic(out / "results.json", results)  # last: it says the run is complete
-  return Outcome(rows=[done[c.id][0] for c in sweep.cells], records=cells, results=results)
+  return opened.close(config=config)
 
 
 def run_experiment(

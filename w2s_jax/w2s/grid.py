@@ -83,12 +83,41 @@ def grid(
 
 
 @dataclasses.dataclass(frozen=True)
+class RayOptions:
+  """What each Ray task of a sweep asks for (`sweep --executor ray`; the
+  local executor ignores it). Every stage and cell is one task."""
+
+  cpus: float = 1.0
+  gpus: float = 0.0  # per task; > 0: each task runs in a fresh worker process
+  tpus: float = 0.0  # chips per task, Ray's "TPU" resource; > 0: as gpus
+  # Retries of a task whose worker or node died; a stage that raises is not
+  # retried (it would raise again): its cells are recorded as failed.
+  max_retries: int = 3
+
+  def __post_init__(self):
+    for field in ("cpus", "gpus", "tpus"):
+      value = getattr(self, field)
+      if not value >= 0:
+        raise ValueError(f"RayOptions.{field}={value!r}: expected a number >= 0")
+    if self.cpus == self.gpus == self.tpus == 0:
+      raise ValueError(
+        "RayOptions: cpus, gpus and tpus are all 0: a task would ask for nothing, and Ray "
+        "would start every stage at once; expected at least one > 0"
+      )
+    if not (isinstance(self.max_retries, int) and self.max_retries >= 0):
+      raise ValueError(f"RayOptions.max_retries={self.max_retries!r}: expected an int >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class SweepConfig:
   base: ExperimentConfig
   cells: tuple[Cell, ...]
   # Each cell's weak model smaller than its strong one (a sweep over scale); a
   # single experiment may pair any two models (strong-to-strong, same size).
   ordered: bool = True
+  # Where the sweep runs, not what it computes: not part of the sweep
+  # folder's identity (sweep.json), so a folder resumes under either executor.
+  ray: RayOptions = RayOptions()
 
   def __post_init__(self):
     if not self.cells:

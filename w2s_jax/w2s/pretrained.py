@@ -57,6 +57,31 @@ class PretrainedModels:
       )
     return self._got[size]
 
+  def pretrained_here(self, size: str) -> bool:
+    """Whether get(size) pretrains `size` into the cache (else it is imported,
+    or used at its initialisation)."""
+    return self.cfg.use_pretraining and size not in dict(self.cfg.pretrained_dirs)
+
+  def entry_folder(self, size: str) -> Path | None:
+    """The cache entry folder get(size) reads, or writes when it pretrains
+    (None: `size` is not pretrained here)."""
+    if not self.pretrained_here(size):
+      return None
+    tag, _ = self._corpus_of.get(size, ("clean", None))
+    return self.cache.entry(
+      size, pretrain.cache_key(self.cfg, size, self.task, seed=self.seed, corpus_tag=tag)
+    )
+
+  def is_cached(self, size: str) -> bool:
+    """Whether get(size) would read the cache rather than pretrain: its entry
+    is complete and valid (a corrupt one is reported and removed)."""
+    if not self.pretrained_here(size):
+      return True
+    tag, _ = self._corpus_of.get(size, ("clean", None))
+    return pretrain.is_cached(
+      self.cfg, size, self.task, self.mesh, self.cache, seed=self.seed, corpus_tag=tag
+    )
+
   def pretrain_on(self, size: str, corpus: Dataset, tag: str) -> None:
     """Pretrain `size` on another corpus (a curated pool) from now on."""
     self._corpus_of[size] = (tag, corpus)
