@@ -230,6 +230,22 @@ COVERED = [
     ),
   ),
   (r"^pip install -e \"\.\[tpu\]\"$", Covered(CI, "CI installs the tpu extra")),
+  (r"^pip install -e \"\.\[ray\]\"$", Covered(CI, "CI installs the ray extra")),
+  (
+    r"--executor ray\b",
+    Covered(
+      "tests/test_ray_sweep.py::test_rows_equal_the_local_executors_and_the_driver_alone_writes",
+      "configs/sweep.py:tiny on a local Ray cluster of two worker nodes, its rows compared "
+      "with the local executor's; a GPU cluster and a TPU pod are not here",
+    ),
+  ),
+  (
+    r"^ray start ",
+    Covered(
+      "tests/test_ray_sweep.py::test_rows_equal_the_local_executors_and_the_driver_alone_writes",
+      "ray.cluster_utils.Cluster starts a head and two nodes as `ray start` would, on one machine",
+    ),
+  ),
   (
     r"^gcloud compute tpus tpu-vm create ",
     Covered(

@@ -199,6 +199,17 @@ def read(engine: Engine, stage) -> Files:
   ]
 
 
+def _write(roots: dict[str, Path], files: Files) -> None:
+  """Each file or folder atomically, in order (the stage's marker last)."""
+  for root, path, contents in files:
+    target = roots[root] / path
+    if isinstance(contents, dict):
+      write_tree_atomic(target, contents)
+    else:
+      with atomic_write(target, "wb") as f:
+        f.write(contents)
+
+
 def compute(sweep: SweepConfig, stage, inputs) -> Files:
   """On a worker: lays out the inputs' files (each a `Files`) in a private
   scratch folder, computes the stage there and returns the files it wrote.
@@ -208,13 +219,7 @@ def compute(sweep: SweepConfig, stage, inputs) -> Files:
   try:
     roots = {OUT: scratch / OUT, CACHE: scratch / CACHE}
     for files in inputs:
-      for root, path, contents in files:
-        target = roots[root] / path
-        if isinstance(contents, dict):
-          write_tree_atomic(target, contents)
-        else:
-          with atomic_write(target, "wb") as f:
-            f.write(contents)
+      _write(roots, files)
     parts = parts_lib.build(sweep.base, cache_dir=roots[CACHE], progress=False)
     engine = Engine(parts, roots[OUT])
     stage.compute(engine)
@@ -244,13 +249,7 @@ def place(engine: Engine, stage, files: Files, *, where: str = "a worker") -> No
   if not files:
     return
   with locks.exclusive(roots[files[-1][0]] / files[-1][1]):
-    for root, path, contents in files:
-      target = roots[root] / path
-      if isinstance(contents, dict):
-        write_tree_atomic(target, contents)
-      else:
-        with atomic_write(target, "wb") as f:
-          f.write(contents)
+    _write(roots, files)
   if not stage.is_stored(engine):
     raise StageMismatchError(
       f"{stage.name}: what {where} computed does not read back as this driver's stage "
