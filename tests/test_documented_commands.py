@@ -124,6 +124,7 @@ TOOL_QUICK = {
   "profile_step.py": ["--quick"],
   "bench_live.py": ["--quick"],
   "bench_seeds.py": ["--quick"],
+  "bench_executors.py": ["--quick"],  # a minute: both executors on a shortened tiny sweep
   "memory_lora.py": ["--quick"],
   "sweep_report.py": [],
   "show_results.py": [],

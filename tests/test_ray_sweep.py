@@ -33,9 +33,10 @@ def _tiny():
   return configs.load_sweep(str(ROOT / TINY))
 
 
-def _cluster(audit_dir=None) -> Cluster:
+def _cluster(audit_dir=None, node_tmp=(None, None)) -> Cluster:
   """A head node that runs no task (the driver's) and two worker nodes of
-  one CPU each; with audit_dir, the workers record every file they write."""
+  one CPU each; with audit_dir, the workers record every file they write;
+  node_tmp: each node's TMPDIR (its scratch and its tasks' log files)."""
   env = {}
   if audit_dir is not None:
     path = os.pathsep.join(filter(None, [str(AUDIT_HELPER), os.environ.get("PYTHONPATH")]))
@@ -43,7 +44,10 @@ def _cluster(audit_dir=None) -> Cluster:
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)  # JAX's fork warning: Ray forks and execs
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [cluster.add_node(num_cpus=1, env_vars=env) for _ in range(2)]
+    workers = [
+      cluster.add_node(num_cpus=1, env_vars={**env, **({"TMPDIR": str(t)} if t else {})})
+      for t in node_tmp
+    ]
   cluster.wait_for_nodes()
   cluster.workers = workers
   return cluster
@@ -225,20 +229,35 @@ def _wait_for_cells(out: Path, count: int, driver, timeout=600) -> int:
   raise TimeoutError(f"{out}: fewer than {count} cells after {timeout} s")
 
 
+def _started_not_finished(node_tmp: Path, out: Path) -> set[str]:
+  """Stages a node has started (its task's log file) whose result the driver has not stored."""
+  started = {p.name.split(".pid")[0] for p in node_tmp.glob("w2s-jax-logs/*/*.log")}
+  return started - {p.stem for p in (out / "logs").glob("*.log")}
+
+
 @pytest.mark.slow
 def test_killing_a_worker_node_mid_sweep_loses_nothing(local, tmp_path):
-  cluster = _cluster()
+  node_tmp = (tmp_path / "node-a", tmp_path / "node-b")
+  for t in node_tmp:
+    t.mkdir()
+  cluster = _cluster(node_tmp=node_tmp)
   try:
     out = tmp_path / "sweep"
     driver = _driver(cluster, out, tmp_path / "cache", tmp_path / "driver.log")
-    done = _wait_for_cells(out, 1, driver)
+    _wait_for_cells(out, 1, driver)
+    deadline = time.monotonic() + 300  # until node a is running a stage
+    while not (running := _started_not_finished(node_tmp[0], out)):
+      assert time.monotonic() < deadline and driver.poll() is None, "node a ran nothing more"
+      time.sleep(0.05)
     cluster.remove_node(cluster.workers[0], allow_graceful=False)
-    assert done < 6, "every cell was done before the kill: the test would show nothing"
     assert driver.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-3000:]
   finally:
     cluster.shutdown()
   assert _rows(out) == _same(local[1])
   assert (out / "results.json").is_file()
+  # What node a was computing when it died ran again, on node b.
+  rerun_on_b = [s for s in running if list(node_tmp[1].glob(f"w2s-jax-logs/*/{s}.pid*.log"))]
+  assert rerun_on_b, f"{running}: none ran again on node b"
 
 
 @pytest.mark.slow
