@@ -124,7 +124,6 @@ TOOL_QUICK = {
   "profile_step.py": ["--quick"],
   "bench_live.py": ["--quick"],
   "bench_seeds.py": ["--quick"],
-  "bench_executors.py": ["--quick"],  # a minute: both executors on a shortened tiny sweep
   "memory_lora.py": ["--quick"],
   "sweep_report.py": [],
   "show_results.py": [],
@@ -232,6 +231,14 @@ COVERED = [
   ),
   (r"^pip install -e \"\.\[tpu\]\"$", Covered(CI, "CI installs the tpu extra")),
   (r"^pip install -e \"\.\[ray\]\"$", Covered(CI, "CI installs the ray extra")),
+  (
+    r"^python tools/bench_executors\.py",
+    Covered(
+      "tests/test_tools.py::test_bench_executors_quick_times_both_executors_with_the_same_rows",
+      "its --quick form (slow: two shortened sweeps from empty caches in fresh processes, "
+      "one starting Ray, 2 minutes)",
+    ),
+  ),
   (
     r"--executor ray\b",
     Covered(

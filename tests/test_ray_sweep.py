@@ -3,7 +3,10 @@ worker nodes: its rows are the local executor's, bit for bit; the driver alone
 writes the sweep folder; a cell that raises is recorded and the others
 finish; killing a worker node or the driver loses nothing (slow)."""
 
+import contextlib
 import dataclasses
+import importlib.util
+import io
 import json
 import os
 import shutil
@@ -143,6 +146,15 @@ def test_a_cell_that_raises_is_recorded_as_failed_and_the_others_finish(
   failed = json.loads((out / "cells" / bad.id / "failed.json").read_text())
   assert failed["error"] == outcome.failed[bad.id]
   assert "NonFiniteLossError" in (out / failed["log"]).read_text()  # the traceback
+  # The sweep's report lists it beside the table of the others.
+  spec = importlib.util.spec_from_file_location("sweep_report", ROOT / "tools" / "sweep_report.py")
+  report = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(report)
+  with contextlib.redirect_stdout(io.StringIO()) as printed:
+    report.main([str(out), "--charts", str(tmp_path / "charts")])
+  assert f"1 cell failed (rerun the sweep to retry them):\n  {bad.id}: {failed['error']}" in (
+    printed.getvalue()
+  )
   assert not (out / "logs" / "pretrain0-pico.log").exists()  # stored stages: no task
 
 

@@ -1,13 +1,16 @@
 """tools/: the shared harness's Timings, show_results on every kind of record,
 and (slow) bench_torch's torch.compile contenders, which the documented quick
-form leaves out (a cold torch.compile takes minutes)."""
+form leaves out (a cold torch.compile takes minutes), and bench_executors's quick
+form (two sweeps in fresh processes)."""
 
 import contextlib
 import importlib.util
 import io
 import json
 import math
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,36 @@ def test_bench_torch_quick_with_torch_compile(tmp_path):
   record = json.loads(out.read_text())
   assert "train/vs_torch_compile" in record["speedups"]
   assert record["cpu"]["model"] and record["contenders"]["train/w2s_jax"]["peak_rss_mb"] > 0
+
+
+@pytest.mark.slow  # two whole (shortened) sweeps in fresh processes, one starting Ray: 2 minutes
+def test_bench_executors_quick_times_both_executors_with_the_same_rows(tmp_path):
+  out = tmp_path / "bench.json"
+  with contextlib.redirect_stdout(io.StringIO()) as printed:
+    _tool("bench_executors").main(["--quick", "--json", str(out)])
+  record = json.loads(out.read_text())
+  assert record["rows_identical"] is True
+  assert set(record["seconds"]) == {"local", "ray"} and all(
+    len(v) == 1 and v[0] > 0 for v in record["seconds"].values()
+  )
+  # Ray's process tree holds its daemons and a worker per core beside the driver.
+  assert record["peak_tree_rss_mb"]["ray"][0] > record["peak_tree_rss_mb"]["local"][0] > 0
+  assert "ray / local:" in printed.getvalue() and record["matmul_peak_gflops"]["jnp.dot"] > 0
+
+
+def test_tree_rss_counts_a_process_and_its_children():
+  import subprocess
+
+  child = subprocess.Popen(
+    [sys.executable, "-c", 'import time; x = b"x" * (200 << 20); time.sleep(30)']
+  )
+  try:
+    bench = _tool("bench_executors")
+    deadline = time.monotonic() + 20
+    while bench.tree_rss_mb(child.pid) < 150 and time.monotonic() < deadline:
+      time.sleep(0.1)
+    mine = bench.tree_rss_mb(os.getpid())  # this process and its child
+    assert bench.tree_rss_mb(child.pid) >= 200 and mine >= bench.tree_rss_mb(child.pid) + 10
+  finally:
+    child.kill()
+    child.wait()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax.w2s import report, tables  # noqa: E402
+from w2s_jax.w2s import engine, report, tables  # noqa: E402
 
 
 def main(argv=None):
@@ -26,6 +26,13 @@ def main(argv=None):
   print(tables.sweep_table(rows, args.split))
   paths = report.all_charts(rows, args.charts or args.sweep_dir / "charts", args.split)
   print(f"\nwrote {len(paths)} chart files to {paths[0].parent}")
+  failed = engine.failed_cells(args.sweep_dir)
+  if failed:
+    print(f"\n{len(failed)} cell{'s' * (len(failed) != 1)} failed (rerun the sweep to retry them):")
+    for cell, record in failed.items():
+      print(
+        f"  {cell}: {record['error']}" + (f" (log: {record['log']})" if "log" in record else "")
+      )
 
 
 if __name__ == "__main__":

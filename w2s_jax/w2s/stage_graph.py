@@ -25,8 +25,8 @@ from pathlib import Path
 from w2s_jax.infra import locks
 from w2s_jax.infra.files import atomic_write, read_tree, staging_dir, write_tree_atomic
 from w2s_jax.w2s import parts as parts_lib
-from w2s_jax.w2s.engine import Engine
 from w2s_jax.w2s.grid import Cell, SweepConfig
+from w2s_jax.w2s.stage_store import Engine
 
 OUT, CACHE = "out", "cache"  # the two folders a stage writes to: the sweep's, the pretrained cache
 
