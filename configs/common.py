@@ -72,20 +72,36 @@ def minilm_text_experiment(
   seeds: int,
   probe: bool = False,
   pooling: str | None = None,
+  pretrain_steps: int = 4000,
 ) -> ExperimentConfig:
   """A from-scratch weak model (the schedule of scratch_text_experiment)
   supervising all-MiniLM-L6-v2, unpacked from its PyPI package into
   models_dir: the schedule measured on SST-2 (configs/sst2_minilm.py), which
   configs/text.py offers for any file with `strong=minilm`. probe: train the
-  head only, on the frozen encoder."""
+  head only, on the frozen encoder; pretrain_steps: the weak model's."""
   strong = hf_files.MINILM_NAME
+  # One seed per pass: a 22.7M-parameter step fills two cores alone, and the
+  # pass's scratch is one seed's (peak RSS 2.3 against 3.5 GB at 64 tokens,
+  # about 10% slower; docs/performance.md "Memory").
   finetune = OptimConfig(
-    steps=steps, batch_size=32, lr=3e-5, head_lr=1e-3, warmup_frac=0.1, weight_decay=0.01
+    steps=steps,
+    batch_size=32,
+    lr=3e-5,
+    head_lr=1e-3,
+    warmup_frac=0.1,
+    weight_decay=0.01,
+    seeds_per_pass=1,
   )
   if probe:
     finetune = dataclasses.replace(finetune, linear_probe=True, head_lr=1e-2, weight_decay=0.0)
   scratch = scratch_text_experiment(
-    name, text_task, weak=weak, strong=weak, pretrain_steps=4000, finetune_steps=400, seeds=seeds
+    name,
+    text_task,
+    weak=weak,
+    strong=weak,
+    pretrain_steps=pretrain_steps,
+    finetune_steps=400,
+    seeds=seeds,
   )
   return dataclasses.replace(
     scratch,

@@ -22,7 +22,8 @@ schedule of configs/sst2_minilm.py: a real pretrained model, offline.
 Args (comma-separated): `train=PATH`, `test=PATH` (required), `text=FIELD`,
 `label=FIELD`, `gt=N`, `w2s=N` (0: a split of the file), `weak=SIZE`,
 `strong=SIZE|minilm`, `models=DIR`, `tokenizer=bytes|bpe:N|PATH`, `max_len=N`,
-`pretrain_steps=N`, `finetune_steps=N` (the strong model's; default 400, or
+`pretrain_steps=N` (the from-scratch models'; with `strong=minilm`, the weak
+one's; default 4000), `finetune_steps=N` (the strong model's; default 400, or
 125 for minilm: 2 epochs of 2,000), `seeds=N`, `name=NAME`, `small` (a
 seconds-long smoke run: weak pico, strong nano, bytes, 32 tokens, 30
 pretraining and 10 fine-tuning steps; an arg given explicitly wins over it).
@@ -86,6 +87,7 @@ def get_config(arg=None):
       models_dir=arg.models,
       steps=arg.finetune_steps or 125,
       seeds=arg.seeds,
+      pretrain_steps=arg.pretrain_steps or 4000,  # the weak model's
     )
   else:
     cfg = common.scratch_text_experiment(

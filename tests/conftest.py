@@ -15,6 +15,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # workers may both compile for a topology (test_plans, memory_lora --quick).
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
+# As every entry point does before JAX starts: XLA:CPU's memory-lean scheduler
+# (and kept host memory only if W2S_JAX_KEEP_HOST_MEMORY=1), so the tests
+# compile what users run.
+from w2s_jax.infra import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory(by_default=False)
+
 import atexit  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402

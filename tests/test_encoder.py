@@ -328,6 +328,16 @@ def test_sst2_minilm_config_reads_files_and_its_probe_flag(tmp_path):
   assert configs.load(
     f"{root}/configs/sst2_minilm.py:models={tmp_path / 'm'},probe"
   ).finetune.linear_probe
+  # configs/text.py with strong=minilm: the weak model's pretraining steps are the user's.
+  text = configs.load(
+    f"{root}/configs/text.py:train=a.tsv,test=b.tsv,strong=minilm,models={tmp_path / 'm'},"
+    "pretrain_steps=50,finetune_steps=12"
+  )
+  assert (text.pretrain.steps, text.finetune.steps, text.strong_size) == (
+    50,
+    12,
+    hf_files.MINILM_NAME,
+  )
 
 
 def test_pretrained_configs_take_weak_and_strong_from_different_families():

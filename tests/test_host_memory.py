@@ -101,7 +101,9 @@ def test_kept_memory_is_not_faulted_in_again_each_step():
   assert default["checksum"] == kept["checksum"]  # where buffers live changes no number
   # What loop.fit does when its loop ends: the kept scratch pages go back.
   assert kept["released_mib"] > 32, kept
-  assert abs(default["released_mib"]) < 16, default  # nothing was kept
+  # Without kept memory the scratch was unmapped at once; what the trim hands
+  # back is what glibc's per-thread arenas held of smaller blocks.
+  assert default["released_mib"] < kept["released_mib"] / 2, (default, kept)
 
 
 @pytest.mark.slow  # a minute and a half of subprocesses; the main path is the test above
@@ -149,3 +151,28 @@ def test_entry_points_keep_memory_by_the_rule():
     name = str(p.relative_to(ROOT))
     small = "keep_freed_memory(by_default=False)" in p.read_text()
     assert small != (name in large_steps), name
+
+
+def test_entry_points_ask_for_the_memory_lean_scheduler_unless_xla_flags_chose(monkeypatch):
+  """keep_freed_memory() also turns XLA:CPU's concurrency-optimized scheduler
+  off through XLA_FLAGS (before JAX starts), keeping what XLA_FLAGS holds,
+  and leaves the option alone when XLA_FLAGS already sets it."""
+  monkeypatch.setattr(host_memory, "_status", "not requested")
+  monkeypatch.setattr(host_memory, "_scheduler", host_memory.scheduler_status())  # restored
+  monkeypatch.setattr(host_memory, "_backend_started", lambda: False)
+  monkeypatch.setenv(host_memory.ENV, "0")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  host_memory.keep_freed_memory(by_default=False)
+  assert os.environ["XLA_FLAGS"] == (
+    "--xla_force_host_platform_device_count=2 " + host_memory.LEAN_SCHEDULER
+  )
+  assert host_memory.scheduler_status().startswith("memory-lean")
+  chosen = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+  monkeypatch.setenv("XLA_FLAGS", chosen)
+  host_memory.keep_freed_memory(by_default=False)
+  assert os.environ["XLA_FLAGS"] == chosen  # the user's choice wins
+  assert host_memory.scheduler_status() == "as XLA_FLAGS sets it"
+  monkeypatch.setattr(host_memory, "_backend_started", lambda: True)
+  monkeypatch.delenv("XLA_FLAGS")
+  host_memory.keep_freed_memory(by_default=False)
+  assert "XLA_FLAGS" not in os.environ and host_memory.scheduler_status().startswith("too late")

@@ -82,6 +82,14 @@ def test_results_json_written_and_complete(two_runs):
         assert len(per_seed[model]) == len(SEEDS)
         # the summary's point estimates are the seed means of the per-seed numbers
         assert s["mean"] == pytest.approx(np.mean(per_seed[model]))
+  # Memory: the run's process peak (>= every steady sample of its loops) and each cell's.
+  memory = on_disk["memory"]
+  assert 0 < memory["steady_rss_bytes"] <= memory["peak_rss_bytes"]
+  assert memory["device_peak_bytes"] is None  # XLA:CPU keeps no device count
+  first_cell_memory = on_disk["cells"][0]["memory"]
+  assert 0 < first_cell_memory["steady_rss_bytes"] <= first_cell_memory["peak_rss_bytes"]
+  assert "memory: peak RSS" in tables.format_results(on_disk)
+  assert on_disk["environment"]["xla_cpu_scheduler"].startswith("memory-lean")
   # Pweak and Pceiling come from the shared stages: the same in every cell.
   first_cell, second_cell = on_disk["cells"]
   assert first_cell["per_seed"]["test"]["weak"] == second_cell["per_seed"]["test"]["weak"]
@@ -224,6 +232,26 @@ def test_finetune_seeds_together_equal_one_at_a_time(mesh4):
   # the seeds really differ (different labels and batch orders)
   diff = max(float(np.abs(x[0] - x[1]).max()) for x in jax.tree.leaves(together))
   assert diff > 1e-4
+
+
+@pytest.mark.parametrize("seeds_per_pass", [1, 2])
+def test_finetune_seeds_in_passes_equal_all_at_once(mesh4, seeds_per_pass):
+  """OptimConfig.seeds_per_pass only changes how many seeds share a pass:
+  every seed's params and training curve are the all-at-once run's; a count
+  that does not divide the seeds is a named error."""
+  cfg, data, labels, optim = finetune_setup()
+  labels = np.concatenate([labels, labels[:1]])  # four seeds
+  params = jax.device_get(transformer.init_params(cfg, jax.random.key(0)))
+  together = _finetune(params, cfg, data, labels, (0, 1, 2, 3), optim, mesh4)
+  passes = dataclasses.replace(optim, seeds_per_pass=seeds_per_pass)
+  in_passes = _finetune(params, cfg, data, labels, (0, 1, 2, 3), passes, mesh4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), together, in_passes)
+  with pytest.raises(ValueError, match=r"seeds_per_pass=2: expected a divisor of the 3 seeds"):
+    _finetune(
+      params, cfg, data, labels[:3], (0, 1, 2), dataclasses.replace(optim, seeds_per_pass=2), mesh4
+    )
+  with pytest.raises(ValueError, match=r"OptimConfig.seeds_per_pass=-1: expected an int >= 0"):
+    dataclasses.replace(optim, seeds_per_pass=-1)
 
 
 def test_finetune_accepts_params_stacked_per_seed(mesh4):

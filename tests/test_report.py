@@ -57,6 +57,14 @@ def test_summary_table_has_every_pair_and_median_pgr(rows_file):
   # Each row names its pair and loss in the label columns.
   first = table.splitlines()[2].split()
   assert first[:3] == [rows[0]["weak"], rows[0]["strong"], rows[0]["loss"]]
+  # Rows written before memory was measured say so; rows with it, their largest.
+  assert "memory: not recorded" in table
+  rows[0].update(peak_rss_bytes=1_230_000_000, steady_rss_bytes=900_000_000)
+  rows[1].update(peak_rss_bytes=1_100_000_000, steady_rss_bytes=1_000_000_000)
+  assert (
+    "memory (largest over 2 cells, each where it was computed): peak RSS 1.23 GB, "
+    "steady RSS 1.00 GB" in tables.sweep_table(rows)
+  )
 
 
 def test_every_chart_is_rendered_as_png_and_svg(rows_file, tmp_path):

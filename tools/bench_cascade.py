@@ -170,7 +170,12 @@ def summarize(args, timings: harness.Timings, first, errors, outputs, cascade, p
   weak_run = 2.0 * cascade.weak_cfg.num_params * args.seq
   strong_row = 2.0 * cascade.strong_cfg.num_params * args.seq
   batches = -(-args.queries // args.batch)
-  out = {"peak_gflops": peak, "contenders": {}, "errors": errors}
+  out = {
+    "peak_gflops": peak,
+    "contenders": {},
+    "errors": errors,
+    "peak_rss_covers": timings.peak_rss_covers,
+  }
   for key in timings.keys():
     o, med = outputs[key], timings.median(key)
     strong_rows = sum(o["buckets"]) if "buckets" in o else batches * args.batch
@@ -202,7 +207,7 @@ def print_report(args, summary):
   head = (
     f"{'contender':13s} {'deferred':>8s} {'strong rows':>11s} {'FLOPs acct':>10s} "
     f"{'FLOPs run':>9s} {'median s':>8s} {'queries/s':>9s} {'speed-up':>8s} "
-    f"{'(rounds)':>8s} {'by acct':>7s} {'GFLOP/s':>7s} {'first s':>7s}"
+    f"{'(rounds)':>8s} {'by acct':>7s} {'GFLOP/s':>7s} {'first s':>7s} {'peak RSS MB':>11s}"
   )
   print(head)
   for key, c in summary["contenders"].items():
@@ -211,7 +216,7 @@ def print_report(args, summary):
       f"{c['flops_vs_strong']:10.3f} {c['flops_run_vs_strong']:9.3f} {c['median_s']:8.2f} "
       f"{c['queries_per_s']:9.1f} {c['speedup_of_medians']:7.2f}x "
       f"{c['speedup_round_median']:7.2f}x {1 / c['flops_vs_strong']:6.2f}x "
-      f"{c['gflops_per_s']:7.1f} {c['first_s']:7.1f}"
+      f"{c['gflops_per_s']:7.1f} {c['first_s']:7.1f} {c['peak_rss_mb']:11.0f}"
     )
   for key, err in summary["errors"].items():
     print(f"{key:13s} unavailable: {err}")

@@ -175,6 +175,7 @@ def main(argv=None):
   for name, v in per_step.items():
     print(
       f"  {name:22s} {1e3 * med[name]:8.2f} ms  (min {1e3 * min(v):.2f}, max {1e3 * max(v):.2f})"
+      f"  peak RSS {timings.peak_rss_mb[name]:.0f} MB"
     )
   for name in ("live 0.5", "live 1.0"):
     share = med[f"sampling ({name})"] / med[name]
@@ -194,6 +195,8 @@ def main(argv=None):
         "first_s": first,
         "errors": errors,
         "seconds_per_step": per_step,
+        "peak_rss_mb": timings.peak_rss_mb,
+        "peak_rss_covers": timings.peak_rss_covers,
         "mean_sampled_length": lengths,
       },
     )

@@ -84,7 +84,10 @@ def main(argv=None):
   timings = harness.interleaved(contenders, args.reps, 1)
   for name in timings.keys():
     t = timings.seconds[name]
-    print(f"  {name:14s} median {timings.median(name):.3f}s  (min {min(t):.3f}, max {max(t):.3f})")
+    print(
+      f"  {name:14s} median {timings.median(name):.3f}s  (min {min(t):.3f}, max {max(t):.3f})"
+      f"  peak RSS {timings.peak_rss_mb[name]:.0f} MB"
+    )
   speedup = timings.speedup("together", over="one_at_a_time")
   print(
     f"  speed-up of vmapped seeds: {speedup['of_medians']:.2f}x from medians, "
@@ -103,6 +106,8 @@ def main(argv=None):
         "errors": errors,
         "seconds": timings.seconds,
         "speedup": speedup,
+        "peak_rss_mb": timings.peak_rss_mb,
+        "peak_rss_covers": timings.peak_rss_covers,
       },
     )
 

@@ -310,6 +310,7 @@ def summarize(args, timings: harness.Timings, first, errors, peak) -> dict:
     flop_formula=FLOP_FORMULA,
     peak_gflops=peak,
     peak_gflops_used=peak_best,
+    peak_rss_covers=timings.peak_rss_covers,
   )
   return out
 
@@ -374,8 +375,8 @@ def print_report(args, summary):
       f"{s['median_of_round_ratios']:.2f}x median of per-round ratios"
     )
   print(
-    "(peak RSS is the process's, which only grows: each contender's is a bound on it "
-    "together with everything run before it)"
+    f"(peak RSS: the resident set's high-water mark during {summary['peak_rss_covers']}; "
+    "it includes what the other contenders still hold)"
   )
 
 

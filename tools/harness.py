@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from w2s_jax.infra import host_memory  # noqa: E402
+from w2s_jax.infra import host_memory, memory  # noqa: E402
 
 # The project's config folder: tools find their default configs from any cwd.
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -52,14 +52,16 @@ class Timings:
   seconds: seconds per call, one entry per round.
   page_faults: the process's minor page faults per call (memory the kernel
     mapped in afresh), one entry per round.
-  peak_rss_mb: the process's peak resident memory (MB) once the contender's
-    last round had run: it only grows, so it bounds what each contender
-    needed together with everything run before it.
+  peak_rss_mb: the contender's own peak resident memory (MB), the largest
+    over its rounds: the kernel's high-water mark is reset before each call
+    (memory.Peak(own_span=True), Linux). Where it cannot be reset, the
+    process's peak so far, which only grows (`peak_rss_covers` says which).
   """
 
   seconds: dict[Hashable, list[float]]
   page_faults: dict[Hashable, list[float]]
   peak_rss_mb: dict[Hashable, float]
+  peak_rss_covers: str = "each contender's own calls"
 
   def median(self, key) -> float:
     return float(np.median(self.seconds[key]))
@@ -81,8 +83,8 @@ class Timings:
 
 
 def peak_rss_mb() -> float:
-  """The process's peak resident memory so far, in MB (Linux: ru_maxrss is KB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  """The process's peak resident memory since it started, in MB."""
+  return memory.process_peak_rss_bytes() / 2**20
 
 
 def warm_up(contenders: dict[Hashable, Callable[[int], object]], calls: int) -> tuple[dict, dict]:
@@ -112,18 +114,22 @@ def interleaved(
   """`rounds` rounds; in each, every contender runs `calls` calls in turn, the
   order rotating by one from round to round."""
   keys = list(contenders)
-  seconds, faults, peak = {k: [] for k in keys}, {k: [] for k in keys}, {}
+  seconds, faults, peak = {k: [] for k in keys}, {k: [] for k in keys}, {k: 0.0 for k in keys}
+  covers = "each contender's own calls"
   for r in range(rounds):
     for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
-      faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-      start = time.perf_counter()
-      contenders[key](calls)
-      seconds[key].append((time.perf_counter() - start) / calls)
-      faults[key].append(
-        (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / calls
-      )
-      peak[key] = peak_rss_mb()
-  return Timings(seconds=seconds, page_faults=faults, peak_rss_mb=peak)
+      with memory.Peak(own_span=True) as span:  # outside the timed region: it reads /proc
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        contenders[key](calls)
+        seconds[key].append((time.perf_counter() - start) / calls)
+        faults[key].append(
+          (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / calls
+        )
+      peak[key] = max(peak[key], span.peak_rss_bytes() / 2**20)
+      if not span.resets:
+        covers = "the process since it started (its high-water mark cannot be reset here)"
+  return Timings(seconds=seconds, page_faults=faults, peak_rss_mb=peak, peak_rss_covers=covers)
 
 
 # --- Matmul peaks ------------------------------------------------------------------
@@ -188,6 +194,7 @@ def machine() -> dict:
     "jax_backend": jax.default_backend(),
     "jax_devices": [str(d) for d in jax.devices()],
     "host_memory": host_memory.status(),
+    "xla_cpu_scheduler": host_memory.scheduler_status(),
     "env": {
       k: os.environ[k]
       for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -240,7 +247,8 @@ def print_machine(env: dict, load_before) -> None:
   print(
     f"jax {env['versions']['jax']} on {env['jax_backend']}: {', '.join(env['jax_devices'])} "
     f"(XLA:CPU threads = the {env['cores_available']} cores available); env "
-    f"{env['env'] or '{}'}; freed host memory kept for reuse: {env['host_memory']}"
+    f"{env['env'] or '{}'}; freed host memory kept for reuse: {env['host_memory']}; "
+    f"XLA:CPU scheduler: {env['xla_cpu_scheduler']}"
   )
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from w2s_jax.cascade import per_query, summary
 from w2s_jax.cascade.per_query import TASKS, calibration_split
+from w2s_jax.infra import memory
 from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.files import atomic_files, check_run_name, prepare_out_dir, write_json_atomic
 from w2s_jax.infra.fingerprint import KEY_SCHEME, digest, fingerprint
@@ -235,7 +236,7 @@ def run(
   accuracy_vs_cost.png and results.json. Returns the results. Configs, the
   output folder and the calibration slice are checked before any training;
   a folder holding another cascade config's results is refused unless overwrite."""
-  started = time.perf_counter()
+  started, meter = time.perf_counter(), memory.Peak().start()
   kinds = tuple(cfg.experiments())
   for kind in kinds:
     check_mesh(cfg.experiment_config(kind))  # a config error leaves no folder behind
@@ -284,6 +285,9 @@ def run(
       per_query.write_csv(out_dir / "per_query.csv", table)
       summary.plot(table, out_dir / "accuracy_vs_cost.png")
       results["seconds"] = time.perf_counter() - started
+      results["memory"] = meter.report()
       write_json_atomic(out_dir / "results.json", results)
   results.setdefault("seconds", time.perf_counter() - started)
+  results.setdefault("memory", meter.report())
+  meter.stop()
   return results

@@ -17,6 +17,7 @@ import numpy as np
 
 from w2s_jax.cascade import routers
 from w2s_jax.cascade.per_query import ROUTERS, STRONG
+from w2s_jax.infra import memory
 
 SUMMARY = ("area_vs_random", "defer_to_gain", "cost_to_gain", "cost_to_accuracy", "ibc_lift")
 
@@ -263,5 +264,5 @@ def format_results(results: dict, *, split: str = "test") -> str:
       f"{np.mean(c[f'ece_before:{split}']):.3f} -> "
       f"{np.mean(c[f'ece_after:{split}']):.3f} (mean over seeds)"
     )
-  lines.append(f"total {results['seconds']:.0f}s")
+  lines.append(f"total {results['seconds']:.0f}s; {memory.summary_line(results.get('memory'))}")
   return "\n".join(lines)

@@ -24,8 +24,23 @@ def compiled_softmax(model_cfg: ModelConfig, fn_name: str, mesh, seed_axis: bool
     return jax.nn.softmax(out, axis=-1)
 
   if seed_axis:
-    apply = jax.vmap(apply, in_axes=(0, None, None))
+    apply = one_seed_at_a_time(apply)
   return jit_batched(apply, mesh, seed_axis=seed_axis)
+
+
+def one_seed_at_a_time(fn):
+  """fn(params, *inputs) -> fn over params stacked per seed, the seeds one
+  after another (lax.map), the inputs shared: [seeds, ...] outputs.
+
+  Not vmap: inference keeps no activations for a backward, so batching the
+  seeds buys little, while vmap holds every seed's activations at once
+  (all-MiniLM-L6-v2, 3 seeds at batch 200 x 64 tokens: 1.06 GB of XLA
+  scratch against a third of it one seed at a time; docs/performance.md)."""
+
+  def mapped(params, *inputs):
+    return jax.lax.map(lambda p: fn(p, *inputs), params)
+
+  return mapped
 
 
 def jit_batched(fn, mesh, *, seed_axis: bool = False, num_inputs: int = 2):

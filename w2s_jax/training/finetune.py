@@ -118,6 +118,7 @@ def finetune_step(
     mesh=mesh,
     state_sharding=shd.state_sharding(abstract, mesh, seed_axis=True),
     vmap_seeds=True,
+    seeds_per_pass=optim_cfg.seeds_per_pass,
     accum_steps=optim_cfg.grad_accum_steps,
     linear_probe=optim_cfg.linear_probe,
     teacher_sharding=teacher_sharding,
@@ -175,6 +176,11 @@ def finetune(
   num_seeds = len(seeds)
   if len(per_seed) != num_seeds:
     raise ValueError(f"finetune: data for {len(per_seed)} seeds, expected {num_seeds}")
+  if optim_cfg.seeds_per_pass and num_seeds % optim_cfg.seeds_per_pass:
+    raise ValueError(
+      f"OptimConfig.seeds_per_pass={optim_cfg.seeds_per_pass}: expected a divisor of the "
+      f"{num_seeds} seeds"
+    )
   if loss_cfg.needs_gt_data != (gt_data is not None):
     raise ValueError(
       f"finetune: gt_data is needed by the combined loss and live with "
@@ -215,6 +221,7 @@ def finetune(
     rng=train.seed_keys(seeds),
     per_seed=True,
   )
+  del params  # the state holds its own copy; this one (per seed) would stay resident all loop
   frozen = ((base,) if base is not None else ()) + (
     (jax.device_put(teacher_params, teacher_sharding),) if teacher is not None else ()
   )

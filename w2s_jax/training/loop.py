@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from w2s_jax.infra import host_memory, interrupts
+from w2s_jax.infra import host_memory, interrupts, memory
 from w2s_jax.infra import sharding as shd
 from w2s_jax.training.train import TrainState
 
@@ -142,5 +142,6 @@ def fit(
   metrics = shd.to_host(metrics)  # waits for the last step
   if watch is not None:
     metrics["curve"] = curve_points(points)
+  memory.sample_steady()  # what the loop held while it ran, before its scratch goes back
   host_memory.release_freed_memory()  # this loop's scratch pages back to the system
   return state, metrics

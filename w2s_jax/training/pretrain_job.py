@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 
 from w2s_jax.data import testbed
-from w2s_jax.infra import checkpoints, integrity
+from w2s_jax.infra import checkpoints, integrity, memory
 from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.distributed import DistributedConfig
 from w2s_jax.infra.files import check_run_name, package_versions, prepare_out_dir, write_json_atomic
@@ -66,7 +66,7 @@ def run(cfg: PretrainConfig, *, out_dir: str | Path, progress: bool = True) -> d
   finished = _finished_results(cfg, out_dir)
   if finished is not None:
     return finished
-  started = time.perf_counter()
+  started, meter = time.perf_counter(), memory.Peak().start()
   mesh = cfg.mesh.make()
   shd.check_batch_size(cfg.optim.batch_size, mesh, "optim.batch_size")
   task = classification.testbed_task(cfg.world)
@@ -99,7 +99,9 @@ def run(cfg: PretrainConfig, *, out_dir: str | Path, progress: bool = True) -> d
     "tokens_per_second": steps_run * cfg.optim.batch_size * cfg.world.doc_len / seconds,
     "steps_run": steps_run,
     "facts_known": task.probe(state.params, model_cfg, mesh),
+    "memory": meter.report(),
   }
+  meter.stop()
   if shd.is_main_process():
     write_json_atomic(out_dir / "results.json", results)
   return results
@@ -129,6 +131,7 @@ def format_results(results: dict) -> str:
     f"devices ({results['processes']} processes, mesh {results['mesh']})\n"
     f"final LM loss {results['final_lm_loss']:.4f}; facts known: lives {facts['lives']:.0%}, "
     f"works {facts['works']:.0%}\n"
-    f"{results['seconds']:.0f}s, {results['tokens_per_second']:,.0f} tokens/s"
+    f"{results['seconds']:.0f}s, {results['tokens_per_second']:,.0f} tokens/s; "
+    f"{memory.summary_line(results.get('memory'))}"
     + (f" (resumed at step {results['resumed_from_step']})" if results["resumed_from_step"] else "")
   )

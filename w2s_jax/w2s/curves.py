@@ -30,6 +30,7 @@ from w2s_jax.data.dataset import padded_batches
 from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.files import atomic_write, staging_dir
 from w2s_jax.models import sampling
+from w2s_jax.models.inference import one_seed_at_a_time
 from w2s_jax.models.transformer import Transformer
 from w2s_jax.tasks import layout
 
@@ -117,9 +118,9 @@ def _point(model_cfg, generative: bool, mesh):
   method = Transformer.lm_logits if generative else Transformer.class_logits
 
   def batch_sums(params, batch):
-    logits = jax.vmap(
-      lambda p: model.apply({"params": p}, batch["tokens"], batch["mask"], method=method)
-    )(params)
+    logits = one_seed_at_a_time(
+      lambda p, tokens, mask: model.apply({"params": p}, tokens, mask, method=method)
+    )(params, batch["tokens"], batch["mask"])
     if generative:
       return response_sums(logits=logits, tokens=batch["tokens"], loss_mask=batch["loss_mask"])
     return classification_sums(

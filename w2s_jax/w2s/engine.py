@@ -41,7 +41,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from w2s_jax.infra import integrity, interrupts, locks
+from w2s_jax.infra import integrity, interrupts, locks, memory
 from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.files import (
   atomic_write,
@@ -122,6 +122,7 @@ class OpenSweep:
   done: dict  # cell id -> (row, record)
   started: float
   sizes: list
+  meter: memory.Peak  # the run's memory, from open_sweep on
 
   @property
   def todo(self) -> list[Cell]:
@@ -154,6 +155,7 @@ class OpenSweep:
       cells=cells,
       seconds=time.perf_counter() - self.started,
       draws=self.engine.draws,
+      memory=self.meter.report(),
     )
     if shd.is_main_process():
       out = self.engine.folder
@@ -169,7 +171,7 @@ def open_sweep(
   """Checks a sweep whole (the mesh, the models' fit to the task, the data)
   before any compute, claims its folder and reads its finished cells (the
   arguments: run_sweep's)."""
-  started = time.perf_counter()
+  started, meter = time.perf_counter(), memory.Peak().start()
   check_mesh(sweep.base)  # a config error leaves no folder behind
   out = prepare_out_dir(out_dir)
   parts = parts_lib.build(
@@ -181,7 +183,7 @@ def open_sweep(
     warnings.warn(f"the task's data: {warning}", stacklevel=3)  # before any compute
   _claim_folder(out, sweep, overwrite)
   engine = Engine(parts, out)
-  opened = OpenSweep(sweep=sweep, engine=engine, done={}, started=started, sizes=sizes)
+  opened = OpenSweep(sweep=sweep, engine=engine, done={}, started=started, sizes=sizes, meter=meter)
   for cell in sweep.cells:
     record = engine.stored_cell(cell)
     if record is not None:

@@ -14,6 +14,7 @@ import numpy as np
 from w2s_jax.curation import pool as pool_lib
 from w2s_jax.curation import selection
 from w2s_jax.data import testbed
+from w2s_jax.infra import memory
 from w2s_jax.infra.files import prepare_out_dir, write_json_atomic
 from w2s_jax.infra.fingerprint import fingerprint
 from w2s_jax.training import pretrain
@@ -37,7 +38,7 @@ def run(
   """Removal by every criterion; the strong model pretrained on the clean
   corpus, the pool and the pool filtered by `criterion` at `keep`."""
   criterion = pool_lib.pool_criterion(criterion)
-  started = time.perf_counter()
+  started, meter = time.perf_counter(), memory.Peak().start()
   out_dir = prepare_out_dir(out_dir)
   parts = parts_lib.build(cfg, cache_dir=cache_dir, progress=progress)
   if parts.task.world is None:
@@ -113,7 +114,9 @@ def run(
     "removal": removal,
     "w2s": w2s,
     "seconds": time.perf_counter() - started,
+    "memory": meter.report(),
   }
+  meter.stop()
   write_json_atomic(Path(out_dir) / "results.json", results)
   return results
 
@@ -140,5 +143,5 @@ def format_report(results: dict) -> str:
       }
     )
   lines.append(summary_table(rows, ("corpus",)))
-  lines.append(f"\ntotal {results['seconds']:.0f}s")
+  lines.append(f"\ntotal {results['seconds']:.0f}s; {memory.summary_line(results.get('memory'))}")
   return "\n".join(lines)

@@ -13,6 +13,7 @@ docs/outputs.md describes each field. In short:
 
 import numpy as np
 
+from w2s_jax.infra import host_memory
 from w2s_jax.infra.files import package_versions
 from w2s_jax.infra.fingerprint import fingerprint
 from w2s_jax.w2s import curves
@@ -99,6 +100,11 @@ def sweep_row(cell: Cell, record: dict) -> dict:
     "kept_label_accuracy": (
       float(np.mean(record["kept_label_accuracy"])) if record.get("kept_label_accuracy") else None
     ),
+    # Where the cell was computed (records written before memory was measured: None).
+    **{
+      f"{k}_rss_bytes": (record.get("memory") or {}).get(f"{k}_rss_bytes")
+      for k in ("peak", "steady")
+    },
   }
   for key, stats in record["summary"].items():
     for metric in METRICS:
@@ -132,6 +138,7 @@ def environment() -> dict:
     "versions": package_versions(),
     "devices": [str(d) for d in jax.devices()],
     "processes": jax.process_count(),
+    "xla_cpu_scheduler": host_memory.scheduler_status(),
   }
 
 
@@ -193,9 +200,12 @@ def data_warnings(sanity: dict) -> list[str]:
   return out
 
 
-def run_record(*, config, parts, sizes, cells: list[dict], seconds: float, draws=None) -> dict:
+def run_record(
+  *, config, parts, sizes, cells: list[dict], seconds: float, draws=None, memory=None
+) -> dict:
   """results.json: config is the ExperimentConfig (single run) or the SweepConfig;
-  draws: {pretraining seed: Parts} (default: parts' own draw)."""
+  draws: {pretraining seed: Parts} (default: parts' own draw); memory: the
+  run's memory.Peak report."""
   models = {}
   encodings = parts.views.encodings(sizes)
   draws = draws or {parts.draw: parts}
@@ -224,4 +234,5 @@ def run_record(*, config, parts, sizes, cells: list[dict], seconds: float, draws
     "models": models,
     "cells": cells,
     "seconds": seconds,
+    "memory": memory,
   }

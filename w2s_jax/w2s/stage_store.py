@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from w2s_jax.infra import checkpoints, integrity
+from w2s_jax.infra import checkpoints, integrity, memory
 from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.fingerprint import KEY_SCHEME, digest, fingerprint
 from w2s_jax.infra.store import Store
@@ -167,7 +167,7 @@ class Engine:
 
   def compute_cell(self, cell: Cell) -> dict:
     parts, cfg = self.parts, self.parts.cfg
-    started = time.perf_counter()
+    started, meter = time.perf_counter(), memory.Peak().start()
     runs = []
     for draw, draw_parts in self.draws.items():
       weak = self.weak(cell.weak, draw, with_params=cell.loss.needs_teacher)
@@ -194,4 +194,6 @@ class Engine:
     }
     record = records.cell_record(cell, runs=runs, summary=summary, models=models, keys=keys)
     record["seconds"] = time.perf_counter() - started
+    record["memory"] = meter.report()  # steady: this cell's loops; peak: its process's so far
+    meter.stop()
     return record

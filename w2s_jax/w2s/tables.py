@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from w2s_jax.infra import memory
 from w2s_jax.w2s import metrics
 from w2s_jax.w2s.records import row_summary
 
@@ -261,7 +262,7 @@ def format_results(results: dict) -> str:
       lines.append(answer_imitation_table(rows, labels))
   if any(c.get("oracle") for c in cells):
     lines.append(oracle_table(cells, labels))
-  lines.append(f"\ntotal {results['seconds']:.0f}s")
+  lines.append(f"\ntotal {results['seconds']:.0f}s; {memory.summary_line(results.get('memory'))}")
   return "\n".join(lines)
 
 
@@ -381,6 +382,8 @@ def sweep_table(rows, split="test") -> str:
   else:
     table_text = summary_table(table, labels)
   text = f"{table_text}\n\n{medians}"
+  cells = memory.largest(rows)  # a row carries its cell's peak and steady RSS
+  text += f"\n\n{memory.summary_line(cells, over='cells, each where it was computed')}"
   corr = misfit_correlation(rows, split)
   if corr["n"] >= 3:
     text += (
