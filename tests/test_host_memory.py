@@ -2,6 +2,7 @@
 page-faulted in afresh (counted with getrusage, in fresh processes, since the
 settings are per process and must precede JAX's backend)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from w2s_jax.infra import host_memory
+
+import fakes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,3 +179,42 @@ def test_entry_points_ask_for_the_memory_lean_scheduler_unless_xla_flags_chose(m
   monkeypatch.delenv("XLA_FLAGS")
   host_memory.keep_freed_memory(by_default=False)
   assert "XLA_FLAGS" not in os.environ and host_memory.scheduler_status().startswith("too late")
+
+
+def _growth(config: str, tmp_path, **env) -> dict:
+  out = subprocess.run(
+    [sys.executable, str(ROOT / "tools" / "memory_growth.py"), "--config", config, "--runs", "3"],
+    capture_output=True,
+    text=True,
+    timeout=1200,
+    env={**os.environ, **env},
+    cwd=tmp_path,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_a_long_mixed_run_in_one_process_does_not_grow_with_kept_memory(tmp_path):
+  """Three runs of a small text experiment (pretraining, weak training,
+  inference, fine-tuning, evaluation: allocations of every size), one
+  process, kept host memory (the mode that can fragment): the resident set
+  after the third run is within 1.2x of the first's."""
+  train = fakes.write_sentiment_tsv(tmp_path / "train.tsv", 400, 0)
+  test = fakes.write_sentiment_tsv(tmp_path / "test.tsv", 64, 1)
+  config = f"{ROOT}/configs/text.py:train={train},test={test},small"
+  growth = _growth(config, tmp_path, **{host_memory.ENV: "1"})
+  assert growth["host_memory"] == "kept", growth
+  assert growth["growth"] <= 1.2, growth
+
+
+@pytest.mark.slow  # three MiniLM runs: a few minutes
+@pytest.mark.skipif(importlib.util.find_spec("all_minilm_l6_v2") is None, reason="the minilm extra")
+@pytest.mark.parametrize("keep", ["0", "1"])
+def test_three_minilm_small_runs_in_one_process_stay_within_1_2x_of_the_first(tmp_path, keep):
+  (tmp_path / "sst2").mkdir()
+  fakes.write_sentiment_tsv(tmp_path / "sst2" / "sst2_train.tsv", 600, 0)
+  fakes.write_sentiment_tsv(tmp_path / "sst2" / "sst2_dev.tsv", 64, 1)
+  config = f"{ROOT}/configs/sst2_minilm.py:files={tmp_path / 'sst2'},models={tmp_path / 'm'},small"
+  growth = _growth(config, tmp_path, **{host_memory.ENV: keep})
+  assert growth["growth"] <= 1.2, growth
