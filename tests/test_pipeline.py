@@ -6,13 +6,14 @@ import importlib.util
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from w2s_jax.infra import configs
+from w2s_jax.infra import configs, host_memory
 from w2s_jax.models import transformer
 from w2s_jax.training import finetune
 from w2s_jax.training.classifier_losses import Xent
@@ -89,7 +90,12 @@ def test_results_json_written_and_complete(two_runs):
   first_cell_memory = on_disk["cells"][0]["memory"]
   assert 0 < first_cell_memory["steady_rss_bytes"] <= first_cell_memory["peak_rss_bytes"]
   assert "memory: peak RSS" in tables.format_results(on_disk)
-  assert on_disk["environment"]["xla_cpu_scheduler"].startswith("memory-lean")
+  # conftest asked for the memory-lean scheduler (an xdist worker inherits it in XLA_FLAGS).
+  assert on_disk["environment"]["xla_cpu_scheduler"] in (
+    "memory-lean (concurrency-optimized scheduler off)",
+    "as XLA_FLAGS sets it",
+  )
+  assert host_memory.LEAN_SCHEDULER in os.environ["XLA_FLAGS"]
   # Pweak and Pceiling come from the shared stages: the same in every cell.
   first_cell, second_cell = on_disk["cells"]
   assert first_cell["per_seed"]["test"]["weak"] == second_cell["per_seed"]["test"]["weak"]

@@ -56,7 +56,8 @@ def process_peak_rss_bytes() -> int:
   """The process's peak resident set since it started (getrusage: KB on
   Linux, bytes on macOS; with the peaks seen before any reset)."""
   maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return max(_folded_process_peak, maxrss if sys.platform == "darwin" else maxrss * 1024)
+  maxrss = maxrss if sys.platform == "darwin" else maxrss * 1024
+  return max(_folded_process_peak, maxrss, _high_water_bytes() or 0, rss_bytes() or 0)
 
 
 def _reset_high_water() -> bool:
@@ -86,9 +87,13 @@ def device_peak_bytes() -> int | None:
 def sample_steady() -> None:
   """Records the resident set as a training loop's steady state (loop.fit
   calls it after its last step)."""
+  global _folded_process_peak
   rss = rss_bytes()
   if rss is not None:
     _steady_samples.append(rss)
+    # The kernel's counters behind getrusage lag the resident set: a peak
+    # is never below a sample taken.
+    _folded_process_peak = max(_folded_process_peak, rss)
 
 
 @dataclasses.dataclass
@@ -138,12 +143,15 @@ class Peak:
     samples = _steady_samples[self._first_sample :]
     return max(samples) if samples else None
 
+  def _peak_at_least_steady(self) -> int:
+    return max(self.peak_rss_bytes(), self.steady_rss_bytes() or 0)
+
   def report(self) -> dict:
     """What results.json records as "memory" (docs/outputs.md)."""
     if not self._started:
       raise RuntimeError("Peak.report(): the span was never started (Peak().start())")
     return {
-      "peak_rss_bytes": self.peak_rss_bytes(),
+      "peak_rss_bytes": self._peak_at_least_steady(),
       "steady_rss_bytes": self.steady_rss_bytes(),
       "rss_bytes": rss_bytes(),
       "device_peak_bytes": device_peak_bytes(),
