@@ -288,6 +288,6 @@ def run(
       results["memory"] = meter.report()
       write_json_atomic(out_dir / "results.json", results)
   results.setdefault("seconds", time.perf_counter() - started)
-  results.setdefault("memory", meter.report())
+  results.setdefault("memory", meter.report())  # processes that wrote nothing
   meter.stop()
   return results
