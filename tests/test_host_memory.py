@@ -218,3 +218,13 @@ def test_three_minilm_small_runs_in_one_process_stay_within_1_2x_of_the_first(tm
   config = f"{ROOT}/configs/sst2_minilm.py:files={tmp_path / 'sst2'},models={tmp_path / 'm'},small"
   growth = _growth(config, tmp_path, **{host_memory.ENV: keep})
   assert growth["growth"] <= 1.2, growth
+
+
+def test_release_compiled_programs_drops_them_and_they_come_back():
+  import jax
+
+  add = jax.jit(lambda x: x + 1)
+  assert float(add(1.0)) == 2.0 and add._cache_size() == 1
+  host_memory.release_compiled_programs()
+  assert add._cache_size() == 0
+  assert float(add(1.0)) == 2.0 and add._cache_size() == 1

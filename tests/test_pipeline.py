@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -241,23 +242,57 @@ def test_finetune_seeds_together_equal_one_at_a_time(mesh4):
 
 
 @pytest.mark.parametrize("seeds_per_pass", [1, 2])
-def test_finetune_seeds_in_passes_equal_all_at_once(mesh4, seeds_per_pass):
-  """OptimConfig.seeds_per_pass only changes how many seeds share a pass:
-  every seed's params and training curve are the all-at-once run's; a count
-  that does not divide the seeds is a named error."""
+def test_finetune_seeds_in_groups_equal_all_at_once(mesh4, seeds_per_pass):
+  """OptimConfig.seeds_per_pass only changes how many seeds train together:
+  every seed's params (from its own start) and training curve are the
+  all-at-once run's, sharded the same; a count that does not divide the
+  seeds is a named error."""
   cfg, data, labels, optim = finetune_setup()
   labels = np.concatenate([labels, labels[:1]])  # four seeds
+  starts = jax.vmap(lambda k: transformer.init_params(cfg, k))(
+    jax.random.split(jax.random.key(0), 4)
+  )
+  per_seed = [data.with_fields(labels=l) for l in labels]
+  measure = lambda p: {
+    "norm": jax.vmap(lambda q: sum(jnp.sum(x**2) for x in jax.tree.leaves(q)))(p)
+  }
+
+  def run(optim):
+    return finetune.finetune(
+      starts,
+      cfg,
+      per_seed,
+      seeds=(0, 1, 2, 3),
+      loss_cfg=Xent(),
+      optim_cfg=optim,
+      mesh=mesh4,
+      desc="t",
+      progress=False,
+      params_per_seed=True,
+      measure=measure,
+      measure_every=2,
+    )
+
+  together, together_curve = run(optim)
+  in_groups, groups_curve = run(dataclasses.replace(optim, seeds_per_pass=seeds_per_pass))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), together, in_groups)
+  jax.tree.map(lambda a, b: assert_same_sharding(a, b), together, in_groups)
+  assert [p["step"] for p in groups_curve] == [p["step"] for p in together_curve]
+  assert len(groups_curve[0]["norm"]) == 4
+  for a, b in zip(together_curve, groups_curve):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["norm"], b["norm"], rtol=1e-5)
   params = jax.device_get(transformer.init_params(cfg, jax.random.key(0)))
-  together = _finetune(params, cfg, data, labels, (0, 1, 2, 3), optim, mesh4)
-  passes = dataclasses.replace(optim, seeds_per_pass=seeds_per_pass)
-  in_passes = _finetune(params, cfg, data, labels, (0, 1, 2, 3), passes, mesh4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), together, in_passes)
   with pytest.raises(ValueError, match=r"seeds_per_pass=2: expected a divisor of the 3 seeds"):
     _finetune(
       params, cfg, data, labels[:3], (0, 1, 2), dataclasses.replace(optim, seeds_per_pass=2), mesh4
     )
   with pytest.raises(ValueError, match=r"OptimConfig.seeds_per_pass=-1: expected an int >= 0"):
     dataclasses.replace(optim, seeds_per_pass=-1)
+
+
+def assert_same_sharding(a, b):
+  assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
 
 
 def test_finetune_accepts_params_stacked_per_seed(mesh4):

@@ -14,7 +14,7 @@ import pytest
 
 from w2s_jax.data import testbed
 from w2s_jax.data.dataset import Dataset, one_hot
-from w2s_jax.infra import configs
+from w2s_jax.infra import configs, host_memory
 from w2s_jax.training import finetune
 from w2s_jax.training.classifier_losses import LogConf, Product, Xent
 from w2s_jax.training.combined import Combined
@@ -164,17 +164,23 @@ def test_sigkill_at_random_moments_loses_and_corrupts_nothing(tmp_path, config):
   assert len(list((out / "cells").glob("*/results.json"))) == num_cells
 
 
-def test_rerun_of_a_finished_sweep_recomputes_nothing(tmp_path):
+def test_rerun_of_a_finished_sweep_recomputes_nothing(tmp_path, monkeypatch):
   grid = configs.load_sweep(TINY)
-  small = sweep_grid.SweepConfig(grid.base, grid.cells[:2])
+  small = sweep_grid.SweepConfig(grid.base, grid.cells[1:3])
+  assert len({(c.weak, c.strong) for c in small.cells}) == 2
+  released = []
+  monkeypatch.setattr(host_memory, "release_compiled_programs", lambda: released.append(1))
   rows = engine.run_sweep(
     small, out_dir=tmp_path / "s", cache_dir=tmp_path / "c", progress=False
   ).rows
+  # Compiled programs are dropped after pretraining and between pairs, not between cells.
+  assert len(released) == 2
   cells = lambda: {p: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("cells/*/results.json")}
   stamp = cells()
   again = engine.run_sweep(small, out_dir=tmp_path / "s", cache_dir=tmp_path / "c", progress=False)
   assert json.dumps(again.rows) == json.dumps(rows)  # NaN-safe equality
   assert stamp == cells() and len(stamp) == 2
+  assert len(released) == 2  # nothing to compute, nothing dropped
   # The run record holds every cell's record, as stored.
   assert [c["id"] for c in again.results["cells"]] == [c.id for c in small.cells]
   # Issue 28's probe: two cells' records swapped. Each holds its cell, compared

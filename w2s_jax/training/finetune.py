@@ -118,7 +118,6 @@ def finetune_step(
     mesh=mesh,
     state_sharding=shd.state_sharding(abstract, mesh, seed_axis=True),
     vmap_seeds=True,
-    seeds_per_pass=optim_cfg.seeds_per_pass,
     accum_steps=optim_cfg.grad_accum_steps,
     linear_probe=optim_cfg.linear_probe,
     teacher_sharding=teacher_sharding,
@@ -146,7 +145,8 @@ def finetune(
   measure=None,
   measure_every: int = 0,
 ):
-  """Fine-tunes one copy of `params` per seed, all seeds in one vmapped program.
+  """Fine-tunes one copy of `params` per seed: all seeds in one vmapped
+  program, or (OptimConfig.seeds_per_pass) groups of seeds one after another.
 
   Args:
     params: one shared starting point, or (params_per_seed) one per seed,
@@ -199,12 +199,90 @@ def finetune(
     )
   if loss_cfg.name != "live":
     sampling_cfg = None  # one compiled step per loss, whatever the caller passed
+  if optim_cfg.lora_rank and params_per_seed:
+    raise ValueError(
+      "finetune: OptimConfig.lora_rank > 0 adapts one shared base, got params_per_seed=True"
+    )
+  # Groups of seeds one after another (seeds_per_pass; 0: one group), each
+  # trained start to end: only one group's train state (params, optimizer
+  # moments) and step scratch are resident, beside the finished groups'
+  # params. Every seed's data, order, keys and updates are its own, so the
+  # result is the all-at-once one.
+  group = optim_cfg.seeds_per_pass or num_seeds
+  pick = lambda tree, part: tree if group == num_seeds else jax.tree.map(lambda x: x[part], tree)
+  parts, curves = [], []
+  for first in range(0, num_seeds, group):
+    part = slice(first, first + group)
+    part_params, curve = _finetune_group(
+      pick(params, part) if params_per_seed else params,
+      model_cfg,
+      per_seed[part],
+      loss_cfg=loss_cfg,
+      optim_cfg=optim_cfg,
+      seeds=tuple(seeds[part]),
+      mesh=mesh,
+      desc=desc
+      if group == num_seeds
+      else f"{desc} [seeds {first + 1}-{first + group} of {num_seeds}]",
+      progress=progress,
+      params_per_seed=params_per_seed,
+      gt_data=gt_data,
+      generative=generative,
+      teacher=None if teacher is None else (teacher[0], pick(teacher[1], part)),
+      sampling_cfg=sampling_cfg,
+      measure=measure,
+      measure_every=measure_every,
+    )
+    parts.append(part_params)
+    curves.append(curve)
+  if len(parts) == 1:
+    return parts[0], curves[0]
+  return _concat_seeds(parts, model_cfg, mesh, num_seeds), _concat_curves(curves)
+
+
+def _concat_seeds(parts, model_cfg, mesh, num_seeds):
+  """Groups' params (stacked per seed) -> one stack, sharded as a fine-tune's output."""
+  out = shd.state_sharding(seed_stacked_abstract(model_cfg, num_seeds), mesh, seed_axis=True)
+  concat = jax.jit(
+    lambda parts: jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts), out_shardings=out
+  )
+  return concat(parts)
+
+
+def _concat_curves(curves):
+  """Groups' curve points (the same steps; per-seed lists) -> one curve over every seed."""
+  return [
+    {
+      k: (v if k == "step" else [x for point in points for x in point[k]])
+      for k, v in points[0].items()
+    }
+    for points in zip(*curves)
+  ]
+
+
+def _finetune_group(
+  params,
+  model_cfg,
+  per_seed,
+  *,
+  loss_cfg,
+  optim_cfg,
+  seeds,
+  mesh,
+  desc,
+  progress,
+  params_per_seed,
+  gt_data,
+  generative,
+  teacher,
+  sampling_cfg,
+  measure,
+  measure_every,
+):
+  """`finetune` of seeds trained together (one vmapped program)."""
+  num_seeds = len(seeds)
   base = None
   if optim_cfg.lora_rank:
-    if params_per_seed:
-      raise ValueError(
-        "finetune: OptimConfig.lora_rank > 0 adapts one shared base, got params_per_seed=True"
-      )
     base = jax.device_put(params, shd.state_sharding(params, mesh))
     params = _lora_trainable(params, model_cfg, optim_cfg, seeds)
   elif not params_per_seed:

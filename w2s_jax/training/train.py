@@ -33,13 +33,12 @@ class OptimConfig:
   clip_norm: float = 1.0
   end_lr_frac: float = 0.1
   grad_accum_steps: int = 1  # micro-batches per step: same update, less activation memory
-  # Seeds updated together (vmapped) in each pass of a fine-tuning step, the
-  # passes one after another, each updating its seeds' slice of the state in
-  # place. 0: every seed in one pass, fastest for small models. A pass's
-  # scratch (gradients, optimizer temporaries) is for its seeds only: for
-  # models whose matrix products fill the cores alone (all-MiniLM-L6-v2,
-  # 3 seeds), 1 cut a fine-tune's peak RSS by a third for about 10% more time
-  # per step (docs/performance.md). Each seed's update is the same computation.
+  # Seeds fine-tuned together (one vmapped program); the groups run one
+  # after another, each start to end. 0: every seed together, fastest for
+  # small models. Only one group's state (params, optimizer moments) and
+  # step scratch are resident, beside the finished groups' params: for
+  # models whose matrix products fill the cores alone (all-MiniLM-L6-v2),
+  # 1 is the lean choice (docs/performance.md). Each seed's run is the same.
   seeds_per_pass: int = dataclasses.field(default=0, metadata=WHEN_SET)
   linear_probe: bool = False  # train the classification head only; the body stays frozen
   # LoRA (lora.py): rank > 0 trains low-rank adapters on lora_targets and the
@@ -246,42 +245,6 @@ def train_step(
   return new_state, metrics
 
 
-def _over_seeds(step, frozen_axes, seeds_per_pass: int):
-  """step over a leading seed axis of the state, the batch, the metrics and
-  each frozen argument whose axis is 0 (None: shared by every seed): every
-  seed vmapped at once, or seeds_per_pass at a time in a loop whose carry is
-  the whole state, each pass writing its seeds' slice in place (a lax.map
-  would stack fresh outputs beside the donated state: a second copy)."""
-  vmapped = jax.vmap(step, in_axes=(0, 0, *frozen_axes))
-  if not seeds_per_pass:
-    return vmapped
-
-  def stepped(state, batch, *frozen):
-    num_seeds = jax.tree.leaves(state)[0].shape[0]
-    if num_seeds % seeds_per_pass:
-      raise ValueError(
-        f"OptimConfig.seeds_per_pass={seeds_per_pass}: expected a divisor of the {num_seeds} seeds"
-      )
-    take = lambda tree, i: jax.tree.map(
-      lambda x: jax.lax.dynamic_slice_in_dim(x, i * seeds_per_pass, seeds_per_pass), tree
-    )
-    put = lambda tree, part, i: jax.tree.map(
-      lambda x, p: jax.lax.dynamic_update_slice_in_dim(x, p, i * seeds_per_pass, 0), tree, part
-    )
-    pick = lambda i: [f if axis is None else take(f, i) for f, axis in zip(frozen, frozen_axes)]
-    metrics = jax.eval_shape(lambda: vmapped(take(state, 0), take(batch, 0), *pick(0))[1])
-    metrics = jax.tree.map(lambda m: jnp.zeros((num_seeds, *m.shape[1:]), m.dtype), metrics)
-
-    def one_pass(i, carry):
-      state, metrics = carry
-      new, seed_metrics = vmapped(take(state, i), take(batch, i), *pick(i))
-      return put(state, new, i), put(metrics, seed_metrics, i)
-
-    return jax.lax.fori_loop(0, num_seeds // seeds_per_pass, one_pass, (state, metrics))
-
-  return stepped
-
-
 def compile_train_step(
   *,
   loss_fn: LossFn,
@@ -290,7 +253,6 @@ def compile_train_step(
   mesh,
   state_sharding,
   vmap_seeds: bool = False,
-  seeds_per_pass: int = 0,
   accum_steps: int = 1,
   linear_probe: bool = False,
   teacher_sharding=None,
@@ -300,8 +262,7 @@ def compile_train_step(
 
   state_sharding: the state's shardings (`sharding_of(state)` of a state from
   `initial_state`). With vmap_seeds, state and batch carry a leading seed
-  axis and all seeds train as one program, seeds_per_pass of them vmapped
-  in each pass, the passes in sequence (0: all in one pass). teacher_sharding: the shardings
+  axis and all seeds train as one program. teacher_sharding: the shardings
   of a frozen teacher's params (e.g. FSDP, `sharding.state_sharding`); the
   step is then step(state, batch, teacher), with the teacher neither
   differentiated nor donated (with vmap_seeds, one teacher per seed).
@@ -319,7 +280,7 @@ def compile_train_step(
   frozen = [(base_sharding, None), (teacher_sharding, 0)]  # (sharding, seed axis)
   frozen = [(sharding, axis) for sharding, axis in frozen if sharding is not None]
   if vmap_seeds:
-    step = _over_seeds(step, [axis for _, axis in frozen], seeds_per_pass)
+    step = jax.vmap(step, in_axes=(0, 0, *[axis for _, axis in frozen]))
   in_shardings = (
     state_sharding,
     shd.batch_sharding(mesh, seed_axis=vmap_seeds),

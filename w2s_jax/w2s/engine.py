@@ -41,7 +41,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from w2s_jax.infra import integrity, interrupts, locks, memory
+from w2s_jax.infra import host_memory, integrity, interrupts, locks, memory
 from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.files import (
   atomic_write,
@@ -244,8 +244,16 @@ def run_sweep(
     return True
 
   held_elsewhere = []
+  pair = None
   for cell in opened.todo:
     interrupts.raise_if_interrupted()
+    if pair != (cell.weak, cell.strong):
+      # A pair's cells share their models' programs; the next pair's (and
+      # pretraining's before the first) are others, or come back from the
+      # persistent compilation cache: the sweep holds one pair's compiled
+      # programs, not every cell's.
+      host_memory.release_compiled_programs()
+    pair = (cell.weak, cell.strong)
     if not finish(cell, wait=False):
       print(f"cell {cell.id}: another process is computing it; skipping it for now")
       held_elsewhere.append(cell)
