@@ -179,11 +179,63 @@ def test_logconf_matches_hand_computation(step_frac):
     assert abs(got - np_xent(logits, labels)) > 1e-4
 
 
-def test_logconf_rejects_three_classes():
-  with pytest.raises(ValueError, match="3 classes"):
-    losses.logconf(
-      logits=np.zeros((2, 3), np.float32), labels=np.full((2, 3), 1 / 3), step_frac=0.5
-    )
+def _binary_logconf_of_today(logits, labels, step_frac):
+  """The 2-class loss as it was before k classes (Burns et al.'s rule)."""
+  probs = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+  tau = jnp.quantile(probs[:, 0], jnp.mean(labels[:, 1]), method="linear")
+  hard = jnp.stack([probs[:, 0] >= tau, probs[:, 0] < tau], axis=-1).astype(jnp.float32)
+  c = losses.logconf_coef(step_frac=step_frac)
+  return hard, losses.xent(logits=logits, labels=(1.0 - c) * labels + c * hard)
+
+
+@pytest.mark.parametrize("batch", [5, 8, 32, 33])
+def test_k_class_logconf_at_two_classes_is_the_binary_loss(batch):
+  rng = np.random.default_rng(batch)
+  for trial in range(20):
+    logits = rng.normal(size=(batch, 2)).astype(np.float32) * (1 + trial % 3)
+    p1 = rng.uniform(size=batch) if trial % 2 else rng.integers(0, 2, batch).astype(float)
+    labels = np.stack([1 - p1, p1], -1).astype(np.float32)
+    hard, expected = _binary_logconf_of_today(logits, labels, 0.7)
+    got_hard = losses.hardened_predictions(logits=logits, labels=labels)
+    np.testing.assert_array_equal(np.asarray(got_hard), np.asarray(hard))
+    got = losses.logconf(logits=logits, labels=labels, step_frac=0.7)
+    np.testing.assert_allclose(float(got), float(expected), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_classes", [3, 4, 6])
+def test_k_class_hardening_keeps_the_labels_class_balance(num_classes):
+  """Each row one class; classes 1..k-1 get their label share of the batch
+  within one example, class 0 the rest; and the most confident examples of
+  a class are the ones it takes."""
+  rng = np.random.default_rng(num_classes)
+  batch = 40
+  for _ in range(10):
+    logits = rng.normal(size=(batch, num_classes)).astype(np.float32) * 2
+    labels = rng.dirichlet(np.full(num_classes, 0.5), size=batch).astype(np.float32)
+    hard = np.asarray(jax.jit(losses.hardened_predictions)(logits=logits, labels=labels))
+    np.testing.assert_array_equal(hard.sum(1), 1.0)
+    share = labels.mean(0) * batch
+    counts = hard.sum(0)
+    assert np.all(np.abs(counts[1:] - share[1:]) <= 1.0), (counts, share)
+    assert counts[0] == batch - counts[1:].sum()
+    # Class 1 chooses first, from every example: it takes the ones most likely to be it.
+    p1 = np_softmax(logits)[:, 1]
+    taken = hard[:, 1] == 1
+    if taken.any() and (~taken).any():
+      assert p1[taken].min() >= p1[~taken].max()
+
+
+def test_k_class_hardening_by_hand():
+  # 4 examples, 3 classes; label shares: class 1 gets 0.25 * 4 = 1, class 2 gets 1.
+  probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.3, 0.5], [0.3, 0.5, 0.2]], np.float32)
+  labels = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], np.float32)
+  hard = np.asarray(losses.hardened_predictions(logits=np.log(probs), labels=labels))
+  # Class 1: 1 - p1 = [0.8, 0.4, 0.7, 0.5], its quantile at 0.25 is 0.475: example 1 only.
+  # Class 2, of examples 0, 2, 3: 1 - p2 = [0.9, 0.5, 0.8], share 1/3, quantile 0.7: example 2.
+  np.testing.assert_array_equal(hard, np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]]))
+  # The mix and the loss for k classes: labels and hardened predictions, as for 2.
+  got = float(losses.logconf(logits=np.log(probs), labels=labels, step_frac=1.0))
+  np.testing.assert_allclose(got, np_xent(np.log(probs), 0.5 * labels + 0.5 * hard), rtol=1e-5)
 
 
 # ---------------------------------------------------------------- combined, lm_xent

@@ -53,22 +53,40 @@ def logconf_coef(*, step_frac, warmup_frac=0.1, aux_coef=0.5):
 
 
 def hardened_predictions(*, logits, labels):
-  """[p0 >= tau, p0 < tau] with tau the quantile of p0 at q = mean(labels[:, 1]).
+  """The student's hard predictions, one-hot, with the labels' class balance.
 
-  The threshold makes the student's hard predictions carry the same class
-  balance as the labels.
+  Classes 1, ..., k-1 in turn each take a share of the batch, the mean of
+  their label column, from the examples not yet taken: those least likely
+  not to be that class (1 - p_c below the share's quantile among the
+  examples left); class 0 takes the rest. So every class but 0 gets its
+  share of the batch (within one example) and class 0 the remainder. For 2
+  classes this is Burns et al.'s rule exactly: [p0 >= tau, p0 < tau], tau
+  the quantile of p0 at mean(labels[:, 1]).
   """
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  q = jnp.mean(labels[:, 1].astype(jnp.float32))
-  tau = jnp.quantile(probs[:, 0], q, method="linear")
-  hard = jnp.stack([probs[:, 0] >= tau, probs[:, 0] < tau], axis=-1)
-  return jax.lax.stop_gradient(hard.astype(jnp.float32))
+  prior = jnp.mean(labels.astype(jnp.float32), axis=0)
+  batch, num_classes = probs.shape
+  taken = jnp.zeros((batch,), bool)
+  hard = [None] * num_classes
+  for c in range(1, num_classes):
+    # 1 - p_c as the sum of the other classes: for 2 classes, p0 itself.
+    not_c = jnp.sum(jnp.delete(probs, c, axis=1), axis=1)
+    if c == 1:  # nothing taken yet: the binary rule's own quantile
+      tau = jnp.quantile(not_c, prior[1], method="linear")
+    else:
+      left = batch - jnp.sum(taken)
+      share = jnp.clip(prior[c] * batch / jnp.maximum(left, 1), 0.0, 1.0)
+      tau = jnp.nanquantile(jnp.where(taken, jnp.nan, not_c), share, method="linear")
+    hard[c] = ~taken & (not_c < tau)
+    taken = taken | hard[c]
+  hard[0] = ~taken
+  return jax.lax.stop_gradient(jnp.stack(hard, axis=-1).astype(jnp.float32))
 
 
 def logconf(*, logits, labels, step_frac, warmup_frac=0.1, aux_coef=0.5):
-  """Auxiliary confidence loss of Burns et al. (2023), for 2 classes."""
-  if logits.shape[-1] != 2:
-    raise ValueError(f"logconf: logits have {logits.shape[-1]} classes, expected 2")
+  """Auxiliary confidence loss of Burns et al. (2023): cross-entropy against
+  the labels mixed with the student's hardened predictions (any number of
+  classes; hardened_predictions keeps the labels' class balance)."""
   c = logconf_coef(step_frac=step_frac, warmup_frac=warmup_frac, aux_coef=aux_coef)
   hard = hardened_predictions(logits=logits, labels=labels)
   return _soft_xent(logits, (1.0 - c) * labels + c * hard)
