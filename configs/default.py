@@ -21,6 +21,7 @@ there against 0.817 at the end (docs/results.md).
 Args (comma-separated): `facts` for the world from before the cue (the
 README's earlier table), `small` for a smoke run of seconds (a 60-entity
 world; weak pico, strong micro), `scratch` for the no-pretraining ablation,
+`regions=K` for a K-class task (the home's region among K; default 2),
 `seeds=N` (fine-tuning seeds per pretraining draw), `pretrain_seeds=N` (pretraining
 draws: default 3, 1 with `small`), `lora=R` to fine-tune the strong model (W2S and ceiling) with
 rank-R adapters on q and v (`lora_lr=X`, default 3e-3; the weak model keeps
@@ -40,7 +41,15 @@ import common  # configs/common.py, beside this file
 
 def get_config(arg=None):
   arg = parse_arg(
-    arg, facts=False, small=False, scratch=False, seeds=5, pretrain_seeds=0, lora=0, lora_lr=3e-3
+    arg,
+    facts=False,
+    small=False,
+    scratch=False,
+    regions=2,
+    seeds=5,
+    pretrain_seeds=0,
+    lora=0,
+    lora_lr=3e-3,
   )
   if arg.small and arg.scratch:
     raise ValueError(
@@ -80,6 +89,13 @@ def get_config(arg=None):
       finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
       eval_batch_size=8,
       bootstrap_resamples=200,
+    )
+  if arg.regions != 2:
+    # The same world with its cities in K regions: a K-class question (chance 1/K).
+    cfg = dataclasses.replace(
+      cfg,
+      name=cfg.name + f"-regions{arg.regions}",
+      world=dataclasses.replace(cfg.world, num_regions=arg.regions),
     )
   if arg.lora:
     cfg = dataclasses.replace(

@@ -3,9 +3,13 @@
   python experiments/w2s.py --config configs/text.py:train=data/train.tsv,test=data/dev.tsv
   python experiments/w2s.py --config "configs/text.py:train=a.jsonl,test=b.jsonl,text=sentence,label=y"
 
-The files are TSV, CSV or JSONL (by extension), with a text field and a 0/1
+The files are TSV, CSV or JSONL (by extension), with a text field and a
 label field (names set by `text=` and `label=`; a bad row is reported with
-its file and line before any training). The train file is shuffled (seeded)
+its file and line before any training). Labels are ints 0..K-1 or strings
+(`pos`/`neg`, topics, ...): any number of classes. Their order is read from
+the train file (ints as they are, strings sorted) unless `label_names=a,b,c`
+fixes it; a test label the train file does not have is an error. The run
+prints the classes and results.json lists them. The train file is shuffled (seeded)
 and split into train_gt (the weak model's and the ceiling's labels) and
 train_w2s (what the weak model labels): half each unless `gt=N` and/or
 `w2s=N` say otherwise. All train texts, without labels, are the
@@ -20,16 +24,20 @@ on a 2-core CPU; pretraining is cached.
 schedule of configs/sst2_minilm.py: a real pretrained model, offline.
 
 Args (comma-separated): `train=PATH`, `test=PATH` (required), `text=FIELD`,
-`label=FIELD`, `gt=N`, `w2s=N` (0: a split of the file), `weak=SIZE`,
+`label=FIELD`, `label_names=A,B,...`, `gt=N`, `w2s=N` (0: a split of the file), `weak=SIZE`,
 `strong=SIZE|minilm`, `models=DIR`, `tokenizer=bytes|bpe:N|PATH`, `max_len=N`,
 `pretrain_steps=N` (the from-scratch models'; with `strong=minilm`, the weak
 one's; default 4000), `finetune_steps=N` (the strong model's; default 400, or
-125 for minilm: 2 epochs of 2,000), `seeds=N`, `name=NAME`, `small` (a
+125 for minilm: 2 epochs of 2,000), `seeds=N`, `name=NAME` (default
+text-FOLDER-FILE-HASH: the train file's folder and name and 8 hex digits of
+both files' contents, so two `train.jsonl` in different folders, or one
+edited, never share a run folder), `small` (a
 seconds-long smoke run: weak pico, strong nano, bytes, 32 tokens, 30
 pretraining and 10 fine-tuning steps; an arg given explicitly wins over it).
 """
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 from w2s_jax.infra.configs import parse_arg
@@ -45,6 +53,7 @@ def get_config(arg=None):
     test="",
     text="text",
     label="label",
+    label_names=(),  # (): read from the train file
     gt=0,
     w2s=0,
     # Empty or 0: the default, or the `small` preset's value; an arg given
@@ -73,12 +82,13 @@ def get_config(arg=None):
     test_file=arg.test,
     text_field=arg.text,
     label_field=arg.label,
+    label_names=arg.label_names or None,
     tokenizer=preset(arg.tokenizer, "bpe:4096", "bytes"),
     max_len=preset(arg.max_len, 64, 32),
     gt_examples=arg.gt or None,
     w2s_examples=arg.w2s or None,
   )
-  name = arg.name or f"text-{Path(arg.train).stem}"
+  name = arg.name or run_name(arg.train, arg.test)
   if strong == "minilm":
     cfg = common.minilm_text_experiment(
       name,
@@ -109,3 +119,17 @@ def get_config(arg=None):
       bootstrap_resamples=200,
     )
   return cfg
+
+
+def run_name(train: str, test: str) -> str:
+  """text-FOLDER-FILE-HASH: where the train file is, and what both files hold."""
+  digest = hashlib.sha256()
+  for field, path in (("train", train), ("test", test)):
+    if not Path(path).is_file():
+      raise FileNotFoundError(f"configs/text.py: {field}={path!r}: no such file")
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    digest.update(b"\0")
+  train = Path(train).resolve()
+  return f"text-{train.parent.name}-{train.stem}-{digest.hexdigest()[:8]}"

@@ -44,6 +44,28 @@ def write_sentiment_jsonl(path, n: int, seed: int, *, text="text", label="label"
   return path
 
 
+TOPICS = {
+  "sport": ["goal", "match", "team", "score"],
+  "music": ["song", "band", "album", "tune"],
+  "food": ["bread", "soup", "spice", "meal"],
+  "travel": ["train", "hotel", "beach", "trip"],
+}
+
+
+def write_topic_csv(path, n: int, seed: int, *, topics=tuple(TOPICS)):
+  """A CSV of (text, label) rows whose labels are topic names: filler words
+  and one word of the row's topic."""
+  rng = np.random.default_rng(seed)
+  rows = ["text,label"]
+  for _ in range(n):
+    topic = topics[int(rng.integers(len(topics)))]
+    words = list(rng.choice(FILLER, size=int(rng.integers(2, 6)))) + [rng.choice(TOPICS[topic])]
+    rng.shuffle(words)
+    rows.append(f"{' '.join(words)},{topic}")
+  path.write_text("\n".join(rows) + "\n")
+  return path
+
+
 def sentiment_files(root) -> tuple[str, str]:
   """(train.tsv of 400 rows, test.tsv of 64) under root."""
   return (

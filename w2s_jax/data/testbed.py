@@ -61,9 +61,9 @@ class WorldConfig:
       raise ValueError(f"WorldConfig.zipf={self.zipf}: expected >= 0")
     if not 0 <= self.cue <= 1:
       raise ValueError(f"WorldConfig.cue={self.cue}: expected in [0, 1]")
-    if self.num_regions != 2:
+    if self.num_regions < 2:
       raise ValueError(
-        f"WorldConfig.num_regions={self.num_regions}: the task is binary, expected 2"
+        f"WorldConfig.num_regions={self.num_regions}: expected >= 2 (the task's classes)"
       )
     if self.syllables**2 < self.num_entities:
       raise ValueError(

@@ -17,7 +17,8 @@ an error.
 Labels are ints >= 0, or, when label_names is given, one of those names
 (mapped to its position in label_names). With num_labels, every label must be
 an int in [0, num_labels): a label outside the task's classes is an error at
-its line, not a silently wrong accuracy.
+its line, not a silently wrong accuracy. `infer_label_names` reads a train
+file's classes: ints as they are, or its distinct strings in sorted order.
 """
 
 import csv
@@ -121,6 +122,62 @@ def read_text_file(
   return TextExamples(texts, np.asarray(labels, np.int64))
 
 
+def infer_label_names(
+  path, *, label_field: str = "label", file_format: str | None = None
+) -> tuple[str, ...]:
+  """The classes of a (train) file, in label order: with int labels (JSON
+  ints or digit strings), "0" .. str(max label) (at least two); otherwise the
+  distinct labels as strings, sorted. A file that mixes the two is an error
+  at the first row of the minority kind."""
+  file_format = _file_format(path, file_format)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such file")
+  content = decode_bytes(path)
+  rows = (
+    jsonl_rows(path, content)
+    if file_format == "jsonl"
+    else _table_rows(
+      path,
+      content,
+      delimiter="\t" if file_format == "tsv" else ",",
+      quoted=file_format == "csv",
+      fields=(label_field,),
+    )
+  )
+  ints, names = {}, {}  # value -> first line
+  for line, row in rows:
+    if label_field not in row:
+      raise TextFileError(path, line, f"missing field {label_field!r} (found {sorted(row)})")
+    value = row[label_field]
+    as_int = _as_int(value)
+    if as_int is not None:
+      ints.setdefault(as_int, line)
+    elif isinstance(value, str) and value.strip():
+      names.setdefault(value, line)
+    else:
+      raise TextFileError(path, line, f"{label_field}={value!r}: expected an int or a string")
+  if ints and names:
+    few, many = (ints, "string") if len(ints) < len(names) else (names, "int")
+    value, line = min(few.items(), key=lambda kv: kv[1])
+    raise TextFileError(
+      path,
+      line,
+      f"{label_field} {value!r}: the file's labels are mostly {many}s; expected one kind "
+      "(ints 0..K-1, or names; label_names= fixes the names and their order)",
+    )
+  if names:
+    return tuple(sorted(names))
+  return tuple(str(i) for i in range(max(2, max(ints, default=0) + 1)))
+
+
+def _as_int(value) -> int | None:
+  if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    return value
+  if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):  # TSV/CSV cells are strings
+    return int(value)
+  return None
+
+
 def _task_kind(num_labels: int) -> str:
   return "a binary task" if num_labels == 2 else f"a {num_labels}-class task"
 
@@ -218,11 +275,11 @@ def _label(path, line: int, value, field: str, label_names: list[str] | None) ->
   if label_names is not None:
     if isinstance(value, str) and value in label_names:
       return label_names.index(value)
+    if _as_int(value) is not None and str(_as_int(value)) in label_names:  # JSON ints
+      return label_names.index(str(_as_int(value)))
     raise TextFileError(path, line, f"unknown {field} {value!r}: expected one of {label_names}")
-  if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):  # TSV/CSV cells are strings
-    return int(value)
-  if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-    return value
+  if _as_int(value) is not None:
+    return _as_int(value)
   raise TextFileError(
     path,
     line,

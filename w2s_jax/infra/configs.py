@@ -15,14 +15,27 @@ from pathlib import Path
 
 
 def parse_arg(arg: str | None, **defaults) -> types.SimpleNamespace:
-  """ "small,seeds=3" -> namespace(small=True, seeds=3), typed by the defaults."""
+  """ "small,seeds=3" -> namespace(small=True, seeds=3), typed by the defaults.
+
+  A tuple-valued arg takes the items after it up to the next `key=value` or
+  known flag: "names=neg,pos,small" -> names=("neg", "pos"), small=True.
+  """
   values = dict(defaults)
+  listing = None  # the tuple arg that plain items continue
   for item in filter(None, (arg or "").split(",")):
     key, eq, raw = item.partition("=")
+    if not eq and key not in defaults and listing is not None:
+      values[listing] += (item,)
+      continue
+    listing = None
     if key not in defaults:
       raise ValueError(f"config arg {key!r}: expected one of {sorted(defaults)}")
     kind = type(defaults[key])
-    if not eq:
+    if kind is tuple:
+      if not eq or not raw:
+        raise ValueError(f"config arg {key!r} needs values: {key}=a,b,...")
+      values[key], listing = (raw,), key
+    elif not eq:
       if kind is not bool:
         raise ValueError(f"config arg {key!r} needs a value: {key}=<{kind.__name__}>")
       values[key] = True

@@ -22,7 +22,7 @@ from w2s_jax.tasks.base import BYTES, make_tokenizer, probe_batch, split_train
 
 @dataclasses.dataclass(frozen=True)
 class TextTaskConfig:
-  """A binary text task. Its train split is divided, after a seeded shuffle,
+  """A text classification task of k classes. Its train split is divided, after a seeded shuffle,
   into train_gt (the weak model's and the ceiling's ground truth) and
   train_w2s (what the weak model labels); all train texts, without labels,
   are the pretraining corpus of from-scratch models."""
@@ -36,6 +36,10 @@ class TextTaskConfig:
   data_dir: str | None = None  # TFDS data directory; data is never downloaded at run time
   text_field: str = "text"
   label_field: str = "label"
+  # A file's classes, in label order: the label values as the files have
+  # them. None: read from the train file (ints 0..K-1, or its distinct
+  # strings sorted); a test label outside them is an error at its line.
+  label_names: tuple[str, ...] | None = None
   # "bytes"; "bpe:N", a byte-level BPE of N tokens learnt from the train texts;
   # or the path of a checkpoint's tokenizer.json
   tokenizer: str = dataclasses.field(default=BYTES, metadata=CONTENTS)
@@ -82,6 +86,21 @@ class TextTaskConfig:
           f"TextTaskConfig.{name}={value!r}: expected an int >= 1 or None "
           "(a split of the train examples)"
         )
+    if self.label_names is not None and (
+      not isinstance(self.label_names, tuple)
+      or len(self.label_names) < 2
+      or len(set(self.label_names)) != len(self.label_names)
+      or not all(isinstance(n, str) and n for n in self.label_names)
+    ):
+      raise ValueError(
+        f"TextTaskConfig.label_names={self.label_names!r}: expected a tuple of at least "
+        "two distinct, non-empty strings (the label values, in class order)"
+      )
+    if self.label_names is not None and self.tfds_name is not None:
+      raise ValueError(
+        f"TextTaskConfig.label_names={self.label_names!r} with tfds_name="
+        f"{self.tfds_name!r}: expected None (a TFDS task names its own classes)"
+      )
     if self.overflow not in tokenize.OVERFLOW:
       raise ValueError(
         f"TextTaskConfig.overflow={self.overflow!r}: expected one of {tokenize.OVERFLOW}"
@@ -93,7 +112,15 @@ class TextTaskConfig:
       k: v
       for k, v in fingerprint(self).items()
       if k
-      not in ("type", "gt_examples", "w2s_examples", "test_examples", "balanced", "train_max_len")
+      not in (
+        "type",
+        "gt_examples",
+        "w2s_examples",
+        "test_examples",
+        "balanced",
+        "train_max_len",
+        "label_names",
+      )
     }
 
   def split_len(self, split: str) -> int:
@@ -121,6 +148,13 @@ class ClassificationTask:
   encode_fn: Callable | None = None
   tokenizer: str | None = None  # the spec `splits` were encoded with
   metrics: tuple[str, ...] = ("accuracy",)
+  # The classes, in label order: label i is label_names[i] (a file's or
+  # TFDS's names, or the ints themselves as strings).
+  label_names: tuple[str, ...] = ("0", "1")
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.label_names)
 
   @property
   def generative(self) -> bool:
@@ -167,24 +201,35 @@ def testbed_task(world_cfg: testbed.WorldConfig) -> ClassificationTask:
     make_corpus=lambda: testbed.pretraining_corpus(world),
     probe_fn=lambda params, model_cfg, mesh, test: fact_accuracy(params, model_cfg, world, mesh),
     world=world,
+    label_names=tuple(f"r{r}" for r in range(world_cfg.num_regions)),
   )
 
 
-def _read_examples(cfg: TextTaskConfig) -> tuple[text_tasks.TextExamples, text_tasks.TextExamples]:
+def _read_examples(cfg: TextTaskConfig):
+  """(train, test, label_names): the examples, labels as class indices."""
   if cfg.tfds_name is not None:
     read = lambda split, take: text_tasks.load_task(
       cfg.tfds_name, split=split, take=take, seed=cfg.seed, data_dir=cfg.data_dir
     )
-    return read(cfg.tfds_train_split, None), read(cfg.tfds_test_split, cfg.test_examples)
-  # Every split's labels are checked against the task's two classes, with file and line.
+    train, test = read(cfg.tfds_train_split, None), read(cfg.tfds_test_split, cfg.test_examples)
+    return train, test, ("0", "1")
+  names = cfg.label_names or text_files.infer_label_names(
+    cfg.train_file, label_field=cfg.label_field
+  )
+  ints = names == tuple(str(i) for i in range(len(names)))
+  # Every split's labels are checked against the task's classes, with file and line.
   read = lambda path: text_files.read_text_file(
-    path, text_field=cfg.text_field, label_field=cfg.label_field, num_labels=2
+    path,
+    text_field=cfg.text_field,
+    label_field=cfg.label_field,
+    label_names=None if ints and cfg.label_names is None else names,
+    num_labels=len(names),
   )
   test = read(cfg.test_file)
   if cfg.test_examples is not None and cfg.test_examples < len(test):
     rng = np.random.default_rng([cfg.seed, 1])
     test = test.take(np.sort(rng.choice(len(test), cfg.test_examples, replace=False)))
-  return read(cfg.train_file), test
+  return read(cfg.train_file), test, names
 
 
 def _balanced(examples: text_tasks.TextExamples, seed: int) -> text_tasks.TextExamples:
@@ -194,7 +239,7 @@ def _balanced(examples: text_tasks.TextExamples, seed: int) -> text_tasks.TextEx
 
 def text_task(cfg: TextTaskConfig) -> ClassificationTask:
   """Reads, splits and tokenizes a text task; the corpus is tokenized on first use."""
-  train, test = _read_examples(cfg)
+  train, test, label_names = _read_examples(cfg)
   parts = split_train(train, test, cfg)
   if cfg.balanced:
     parts = {name: _balanced(ex, cfg.seed) for name, ex in parts.items()}
@@ -262,4 +307,5 @@ def text_task(cfg: TextTaskConfig) -> ClassificationTask:
     encoding=encoding,
     encode_fn=encode_with,
     tokenizer=cfg.tokenizer,
+    label_names=label_names,
   )

@@ -133,17 +133,24 @@ class ExperimentConfig:
     return dataclasses.replace(cfg, dtype=self.dtype, remat=self.remat)
 
   def _model_config(self, size: str, task: Task) -> ModelConfig:
+    # The classification head's width; a generative task's models have one unused.
+    num_classes = 2 if task.generative else task.num_classes
     if size in dict(self.pretrained_dirs):
       folder = dict(self.pretrained_dirs)[size]
       encoder = hf_files.read_config(folder).get("model_type") == "bert"
       return hf_import.folder_config(
         folder,
+        num_classes=num_classes,
         head_input="hidden" if encoder else self.head_input,
         max_len=task.max_len,
         pooling=self.pooling if encoder else None,
       )
     return decode_size(
-      size, vocab_size=task.vocab_size, max_len=task.max_len, head_input=self.head_input
+      size,
+      vocab_size=task.vocab_size,
+      max_len=task.max_len,
+      head_input=self.head_input,
+      num_classes=num_classes,
     )
 
 

@@ -166,7 +166,7 @@ def split_sanity(task) -> dict:
     if not name.startswith("train"):
       out[name]["in_train"] = sum(k in train for k in keys[name])
     if not task.generative:
-      counts = np.bincount(np.asarray(data["labels"]), minlength=2)
+      counts = np.bincount(np.asarray(data["labels"]), minlength=task.num_classes)
       out[name].update(majority=float(counts.max() / counts.sum()), chance=1 / len(counts))
   return out
 
@@ -226,6 +226,7 @@ def run_record(
     "environment": environment(),
     "task": {
       "name": parts.task.name,
+      **({} if parts.task.generative else {"label_names": list(parts.task.label_names)}),
       "eval_keys": list(parts.evaluator.eval_keys),
       "encoding": parts.task.encoding,
       "splits": sanity,

@@ -51,7 +51,9 @@ class Trainer:
         per_seed = [layout.sequences(prompts, r, m) for r, m in zip(*targets)]
     else:
       labels = (
-        one_hot(data["labels"], 2)[None].repeat(len(self.seeds), 0) if targets is None else targets
+        one_hot(data["labels"], self.task.num_classes)[None].repeat(len(self.seeds), 0)
+        if targets is None
+        else targets
       )
       per_seed = [data.with_fields(labels=labels[i]) for i in range(len(self.seeds))]
     if subsets is not None:

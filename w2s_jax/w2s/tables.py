@@ -210,6 +210,9 @@ def format_results(results: dict) -> str:
   task's encoding, then per evaluation key a table with a row per cell."""
   lines = _models_lines(results)
   lines.extend(f"WARNING (data) {w}" for w in results["task"].get("warnings", []))
+  if results["task"].get("label_names"):
+    names = results["task"]["label_names"]
+    lines.append(f"classes ({len(names)}, in label order): {', '.join(names)}")
   for split, counts in results["task"].get("encoding", {}).items():
     lines.append(f"{split:9s} {counts}")
   for size, info in results["models"].items():
