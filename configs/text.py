@@ -122,14 +122,15 @@ def get_config(arg=None):
 
 
 def run_name(train: str, test: str) -> str:
-  """text-FOLDER-FILE-HASH: where the train file is, and what both files hold."""
+  """text-FOLDER-FILE-HASH: where the train file is, and what both files hold
+  (no HASH while a file is missing: reading the task then names it)."""
+  name = f"text-{Path(train).resolve().parent.name}-{Path(train).stem}"
+  if not (Path(train).is_file() and Path(test).is_file()):
+    return name
   digest = hashlib.sha256()
-  for field, path in (("train", train), ("test", test)):
-    if not Path(path).is_file():
-      raise FileNotFoundError(f"configs/text.py: {field}={path!r}: no such file")
+  for path in (train, test):
     with open(path, "rb") as f:
       for block in iter(lambda: f.read(1 << 20), b""):
         digest.update(block)
     digest.update(b"\0")
-  train = Path(train).resolve()
-  return f"text-{train.parent.name}-{train.stem}-{digest.hexdigest()[:8]}"
+  return f"{name}-{digest.hexdigest()[:8]}"

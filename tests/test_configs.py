@@ -64,7 +64,7 @@ def test_world_config_too_few_entities():
 @pytest.mark.parametrize(
   "kwargs,needle",
   [
-    (dict(num_regions=3), "num_regions=3"),
+    (dict(num_regions=1), "num_regions=1"),
     (dict(syllables=5), "syllables=5"),
     (dict(zipf=-1.0), "zipf=-1.0"),
     (dict(doc_len=4), "doc_len=4"),

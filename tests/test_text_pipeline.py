@@ -78,7 +78,8 @@ def test_generic_text_config_reads_a_users_file(files, tmp_path):
   test.write_text("".join(f'{{"sentence": "{t}", "y": {y}}}\n' for t, y in rows[:40]))
   spec = f"{ROOT / 'configs/text.py'}:train={train},test={test},text=sentence,label=y,small,seeds=1"
   cfg = configs.load(spec)
-  assert cfg.name == "text-mine-small" and cfg.text_task.gt_examples is None
+  assert cfg.name.startswith(f"text-{tmp_path.name}-mine-") and cfg.name.endswith("-small")
+  assert cfg.text_task.gt_examples is None
   # The pipeline itself on text files is test_pipeline_on_text_files; here, what
   # the config makes of the file: its fields, and half of its rows per split.
   task = factory.make_task(world=cfg.world, text=cfg.text_task)
@@ -91,7 +92,7 @@ def test_generic_text_config_reads_a_users_file(files, tmp_path):
   with pytest.raises(ValueError, match="test=PATH is required"):
     configs.load(f"{ROOT / 'configs/text.py'}:train={train}")
   wrong_fields = configs.load(f"{ROOT / 'configs/text.py'}:train={train},test={test},small")
-  with pytest.raises(TextFileError, match="mine_test.jsonl:1: missing field 'text'"):
+  with pytest.raises(TextFileError, match="mine.jsonl:1: missing field 'label'"):
     factory.make_task(world=wrong_fields.world, text=wrong_fields.text_task)
 
 
