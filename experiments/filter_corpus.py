@@ -25,5 +25,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  with interrupts.handle_interrupts():  # Ctrl-C stops the run even if a callback swallows it
-    main()
+  interrupts.run_main(main)  # Ctrl-C: one line, a prompt exit, resumable

@@ -202,3 +202,52 @@ def test_swallowed_interrupt_after_the_last_check_fails_at_context_exit():
   r = _interrupt_loop(300, "no-check")
   assert "loop finished" in r.stdout  # the swallowing is real: the loop went on
   assert _stopped_by_interrupt(r), (r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize("swallow", [False, True])
+def test_run_main_stops_within_seconds_with_one_line_and_no_traceback(swallow):
+  """Ctrl-C under interrupts.run_main: one line on stderr, exit code 130, no
+  traceback; a main that swallows the interrupt (or waits in C for work in
+  flight) is ended by the watcher after GRACE_SECONDS."""
+  body = (
+    "while True:\n    try:\n      time.sleep(0.05)\n    except KeyboardInterrupt:\n      pass"
+    if swallow
+    else "while True:\n    time.sleep(0.05)"
+  )
+  code = textwrap.dedent(
+    """
+    import sys, time
+    from w2s_jax.infra import interrupts
+
+    def main():
+      print("started", flush=True)
+      {body}
+
+    interrupts.run_main(main, what="the test run")
+    """
+  ).replace("{body}", body.replace("\n", "\n      "))
+  env = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+  }
+  proc = subprocess.Popen(
+    [sys.executable, "-c", code],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+    cwd=ROOT,
+  )
+  assert proc.stdout.readline().strip() == "started"
+  sent = time.monotonic()
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=30)
+  took = time.monotonic() - sent
+  assert proc.returncode == 130, (proc.returncode, err)
+  assert took < 5.0
+  assert "Traceback" not in err
+  assert [line for line in err.splitlines() if line.strip()] == [
+    "SIGINT: stopped the test run; rerun the same command to resume."
+  ]
+  if swallow:
+    assert took >= interrupts.GRACE_SECONDS

@@ -7,5 +7,4 @@ host_memory.keep_freed_memory(by_default=False)  # before JAX starts: see host_m
 from w2s_jax import cli  # noqa: E402
 from w2s_jax.infra import interrupts  # noqa: E402
 
-with interrupts.handle_interrupts():  # Ctrl-C stops the run even if a callback swallows it
-  cli.main()
+interrupts.run_main(cli.main)  # Ctrl-C: one line, a prompt exit, resumable

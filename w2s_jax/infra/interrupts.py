@@ -28,8 +28,11 @@ blocks, e.g. a checkpoint wait, run before the process exits.
 """
 
 import contextlib
+import os
 import signal
+import sys
 import threading
+import time
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -37,9 +40,12 @@ _interrupted: signal.Signals | None = None  # the last signal received, within a
 _depth = 0  # nesting of handle_interrupts contexts
 
 
+_last_signal: signal.Signals | None = None  # what run_main reports after the context clears
+
+
 def on_signal(signum, frame):
-  global _interrupted
-  _interrupted = signal.Signals(signum)
+  global _interrupted, _last_signal
+  _interrupted = _last_signal = signal.Signals(signum)
   raise KeyboardInterrupt(_interrupted.name)
 
 
@@ -102,3 +108,63 @@ def handle_interrupts():
       signal.signal(s, signal.SIG_DFL if handler is None else handler)
     if _depth == 0:
       _interrupted = None
+
+
+# How long the main thread gets to stop by itself before the process exits anyway.
+GRACE_SECONDS = 2.0
+
+
+def run_main(main, *, what: str = "the run") -> None:
+  """An entry point's main() under handle_interrupts, stopping promptly on
+  Ctrl-C or SIGTERM with one line and no traceback (exit code 130 or 143).
+
+  Python runs a signal handler only when the main thread is back in Python:
+  during a long XLA compile or step, Ctrl-C would wait for it, and at exit
+  the runtime waits for every dispatched step. A watcher thread, woken at
+  once by the signal (signal.set_wakeup_fd), ends the process after
+  GRACE_SECONDS if the main thread has not. Either way the process ends
+  with os._exit, skipping that wait: every file the project writes is
+  written atomically, so a stop at any moment is resumable (the SIGKILL
+  tests in test_sweep.py), and rerunning the same command resumes.
+  """
+  done = threading.Event()
+  read_end, write_end = os.pipe()
+  os.set_blocking(write_end, False)
+  try:
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+  except ValueError:  # not the main thread: no signal handling here
+    main()
+    return
+
+  def stop(signum: int) -> None:
+    name = signal.Signals(signum).name
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except Exception:  # a closed pipe: nothing more to say
+        pass
+    os.write(2, f"\n{name}: stopped {what}; rerun the same command to resume.\n".encode())
+    os._exit(128 + signum)
+
+  def watch() -> None:
+    while True:
+      got = os.read(read_end, 1)
+      if not got or done.is_set():
+        return
+      signum = got[0]
+      if signum not in (int(s) for s in _SIGNALS):
+        continue
+      time.sleep(GRACE_SECONDS)
+      if not done.is_set():
+        stop(signum)
+
+  threading.Thread(target=watch, name="interrupt-watcher", daemon=True).start()
+  try:
+    with handle_interrupts():
+      main()
+  except KeyboardInterrupt:
+    stop(int(_last_signal or signal.SIGINT))
+  finally:
+    done.set()
+    signal.set_wakeup_fd(previous_fd)
+    os.write(write_end, b"\0")  # wake the watcher so it returns
