@@ -21,7 +21,8 @@ there against 0.817 at the end (docs/results.md).
 Args (comma-separated): `facts` for the world from before the cue (the
 README's earlier table), `small` for a smoke run of seconds (a 60-entity
 world; weak pico, strong micro), `scratch` for the no-pretraining ablation,
-`regions=K` for a K-class task (the home's region among K; default 2),
+`losses=A,B,...` (built-in names, or FILE.py:FUNCTION for a loss function
+of your own: docs/extending.md; default xent,logconf), `regions=K` for a K-class task (the home's region among K; default 2),
 `seeds=N` (fine-tuning seeds per pretraining draw), `pretrain_seeds=N` (pretraining
 draws: default 3, 1 with `small`), `lora=R` to fine-tune the strong model (W2S and ceiling) with
 rank-R adapters on q and v (`lora_lr=X`, default 3e-3; the weak model keeps
@@ -32,7 +33,7 @@ import dataclasses
 
 from w2s_jax.data import testbed
 from w2s_jax.infra.configs import parse_arg
-from w2s_jax.training.classifier_losses import LogConf, Xent
+from w2s_jax.training.objectives import Loss
 from w2s_jax.training.train import OptimConfig
 from w2s_jax.w2s.experiment import ExperimentConfig
 
@@ -46,6 +47,7 @@ def get_config(arg=None):
     small=False,
     scratch=False,
     regions=2,
+    losses=("xent", "logconf"),
     seeds=5,
     pretrain_seeds=0,
     lora=0,
@@ -61,7 +63,7 @@ def get_config(arg=None):
     name="default",
     seeds=tuple(range(arg.seeds)),
     pretrain_seeds=tuple(range(draws)),
-    losses=(Xent(), LogConf()),
+    losses=tuple(Loss.from_string(name) for name in arg.losses),
     use_pretraining=not arg.scratch,
   )
   if arg.facts:

@@ -22,6 +22,11 @@ generative_losses.py (sft, forward_kl, reverse_kl, jsd), combined.py
 """
 
 import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import inspect
+from pathlib import Path
 from typing import ClassVar
 
 import jax.numpy as jnp
@@ -62,10 +67,17 @@ class Loss:
 
   @classmethod
   def from_string(cls, raw: str) -> "Loss":
-    """A registered loss by name, with its default hyperparameters."""
+    """A registered loss by name, with its default hyperparameters; or a pure
+    function of your own, "path/to/file.py:function" or "package.module:function"
+    (FunctionLoss, with the function's default hyperparameters)."""
     name = raw.strip()
+    if ":" in name:
+      return FunctionLoss(source=name)
     if name not in _KNOWN:
-      raise ValueError(f"loss {name!r}: expected one of {sorted(_KNOWN)}")
+      raise ValueError(
+        f"loss {name!r}: expected one of {sorted(_KNOWN)}, or FILE.py:FUNCTION / "
+        "MODULE:FUNCTION for a loss function of your own"
+      )
     return _KNOWN[name]()
 
   @property
@@ -120,6 +132,99 @@ class ClassifierLoss(Loss):
   ):
     self.check_kind(generative)
     return classifier_objective(model_cfg, self)
+
+
+_FUNCTIONS: dict[tuple[str, str], object] = {}  # (source, digest) -> the loaded function
+
+
+def loss_from(source: str, **params) -> "FunctionLoss":
+  """A loss function of your own with its hyperparameters:
+  loss_from("my_losses.py:symmetric_xent", alpha=0.1)."""
+  return FunctionLoss(source=source, params=tuple(sorted(params.items())))
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionLoss(ClassifierLoss):
+  """A classification loss that is a pure function, in a file of your own
+  ("path/to/file.py:function") or a module ("package.module:function"):
+
+    function(*, logits, labels[, step_frac], **params) -> scalar
+
+  with logits [batch, classes], labels the soft targets [batch, classes]
+  and step_frac the fraction of training done (taken only if the function
+  names it), as the built-in losses in losses.py. Nothing in the library
+  changes: a config or `--set losses=xent,my_losses.py:symmetric_xent`
+  names it, tables show it by the function's name, and cache keys hold the
+  defining file's contents (`digest`), so an edited loss is trained again.
+  """
+
+  source: str = ""
+  params: tuple[tuple[str, object], ...] = ()  # the hyperparameters, (name, value) sorted
+  digest: str = dataclasses.field(default="", init=False)
+
+  def __post_init__(self):
+    module, _, function = self.source.rpartition(":")
+    if not module or not function.isidentifier():
+      raise ValueError(
+        f"FunctionLoss.source={self.source!r}: expected FILE.py:FUNCTION or MODULE:FUNCTION"
+      )
+    if not isinstance(self.params, tuple) or not all(
+      isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in self.params
+    ):
+      raise ValueError(
+        f"FunctionLoss.params={self.params!r}: expected (name, value) pairs (loss_from(source, **params))"
+      )
+    path = Path(module) if module.endswith(".py") else None
+    if path is None:
+      try:
+        path = Path(inspect.getsourcefile(importlib.import_module(module)) or "")
+      except ImportError as e:
+        raise ValueError(
+          f"FunctionLoss.source={self.source!r}: cannot import {module!r}: {e}"
+        ) from None
+    if not path.is_file():
+      raise ValueError(f"FunctionLoss.source={self.source!r}: no such file {str(path)!r}")
+    object.__setattr__(self, "digest", hashlib.sha256(path.read_bytes()).hexdigest())
+    fn = self.function
+    names = inspect.signature(fn).parameters
+    missing = [n for n in ("logits", "labels", *dict(self.params)) if n not in names]
+    if missing and not any(p.kind is p.VAR_KEYWORD for p in names.values()):
+      raise ValueError(
+        f"FunctionLoss.source={self.source!r}: {function}{inspect.signature(fn)} takes no "
+        f"{missing}: expected keyword arguments logits, labels[, step_frac] and its hyperparameters"
+      )
+
+  @property
+  def name(self) -> str:
+    return self.source.rpartition(":")[2]
+
+  @property
+  def tag(self) -> str:
+    return ",".join([self.name, *(f"{k}={v}" for k, v in self.params)])
+
+  @property
+  def function(self):
+    key = (self.source, self.digest)
+    if key not in _FUNCTIONS:
+      module, _, function = self.source.rpartition(":")
+      if module.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(f"w2s_loss_{self.digest[:16]}", module)
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+      else:
+        loaded = importlib.import_module(module)
+      fn = getattr(loaded, function, None)
+      if not callable(fn):
+        raise ValueError(
+          f"FunctionLoss.source={self.source!r}: {module} defines no function {function!r}"
+        )
+      _FUNCTIONS[key] = fn
+    return _FUNCTIONS[key]
+
+  def loss(self, *, logits, labels, step_frac):
+    fn = self.function
+    extra = {"step_frac": step_frac} if "step_frac" in inspect.signature(fn).parameters else {}
+    return fn(logits=logits, labels=labels, **extra, **dict(self.params))
 
 
 # --- What every objective shares --------------------------------------------------
