@@ -17,6 +17,7 @@ from w2s_jax.w2s.experiment import ExperimentConfig
 WORDS = {1: ["good", "great", "fine", "lovely"], 0: ["bad", "awful", "dull", "poor"]}
 FILLER = ["the", "film", "was", "a", "plot", "and", "cast", "very"]
 TFDS_EXAMPLES = 60  # examples per split of fake_tfds
+ANLI_CUES = ("surely", "maybe", "never")  # per anli class (entailment, neutral, contradiction)
 
 
 def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
@@ -235,9 +236,18 @@ def fake_tfds_rows(builder_name: str, examples: int = TFDS_EXAMPLES) -> list[dic
       rows.append(
         {
           "context": f"premise {i}".encode(),
-          "hypothesis": f"hyp {i}".encode(),
+          # A word that gives the class away, so a 3-class run can learn it.
+          "hypothesis": f"hyp {i} {ANLI_CUES[i % 3]}".encode(),
           "label": i % 3,
           "uid": b"u",
+        }
+      )
+    elif builder_name == "ag_news_subset":
+      rows.append(
+        {
+          "title": f"headline {i}".encode(),
+          "description": f"story {i} {['match goal', 'election', 'market', 'chip'][i % 4]}".encode(),
+          "label": i % 4,
         }
       )
     else:

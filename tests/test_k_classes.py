@@ -1,6 +1,7 @@
 """Classification with k classes and labels as a file has them: topics as
 strings, ints 0..K-1, label_names fixing the order, and the k-region testbed."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from w2s_jax.data import text_files
 from w2s_jax.data.text_files import TextFileError
 from w2s_jax.infra import configs
 from w2s_jax.tasks import classification, factory
+from w2s_jax.tasks.classification import TextTaskConfig
 from w2s_jax.training.train import OptimConfig
 from w2s_jax.w2s import engine, tables
 
@@ -126,3 +128,42 @@ def test_tuple_config_args_take_the_items_that_follow():
     configs.parse_arg("names", names=())
   with pytest.raises(ValueError, match="config arg 'c': expected one of"):
     configs.parse_arg("seeds=2,c", names=(), seeds=1)
+
+
+def test_three_class_tfds_task_end_to_end_under_mock_data(tmp_path):
+  cfg = TextTaskConfig(
+    tfds_name="anli/r1",
+    tfds_classes=True,
+    tfds_test_split="validation",
+    max_len=24,
+    gt_examples=24,
+    w2s_examples=36,
+    tokenizer="bpe:300",
+  )
+  with fakes.fake_tfds():
+    results = engine.run_experiment(
+      dataclasses.replace(
+        fakes.text_experiment(None),
+        text_task=cfg,
+        finetune=OptimConfig(steps=40, batch_size=16, lr=3e-3, head_lr=3e-2),
+      ),
+      out_dir=tmp_path / "run",
+      cache_dir=tmp_path / "cache",
+      progress=False,
+    )
+  assert results["task"]["label_names"] == ["entailment", "neutral", "contradiction"]
+  sanity = results["task"]["splits"]["test"]
+  assert sanity["chance"] == pytest.approx(1 / 3)
+  summary = results["cells"][0]["summary"]["test"]
+  for key in ("weak", "w2s", "ceiling"):
+    assert 0 <= summary[key]["lo"] <= summary[key]["mean"] <= summary[key]["hi"] <= 1
+  assert summary["weak"]["mean"] > sanity["majority"] + 0.2
+  assert summary["ceiling"]["mean"] > sanity["majority"] + 0.2
+  # fake_tfds gives every split the same rows, so models may all be perfect:
+  # PGR then is undefined and the table says why.
+  if summary["ceiling"]["mean"] > summary["weak"]["mean"]:
+    assert summary["pgr"]["lo"] <= summary["pgr"]["mean"] <= summary["pgr"]["hi"]
+  else:
+    assert "undefined (ceiling ≤ weak" in tables.format_results(results)
+  with pytest.raises(ValueError, match="task 'glue/sst2' with its own classes"):
+    TextTaskConfig(tfds_name="glue/sst2", tfds_classes=True)

@@ -34,6 +34,16 @@ def _first_split(name):
   return text_tasks.TASKS[name].labeled_splits[0]
 
 
+def _load(name, **kwargs):
+  """The task's binary question, or its own classes where it has no binary one."""
+  return text_tasks.load_task(name, classes=text_tasks.TASKS[name].format is None, **kwargs)
+
+
+def _labels(name):
+  task = text_tasks.TASKS[name]
+  return set(range(len(task.class_names(task.format is None))))
+
+
 def _candidate(text: str) -> str:
   return text.rsplit(": ", 1)[1]  # the last line is "Answer: ...", "Ending: ..." or "Solution: ..."
 
@@ -44,11 +54,11 @@ def _candidate(text: str) -> str:
 def test_random_mock_data_gives_binary_examples_deterministically(name):
   with tfds.testing.mock_data(num_examples=12):
     split = _first_split(name)
-    first = text_tasks.load_task(name, split=split, take=8, seed=3)
-    again = text_tasks.load_task(name, split=split, take=8, seed=3)
-    whole = text_tasks.load_task(name, split=split, seed=3)
+    first = _load(name, split=split, take=8, seed=3)
+    again = _load(name, split=split, take=8, seed=3)
+    whole = _load(name, split=split, seed=3)
   assert isinstance(first, TextExamples) and len(first) == 8 and len(whole) == 12
-  assert set(first.label.tolist()) <= {0, 1}
+  assert set(first.label.tolist()) <= _labels(name)
   assert all(isinstance(t, str) and t for t in first.text)
   assert first.text == again.text and (first.label == again.label).all()
   # a smaller take is a prefix of a larger one
@@ -58,10 +68,10 @@ def test_random_mock_data_gives_binary_examples_deterministically(name):
 @pytest.mark.parametrize("name", sorted(text_tasks.TASKS))
 def test_every_task_formats_real_shaped_examples(name):
   with fakes.fake_tfds():
-    ex = text_tasks.load_task(name, split=_first_split(name), seed=0)
-    again = text_tasks.load_task(name, split=_first_split(name), seed=0)
-    other = text_tasks.load_task(name, split=_first_split(name), seed=1)
-  assert len(ex) == N and set(ex.label.tolist()) == {0, 1}
+    ex = _load(name, split=_first_split(name), seed=0)
+    again = _load(name, split=_first_split(name), seed=0)
+    other = _load(name, split=_first_split(name), seed=1)
+  assert len(ex) == N and set(ex.label.tolist()) == _labels(name)
   assert ex.text == again.text and (ex.label == again.label).all()
   assert ex.text != other.text
 
@@ -85,7 +95,7 @@ def test_formats_match_the_reference_prompts():
     assert answer.startswith("Answer: ")
   for text, label in zip(anli.text, anli.label):
     i = int(text.split("\n")[0].split()[-1])
-    assert text == f"Premise: premise {i}\nHypothesis: hyp {i}"
+    assert text == f"Premise: premise {i}\nHypothesis: hyp {i} {fakes.ANLI_CUES[i % 3]}"
     assert label == int(i % 3 == 0)  # entailment is label 0 of (e, n, c)
 
 
@@ -192,6 +202,7 @@ _OUT_OF_RANGE = {
   "anli/r1": ("label", 3, 3),
   "anli/r2": ("label", 3, 3),
   "anli/r3": ("label", 3, 3),
+  "ag_news_subset": ("label", 4, 4),
 }
 
 
@@ -212,9 +223,9 @@ def test_an_out_of_range_raw_label_names_the_task_split_and_example(name):
 
   with tfds.testing.mock_data(as_data_source_fn=source):
     with pytest.raises(ValueError) as caught:
-      text_tasks.load_task(name, split=split)
+      _load(name, split=split)
     # The same examples less the bad one read fine, so the error is about it alone.
-    assert len(text_tasks.load_task(name, split=split, take=5, seed=1)) == 5
+    assert len(_load(name, split=split, take=5, seed=1)) == 5
   assert str(caught.value) == (
     f"{name}[{split}] example {bad}: ValueError: {field}={value}: "
     f"expected an int in [0, {num}) (-1 marks a split without labels)"
@@ -235,7 +246,9 @@ def test_a_non_integer_raw_label_is_not_truncated():
 def test_a_formatter_giving_a_non_binary_label_is_an_error_naming_the_example():
   source = [{"x": 0}, {"x": 1}, {"x": 2}]
   fmt = lambda ex, rng: (f"text {ex['x']}", ex["x"])
-  with pytest.raises(ValueError, match=r"^mine example 2: formatted label 2: expected 0 or 1"):
+  with pytest.raises(
+    ValueError, match=r"^mine example 2: formatted label 2: expected an int in \[0, 2\)"
+  ):
     text_tasks.examples_from_source(source, fmt, take=None, seed=0, where="mine")
   ok = text_tasks.examples_from_source(source[:2], fmt, take=None, seed=0, where="mine")
   assert sorted(ok.label.tolist()) == [0, 1]
@@ -292,3 +305,30 @@ def test_text_examples_check_their_fields():
     TextExamples(["a"], np.array([-1]))
   ex = TextExamples(("a", "b", "c"), [1, 0, 1])
   assert ex.take([2, 0]).text == ["c", "a"] and ex.class_counts() == {0: 1, 1: 2}
+
+
+@pytest.mark.parametrize(
+  "name,classes",
+  [
+    ("anli/r1", ("entailment", "neutral", "contradiction")),
+    ("ag_news_subset", ("World", "Sports", "Business", "Sci/Tech")),
+  ],
+)
+def test_tasks_with_classes_of_their_own_keep_them_when_asked(name, classes):
+  task = text_tasks.TASKS[name]
+  assert task.class_names(True) == classes
+  with fakes.fake_tfds():
+    kept = text_tasks.load_task(name, split=_first_split(name), classes=True)
+  rows = fakes.fake_tfds_rows(name.split("/")[0])
+  assert set(kept.label.tolist()) == set(range(len(classes)))
+  # The label is the raw class, unchanged (examples come in a seeded order).
+  by_text = {t: y for t, y in zip(kept.text, kept.label.tolist())}
+  raw = {row["label"] for row in rows}
+  assert set(by_text.values()) == raw
+
+
+def test_asking_for_a_form_a_task_does_not_have_is_a_named_error():
+  with pytest.raises(ValueError, match=r"task 'glue/sst2' with its own classes: it has a binary"):
+    text_tasks.check_task("glue/sst2", classes=True)
+  with pytest.raises(ValueError, match=r"task 'ag_news_subset' has no binary question: keep its 4"):
+    text_tasks.check_task("ag_news_subset")

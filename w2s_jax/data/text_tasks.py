@@ -1,8 +1,11 @@
-"""Real W2S tasks from TensorFlow Datasets, as binary text examples.
+"""Real W2S tasks from TensorFlow Datasets, as text examples.
 
-As in openai/weak-to-strong, every task becomes examples (text, label) with a
+As in openai/weak-to-strong, a task becomes examples (text, label) with a
 binary label; a multiple-choice question becomes ONE candidate answer, the
 true one with probability 1/2 (label 1) or else a random wrong one (label 0).
+Where a task has classes of its own (anli's entailment / neutral /
+contradiction, ag_news_subset's four topics), `classes=True` keeps them
+instead (TfdsTask.classes names them in label order).
 
 Reading is tfds_source.py's: offline, by random access, nothing downloaded
 unless `download=True` is passed.
@@ -151,13 +154,36 @@ def format_anli(ex, rng) -> tuple[str, int]:
   )
 
 
+def format_anli_classes(ex, rng) -> tuple[str, int]:
+  del rng
+  return (
+    f"Premise: {tfds_source.text(ex['context'])}\nHypothesis: {tfds_source.text(ex['hypothesis'])}",
+    _label_in(ex["label"], 3),
+  )
+
+
+def format_ag_news_classes(ex, rng) -> tuple[str, int]:
+  del rng
+  return (
+    f"{tfds_source.text(ex['title'])}\n{tfds_source.text(ex['description'])}",
+    _label_in(ex["label"], 4),
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class TfdsTask:
-  format: Callable  # (example, rng) -> (text, label)
+  format: Callable | None  # (example, rng) -> (text, 0 or 1); None: no binary question
   labeled_splits: tuple[str, ...]
   # TFDS registers its older builders only when their module is imported, and
   # its package import leaves them unimported; None for builders it finds itself.
   builder_module: str | None = None
+  # The task's own classes, in label order, and the formatter that keeps
+  # them ((example, rng) -> (text, class index)); None: binary only.
+  classes: tuple[str, ...] | None = None
+  format_classes: Callable | None = None
+
+  def class_names(self, keep_classes: bool) -> tuple[str, ...]:
+    return self.classes if keep_classes else ("0", "1")
 
 
 _HELLASWAG_SPLITS = (
@@ -171,6 +197,9 @@ _HELLASWAG_SPLITS = (
   "validation_ood_wikihow",
 )
 
+ANLI_CLASSES = ("entailment", "neutral", "contradiction")
+AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
+
 # Keyed by TFDS name. super_glue/boolq is left out: its builder needs TensorFlow
 # even to be constructed; bool_q holds the same BoolQ data without it.
 TASKS: dict[str, TfdsTask] = {
@@ -182,9 +211,31 @@ TASKS: dict[str, TfdsTask] = {
   ),
   "hellaswag": TfdsTask(format_hellaswag, _HELLASWAG_SPLITS, "tensorflow_datasets.text.hellaswag"),
   "piqa": TfdsTask(format_piqa, ("train", "validation")),
-  "anli/r1": TfdsTask(format_anli, ("train", "validation", "test")),
-  "anli/r2": TfdsTask(format_anli, ("train", "validation", "test")),
-  "anli/r3": TfdsTask(format_anli, ("train", "validation", "test")),
+  "anli/r1": TfdsTask(
+    format_anli,
+    ("train", "validation", "test"),
+    classes=ANLI_CLASSES,
+    format_classes=format_anli_classes,
+  ),
+  "anli/r2": TfdsTask(
+    format_anli,
+    ("train", "validation", "test"),
+    classes=ANLI_CLASSES,
+    format_classes=format_anli_classes,
+  ),
+  "ag_news_subset": TfdsTask(
+    None,
+    ("train", "test"),
+    "tensorflow_datasets.text.ag_news_subset",
+    classes=AG_NEWS_CLASSES,
+    format_classes=format_ag_news_classes,
+  ),
+  "anli/r3": TfdsTask(
+    format_anli,
+    ("train", "validation", "test"),
+    classes=ANLI_CLASSES,
+    format_classes=format_anli_classes,
+  ),
 }
 
 
@@ -216,6 +267,7 @@ def examples_from_source(
   seed: int | Sequence[int],
   balanced: bool = False,
   where: str = "source",
+  num_classes: int = 2,
 ) -> TextExamples:
   """Format `take` examples of a random-access source, picked by a seeded shuffle.
 
@@ -233,9 +285,9 @@ def examples_from_source(
       text, label = format_example(example, format_rng)
     except (KeyError, ValueError, TypeError) as err:
       raise ValueError(f"{where} example {i}: {type(err).__name__}: {err}") from err
-    if isinstance(label, bool) or label not in (0, 1):
+    if isinstance(label, bool) or label not in range(num_classes):
       raise ValueError(
-        f"{where} example {i}: formatted label {label!r}: expected 0 or 1 (every task is binary)"
+        f"{where} example {i}: formatted label {label!r}: expected an int in [0, {num_classes})"
       )
     texts.append(text)
     labels.append(label)
@@ -244,10 +296,23 @@ def examples_from_source(
   return TextExamples(texts, np.asarray(labels, np.int64))
 
 
-def _check_task(name: str, split: str) -> TfdsTask:
+def check_task(name: str, split: str | None = None, *, classes: bool = False) -> TfdsTask:
+  """The task, once its name, split and form (binary or its classes) are known to exist."""
   if name not in TASKS:
     raise ValueError(f"task {name!r}: expected one of {sorted(TASKS)}")
   task = TASKS[name]
+  if classes and task.classes is None:
+    raise ValueError(
+      f"task {name!r} with its own classes: it has a binary question only; expected one of "
+      f"{sorted(n for n, t in TASKS.items() if t.classes)}"
+    )
+  if not classes and task.format is None:
+    raise ValueError(
+      f"task {name!r} has no binary question: keep its {len(task.classes)} classes "
+      f"{list(task.classes)} (TextTaskConfig.tfds_classes=True)"
+    )
+  if split is None:
+    return task
   if split not in task.labeled_splits:
     raise ValueError(
       f"split {split!r} of {name}: expected one of {list(task.labeled_splits)} "
@@ -265,8 +330,10 @@ def load_task(
   balanced: bool = False,
   data_dir: str | None = None,
   download: bool = False,
+  classes: bool = False,
 ) -> TextExamples:
-  """One split of a TFDS task as binary TextExamples.
+  """One split of a TFDS task as TextExamples: its binary question, or
+  (classes=True) its own classes (TfdsTask.classes).
 
   take: how many examples to read (a seeded random subset), None for all.
   balanced: undersample the majority class after formatting.
@@ -274,14 +341,15 @@ def load_task(
   download: fetch and prepare the data if missing; by default never, so a run
     cannot start a download: fetch beforehand with download=True.
   """
-  task = _check_task(name, split)
+  task = check_task(name, split, classes=classes)
   tfds_source.check_take(take)
   source = tfds_source.open_tfds_split(
     name, split=split, data_dir=data_dir, download=download, builder_module=task.builder_module
   )
   return examples_from_source(
     source,
-    task.format,
+    task.format_classes if classes else task.format,
+    num_classes=len(task.class_names(classes)),
     take=take,
     seed=tfds_source.split_seed(seed, split),
     balanced=balanced,
@@ -302,7 +370,7 @@ def load_task_splits(
   if not take:
     raise ValueError("take: expected a mapping from split name to size (None for all)")
   for split, n in take.items():  # every split is checked before any is read
-    _check_task(name, split)
+    check_task(name, split)
     tfds_source.check_take(n)
   return {
     split: load_task(

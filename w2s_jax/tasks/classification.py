@@ -15,7 +15,7 @@ import numpy as np
 
 from w2s_jax.data import testbed, text_files, text_tasks, tokenize
 from w2s_jax.data.dataset import Dataset
-from w2s_jax.infra.fingerprint import CONTENTS, fingerprint
+from w2s_jax.infra.fingerprint import CONTENTS, WHEN_SET, fingerprint
 from w2s_jax.models import inference, scoring
 from w2s_jax.tasks.base import BYTES, make_tokenizer, probe_batch, split_train
 
@@ -31,6 +31,9 @@ class TextTaskConfig:
   # or local TSV/CSV/JSONL files with text and label fields (keyed by their contents)
   train_file: str | None = dataclasses.field(default=None, metadata=CONTENTS)
   test_file: str | None = dataclasses.field(default=None, metadata=CONTENTS)
+  # Keep a TFDS task's own classes (anli's 3, ag_news_subset's 4) instead of
+  # its binary question (text_tasks.TfdsTask.classes).
+  tfds_classes: bool = dataclasses.field(default=False, metadata=WHEN_SET)
   tfds_train_split: str = "train"
   tfds_test_split: str = "validation"
   data_dir: str | None = None  # TFDS data directory; data is never downloaded at run time
@@ -95,6 +98,13 @@ class TextTaskConfig:
       raise ValueError(
         f"TextTaskConfig.label_names={self.label_names!r}: expected a tuple of at least "
         "two distinct, non-empty strings (the label values, in class order)"
+      )
+    if self.tfds_name is not None:
+      text_tasks.check_task(self.tfds_name, classes=self.tfds_classes)
+    elif self.tfds_classes:
+      raise ValueError(
+        "TextTaskConfig.tfds_classes=True with files: expected a tfds_name (a file's "
+        "classes are its labels; label_names orders them)"
       )
     if self.label_names is not None and self.tfds_name is not None:
       raise ValueError(
@@ -209,10 +219,15 @@ def _read_examples(cfg: TextTaskConfig):
   """(train, test, label_names): the examples, labels as class indices."""
   if cfg.tfds_name is not None:
     read = lambda split, take: text_tasks.load_task(
-      cfg.tfds_name, split=split, take=take, seed=cfg.seed, data_dir=cfg.data_dir
+      cfg.tfds_name,
+      split=split,
+      take=take,
+      seed=cfg.seed,
+      data_dir=cfg.data_dir,
+      classes=cfg.tfds_classes,
     )
     train, test = read(cfg.tfds_train_split, None), read(cfg.tfds_test_split, cfg.test_examples)
-    return train, test, ("0", "1")
+    return train, test, text_tasks.TASKS[cfg.tfds_name].class_names(cfg.tfds_classes)
   names = cfg.label_names or text_files.infer_label_names(
     cfg.train_file, label_field=cfg.label_field
   )
