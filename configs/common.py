@@ -80,9 +80,10 @@ def minilm_text_experiment(
   configs/text.py offers for any file with `strong=minilm`. probe: train the
   head only, on the frozen encoder; pretrain_steps: the weak model's."""
   strong = hf_files.MINILM_NAME
-  # One seed per pass: a 22.7M-parameter step fills two cores alone, and the
-  # pass's scratch is one seed's (peak RSS 2.3 against 3.5 GB at 64 tokens,
-  # about 10% slower; docs/performance.md "Memory").
+  # One seed at a time: a 22.7M-parameter step fills two cores alone, and only
+  # one seed's train state and step scratch are resident (a fine-tune's peak
+  # RSS 1.8 against 3.5 GB at 3 seeds x 64 tokens, about 17% slower;
+  # docs/performance.md "Memory").
   finetune = OptimConfig(
     steps=steps,
     batch_size=32,

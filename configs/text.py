@@ -38,12 +38,36 @@ pretraining and 10 fine-tuning steps; an arg given explicitly wins over it).
 
 import dataclasses
 import hashlib
+import math
 from pathlib import Path
 
+from w2s_jax.data import text_files
 from w2s_jax.infra.configs import parse_arg
+from w2s_jax.tasks.base import split_sizes
 from w2s_jax.tasks.classification import TextTaskConfig
 
 import common  # configs/common.py, beside this file
+
+# Fine-tuning epochs (of the larger training split), pretraining epochs (of
+# the train file's texts) and the floor on pretraining steps, per preset.
+# SST-2's 67,349 phrases at 2 pretraining epochs give about the 4,000 steps
+# configs/sst2.py measured; its 2,000-example splits at 2 epochs, MiniLM's
+# 125 steps.
+SCHEDULES = {
+  "default": dict(epochs=3.0, pretrain_epochs=2.0, min_pretrain_steps=200, batch=32),
+  "minilm": dict(epochs=2.0, pretrain_epochs=2.0, min_pretrain_steps=200, batch=32),
+  "quick": dict(epochs=6.0, pretrain_epochs=10.0, min_pretrain_steps=200, batch=16),
+}
+QUICK_NOTE = (
+  "quick preset: a first look at a file of a few hundred rows, sized to take about "
+  "2 minutes on a 2-core CPU (measured: docs/text.md); small models and short "
+  "schedules, so read its numbers as a check that the file is learnable, not as a result"
+)
+
+
+def steps_for(epochs: float, examples: int, batch: int) -> int:
+  """Optimizer steps for `epochs` passes over `examples` at `batch` (at least 1)."""
+  return max(1, math.ceil(epochs * examples / batch))
 
 
 def get_config(arg=None):
@@ -56,17 +80,20 @@ def get_config(arg=None):
     label_names=(),  # (): read from the train file
     gt=0,
     w2s=0,
-    # Empty or 0: the default, or the `small` preset's value; an arg given
-    # explicitly wins over the preset.
+    # Empty or 0: the default, or the preset's value (`small`, `quick`,
+    # `strong=minilm`); an arg given explicitly wins over the preset.
     weak="",
     strong="",
     tokenizer="",
     max_len=0,
     pretrain_steps=0,
     finetune_steps=0,
+    epochs=0.0,
+    pretrain_epochs=0.0,
     seeds=3,
     name="",
     small=False,
+    quick=False,
     models="runs/models",
   )
   for field in ("train", "test"):
@@ -75,29 +102,46 @@ def get_config(arg=None):
         f"configs/text.py: {field}=PATH is required, e.g. "
         "configs/text.py:train=data/train.tsv,test=data/dev.tsv"
       )
-  preset = lambda given, default, small: given or (small if arg.small else default)
-  strong = preset(arg.strong, "small", "nano")
+  if arg.small and arg.quick:
+    raise ValueError(
+      "configs/text.py: config args small and quick each set the models and schedules "
+      "(a seconds-long smoke run; a 2-minute first look): expected one of them"
+    )
+  preset = "small" if arg.small else "quick" if arg.quick else "default"
+  pick = lambda given, **by_preset: given or by_preset.get(preset, by_preset["default"])
+  strong = pick(arg.strong, default="small", small="nano", quick="nano")
   task = TextTaskConfig(
     train_file=arg.train,
     test_file=arg.test,
     text_field=arg.text,
     label_field=arg.label,
     label_names=arg.label_names or None,
-    tokenizer=preset(arg.tokenizer, "bpe:4096", "bytes"),
-    max_len=preset(arg.max_len, 64, 32),
+    tokenizer=pick(arg.tokenizer, default="bpe:4096", small="bytes", quick="bpe:512"),
+    max_len=pick(arg.max_len, default=64, small=32, quick=32),
     gt_examples=arg.gt or None,
     w2s_examples=arg.w2s or None,
   )
   name = arg.name or run_name(arg.train, arg.test)
+  if preset == "quick":
+    schedule = SCHEDULES["quick"]
+  else:  # `small` sets its own step counts below
+    schedule = SCHEDULES["minilm" if strong == "minilm" else "default"]
+  rows, examples = _sizes(task) if Path(arg.train).is_file() else (0, 0)
+  epochs = arg.epochs or schedule["epochs"]
+  finetune_steps = arg.finetune_steps or steps_for(epochs, examples, schedule["batch"])
+  pretrain_steps = arg.pretrain_steps or max(
+    schedule["min_pretrain_steps"],
+    steps_for(arg.pretrain_epochs or schedule["pretrain_epochs"], rows, schedule["batch"]),
+  )
   if strong == "minilm":
     cfg = common.minilm_text_experiment(
       name,
       task,
       weak=arg.weak or "pico",
       models_dir=arg.models,
-      steps=arg.finetune_steps or 125,
+      steps=finetune_steps,
       seeds=arg.seeds,
-      pretrain_steps=arg.pretrain_steps or 4000,  # the weak model's
+      pretrain_steps=pretrain_steps,  # the weak model's
     )
   else:
     cfg = common.scratch_text_experiment(
@@ -105,20 +149,41 @@ def get_config(arg=None):
       task,
       weak=arg.weak or "pico",
       strong=strong,
-      pretrain_steps=arg.pretrain_steps or 4000,
-      finetune_steps=arg.finetune_steps or 400,
+      pretrain_steps=pretrain_steps,
+      finetune_steps=finetune_steps,
       seeds=arg.seeds,
+    )
+  if preset != "default":
+    cfg = dataclasses.replace(
+      cfg,
+      pretrain=dataclasses.replace(cfg.pretrain, batch_size=16),
+      finetune=dataclasses.replace(cfg.finetune, batch_size=16),
+      eval_batch_size=32,
     )
   if arg.small:
     cfg = dataclasses.replace(
       cfg,
       name=cfg.name + "-small",
-      pretrain=dataclasses.replace(cfg.pretrain, steps=arg.pretrain_steps or 30, batch_size=16),
-      finetune=dataclasses.replace(cfg.finetune, steps=arg.finetune_steps or 10, batch_size=16),
-      eval_batch_size=32,
+      pretrain=dataclasses.replace(cfg.pretrain, steps=arg.pretrain_steps or 30),
+      finetune=dataclasses.replace(cfg.finetune, steps=arg.finetune_steps or 10),
       bootstrap_resamples=200,
     )
+  if arg.quick:
+    cfg = dataclasses.replace(
+      cfg,
+      name=cfg.name + "-quick",
+      finetune=dataclasses.replace(cfg.finetune, lr=1e-3, head_lr=1e-2),
+      note=QUICK_NOTE,
+    )
   return cfg
+
+
+def _sizes(task: TextTaskConfig) -> tuple[int, int]:
+  """(rows of the train file, the larger training split): what the schedules scale with."""
+  rows = text_files.count_rows(
+    task.train_file, text_field=task.text_field, label_field=task.label_field
+  )
+  return rows, max(split_sizes(task, rows))
 
 
 def run_name(train: str, test: str) -> str:

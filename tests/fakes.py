@@ -67,6 +67,32 @@ def write_topic_csv(path, n: int, seed: int, *, topics=tuple(TOPICS)):
   return path
 
 
+NEGATED = {
+  1: ["good", "great", "lovely", "superb", "fun"],
+  0: ["bad", "awful", "dull", "poor", "boring"],
+}
+
+
+def write_review_jsonl(path, n: int, seed: int, *, noise: float = 0.05):
+  """A new user's sentiment file: a few filler words, a sentiment word, and
+  in a third of the rows "not" before it, which flips the label; `noise` of
+  the labels flipped at random."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(n):
+    label = int(rng.integers(2))
+    negated = rng.random() < 1 / 3
+    word = str(rng.choice(NEGATED[1 - label if negated else label]))
+    words = list(rng.choice(FILLER, size=int(rng.integers(2, 7))))
+    at = int(rng.integers(len(words) + 1))
+    words[at:at] = ["not", word] if negated else [word]
+    if rng.random() < noise:
+      label = 1 - label
+    rows.append(json.dumps({"text": " ".join(words), "label": label}) + "\n")
+  path.write_text("".join(rows))
+  return path
+
+
 def sentiment_files(root) -> tuple[str, str]:
   """(train.tsv of 400 rows, test.tsv of 64) under root."""
   return (

@@ -221,6 +221,8 @@ def _main(argv=None) -> None:
   out = Path(args.out or default_out)
   main_process = sharding.is_main_process()
   if args.command == "run":
+    if main_process:
+      print("\n".join(tables.schedule_lines(cfg)), flush=True)
     results = engine.run_experiment(
       cfg, out_dir=out, cache_dir=args.cache, progress=progress, overwrite=args.overwrite
     )

@@ -170,6 +170,31 @@ def infer_label_names(
   return tuple(str(i) for i in range(max(2, max(ints, default=0) + 1)))
 
 
+def count_rows(
+  path, *, text_field: str = "text", label_field: str = "label", file_format: str | None = None
+) -> int:
+  """How many examples a file holds (its rows, checked for both fields)."""
+  file_format = _file_format(path, file_format)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such file")
+  content = decode_bytes(path)
+  fields = (text_field, label_field)
+  if file_format == "jsonl":
+    rows = jsonl_rows(path, content)
+  else:
+    delimiter = "\t" if file_format == "tsv" else ","
+    rows = _table_rows(
+      path, content, delimiter=delimiter, quoted=file_format == "csv", fields=fields
+    )
+  count = 0
+  for line, row in rows:
+    for field in fields:
+      if field not in row:
+        raise TextFileError(path, line, f"missing field {field!r} (found {sorted(row)})")
+    count += 1
+  return count
+
+
 def _as_int(value) -> int | None:
   if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
     return value

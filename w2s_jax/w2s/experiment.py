@@ -12,7 +12,7 @@ from w2s_jax.data import testbed
 from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.distributed import DistributedConfig
 from w2s_jax.infra.files import check_run_name
-from w2s_jax.infra.fingerprint import CONTENTS
+from w2s_jax.infra.fingerprint import CONTENTS, IGNORED
 from w2s_jax.infra.sharding import MeshConfig
 from w2s_jax.models import hf_files, hf_import
 from w2s_jax.models.model_config import DTYPES, ModelConfig, decode_size
@@ -43,6 +43,9 @@ class ExperimentConfig:
   finetune: OptimConfig = OptimConfig(steps=50, batch_size=32, lr=3e-5, head_lr=5e-2)
   # The weak model's own schedule on ground truth (None: `finetune`), for a
   # weak model trained from scratch beside a pretrained strong one.
+  # What the run prints before any compute (a preset's purpose and expected
+  # time); not part of the experiment's identity.
+  note: str = dataclasses.field(default="", metadata=IGNORED)
   weak_finetune: OptimConfig | None = None
   losses: tuple[Loss, ...] = (Xent(), LogConf())
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
