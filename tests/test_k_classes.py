@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from w2s_jax import cli
 from w2s_jax.data import text_files
 from w2s_jax.data.text_files import TextFileError
 from w2s_jax.infra import configs
@@ -167,3 +168,31 @@ def test_three_class_tfds_task_end_to_end_under_mock_data(tmp_path):
     assert "undefined (ceiling ≤ weak" in tables.format_results(results)
   with pytest.raises(ValueError, match="task 'glue/sst2' with its own classes"):
     TextTaskConfig(tfds_name="glue/sst2", tfds_classes=True)
+
+
+def test_quick_preset_gets_a_new_users_file_above_chance(tmp_path, capsys):
+  """configs/text.py's quick preset on a small review file (negation, label
+  noise): the weak model and the ceiling above the majority rate, each
+  interval clear of it and of each other; its note and schedule printed first."""
+  train = fakes.write_review_jsonl(tmp_path / "train.jsonl", 400, 0)
+  test = fakes.write_review_jsonl(tmp_path / "test.jsonl", 150, 1, noise=0.0)
+  cli.main(
+    [
+      "run",
+      "--config",
+      f"{TEXT}:train={train},test={test},quick",
+      "--out",
+      str(tmp_path / "run"),
+      "--cache",
+      str(tmp_path / "cache"),
+      "--no-progress",
+    ]
+  )
+  printed = capsys.readouterr().out
+  assert printed.index("quick preset: a first look") < printed.index("schedule: 3 seeds")
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  majority = results["task"]["splits"]["test"]["majority"]
+  summary = results["cells"][0]["summary"]["test"]
+  weak, ceiling = summary["weak"], summary["ceiling"]
+  assert weak["lo"] > majority and ceiling["lo"] > majority, (majority, weak, ceiling)
+  assert ceiling["lo"] > weak["hi"], (weak, ceiling)
