@@ -111,7 +111,9 @@ def test_repeated_and_leaked_examples_are_counted_and_warned_of():
     "train_w2s": Dataset(tokens=rows([1, 2, 3], [3, 2, 1]), mask=rows([1, 1, 1], [1, 1, 1]), labels=rows(0, 1)),
     "test": Dataset(tokens=rows([1, 2, 3], [4, 4, 4], [8, 0, 0]), mask=rows([1, 1, 1], [1, 1, 1], [1, 0, 0]), labels=rows(0, 1, 0)),
   }  # fmt: skip
-  sanity = records.split_sanity(types.SimpleNamespace(generative=False, splits=splits))
+  sanity = records.split_sanity(
+    types.SimpleNamespace(generative=False, splits=splits, num_classes=2)
+  )
   assert sanity["train_gt"]["duplicates"] == 1  # rows 0 and 1: [5, 6] once padding is masked
   assert sanity["test"]["duplicates"] == 0 and sanity["test"]["in_train"] == 1
   assert "in_train" not in sanity["train_gt"]
@@ -125,7 +127,9 @@ def test_repeated_and_leaked_examples_are_counted_and_warned_of():
 
 
 def test_split_sanity_of_a_one_class_split():
-  task = types.SimpleNamespace(generative=False, splits={"test": {"labels": np.zeros(3, np.int32)}})
+  task = types.SimpleNamespace(
+    generative=False, splits={"test": {"labels": np.zeros(3, np.int32)}}, num_classes=2
+  )
   assert records.split_sanity(task)["test"]["majority"] == 1.0
 
 

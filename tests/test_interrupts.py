@@ -209,18 +209,25 @@ def test_run_main_stops_within_seconds_with_one_line_and_no_traceback(swallow):
   """Ctrl-C under interrupts.run_main: one line on stderr, exit code 130, no
   traceback; a main that swallows the interrupt (or waits in C for work in
   flight) is ended by the watcher after GRACE_SECONDS."""
+  # "started" is printed inside the loop's try, so the signal always lands in the loop.
   body = (
-    "while True:\n    try:\n      time.sleep(0.05)\n    except KeyboardInterrupt:\n      pass"
+    "while True:\n    try:\n      say()\n      time.sleep(0.05)\n    except KeyboardInterrupt:\n      pass"
     if swallow
-    else "while True:\n    time.sleep(0.05)"
+    else "while True:\n    say()\n    time.sleep(0.05)"
   )
   code = textwrap.dedent(
     """
     import sys, time
     from w2s_jax.infra import interrupts
 
+    said = []
+
+    def say():
+      if not said:
+        said.append(1)
+        print("started", flush=True)
+
     def main():
-      print("started", flush=True)
       {body}
 
     interrupts.run_main(main, what="the test run")

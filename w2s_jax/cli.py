@@ -29,7 +29,7 @@ from w2s_jax.infra import configs, distributed, files, overrides, sharding
 from w2s_jax.plans import planner
 from w2s_jax.training import pretrain_job
 from w2s_jax.w2s import engine, pool_curation, tables
-from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.w2s.experiment import ExperimentConfig, schedule_lines
 from w2s_jax.w2s.grid import SweepConfig
 
 COMMANDS = {
@@ -222,7 +222,7 @@ def _main(argv=None) -> None:
   main_process = sharding.is_main_process()
   if args.command == "run":
     if main_process:
-      print("\n".join(tables.schedule_lines(cfg)), flush=True)
+      print("\n".join(schedule_lines(cfg)), flush=True)
     results = engine.run_experiment(
       cfg, out_dir=out, cache_dir=args.cache, progress=progress, overwrite=args.overwrite
     )

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from w2s_jax.cascade import serving
+from w2s_jax.data import text_files, text_tasks
 from w2s_jax.data.dataset import Dataset
 from w2s_jax.infra import sharding as shd
 from w2s_jax.models import flops as flops_lib
@@ -48,6 +49,7 @@ class TaskShape:
   generative: bool
   prompt_len: int = 0  # generation: left-padded prompt columns
   max_new_tokens: int = 0
+  num_classes: int = 2  # a classification head's width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +72,9 @@ class Program:
 def task_shape(cfg: ExperimentConfig) -> TaskShape:
   text = cfg.text_task
   if isinstance(text, TextTaskConfig):
-    return TaskShape(text.max_len, text.split_len("train_w2s"), None, False)
+    return TaskShape(
+      text.max_len, text.split_len("train_w2s"), None, False, num_classes=_num_classes(text)
+    )
   if isinstance(text, GenTextTaskConfig):
     new = cfg.generation.max_new_tokens or text.max_response_len
     length = text.max_prompt_len + text.max_response_len
@@ -80,13 +84,24 @@ def task_shape(cfg: ExperimentConfig) -> TaskShape:
   task = make_task(world=cfg.world, gen_cfg=cfg.generation)
   rows = task.splits["train_w2s"]
   if not task.generative:
-    return TaskShape(task.max_len, rows["tokens"].shape[1], task.vocab_size, False)
+    return TaskShape(
+      task.max_len, rows["tokens"].shape[1], task.vocab_size, False, num_classes=task.num_classes
+    )
   prompt_len = rows["prompt"].shape[1]
   longest = max(int(d["response_mask"].sum(1).max()) for d in task.splits.values())
   new = cfg.generation.max_new_tokens or longest
   return TaskShape(
     task.max_len, prompt_len + rows["response"].shape[1], task.vocab_size, True, prompt_len, new
   )
+
+
+def _num_classes(text: TextTaskConfig) -> int:
+  """A text task's classes, from its config or its train file's label column."""
+  if text.label_names is not None:
+    return len(text.label_names)
+  if text.tfds_name is not None:
+    return len(text_tasks.TASKS[text.tfds_name].class_names(text.tfds_classes))
+  return len(text_files.infer_label_names(text.train_file, label_field=text.label_field))
 
 
 def model_configs(cfg: ExperimentConfig, shape: TaskShape) -> tuple[ModelConfig, ModelConfig]:

@@ -242,11 +242,16 @@ def finetune(
 
 def _concat_seeds(parts, model_cfg, mesh, num_seeds):
   """Groups' params (stacked per seed) -> one stack, sharded as a fine-tune's output."""
+  return _seed_concatenation(model_cfg, mesh, num_seeds)(parts)
+
+
+@functools.lru_cache(maxsize=16)
+def _seed_concatenation(model_cfg, mesh, num_seeds):
+  """One compiled concatenation per (model, mesh, seeds): every fine-tune of a run reuses it."""
   out = shd.state_sharding(seed_stacked_abstract(model_cfg, num_seeds), mesh, seed_axis=True)
-  concat = jax.jit(
+  return jax.jit(
     lambda parts: jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts), out_shardings=out
   )
-  return concat(parts)
 
 
 def _concat_curves(curves):

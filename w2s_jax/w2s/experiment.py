@@ -157,6 +157,28 @@ class ExperimentConfig:
     )
 
 
+def schedule_lines(cfg) -> list[str]:
+  """What an experiment trains, printed before its first step: its note (a
+  preset's purpose and expected time) and its step counts."""
+  weak = cfg.weak_finetune or cfg.finetune
+  draws = len(cfg.pretrain_seeds)
+  return [
+    *([cfg.note] if cfg.note else []),
+    (
+      f"schedule: {len(cfg.seeds)} seeds"
+      + (f" x {draws} pretraining draws" if draws > 1 else "")
+      + (
+        f"; pretraining {cfg.pretrain.steps} steps per model trained from scratch"
+        if cfg.use_pretraining
+        else ""
+      )
+      + f"; weak {cfg.weak_size} {weak.steps} steps; strong {cfg.strong_size} "
+      f"{cfg.finetune.steps} steps for the ceiling and for each of {len(cfg.losses)} "
+      f"W2S losses (batch {cfg.finetune.batch_size})"
+    ),
+  ]
+
+
 def check_mesh(cfg: ExperimentConfig):
   """The experiment's mesh, once every batch size is checked against it."""
   mesh = cfg.mesh.make()
