@@ -76,27 +76,8 @@ def read_text_file(
         f"label_names={label_names!r} has {len(label_names)} names but "
         f"num_labels={num_labels}: expected one name per class"
       )
-  if os.path.isdir(path):
-    raise IsADirectoryError(f"{path}: is a folder, expected a TSV, CSV or JSONL file")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: no such file")
-  content = decode_bytes(path)
-  rows = (
-    jsonl_rows(path, content)
-    if file_format == "jsonl"
-    else _table_rows(
-      path,
-      content,
-      delimiter="\t" if file_format == "tsv" else ",",
-      quoted=file_format == "csv",
-      fields=(text_field, label_field),
-    )
-  )
   texts, labels = [], []
-  for line, row in rows:
-    for field in (text_field, label_field):
-      if field not in row:
-        raise TextFileError(path, line, f"missing field {field!r} (found {sorted(row)})")
+  for line, row in _checked_rows(path, file_format, (text_field, label_field)):
     text = row[text_field]
     if not isinstance(text, str):
       raise TextFileError(path, line, f"{text_field}={text!r}: expected a string")
@@ -129,25 +110,8 @@ def infer_label_names(
   ints or digit strings), "0" .. str(max label) (at least two); otherwise the
   distinct labels as strings, sorted. A file that mixes the two is an error
   at the first row of the minority kind."""
-  file_format = _file_format(path, file_format)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: no such file")
-  content = decode_bytes(path)
-  rows = (
-    jsonl_rows(path, content)
-    if file_format == "jsonl"
-    else _table_rows(
-      path,
-      content,
-      delimiter="\t" if file_format == "tsv" else ",",
-      quoted=file_format == "csv",
-      fields=(label_field,),
-    )
-  )
   ints, names = {}, {}  # value -> first line
-  for line, row in rows:
-    if label_field not in row:
-      raise TextFileError(path, line, f"missing field {label_field!r} (found {sorted(row)})")
+  for line, row in _checked_rows(path, file_format, (label_field,)):
     value = row[label_field]
     as_int = _as_int(value)
     if as_int is not None:
@@ -174,11 +138,18 @@ def count_rows(
   path, *, text_field: str = "text", label_field: str = "label", file_format: str | None = None
 ) -> int:
   """How many examples a file holds (its rows, checked for both fields)."""
+  return sum(1 for _ in _checked_rows(path, file_format, (text_field, label_field)))
+
+
+def _checked_rows(path, file_format: str | None, fields: tuple[str, ...]):
+  """The file's rows as (line, row), each checked to hold `fields`; the file
+  itself (format, existence) checked before any row is read."""
   file_format = _file_format(path, file_format)
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{path}: is a folder, expected a TSV, CSV or JSONL file")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such file")
   content = decode_bytes(path)
-  fields = (text_field, label_field)
   if file_format == "jsonl":
     rows = jsonl_rows(path, content)
   else:
@@ -186,13 +157,15 @@ def count_rows(
     rows = _table_rows(
       path, content, delimiter=delimiter, quoted=file_format == "csv", fields=fields
     )
-  count = 0
+  return _holding(path, rows, fields)
+
+
+def _holding(path, rows, fields):
   for line, row in rows:
     for field in fields:
       if field not in row:
         raise TextFileError(path, line, f"missing field {field!r} (found {sorted(row)})")
-    count += 1
-  return count
+    yield line, row
 
 
 def _as_int(value) -> int | None:
