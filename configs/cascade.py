@@ -25,8 +25,10 @@ ceiling strong: pico's max_prob beats random only a little (area +0.03, IBC
 lift 0.16) and needs 84% deferral to reach 95% of the strong model's gain,
 the oracle 37%; nano's max_prob: IBC lift 0.86, 64% (docs/cascade.md).
 
-Args (comma-separated): `small` (a 60-entity world, weak pico and nano, strong
-micro, 2 seeds: seconds), `seeds=N`, `task=classification|generative|both`.
+Args (comma-separated): `weak=A,B,...` (the weak sizes; default pico,nano),
+`strong=SIZE` (default mini; other sizes go in the run's name), `small` (a
+60-entity world, weak pico and nano, strong micro, 2 seeds: seconds),
+`seeds=N`, `task=classification|generative|both`.
 """
 
 import dataclasses
@@ -43,12 +45,13 @@ import common  # configs/common.py, beside this file
 
 
 def get_config(arg=None) -> CascadeConfig:
-  arg = parse_arg(arg, small=False, seeds=0, task="both")
+  arg = parse_arg(arg, weak=(), strong="", small=False, seeds=0, task="both")
   if arg.task not in ("classification", "generative", "both"):
     raise ValueError(f"config arg task={arg.task!r}: expected classification, generative or both")
   seeds = tuple(range(arg.seeds or (2 if arg.small else 5)))
-  strong = "micro" if arg.small else "mini"
-  shared = dict(seeds=seeds, weak_size="pico", strong_size=strong)
+  strong = arg.strong or ("micro" if arg.small else "mini")
+  weak = tuple(arg.weak) or ("pico", "nano")
+  shared = dict(seeds=seeds, weak_size=weak[0], strong_size=strong)
   classification = ExperimentConfig(name="cascade-classification", losses=(Xent(),), **shared)
   generative = ExperimentConfig(
     name="cascade-generative",
@@ -68,10 +71,11 @@ def get_config(arg=None) -> CascadeConfig:
   return CascadeConfig(
     name="cascade"
     + ("-small" if arg.small else "")
-    + ("" if arg.task == "both" else f"-{arg.task}"),
+    + ("" if arg.task == "both" else f"-{arg.task}")
+    + ("" if (weak, arg.strong) == (("pico", "nano"), "") else "-" + "-".join((*weak, strong))),
     classification=classification if arg.task != "generative" else None,
     generative=generative if arg.task != "classification" else None,
-    weak_sizes=("pico", "nano"),
+    weak_sizes=weak,
     strong_size=strong,
     calibration_examples=6 if arg.small else 100,
     ibc_resamples=200 if arg.small else 1000,

@@ -8,7 +8,7 @@ ground-truth set (the first examples of train_gt) of 10, 30 or 100 examples;
 naive KD on the weak labels alone is the baseline cell. kd_weight = 0 is
 ground truth only, kd_weight = 1 weak labels only. Expected: about 3 minutes.
 
-Args: seeds=N; `tiny` for a check of seconds (the 60-entity world, pico ->
+Args: `weak=SIZE`, `strong=SIZE`, `seeds=N`; `tiny` for a check of seconds (the 60-entity world, pico ->
 micro, naive KD and two combined cells).
 """
 
@@ -28,7 +28,7 @@ GT_EXAMPLES = (10, 30, 100)
 
 
 def get_config(arg=None) -> ExperimentConfig:
-  arg = parse_arg(arg, seeds=0, tiny=False)  # seeds 0: 5, or 2 with tiny
+  arg = _args(arg)
   cfg = ExperimentConfig(name="combined", seeds=tuple(range(arg.seeds or (2 if arg.tiny else 5))))
   if arg.tiny:
     cfg = dataclasses.replace(
@@ -44,19 +44,25 @@ def get_config(arg=None) -> ExperimentConfig:
 
 
 def sweep(arg=None) -> SweepConfig:
-  base = get_config(arg)
+  base, arg = get_config(arg), _args(arg)
+  weak, strong = arg.weak or "pico", arg.strong or ("micro" if arg.tiny else "mini")
   if base.name == "combined-tiny":
     return SweepConfig(
       base,
       (
-        Cell("pico", "micro", Xent()),
-        Cell("pico", "micro", Combined(kd_weight=0.5, gt_examples=10)),
+        Cell(weak, strong, Xent()),
+        Cell(weak, strong, Combined(kd_weight=0.5, gt_examples=10)),
       ),
     )
-  cells = [Cell("pico", "mini", Xent())]
+  cells = [Cell(weak, strong, Xent())]
   cells += [
-    Cell("pico", "mini", Combined(kd_weight=w, gt_examples=n))
+    Cell(weak, strong, Combined(kd_weight=w, gt_examples=n))
     for n in GT_EXAMPLES
     for w in KD_WEIGHTS
   ]
   return SweepConfig(base, tuple(cells))
+
+
+def _args(arg):
+  # seeds 0: 5, or 2 with tiny; weak and strong: pico and mini, or pico and micro with tiny.
+  return parse_arg(arg, weak="", strong="", seeds=0, tiny=False)

@@ -11,8 +11,18 @@ from w2s_jax.data import testbed
 from w2s_jax.models import hf_files
 from w2s_jax.tasks.classification import TextTaskConfig
 from w2s_jax.training.classifier_losses import LogConf, Xent
+from w2s_jax.training.objectives import Loss
 from w2s_jax.training.train import OptimConfig
 from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.w2s.grid import pairs
+
+# The args every experiment config takes (with its own), each empty or 0 for
+# the config's own choice: `weak=SIZE`, `strong=SIZE`, `losses=A,B,...`
+# (built-in names, or FILE.py:FUNCTION: docs/extending.md), `seeds=N`. A
+# sweep's `weak=A,B,...` are its weak sizes, beside `sizes=A,B,...`. The
+# pretrained-model cache is every entry point's `--cache` (default runs/cache).
+BASIC_ARGS = dict(weak="", strong="", losses=(), seeds=0)
+SWEEP_ARGS = dict(sizes=(), weak=(), losses=(), seeds=0)
 
 # The 60-entity world and its short pretraining that the smoke-run configs
 # (`:small`, `:tiny`) share: seconds to run, yet weak and strong models that
@@ -112,3 +122,47 @@ def minilm_text_experiment(
     weak_finetune=scratch.finetune,
     finetune=finetune,
   )
+
+
+def losses_from(names) -> tuple[Loss, ...]:
+  """`losses=` as losses: registered names or FILE.py:FUNCTION / MODULE:FUNCTION."""
+  return tuple(Loss.from_string(name) for name in names)
+
+
+def with_basic_args(cfg: ExperimentConfig, arg) -> ExperimentConfig:
+  """cfg with the basic args the user gave (BASIC_ARGS), over any preset. Other
+  model sizes go in the run's name (NAME-WEAK-STRONG), so they never share a
+  run folder with the config's own pair."""
+  sizes = (arg.weak or cfg.weak_size, arg.strong or cfg.strong_size)
+  changes = {}
+  if sizes != (cfg.weak_size, cfg.strong_size):
+    changes.update(weak_size=sizes[0], strong_size=sizes[1], name="-".join((cfg.name, *sizes)))
+  if arg.seeds:
+    changes["seeds"] = tuple(range(arg.seeds))
+  return with_losses(dataclasses.replace(cfg, **changes), arg.losses)
+
+
+def with_losses(cfg: ExperimentConfig, names) -> ExperimentConfig:
+  """cfg with `losses=` when given (configs whose sizes and seeds are their own args)."""
+  return dataclasses.replace(cfg, losses=losses_from(names)) if names else cfg
+
+
+def sweep_pairs(arg, sizes, weak_sizes=None) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+  """(sizes, weak sizes) of a sweep: SWEEP_ARGS' `sizes=` and `weak=` over the
+  config's own. Without `weak=`, the config's weak sizes among the sizes, or
+  every pair when none of them is."""
+  sizes = tuple(arg.sizes) or tuple(sizes)
+  if arg.weak:
+    weak = tuple(arg.weak)
+  else:
+    weak = tuple(w for w in weak_sizes or () if w in sizes) or None
+  try:
+    found = pairs(sizes, weak_sizes=weak)
+  except ValueError as e:
+    raise ValueError(f"config args sizes= and weak=: {e}") from None
+  if not found:
+    raise ValueError(
+      f"config args sizes={','.join(sizes)} weak={','.join(weak or sizes)}: no weak size is "
+      "smaller than another size: expected at least one (weak, strong) pair"
+    )
+  return sizes, weak

@@ -18,22 +18,24 @@ pretraining draws, seeds and examples (the README has the table). The
 training curves (runs/default/curves/) peak at step 30: W2S accuracy 0.918
 there against 0.817 at the end (docs/results.md).
 
-Args (comma-separated): `facts` for the world from before the cue (the
-README's earlier table), `small` for a smoke run of seconds (a 60-entity
-world; weak pico, strong micro), `scratch` for the no-pretraining ablation,
-`losses=A,B,...` (built-in names, or FILE.py:FUNCTION for a loss function
-of your own: docs/extending.md; default xent,logconf), `regions=K` for a K-class task (the home's region among K; default 2),
-`seeds=N` (fine-tuning seeds per pretraining draw), `pretrain_seeds=N` (pretraining
-draws: default 3, 1 with `small`), `lora=R` to fine-tune the strong model (W2S and ceiling) with
-rank-R adapters on q and v (`lora_lr=X`, default 3e-3; the weak model keeps
-full fine-tuning).
+Args (comma-separated): `weak=SIZE`, `strong=SIZE` (default pico, mini;
+other sizes name the run default-WEAK-STRONG), `losses=A,B,...` (built-in
+names, or FILE.py:FUNCTION for a loss function of your own: docs/extending.md;
+default xent,logconf), `seeds=N` (fine-tuning seeds per pretraining draw;
+default 5), `facts` for the world from before the cue (the README's earlier
+table), `small` for a smoke run of seconds (a 60-entity world; weak pico,
+strong micro), `scratch` for the no-pretraining ablation, `regions=K` for a
+K-class task (the home's region among K; default 2), `pretrain_seeds=N`
+(pretraining draws: default 3, 1 with `small`), `lora=R` to fine-tune the
+strong model (W2S and ceiling) with rank-R adapters on q and v (`lora_lr=X`,
+default 3e-3; the weak model keeps full fine-tuning). An arg given
+explicitly wins over `small`.
 """
 
 import dataclasses
 
 from w2s_jax.data import testbed
 from w2s_jax.infra.configs import parse_arg
-from w2s_jax.training.objectives import Loss
 from w2s_jax.training.train import OptimConfig
 from w2s_jax.w2s.experiment import ExperimentConfig
 
@@ -43,12 +45,11 @@ import common  # configs/common.py, beside this file
 def get_config(arg=None):
   arg = parse_arg(
     arg,
+    **common.BASIC_ARGS,
     facts=False,
     small=False,
     scratch=False,
     regions=2,
-    losses=("xent", "logconf"),
-    seeds=5,
     pretrain_seeds=0,
     lora=0,
     lora_lr=3e-3,
@@ -61,9 +62,9 @@ def get_config(arg=None):
   draws = arg.pretrain_seeds or (1 if arg.small else 3)
   cfg = ExperimentConfig(
     name="default",
-    seeds=tuple(range(arg.seeds)),
+    seeds=tuple(range(5)),
     pretrain_seeds=tuple(range(draws)),
-    losses=tuple(Loss.from_string(name) for name in arg.losses),
+    losses=common.losses_from(("xent", "logconf")),
     use_pretraining=not arg.scratch,
   )
   if arg.facts:
@@ -106,4 +107,4 @@ def get_config(arg=None):
       weak_finetune=cfg.finetune,
       finetune=dataclasses.replace(cfg.finetune, lora_rank=arg.lora, lr=arg.lora_lr),
     )
-  return cfg
+  return common.with_basic_args(cfg, arg)

@@ -10,7 +10,7 @@ weak seeds, or the weak LM's log-likelihood of the example's text (frequent
 entities, which the weak model is likelier to know, read as likelier). The
 selection keeps the weak labels' class balance. Expected: about 3 minutes.
 
-Args: seeds=N; `tiny` for a check of seconds (the 60-entity world, pico ->
+Args: `weak=SIZE`, `strong=SIZE`, `seeds=N`; `tiny` for a check of seconds (the 60-entity world, pico ->
 micro, no filter and two criteria at keep 0.5).
 """
 
@@ -30,7 +30,7 @@ KEEP_FRACS = (0.75, 0.5, 0.25)  # and 1.0: the unfiltered cell
 
 
 def get_config(arg=None) -> ExperimentConfig:
-  arg = parse_arg(arg, seeds=0, tiny=False)  # seeds 0: 5, or 2 with tiny
+  arg = _args(arg)
   cfg = ExperimentConfig(name="filtering", seeds=tuple(range(arg.seeds or (2 if arg.tiny else 5))))
   if arg.tiny:
     cfg = dataclasses.replace(
@@ -46,19 +46,25 @@ def get_config(arg=None) -> ExperimentConfig:
 
 
 def sweep(arg=None) -> SweepConfig:
-  base = get_config(arg)
+  base, arg = get_config(arg), _args(arg)
+  weak, strong = arg.weak or "pico", arg.strong or ("micro" if arg.tiny else "mini")
   if base.name == "filtering-tiny":
     return SweepConfig(
       base,
       tuple(
-        Cell("pico", "micro", Xent(), filter=f)
+        Cell(weak, strong, Xent(), filter=f)
         for f in (None, FilterConfig("confidence", 0.5), FilterConfig("likelihood", 0.5))
       ),
     )
-  cells = [Cell("pico", "mini", Xent())]
+  cells = [Cell(weak, strong, Xent())]
   cells += [
-    Cell("pico", "mini", Xent(), filter=FilterConfig(c, keep))
+    Cell(weak, strong, Xent(), filter=FilterConfig(c, keep))
     for c in CRITERIA
     for keep in KEEP_FRACS
   ]
   return SweepConfig(base, tuple(cells))
+
+
+def _args(arg):
+  # seeds 0: 5, or 2 with tiny; weak and strong: pico and mini, or pico and micro with tiny.
+  return parse_arg(arg, weak="", strong="", seeds=0, tiny=False)

@@ -22,10 +22,12 @@ Expected on a 2-core CPU: under 2 minutes with pretraining (about 1 minute
 of it), under 1 minute cached; test field accuracy Pweak 0.44, sft 0.74,
 ceiling 0.99, sft's PGR 0.54 [0.47, 0.60] (docs/generative.md has every table).
 
-Args (comma-separated): `small` for a seconds-long smoke run, `scratch` for
-the no-pretraining ablation, `seeds=N`, `format=NAME` (tasks/testbed_formats.FORMATS:
-city_region, city, two_facts, new_token), `losses=sft` (only sft, for the
-format ablation), `lr=X` (the fine-tuning rate of every stage). sweep():
+Args (comma-separated): `weak=SIZE`, `strong=SIZE` (default pico, mini;
+other sizes go in the run's name), `losses=A,B,...` (`losses=sft` for the
+format ablation), `seeds=N`, `small` for a seconds-long smoke run, `scratch`
+for the no-pretraining ablation, `format=NAME` (tasks/testbed_formats.FORMATS:
+city_region, city, two_facts, new_token), `lr=X` (the fine-tuning rate of
+every stage). sweep():
 kd_weight in {0, .25, .5, .75, 1} x gt_examples in {10, 30}, plus sft.
 """
 
@@ -36,7 +38,6 @@ from w2s_jax.tasks.generation import GenerationConfig
 from w2s_jax.training.combined import Combined
 from w2s_jax.training.generative_losses import ForwardKl, Jsd, ReverseKl, Sft
 from w2s_jax.training.live import Live
-from w2s_jax.training.objectives import Loss
 from w2s_jax.training.train import OptimConfig
 from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.w2s.grid import SweepConfig, grid
@@ -55,8 +56,9 @@ LOSSES = (
 
 def get_config(arg=None) -> ExperimentConfig:
   arg = parse_arg(
-    arg, small=False, scratch=False, seeds=0, format="city_region", losses="all", lr=0.0
-  )  # seeds 0: 5, or 2 with small; lr 0: 3e-4, 3e-3 with small, 1e-3 with scratch
+    arg, **common.BASIC_ARGS, small=False, scratch=False, format="city_region", lr=0.0
+  )  # seeds 0: 5, or 2 with small; losses (): LOSSES, or three with small;
+  # lr 0: 3e-4, 3e-3 with small, 1e-3 with scratch
   if arg.small and arg.scratch:
     raise ValueError(
       "configs/generative.py: config args small and scratch each set the fine-tuning "
@@ -69,7 +71,7 @@ def get_config(arg=None) -> ExperimentConfig:
     generation=GenerationConfig(format=arg.format),
     seeds=tuple(range(arg.seeds or (2 if arg.small else 5))),
     finetune=OptimConfig(steps=200, batch_size=32, lr=arg.lr or 3e-4, warmup_frac=0.05),
-    losses=LOSSES if arg.losses == "all" else (Loss.from_string(arg.losses),),
+    losses=LOSSES,
     use_pretraining=not arg.scratch,
   )
   if arg.scratch:
@@ -88,14 +90,11 @@ def get_config(arg=None) -> ExperimentConfig:
       strong_size="micro",
       pretrain=common.SMALL_PRETRAIN,
       finetune=OptimConfig(steps=30, batch_size=8, lr=arg.lr or 3e-3),  # an explicit lr wins
-      # An explicit `losses=NAME` stays; "all" is three losses here.
-      losses=(Sft(), ForwardKl(), Combined(kd_weight=0.5, gt_examples=8))
-      if arg.losses == "all"
-      else cfg.losses,
+      losses=(Sft(), ForwardKl(), Combined(kd_weight=0.5, gt_examples=8)),
       eval_batch_size=8,
       bootstrap_resamples=200,
     )
-  return cfg
+  return common.with_basic_args(cfg, arg)  # explicit args win over `small`
 
 
 def sweep(arg=None) -> SweepConfig:

@@ -18,8 +18,10 @@ Expected on a 2-core CPU with pretraining cached: about 7 minutes; median
 PGR over the 6 pairs combined 0.62, sft 0.57, forward_kl and live 0.42,
 reverse_kl -0.49 (README, "Generative sweeps"; the table in docs/generative.md).
 
-Args (comma-separated): `tiny` for a seconds-long grid (the kill test),
-`seeds=N`.
+Args (comma-separated): `sizes=A,B,...` (default SIZES below), `weak=A,B,...`
+(the weak sizes; default every pair), `losses=A,B,...` (generative losses:
+sft, forward_kl, reverse_kl, jsd, live, combined, or FILE.py:FUNCTION),
+`seeds=N`, `tiny` for a seconds-long grid (the kill test).
 """
 
 import dataclasses
@@ -47,7 +49,7 @@ LOSSES = (
 
 def get_config(arg=None) -> ExperimentConfig:
   """The base experiment every cell shares (configs/generative.py's, 3 seeds)."""
-  arg = parse_arg(arg, tiny=False, seeds=0)  # seeds 0: 3, or 2 with tiny
+  arg = _args(arg)
   cfg = ExperimentConfig(
     name="generative-sweep",
     generation=GenerationConfig(),
@@ -72,7 +74,12 @@ def get_config(arg=None) -> ExperimentConfig:
 
 def sweep(arg=None) -> SweepConfig:
   """The grid: every pair of SIZES with weak < strong, times LOSSES."""
-  base = get_config(arg)
-  if base.name.endswith("-tiny"):
-    return SweepConfig(base, tuple(grid(("pico", "micro"), (Sft(), LOSSES[3]))))
-  return SweepConfig(base, tuple(grid(SIZES, LOSSES)))
+  base, arg = get_config(arg), _args(arg)
+  sizes, losses = (("pico", "micro"), (Sft(), LOSSES[3])) if arg.tiny else (SIZES, LOSSES)
+  sizes, weak = common.sweep_pairs(arg, sizes)
+  losses = common.losses_from(arg.losses) if arg.losses else losses
+  return SweepConfig(base, tuple(grid(sizes, losses, weak_sizes=weak)))
+
+
+def _args(arg):
+  return parse_arg(arg, **common.SWEEP_ARGS, tiny=False)  # seeds 0: 3, or 2 with tiny

@@ -21,7 +21,8 @@ it, cached afterwards): Pweak 0.665, Pceiling 0.718, naive KD's PGR 0.29
 [-0.34, 0.94]; see the README for the table.
 
 Args (comma-separated): `files=DIR`, `seeds=N`, `weak=SIZE`, `strong=SIZE`,
-`pretrain_steps=N`, `finetune_steps=N`, `gt=N` (train_gt size), `tokenizer=bytes|bpe:N|PATH`, `small`
+`pretrain_steps=N`, `finetune_steps=N`, `gt=N` (train_gt size), `tokenizer=bytes|bpe:N|PATH`,
+`losses=A,B,...` (default xent,logconf; or FILE.py:FUNCTION), `small`
 (a minutes-long smoke run).
 """
 
@@ -45,6 +46,7 @@ def get_config(arg=None):
     tokenizer="bpe:4096",
     finetune_steps=0,  # 400, or 20 with small
     gt=0,  # 4000, or 256 with small
+    losses=(),  # (): xent,logconf
     small=False,
   )
   preset = lambda given, default, small: given or (small if arg.small else default)
@@ -78,4 +80,4 @@ def get_config(arg=None):
       eval_batch_size=32,
       bootstrap_resamples=200,
     )
-  return cfg
+  return common.with_losses(cfg, arg.losses)

@@ -21,7 +21,8 @@ model") for the measured table and time.
 
 Args (comma-separated): `files=DIR`, `models=DIR` (default runs/models),
 `seeds=N`, `weak=SIZE`, `gt=N`, `w2s=N`, `steps=N` (strong fine-tuning
-steps), `pooling=mean|cls`, `probe`, `small` (a smoke run: one seed, naive KD only, 64 examples per training split).
+steps), `pooling=mean|cls`, `probe`, `losses=A,B,...` (default xent,logconf;
+or FILE.py:FUNCTION), `small` (a smoke run: one seed, naive KD only, 64 examples per training split).
 """
 
 import dataclasses
@@ -46,6 +47,7 @@ def get_config(arg=None) -> ExperimentConfig:
     steps=0,  # 125, or 4 with small
     pooling="",
     probe=False,
+    losses=(),  # (): xent,logconf, or xent alone with small
     small=False,
   )
   preset = lambda given, default, small: given or (small if arg.small else default)
@@ -88,4 +90,4 @@ def get_config(arg=None) -> ExperimentConfig:
       eval_batch_size=32,
       bootstrap_resamples=200,
     )
-  return cfg
+  return common.with_losses(cfg, arg.losses)

@@ -15,9 +15,15 @@ the weak model's errors. Measured: 8 min 3 s on a 2-core CPU, pretraining
 included; naive KD's PGR 0.36 to 0.75, median PGR xent 0.62, logconf 0.54,
 product 0.57, combined 0.68 (the table and charts: docs/sweeps.md).
 
-Args (comma-separated): `facts` for the sweep of the world from before the
-cue (4 sizes, every pair, 3 seeds, as docs/sweeps.md's second table), `tiny`
-for a seconds-long grid (tests), `seeds=N`.
+Args (comma-separated): `sizes=A,B,...` (default SIZES below),
+`weak=A,B,...` (the weak sizes: default the two smallest, or every pair when
+`sizes=` leaves out both), `losses=A,B,...` (built-in names, or
+FILE.py:FUNCTION: docs/extending.md), `seeds=N`, `facts` for the sweep of
+the world from before the cue (4 sizes, every pair, 3 seeds, as
+docs/sweeps.md's second table), `tiny` for a seconds-long grid (tests).
+Pretrained models are cached in runs/cache (every entry point's `--cache`),
+so a sweep reuses what `configs/default.py` pretrained, and a rerun or a
+resumed sweep pretrains nothing.
 """
 
 import dataclasses
@@ -42,7 +48,7 @@ LOSSES = (Xent(), LogConf(), Product(), Combined(kd_weight=0.5, gt_examples=100)
 
 def get_config(arg=None) -> ExperimentConfig:
   """The base experiment every cell shares: world, pretraining, fine-tuning, seeds."""
-  arg = parse_arg(arg, tiny=False, facts=False, seeds=0)  # 0: the default count
+  arg = _args(arg)
   if arg.facts:
     cfg = ExperimentConfig(name="sweep-facts", seeds=tuple(range(arg.seeds or 3)))
   else:
@@ -70,10 +76,18 @@ def get_config(arg=None) -> ExperimentConfig:
 
 
 def sweep(arg=None) -> SweepConfig:
-  """The grid: weak < strong pairs of the sizes, times LOSSES."""
-  base = get_config(arg)
-  if base.name == "sweep-tiny":
-    return SweepConfig(base, tuple(grid(("pico", "micro", "mini"), (Xent(), LogConf()))))
-  if base.name == "sweep-facts":
-    return SweepConfig(base, tuple(grid(FACTS_SIZES, LOSSES)))
-  return SweepConfig(base, tuple(grid(SIZES, LOSSES, weak_sizes=WEAK_SIZES)))
+  """The grid: weak < strong pairs of the sizes, times the losses."""
+  base, arg = get_config(arg), _args(arg)
+  if arg.tiny:
+    sizes, weak, losses = ("pico", "micro", "mini"), None, (Xent(), LogConf())
+  elif arg.facts:
+    sizes, weak, losses = FACTS_SIZES, None, LOSSES
+  else:
+    sizes, weak, losses = SIZES, WEAK_SIZES, LOSSES
+  sizes, weak = common.sweep_pairs(arg, sizes, weak)
+  losses = common.losses_from(arg.losses) if arg.losses else losses
+  return SweepConfig(base, tuple(grid(sizes, losses, weak_sizes=weak)))
+
+
+def _args(arg):
+  return parse_arg(arg, **common.SWEEP_ARGS, tiny=False, facts=False)  # seeds 0: the default

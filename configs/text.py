@@ -36,7 +36,8 @@ default 3, or 2 with minilm, within 100-400 steps, or 50-125 with minilm),
 `weak_epochs=E` (default 3, within 100-400 steps), `pretrain_epochs=E`
 (the from-scratch models', over the train texts; default 2, within
 200-4,000 steps), `finetune_steps=N` / `pretrain_steps=N` (steps outright),
-`seeds=N`, `name=NAME` (default text-FOLDER-FILE-HASH: the train file's
+`seeds=N`, `losses=A,B,...` (default xent,logconf; built-in names, or
+FILE.py:FUNCTION: docs/extending.md), `name=NAME` (default text-FOLDER-FILE-HASH: the train file's
 folder and name and 8 hex digits of both files' contents, so two
 `train.jsonl` in different folders, or one edited, never share a run
 folder), `quick` (a first look at a file of a few hundred rows in about a
@@ -130,6 +131,7 @@ def get_config(arg=None):
     weak_epochs=0.0,
     pretrain_epochs=0.0,
     seeds=3,
+    losses=(),  # (): xent,logconf
     name="",
     small=False,
     quick=False,
@@ -225,7 +227,7 @@ def get_config(arg=None):
       cfg, name=cfg.name + "-quick", finetune=quick(cfg.finetune), note=QUICK_NOTE
     )
     weak = quick(weak)
-  return dataclasses.replace(cfg, weak_finetune=weak)
+  return common.with_losses(dataclasses.replace(cfg, weak_finetune=weak), arg.losses)
 
 
 def _sizes(task: TextTaskConfig) -> tuple[int, int]:

@@ -242,3 +242,51 @@ def test_explicit_args_win_over_the_small_preset():
   assert (sst2.text_task.gt_examples, sst2.strong_size, sst2.finetune.steps) == (100, "micro", 5)
   minilm = load("sst2_minilm.py:small,steps=9,gt=70")
   assert (minilm.finetune.steps, minilm.text_task.gt_examples) == (9, 70)
+
+
+def test_every_config_takes_the_basic_args(tmp_path):
+  """Issue 32: weak=, strong=, losses=, seeds= (a sweep's sizes= and weak=)
+  mean the same on every config where they make sense; other sizes name the
+  run, so it never shares a folder with the config's own pair."""
+  load = lambda spec: configs.load(str(ROOT / "configs" / spec))
+  sweep = lambda spec: configs.load_sweep(str(ROOT / "configs" / spec))
+  cfg = load("default.py:weak=micro,strong=96x2,losses=xent,product,seeds=2")
+  assert (cfg.weak_size, cfg.strong_size, cfg.seeds) == ("micro", "96x2", (0, 1))
+  assert [l.name for l in cfg.losses] == ["xent", "product"]
+  assert cfg.name == "default-micro-96x2" and load("default.py:weak=pico").name == "default"
+  small = load("default.py:small,strong=mini")  # an explicit arg wins over the preset
+  assert (small.weak_size, small.strong_size, small.name) == (
+    "pico",
+    "mini",
+    "default-small-pico-mini",
+  )
+  gen = load("generative.py:small,weak=nano,losses=sft,forward_kl")
+  assert gen.weak_size == "nano" and [l.name for l in gen.losses] == ["sft", "forward_kl"]
+  for spec in ("sst2.py", "sst2_minilm.py", "text.py:train=a.csv,test=b.csv"):
+    assert [
+      l.name for l in load(f"{spec},losses=kl" if ":" in spec else f"{spec}:losses=kl").losses
+    ] == ["kl"]
+  # Sweeps: sizes=, weak= (the weak sizes), losses=, seeds=.
+  grid = sweep("sweep.py:sizes=pico,mini,96x2,losses=xent,seeds=2")
+  assert {(c.weak, c.strong) for c in grid.cells} == {("pico", "mini"), ("pico", "96x2")}
+  assert {c.loss.name for c in grid.cells} == {"xent"} and grid.base.seeds == (0, 1)
+  grid = sweep("sweep.py:sizes=pico,micro,mini,weak=micro")
+  assert {(c.weak, c.strong) for c in grid.cells} == {("micro", "mini")}
+  grid = sweep("generative_sweep.py:sizes=pico,mini,losses=sft")
+  assert [(c.weak, c.strong, c.loss.name) for c in grid.cells] == [("pico", "mini", "sft")]
+  for spec in ("combined.py:weak=nano,strong=96x2", "filtering.py:weak=nano,strong=96x2"):
+    assert {(c.weak, c.strong) for c in sweep(spec).cells} == {("nano", "96x2")}
+  casc = load("cascade.py:weak=pico,strong=96x2,seeds=2")
+  assert (casc.weak_sizes, casc.strong_size, casc.name) == (("pico",), "96x2", "cascade-pico-96x2")
+  assert casc.classification.seeds == (0, 1)
+  # Named errors, before any compute.
+  with pytest.raises(ValueError, match="strong_size: model size 'bogus'"):
+    load("default.py:strong=bogus")
+  with pytest.raises(ValueError, match="loss 'nope'"):
+    load("default.py:losses=nope")
+  with pytest.raises(ValueError, match=r"weak_sizes \['micro'\]: expected a subset"):
+    sweep("sweep.py:sizes=pico,mini,weak=micro")
+  with pytest.raises(ValueError, match="sizes=pico,mini weak=mini: no weak size is smaller"):
+    sweep("sweep.py:sizes=pico,mini,weak=mini")
+  with pytest.raises(ValueError, match="'xent' does not apply to a generative task"):
+    sweep("generative_sweep.py:losses=xent")

@@ -134,6 +134,7 @@ class SweepConfig:
           decode_size(getattr(cell, field), vocab_size=1)
         except ValueError as e:
           raise ValueError(f"Cell.{field} in {cell}: {e}") from None
+      cell.loss.check_kind(self.base.generative, f"Cell.loss in {cell}")
       if self.ordered and size_order(cell.weak, imported) >= size_order(cell.strong, imported):
         raise ValueError(f"Cell weak={cell.weak!r} is not smaller than strong={cell.strong!r}")
       if cell.filter is not None:
