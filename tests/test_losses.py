@@ -428,3 +428,51 @@ def test_combined_objective_equals_weighted_classifier_objectives():
   assert float(aux["label_agreement"]) == float(weak_aux["label_agreement"])
   with pytest.raises(ValueError, match="alpha=1.5"):
     combined_classifier_objective(cfg, alpha=1.5)
+
+
+def _eleuther_balanced_logconf(logits, p1, step_frac, warmup_frac=0.1, aux_coef=0.5):
+  """EleutherAI/w2s's log_confidence_loss with balance_batch, in numpy: labels
+  as p(class 1), balanced in log-odds, hardened at the median of p0."""
+  logodds = np.log(p1 + 1e-7) - np.log(1 - p1 + 1e-7)
+  p1 = 1 / (1 + np.exp(-(logodds - logodds.mean())))
+  c = aux_coef * min(1.0, step_frac / warmup_frac)
+  p0 = np_softmax(logits)[:, 0]
+  tau = np.quantile(p0, 0.5, method="linear")
+  hard = np.stack([p0 >= tau, p0 < tau], -1).astype(np.float64)
+  return np_xent(logits, (1 - c) * np.stack([1 - p1, p1], -1) + c * hard)
+
+
+@pytest.mark.parametrize("batch", [6, 9, 32])
+def test_balanced_logconf_at_two_classes_is_eleuthers(batch):
+  rng = np.random.default_rng(100 + batch)
+  for trial in range(10):
+    logits = rng.normal(size=(batch, 2)).astype(np.float32) * (1 + trial % 3)
+    # Weak labels leaning to class 1, the imbalance balance_batch removes.
+    p1 = rng.beta(4, 1, size=batch) if trial % 2 else rng.integers(0, 2, batch).astype(float)
+    labels = np.stack([1 - p1, p1], -1).astype(np.float32)
+    for step_frac in (0.0, 0.05, 0.7):
+      got = losses.logconf(logits=logits, labels=labels, step_frac=step_frac, balance_batch=True)
+      expected = _eleuther_balanced_logconf(logits, p1.astype(np.float32), step_frac)
+      np.testing.assert_allclose(float(got), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_balanced_labels_and_hardening_for_k_classes():
+  """balanced_labels removes a class's lean over the batch (each class's mean
+  log-label equal); the balanced hardening gives every class 1/k of the batch."""
+  rng = np.random.default_rng(7)
+  batch, k = 36, 3
+  labels = rng.dirichlet([6.0, 1.0, 1.0], size=batch).astype(np.float32)  # class 0 favoured
+  balanced = np.asarray(losses.balanced_labels(labels=labels))
+  np.testing.assert_allclose(balanced.sum(1), 1.0, rtol=1e-6)
+  log_b = np.log(balanced)
+  centred = log_b - log_b.mean(1, keepdims=True)  # per-example log-ratios, free of the norm
+  np.testing.assert_allclose(centred.mean(0), 0.0, atol=1e-4)
+  assert labels.mean(0)[0] > 0.6 and abs(balanced.mean(0)[0] - 1 / k) < 0.1
+  logits = rng.normal(size=(batch, k)).astype(np.float32)
+  hard = np.asarray(
+    losses.hardened_predictions(logits=logits, labels=balanced, shares=np.full(k, 1 / k))
+  )
+  np.testing.assert_array_equal(hard.sum(0), [12, 12, 12])
+  # Balanced labels already balanced: balancing is the identity (up to eps).
+  even = np.full((batch, k), 1 / k, np.float32)
+  np.testing.assert_allclose(np.asarray(losses.balanced_labels(labels=even)), even, atol=1e-6)

@@ -3,6 +3,7 @@
 import dataclasses
 from typing import ClassVar
 
+from w2s_jax.infra.fingerprint import WHEN_SET
 from w2s_jax.training import losses
 from w2s_jax.training.objectives import ClassifierLoss, register
 
@@ -54,11 +55,14 @@ class Product(ClassifierLoss):
 class LogConf(ClassifierLoss):
   """Burns et al.'s auxiliary confidence loss: the labels mixed with the
   student's own hardened predictions, the mix ramping up to aux_coef over
-  the first warmup_frac of training."""
+  the first warmup_frac of training. balance_batch: EleutherAI/w2s's
+  balanced variant (losses.logconf)."""
 
   name: ClassVar[str] = "logconf"
   warmup_frac: float = 0.1
   aux_coef: float = 0.5
+  # Keys of runs without it stay as they were.
+  balance_batch: bool = dataclasses.field(default=False, metadata=WHEN_SET)
 
   def __post_init__(self):
     self._check("warmup_frac", 0 < self.warmup_frac <= 1, "in (0, 1]")
@@ -71,4 +75,5 @@ class LogConf(ClassifierLoss):
       step_frac=step_frac,
       warmup_frac=self.warmup_frac,
       aux_coef=self.aux_coef,
+      balance_batch=self.balance_batch,
     )

@@ -52,19 +52,28 @@ def logconf_coef(*, step_frac, warmup_frac=0.1, aux_coef=0.5):
   return aux_coef * ramp
 
 
-def hardened_predictions(*, logits, labels):
+def balanced_labels(*, labels, eps=1e-7):
+  """EleutherAI/w2s's `balance_batch`, for k classes: each class's label
+  log-probability centred over the batch, then renormalised per example. A
+  class the weak model favours across the batch loses that lean; for 2
+  classes this is sigmoid(logodds - mean(logodds)) exactly."""
+  log_labels = jnp.log(labels.astype(jnp.float32) + eps)
+  return jax.nn.softmax(log_labels - jnp.mean(log_labels, axis=0, keepdims=True), axis=-1)
+
+
+def hardened_predictions(*, logits, labels, shares=None):
   """The student's hard predictions, one-hot, with the labels' class balance.
 
-  Classes 1, ..., k-1 in turn each take a share of the batch, the mean of
-  their label column, from the examples not yet taken: those least likely
-  not to be that class (1 - p_c below the share's quantile among the
-  examples left); class 0 takes the rest. So every class but 0 gets its
-  share of the batch (within one example) and class 0 the remainder. For 2
-  classes this is Burns et al.'s rule exactly: [p0 >= tau, p0 < tau], tau
-  the quantile of p0 at mean(labels[:, 1]).
+  Classes 1, ..., k-1 in turn each take a share of the batch (`shares`, by
+  default the mean of each label column) from the examples not yet taken:
+  those least likely not to be that class (1 - p_c below the share's
+  quantile among the examples left); class 0 takes the rest. So every class
+  but 0 gets its share of the batch (within one example) and class 0 the
+  remainder. For 2 classes this is Burns et al.'s rule exactly: [p0 >= tau,
+  p0 < tau], tau the quantile of p0 at mean(labels[:, 1]).
   """
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  prior = jnp.mean(labels.astype(jnp.float32), axis=0)
+  prior = jnp.mean(labels.astype(jnp.float32), axis=0) if shares is None else shares
   batch, num_classes = probs.shape
   taken = jnp.zeros((batch,), bool)
   hard = [None] * num_classes
@@ -83,12 +92,18 @@ def hardened_predictions(*, logits, labels):
   return jax.lax.stop_gradient(jnp.stack(hard, axis=-1).astype(jnp.float32))
 
 
-def logconf(*, logits, labels, step_frac, warmup_frac=0.1, aux_coef=0.5):
+def logconf(*, logits, labels, step_frac, warmup_frac=0.1, aux_coef=0.5, balance_batch=False):
   """Auxiliary confidence loss of Burns et al. (2023): cross-entropy against
   the labels mixed with the student's hardened predictions (any number of
-  classes; hardened_predictions keeps the labels' class balance)."""
+  classes; hardened_predictions keeps the labels' class balance). With
+  balance_batch (EleutherAI/w2s), the labels are balanced_labels and the
+  hardening gives every class an equal share of the batch."""
   c = logconf_coef(step_frac=step_frac, warmup_frac=warmup_frac, aux_coef=aux_coef)
-  hard = hardened_predictions(logits=logits, labels=labels)
+  shares = None
+  if balance_batch:
+    labels = balanced_labels(labels=labels)
+    shares = jnp.full((labels.shape[-1],), 1.0 / labels.shape[-1], jnp.float32)
+  hard = hardened_predictions(logits=logits, labels=labels, shares=shares)
   return _soft_xent(logits, (1.0 - c) * labels + c * hard)
 
 
