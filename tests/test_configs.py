@@ -290,3 +290,16 @@ def test_every_config_takes_the_basic_args(tmp_path):
     sweep("sweep.py:sizes=pico,mini,weak=mini")
   with pytest.raises(ValueError, match="'xent' does not apply to a generative task"):
     sweep("generative_sweep.py:losses=xent")
+
+
+def test_quick_with_minilm_keeps_minilms_rates(tmp_path):
+  """`quick` sets from-scratch rates (1e-3); MiniLM's body keeps its own
+  (3e-5), with a few epochs instead of quick's 20, and the note says so."""
+  train = tmp_path / "train.csv"
+  train.write_text("text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(600)))
+  spec = f"{ROOT / 'configs/text.py'}:train={train},test={train},quick"
+  scratch, minilm = configs.load(spec), configs.load(spec + ",strong=minilm")
+  assert scratch.finetune.lr == 1e-3 and minilm.finetune.lr == 3e-5
+  assert minilm.weak_finetune.lr == 1e-3  # the from-scratch weak model: quick's rate
+  assert minilm.finetune.steps == 57  # 3 epochs of the 300-row split at batch 16
+  assert "strong=minilm" in minilm.note and "strong=minilm" not in scratch.note
