@@ -313,6 +313,9 @@ def _loss_fns():
     "product": lambda lg, lb: losses.product(logits=lg, labels=lb, alpha=0.7, beta=1.5),
     "logconf_warm": lambda lg, lb: losses.logconf(logits=lg, labels=lb, step_frac=0.05),
     "logconf_late": lambda lg, lb: losses.logconf(logits=lg, labels=lb, step_frac=0.9),
+    "window": lambda lg, lb: losses.window(logits=lg, labels=lb, radius=0.4),
+    "entropy": lambda lg, lb: losses.entropy(logits=lg, labels=lb, step_frac=0.9),
+    "adaptconf": lambda lg, lb: losses.adaptconf(logits=lg, labels=lb),
   }
 
 
@@ -476,3 +479,97 @@ def test_balanced_labels_and_hardening_for_k_classes():
   # Balanced labels already balanced: balancing is the identity (up to eps).
   even = np.full((batch, k), 1 / k, np.float32)
   np.testing.assert_allclose(np.asarray(losses.balanced_labels(labels=even)), even, atol=1e-6)
+
+
+# ---------------------------------------------------------------- window, entropy, adaptconf
+
+
+def _eleuther_window(logits, p1, radius):
+  """EleutherAI/w2s's confidence_window_loss in numpy (labels as p(class 1))."""
+  probs = np_softmax(logits)
+  unsure = probs.max(-1) < 0.5 + radius
+  target = np.stack([1 - p1, p1], -1).astype(np.float64)
+  rows = -np.sum(target * np_log_softmax(logits), -1)
+  return float(rows[unsure].sum() / len(logits))
+
+
+@pytest.mark.parametrize("radius", [0.05, 0.15, 0.3])
+def test_window_at_two_classes_is_eleuthers(radius):
+  rng = np.random.default_rng(int(radius * 100))
+  logits = rng.normal(size=(40, 2)).astype(np.float32) * 2
+  p1 = rng.uniform(size=40).astype(np.float32)
+  labels = np.stack([1 - p1, p1], -1)
+  got = float(losses.window(logits=logits, labels=labels, radius=radius))
+  expected = _eleuther_window(logits, p1, radius)
+  assert expected > 0 and np.sum(np_softmax(logits).max(-1) >= 0.5 + radius) > 0
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_window_limits_and_k_classes():
+  """A window as wide as the simplex is naive KD; a confident example adds
+  nothing; for k classes the window starts at 1/k."""
+  probs = np.array([[0.5, 0.3, 0.2], [0.36, 0.34, 0.30], [0.9, 0.05, 0.05]], np.float32)
+  labels = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]], np.float32)
+  logits = np.log(probs)
+  wide = float(losses.window(logits=logits, labels=labels, radius=1.0))
+  np.testing.assert_allclose(wide, np_xent(logits, labels), rtol=1e-5)
+  # radius 0.1: the window is p_max < 1/3 + 0.1 = 0.433; only row 1 (0.36) is in it.
+  got = float(losses.window(logits=logits, labels=labels, radius=0.1))
+  np.testing.assert_allclose(got, -np.log(0.36) / 3, rtol=1e-5)
+
+
+def test_entropy_loss_by_hand():
+  c = 0.75 * min(1.0, 0.05 / 0.1)
+  p = np_softmax(LOGITS)
+  h = -np.mean(np.sum(p * np.log(p), -1))
+  expected = (1 - c) * np_xent(LOGITS, LABELS) + c * h
+  got = float(losses.entropy(logits=LOGITS, labels=LABELS, step_frac=0.05))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  # Before the ramp it is naive KD; its gradient pushes the student to commit.
+  at0 = float(losses.entropy(logits=LOGITS, labels=LABELS, step_frac=0.0))
+  np.testing.assert_allclose(at0, np_xent(LOGITS, LABELS), rtol=1e-6)
+  even = np.full((2, 2), 0.5, np.float32)
+  z = np.array([[0.3, 0.0], [0.0, 0.3]], np.float32)
+  g = np.asarray(jax.grad(lambda z: losses.entropy(logits=z, labels=even, step_frac=1.0))(z))
+  # Two classes, by hand: d xent/dz0 = (p0 - y0) / B, dH/dz0 = -p0 p1 (z0 - z1) / B.
+  p0 = np_softmax(z)[0, 0]
+  expected = 0.25 * (p0 - 0.5) / 2 + 0.75 * (-p0 * (1 - p0) * 0.3) / 2
+  np.testing.assert_allclose(g[0, 0], expected, rtol=1e-5)
+  assert g[0, 0] < 0  # the entropy term outweighs the even labels: the leading logit grows
+
+
+def test_adaptconf_limits_and_weights():
+  """beta = 0 is naive KD, beta = 1 self-training on the student's own hard
+  labels; the adaptive beta trusts whichever of the two is surer."""
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(16, 3)).astype(np.float32) * 2
+  labels = rng.dirichlet(np.ones(3), size=16).astype(np.float32)
+  kd = float(losses.adaptconf(logits=logits, labels=labels, beta=0.0))
+  np.testing.assert_allclose(kd, float(losses.xent(logits=logits, labels=labels)), rtol=1e-6)
+  own = np.eye(3)[np.argmax(logits, -1)]
+  self_train = float(losses.adaptconf(logits=logits, labels=labels, beta=1.0))
+  np.testing.assert_allclose(self_train, np_xent(logits, own), rtol=1e-5)
+  # By hand: a sure weak label and an unsure student keep the weak label.
+  logits = np.log(np.array([[0.4, 0.6], [0.95, 0.05]], np.float32))
+  labels = np.array([[0.99, 0.01], [0.55, 0.45]], np.float32)
+  beta = np.asarray(losses.adaptconf_weights(logits=logits, labels=labels))
+  u_s, u_w = -np.log([0.6, 0.95]), -np.log([0.99, 0.55])
+  np.testing.assert_allclose(beta, np.exp(u_w) / (np.exp(u_w) + np.exp(u_s)), rtol=1e-5)
+  assert beta[0] < 0.5 < beta[1]
+  target = (1 - beta[:, None]) * labels + beta[:, None] * np.array([[0, 1], [1, 0]])
+  got = float(losses.adaptconf(logits=logits, labels=labels))
+  np.testing.assert_allclose(got, np_xent(logits, target), rtol=1e-5)
+
+
+def test_new_losses_are_registered_with_checked_fields():
+  from w2s_jax.training.classifier_losses import AdaptConf, Entropy, Window
+
+  assert {"window", "entropy", "adaptconf"} <= set(objectives.known_losses("classification"))
+  assert objectives.Loss.from_string("adaptconf") == AdaptConf()
+  for bad, needle in (
+    (lambda: Window(radius=0.0), "Window.radius=0.0"),
+    (lambda: Entropy(aux_coef=2.0), "Entropy.aux_coef=2.0"),
+    (lambda: AdaptConf(beta=1.5), "AdaptConf.beta=1.5"),
+  ):
+    with pytest.raises(ValueError, match=needle):
+      bad()

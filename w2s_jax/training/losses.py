@@ -107,6 +107,54 @@ def logconf(*, logits, labels, step_frac, warmup_frac=0.1, aux_coef=0.5, balance
   return _soft_xent(logits, (1.0 - c) * labels + c * hard)
 
 
+def window(*, logits, labels, radius=0.15):
+  """EleutherAI/w2s's confidence window: cross-entropy against the labels on
+  the examples where the student is unsure (its top probability below
+  1/k + radius), summed and divided by the whole batch; confident examples
+  contribute nothing. For 2 classes the window is p_max < 0.5 + radius."""
+  probs = jax.lax.stop_gradient(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+  unsure = jnp.max(probs, axis=-1) < 1.0 / probs.shape[-1] + radius
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  per_example = -jnp.sum(jax.lax.stop_gradient(labels) * logp, axis=-1)
+  return jnp.sum(jnp.where(unsure, per_example, 0.0)) / logits.shape[0]
+
+
+def entropy(*, logits, labels, step_frac, warmup_frac=0.1, aux_coef=0.75):
+  """EleutherAI/w2s's log-entropy loss: logconf with the student's entropy in
+  place of its hardened quasi-entropy, (1 - c) * xent(labels) + c * H(student),
+  c ramping to aux_coef over warmup_frac. Minimising H pushes the student to
+  commit, as logconf's hardened term does, without a batch quantile."""
+  c = logconf_coef(step_frac=step_frac, warmup_frac=warmup_frac, aux_coef=aux_coef)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  student_entropy = -jnp.mean(jnp.sum(jnp.exp(logp) * logp, axis=-1))
+  return (1.0 - c) * _soft_xent(logits, labels) + c * student_entropy
+
+
+def adaptconf_weights(*, logits, labels):
+  """AdaptConf's per-example beta(x) (Guo et al. 2024, arXiv 2402.03749): how
+  much to trust the student's own hard prediction over the weak label,
+  exp(u_w) / (exp(u_w) + exp(u_s)), u = -log of a distribution's top
+  probability (its cross-entropy against its own hardened prediction). An
+  unsure weak label (u_w large) hands the example to the student; an unsure
+  student (u_s large) keeps the weak label. Held constant."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  u_student = -jnp.max(logp, axis=-1)
+  u_weak = -jnp.log(jnp.max(labels.astype(jnp.float32), axis=-1) + 1e-12)
+  return jax.lax.stop_gradient(jax.nn.sigmoid(u_weak - u_student))
+
+
+def adaptconf(*, logits, labels, beta=None):
+  """Cross-entropy against (1 - beta) * labels + beta * the student's own
+  one-hot prediction, per example; beta None: adaptconf_weights (AdaptConf).
+  beta = 0 is naive KD, beta = 1 self-training on the student's own labels."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  own = jax.nn.one_hot(jnp.argmax(probs, axis=-1), probs.shape[-1], dtype=jnp.float32)
+  if beta is None:
+    beta = adaptconf_weights(logits=logits, labels=labels)
+  beta = jnp.broadcast_to(jnp.asarray(beta, jnp.float32), probs.shape[:1])[:, None]
+  return _soft_xent(logits, (1.0 - beta) * labels + beta * own)
+
+
 def combined(*, weak_logits, weak_labels, gt_logits, gt_labels, alpha):
   """alpha * KD on a weak-labelled batch + (1 - alpha) * xent on a ground-truth batch."""
   return alpha * xent(logits=weak_logits, labels=weak_labels) + (1.0 - alpha) * xent(
