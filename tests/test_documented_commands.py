@@ -244,7 +244,9 @@ COVERED = [
     Covered(
       "tests/test_ray_sweep.py::test_rows_equal_the_local_executors_and_the_driver_alone_writes",
       "configs/sweep.py:tiny on a local Ray cluster of two worker nodes, its rows compared "
-      "with the local executor's; a GPU cluster and a TPU pod are not here",
+      "with the local executor's (-m slow; the default suite runs cells on that cluster "
+      "through test_a_cell_that_raises_is_recorded_as_failed_and_the_others_finish); a GPU "
+      "cluster and a TPU pod are not here",
     ),
   ),
   (
@@ -479,6 +481,30 @@ SLOW_VARIANTS = {
   r"^python experiments/sweep\.py --config configs/gpt2_sst2\.py:models=\$W2S_MODELS$": (
     "imported GPT-2 checkpoints through the pipeline: tests/test_text_pipeline.py; "
     "a sweep over imported models: configs/pythia_boolq.py's documented run"
+  ),
+  # CI's 20 minutes (issue 32's review): the heaviest quick forms, each with its base covered.
+  r"^python experiments/sweep\.py --config configs/sweep\.py$": (
+    "the sweep engine on the same world: configs/sweep.py:facts's documented run and "
+    "tests/test_sweep.py (its tiny config, resumed and rerun)"
+  ),
+  r"^python experiments/sweep\.py --config configs/generative_sweep\.py$": (
+    "generative cells: tests/test_gen_pipeline.py; the sweep engine: configs/sweep.py:facts"
+  ),
+  r"configs/text\.py:train=train\.jsonl,test=dev\.jsonl,text=sentence,label=y$": (
+    "the same file with `quick` (the next documented command) and "
+    "tests/test_text_pipeline.py::test_pipeline_on_text_files"
+  ),
+  r"configs/sst2_minilm\.py:files=DIR$": (
+    "MiniLM's import and parity: tests/test_encoder.py; imported checkpoints through the "
+    "pipeline: tests/test_text_pipeline.py::test_pipeline_with_imported_checkpoints"
+  ),
+  r"^python tools/bench_live\.py$": "the live step itself: tests/test_live.py",
+  r"^python tools/sweep_report\.py runs/sweeps/(sweep|generative-sweep)$": (
+    "it reads the sweep documented before it (-m slow); sweep_report runs on "
+    "runs/sweeps/sweep-facts and the other sweeps"
+  ),
+  r"^python experiments/filter_corpus\.py$": (
+    "the pool filter: tests/test_selection.py::test_likelihood_filtering_removes_planted_bad_documents"
   ),
   r"^python experiments/sweep\.py --config configs/generative_curation\.py$": (
     "the generative filters through the W2S stage: tests/test_weak_curation.py "

@@ -194,6 +194,7 @@ def _growth(config: str, tmp_path, **env) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # three minutes; the per-step path: test_kept_memory_is_not_faulted_in_again_each_step
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_a_long_mixed_run_in_one_process_does_not_grow_with_kept_memory(tmp_path):
   """Three runs of a small text experiment (pretraining, weak training,

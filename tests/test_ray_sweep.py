@@ -102,6 +102,7 @@ def audited_cluster(tmp_path_factory):
   cluster.shutdown()
 
 
+@pytest.mark.slow  # four minutes; Ray runs cells in the default suite through the failure tests
 def test_rows_equal_the_local_executors_and_the_driver_alone_writes(
   local, audited_cluster, tmp_path
 ):
