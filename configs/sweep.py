@@ -20,7 +20,9 @@ Args (comma-separated): `sizes=A,B,...` (default SIZES below),
 `sizes=` leaves out both), `losses=A,B,...` (built-in names, or
 FILE.py:FUNCTION: docs/extending.md), `seeds=N`, `facts` for the sweep of
 the world from before the cue (4 sizes, every pair, 3 seeds, as
-docs/sweeps.md's second table), `tiny` for a seconds-long grid (tests).
+docs/sweeps.md's second table), `tiny` for a seconds-long grid (tests),
+`bootstrap` to add, beside each cell, the same cell bootstrapped through
+every size between its weak and strong ones (Burns et al. section 4.3.1).
 Pretrained models are cached in runs/cache (every entry point's `--cache`),
 so a sweep reuses what `configs/default.py` pretrained, and a rerun or a
 resumed sweep pretrains nothing.
@@ -86,8 +88,9 @@ def sweep(arg=None) -> SweepConfig:
     sizes, weak, losses = SIZES, WEAK_SIZES, LOSSES
   sizes, weak = common.sweep_pairs(arg, sizes, weak)
   losses = common.losses_from(arg.losses) if arg.losses else losses
-  return SweepConfig(base, tuple(grid(sizes, losses, weak_sizes=weak)))
+  return SweepConfig(base, tuple(grid(sizes, losses, weak_sizes=weak, bootstrap=arg.bootstrap)))
 
 
 def _args(arg):
-  return parse_arg(arg, **common.SWEEP_ARGS, tiny=False, facts=False)  # seeds 0: the default
+  # seeds 0: the default count
+  return parse_arg(arg, **common.SWEEP_ARGS, tiny=False, facts=False, bootstrap=False)

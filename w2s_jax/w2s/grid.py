@@ -1,4 +1,5 @@
-"""A sweep's grid: cells of (weak size, strong size, loss, fine-tune, filter).
+"""A sweep's grid: cells of (weak size, strong size, loss, fine-tune, filter,
+and the intermediate sizes a bootstrapping cell passes its labels through).
 
 `SweepConfig(base, cells)` is checked whole before any compute: sizes that
 exist and compare (imported checkpoints by their parameter count), no
@@ -10,7 +11,7 @@ import dataclasses
 
 from w2s_jax.curation import weak_curation
 from w2s_jax.curation.selection import FilterConfig
-from w2s_jax.infra.fingerprint import digest
+from w2s_jax.infra.fingerprint import WHEN_SET, digest
 from w2s_jax.models import hf_import
 from w2s_jax.models.model_config import decode_size
 from w2s_jax.training.classifier_losses import Xent
@@ -28,6 +29,12 @@ class Cell:
   loss: Loss = Xent()
   finetune: OptimConfig | None = None  # None: the sweep's base fine-tune config
   filter: FilterConfig | None = None  # None: train on every weak-labelled example
+  # Bootstrapping (Burns et al. 2023, section 4.3.1): each of these sizes in
+  # turn learns train_w2s from the labels so far (with the cell's loss) and
+  # relabels it for the next; the strong model learns the last labels. ()
+  # is naive W2S; (strong,) the strong-to-strong iteration. Pweak stays the
+  # weak model's own.
+  via: tuple[str, ...] = dataclasses.field(default=(), metadata=WHEN_SET)
 
   @property
   def id(self) -> str:
@@ -42,6 +49,8 @@ class Cell:
       parts.append(self.filter.tag)
     if self.finetune is not None:
       parts.append(f"finetune={self.finetune}")
+    if self.via:
+      parts.append("via " + ">".join(self.via))
     return ", ".join(parts)
 
 
@@ -70,16 +79,33 @@ def pairs(sizes, pretrained_dirs=(), weak_sizes=None) -> list[tuple[str, str]]:
 
 
 def grid(
-  sizes, losses, finetunes=(None,), filters=(None,), pretrained_dirs=(), weak_sizes=None
+  sizes,
+  losses,
+  finetunes=(None,),
+  filters=(None,),
+  pretrained_dirs=(),
+  weak_sizes=None,
+  bootstrap=False,
 ) -> list[Cell]:
-  """The product of pairs(sizes, weak_sizes=...), losses, fine-tune configs and filters."""
-  return [
-    Cell(w, s, loss, ft, flt)
-    for w, s in pairs(sizes, pretrained_dirs, weak_sizes)
-    for loss in losses
-    for ft in finetunes
-    for flt in filters
-  ]
+  """The product of pairs(sizes, weak_sizes=...), losses, fine-tune configs
+  and filters; with bootstrap, also each such cell passed through every size
+  between its weak and strong ones (bootstrap_chain), where there is one."""
+  cells = []
+  for w, s in pairs(sizes, pretrained_dirs, weak_sizes):
+    chain = bootstrap_chain(sizes, w, s, pretrained_dirs) if bootstrap else ()
+    for via in ((), chain) if chain else ((),):
+      cells += [
+        Cell(w, s, loss, ft, flt, via) for loss in losses for ft in finetunes for flt in filters
+      ]
+  return cells
+
+
+def bootstrap_chain(sizes, weak: str, strong: str, pretrained_dirs=()) -> tuple[str, ...]:
+  """The sizes strictly between weak and strong, smallest first: Burns et
+  al.'s bootstrapping path through the sweep's own sizes."""
+  lo, hi = size_order(weak, pretrained_dirs), size_order(strong, pretrained_dirs)
+  between = [x for x in sizes if lo < size_order(x, pretrained_dirs) < hi]
+  return tuple(sorted(between, key=lambda x: size_order(x, pretrained_dirs)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,13 +153,19 @@ class SweepConfig:
       raise ValueError("SweepConfig.cells has duplicates")
     imported = self.base.pretrained_dirs
     for cell in self.cells:
-      for field in ("weak", "strong"):
-        if getattr(cell, field) in dict(imported):
+      for field, size in (
+        ("weak", cell.weak),
+        ("strong", cell.strong),
+        *(("via", v) for v in cell.via),
+      ):
+        if size in dict(imported):
           continue
         try:
-          decode_size(getattr(cell, field), vocab_size=1)
+          decode_size(size, vocab_size=1)
         except ValueError as e:
           raise ValueError(f"Cell.{field} in {cell}: {e}") from None
+      if cell.via:
+        _check_chain(cell, self.base, imported)
       cell.loss.check_kind(self.base.generative, f"Cell.loss in {cell}")
       if self.ordered and size_order(cell.weak, imported) >= size_order(cell.strong, imported):
         raise ValueError(f"Cell weak={cell.weak!r} is not smaller than strong={cell.strong!r}")
@@ -146,6 +178,23 @@ class SweepConfig:
           )
         except ValueError as e:
           raise ValueError(f"Cell.filter in {cell}: {e}") from None
+
+
+def _check_chain(cell: Cell, base: ExperimentConfig, imported) -> None:
+  """A bootstrapping chain: classification, each model at least as large as
+  the one before it, the first larger than the weak model."""
+  if base.generative:
+    raise ValueError(
+      f"Cell.via={cell.via!r}: bootstrapping relabels train_w2s with class "
+      "probabilities: expected a classification task (the task is generative)"
+    )
+  order = [size_order(x, imported) for x in (cell.weak, *cell.via, cell.strong)]
+  if not (order[0] < order[1] and all(a <= b for a, b in zip(order[1:], order[2:]))):
+    raise ValueError(
+      f"Cell.via={cell.via!r} between weak={cell.weak!r} and strong={cell.strong!r}: "
+      "expected sizes larger than the weak model, none smaller than the one before "
+      "it, none larger than the strong model"
+    )
 
 
 def single_cell_sweep(cfg: ExperimentConfig) -> SweepConfig:

@@ -146,6 +146,7 @@ class CellStage:
       for stage in (
         Pretrain(cell.weak, draw),
         Pretrain(cell.strong, draw),
+        *(Pretrain(size, draw) for size in dict.fromkeys(cell.via) if size != cell.strong),
         Weak(cell.weak, draw),
         Ceiling(cell.strong, draw),
       )

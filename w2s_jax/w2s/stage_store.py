@@ -171,6 +171,8 @@ class Engine:
     runs = []
     for draw, draw_parts in self.draws.items():
       weak = self.weak(cell.weak, draw, with_params=cell.loss.needs_teacher)
+      for size in cell.via:  # bootstrapping: each model relabels train_w2s for the next
+        weak = stages.relabel_stage(draw_parts, size, weak, cell.loss, cell.finetune)
       ceiling = self.ceiling(cell.strong, draw)
       w2s = stages.w2s_stage(
         draw_parts, cell.strong, weak, cell.loss, cell.finetune, cell.filter, weak_size=cell.weak

@@ -275,6 +275,41 @@ def ceiling_stage(parts: Parts, size: str) -> Evaluated:
   return Evaluated(scores, answers=answers, curve=curves.to_arrays(curve))
 
 
+def relabel_stage(
+  parts: Parts,
+  size: str,
+  weak: WeakStage,
+  loss: Loss,
+  finetune_cfg: OptimConfig | None = None,
+) -> WeakStage:
+  """One bootstrapping step (Burns et al. 2023, section 4.3.1): model `size`
+  learns train_w2s from the supervision so far with `loss`, per seed, and its
+  predictions become the next model's labels.
+
+  Returns:
+    WeakStage: the new labels with their accuracy on train_w2s; everything
+    else (Pweak's scores, the answers agreement is measured against, the
+    curve) is the original weak model's, so PGR stays relative to it.
+  """
+  if parts.generative:
+    raise ValueError(
+      f"bootstrapping via {size!r}: expected a classification task (relabelling "
+      "train_w2s with class probabilities); the task is generative"
+    )
+  params, _ = parts.trainer.tune(
+    size,
+    parts.trainer.supervised("train_w2s", weak.labels, size=size),
+    loss,
+    f"bootstrap {size} on the labels so far ({loss.tag})",
+    finetune_cfg,
+  )
+  labels = parts.evaluator.predict(size, params, "train_w2s")
+  truth = parts.task.splits["train_w2s"]["labels"]
+  return dataclasses.replace(
+    weak, labels=labels, label_accuracy=metrics.correct(probs=labels, labels=truth).mean(1)
+  )
+
+
 def w2s_stage(
   parts: Parts,
   strong: str,

@@ -1,0 +1,78 @@
+"""The W2S methods beyond a loss (issue 33): bootstrapping through
+intermediate models, on the tiny testbed sweep."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from w2s_jax.infra import configs
+from w2s_jax.training.classifier_losses import Xent
+from w2s_jax.w2s import engine
+from w2s_jax.w2s.grid import Cell, SweepConfig, bootstrap_chain, grid
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs/sweep.py") + ":tiny,seeds=2"
+
+
+def test_bootstrap_chains_come_from_the_sweeps_sizes():
+  sizes = ("mini", "pico", "nano", "micro")
+  assert bootstrap_chain(sizes, "pico", "mini") == ("nano", "micro")
+  assert bootstrap_chain(sizes, "pico", "nano") == ()
+  cells = grid(sizes, [Xent()], bootstrap=True)
+  chained = {(c.weak, c.strong): c.via for c in cells if c.via}
+  assert chained == {
+    ("pico", "micro"): ("nano",),
+    ("pico", "mini"): ("nano", "micro"),
+    ("nano", "mini"): ("micro",),
+  }
+  assert len(cells) == 6 + 3
+  # One step, weak straight to strong, is naive W2S: the very same cell.
+  assert Cell("pico", "mini", Xent(), via=()).id == Cell("pico", "mini", Xent()).id
+  assert Cell("pico", "mini", Xent(), via=("micro",)).label == "xent, via micro"
+  swept = configs.load_sweep(str(ROOT / "configs/sweep.py") + ":tiny,bootstrap")
+  assert {c.via for c in swept.cells} == {(), ("micro",)}
+
+
+def test_a_chain_is_checked_before_compute():
+  base = configs.load_sweep(TINY).base
+  for via, needle in (
+    (("pico",), "expected sizes larger than the weak model"),
+    (("mini", "micro"), "none smaller than the one before"),
+    (("bogus",), "Cell.via in"),
+  ):
+    with pytest.raises(ValueError, match=needle):
+      SweepConfig(base, (Cell("pico", "mini", Xent(), via=via),))
+  generative = configs.load_sweep(str(ROOT / "configs/generative_sweep.py") + ":tiny").base
+  with pytest.raises(ValueError, match="expected a classification task"):
+    SweepConfig(generative, (Cell("pico", "micro", generative.losses[0], via=("micro",)),))
+
+
+def test_bootstrapping_relabels_for_the_next_model_and_keeps_pweak(tmp_path):
+  """pico -> micro -> mini against naive pico -> mini, and the strong-to-strong
+  iteration pico -> micro -> fresh micro. The chain's first hop is the same
+  training in both chained cells (micro on pico's labels, the same seeds), so
+  their labels' accuracy on train_w2s is equal; Pweak and the ceiling are the
+  weak and strong models' own, as in naive W2S."""
+  base = configs.load_sweep(TINY).base
+  naive = Cell("pico", "mini", Xent())
+  chained = Cell("pico", "mini", Xent(), via=("micro",))
+  iterated = Cell("pico", "micro", Xent(), via=("micro",))
+  out = engine.run_sweep(
+    SweepConfig(base, (naive, chained, iterated)),
+    out_dir=tmp_path / "s",
+    cache_dir=tmp_path / "c",
+    progress=False,
+  )
+  rec = {r["id"]: r for r in out.records}
+  n, c, i = (rec[x.id] for x in (naive, chained, iterated))
+  key = next(iter(n["per_seed"]))
+  for field in ("weak", "ceiling"):
+    np.testing.assert_array_equal(n["per_seed"][key][field], c["per_seed"][key][field])
+  np.testing.assert_array_equal(n["per_seed"][key]["weak"], i["per_seed"][key]["weak"])
+  # The labels the strong models learn: pico's for naive W2S, micro's after a hop.
+  np.testing.assert_array_equal(c["weak_label_accuracy"], i["weak_label_accuracy"])
+  assert not np.array_equal(n["weak_label_accuracy"], c["weak_label_accuracy"])
+  # A different teacher, a different student (on some split: 20 examples each).
+  assert any(n["per_seed"][k]["w2s"] != c["per_seed"][k]["w2s"] for k in n["per_seed"])
+  assert c["label"] == "xent, via micro"
