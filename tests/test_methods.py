@@ -76,3 +76,46 @@ def test_bootstrapping_relabels_for_the_next_model_and_keeps_pweak(tmp_path):
   # A different teacher, a different student (on some split: 20 examples each).
   assert any(n["per_seed"][k]["w2s"] != c["per_seed"][k]["w2s"] for k in n["per_seed"])
   assert c["label"] == "xent, via micro"
+
+
+def test_an_ensemble_of_copies_of_one_model_is_that_model_and_pweak_is_its_own(tmp_path):
+  """Issue 33: k copies of pico supervise exactly as pico does (the same
+  record, number for number); pico + micro's Pweak is the ensemble's own
+  accuracy, checked against the two weak stages' stored probabilities."""
+  base = configs.load_sweep(TINY).base
+  alone = Cell("pico", "mini", Xent())
+  copies = Cell("pico", "mini", Xent(), ensemble=("pico", "pico"))
+  mixed = Cell("pico", "mini", Xent(), ensemble=("micro",))
+  assert mixed.label == "xent, ensemble pico+micro" and mixed.sizes == ("pico", "micro", "mini")
+  out = engine.run_sweep(
+    SweepConfig(base, (alone, copies, mixed)),
+    out_dir=tmp_path / "s",
+    cache_dir=tmp_path / "c",
+    progress=False,
+  )
+  rec = {r["id"]: r for r in out.records}
+  a, k, m = (rec[x.id] for x in (alone, copies, mixed))
+  assert a["per_seed"] == k["per_seed"] and a["summary"] == k["summary"]
+  assert a["weak_label_accuracy"] == k["weak_label_accuracy"] and a["misfit"] == k["misfit"]
+  # The mixed ensemble's Pweak, by hand from the two stored weak stages: the
+  # truth from pico's answers and whether each was right (2 classes).
+  shared = tmp_path / "s" / "shared" / "pretrain0"
+  pico, micro = (np.load(shared / f"weak-{size}.npz") for size in ("pico", "micro"))
+  for split, per_seed in m["per_seed"].items():
+    answer, right = pico[f"answers:{split}"][..., 0], pico[f"eval:{split}"] == 1
+    truth = np.where(right, answer, 1 - answer)
+    assert np.all(truth == truth[:1])  # one truth, whichever seed derived it
+    mean = (pico[f"probs:{split}"] + micro[f"probs:{split}"]) / 2
+    np.testing.assert_allclose(per_seed["weak"], (mean.argmax(-1) == truth).mean(1), atol=1e-12)
+    assert per_seed["weak"] != a["per_seed"][split]["weak"] or split == "heldout"
+
+
+def test_an_ensemble_is_checked_before_compute():
+  base = configs.load_sweep(TINY).base
+  with pytest.raises(ValueError, match="expected weak models smaller than strong='micro'"):
+    SweepConfig(base, (Cell("pico", "micro", Xent(), ensemble=("mini",)),))
+  with pytest.raises(ValueError, match="Cell.ensemble in"):
+    SweepConfig(base, (Cell("pico", "mini", Xent(), ensemble=("bogus",)),))
+  generative = configs.load_sweep(str(ROOT / "configs/generative_sweep.py") + ":tiny").base
+  with pytest.raises(ValueError, match="an ensemble averages class probabilities"):
+    SweepConfig(generative, (Cell("pico", "micro", generative.losses[0], ensemble=("pico",)),))

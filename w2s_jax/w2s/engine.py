@@ -177,7 +177,7 @@ def open_sweep(
   parts = parts_lib.build(
     sweep.base, cache_dir=cache_dir or out / "shared" / "pretrained", progress=progress
   )
-  sizes = list(dict.fromkeys(size for cell in sweep.cells for size in (cell.weak, cell.strong)))
+  sizes = list(dict.fromkeys(size for cell in sweep.cells for size in cell.sizes))
   parts.check(sizes)
   for warning in records.data_warnings(records.split_sanity(parts.task)):
     warnings.warn(f"the task's data: {warning}", stacklevel=3)  # before any compute

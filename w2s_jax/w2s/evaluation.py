@@ -113,12 +113,7 @@ class Evaluator:
     for a task without), what imitation compares (metrics.answer_imitation)."""
     task = self.task
     if not task.generative:
-      answers = {s: self.predict(size, params, s).argmax(-1)[..., None] for s in task.eval_splits}
-      scores = {
-        s: (a[..., 0] == task.splits[s]["labels"][None]).astype(np.float64)
-        for s, a in answers.items()
-      }
-      return scores, answers
+      return self.classified({s: self.predict(size, params, s) for s in task.eval_splits})
     scores, answers = {}, {}
     for split in task.eval_splits:
       tokens, mask, _ = self.generate(size, params, split)
@@ -126,6 +121,16 @@ class Evaluator:
         scores[self.eval_key(split, metric)] = values
       if task.answers is not None:
         answers[split] = np.stack([task.answers(t, m) for t, m in zip(tokens, mask)])
+    return scores, answers
+
+  def classified(self, probs: dict) -> tuple[dict, dict]:
+    """assess()'s (scores, answers) of a classifier from its class
+    probabilities on each evaluation split {split: [seeds, examples, classes]}."""
+    answers = {s: p.argmax(-1)[..., None] for s, p in probs.items()}
+    scores = {
+      s: (a[..., 0] == self.task.splits[s]["labels"][None]).astype(np.float64)
+      for s, a in answers.items()
+    }
     return scores, answers
 
   def truth_answers(self) -> dict:

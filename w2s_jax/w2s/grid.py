@@ -35,6 +35,20 @@ class Cell:
   # is naive W2S; (strong,) the strong-to-strong iteration. Pweak stays the
   # weak model's own.
   via: tuple[str, ...] = dataclasses.field(default=(), metadata=WHEN_SET)
+  # An ensemble of weak supervisors: these weak models beside `weak`, each
+  # fine-tuned on ground truth, their class probabilities averaged
+  # (stages.ensemble_stage). Pweak is then the ensemble's own accuracy.
+  ensemble: tuple[str, ...] = dataclasses.field(default=(), metadata=WHEN_SET)
+
+  @property
+  def weak_members(self) -> tuple[str, ...]:
+    """The weak models whose supervision the strong model learns: weak, then the ensemble's."""
+    return (self.weak, *self.ensemble)
+
+  @property
+  def sizes(self) -> tuple[str, ...]:
+    """Every model the cell reads, each once."""
+    return tuple(dict.fromkeys((*self.weak_members, *self.via, self.strong)))
 
   @property
   def id(self) -> str:
@@ -49,6 +63,8 @@ class Cell:
       parts.append(self.filter.tag)
     if self.finetune is not None:
       parts.append(f"finetune={self.finetune}")
+    if self.ensemble:
+      parts.append("ensemble " + "+".join(self.weak_members))
     if self.via:
       parts.append("via " + ">".join(self.via))
     return ", ".join(parts)
@@ -157,6 +173,7 @@ class SweepConfig:
         ("weak", cell.weak),
         ("strong", cell.strong),
         *(("via", v) for v in cell.via),
+        *(("ensemble", v) for v in cell.ensemble),
       ):
         if size in dict(imported):
           continue
@@ -166,6 +183,8 @@ class SweepConfig:
           raise ValueError(f"Cell.{field} in {cell}: {e}") from None
       if cell.via:
         _check_chain(cell, self.base, imported)
+      if cell.ensemble:
+        _check_ensemble(cell, self.base, imported, self.ordered)
       cell.loss.check_kind(self.base.generative, f"Cell.loss in {cell}")
       if self.ordered and size_order(cell.weak, imported) >= size_order(cell.strong, imported):
         raise ValueError(f"Cell weak={cell.weak!r} is not smaller than strong={cell.strong!r}")
@@ -194,6 +213,21 @@ def _check_chain(cell: Cell, base: ExperimentConfig, imported) -> None:
       f"Cell.via={cell.via!r} between weak={cell.weak!r} and strong={cell.strong!r}: "
       "expected sizes larger than the weak model, none smaller than the one before "
       "it, none larger than the strong model"
+    )
+
+
+def _check_ensemble(cell: Cell, base: ExperimentConfig, imported, ordered: bool) -> None:
+  """An ensemble: classification, and in a sweep over scale every member
+  smaller than the strong model."""
+  if base.generative:
+    raise ValueError(
+      f"Cell.ensemble={cell.ensemble!r}: an ensemble averages class probabilities: "
+      "expected a classification task (the task is generative)"
+    )
+  strong = size_order(cell.strong, imported)
+  if ordered and any(size_order(m, imported) >= strong for m in cell.ensemble):
+    raise ValueError(
+      f"Cell.ensemble={cell.ensemble!r}: expected weak models smaller than strong={cell.strong!r}"
     )
 
 

@@ -146,8 +146,12 @@ class CellStage:
       for stage in (
         Pretrain(cell.weak, draw),
         Pretrain(cell.strong, draw),
-        *(Pretrain(size, draw) for size in dict.fromkeys(cell.via) if size != cell.strong),
-        Weak(cell.weak, draw),
+        *(
+          Pretrain(size, draw)
+          for size in dict.fromkeys((*cell.ensemble, *cell.via))
+          if size not in (cell.weak, cell.strong)
+        ),
+        *(Weak(size, draw) for size in dict.fromkeys(cell.weak_members)),
         Ceiling(cell.strong, draw),
       )
     )

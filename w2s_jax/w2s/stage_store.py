@@ -171,6 +171,9 @@ class Engine:
     runs = []
     for draw, draw_parts in self.draws.items():
       weak = self.weak(cell.weak, draw, with_params=cell.loss.needs_teacher)
+      if cell.ensemble:  # the weak models' averaged supervision, and its own Pweak
+        members = [weak] + [self.weak(m, draw, with_params=False) for m in cell.ensemble]
+        weak = stages.ensemble_stage(draw_parts, members)
       for size in cell.via:  # bootstrapping: each model relabels train_w2s for the next
         weak = stages.relabel_stage(draw_parts, size, weak, cell.loss, cell.finetune)
       ceiling = self.ceiling(cell.strong, draw)

@@ -31,6 +31,7 @@ from w2s_jax.w2s.parts import Parts
 
 EVAL = "eval:"
 ANSWERS = "answers:"
+PROBS = "probs:"
 
 
 def _eval_arrays(scores: dict) -> dict:
@@ -67,6 +68,8 @@ class WeakStage:
     each train_w2s text [N] (NaN for an encoder);
   answers: its answers on each evaluation split {split: [seeds, N, fields]}
     (Evaluator.assess: what a student's agreement is measured against);
+  probs: classification, its class probabilities on each evaluation split
+    {split: [seeds, N, classes]} (what an ensemble of weak models averages);
   curve: its training curve (curves.py; {} without one);
   responses, response_mask, logprobs: generation, its responses to train_w2s
     [seeds, N * weak_samples, max_new_tokens], prompt-major;
@@ -81,6 +84,7 @@ class WeakStage:
   labels: np.ndarray | None = None
   likelihood: np.ndarray | None = None
   answers: dict = dataclasses.field(default_factory=dict)
+  probs: dict = dataclasses.field(default_factory=dict)
   curve: dict = dataclasses.field(default_factory=dict)
   responses: np.ndarray | None = None
   response_mask: np.ndarray | None = None
@@ -104,6 +108,7 @@ class WeakStage:
       **self.curation,
       **_eval_arrays(self.scores),
       **_answer_arrays(self.answers),
+      **{PROBS + k: v for k, v in self.probs.items()},
       **self.curve,
     }
     for field in ("labels", "likelihood", "responses", "response_mask", "logprobs"):
@@ -114,11 +119,12 @@ class WeakStage:
   @classmethod
   def from_arrays(cls, arrays: dict, params=None) -> "WeakStage":
     known = {"label_accuracy", "labels", "likelihood", "responses", "response_mask", "logprobs"}
-    prefixed = (EVAL, ANSWERS, curves.PREFIX)
+    prefixed = (EVAL, ANSWERS, PROBS, curves.PREFIX)
     return cls(
       **{k: arrays[k] for k in known if k in arrays},
       scores=_eval_scores(arrays),
       answers=_answers(arrays),
+      probs={k[len(PROBS) :]: v for k, v in arrays.items() if k.startswith(PROBS)},
       curve=curves.from_arrays(arrays),
       curation={k: v for k, v in arrays.items() if k not in known and not k.startswith(prefixed)},
       params=params,
@@ -139,7 +145,8 @@ class WeakStage:
         *evals,
         *curve,
       )
-    return ("labels", "label_accuracy", "likelihood", *evals, *curve)
+    probs = tuple(PROBS + s for s in parts.task.eval_splits)
+    return ("labels", "label_accuracy", "likelihood", *evals, *probs, *curve)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,14 +249,55 @@ def weak_stage(parts: Parts, size: str) -> WeakStage:
     )
   else:  # an encoder has no LM head: a likelihood filter then says so (weak_curation.py)
     likelihood = np.full(len(labels[0]), np.nan, np.float32)
-  scores, answers = evaluator.assess(size, params)
+  probs = {s: evaluator.predict(size, params, s) for s in parts.task.eval_splits}
+  scores, answers = evaluator.classified(probs)
   return WeakStage(
     label_accuracy=label_acc,
     scores=scores,
     labels=labels,
     likelihood=likelihood,
     answers=answers,
+    probs=probs,
     curve=curves.to_arrays(curve),
+  )
+
+
+def ensemble_stage(parts: Parts, members: list[WeakStage], weights=None) -> WeakStage:
+  """Weak models as one supervisor: per seed, the weighted mean of their
+  class probabilities, on train_w2s (the labels) and on every evaluation
+  split, so that its Pweak is the ensemble's own accuracy.
+
+  Args:
+    parts: the experiment's parts.
+    members: each weak model's stage (classification; the same seeds).
+    weights: one per member, >= 0, summing to 1 (default equal).
+
+  Returns:
+    WeakStage: the ensemble's labels, their accuracy on train_w2s, its scores
+    and answers on every evaluation split; the first member's likelihood
+    (what a likelihood filter reads) and no curve.
+  """
+  if parts.generative or any(m.labels is None for m in members):
+    raise ValueError(
+      "an ensemble of weak supervisors averages class probabilities: expected a classification task"
+    )
+  w = np.full(len(members), 1.0 / len(members)) if weights is None else np.asarray(weights, float)
+  if w.shape != (len(members),) or np.any(w < 0) or not np.isclose(w.sum(), 1.0):
+    raise ValueError(
+      f"ensemble weights {w.tolist()}: expected {len(members)} values >= 0 summing to 1"
+    )
+  mix = lambda arrays: np.tensordot(w, np.stack(arrays), axes=1).astype(np.float32)
+  labels = mix([m.labels for m in members])
+  probs = {s: mix([m.probs[s] for m in members]) for s in members[0].probs}
+  scores, answers = parts.evaluator.classified(probs)
+  truth = parts.task.splits["train_w2s"]["labels"]
+  return WeakStage(
+    label_accuracy=metrics.correct(probs=labels, labels=truth).mean(1),
+    scores=scores,
+    labels=labels,
+    likelihood=members[0].likelihood,
+    answers=answers,
+    probs=probs,
   )
 
 
