@@ -1,11 +1,15 @@
 """The W2S methods beyond a loss (issue 33): bootstrapping through
-intermediate models, on the tiny testbed sweep."""
+intermediate models, ensembles of weak supervisors, probes that relabel or
+drop contaminated weak labels; on the tiny testbed sweep and by hand."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from w2s_jax.curation import probes
+from w2s_jax.curation.selection import FilterConfig
 from w2s_jax.infra import configs
 from w2s_jax.training.classifier_losses import Xent
 from w2s_jax.w2s import engine
@@ -119,3 +123,90 @@ def test_an_ensemble_is_checked_before_compute():
   generative = configs.load_sweep(str(ROOT / "configs/generative_sweep.py") + ":tiny").base
   with pytest.raises(ValueError, match="an ensemble averages class probabilities"):
     SweepConfig(generative, (Cell("pico", "micro", generative.losses[0], ensemble=("pico",)),))
+
+
+# ---------------------------------------------------------------- probes
+
+
+def _planted(seed=0, n=200, flip=0.1, classes=2, width=16):
+  """Separable features (one cluster per class) and one-hot labels with a
+  planted fraction flipped to another class."""
+  rng = np.random.default_rng(seed)
+  truth = rng.integers(0, classes, n)
+  centres = rng.normal(size=(classes, width)) * 4
+  features = centres[truth] + rng.normal(size=(n, width))
+  flipped = rng.choice(n, int(flip * n), replace=False)
+  noisy = truth.copy()
+  noisy[flipped] = (truth[flipped] + rng.integers(1, classes, len(flipped))) % classes
+  return features, truth, np.eye(classes, dtype=np.float32)[noisy], flipped
+
+
+@pytest.mark.parametrize("kind", probes.KINDS)
+@pytest.mark.parametrize("classes", [2, 4])
+def test_a_probe_relabeller_fixes_planted_flips_on_separable_features(kind, classes):
+  features, truth, labels, flipped = _planted(seed=classes, classes=classes)
+  cfg = probes.ProbeConfig(kind=kind, action="relabel", fraction=0.1, k=10, steps=200)
+  probe = probes.probe_predictions(cfg, features=features, labels=labels)
+  mended, kept = probes.mend(cfg, probe=probe, labels=labels)
+  assert (labels.argmax(1) == truth).mean() == pytest.approx(0.9)
+  # Every planted flip is among the 10% judged most contaminated, and mended.
+  assert (mended.argmax(1) == truth).mean() == 1.0
+  worst = np.argsort(-probes.contamination(probe=probe, labels=labels), kind="stable")[:20]
+  assert set(worst.tolist()) == set(flipped.tolist())
+  np.testing.assert_array_equal(kept, np.arange(len(labels)))
+  # Filtering drops exactly those rows and keeps the labels as they were.
+  filtered = dataclasses.replace(cfg, action="filter")
+  same, kept = probes.mend(filtered, probe=probe, labels=labels)
+  np.testing.assert_array_equal(same, labels)
+  assert len(kept) == 180 and not set(kept.tolist()) & set(flipped.tolist())
+
+
+def test_probe_limits_and_named_errors():
+  features, truth, labels, _ = _planted(seed=5)
+  # kNN leaves each example out: an example's own label never votes for it.
+  lone = np.zeros((3, 2), np.float32) + [[1, 0]]
+  lone[0] = [0, 1]
+  got = probes.knn_probe(features=np.eye(3), labels=lone, k=2)
+  np.testing.assert_allclose(got[0], [1.0, 0.0])
+  # Contamination: 0 where probe and label agree, 1 where they are disjoint.
+  np.testing.assert_allclose(
+    probes.contamination(probe=[[1, 0], [0.5, 0.5]], labels=[[1, 0], [0, 1]]), [0.0, 0.5]
+  )
+  for kwargs, needle in (
+    (dict(kind="svm"), "ProbeConfig.kind='svm'"),
+    (dict(action="drop"), "ProbeConfig.action='drop'"),
+    (dict(fraction=1.0), "ProbeConfig.fraction=1.0"),
+    (dict(k=0), "ProbeConfig.k=0"),
+  ):
+    with pytest.raises(ValueError, match=needle):
+      probes.ProbeConfig(**kwargs)
+
+
+def test_probe_cells_run_through_the_pipeline(tmp_path):
+  """A relabelling and a filtering probe on the tiny sweep: the relabelled
+  cell keeps every row, the filtering one drops the asked fraction of it;
+  Pweak and the ceiling are the weak and strong models' own."""
+  base = configs.load_sweep(TINY).base
+  naive = Cell("pico", "mini", Xent())
+  relabel = Cell("pico", "mini", Xent(), probe=probes.ProbeConfig(kind="knn", fraction=0.2, k=5))
+  dropped = Cell(
+    "pico", "mini", Xent(), probe=probes.ProbeConfig(kind="logistic", action="filter", fraction=0.2)
+  )
+  assert relabel.label == "xent, probe knn relabel 0.2"
+  with pytest.raises(ValueError, match="no other filter"):
+    SweepConfig(base, (dataclasses.replace(dropped, filter=FilterConfig("confidence", 0.5)),))
+  out = engine.run_sweep(
+    SweepConfig(base, (naive, relabel, dropped)),
+    out_dir=tmp_path / "s",
+    cache_dir=tmp_path / "c",
+    progress=False,
+  )
+  rec = {r["id"]: r for r in out.records}
+  n, r, d = (rec[x.id] for x in (naive, relabel, dropped))
+  for split in n["per_seed"]:
+    assert (
+      n["per_seed"][split]["weak"] == r["per_seed"][split]["weak"] == d["per_seed"][split]["weak"]
+    )
+  assert r["kept_label_accuracy"] is None and d["kept_label_accuracy"] is not None
+  assert r["weak_label_accuracy"] != n["weak_label_accuracy"]  # the labels were mended
+  assert d["weak_label_accuracy"] == n["weak_label_accuracy"]  # filtered, not changed

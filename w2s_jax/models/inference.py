@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from w2s_jax.data.dataset import Dataset, padded_batches
@@ -12,16 +13,19 @@ from w2s_jax.models.transformer import Transformer
 
 
 @functools.lru_cache(maxsize=32)
-def compiled_softmax(model_cfg: ModelConfig, fn_name: str, mesh, seed_axis: bool):
+def compiled_softmax(
+  model_cfg: ModelConfig, fn_name: str, mesh, seed_axis: bool, softmax: bool = True
+):
   """The jitted softmax of a Transformer method's logits (fn_name:
   "class_logits" or "last_token_lm_logits") for (params, tokens, mask);
-  with seed_axis, over params stacked per seed. One program per setting."""
+  with seed_axis, over params stacked per seed. One program per setting.
+  softmax=False: the method's output as it is ("head_features")."""
   model = Transformer(model_cfg)
   method = getattr(Transformer, fn_name)
 
   def apply(params, tokens, mask):
     out = model.apply({"params": params}, tokens, mask, method=method)
-    return jax.nn.softmax(out, axis=-1)
+    return jax.nn.softmax(out, axis=-1) if softmax else out.astype(jnp.float32)
 
   if seed_axis:
     apply = one_seed_at_a_time(apply)
@@ -89,9 +93,11 @@ def map_batches(
   )
 
 
-def _batched(params, model_cfg, data: Dataset, *, batch_size, mesh, fn_name, seed_axis):
+def _batched(
+  params, model_cfg, data: Dataset, *, batch_size, mesh, fn_name, seed_axis, softmax=True
+):
   return map_batches(
-    compiled_softmax(model_cfg, fn_name, mesh, seed_axis),
+    compiled_softmax(model_cfg, fn_name, mesh, seed_axis, softmax),
     params,
     data,
     batch_size=batch_size,
@@ -131,6 +137,23 @@ def soft_labels(
     mesh=mesh,
     fn_name="class_logits",
     seed_axis=seed_axis,
+  )
+
+
+def head_features(
+  params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256, mesh
+) -> np.ndarray:
+  """What a model's classification head reads, per example [N, width]
+  (Transformer.head_features): a probe's features of a frozen model."""
+  return _batched(
+    params,
+    model_cfg,
+    data,
+    batch_size=batch_size,
+    mesh=mesh,
+    fn_name="head_features",
+    seed_axis=False,
+    softmax=False,
   )
 
 

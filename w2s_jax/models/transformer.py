@@ -358,13 +358,16 @@ class Transformer(nn.Module):
     h_first = jnp.take_along_axis(h, first[:, None, None], axis=1)[:, 0]
     return jnp.tanh(self.pooler(h_first))
 
+  def head_features(self, tokens, mask):
+    """What the classification head reads: the pooled state, or with
+    head_input "lm_probs" the next-token distribution at the last real token."""
+    if self.cfg.head_input == "lm_probs":
+      return jax.nn.softmax(self._unembed(self._last_hidden(tokens, mask)), axis=-1)
+    return self.pooled(tokens, mask)
+
   def class_logits(self, tokens, mask):
     """Class logits from the pooled state (decoders: at the last real token)."""
-    if self.cfg.head_input == "lm_probs":
-      features = jax.nn.softmax(self._unembed(self._last_hidden(tokens, mask)), axis=-1)
-    else:
-      features = self.pooled(tokens, mask)
-    return self.cls_head(features)
+    return self.cls_head(self.head_features(tokens, mask))
 
   def __call__(self, tokens, mask):
     if not self.cfg.causal:  # no LM head: init touches the encoder's params here

@@ -10,6 +10,7 @@ is the sweep of its own pair over its losses (`single_cell_sweep`).
 import dataclasses
 
 from w2s_jax.curation import weak_curation
+from w2s_jax.curation.probes import ProbeConfig
 from w2s_jax.curation.selection import FilterConfig
 from w2s_jax.infra.fingerprint import WHEN_SET, digest
 from w2s_jax.models import hf_import
@@ -39,6 +40,9 @@ class Cell:
   # fine-tuned on ground truth, their class probabilities averaged
   # (stages.ensemble_stage). Pweak is then the ensemble's own accuracy.
   ensemble: tuple[str, ...] = dataclasses.field(default=(), metadata=WHEN_SET)
+  # A probe on the strong model's frozen features relabels or drops the
+  # weak labels it finds likeliest wrong before fine-tuning (curation/probes.py).
+  probe: ProbeConfig | None = dataclasses.field(default=None, metadata=WHEN_SET)
 
   @property
   def weak_members(self) -> tuple[str, ...]:
@@ -67,6 +71,8 @@ class Cell:
       parts.append("ensemble " + "+".join(self.weak_members))
     if self.via:
       parts.append("via " + ">".join(self.via))
+    if self.probe is not None:
+      parts.append(self.probe.tag)
     return ", ".join(parts)
 
 
@@ -185,6 +191,11 @@ class SweepConfig:
         _check_chain(cell, self.base, imported)
       if cell.ensemble:
         _check_ensemble(cell, self.base, imported, self.ordered)
+      if cell.probe is not None and (self.base.generative or cell.filter is not None):
+        raise ValueError(
+          f"Cell.probe={cell.probe.tag!r} in {cell}: expected a classification task and "
+          "no other filter (a probe reads class labels, and selects rows itself)"
+        )
       cell.loss.check_kind(self.base.generative, f"Cell.loss in {cell}")
       if self.ordered and size_order(cell.weak, imported) >= size_order(cell.strong, imported):
         raise ValueError(f"Cell weak={cell.weak!r} is not smaller than strong={cell.strong!r}")

@@ -176,9 +176,19 @@ class Engine:
         weak = stages.ensemble_stage(draw_parts, members)
       for size in cell.via:  # bootstrapping: each model relabels train_w2s for the next
         weak = stages.relabel_stage(draw_parts, size, weak, cell.loss, cell.finetune)
+      subsets = None
+      if cell.probe is not None:  # labels mended (or rows dropped) by a probe on the strong model
+        weak, subsets = stages.probe_stage(draw_parts, cell.strong, weak, cell.probe)
       ceiling = self.ceiling(cell.strong, draw)
       w2s = stages.w2s_stage(
-        draw_parts, cell.strong, weak, cell.loss, cell.finetune, cell.filter, weak_size=cell.weak
+        draw_parts,
+        cell.strong,
+        weak,
+        cell.loss,
+        cell.finetune,
+        cell.filter,
+        weak_size=cell.weak,
+        subsets=subsets,
       )
       runs.append(runs_lib.Runs.of(weak, w2s, ceiling, draw=draw, seeds=parts.seeds))
     runs = runs_lib.Runs.pooled(runs)

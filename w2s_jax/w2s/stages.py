@@ -21,9 +21,9 @@ import typing
 
 import numpy as np
 
-from w2s_jax.curation import weak_curation
+from w2s_jax.curation import probes, weak_curation
 from w2s_jax.curation.selection import FilterConfig
-from w2s_jax.models import scoring
+from w2s_jax.models import inference, scoring
 from w2s_jax.training.objectives import Loss
 from w2s_jax.training.train import OptimConfig
 from w2s_jax.w2s import curves, metrics
@@ -358,6 +358,43 @@ def relabel_stage(
   )
 
 
+def probe_stage(
+  parts: Parts, strong: str, weak: WeakStage, probe_cfg: probes.ProbeConfig
+) -> tuple[WeakStage, list | None]:
+  """The weak labels mended by a probe on the strong model's frozen,
+  pretrained features of train_w2s (probes.py), per seed.
+
+  Returns:
+    (WeakStage, subsets): relabel: the mended labels (their accuracy on
+    train_w2s) and None; filter: the labels as they were and, per seed, the
+    rows kept (w2s_stage's subsets).
+  """
+  if parts.generative:
+    raise ValueError(f"{probe_cfg.tag}: a probe reads class labels: expected a classification task")
+  pretrained, model_cfg, _ = parts.models.get(strong)
+  features = inference.head_features(
+    pretrained,
+    model_cfg,
+    parts.views.data(strong, "train_w2s"),
+    batch_size=parts.cfg.eval_batch_size,
+    mesh=parts.mesh,
+  )
+  mended = [
+    probes.mend(
+      probe_cfg,
+      probe=probes.probe_predictions(probe_cfg, features=features, labels=labels, seed=seed),
+      labels=labels,
+    )
+    for seed, labels in zip(parts.seeds, weak.labels)
+  ]
+  if probe_cfg.action == "filter":
+    return weak, [kept for _, kept in mended]
+  labels = np.stack([m for m, _ in mended])
+  truth = parts.task.splits["train_w2s"]["labels"]
+  accuracy = metrics.correct(probs=labels, labels=truth).mean(1)
+  return dataclasses.replace(weak, labels=labels, label_accuracy=accuracy), None
+
+
 def w2s_stage(
   parts: Parts,
   strong: str,
@@ -366,6 +403,7 @@ def w2s_stage(
   finetune_cfg: OptimConfig | None = None,
   filter_cfg: FilterConfig | None = None,
   weak_size: str | None = None,
+  subsets: list | None = None,
 ) -> Evaluated:
   """The strong model fine-tuned on the weak stage's supervision, per seed.
 
@@ -377,6 +415,7 @@ def w2s_stage(
     finetune_cfg: its fine-tuning (default the experiment's).
     filter_cfg: keep only the rows this filter selects, per seed.
     weak_size: the weak model's name, for a loss that reads the teacher.
+    subsets: per seed, the rows to keep (a probe's filter); not with filter_cfg.
 
   Returns:
     Evaluated: its scores on every evaluation key (Pweak->strong's) and,
@@ -384,7 +423,8 @@ def w2s_stage(
   """
   generative = parts.generative
   loss.check_kind(generative)
-  subsets = None
+  if filter_cfg is not None and subsets is not None:
+    raise ValueError(f"{filter_cfg.tag} and a probe's filter: expected one selection of rows")
   if filter_cfg is not None:  # per seed, the rows kept (weak_curation.py)
     weak_curation.check_filter(
       filter_cfg,
