@@ -25,7 +25,9 @@ default xent,logconf), `seeds=N` (fine-tuning seeds per pretraining draw;
 default 5), `facts` for the world from before the cue (the README's earlier
 table), `small` for a smoke run of seconds (a 60-entity world; weak pico,
 strong micro), `scratch` for the no-pretraining ablation, `regions=K` for a
-K-class task (the home's region among K; default 2), `pretrain_seeds=N`
+K-class task (the home's region among K; default 2), `shift` for a
+distribution shift from easy to hard (test: the entities the corpus mentions
+least; training splits: those it mentions most), `pretrain_seeds=N`
 (pretraining draws: default 3, 1 with `small`), `lora=R` to fine-tune the
 strong model (W2S and ceiling) with rank-R adapters on q and v (`lora_lr=X`,
 default 3e-3; the weak model keeps full fine-tuning). An arg given
@@ -50,6 +52,7 @@ def get_config(arg=None):
     small=False,
     scratch=False,
     regions=2,
+    shift=False,
     pretrain_seeds=0,
     lora=0,
     lora_lr=3e-3,
@@ -99,6 +102,12 @@ def get_config(arg=None):
       cfg,
       name=cfg.name + f"-regions{arg.regions}",
       world=dataclasses.replace(cfg.world, num_regions=arg.regions),
+    )
+  if arg.shift:
+    # Easy to hard: test asks of the entities the corpus mentions least, the
+    # training splits of those it mentions most (the same world and pretraining).
+    cfg = dataclasses.replace(
+      cfg, name=cfg.name + "-shifted", world=dataclasses.replace(cfg.world, split_by="frequency")
     )
   if arg.lora:
     cfg = dataclasses.replace(

@@ -1,5 +1,6 @@
 """The offline testbed: entity-disjoint splits, balanced labels, well-formed corpus."""
 
+import dataclasses
 import functools
 import re
 
@@ -8,6 +9,7 @@ import pytest
 
 from w2s_jax.data import testbed
 from w2s_jax.data.testbed import WorldConfig
+from w2s_jax.infra.fingerprint import fingerprint
 
 
 @functools.cache
@@ -170,3 +172,31 @@ def test_cue_world_corpus_states_the_moved_facts():
 def test_cue_out_of_range_is_rejected():
   with pytest.raises(ValueError, match=r"WorldConfig.cue=1.5: expected in \[0, 1\]"):
     WorldConfig(cue=1.5)
+
+
+def test_the_frequency_shift_splits_easy_to_hard_and_keeps_the_world():
+  """Issue 33: split_by="frequency" puts the n entities the corpus mentions
+  least in test and a seeded split of the 2n it mentions most in train_gt and
+  train_w2s: disjoint, as specified; the world, its corpus (the pretraining
+  cache's key) and the default split's keys stay as they were."""
+  cfg = testbed.WorldConfig(
+    num_entities=100, entities_per_split=30, corpus_docs=50, syllables=10, split_by="frequency"
+  )
+  random_cfg = dataclasses.replace(cfg, split_by="random")
+  shifted, plain = testbed.make_world(cfg), testbed.make_world(random_cfg)
+  n = cfg.entities_per_split
+  ids = {k: set(v.tolist()) for k, v in shifted.split_entities.items()}
+  assert all(len(v) == n for v in ids.values())
+  assert not (
+    ids["train_gt"] & ids["train_w2s"] or ids["test"] & (ids["train_gt"] | ids["train_w2s"])
+  )
+  rank = shifted.frequency_rank
+  assert sorted(rank[list(ids["test"])]) == list(range(cfg.num_entities - n, cfg.num_entities))
+  assert sorted(rank[list(ids["train_gt"] | ids["train_w2s"])]) == list(range(2 * n))
+  for field in ("name_tokens", "frequency_rank", "city_of", "region_of"):
+    np.testing.assert_array_equal(getattr(shifted, field), getattr(plain, field))
+  assert cfg.corpus_fields() == random_cfg.corpus_fields()
+  assert fingerprint(random_cfg) == fingerprint(dataclasses.replace(random_cfg))
+  assert "split_by" not in fingerprint(random_cfg) and fingerprint(cfg)["split_by"] == "frequency"
+  with pytest.raises(ValueError, match="WorldConfig.split_by='rare'"):
+    dataclasses.replace(cfg, split_by="rare")

@@ -14,12 +14,14 @@ import dataclasses
 import numpy as np
 
 from w2s_jax.data.dataset import Dataset
+from w2s_jax.infra.fingerprint import WHEN_SET
 
 PAD, BOS, DOT, IN, IS = "<pad>", "<bos>", ".", "in", "is"
 RELATIONS = ("lives", "works")
 SENTENCE_LEN = 5  # "a3 b17 lives c3 ." and "c3 is in r1 ."
 CITY_SENTENCE_RATE = 0.1
 SPLITS = ("train_gt", "train_w2s", "test")
+SPLIT_BY = ("random", "frequency")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,12 @@ class WorldConfig:
   # systematic (the cue's exceptions) and imitable, not random. 0: no cue.
   cue: float = 0.0
   seed: int = 0
+  # How entities fall into the task's splits. "random": a seeded shuffle.
+  # "frequency": a shift from easy to hard, test the n entities the corpus
+  # mentions least, train_gt and train_w2s a seeded split of the 2n it
+  # mentions most. (The heldout split, "works in" of test's entities, is the
+  # held-out relation in either.) The corpus and the world are the same.
+  split_by: str = dataclasses.field(default="random", metadata=WHEN_SET)
 
   def __post_init__(self):
     for name in (
@@ -61,6 +69,8 @@ class WorldConfig:
       raise ValueError(f"WorldConfig.zipf={self.zipf}: expected >= 0")
     if not 0 <= self.cue <= 1:
       raise ValueError(f"WorldConfig.cue={self.cue}: expected in [0, 1]")
+    if self.split_by not in SPLIT_BY:
+      raise ValueError(f"WorldConfig.split_by={self.split_by!r}: expected one of {SPLIT_BY}")
     if self.num_regions < 2:
       raise ValueError(
         f"WorldConfig.num_regions={self.num_regions}: expected >= 2 (the task's classes)"
@@ -88,7 +98,7 @@ class WorldConfig:
   def corpus_fields(self) -> dict:
     """The fields that determine the world and its corpus (not the task splits)."""
     fields = dataclasses.asdict(self)
-    del fields["entities_per_split"]
+    del fields["entities_per_split"], fields["split_by"]
     if not self.cue:
       del fields["cue"]  # the worlds from before the cue keep their cache entries
     return fields
@@ -162,6 +172,14 @@ def make_world(cfg: WorldConfig) -> World:
     axis=1,
   )
   frequency_rank = rng.permutation(cfg.num_entities)
+  if cfg.split_by == "frequency":  # no draw of its own: the world stays the same
+    by_frequency = np.argsort(frequency_rank, kind="stable")  # most mentioned first
+    frequent = order[np.isin(order, by_frequency[: 2 * n])]  # in the seeded order
+    split_entities = {
+      "train_gt": np.sort(frequent[:n]),
+      "train_w2s": np.sort(frequent[n:]),
+      "test": np.sort(by_frequency[-n:]),
+    }
   if cfg.cue:  # drawn after everything else, so cue=0 is the world from before the cue
     city_of = _follow_cue(rng, cfg, names, region_of, city_of)
   return World(
