@@ -28,7 +28,7 @@ from w2s_jax.curation.pool import ALIASES, POOL_CRITERIA
 from w2s_jax.infra import configs, distributed, files, overrides, sharding
 from w2s_jax.plans import planner
 from w2s_jax.training import pretrain_job
-from w2s_jax.w2s import engine, pool_curation, tables
+from w2s_jax.w2s import engine, pool_curation, sweep_tables, tables
 from w2s_jax.w2s.experiment import ExperimentConfig, schedule_lines
 from w2s_jax.w2s.grid import SweepConfig
 
@@ -241,7 +241,7 @@ def _main(argv=None) -> None:
     )
     if main_process:
       if outcome.rows:
-        print(tables.sweep_table(outcome.rows))
+        print(sweep_tables.sweep_table(outcome.rows))
       print(
         f"\n{len(outcome.rows)} cells in {out / 'sweep.jsonl'}; charts: "
         f"python tools/sweep_report.py {out}"

@@ -60,19 +60,26 @@ class Cell:
     return f"{self.weak}_{self.strong}_{self.loss.name}_{digest(self, 8)}"
 
   @property
-  def label(self) -> str:
-    """The cell in a table: its loss, and its filter or fine-tune where set."""
+  def method(self) -> str:
+    """How the strong model is supervised: its loss, and the weak ensemble,
+    bootstrapping chain or probe where set (a leaderboard's row)."""
     parts = [self.loss.tag]
-    if self.filter is not None:
-      parts.append(self.filter.tag)
-    if self.finetune is not None:
-      parts.append(f"finetune={self.finetune}")
     if self.ensemble:
       parts.append("ensemble " + "+".join(self.weak_members))
     if self.via:
       parts.append("via " + ">".join(self.via))
     if self.probe is not None:
       parts.append(self.probe.tag)
+    return ", ".join(parts)
+
+  @property
+  def label(self) -> str:
+    """The cell in a table: its method, and its filter or fine-tune where set."""
+    parts = [self.method]
+    if self.filter is not None:
+      parts.append(self.filter.tag)
+    if self.finetune is not None:
+      parts.append(f"finetune={self.finetune}")
     return ", ".join(parts)
 
 

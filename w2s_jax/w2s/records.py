@@ -84,6 +84,7 @@ def sweep_row(cell: Cell, record: dict) -> dict:
     "weak": cell.weak,
     "strong": cell.strong,
     "loss": cell.loss.tag,
+    "method": cell.method,
     "filter": cell.filter.tag if cell.filter else "none",
     "criterion": cell.filter.criterion if cell.filter else "none",
     "keep_frac": cell.filter.keep_frac if cell.filter else 1.0,

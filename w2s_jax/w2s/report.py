@@ -1,4 +1,4 @@
-"""Charts of a sweep's rows (sweep.jsonl); its table is tables.sweep_table."""
+"""Charts of a sweep's rows (sweep.jsonl); its table is sweep_tables.sweep_table."""
 
 import json
 from pathlib import Path
@@ -10,7 +10,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from w2s_jax.infra.files import atomic_write  # noqa: E402
-from w2s_jax.w2s.tables import curve_accuracy, median_pgr, misfit_correlation  # noqa: E402
+from w2s_jax.w2s.sweep_tables import (  # noqa: E402
+  BASELINE,
+  median_pgr,
+  method_of,
+  misfit_correlation,
+)
+from w2s_jax.w2s.tables import curve_accuracy  # noqa: E402
 
 
 def load_rows(path) -> list[dict]:
@@ -73,7 +79,7 @@ def _weak_sizes(rows):
 
 def accuracy_vs_compute(rows, out_dir, loss, split="test"):
   """Test accuracy against strong-model compute: a line per weak model, the ceiling, weak points."""
-  rows = [r for r in rows if r["loss"] == loss]
+  rows = [r for r in rows if method_of(r) == loss]
   fig, ax = plt.subplots(figsize=(6, 4.2))
   weaks, colors = _weak_sizes(rows)
   ceiling = {}
@@ -107,7 +113,7 @@ def accuracy_vs_compute(rows, out_dir, loss, split="test"):
 
 
 def pgr_vs_strong(rows, out_dir, loss, split="test"):
-  rows = [r for r in rows if r["loss"] == loss]
+  rows = [r for r in rows if method_of(r) == loss]
   fig, ax = plt.subplots(figsize=(6, 4.2))
   weaks, colors = _weak_sizes(rows)
   for weak, color in zip(weaks, colors):
@@ -134,7 +140,7 @@ def pgr_vs_strong(rows, out_dir, loss, split="test"):
 
 
 def pgr_heatmap(rows, out_dir, loss, split="test"):
-  rows = [r for r in rows if r["loss"] == loss]
+  rows = [r for r in rows if method_of(r) == loss]
   order = lambda key, params: sorted(
     {r[key] for r in rows}, key=lambda s: min(r[params] for r in rows if r[key] == s)
   )
@@ -159,9 +165,9 @@ def pgr_heatmap(rows, out_dir, loss, split="test"):
 
 def pgr_by_loss(rows, out_dir, split="test"):
   """PGR per loss side by side: grouped bars per (weak, strong) pair, with intervals."""
-  losses = list(dict.fromkeys(r["loss"] for r in rows))
+  losses = list(dict.fromkeys(method_of(r) for r in rows))
   pairs = list(dict.fromkeys((r["weak"], r["strong"]) for r in rows))
-  index = {(r["weak"], r["strong"], r["loss"]): r for r in rows}
+  index = {(r["weak"], r["strong"], method_of(r)): r for r in rows}
   width = 0.8 / len(losses)
   fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(pairs) * max(1, len(losses) / 2)), 4.2))
   medians = median_pgr(rows, split)
@@ -246,9 +252,9 @@ def gain_vs_misfit(rows, out_dir, split="test"):
   weak labels (Charikar et al. 2024): a point per cell, a color per loss."""
   rows = [r for r in rows if r.get("misfit") is not None]
   fig, ax = plt.subplots(figsize=(6, 4.2))
-  losses = list(dict.fromkeys(r["loss"] for r in rows))
+  losses = list(dict.fromkeys(method_of(r) for r in rows))
   for loss, color in zip(losses, plt.cm.tab10(np.arange(len(losses)))):
-    sub = [r for r in rows if r["loss"] == loss]
+    sub = [r for r in rows if method_of(r) == loss]
     gain = [r[f"{split}/w2s/mean"] - r[f"{split}/weak/mean"] for r in sub]
     ax.scatter([r["misfit"] for r in sub], gain, color=color, label=loss)
   corr = misfit_correlation(rows, split)
@@ -263,6 +269,46 @@ def gain_vs_misfit(rows, out_dir, split="test"):
   return _save(fig, Path(out_dir), "gain_vs_misfit")
 
 
+def leaderboard_chart(entries, out_dir) -> list[Path]:
+  """The leaderboard (sweep_tables.leaderboard_entries): one panel per column
+  (a setting's pair), each method's PGR with its interval, naive KD's
+  interval shaded."""
+  columns = list(dict.fromkeys(e["column"] for e in entries))
+  methods = list(dict.fromkeys(e["method"] for e in entries))
+  fig, axes = plt.subplots(
+    1, len(columns), figsize=(3.2 * len(columns) + 2.5, 0.32 * len(methods) + 1.6), sharey=True
+  )
+  axes = np.atleast_1d(axes)
+  colour = {"above": "tab:green", "below": "tab:red"}
+  for ax, column in zip(axes, columns):
+    by = {e["method"]: e for e in entries if e["column"] == column}
+    base = by.get(BASELINE)
+    if base is not None and not np.isnan(base["lo"]):
+      ax.axvspan(base["lo"], base["hi"], color="gray", alpha=0.2, lw=0)
+    for y, method in enumerate(methods):
+      e = by.get(method)
+      if e is None or np.isnan(e["mean"]):
+        continue
+      lo, hi = (e["lo"], e["hi"]) if not np.isnan(e["lo"]) else (e["mean"], e["mean"])
+      ax.errorbar(
+        e["mean"],
+        y,
+        xerr=[[e["mean"] - lo], [hi - e["mean"]]],
+        fmt="o",
+        ms=4,
+        capsize=2,
+        color=colour.get(e["vs_baseline"], "tab:blue"),
+      )
+    ax.axvline(0, color="gray", lw=0.8)
+    ax.set_title(column, fontsize=9)
+    ax.set_xlabel("PGR (95% interval)")
+    ax.grid(alpha=0.3, axis="x")
+  axes[0].set_yticks(range(len(methods)), methods, fontsize=8)
+  axes[0].invert_yaxis()
+  fig.suptitle(f"W2S methods: PGR against naive KD ({BASELINE}, shaded)", fontsize=10)
+  return _save(fig, Path(out_dir), "leaderboard")
+
+
 def all_charts(rows, out_dir, split="test") -> list[Path]:
   paths = []
   if sum(r.get("misfit") is not None for r in rows) >= 3:
@@ -272,7 +318,7 @@ def all_charts(rows, out_dir, split="test") -> list[Path]:
   if len({r.get("kd_weight") for r in rows} - {None}) > 1:
     paths += pgr_vs_kd_weight(rows, out_dir, split)
   if len({(r["weak"], r["strong"]) for r in rows}) > 1:  # charts over scale need 2+ pairs
-    for loss in dict.fromkeys(r["loss"] for r in rows):
+    for loss in dict.fromkeys(method_of(r) for r in rows):
       paths += accuracy_vs_compute(rows, out_dir, loss, split)
       paths += pgr_vs_strong(rows, out_dir, loss, split)
       paths += pgr_heatmap(rows, out_dir, loss, split)

@@ -1,18 +1,15 @@
-"""Every W2S table: a run's results, a sweep's rows, and how they print numbers.
+"""Every W2S run's tables, and how they print numbers (a sweep's: sweep_tables.py).
 
 Intervals print as "mean [lo, hi]"; PGR through `format_pgr`, which says
 where it is undefined (the ceiling does not beat the weak model) instead of
 printing an interval that describes too few resamples.
 """
 
-import collections
 import math
 
 import numpy as np
 
 from w2s_jax.infra import memory
-from w2s_jax.w2s import metrics
-from w2s_jax.w2s.records import row_summary
 
 # PGR's interval is a percentile interval over the bootstrap resamples where PGR is
 # defined (ceiling > weak); the others are left out of it. A 95% interval already
@@ -328,69 +325,3 @@ def oracle_table(cells: list[dict], labels=("method",)) -> str:
     lines,
   )
   return f"{title}\n{table}"
-
-
-def median_pgr(rows, split="test") -> dict:
-  """Per loss, the median PGR over the sweep's cells (NaN where every cell's is undefined)."""
-  by_loss = collections.defaultdict(list)
-  for r in rows:
-    by_loss[r["loss"]].append(r[f"{split}/pgr/mean"])
-  return {
-    loss: float(np.nanmedian(v)) if not all(map(math.isnan, v)) else float("nan")
-    for loss, v in by_loss.items()
-  }
-
-
-def misfit_correlation(rows, split="test") -> dict:
-  """Over a sweep's cells with a misfit (classification): Pearson's r of the
-  gain (Pw2s - Pweak) with the misfit, with a bootstrap interval over cells."""
-  rows = [r for r in rows if r.get("misfit") is not None]
-  return metrics.correlation_interval(
-    x=[r["misfit"] for r in rows],
-    y=[r[f"{split}/w2s/mean"] - r[f"{split}/weak/mean"] for r in rows],
-  )
-
-
-def sweep_table(rows, split="test") -> str:
-  """Per pair and loss: mean [95% interval] of Pweak, Pw2s, Pceiling, PGR; then
-  the median PGR per loss. With filters, the filter and how right the kept
-  weak labels are."""
-  filtered = any(r.get("filter", "none") != "none" for r in rows)
-  table = []
-  for r in rows:
-    stats = row_summary(r, split)
-    entry = {"weak model": r["weak"], "strong model": r["strong"], "loss": r["loss"], **stats}
-    if filtered:
-      entry["filter"] = r["filter"]
-      entry["label acc"] = f"{r['kept_label_accuracy'] or r['weak_label_accuracy']:.3f}"
-    table.append(entry)
-  labels = ("weak model", "strong model", "loss", *(("filter", "label acc") if filtered else ()))
-  medians = text_table(
-    ("loss", "median PGR"),
-    [
-      [loss, PGR_UNDEFINED if math.isnan(v) else f"{v:.2f}"]
-      for loss, v in median_pgr(rows, split).items()
-    ],
-  )
-  draws = {r.get(f"{split}/draws/pretraining") for r in rows} - {None}
-  if draws:  # rows written before pretraining draws name none
-    p = max(draws)
-    title = (
-      f"{split}: mean [95% bootstrap interval over {p} pretraining draws, seeds and examples]"
-      if p > 1
-      else f"{split}: mean [95% bootstrap interval over seeds and examples; ONE pretraining "
-      "draw, its variance not covered]"
-    )
-    table_text = f"{title}\n{summary_table(table, labels)}"
-  else:
-    table_text = summary_table(table, labels)
-  text = f"{table_text}\n\n{medians}"
-  cells = memory.largest(rows)  # a row carries its cell's peak and steady RSS
-  text += f"\n\n{memory.summary_line(cells, over='cells, each where it was computed')}"
-  corr = misfit_correlation(rows, split)
-  if corr["n"] >= 3:
-    text += (
-      f"\n\ngain (Pweak->strong - Pweak) vs misfit over {corr['n']} cells: Pearson r "
-      f"{corr['r']:.2f} [{corr['lo']:.2f}, {corr['hi']:.2f}] (95% bootstrap over cells)"
-    )
-  return text

@@ -1,0 +1,110 @@
+"""The W2S methods of the literature side by side on the testbed: one leaderboard.
+
+  python experiments/sweep.py --config configs/methods.py
+  python experiments/sweep.py --config configs/methods.py:shift
+  python tools/sweep_report.py runs/sweeps/methods runs/sweeps/methods-shifted
+
+Three (weak, strong) pairs of different gaps on the cue world (pico > micro,
+pico > mini, micro > 96x2; sweep.py's sizes), every method on each, with the
+intervals of every sweep: pretraining draws (--set pretrain_seeds=0,1,2),
+seeds and examples. `shift` draws the same pairs' splits from different
+parts of the world: test asks of the entities the corpus mentions least,
+the training splits of those it mentions most (WorldConfig.split_by; the
+same world and pretrained models). The tool's leaderboard ranks the methods
+in each column and marks an interval that lies above or below naive KD's.
+
+Methods: naive KD (xent); losses: logconf and its balanced variant,
+product, window, entropy, adaptconf; bootstrapping through every size
+between weak and strong (Burns et al. 4.3.1); an ensemble of the weak
+model with the next-smaller weak size of the sweep (pico with nano);
+probes on the strong model's frozen features that relabel (kNN) or drop
+(logistic) the 10% of weak labels they find likeliest wrong; and combined
+(KD + 100 ground-truth labels) as the reference that sees ground truth.
+
+Args (comma-separated): `shift`, `seeds=N` (default 5), `tiny` (a
+seconds-long grid on the 60-entity world: the test's).
+"""
+
+import dataclasses
+
+from w2s_jax.curation.probes import ProbeConfig
+from w2s_jax.data import testbed
+from w2s_jax.infra.configs import parse_arg
+from w2s_jax.training.classifier_losses import (
+  AdaptConf,
+  Entropy,
+  LogConf,
+  Product,
+  Window,
+  Xent,
+)
+from w2s_jax.training.combined import Combined
+from w2s_jax.training.train import OptimConfig
+from w2s_jax.w2s.experiment import ExperimentConfig
+from w2s_jax.w2s.grid import Cell, SweepConfig, bootstrap_chain
+
+import common  # configs/common.py, beside this file
+
+SIZES = ("pico", "micro", "48x2", "mini", "96x2")
+PAIRS = (("pico", "micro"), ("pico", "mini"), ("micro", "96x2"))
+ENSEMBLE_WITH = {"pico": ("nano",)}  # nano: as weak as pico on the cue world (docs/sweeps.md)
+LOSSES = (
+  Xent(),
+  LogConf(),
+  LogConf(balance_batch=True),
+  Product(),
+  Window(),
+  Entropy(),
+  AdaptConf(),
+  Combined(kd_weight=0.5, gt_examples=100),
+)
+PROBES = (ProbeConfig("knn", "relabel", 0.1), ProbeConfig("logistic", "filter", 0.1))
+
+
+def get_config(arg=None) -> ExperimentConfig:
+  arg = _args(arg)
+  cfg = ExperimentConfig(
+    name="methods",
+    world=testbed.CUE_WORLD,
+    finetune=common.CUE_FINETUNE,
+    seeds=tuple(range(arg.seeds or 5)),
+  )
+  if arg.tiny:
+    cfg = dataclasses.replace(
+      cfg,
+      name="methods-tiny",
+      world=common.SMALL_WORLD,
+      seeds=tuple(range(arg.seeds or 2)),
+      pretrain=common.SMALL_PRETRAIN,
+      finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
+      eval_batch_size=8,
+      bootstrap_resamples=200,
+    )
+  if arg.shift:
+    cfg = dataclasses.replace(
+      cfg, name=cfg.name + "-shifted", world=dataclasses.replace(cfg.world, split_by="frequency")
+    )
+  return cfg
+
+
+def sweep(arg=None) -> SweepConfig:
+  """Every method on every pair."""
+  base, arg = get_config(arg), _args(arg)
+  pairs, sizes = (
+    (PAIRS, SIZES) if not arg.tiny else ((("pico", "mini"),), ("pico", "micro", "mini"))
+  )
+  losses = LOSSES if not arg.tiny else (Xent(), LogConf())
+  cells = []
+  for weak, strong in pairs:
+    cells += [Cell(weak, strong, loss) for loss in losses]
+    chain = bootstrap_chain(sizes, weak, strong)
+    if chain:
+      cells.append(Cell(weak, strong, Xent(), via=chain))
+    if weak in ENSEMBLE_WITH:
+      cells.append(Cell(weak, strong, Xent(), ensemble=ENSEMBLE_WITH[weak]))
+    cells += [Cell(weak, strong, Xent(), probe=p) for p in (PROBES if not arg.tiny else PROBES[:1])]
+  return SweepConfig(base, tuple(cells))
+
+
+def _args(arg):
+  return parse_arg(arg, shift=False, seeds=0, tiny=False)
