@@ -6,8 +6,8 @@
 
 Three (weak, strong) pairs of different gaps on the cue world (pico > micro,
 pico > mini, micro > 96x2; sweep.py's sizes), every method on each, with the
-intervals of every sweep: pretraining draws (--set pretrain_seeds=0,1,2),
-seeds and examples. `shift` draws the same pairs' splits from different
+intervals over three pretraining draws of every model, 5 fine-tuning seeds
+on each, and the test examples. `shift` draws the same pairs' splits from different
 parts of the world: test asks of the entities the corpus mentions least,
 the training splits of those it mentions most (WorldConfig.split_by; the
 same world and pretrained models). The tool's leaderboard ranks the methods
@@ -21,8 +21,8 @@ probes on the strong model's frozen features that relabel (kNN) or drop
 (logistic) the 10% of weak labels they find likeliest wrong; and combined
 (KD + 100 ground-truth labels) as the reference that sees ground truth.
 
-Args (comma-separated): `shift`, `seeds=N` (default 5), `tiny` (a
-seconds-long grid on the 60-entity world: the test's).
+Args (comma-separated): `shift`, `seeds=N` (default 5), `pretrain_seeds=N`
+(default 3), `tiny` (a seconds-long grid on the 60-entity world, one draw).
 """
 
 import dataclasses
@@ -68,6 +68,8 @@ def get_config(arg=None) -> ExperimentConfig:
     world=testbed.CUE_WORLD,
     finetune=common.CUE_FINETUNE,
     seeds=tuple(range(arg.seeds or 5)),
+    # Three pretraining draws of every model: the intervals cover them too.
+    pretrain_seeds=tuple(range(arg.pretrain_seeds or 3)),
   )
   if arg.tiny:
     cfg = dataclasses.replace(
@@ -75,6 +77,7 @@ def get_config(arg=None) -> ExperimentConfig:
       name="methods-tiny",
       world=common.SMALL_WORLD,
       seeds=tuple(range(arg.seeds or 2)),
+      pretrain_seeds=tuple(range(arg.pretrain_seeds or 1)),
       pretrain=common.SMALL_PRETRAIN,
       finetune=OptimConfig(steps=20, batch_size=8, lr=1e-3, head_lr=5e-2),
       eval_batch_size=8,
@@ -107,4 +110,4 @@ def sweep(arg=None) -> SweepConfig:
 
 
 def _args(arg):
-  return parse_arg(arg, shift=False, seeds=0, tiny=False)
+  return parse_arg(arg, shift=False, seeds=0, pretrain_seeds=0, tiny=False)

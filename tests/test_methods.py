@@ -19,6 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/sweep.py") + ":tiny,seeds=2"
 
 
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  """One pretrained-model cache for the module's runs: each size pretrains once."""
+  return tmp_path_factory.mktemp("pretrained")
+
+
 def test_bootstrap_chains_come_from_the_sweeps_sizes():
   sizes = ("mini", "pico", "nano", "micro")
   assert bootstrap_chain(sizes, "pico", "mini") == ("nano", "micro")
@@ -52,7 +58,7 @@ def test_a_chain_is_checked_before_compute():
     SweepConfig(generative, (Cell("pico", "micro", generative.losses[0], via=("micro",)),))
 
 
-def test_bootstrapping_relabels_for_the_next_model_and_keeps_pweak(tmp_path):
+def test_bootstrapping_relabels_for_the_next_model_and_keeps_pweak(tmp_path, pretrained):
   """pico -> micro -> mini against naive pico -> mini, and the strong-to-strong
   iteration pico -> micro -> fresh micro. The chain's first hop is the same
   training in both chained cells (micro on pico's labels, the same seeds), so
@@ -65,7 +71,7 @@ def test_bootstrapping_relabels_for_the_next_model_and_keeps_pweak(tmp_path):
   out = engine.run_sweep(
     SweepConfig(base, (naive, chained, iterated)),
     out_dir=tmp_path / "s",
-    cache_dir=tmp_path / "c",
+    cache_dir=pretrained,
     progress=False,
   )
   rec = {r["id"]: r for r in out.records}
@@ -82,7 +88,9 @@ def test_bootstrapping_relabels_for_the_next_model_and_keeps_pweak(tmp_path):
   assert c["label"] == "xent, via micro"
 
 
-def test_an_ensemble_of_copies_of_one_model_is_that_model_and_pweak_is_its_own(tmp_path):
+def test_an_ensemble_of_copies_of_one_model_is_that_model_and_pweak_is_its_own(
+  tmp_path, pretrained
+):
   """Issue 33: k copies of pico supervise exactly as pico does (the same
   record, number for number); pico + micro's Pweak is the ensemble's own
   accuracy, checked against the two weak stages' stored probabilities."""
@@ -94,7 +102,7 @@ def test_an_ensemble_of_copies_of_one_model_is_that_model_and_pweak_is_its_own(t
   out = engine.run_sweep(
     SweepConfig(base, (alone, copies, mixed)),
     out_dir=tmp_path / "s",
-    cache_dir=tmp_path / "c",
+    cache_dir=pretrained,
     progress=False,
   )
   rec = {r["id"]: r for r in out.records}
@@ -182,7 +190,7 @@ def test_probe_limits_and_named_errors():
       probes.ProbeConfig(**kwargs)
 
 
-def test_probe_cells_run_through_the_pipeline(tmp_path):
+def test_probe_cells_run_through_the_pipeline(tmp_path, pretrained):
   """A relabelling and a filtering probe on the tiny sweep: the relabelled
   cell keeps every row, the filtering one drops the asked fraction of it;
   Pweak and the ceiling are the weak and strong models' own."""
@@ -198,7 +206,7 @@ def test_probe_cells_run_through_the_pipeline(tmp_path):
   out = engine.run_sweep(
     SweepConfig(base, (naive, relabel, dropped)),
     out_dir=tmp_path / "s",
-    cache_dir=tmp_path / "c",
+    cache_dir=pretrained,
     progress=False,
   )
   rec = {r["id"]: r for r in out.records}
