@@ -22,7 +22,7 @@ from w2s_jax.infra.store import Store
 from w2s_jax.models.transformer import count_params
 from w2s_jax.training.finetune import seed_stacked_abstract
 from w2s_jax.w2s import parts as parts_lib
-from w2s_jax.w2s import records, stages
+from w2s_jax.w2s import records, stages, supervisors
 from w2s_jax.w2s import runs as runs_lib
 from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.w2s.grid import Cell
@@ -173,12 +173,12 @@ class Engine:
       weak = self.weak(cell.weak, draw, with_params=cell.loss.needs_teacher)
       if cell.ensemble:  # the weak models' averaged supervision, and its own Pweak
         members = [weak] + [self.weak(m, draw, with_params=False) for m in cell.ensemble]
-        weak = stages.ensemble_stage(draw_parts, members)
+        weak = supervisors.ensemble_stage(draw_parts, members)
       for size in cell.via:  # bootstrapping: each model relabels train_w2s for the next
-        weak = stages.relabel_stage(draw_parts, size, weak, cell.loss, cell.finetune)
+        weak = supervisors.relabel_stage(draw_parts, size, weak, cell.loss, cell.finetune)
       subsets = None
       if cell.probe is not None:  # labels mended (or rows dropped) by a probe on the strong model
-        weak, subsets = stages.probe_stage(draw_parts, cell.strong, weak, cell.probe)
+        weak, subsets = supervisors.probe_stage(draw_parts, cell.strong, weak, cell.probe)
       ceiling = self.ceiling(cell.strong, draw)
       w2s = stages.w2s_stage(
         draw_parts,
