@@ -16,7 +16,10 @@ in each column and marks an interval that lies above or below naive KD's.
 Methods: naive KD (xent); losses: logconf and its balanced variant,
 product, window, entropy, adaptconf; bootstrapping through every size
 between weak and strong (Burns et al. 4.3.1); an ensemble of the weak
-model with the next-smaller weak size of the sweep (pico with nano);
+model with a smaller one (pico with nano, micro with pico), its probabilities
+averaged or weighted by weights learnt on 100 held-out ground-truth
+examples (stacked, RAVEN's idea); a boosted ensemble (SAMME over 4 rounds of
+the weak model on resampled ground truth, EnsemW2S's idea);
 probes on the strong model's frozen features that relabel (kNN) or drop
 (logistic) the 10% of weak labels they find likeliest wrong; and combined
 (KD + 100 ground-truth labels) as the reference that sees ground truth.
@@ -27,6 +30,7 @@ Args (comma-separated): `shift`, `seeds=N` (default 5), `pretrain_seeds=N`
 
 import dataclasses
 
+from w2s_jax.curation.ensembles import Boosted, Stacked
 from w2s_jax.curation.probes import ProbeConfig
 from w2s_jax.data import testbed
 from w2s_jax.infra.configs import parse_arg
@@ -47,7 +51,10 @@ import common  # configs/common.py, beside this file
 
 SIZES = ("pico", "micro", "48x2", "mini", "96x2")
 PAIRS = (("pico", "micro"), ("pico", "mini"), ("micro", "96x2"))
-ENSEMBLE_WITH = {"pico": ("nano",)}  # nano: as weak as pico on the cue world (docs/sweeps.md)
+# nano: as weak as pico on the cue world (docs/sweeps.md); pico: weaker than micro.
+ENSEMBLE_WITH = {"pico": ("nano",), "micro": ("pico",)}
+BOOST_ROUNDS = 4  # the weak model, then 3 more rounds of it on resampled ground truth
+STACK_HOLDOUT = 100  # of train_gt's 800: the members train on 700
 LOSSES = (
   Xent(),
   LogConf(),
@@ -105,6 +112,12 @@ def sweep(arg=None) -> SweepConfig:
       cells.append(Cell(weak, strong, Xent(), via=chain))
     if weak in ENSEMBLE_WITH:
       cells.append(Cell(weak, strong, Xent(), ensemble=ENSEMBLE_WITH[weak]))
+      if not arg.tiny:
+        cells.append(
+          Cell(weak, strong, Xent(), ensemble=ENSEMBLE_WITH[weak], weighting=Stacked(STACK_HOLDOUT))
+        )
+    rounds = BOOST_ROUNDS if not arg.tiny else 2
+    cells.append(Cell(weak, strong, Xent(), ensemble=(weak,) * (rounds - 1), weighting=Boosted()))
     cells += [Cell(weak, strong, Xent(), probe=p) for p in (PROBES if not arg.tiny else PROBES[:1])]
   return SweepConfig(base, tuple(cells))
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from w2s_jax.curation import probes
+from w2s_jax.curation import ensembles, probes
 from w2s_jax.curation.selection import FilterConfig
 from w2s_jax.infra import configs
 from w2s_jax.training.classifier_losses import Xent
-from w2s_jax.w2s import engine
+from w2s_jax.w2s import engine, stages, supervisors
+from w2s_jax.w2s import parts as parts_lib
 from w2s_jax.w2s.grid import Cell, SweepConfig, bootstrap_chain, grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +132,106 @@ def test_an_ensemble_is_checked_before_compute():
   generative = configs.load_sweep(str(ROOT / "configs/generative_sweep.py") + ":tiny").base
   with pytest.raises(ValueError, match="an ensemble averages class probabilities"):
     SweepConfig(generative, (Cell("pico", "micro", generative.losses[0], ensemble=("pico",)),))
+
+
+# ------------------------------------------------- weighted ensembles
+
+
+def test_stacking_weights_by_hand():
+  """Two rows, member A gives the truth 0.8 then 0.2, member B 0.4 twice:
+  d/dw [log(0.4 + 0.4w) + log(0.4 - 0.2w)] = 0 at w = 1/2, by hand."""
+  a = np.array([[0.8, 0.2], [0.8, 0.2]])  # truth: class 0, then class 1
+  b = np.array([[0.4, 0.6], [0.6, 0.4]])
+  w = ensembles.stacking_weights(probs=np.stack([a, b]), labels=np.array([0, 1]))
+  np.testing.assert_allclose(w, [0.5, 0.5], atol=1e-6)
+  # A member always right against one at chance takes all the weight; two
+  # equal members keep the uniform mixture.
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, 50)
+  right = np.eye(3)[labels] * 0.9 + 0.1 / 3
+  chance = np.full((50, 3), 1 / 3)
+  w = ensembles.stacking_weights(probs=np.stack([chance, right]), labels=labels)
+  assert w[1] > 0.999
+  np.testing.assert_allclose(
+    ensembles.stacking_weights(probs=np.stack([right, right]), labels=labels), [0.5, 0.5]
+  )
+
+
+def test_a_samme_round_by_hand():
+  """Four rows, uniform, one wrong, two classes: e = 1/4, alpha = log 3, and
+  the wrong row's weight triples: (1, 1, 1, 3) / 6. After the round the
+  member's weighted error is 1 - 1/k (AdaBoost's invariant), for any k."""
+  probs = np.array([[[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]])
+  labels = np.array([0, 0, 1, 1])
+  alpha, d = ensembles.samme_round(probs=probs, labels=labels, distribution=np.full((1, 4), 0.25))
+  np.testing.assert_allclose(alpha, [np.log(3)])
+  np.testing.assert_allclose(d, [[1 / 6, 1 / 6, 1 / 6, 1 / 2]])
+  rng = np.random.default_rng(1)
+  for k in (2, 3, 5):
+    labels = rng.integers(0, k, 40)
+    probs = rng.dirichlet(np.ones(k), (3, 40))
+    probs[:, :30] += 2 * np.eye(k)[labels[:30]]  # better than chance
+    d0 = rng.dirichlet(np.ones(40), 3)
+    alpha, d = ensembles.samme_round(probs=probs, labels=labels, distribution=d0)
+    wrong = probs.argmax(-1) != labels
+    assert np.all(alpha > 0)
+    np.testing.assert_allclose((d * wrong).sum(1), 1 - 1 / k)
+  # A member at chance or worse carries no vote and leaves D as it was.
+  worst = np.eye(2)[1 - np.array([0, 1, 0, 1])][None]
+  d0 = np.full((1, 4), 0.25)
+  alpha, d = ensembles.samme_round(probs=worst, labels=np.array([0, 1, 0, 1]), distribution=d0)
+  assert alpha[0] == 0 and np.array_equal(d, d0)
+  np.testing.assert_allclose(
+    ensembles.normalized(np.array([[0.0, 0.0], [1.0, 3.0]])), [[0.5, 0.5], [0.25, 0.75]]
+  )
+
+
+def test_weighted_ensembles_through_the_pipeline(tmp_path, pretrained):
+  """Boosting over one member is that weak model (its first round trains on
+  train_gt as it is), number for number; boosted and stacked cells run in a
+  sweep, their Pweak the ensemble's own, their weights on the simplex."""
+  base = configs.load_sweep(TINY).base
+  parts = parts_lib.build(base, cache_dir=pretrained, progress=False)
+  alone = stages.weak_stage(parts, "pico")
+  boosted, weights = supervisors.weighted_ensemble_stage(parts, ("pico",), ensembles.Boosted())
+  assert np.array_equal(weights, np.ones((2, 1)))
+  np.testing.assert_array_equal(boosted.labels, alone.labels)
+  for split in alone.scores:
+    np.testing.assert_array_equal(boosted.scores[split], alone.scores[split])
+  stacked, weights = supervisors.weighted_ensemble_stage(
+    parts, ("pico", "micro"), ensembles.Stacked(holdout_examples=8)
+  )
+  assert weights.shape == (2, 2) and np.allclose(weights.sum(1), 1) and np.all(weights >= 0)
+  assert not np.array_equal(stacked.labels, alone.labels)  # less ground truth, another mix
+
+  cells = (
+    Cell("pico", "mini", Xent(), ensemble=("pico", "pico"), weighting=ensembles.Boosted()),
+    Cell("pico", "mini", Xent(), ensemble=("micro",), weighting=ensembles.Stacked(8)),
+  )
+  assert cells[0].label == "xent, boosted ensemble pico+pico+pico"
+  assert cells[1].label == "xent, stacked on 8 held-out ensemble pico+micro"
+  assert len({c.id for c in cells} | {Cell("pico", "mini", Xent(), ensemble=("micro",)).id}) == 3
+  out = engine.run_sweep(
+    SweepConfig(base, cells), out_dir=tmp_path / "s", cache_dir=pretrained, progress=False
+  )
+  for record in out.records:
+    assert record["status"] == "done" if "status" in record else True
+    for per_seed in record["per_seed"].values():
+      assert 0 <= np.min(per_seed["weak"]) and np.max(per_seed["weak"]) <= 1
+
+
+def test_a_weighted_ensemble_is_checked_before_compute(tmp_path, pretrained):
+  base = configs.load_sweep(TINY).base
+  with pytest.raises(ValueError, match="with no Cell.ensemble"):
+    SweepConfig(base, (Cell("pico", "mini", Xent(), weighting=ensembles.Boosted()),))
+  with pytest.raises(ValueError, match="Stacked.holdout_examples=1: expected an int >= 2"):
+    ensembles.Stacked(holdout_examples=1)
+  too_many = Cell("pico", "mini", Xent(), ensemble=("micro",), weighting=ensembles.Stacked(10**6))
+  with pytest.raises(ValueError, match=r"Stacked.holdout_examples=1000000: expected in \[2, "):
+    engine.run_sweep(
+      SweepConfig(base, (too_many,)), out_dir=tmp_path / "s", cache_dir=pretrained, progress=False
+    )
+  assert not (tmp_path / "s" / "cells").exists()
 
 
 # ---------------------------------------------------------------- probes

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from w2s_jax.curation import ensembles
 from w2s_jax.infra import host_memory, integrity, interrupts, locks, memory
 from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.files import (
@@ -179,6 +180,10 @@ def open_sweep(
   )
   sizes = list(dict.fromkeys(size for cell in sweep.cells for size in cell.sizes))
   parts.check(sizes)
+  for cell in sweep.cells:  # a stacked ensemble's held-out slice fits in train_gt
+    if isinstance(cell.weighting, ensembles.Stacked):
+      n = len(parts.task.splits["train_gt"])
+      ensembles.holdout_split(n, cell.weighting.holdout_examples, seed=0)
   for warning in records.data_warnings(records.split_sanity(parts.task)):
     warnings.warn(f"the task's data: {warning}", stacklevel=3)  # before any compute
   _claim_folder(out, sweep, overwrite)

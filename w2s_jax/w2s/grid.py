@@ -9,7 +9,7 @@ is the sweep of its own pair over its losses (`single_cell_sweep`).
 
 import dataclasses
 
-from w2s_jax.curation import weak_curation
+from w2s_jax.curation import ensembles, weak_curation
 from w2s_jax.curation.probes import ProbeConfig
 from w2s_jax.curation.selection import FilterConfig
 from w2s_jax.infra.fingerprint import WHEN_SET, digest
@@ -40,6 +40,10 @@ class Cell:
   # fine-tuned on ground truth, their class probabilities averaged
   # (stages.ensemble_stage). Pweak is then the ensemble's own accuracy.
   ensemble: tuple[str, ...] = dataclasses.field(default=(), metadata=WHEN_SET)
+  # The ensemble's weights fitted on ground truth (curation/ensembles.py):
+  # Stacked (learned on a held-out slice) or Boosted (SAMME over the members
+  # in order, weak first); None: equal weights over the stored weak stages.
+  weighting: ensembles.Weighting | None = dataclasses.field(default=None, metadata=WHEN_SET)
   # A probe on the strong model's frozen features relabels or drops the
   # weak labels it finds likeliest wrong before fine-tuning (curation/probes.py).
   probe: ProbeConfig | None = dataclasses.field(default=None, metadata=WHEN_SET)
@@ -65,7 +69,8 @@ class Cell:
     bootstrapping chain or probe where set (a leaderboard's row)."""
     parts = [self.loss.tag]
     if self.ensemble:
-      parts.append("ensemble " + "+".join(self.weak_members))
+      what = "ensemble" if self.weighting is None else f"{self.weighting.tag} ensemble"
+      parts.append(f"{what} " + "+".join(self.weak_members))
     if self.via:
       parts.append("via " + ">".join(self.via))
     if self.probe is not None:
@@ -196,7 +201,7 @@ class SweepConfig:
           raise ValueError(f"Cell.{field} in {cell}: {e}") from None
       if cell.via:
         _check_chain(cell, self.base, imported)
-      if cell.ensemble:
+      if cell.ensemble or cell.weighting is not None:
         _check_ensemble(cell, self.base, imported, self.ordered)
       if cell.probe is not None and (self.base.generative or cell.filter is not None):
         raise ValueError(
@@ -242,6 +247,15 @@ def _check_ensemble(cell: Cell, base: ExperimentConfig, imported, ordered: bool)
       f"Cell.ensemble={cell.ensemble!r}: an ensemble averages class probabilities: "
       "expected a classification task (the task is generative)"
     )
+  if cell.weighting is not None and not cell.ensemble:
+    raise ValueError(
+      f"Cell.weighting={cell.weighting!r} with no Cell.ensemble: expected weak models "
+      "to weight beside the weak one"
+    )
+  if cell.weighting is not None and not isinstance(
+    cell.weighting, (ensembles.Stacked, ensembles.Boosted)
+  ):
+    raise ValueError(f"Cell.weighting={cell.weighting!r}: expected Stacked(...) or Boosted(...)")
   strong = size_order(cell.strong, imported)
   if ordered and any(size_order(m, imported) >= strong for m in cell.ensemble):
     raise ValueError(

@@ -151,7 +151,11 @@ class CellStage:
           for size in dict.fromkeys((*cell.ensemble, *cell.via))
           if size not in (cell.weak, cell.strong)
         ),
-        *(Weak(size, draw) for size in dict.fromkeys(cell.weak_members)),
+        # A weighted ensemble trains its own members (on other rows).
+        *(
+          Weak(size, draw)
+          for size in dict.fromkeys(cell.weak_members if cell.weighting is None else ())
+        ),
         Ceiling(cell.strong, draw),
       )
     )

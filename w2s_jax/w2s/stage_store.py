@@ -170,8 +170,11 @@ class Engine:
     started, meter = time.perf_counter(), memory.Peak().start()
     runs = []
     for draw, draw_parts in self.draws.items():
-      weak = self.weak(cell.weak, draw, with_params=cell.loss.needs_teacher)
-      if cell.ensemble:  # the weak models' averaged supervision, and its own Pweak
+      if cell.weighting is not None:  # members trained here, weights fitted on ground truth
+        weak, _ = supervisors.weighted_ensemble_stage(draw_parts, cell.weak_members, cell.weighting)
+      else:
+        weak = self.weak(cell.weak, draw, with_params=cell.loss.needs_teacher)
+      if cell.ensemble and cell.weighting is None:  # the stored weak stages, averaged
         members = [weak] + [self.weak(m, draw, with_params=False) for m in cell.ensemble]
         weak = supervisors.ensemble_stage(draw_parts, members)
       for size in cell.via:  # bootstrapping: each model relabels train_w2s for the next

@@ -185,12 +185,16 @@ class Evaluated:
     return tuple(EVAL + k for k in parts.evaluator.eval_keys) + _answer_fields(parts) + curve
 
 
-def weak_stage(parts: Parts, size: str) -> WeakStage:
+def weak_stage(parts: Parts, size: str, *, rows=None, probs_on=()) -> WeakStage:
   """The weak model fine-tuned on ground truth, per seed.
 
   Args:
     parts: the experiment's parts.
     size: the weak model (a size of the table, or an imported name).
+    rows: per seed, the train_gt rows it trains on (repeats allowed: a
+      boosting round's resample); None: all of train_gt.
+    probs_on: classification, splits beyond the evaluation ones whose class
+      probabilities it keeps in `probs` (what an ensemble's weights are fit on).
 
   Returns:
     WeakStage: its soft labels (or responses) for train_w2s with their
@@ -199,7 +203,7 @@ def weak_stage(parts: Parts, size: str) -> WeakStage:
   trainer, evaluator, cfg = parts.trainer, parts.evaluator, parts.cfg
   params, curve = trainer.tune(
     size,
-    trainer.supervised("train_gt", size=size),
+    trainer.supervised("train_gt", subsets=rows, size=size),
     trainer.ground_truth_loss(),
     f"weak {size} on ground truth",
     cfg.weak_finetune,
@@ -251,6 +255,7 @@ def weak_stage(parts: Parts, size: str) -> WeakStage:
     likelihood = np.full(len(labels[0]), np.nan, np.float32)
   probs = {s: evaluator.predict(size, params, s) for s in parts.task.eval_splits}
   scores, answers = evaluator.classified(probs)
+  probs |= {s: evaluator.predict(size, params, s) for s in probs_on if s not in probs}
   return WeakStage(
     label_accuracy=label_acc,
     scores=scores,
