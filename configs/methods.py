@@ -2,7 +2,8 @@
 
   python experiments/sweep.py --config configs/methods.py
   python experiments/sweep.py --config configs/methods.py:shift
-  python tools/sweep_report.py runs/sweeps/methods runs/sweeps/methods-shifted
+  python experiments/sweep.py --config configs/methods.py:sst2=DIR   # DIR/sst2_{train,dev}.tsv
+  python tools/sweep_report.py runs/sweeps/methods runs/sweeps/methods-shifted runs/sweeps/methods-sst2
 
 Three (weak, strong) pairs of different gaps on the cue world (pico > micro,
 pico > mini, micro > 96x2; sweep.py's sizes), every method on each, with the
@@ -24,8 +25,16 @@ probes on the strong model's frozen features that relabel (kNN) or drop
 (logistic) the 10% of weak labels they find likeliest wrong; and combined
 (KD + 100 ground-truth labels) as the reference that sees ground truth.
 
-Args (comma-separated): `shift`, `seeds=N` (default 5), `pretrain_seeds=N`
-(default 3), `tiny` (a seconds-long grid on the 60-entity world, one draw).
+`sst2=DIR` is the real-text setting: configs/sst2_minilm.py's pair (pico
+from scratch on SST-2's text, supervising all-MiniLM-L6-v2 from `models=DIR`,
+default runs/models; 5 seeds, one pretraining draw of pico), every method
+that applies to one pair without intermediate sizes: the losses, the probes
+(on MiniLM's frozen mean-pooled features), the ensembles (nano from scratch
+beside pico) and the boosted pico. About an hour on 2 cores (docs/methods.md).
+
+Args (comma-separated): `shift`, `sst2=DIR`, `models=DIR`, `seeds=N` (default
+5), `pretrain_seeds=N` (default 3; sst2: 1), `tiny` (a seconds-long grid on
+the 60-entity world, one draw; with sst2, sst2_minilm's `small` preset).
 """
 
 import dataclasses
@@ -48,6 +57,7 @@ from w2s_jax.w2s.experiment import ExperimentConfig
 from w2s_jax.w2s.grid import Cell, SweepConfig, bootstrap_chain
 
 import common  # configs/common.py, beside this file
+import sst2_minilm  # configs/sst2_minilm.py: the real-text pair
 
 SIZES = ("pico", "micro", "48x2", "mini", "96x2")
 PAIRS = (("pico", "micro"), ("pico", "mini"), ("micro", "96x2"))
@@ -70,6 +80,10 @@ PROBES = (ProbeConfig("knn", "relabel", 0.1), ProbeConfig("logistic", "filter", 
 
 def get_config(arg=None) -> ExperimentConfig:
   arg = _args(arg)
+  if arg.sst2:
+    minilm = f"files={arg.sst2},models={arg.models},seeds={arg.seeds or (1 if arg.tiny else 5)}"
+    cfg = sst2_minilm.get_config(minilm + (",small" if arg.tiny else ""))
+    return dataclasses.replace(cfg, name="methods-sst2" + ("-tiny" if arg.tiny else ""))
   cfg = ExperimentConfig(
     name="methods",
     world=testbed.CUE_WORLD,
@@ -103,11 +117,13 @@ def sweep(arg=None) -> SweepConfig:
   pairs, sizes = (
     (PAIRS, SIZES) if not arg.tiny else ((("pico", "mini"),), ("pico", "micro", "mini"))
   )
+  if arg.sst2:  # one pair; no size between a from-scratch pico and MiniLM to bootstrap through
+    pairs, sizes = ((base.weak_size, base.strong_size),), ()
   losses = LOSSES if not arg.tiny else (Xent(), LogConf())
   cells = []
   for weak, strong in pairs:
     cells += [Cell(weak, strong, loss) for loss in losses]
-    chain = bootstrap_chain(sizes, weak, strong)
+    chain = bootstrap_chain(sizes, weak, strong, base.pretrained_dirs)
     if chain:
       cells.append(Cell(weak, strong, Xent(), via=chain))
     if weak in ENSEMBLE_WITH:
@@ -123,4 +139,12 @@ def sweep(arg=None) -> SweepConfig:
 
 
 def _args(arg):
-  return parse_arg(arg, shift=False, seeds=0, pretrain_seeds=0, tiny=False)
+  arg = parse_arg(
+    arg, shift=False, sst2="", models="runs/models", seeds=0, pretrain_seeds=0, tiny=False
+  )
+  if arg.sst2 and (arg.shift or arg.pretrain_seeds):
+    raise ValueError(
+      f"configs/methods.py: sst2={arg.sst2!r} with shift or pretrain_seeds: expected "
+      "neither (the real-text setting has its own splits, and one draw of pico)"
+    )
+  return arg

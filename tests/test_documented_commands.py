@@ -500,11 +500,11 @@ SLOW_VARIANTS = {
     "pipeline: tests/test_text_pipeline.py::test_pipeline_with_imported_checkpoints"
   ),
   r"^python tools/bench_live\.py$": "the live step itself: tests/test_live.py",
-  r"configs/methods\.py(:shift)?$": (
+  r"configs/methods\.py(:shift|:sst2=DIR)?$": (
     "every method through the pipeline on the tiny sweep: tests/test_methods.py"
   ),
-  r"^python tools/sweep_report\.py runs/sweeps/methods runs/sweeps/methods-shifted$": (
-    "it reads the two sweeps above (-m slow); the leaderboard from two sweep folders: "
+  r"^python tools/sweep_report\.py runs/sweeps/methods runs/sweeps/methods-shifted( runs/sweeps/methods-sst2)?$": (
+    "it reads the sweeps above (-m slow); the leaderboard from two sweep folders: "
     "tests/test_report.py::test_leaderboard_ranks_methods_and_marks_intervals_against_naive_kd"
   ),
   r"^python tools/sweep_report\.py runs/sweeps/(sweep|generative-sweep)$": (
