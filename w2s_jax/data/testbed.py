@@ -268,6 +268,45 @@ def question_dataset(world: World, entities, relation: int = 0) -> Dataset:
   return Dataset(tokens=tokens, mask=np.ones_like(tokens), labels=labels)
 
 
+REJECTED = ("any", "same_region", "other_region")
+
+
+def false_cities(world: World, true_city, *, rejected: str, rng) -> np.ndarray:
+  """For each true city, a different one: any other city, another in the
+  same region (the harder fact to rule out: region knowledge and the cue do
+  not tell them apart), or one in another region (the easier)."""
+  if rejected not in REJECTED:
+    raise ValueError(f"rejected={rejected!r}: expected one of {REJECTED}")
+  true_city = np.asarray(true_city)
+  region = world.region_of
+  out = np.empty_like(true_city)
+  for i, c in enumerate(true_city):
+    others = np.flatnonzero(np.arange(world.cfg.num_cities) != c)
+    if rejected == "same_region":
+      others = others[region[others] == region[c]]
+    elif rejected == "other_region":
+      others = others[region[others] != region[c]]
+    if not len(others):
+      raise ValueError(
+        f"rejected={rejected!r}: city c{c} has no such other city "
+        f"({world.cfg.num_cities} cities in {world.cfg.num_regions} regions)"
+      )
+    out[i] = rng.choice(others)
+  return out
+
+
+def fact_pairs(
+  world: World, entities, *, relation: int = 0, rejected: str = "any", seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Preference pairs over facts: the prompt '<bos> aX bY lives' [N, 4], the
+  true city [N] (the preferred response 'cK .') and a false one [N]
+  (false_cities), drawn with `seed`."""
+  prompts = question_dataset(world, entities, relation)["tokens"]
+  true_city = world.city_of[relation, np.asarray(entities)]
+  rng = np.random.default_rng([world.cfg.seed, 17, seed])
+  return prompts, true_city, false_cities(world, true_city, rejected=rejected, rng=rng)
+
+
 def task_splits(world: World) -> dict[str, Dataset]:
   """train_gt, train_w2s and test ask 'lives in'; heldout asks 'works in' of test entities."""
   splits = {name: question_dataset(world, world.split_entities[name]) for name in SPLITS}

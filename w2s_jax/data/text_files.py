@@ -77,7 +77,7 @@ def read_text_file(
         f"num_labels={num_labels}: expected one name per class"
       )
   texts, labels = [], []
-  for line, row in _checked_rows(path, file_format, (text_field, label_field)):
+  for line, row in checked_rows(path, file_format, (text_field, label_field)):
     text = row[text_field]
     if not isinstance(text, str):
       raise TextFileError(path, line, f"{text_field}={text!r}: expected a string")
@@ -111,7 +111,7 @@ def infer_label_names(
   distinct labels as strings, sorted. A file that mixes the two is an error
   at the first row of the minority kind."""
   ints, names = {}, {}  # value -> first line
-  for line, row in _checked_rows(path, file_format, (label_field,)):
+  for line, row in checked_rows(path, file_format, (label_field,)):
     value = row[label_field]
     as_int = _as_int(value)
     if as_int is not None:
@@ -138,10 +138,10 @@ def count_rows(
   path, *, text_field: str = "text", label_field: str = "label", file_format: str | None = None
 ) -> int:
   """How many examples a file holds (its rows, checked for both fields)."""
-  return sum(1 for _ in _checked_rows(path, file_format, (text_field, label_field)))
+  return sum(1 for _ in checked_rows(path, file_format, (text_field, label_field)))
 
 
-def _checked_rows(path, file_format: str | None, fields: tuple[str, ...]):
+def checked_rows(path, file_format: str | None, fields: tuple[str, ...]):
   """The file's rows as (line, row), each checked to hold `fields`; the file
   itself (format, existence) checked before any row is read."""
   file_format = _file_format(path, file_format)

@@ -49,6 +49,9 @@ class ModelConfig:
   max_len: int = 64
   mlp_ratio: int = 4
   mlp_dim: int | None = None  # None: mlp_ratio * width
+  # The head's width: classes; 1: a scalar score per sequence (a pointwise
+  # reward model: an example holds one sequence per choice, and its class
+  # logits are the choices' scores, Transformer.class_logits).
   num_classes: int = 2
   # "lm_probs": the classifier is linear in the LM's next-token distribution at
   # the last real token, so fine-tuning reads what pretraining put in the LM
@@ -102,8 +105,10 @@ class ModelConfig:
       raise ValueError(f"ModelConfig.mlp_dim={self.mlp_dim!r}: expected a positive int or None")
     if self.width % self.heads:
       raise ValueError(f"ModelConfig.width={self.width} must be divisible by heads={self.heads}")
-    if self.num_classes < 2:
-      raise ValueError(f"ModelConfig.num_classes={self.num_classes}: expected >= 2")
+    if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
+      raise ValueError(
+        f"ModelConfig.num_classes={self.num_classes!r}: expected an int >= 1 (1: a scalar score head)"
+      )
     for name, allowed in (
       ("head_input", HEAD_INPUTS),
       ("positions", POSITIONS),

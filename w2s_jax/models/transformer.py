@@ -358,16 +358,39 @@ class Transformer(nn.Module):
     h_first = jnp.take_along_axis(h, first[:, None, None], axis=1)[:, 0]
     return jnp.tanh(self.pooler(h_first))
 
-  def head_features(self, tokens, mask):
-    """What the classification head reads: the pooled state, or with
-    head_input "lm_probs" the next-token distribution at the last real token."""
+  def _sequence_features(self, tokens, mask):
     if self.cfg.head_input == "lm_probs":
       return jax.nn.softmax(self._unembed(self._last_hidden(tokens, mask)), axis=-1)
     return self.pooled(tokens, mask)
 
+  def head_features(self, tokens, mask):
+    """What the classification head reads: the pooled state, or with
+    head_input "lm_probs" the next-token distribution at the last real token:
+    [batch, features]. Tokens [batch, choices, seq] (one sequence per choice,
+    a pointwise reward model's pair): each choice's features side by side,
+    [batch, choices * features]."""
+    if tokens.ndim == 3:
+      b, c, t = tokens.shape
+      flat = self._sequence_features(tokens.reshape(b * c, t), mask.reshape(b * c, t))
+      return flat.reshape(b, c * flat.shape[-1])
+    return self._sequence_features(tokens, mask)
+
   def class_logits(self, tokens, mask):
-    """Class logits from the pooled state (decoders: at the last real token)."""
-    return self.cls_head(self.head_features(tokens, mask))
+    """Class logits from the pooled state (decoders: at the last real token).
+
+    Tokens [batch, choices, seq] with a scalar head (num_classes=1): each
+    choice's score, [batch, choices], so that softmax over them is the
+    Bradley-Terry preference sigma(r_A - r_B) for two choices."""
+    if tokens.ndim == 3:
+      if self.cfg.num_classes != 1:
+        raise ValueError(
+          f"tokens {tokens.shape}: one sequence per choice needs a scalar score head "
+          f"(ModelConfig.num_classes=1), not {self.cfg.num_classes}"
+        )
+      b, c, t = tokens.shape
+      flat = self._sequence_features(tokens.reshape(b * c, t), mask.reshape(b * c, t))
+      return self.cls_head(flat).reshape(b, c)
+    return self.cls_head(self._sequence_features(tokens, mask))
 
   def __call__(self, tokens, mask):
     if not self.cfg.causal:  # no LM head: init touches the encoder's params here

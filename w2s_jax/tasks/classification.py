@@ -161,6 +161,9 @@ class ClassificationTask:
   # The classes, in label order: label i is label_names[i] (a file's or
   # TFDS's names, or the ints themselves as strings).
   label_names: tuple[str, ...] = ("0", "1")
+  # Each example holds one sequence per class, and a model scores each with
+  # one scalar (tokens [N, classes, L]; a pointwise reward model, preference.py).
+  per_choice: bool = False
 
   @property
   def num_classes(self) -> int:

@@ -12,13 +12,14 @@ from w2s_jax.data import testbed
 from w2s_jax.infra import sharding as shd
 from w2s_jax.infra.distributed import DistributedConfig
 from w2s_jax.infra.files import check_run_name
-from w2s_jax.infra.fingerprint import CONTENTS, IGNORED
+from w2s_jax.infra.fingerprint import CONTENTS, IGNORED, WHEN_SET
 from w2s_jax.infra.sharding import MeshConfig
 from w2s_jax.models import hf_files, hf_import
 from w2s_jax.models.model_config import DTYPES, ModelConfig, decode_size
 from w2s_jax.tasks.base import Task
 from w2s_jax.tasks.classification import TextTaskConfig
 from w2s_jax.tasks.generation import GenerationConfig, GenTextTaskConfig
+from w2s_jax.tasks.preference import PreferenceConfig, PreferenceTextConfig
 
 # Every built-in loss module, so that each loss is known by its name (Loss.from_string).
 from w2s_jax.training import combined, generative_losses, live  # noqa: F401
@@ -59,8 +60,11 @@ class ExperimentConfig:
   checkpoint_every: int = 1000  # pretraining steps between checkpoints
   # A real text task instead of the testbed world: classification
   # (TextTaskConfig) or prompt -> response (GenTextTaskConfig, with generation set).
-  text_task: TextTaskConfig | GenTextTaskConfig | None = None
+  text_task: TextTaskConfig | GenTextTaskConfig | PreferenceTextConfig | None = None
   generation: GenerationConfig | None = None  # set: a generative experiment
+  # Set: a preference task (reward models; tasks/preference.py), of the
+  # testbed's fact pairs, or of text_task's pairs (a PreferenceTextConfig).
+  preference: PreferenceConfig | None = dataclasses.field(default=None, metadata=WHEN_SET)
   head_input: str = "lm_probs"  # ModelConfig.head_input; "hidden" as GPT2ForSequenceClassification
   # (name, local Hugging Face folder): models imported pretrained, named by
   # weak_size/strong_size, instead of pretrained here.
@@ -104,6 +108,18 @@ class ExperimentConfig:
         "ExperimentConfig.generation is set but text_task is a (classification) "
         "TextTaskConfig: expected a GenTextTaskConfig"
       )
+    if isinstance(self.text_task, PreferenceTextConfig) and self.preference is None:
+      raise ValueError(
+        "ExperimentConfig.text_task is a PreferenceTextConfig but preference=None: "
+        "expected a PreferenceConfig (its format)"
+      )
+    if self.preference is not None and (
+      self.generation is not None or isinstance(self.text_task, TextTaskConfig)
+    ):
+      raise ValueError(
+        "ExperimentConfig.preference is set with a generative or classification task: "
+        "expected text_task=None (the testbed's fact pairs) or a PreferenceTextConfig"
+      )
     for i, loss in enumerate(self.losses):
       loss.check_kind(self.generative, f"ExperimentConfig.losses[{i}]")
     if self.dtype not in DTYPES:
@@ -136,8 +152,9 @@ class ExperimentConfig:
     return dataclasses.replace(cfg, dtype=self.dtype, remat=self.remat)
 
   def _model_config(self, size: str, task: Task) -> ModelConfig:
-    # The classification head's width; a generative task's models have one unused.
-    num_classes = 2 if task.generative else task.num_classes
+    # The classification head's width; a generative task's models have one
+    # unused; a pointwise reward model's is one score per sequence.
+    num_classes = 2 if task.generative else (1 if task.per_choice else task.num_classes)
     if size in dict(self.pretrained_dirs):
       folder = dict(self.pretrained_dirs)[size]
       encoder = hf_files.read_config(folder).get("model_type") == "bert"

@@ -93,7 +93,9 @@ def build(cfg: ExperimentConfig, *, cache_dir, progress: bool = True) -> Parts:
     evaluator, sharing one mesh and the experiment's seeds.
   """
   mesh = check_mesh(cfg)
-  task = factory.make_task(world=cfg.world, text=cfg.text_task, gen_cfg=cfg.generation)
+  task = factory.make_task(
+    world=cfg.world, text=cfg.text_task, gen_cfg=cfg.generation, preference_cfg=cfg.preference
+  )
   seeds = tuple(cfg.seeds)
   views = ModelViews(cfg, task)
   return Parts(

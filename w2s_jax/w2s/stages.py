@@ -243,7 +243,7 @@ def weak_stage(parts: Parts, size: str, *, rows=None, probs_on=()) -> WeakStage:
   labels = evaluator.predict(size, params, "train_w2s")
   label_acc = metrics.correct(probs=labels, labels=parts.task.splits["train_w2s"]["labels"]).mean(1)
   pretrained, model_cfg, _ = parts.models.get(size)
-  if model_cfg.causal:
+  if model_cfg.causal and not parts.task.per_choice:
     likelihood = scoring.sequence_log_likelihood(
       pretrained,
       model_cfg,
@@ -251,7 +251,7 @@ def weak_stage(parts: Parts, size: str, *, rows=None, probs_on=()) -> WeakStage:
       batch_size=cfg.eval_batch_size,
       mesh=parts.mesh,
     )
-  else:  # an encoder has no LM head: a likelihood filter then says so (weak_curation.py)
+  else:  # an encoder has no LM head, a pair no one text: a likelihood filter says so (weak_curation.py)
     likelihood = np.full(len(labels[0]), np.nan, np.float32)
   probs = {s: evaluator.predict(size, params, s) for s in parts.task.eval_splits}
   scores, answers = evaluator.classified(probs)
