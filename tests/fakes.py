@@ -45,6 +45,21 @@ def write_sentiment_jsonl(path, n: int, seed: int, *, text="text", label="label"
   return path
 
 
+def write_preference_jsonl(path, n: int, seed: int):
+  """{prompt, chosen, rejected} lines: the chosen text is a positive sentence
+  (sentiment_rows), the rejected a negative one: a learnable preference."""
+  rows = sentiment_rows(4 * n, seed)
+  pos = [t for t, y in rows if y == 1][:n]
+  neg = [t for t, y in rows if y == 0][:n]
+  prompt = "Which review is more positive?"
+  path.write_text(
+    "".join(
+      json.dumps({"prompt": prompt, "chosen": c, "rejected": r}) + "\n" for c, r in zip(pos, neg)
+    )
+  )
+  return path
+
+
 TOPICS = {
   "sport": ["goal", "match", "team", "score"],
   "music": ["song", "band", "album", "tune"],

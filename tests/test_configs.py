@@ -37,7 +37,7 @@ def test_model_config_width_not_divisible_by_heads():
     (dict(vocab_size=0, width=32, depth=1, heads=2), "vocab_size=0"),
     (dict(vocab_size=10, width=32, depth=-1, heads=2), "depth=-1"),
     (dict(vocab_size=10, width=32, depth=1, heads=2, head_input="cls"), "head_input='cls'"),
-    (dict(vocab_size=10, width=32, depth=1, heads=2, num_classes=1), "num_classes=1"),
+    (dict(vocab_size=10, width=32, depth=1, heads=2, num_classes=0), "num_classes=0"),
     (dict(vocab_size=10, width=32, depth=1, heads=2, dtype="float16"), "dtype='float16'"),
   ],
 )

@@ -114,6 +114,7 @@ CONFIG_QUICK = {
   "pythia_boolq.py": ("tiny", ()),
   "sst2.py": ("small", ()),
   "sst2_minilm.py": ("small", ()),
+  "reward.py": ("small", ()),
   "text.py": ("small", ("quick",)),
   "scale.py": ("tiny", ("size", "steps")),
 }
@@ -137,6 +138,7 @@ CLI_SCRIPTS = {
   "run": "w2s.py",
   "sweep": "sweep.py",
   "cascade": "cascade.py",
+  "best-of-n": "best_of_n.py",
   "pretrain": "train.py",
   "filter-corpus": "filter_corpus.py",
 }
@@ -366,6 +368,8 @@ def workspace(tmp_path_factory):
   (root / "sst2").mkdir()
   fakes.write_sentiment_tsv(root / "sst2" / "sst2_train.tsv", 600, 0)
   fakes.write_sentiment_tsv(root / "sst2" / "sst2_dev.tsv", 64, 1)
+  fakes.write_preference_jsonl(root / "sst2" / "train_pairs.jsonl", 200, 4)
+  fakes.write_preference_jsonl(root / "sst2" / "test_pairs.jsonl", 64, 5)
   fakes.write_sentiment_jsonl(root / "train.jsonl", 200, 2, text="sentence", label="y")
   fakes.write_sentiment_jsonl(root / "dev.jsonl", 64, 3, text="sentence", label="y")
   for i, name in enumerate(("gpt2", "gpt2-large")):
@@ -510,6 +514,21 @@ SLOW_VARIANTS = {
   r"^python tools/sweep_report\.py runs/sweeps/(sweep|generative-sweep)$": (
     "it reads the sweep documented before it (-m slow); sweep_report runs on "
     "runs/sweeps/sweep-facts and the other sweeps"
+  ),
+  r"configs/reward\.py:pairwise$": (
+    "the pairwise format's pairs: tests/test_preference.py::"
+    "test_testbed_pairs_label_the_true_fact_in_both_formats; the reward run: configs/reward.py's"
+  ),
+  r"^python experiments/sweep\.py --config configs/reward\.py$": (
+    "the reward run: configs/reward.py's documented run; the sweep engine: configs/sweep.py:facts"
+  ),
+  r"best-of-n --config configs/reward\.py$": (
+    "best-of-n on the small config: tests/test_preference.py::"
+    "test_best_of_n_runs_and_its_greedy_column_is_the_policy_s_accuracy"
+  ),
+  r"configs/reward\.py:files=DIR$": (
+    "JSONL pairs: tests/test_preference.py::test_jsonl_pairs_in_both_formats_and_named_errors; "
+    "MiniLM through the pipeline: tests/test_text_pipeline.py"
   ),
   r"^python experiments/filter_corpus\.py$": (
     "the pool filter: tests/test_selection.py::test_likelihood_filtering_removes_planted_bad_documents"

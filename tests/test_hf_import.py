@@ -120,7 +120,7 @@ def padded_batch(side, seed=0):
 
 def hf_logits(model, tokens, mask):
   ids, attention = torch.tensor(tokens, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
-  positions = (attention.cumsum(-1) - 1).clamp(min=0)  # as transformer.positions_from_mask
+  positions = (attention.cumsum(-1) - 1).clamp(min=0)  # as positions.positions_from_mask
   with torch.no_grad():
     return model(input_ids=ids, attention_mask=attention, position_ids=positions).logits.numpy()
 

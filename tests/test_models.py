@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from w2s_jax.models import model_config, transformer
+from w2s_jax.models import model_config, positions, transformer
 
 from fakes import tiny_model_cfg
 
@@ -72,14 +72,14 @@ def test_last_real_index_hand_made_masks():
     np.int32,
   )
   np.testing.assert_array_equal(
-    np.asarray(transformer.last_real_index(jnp.asarray(masks))), [2, 4, 4, 2, 0, 4]
+    np.asarray(positions.last_real_index(jnp.asarray(masks))), [2, 4, 4, 2, 0, 4]
   )
 
 
 def test_positions_from_mask_counts_real_tokens():
   masks = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]], np.int32)
   np.testing.assert_array_equal(
-    np.asarray(transformer.positions_from_mask(jnp.asarray(masks))),
+    np.asarray(positions.positions_from_mask(jnp.asarray(masks))),
     [[0, 1, 2, 2, 2], [0, 0, 0, 1, 2]],
   )
 
@@ -135,7 +135,7 @@ def test_tokens_at_padded_positions_do_not_matter():
       )
     # Changing a real token does change the output (the check can fail).
     changed = tokens.copy()
-    last = np.asarray(transformer.last_real_index(mask))
+    last = np.asarray(positions.last_real_index(mask))
     changed[0, last[0]] = (changed[0, last[0]] + 1) % VOCAB
     assert np.abs(np.asarray(cls(params, changed, mask))[0] - base[0]).max() > 1e-5
 
@@ -148,7 +148,7 @@ def test_real_token_zero_is_not_padding():
   with_zero_end = [6, 4, 0]
   for side in ("right", "left"):
     tokens, mask = pad([with_zero_mid, without, with_zero_end, [6, 4]], side, 0)
-    idx = np.asarray(transformer.last_real_index(mask))
+    idx = np.asarray(positions.last_real_index(mask))
     if side == "right":
       np.testing.assert_array_equal(idx, [2, 1, 2, 1])
     else:

@@ -19,11 +19,13 @@ from w2s_jax.tasks import preference
 from w2s_jax.tasks.preference import PreferenceConfig, PreferenceTextConfig
 from w2s_jax.training import losses
 from w2s_jax.training.classifier_losses import Xent
+from w2s_jax.w2s import best_of_n
 from w2s_jax.w2s import parts as parts_lib
 from w2s_jax.w2s.experiment import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = str(ROOT / "configs/reward.py") + ":small"
+SMALL_BON = SMALL + ",seeds=2"
 
 
 def test_bradley_terry_loss_by_hand():
@@ -31,7 +33,9 @@ def test_bradley_terry_loss_by_hand():
   one is -log sigma(r_chosen - r_rejected): r = (1.0, -0.5) chosen A gives
   log(1 + e^-1.5) = 0.201413; chosen B gives log(1 + e^1.5) = 1.701413."""
   logits = jnp.array([[1.0, -0.5], [1.0, -0.5]])
-  per_row = [float(losses.xent(logits=logits[i : i + 1], labels=jnp.eye(2)[i][None])) for i in range(2)]
+  per_row = [
+    float(losses.xent(logits=logits[i : i + 1], labels=jnp.eye(2)[i][None])) for i in range(2)
+  ]
   np.testing.assert_allclose(per_row, [0.201413, 1.701413], atol=1e-6)
 
 
@@ -198,3 +202,60 @@ def test_kd_on_hard_targets_trains_as_ground_truth(tmp_path):
   a, _ = trainer.tune("micro", trainer.supervised("train_gt", size="micro"), Xent(), "gt")
   b, _ = trainer.tune("micro", trainer.supervised("train_gt", hard, size="micro"), Xent(), "kd")
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+# ------------------------------------------------------------- best-of-n
+
+
+def test_best_of_n_picks_by_hand_and_their_limits():
+  """Two prompts, three candidates: the first prompt's best reward is on its
+  right candidate, the second's on a wrong one; ties go to the earliest (the
+  greedy response). n = 1 is the greedy response for every picker; the
+  oracle bounds every pick at every n."""
+  rewards = np.array([[[0.1, 0.9, 0.3], [0.5, 0.5, 2.0]]])
+  correct = np.array([[[0, 1, 0], [1, 1, 0]]])
+  assert best_of_n.picked_correct(rewards=rewards, correct=correct, n=3).tolist() == [[1, 0]]
+  assert best_of_n.picked_correct(rewards=rewards, correct=correct, n=2).tolist() == [[1, 1]]
+  assert best_of_n.oracle_correct(correct=correct, n=3).tolist() == [[1, 1]]
+  np.testing.assert_allclose(best_of_n.random_correct(correct=correct, n=3), [[1 / 3, 2 / 3]])
+  rng = np.random.default_rng(0)
+  correct = rng.integers(0, 2, (4, 50, 16))
+  rewards = {name: rng.normal(size=(4, 50, 16)) for name in ("weak RM", "W2S RM")}
+  table = best_of_n.curves(rewards=rewards, correct=correct, ns=(1, 2, 4, 16), num_resamples=200)
+  greedy = correct[..., 0].mean()
+  for name in (*rewards, "oracle", "random"):
+    assert table[name][1]["mean"] == pytest.approx(greedy)
+  for n in (1, 2, 4, 16):
+    for name in rewards:
+      assert (
+        best_of_n.picked_correct(rewards=rewards[name], correct=correct, n=n)
+        <= best_of_n.oracle_correct(correct=correct, n=n)
+      ).all()
+      assert table[name][n]["mean"] <= table["oracle"][n]["mean"]
+
+
+def test_best_of_n_config_is_checked():
+  reward = configs.load(SMALL)
+  with pytest.raises(ValueError, match="expected a pointwise preference experiment"):
+    best_of_n.BestOfNConfig(dataclasses.replace(reward, preference=PreferenceConfig("pairwise")))
+  with pytest.raises(ValueError, match=r"BestOfNConfig.ns=\(2, 1\): expected increasing"):
+    best_of_n.BestOfNConfig(reward, ns=(2, 1))
+  with pytest.raises(ValueError, match="BestOfNConfig.temperature=0"):
+    best_of_n.BestOfNConfig(reward, temperature=0)
+
+
+def test_best_of_n_runs_and_its_greedy_column_is_the_policy_s_accuracy(tmp_path):
+  """The small run end to end: at n = 1 every picker scores the policy's
+  greedy accuracy; the oracle is never below any pick; results and chart written."""
+  cfg = dataclasses.replace(configs.load(SMALL_BON, "best_of_n"), ns=(1, 2, 4))
+  results = best_of_n.run(
+    cfg, out_dir=tmp_path / "bon", cache_dir=tmp_path / "cache", progress=False
+  )
+  first = {name: c["1"]["mean"] for name, c in results["curves"].items()}
+  assert len(set(first.values())) == 1, first
+  for n in ("1", "2", "4"):
+    for name in ("weak RM", "W2S RM", "ceiling RM", "random"):
+      assert results["curves"][name][n]["mean"] <= results["curves"]["oracle"][n]["mean"]
+  assert (tmp_path / "bon" / "best_of_n.json").exists()
+  assert (tmp_path / "bon" / "best_of_n.png").exists()
+  assert "weak RM" in best_of_n.format_results(results)

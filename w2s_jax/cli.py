@@ -1,8 +1,9 @@
-"""The one command line: python -m w2s_jax run|sweep|cascade|pretrain|filter-corpus|plan.
+"""The one command line: python -m w2s_jax run|sweep|cascade|best-of-n|pretrain|filter-corpus|plan.
 
   python -m w2s_jax run --config configs/default.py:small --set finetune.lr=1e-3 --set seeds=0,1
   python -m w2s_jax sweep --config configs/sweep.py:tiny --set base.bootstrap_resamples=500
   python -m w2s_jax cascade --config configs/cascade.py:small
+  python -m w2s_jax best-of-n --config configs/reward.py:small
   python -m w2s_jax pretrain --config configs/scale.py:tiny
   python -m w2s_jax filter-corpus --config configs/default.py:facts,small --keep 0.8
   python -m w2s_jax plan --config configs/default.py:small --topology v5e:2x2
@@ -28,7 +29,7 @@ from w2s_jax.curation.pool import ALIASES, POOL_CRITERIA
 from w2s_jax.infra import configs, distributed, files, overrides, sharding
 from w2s_jax.plans import planner
 from w2s_jax.training import pretrain_job
-from w2s_jax.w2s import engine, pool_curation, sweep_tables, tables
+from w2s_jax.w2s import best_of_n, engine, pool_curation, sweep_tables, tables
 from w2s_jax.w2s.experiment import ExperimentConfig, schedule_lines
 from w2s_jax.w2s.grid import SweepConfig
 
@@ -42,6 +43,12 @@ COMMANDS = {
     "configs/sweep.py",
   ),
   "cascade": ("the cascade experiment", cascade.CascadeConfig, "get_config", "configs/cascade.py"),
+  "best-of-n": (
+    "best-of-n with the weak, W2S and ceiling reward models",
+    best_of_n.BestOfNConfig,
+    "best_of_n",
+    "configs/reward.py",
+  ),
   "pretrain": (
     "pretraining at scale, resumable",
     pretrain_job.PretrainConfig,
@@ -79,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
       help="override a config field, e.g. finetune.lr=1e-4 (repeatable)",
     )
     p.add_argument("--out", default=None, help="output folder (default runs/<config name>)")
-    if name in ("run", "sweep", "cascade"):
+    if name in ("run", "sweep", "cascade", "best-of-n"):
       p.add_argument(
         "--overwrite",
         action="store_true",
@@ -143,7 +150,7 @@ def load_config(command: str, spec: str, assignments) -> object:
     The config, of the command's type, overridden and type-checked.
   """
   _, kind, function, _ = {**COMMANDS, "plan": PLAN}[command]
-  cfg = configs.load_sweep(spec) if function == "sweep" else configs.load(spec)
+  cfg = configs.load(spec, function)
   if not isinstance(cfg, kind):
     raise TypeError(
       f"--config {spec}: gives a {type(cfg).__name__}; `{command}` expects a {kind.__name__}"
@@ -152,6 +159,8 @@ def load_config(command: str, spec: str, assignments) -> object:
 
 
 def _name(cfg) -> str:
+  if isinstance(cfg, best_of_n.BestOfNConfig):
+    return cfg.reward.name + "-best-of-n"
   return cfg.base.name if isinstance(cfg, SweepConfig) else cfg.name
 
 
@@ -261,6 +270,13 @@ def _main(argv=None) -> None:
       print(
         f"\nwrote {out / 'results.json'}, {out / 'per_query.csv'}, {out / 'accuracy_vs_cost.png'}"
       )
+  elif args.command == "best-of-n":
+    results = best_of_n.run(
+      cfg, out_dir=out, cache_dir=args.cache, progress=progress, overwrite=args.overwrite
+    )
+    if main_process:
+      print(best_of_n.format_results(results))
+      print(f"\nwrote {out / 'best_of_n.json'} and {out / 'best_of_n.png'}")
   elif args.command == "pretrain":
     results = pretrain_job.run(cfg, out_dir=out, progress=progress)
     if main_process:

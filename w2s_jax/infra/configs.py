@@ -86,10 +86,10 @@ def _module(spec: str, function: str):
   return getattr(module, function), arg or None
 
 
-def load(spec: str):
-  """get_config(arg) of "path.py[:arg]"."""
-  get_config, arg = _module(spec, "get_config")
-  return get_config(arg)
+def load(spec: str, function: str = "get_config"):
+  """function(arg) of "path.py[:arg]": get_config, or another the file defines."""
+  make, arg = _module(spec, function)
+  return make(arg)
 
 
 def load_sweep(spec: str):

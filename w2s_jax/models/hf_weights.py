@@ -255,10 +255,10 @@ def _lm_head(take, tensors, cfg, head_names, embed_name):
     return {"lm_head": {"kernel": take(present[0], shape).T}}  # nn.Linear: (out, in)
   if "score.weight" not in tensors:
     take(head_names[0], shape)  # raises the missing-tensor error
-  if cfg.head_input == "lm_probs":
+  if cfg.head_input in ("lm_probs", "lm_loglik"):
     raise ValueError(
       f"checkpoint has no LM head ({' or '.join(head_names)}): "
-      "expected one for ModelConfig.head_input='lm_probs'"
+      f"expected one for ModelConfig.head_input={cfg.head_input!r}"
     )
   # A sequence-classification checkpoint dropped its LM head: start it at zero,
   # as a fresh classifier head starts.
@@ -266,7 +266,7 @@ def _lm_head(take, tensors, cfg, head_names, embed_name):
 
 
 def _cls_head(take, tensors, cfg):
-  features = cfg.vocab_size if cfg.head_input == "lm_probs" else cfg.width
+  features = {"lm_probs": cfg.vocab_size, "lm_loglik": 1}.get(cfg.head_input, cfg.width)
   bias = np.zeros((cfg.num_classes,), np.float32)  # HF's score has no bias
   if "score.weight" not in tensors:
     return {"kernel": np.zeros((features, cfg.num_classes), np.float32), "bias": bias}

@@ -140,6 +140,23 @@ def soft_labels(
   )
 
 
+def class_scores(
+  params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256, mesh
+) -> np.ndarray:
+  """The class logits as they are, per example: [N, classes], or a scalar-head
+  model's score of each choice, [N, choices] (a reward model's rewards)."""
+  return _batched(
+    params,
+    model_cfg,
+    data,
+    batch_size=batch_size,
+    mesh=mesh,
+    fn_name="class_logits",
+    seed_axis=False,
+    softmax=False,
+  )
+
+
 def head_features(
   params, model_cfg: ModelConfig, data: Dataset, *, batch_size: int = 256, mesh
 ) -> np.ndarray:

@@ -26,7 +26,7 @@ SIZES = {
   "xl": (1536, 24, 16),
   "xxl": (2048, 20, 16),
 }
-HEAD_INPUTS = ("hidden", "lm_probs")
+HEAD_INPUTS = ("hidden", "lm_probs", "lm_loglik")
 ATTENTIONS = ("explicit", "fused")
 POSITIONS = ("learned", "rotary")
 DTYPES = ("float32", "bfloat16")
@@ -57,7 +57,11 @@ class ModelConfig:
   # the last real token, so fine-tuning reads what pretraining put in the LM
   # head (a linear head on the hidden state read it poorly: ceiling ~0.85 on the
   # testbed). "hidden": linear in the final hidden state, as in
-  # GPT2ForSequenceClassification.
+  # GPT2ForSequenceClassification. "lm_loglik": linear in the LM's own
+  # log-likelihood of the whole sequence (one feature): a reward model that
+  # reads what the LM knows of a response (responses to one prompt share its
+  # likelihood, so their rewards differ by the responses' log-likelihoods, as
+  # DPO's implicit reward does).
   head_input: str = "lm_probs"
   positions: str = "learned"  # "rotary": GPT-NeoX rotary embeddings
   rotary_frac: float = 0.25  # share of each head's dims that rotate
@@ -191,7 +195,7 @@ class ModelConfig:
     else:
       mlp = d * m + m * d + (m + d) * self.mlp_bias
     block = 2 * norm + qkv + attn_out + mlp
-    feats = v if self.head_input == "lm_probs" else d
+    feats = {"lm_probs": v, "lm_loglik": 1}.get(self.head_input, d)
     positions = self.max_len * d if self.positions == "learned" else 0
     unembed = 0 if self.tie_embeddings or not self.causal else v * d
     pooler = d * d + d if self.pooling == "cls" else 0

@@ -30,6 +30,7 @@ from w2s_jax.data.dataset import Dataset
 from w2s_jax.infra import sharding as shd
 from w2s_jax.models import inference, transformer
 from w2s_jax.models.model_config import ModelConfig
+from w2s_jax.models.positions import positions_from_mask
 from w2s_jax.models.transformer import Transformer
 
 
@@ -167,7 +168,7 @@ def sample(
     logits, cache = model.apply(
       {"params": params},
       prompt,
-      transformer.positions_from_mask(prompt_mask),
+      positions_from_mask(prompt_mask),
       key_mask,
       cache,
       0,

@@ -17,52 +17,11 @@ import jax.numpy as jnp
 
 from w2s_jax.infra.sharding import batch_constrained
 from w2s_jax.models.model_config import ModelConfig
+from w2s_jax.models.positions import last_real_index, positions_from_mask, rotary
 
 # The classifier head's name among the params: what a linear probe trains,
 # and what LoRA trains beside its adapters.
 HEAD = "cls_head"
-
-
-def positions_from_mask(mask: jax.Array) -> jax.Array:
-  """Position ids that count real tokens only, so left and right padding agree."""
-  return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
-
-
-def last_real_index(mask: jax.Array) -> jax.Array:
-  """Index of the last position whose mask is 1, for any padding side."""
-  length = mask.shape[-1]
-  return length - 1 - jnp.argmax(mask[..., ::-1] > 0, axis=-1)
-
-
-def llama3_frequencies(inv_freq, *, factor, low_freq_factor, high_freq_factor, original):
-  """Llama-3.1's rescaled rotary frequencies: long wavelengths slowed by
-  factor, short ones kept, the band between interpolated."""
-  wavelen = 2 * jnp.pi / inv_freq
-  scaled = jnp.where(wavelen > original / low_freq_factor, inv_freq / factor, inv_freq)
-  smooth = (original / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-  medium = (wavelen >= original / high_freq_factor) & (wavelen <= original / low_freq_factor)
-  return jnp.where(medium, smoothed, scaled)
-
-
-def rotary(x, positions, *, frac, base, scaling=None):
-  """GPT-NeoX rotary embedding of the first frac of x's last axis (rotate-half
-  form). x: [batch, heads, seq, head_dim]; positions: [batch, seq]; scaling:
-  ModelConfig.rope_scaling."""
-  dims = int(x.shape[-1] * frac)
-  inv_freq = 1.0 / (base ** (jnp.arange(0, dims, 2, dtype=jnp.float32) / dims))
-  if scaling is not None:
-    _, factor, low, high, original = scaling
-    inv_freq = llama3_frequencies(
-      inv_freq, factor=factor, low_freq_factor=low, high_freq_factor=high, original=original
-    )
-  angles = positions.astype(jnp.float32)[:, None, :, None] * inv_freq
-  angles = jnp.concatenate([angles, angles], axis=-1)
-  rot, keep = x[..., :dims].astype(jnp.float32), x[..., dims:]
-  half = dims // 2
-  rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
-  out = rot * jnp.cos(angles) + rotated * jnp.sin(angles)
-  return jnp.concatenate([out.astype(x.dtype), keep], axis=-1)
 
 
 def make_norm(cfg, name):
@@ -361,12 +320,17 @@ class Transformer(nn.Module):
   def _sequence_features(self, tokens, mask):
     if self.cfg.head_input == "lm_probs":
       return jax.nn.softmax(self._unembed(self._last_hidden(tokens, mask)), axis=-1)
+    if self.cfg.head_input == "lm_loglik":  # [batch, 1]: the sum of next-token log-probs
+      logp = jax.nn.log_softmax(self.lm_logits(tokens, mask)[:, :-1].astype(jnp.float32), -1)
+      target = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+      real = (mask[:, 1:] * mask[:, :-1]).astype(jnp.float32)
+      return (target * real).sum(-1, keepdims=True)
     return self.pooled(tokens, mask)
 
   def head_features(self, tokens, mask):
     """What the classification head reads: the pooled state, or with
-    head_input "lm_probs" the next-token distribution at the last real token:
-    [batch, features]. Tokens [batch, choices, seq] (one sequence per choice,
+    head_input "lm_probs" the next-token distribution at the last real token,
+    or with "lm_loglik" the sequence's log-likelihood: [batch, features]. Tokens [batch, choices, seq] (one sequence per choice,
     a pointwise reward model's pair): each choice's features side by side,
     [batch, choices * features]."""
     if tokens.ndim == 3:

@@ -293,14 +293,21 @@ def correlation_interval(*, x, y, num_resamples: int = 2000, level: float = 0.95
 
 
 def accuracy_interval(
-  correct_matrix, *, num_resamples: int = 2000, level: float = 0.95, seed: int = 0
+  correct_matrix,
+  *,
+  pretraining=None,
+  num_resamples: int = 2000,
+  level: float = 0.95,
+  seed: int = 0,
 ) -> dict:
-  """Mean accuracy with a bootstrap interval over seeds and examples."""
+  """Mean accuracy with a bootstrap interval over seeds and examples, and
+  pretraining draws where `pretraining` names each run's (bootstrap_w2s)."""
   c = np.atleast_2d(np.asarray(correct_matrix, np.float64))
   r = bootstrap_w2s(
     weak_correct=c,
     w2s_correct=c,
     ceiling_correct=c,
+    pretraining=pretraining,
     num_resamples=num_resamples,
     level=level,
     seed=seed,

@@ -309,6 +309,29 @@ def leaderboard_chart(entries, out_dir) -> list[Path]:
   return _save(fig, Path(out_dir), "leaderboard")
 
 
+def best_of_n_chart(results: dict, out_dir) -> list[Path]:
+  """Best-of-n (w2s/best_of_n.py): the picked response's accuracy against n
+  for each picker, with its interval."""
+  ns = results["ns"]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  styles = {"oracle": ("k", "--"), "random": ("gray", ":")}
+  for name, per_n in results["curves"].items():
+    mean = np.array([per_n[str(n)]["mean"] for n in ns])
+    lo = np.array([per_n[str(n)]["lo"] for n in ns])
+    hi = np.array([per_n[str(n)]["hi"] for n in ns])
+    colour, style = styles.get(name, (None, "-"))
+    (line,) = ax.plot(ns, mean, style, marker="o", ms=4, color=colour, label=name)
+    ax.fill_between(ns, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(ns, [str(n) for n in ns])
+  ax.set_xlabel("n (candidates from the weak policy: greedy, then samples)")
+  ax.set_ylabel(f"accuracy of the picked response ({results['split']})")
+  ax.set_title("Best-of-n: what each reward model picks", fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, Path(out_dir), "best_of_n")
+
+
 def all_charts(rows, out_dir, split="test") -> list[Path]:
   paths = []
   if sum(r.get("misfit") is not None for r in rows) >= 3:
