@@ -15,6 +15,7 @@ from w2s_jax.data import testbed
 from w2s_jax.infra import configs
 from w2s_jax.models.model_config import decode_size
 from w2s_jax.models.transformer import Transformer, init_params
+from w2s_jax.plans import programs
 from w2s_jax.tasks import preference
 from w2s_jax.tasks.preference import PreferenceConfig, PreferenceTextConfig
 from w2s_jax.training import losses
@@ -189,6 +190,8 @@ def test_preference_config_errors_name_the_field():
   text = PreferenceTextConfig(train_file="a.jsonl", test_file="b.jsonl")
   with pytest.raises(ValueError, match="preference=None: expected a PreferenceConfig"):
     ExperimentConfig(text_task=text)
+  with pytest.raises(ValueError, match="a preference run's pairs are not planned yet"):
+    programs.task_shape(configs.load(SMALL))
 
 
 def test_kd_on_hard_targets_trains_as_ground_truth(tmp_path):

@@ -50,6 +50,7 @@ class TaskShape:
   prompt_len: int = 0  # generation: left-padded prompt columns
   max_new_tokens: int = 0
   num_classes: int = 2  # a classification head's width
+  per_choice: bool = False  # never set: preference tasks are not planned (task_shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,11 @@ class Program:
 
 
 def task_shape(cfg: ExperimentConfig) -> TaskShape:
+  if cfg.preference is not None:
+    raise ValueError(
+      f"ExperimentConfig.preference={cfg.preference!r}: the planner compiles classification "
+      "and generation runs; a preference run's pairs are not planned yet"
+    )
   text = cfg.text_task
   if isinstance(text, TextTaskConfig):
     return TaskShape(
